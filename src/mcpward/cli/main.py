@@ -1,0 +1,188 @@
+"""The `mcpward` command line: run (stdio), serve (HTTP), check."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mcpward import __version__
+from mcpward.gateway import config as config_mod
+from mcpward.gateway.config import ConfigError, GatewayConfig
+from mcpward.transport.http_checks import is_loopback
+
+app = typer.Typer(
+    name="mcpward",
+    help="A security gateway for MCP: one endpoint in front of many servers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to mcpward.toml.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details to stderr.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mcpward {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """mcpward: policy-enforcing MCP gateway."""
+
+
+def _load(path: Path) -> GatewayConfig:
+    try:
+        return config_mod.load(path)
+    except ConfigError as exc:
+        err.print(f"[bold red]config error[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _logging(verbose: bool) -> None:
+    # stdout belongs to MCP on the stdio front, so logs always go to stderr.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def run(config: ConfigOpt = Path("mcpward.toml"), verbose: VerboseOpt = False) -> None:
+    """Serve MCP over stdio (what Claude Desktop and IDEs launch)."""
+    from mcpward.gateway.core import Gateway
+    from mcpward.transport.stdio_front import StdioFront
+
+    cfg = _load(config)
+    _logging(verbose)
+
+    async def main() -> None:
+        gateway = Gateway(cfg)
+        await gateway.start()
+        try:
+            await StdioFront(gateway).serve()
+        finally:
+            await gateway.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = Path("mcpward.toml"),
+    host: Annotated[str | None, typer.Option(help="Bind address (default from config: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from config: 8811).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Serve MCP over Streamable HTTP (default http://127.0.0.1:8811/mcp)."""
+    import uvicorn
+
+    from mcpward.gateway.core import Gateway
+    from mcpward.transport.http_front import HttpFront
+
+    cfg = _load(config)
+    cfg.http_host = host or cfg.http_host
+    cfg.http_port = cfg.http_port if port is None else port
+    if not is_loopback(cfg.http_host):
+        if not cfg.allow_non_loopback:
+            err.print(f"[bold red]refused[/] binding {cfg.http_host} exposes every configured server to the "
+                      "network; set gateway.allow_non_loopback = true to do it anyway", highlight=False)
+            raise typer.Exit(2)
+        err.print(f"[bold yellow]WARNING[/] listening on {cfg.http_host}: no authentication is configured, "
+                  "so anyone who can reach this port can call every tool", highlight=False)
+    _logging(verbose)
+    uvicorn.run(HttpFront(Gateway(cfg)), host=cfg.http_host, port=cfg.http_port, log_level="warning",
+                lifespan="on", access_log=False)
+
+
+@app.command()
+def check(
+    config: ConfigOpt = Path("mcpward.toml"),
+    connect: Annotated[bool, typer.Option(help="Start the servers and list what each exposes.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Validate the config and print the effective setup."""
+    cfg = _load(config)
+    if verbose:
+        _logging(True)
+    else:
+        logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    report = asyncio.run(_inspect(cfg, connect))
+    if as_json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        _print_report(report)
+    if any(s.get("error") for s in report["servers"]):
+        raise typer.Exit(1)
+
+
+async def _inspect(cfg: GatewayConfig, connect: bool) -> dict[str, Any]:
+    from mcpward.gateway.context import system_context
+    from mcpward.gateway.core import Gateway
+
+    gateway = Gateway(cfg)
+    servers: list[dict[str, Any]] = []
+    try:
+        for name, upstream in gateway.upstreams.items():
+            scfg = upstream.cfg
+            entry: dict[str, Any] = {"name": name, "transport": scfg.transport, "target": upstream.describe,
+                                     "prefix": scfg.prefix, "start": scfg.start}
+            if connect:
+                await upstream.start()
+                entry["era"] = upstream.era
+                entry["error"] = upstream.error if upstream.era is None else None
+            servers.append(entry)
+        if connect:
+            ctx = system_context()
+            for kind in ("tools", "prompts", "resources"):
+                listed = await gateway.lister.list(ctx, kind, {})
+                for item in listed[kind]:
+                    owner = _owner(gateway, kind, item)
+                    for entry in servers:
+                        if entry["name"] == owner:
+                            entry.setdefault(kind, []).append(item.get("name") or item.get("uri"))
+    finally:
+        await gateway.stop()
+    return {"config": cfg.source, "http": f"http://{cfg.http_host}:{cfg.http_port}{cfg.http_path}",
+            "separator": cfg.separator, "servers": servers}
+
+
+def _owner(gateway: Any, kind: str, item: dict[str, Any]) -> str | None:
+    if kind == "resources":
+        owner: str | None = gateway.catalog.resolve_uri(item.get("uri", ""))
+        return owner
+    entry = gateway.catalog.resolve(kind, item.get("name", ""))
+    return entry.server if entry else None
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    out = Console()
+    out.print(f"[bold]config[/] {report['config']}  [bold]http front[/] {report['http']}", highlight=False)
+    table = Table("server", "transport", "era", "exposes", "status")
+    for s in report["servers"]:
+        exposes = ", ".join(f"{len(s.get(k, []))} {k}" for k in ("tools", "prompts", "resources"))
+        status = f"[red]{s['error']}[/]" if s.get("error") else "[green]ok[/]"
+        table.add_row(s["name"], f"{s['transport']}: {s['target']}", str(s.get("era") or "-"), exposes, status)
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

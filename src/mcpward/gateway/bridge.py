@@ -1,0 +1,135 @@
+"""MRTR bridge: a modern client in front of a legacy upstream that pushes requests.
+
+The legacy upstream blocks on its server->client request (sampling, elicitation,
+roots). A modern client cannot receive pushes, so the gateway parks the upstream
+call, answers the client with an InputRequiredResult whose `requestState` is
+sealed (principal, expiry, request digest), and resumes the parked call when the
+client retries with `inputResponses`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from mcpward.gateway.context import RequestContext
+from mcpward.gateway.peer import local_error
+from mcpward.protocol import jsonrpc
+from mcpward.protocol.jsonrpc import JsonObj
+from mcpward.protocol.sealing import Sealer, SealError, digest
+
+PARK_TTL = 300.0
+
+
+@dataclass(slots=True)
+class Parked:
+    id: str
+    principal: str
+    digest: str
+    task: asyncio.Task[JsonObj]
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    asked: dict[str, tuple[JsonObj, asyncio.Future[JsonObj]]] = field(default_factory=dict)
+    keys: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    expires: float = 0.0
+
+
+def request_digest(method: str, params: JsonObj) -> str:
+    """What a retry must repeat: the method and params minus the MRTR fields and _meta."""
+    core = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState", "_meta")}
+    return digest([method, core])
+
+
+class InputBridge:
+    def __init__(self, sealer: Sealer, ttl: float = PARK_TTL) -> None:
+        self.sealer = sealer
+        self.ttl = ttl
+        self._parked: dict[str, Parked] = {}
+
+    async def start(self, ctx: RequestContext, method: str, params: JsonObj,
+                    forward: Callable[[RequestContext], Awaitable[JsonObj]]) -> JsonObj:
+        call_id = secrets.token_urlsafe(12)
+        holder: list[Parked] = []
+
+        async def sink(push_method: str, push_params: JsonObj) -> JsonObj:
+            parked = holder[0]
+            key = f"{push_method.split('/')[0]}-{next(parked.keys)}"
+            future: asyncio.Future[JsonObj] = asyncio.get_running_loop().create_future()
+            parked.asked[key] = ({"method": push_method, "params": push_params}, future)
+            parked.wake.set()
+            return await future
+
+        ctx.push_sink = sink
+        task = asyncio.ensure_future(forward(ctx))
+        parked = Parked(call_id, ctx.principal.subject, request_digest(method, params), task)
+        holder.append(parked)
+        return await self._next(parked)
+
+    async def resume(self, ctx: RequestContext, method: str, params: JsonObj) -> JsonObj:
+        try:
+            state = self.sealer.unseal(params.get("requestState"))
+        except SealError as exc:
+            raise local_error(jsonrpc.INVALID_PARAMS, f"requestState refused: {exc}") from None
+        parked = self._parked.get(str(state.get("call")))
+        if parked is None:
+            raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: unknown or already used")
+        if state.get("sub") != ctx.principal.subject or parked.principal != ctx.principal.subject:
+            raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: issued to another principal")
+        if parked.digest != request_digest(method, params):
+            raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: the retry differs from the request")
+        responses = params.get("inputResponses")
+        if not isinstance(responses, dict):
+            responses = {}
+        del self._parked[parked.id]
+        for key, (_request, future) in list(parked.asked.items()):
+            answer = responses.get(key)
+            if isinstance(answer, dict) and not future.done():
+                future.set_result(answer)
+                del parked.asked[key]
+        return await self._next(parked)
+
+    async def _next(self, parked: Parked) -> JsonObj:
+        """Run the upstream call until it finishes or needs the client's input."""
+        while not parked.task.done():
+            if parked.asked:
+                break
+            parked.wake.clear()
+            waiter = asyncio.ensure_future(parked.wake.wait())
+            try:
+                await asyncio.wait({parked.task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                parked.task.cancel()
+                raise
+            finally:
+                waiter.cancel()
+            # Let a push that raced the wake settle so several questions go out together.
+            await asyncio.sleep(0)
+        if parked.task.done():
+            return parked.task.result()
+        parked.expires = time.monotonic() + self.ttl
+        self._parked[parked.id] = parked
+        self._sweep()
+        state = self.sealer.seal({"call": parked.id, "sub": parked.principal, "dig": parked.digest}, self.ttl)
+        return {
+            "resultType": "input_required",
+            "inputRequests": {key: request for key, (request, _f) in parked.asked.items()},
+            "requestState": state,
+        }
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for call_id, parked in list(self._parked.items()):
+            if parked.expires < now:
+                del self._parked[call_id]
+                parked.task.cancel()
+
+    async def close(self) -> None:
+        for parked in self._parked.values():
+            parked.task.cancel()
+            with contextlib.suppress(BaseException):
+                await parked.task
+        self._parked.clear()

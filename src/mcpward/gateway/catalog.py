@@ -1,0 +1,137 @@
+"""Names across servers: namespacing, collisions, and the reverse maps for routing.
+
+Tools and prompts are exposed as `<prefix><sep><name>`. A server may be exposed
+without a prefix; when two servers then offer the same name, the winner is the one
+with the higher `priority`, then the lower server name. That rule depends only on
+the pair, so adding or removing an unrelated server never changes a resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+
+from mcpward.gateway.config import ServerConfig
+from mcpward.protocol.jsonrpc import JsonObj
+
+log = logging.getLogger("mcpward.catalog")
+VALID_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+INVALID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass(slots=True)
+class Entry:
+    server: str
+    name: str  # the upstream's own name (or URI for resources)
+
+
+@dataclass(slots=True)
+class NameMap:
+    """Exposed name -> Entry for one kind (tools or prompts)."""
+
+    by_exposed: dict[str, Entry] = field(default_factory=dict)
+    by_server: dict[str, dict[str, str]] = field(default_factory=dict)  # server -> upstream -> exposed
+
+
+class Catalog:
+    def __init__(self, servers: dict[str, ServerConfig], separator: str) -> None:
+        self.servers = servers
+        self.separator = separator
+        self.maps: dict[str, NameMap] = {"tools": NameMap(), "prompts": NameMap()}
+        self.resources: dict[str, str] = {}  # exact URI -> server
+        self.templates: dict[str, list[tuple[re.Pattern[str], str]]] = {}  # server -> [(pattern, template)]
+
+    def exposed_name(self, server: str, name: str) -> str:
+        prefix = self.servers[server].prefix
+        full = f"{prefix}{self.separator}{name}" if prefix else name
+        if VALID_NAME.match(full):
+            return full
+        # Keep names inside the spec's character set and length; a short hash keeps
+        # two long or exotic names from folding into one.
+        safe = INVALID_CHARS.sub("_", full)
+        if safe == full and len(full) <= 128:
+            return full
+        tag = hashlib.sha256(full.encode()).hexdigest()[:8]
+        return f"{safe[:119]}_{tag}"
+
+    def _rank(self, server: str) -> tuple[int, str]:
+        return (-self.servers[server].priority, server)
+
+    def publish(self, kind: str, server: str, items: list[JsonObj]) -> list[JsonObj]:
+        """Record one server's items and return them renamed; losers of collisions are dropped."""
+        names = self.maps[kind]
+        mine: dict[str, str] = {}
+        out: list[JsonObj] = []
+        for item in items:
+            name = item.get("name")
+            if not isinstance(name, str):
+                log.warning("server %s listed a %s without a name; hidden", server, kind[:-1])
+                continue
+            exposed = self.exposed_name(server, name)
+            holder = names.by_exposed.get(exposed)
+            if holder is not None and holder.server != server and self._rank(holder.server) < self._rank(server):
+                log.warning("%s %r from %s collides with %s; %s wins", kind[:-1], exposed, server,
+                            holder.server, holder.server)
+                continue
+            names.by_exposed[exposed] = Entry(server, name)
+            mine[name] = exposed
+            out.append(item if exposed == name else {**item, "name": exposed})
+        # Forget names this server no longer offers.
+        for stale in set(names.by_server.get(server, {}).values()) - set(mine.values()):
+            entry = names.by_exposed.get(stale)
+            if entry is not None and entry.server == server:
+                del names.by_exposed[stale]
+        names.by_server[server] = mine
+        return out
+
+    def resolve(self, kind: str, exposed: str) -> Entry | None:
+        entry = self.maps[kind].by_exposed.get(exposed)
+        if entry is not None:
+            return entry
+        # Not listed yet: a prefixed name still routes by its prefix.
+        for server, cfg in sorted(self.servers.items(), key=lambda kv: self._rank(kv[0])):
+            head = f"{cfg.prefix}{self.separator}"
+            if cfg.prefix and exposed.startswith(head) and len(exposed) > len(head):
+                return Entry(server, exposed[len(head):])
+        return None
+
+    def unprefixed_servers(self) -> list[str]:
+        return sorted((s for s, c in self.servers.items() if not c.prefix), key=self._rank)
+
+    # ---------------------------------------------------------------- resources
+    def publish_resources(self, server: str, items: list[JsonObj]) -> None:
+        for item in items:
+            uri = item.get("uri")
+            if isinstance(uri, str):
+                holder = self.resources.get(uri)
+                if holder is None or holder == server or self._rank(server) < self._rank(holder):
+                    self.resources[uri] = server
+
+    def publish_templates(self, server: str, items: list[JsonObj]) -> None:
+        compiled = []
+        for item in items:
+            template = item.get("uriTemplate")
+            if isinstance(template, str):
+                compiled.append((template_pattern(template), template))
+        self.templates[server] = compiled
+
+    def resolve_uri(self, uri: str) -> str | None:
+        server = self.resources.get(uri)
+        if server is not None:
+            return server
+        matches = [s for s, pats in self.templates.items() if any(p.fullmatch(uri) for p, _t in pats)]
+        return min(matches, key=self._rank) if matches else None
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    """An RFC 6570 template as a regex good enough for routing (each expression = one segment run)."""
+    out, pos = [], 0
+    for match in re.finditer(r"\{([^}]*)\}", template):
+        out.append(re.escape(template[pos:match.start()]))
+        op = match.group(1)[:1]
+        out.append(".*" if op in ("+", "#", "/", "?", "&", ";") else "[^/?#]*")
+        pos = match.end()
+    out.append(re.escape(template[pos:]))
+    return re.compile("".join(out))

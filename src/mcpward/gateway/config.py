@@ -1,0 +1,232 @@
+"""`mcpward.toml`: loading and validation with errors that name file, key and problem."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+StartMode = Literal["eager", "lazy"]
+SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+        self.source, self.key, self.problem = source, key, problem
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    name: str
+    prefix: str
+    command: str | None = None
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    start: StartMode = "eager"
+    timeout: float = 60.0
+    max_in_flight: int = 32
+    priority: int = 0
+    max_sessions: int = 8
+
+    @property
+    def transport(self) -> Literal["stdio", "http"]:
+        return "stdio" if self.command is not None else "http"
+
+
+@dataclass(slots=True)
+class GatewayConfig:
+    source: str = "<defaults>"
+    separator: str = "__"
+    max_message_bytes: int = 4 * 1024 * 1024
+    probe_timeout: float = 5.0
+    http_host: str = "127.0.0.1"
+    http_port: int = 8811
+    http_path: str = "/mcp"
+    allow_non_loopback: bool = False
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
+    servers: dict[str, ServerConfig] = field(default_factory=dict)
+
+
+class _Reader:
+    """Typed access to one TOML table that reports precise, keyed errors."""
+
+    def __init__(self, source: str, prefix: str, table: dict[str, Any]) -> None:
+        self.source, self.prefix, self.table = source, prefix, table
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), problem)
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.seen.add(name)
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(name, f"expected {_kind_names(kinds)}, got a boolean")
+        if not isinstance(value, kinds):
+            raise self.fail(name, f"expected {_kind_names(kinds)}, got {type(value).__name__} {value!r:.40}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
+        value = float(self.get(name, (int, float), default))
+        if not minimum <= value <= maximum:
+            raise self.fail(name, f"must be between {minimum:g} and {maximum:g}, got {value:g}")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        value: int = self.get(name, int, default)
+        if not minimum <= value <= maximum:
+            raise self.fail(name, f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def strings(self, name: str) -> list[str]:
+        value = self.get(name, list, [])
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.fail(f"{name}[{i}]", f"expected a string, got {type(item).__name__}")
+        return list(value)
+
+    def string_map(self, name: str) -> dict[str, str]:
+        value = self.get(name, dict, {})
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise self.fail(f"{name}.{k}", f"expected a string, got {type(v).__name__}")
+        return dict(value)
+
+    def reject_unknown(self) -> None:
+        for name in self.table:
+            if name not in self.seen:
+                raise self.fail(name, "unknown key (check the spelling; see docs/configuration.md)")
+
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "an array", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def load(path: str | Path) -> GatewayConfig:
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read the file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", "the file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+    return parse(data, source)
+
+
+def parse(data: dict[str, Any], source: str = "<config>") -> GatewayConfig:
+    top = _Reader(source, "", data)
+    gateway = _Reader(source, "gateway", top.get("gateway", dict, {}))
+    servers_table: dict[str, Any] = top.get("servers", dict, {})
+    top.reject_unknown()
+
+    cfg = GatewayConfig(source=source)
+    cfg.separator = gateway.get("separator", str, cfg.separator)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,4}", cfg.separator):
+        raise gateway.fail("separator", "must be 1-4 characters from [A-Za-z0-9_.-]")
+    cfg.max_message_bytes = gateway.integer("max_message_bytes", cfg.max_message_bytes, 1024, 256 * 1024 * 1024)
+    cfg.probe_timeout = gateway.number("probe_timeout", cfg.probe_timeout, 0.1, 120)
+    cfg.http_host = gateway.get("host", str, cfg.http_host)
+    cfg.http_port = gateway.integer("port", cfg.http_port, 0, 65535)
+    cfg.http_path = gateway.get("path", str, cfg.http_path)
+    if not cfg.http_path.startswith("/"):
+        raise gateway.fail("path", "must start with '/'")
+    cfg.allow_non_loopback = gateway.get("allow_non_loopback", bool, False)
+    cfg.allowed_hosts = gateway.strings("allowed_hosts")
+    cfg.allowed_origins = gateway.strings("allowed_origins")
+    default_start = gateway.get("start", str, "eager")
+    if default_start not in ("eager", "lazy"):
+        raise gateway.fail("start", f"must be 'eager' or 'lazy', got {default_start!r}")
+    default_timeout = gateway.number("request_timeout", 60.0, 0.1, 86400)
+    gateway.reject_unknown()
+
+    for name, table in servers_table.items():
+        if not SERVER_NAME.match(name):
+            raise ConfigError(source, f"servers.{name}", "a server name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+        if not isinstance(table, dict):
+            raise ConfigError(source, f"servers.{name}", "expected a table")
+        cfg.servers[name] = _server(_Reader(source, f"servers.{name}", table), name, default_start, default_timeout)
+    return cfg
+
+
+def _server(r: _Reader, name: str, default_start: str, default_timeout: float) -> ServerConfig:
+    server = ServerConfig(name=name, prefix=r.get("prefix", str, name))
+    if server.prefix and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", server.prefix):
+        raise r.fail("prefix", "must be empty or 1-64 characters from [A-Za-z0-9_.-]")
+    server.command = r.get("command", str, None)
+    server.url = r.get("url", str, None)
+    if (server.command is None) == (server.url is None):
+        raise r.fail("command", "set exactly one of 'command' (a stdio server) or 'url' (a remote HTTP server)")
+    server.start = r.get("start", str, default_start)
+    if server.start not in ("eager", "lazy"):
+        raise r.fail("start", f"must be 'eager' or 'lazy', got {server.start!r}")
+    server.timeout = r.number("timeout", default_timeout, 0.1, 86400)
+    server.max_in_flight = r.integer("max_in_flight", 32, 1, 10000)
+    server.max_sessions = r.integer("max_sessions", 8, 1, 1000)
+    server.priority = r.integer("priority", 0, -1000, 1000)
+    if server.command is not None:
+        if not server.command.strip():
+            raise r.fail("command", "must not be empty")
+        server.args = r.strings("args")
+        server.env = r.string_map("env")
+        for key in server.env:
+            if not ENV_NAME.match(key):
+                raise r.fail(f"env.{key}", "not a valid environment variable name")
+        server.cwd = r.get("cwd", str, None)
+        if server.cwd is not None and not Path(server.cwd).is_dir():
+            raise r.fail("cwd", f"no such directory: {server.cwd}")
+    else:
+        server.headers = r.string_map("headers")
+        _check_url(r, server.url or "", r.get("allow_http", bool, False), r.get("allow_private", bool, False))
+    r.reject_unknown()
+    return server
+
+
+def _check_url(r: _Reader, url: str, allow_http: bool, allow_private: bool) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http"):
+        raise r.fail("url", f"scheme must be https, got {parts.scheme or 'none'!r}")
+    if parts.scheme == "http" and not allow_http:
+        raise r.fail("url", "plain http is refused; use https or set allow_http = true for a trusted local server")
+    if parts.username or parts.password:
+        raise r.fail("url", "credentials in the URL are refused; use headers with a secret reference")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise r.fail("url", "no host")
+    if not allow_private and _is_non_public(host):
+        raise r.fail("url", f"{host} is a loopback/private/link-local address; set allow_private = true to allow it")
+
+
+def _is_non_public(host: str) -> bool:
+    if host in LOOPBACK_NAMES or host.endswith(".localhost") or host.endswith(".internal"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        # A name: resolution happens at connect time, where the address is checked again.
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global

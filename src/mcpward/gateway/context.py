@@ -1,0 +1,93 @@
+"""Who is asking, in which era, and how to talk back: the per-request context."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from mcpward.protocol.jsonrpc import JsonObj, RequestId
+from mcpward.protocol.versions import Era
+
+# How a push request (sampling, elicitation, roots) reaches a client that cannot take
+# pushes: the MRTR bridge parks the upstream call and answers with InputRequiredResult.
+PushSink = Callable[[str, JsonObj], Awaitable[JsonObj]]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The party a request is decided for. Authentication fills this in on HTTP."""
+
+    subject: str
+    kind: Literal["local-user", "anonymous", "api-key", "oauth"]
+    claims: tuple[tuple[str, Any], ...] = ()
+    groups: tuple[str, ...] = ()
+
+    @classmethod
+    def local_user(cls) -> Principal:
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):
+            name = f"uid:{os.getuid()}"
+        return cls(subject=name, kind="local-user")
+
+    @classmethod
+    def anonymous(cls) -> Principal:
+        return cls(subject="anonymous", kind="anonymous")
+
+
+class ClientChannel(Protocol):
+    """The way back to one downstream client for one request."""
+
+    async def notify(self, message: JsonObj) -> None:
+        """Send a notification related to this request (progress, log)."""
+
+    async def ask(self, method: str, params: JsonObj, timeout: float) -> JsonObj:
+        """Send a server->client request (legacy clients only) and return its result."""
+
+    @property
+    def can_ask(self) -> bool: ...
+
+
+@dataclass(slots=True)
+class RequestContext:
+    era: Era
+    protocol_version: str
+    capabilities: JsonObj
+    client_info: JsonObj | None
+    principal: Principal
+    channel: ClientChannel
+    transport: Literal["stdio", "http"]
+    request_id: RequestId | None = None
+    method: str = ""
+    log_level: str | None = None
+    session_id: str | None = None
+    # The client's `_meta` minus the reserved envelope keys (traceparent, vendor keys).
+    forward_meta: JsonObj = field(default_factory=dict)
+    progress_token: Any = None
+    push_sink: PushSink | None = None
+
+    def has_capability(self, name: str) -> bool:
+        return isinstance(self.capabilities.get(name), dict)
+
+
+class SilentChannel:
+    """For the gateway's own requests (listing to learn schemas): nobody to talk back to."""
+
+    can_ask = False
+
+    async def notify(self, message: JsonObj) -> None:
+        return None
+
+    async def ask(self, method: str, params: JsonObj, timeout: float) -> JsonObj:
+        raise RuntimeError("the gateway's own requests cannot ask a client")
+
+
+def system_context() -> RequestContext:
+    from mcpward.protocol.versions import LATEST_MODERN
+
+    return RequestContext(era="modern", protocol_version=LATEST_MODERN, capabilities={}, client_info=None,
+                          principal=Principal(subject="mcpward", kind="anonymous"), channel=SilentChannel(),
+                          transport="stdio")

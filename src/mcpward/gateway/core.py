@@ -1,0 +1,286 @@
+"""The gateway: routes each client request to the right upstream through the guards.
+
+Fronts (stdio, HTTP) turn bytes into a RequestContext plus (method, params) and
+call `Gateway.handle`; everything here is transport-agnostic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mcpward import __version__
+from mcpward.gateway.bridge import InputBridge
+from mcpward.gateway.catalog import Catalog
+from mcpward.gateway.config import GatewayConfig
+from mcpward.gateway.context import RequestContext, system_context
+from mcpward.gateway.listing import Lister
+from mcpward.gateway.peer import PeerError, local_error
+from mcpward.gateway.subscriptions import Subscriptions
+from mcpward.gateway.upstream import GATEWAY_INFO, Upstream, UpstreamEvents
+from mcpward.guards.base import Call, GuardChain, Refusal
+from mcpward.protocol import jsonrpc
+from mcpward.protocol import versions as v
+from mcpward.protocol.jsonrpc import JsonObj, ProtocolError
+from mcpward.protocol.sealing import Sealer, is_sealed
+from mcpward.transport.base import SendHints
+
+log = logging.getLogger("mcpward.gateway")
+Handler = Callable[[RequestContext, JsonObj], Awaitable[JsonObj]]
+
+GATEWAY_CAPABILITIES: JsonObj = {
+    "tools": {"listChanged": True},
+    "prompts": {"listChanged": True},
+    "resources": {"subscribe": True, "listChanged": True},
+    "completions": {},
+    "logging": {},
+}
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig, guards: GuardChain | None = None) -> None:
+        self.cfg = cfg
+        self.guards = guards or GuardChain()
+        self.sealer = Sealer()
+        self.bridge = InputBridge(self.sealer)
+        self.catalog = Catalog(cfg.servers, cfg.separator)
+        self.subscriptions = Subscriptions()
+        events = UpstreamEvents(list_changed=self._on_list_changed, resource_updated=self._on_resource_updated)
+        self.upstreams = {name: Upstream(scfg, cfg, events) for name, scfg in cfg.servers.items()}
+        self.lister = Lister(self.upstreams, self.catalog, self.guards, self.sealer)
+        self._handlers: dict[str, Handler] = {
+            "tools/list": lambda c, p: self.lister.list(c, "tools", p),
+            "prompts/list": lambda c, p: self.lister.list(c, "prompts", p),
+            "resources/list": lambda c, p: self.lister.list(c, "resources", p),
+            "resources/templates/list": lambda c, p: self.lister.list(c, "resourceTemplates", p),
+            "tools/call": lambda c, p: self._named_call(c, "tools", "tools/call", p),
+            "prompts/get": lambda c, p: self._named_call(c, "prompts", "prompts/get", p),
+            "resources/read": self._read_resource,
+            "completion/complete": self._complete,
+            "resources/subscribe": self._subscribe,
+            "resources/unsubscribe": self._unsubscribe,
+            "server/discover": self._discover,
+            "ping": self._ping,
+        }
+
+    # ----------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        eager = [u.start() for u in self.upstreams.values() if u.cfg.start == "eager"]
+        await asyncio.gather(*eager)
+
+    async def stop(self) -> None:
+        await self.bridge.close()
+        await asyncio.gather(*(u.stop() for u in self.upstreams.values()), return_exceptions=True)
+
+    def instructions(self) -> str | None:
+        parts = []
+        for name, upstream in self.upstreams.items():
+            text = upstream.info.get("instructions")
+            if isinstance(text, str) and text.strip():
+                parts.append(f"[{name}] {text.strip()}")
+        return "\n\n".join(parts) or None
+
+    def server_result(self) -> JsonObj:
+        """Fields shared by the `initialize` and `server/discover` answers."""
+        body: JsonObj = {"capabilities": GATEWAY_CAPABILITIES}
+        text = self.instructions()
+        if text:
+            body["instructions"] = text
+        return body
+
+    @property
+    def methods(self) -> set[str]:
+        return set(self._handlers)
+
+    async def tool_schema(self, exposed: str) -> Any:
+        """The input schema of an exposed tool (for header checks), listing once if unknown."""
+        entry = self.catalog.resolve("tools", exposed)
+        if entry is not None and (entry.server, entry.name) in self.lister.schemas:
+            return self.lister.schemas[(entry.server, entry.name)]
+        await self.lister.refresh(system_context(), "tools")
+        entry = self.catalog.resolve("tools", exposed)
+        return self.lister.schemas.get((entry.server, entry.name)) if entry else None
+
+    # ------------------------------------------------------------------ dispatch
+    async def handle(self, ctx: RequestContext, method: str, params: JsonObj) -> JsonObj:
+        handler = self._handlers.get(method)
+        if handler is None:
+            raise ProtocolError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+        result = await handler(ctx, params)
+        if ctx.era == "modern":
+            result = stamp_modern(result)
+        return result
+
+    async def _ping(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
+        if ctx.era == "modern":
+            raise ProtocolError(jsonrpc.METHOD_NOT_FOUND, "method not found: ping (removed in 2026-07-28)")
+        return {}
+
+    async def _discover(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
+        return {**self.server_result(), "supportedVersions": list(v.MODERN_VERSIONS),
+                "resultType": "complete", "ttlMs": 0, "cacheScope": "public"}
+
+    async def _named_call(self, ctx: RequestContext, kind: str, method: str, params: JsonObj) -> JsonObj:
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, f"{method} needs a string 'name'")
+        entry = self.catalog.resolve(kind, name)
+        if entry is None and self.catalog.unprefixed_servers():
+            await self.lister.refresh(ctx, kind)
+            entry = self.catalog.resolve(kind, name)
+        if entry is None or entry.server not in self.upstreams:
+            noun = "tool" if kind == "tools" else "prompt"
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, f"unknown {noun}: {name}")
+        upstream_params = params if entry.name == name else {**params, "name": entry.name}
+        return await self._forward(ctx, entry.server, method, upstream_params, entry.name)
+
+    async def _read_resource(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, "resources/read needs a string 'uri'")
+        server = await self._server_for_uri(ctx, uri)
+        return await self._forward(ctx, server, "resources/read", params, uri)
+
+    async def _server_for_uri(self, ctx: RequestContext, uri: str) -> str:
+        server = self.catalog.resolve_uri(uri)
+        if server is None:
+            await self.lister.refresh(ctx, "resources")
+            await self.lister.refresh(ctx, "resourceTemplates")
+            server = self.catalog.resolve_uri(uri)
+        if server is None:
+            # 2026-07-28 moved "resource not found" to -32602 (SEP-2164).
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, f"Resource not found: {uri}", {"uri": uri})
+        return server
+
+    async def _complete(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
+        ref = params.get("ref")
+        if not isinstance(ref, dict):
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, "completion/complete needs a 'ref' object")
+        if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
+            entry = self.catalog.resolve("prompts", ref["name"])
+            if entry is None:
+                await self.lister.refresh(ctx, "prompts")
+                entry = self.catalog.resolve("prompts", ref["name"])
+            if entry is None:
+                raise ProtocolError(jsonrpc.INVALID_PARAMS, f"unknown prompt: {ref['name']}")
+            return await self._forward(ctx, entry.server, "completion/complete",
+                                       {**params, "ref": {**ref, "name": entry.name}}, entry.name)
+        if ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
+            server = await self._server_for_uri(ctx, ref["uri"])
+            return await self._forward(ctx, server, "completion/complete", params, ref["uri"])
+        raise ProtocolError(jsonrpc.INVALID_PARAMS, "unsupported completion reference")
+
+    async def _subscribe(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
+        uri = params.get("uri")
+        if not isinstance(uri, str) or ctx.session_id is None:
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, "resources/subscribe needs a 'uri' and a legacy session")
+        server = await self._server_for_uri(ctx, uri)
+        first = self.subscriptions.add_resource(ctx.session_id, server, uri)
+        if first:
+            await self.upstreams[server].subscribe(ctx, uri, self.subscriptions.uris_for(server))
+        return {}
+
+    async def _unsubscribe(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
+        uri = params.get("uri")
+        if not isinstance(uri, str) or ctx.session_id is None:
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, "resources/unsubscribe needs a 'uri' and a legacy session")
+        server = self.subscriptions.remove_resource(ctx.session_id, uri)
+        if server is not None and uri not in self.subscriptions.uris_for(server):
+            await self.upstreams[server].unsubscribe(ctx, uri, self.subscriptions.uris_for(server))
+        return {}
+
+    # ---------------------------------------------------------------- forwarding
+    async def _forward(self, ctx: RequestContext, server: str, method: str, params: JsonObj,
+                       target: str) -> JsonObj:
+        upstream = self.upstreams[server]
+        call = Call(ctx=ctx, method=method, params=params, server=server, target=target)
+        try:
+            if not self.guards.empty:
+                await self.guards.request(call)
+            result = await self._dispatch(ctx, upstream, call)
+            if not self.guards.empty:
+                result = await self.guards.result(call, result)
+        except Refusal as refusal:
+            log.warning("refused %s %s/%s: %s (%s)", method, server, target, refusal.message, refusal.rule)
+            if refusal.as_tool_error and method == "tools/call":
+                return refusal.to_tool_result()
+            raise refusal.to_error() from None
+        return result
+
+    async def _dispatch(self, ctx: RequestContext, upstream: Upstream, call: Call) -> JsonObj:
+        method, params = call.method, call.params
+        hints = self.lister.header_hints(upstream.name, call) if upstream.cfg.url else None
+        if is_sealed(params.get("requestState")):
+            return await self.bridge.resume(ctx, method, params)
+        needs_bridge = (ctx.era == "modern" and not ctx.channel.can_ask
+                        and method in ("tools/call", "prompts/get", "resources/read"))
+        if needs_bridge:
+            await upstream.ensure()
+        if needs_bridge and upstream.era == "legacy":
+            async def forward(c: RequestContext) -> JsonObj:
+                return await upstream.call(c, method, params, hints)
+
+            return await self.bridge.start(ctx, method, params, forward)
+        return await upstream.call(ctx, method, params, hints)
+
+    # ------------------------------------------------------- upstream-initiated
+    def _on_list_changed(self, server: str, kind: str) -> None:
+        method = f"notifications/{kind}/list_changed"
+        self.subscriptions.broadcast(jsonrpc.notification(method), list_kind=kind)
+
+    def _on_resource_updated(self, server: str, params: JsonObj) -> None:
+        uri = params.get("uri")
+        if isinstance(uri, str):
+            body = {k: val for k, val in params.items() if k != "_meta"}
+            self.subscriptions.broadcast(jsonrpc.notification("notifications/resources/updated", body), uri=uri)
+
+    async def listen(self, ctx: RequestContext, request_id: Any, params: JsonObj,
+                     send: Callable[[JsonObj], Awaitable[None]]) -> None:
+        """Serve a modern `subscriptions/listen` until the client cancels it."""
+        wanted = params.get("notifications")
+        if not isinstance(wanted, dict):
+            wanted = {}
+        agreed = {k: val for k, val in wanted.items()
+                  if k in ("toolsListChanged", "promptsListChanged", "resourcesListChanged") and val is True}
+        uris = [u for u in wanted.get("resourceSubscriptions") or [] if isinstance(u, str)]
+        routed: list[tuple[str, str]] = []
+        for uri in uris:
+            try:
+                routed.append((await self._server_for_uri(ctx, uri), uri))
+            except ProtocolError:
+                continue  # unknown URIs are left out of the acknowledgement
+        if routed:
+            agreed["resourceSubscriptions"] = [u for _s, u in routed]
+        meta = {v.META_SUBSCRIPTION_ID: request_id}
+        listener = self.subscriptions.add_listener(agreed, send, meta)
+        new_servers = [s for s, u in routed if self.subscriptions.add_resource(listener, s, u)]
+        try:
+            for server in sorted(set(new_servers)):
+                await self.upstreams[server].subscribe(ctx, "", self.subscriptions.uris_for(server))
+            await send(jsonrpc.notification("notifications/subscriptions/acknowledged",
+                                            {"_meta": meta, "notifications": agreed}))
+            await asyncio.Event().wait()  # until the front cancels us
+        finally:
+            self.subscriptions.remove_listener(listener)
+
+    async def set_log_level(self, level: str) -> None:
+        await asyncio.gather(*(u.set_log_level(level) for u in self.upstreams.values() if u.era == "legacy"))
+
+    async def roots_changed(self) -> None:
+        await asyncio.gather(*(u.notify_sessions("notifications/roots/list_changed")
+                               for u in self.upstreams.values()), return_exceptions=True)
+
+
+def stamp_modern(result: JsonObj) -> JsonObj:
+    """Modern results name the server that answered: that is the gateway, not the upstream."""
+    meta = result.get("_meta")
+    if isinstance(meta, dict) and meta.get(v.META_SERVER_INFO) != GATEWAY_INFO:
+        return {**result, "_meta": {**meta, v.META_SERVER_INFO: GATEWAY_INFO}}
+    if meta is None:
+        return {**result, "_meta": {v.META_SERVER_INFO: GATEWAY_INFO}}
+    return result
+
+
+__all__ = ["GATEWAY_CAPABILITIES", "Gateway", "PeerError", "SendHints", "__version__", "local_error"]

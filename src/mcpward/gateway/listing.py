@@ -1,0 +1,148 @@
+"""Aggregated lists across servers: namespacing, guard filtering and one opaque cursor.
+
+A gateway cursor is sealed `{server index, upstream cursor}`: the client pages
+through server after server without learning, or being able to forge, either part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from mcpward.gateway.catalog import Catalog
+from mcpward.gateway.context import RequestContext
+from mcpward.gateway.peer import PeerError
+from mcpward.gateway.upstream import Upstream
+from mcpward.guards.base import Call, GuardChain
+from mcpward.protocol import headers, jsonrpc
+from mcpward.protocol.jsonrpc import JsonObj, ProtocolError
+from mcpward.protocol.sealing import Sealer, SealError
+from mcpward.transport.base import SendHints
+
+log = logging.getLogger("mcpward.listing")
+METHODS = {"tools": "tools/list", "prompts": "prompts/list", "resources": "resources/list",
+           "resourceTemplates": "resources/templates/list"}
+CAPABILITY = {"tools": "tools", "prompts": "prompts", "resources": "resources", "resourceTemplates": "resources"}
+
+
+class Lister:
+    def __init__(self, upstreams: dict[str, Upstream], catalog: Catalog, guards: GuardChain,
+                 sealer: Sealer) -> None:
+        self.upstreams = upstreams
+        self.order = sorted(upstreams)
+        self.catalog = catalog
+        self.guards = guards
+        self.sealer = sealer
+        self.schemas: dict[tuple[str, str], Any] = {}  # (server, upstream tool) -> inputSchema
+
+    def _cursor(self, params: JsonObj) -> tuple[int, Any]:
+        cursor = params.get("cursor")
+        if cursor is None:
+            return 0, None
+        try:
+            state = self.sealer.unseal(cursor)
+        except SealError:
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, "invalid cursor") from None
+        index = state.get("i")
+        if not isinstance(index, int) or not 0 <= index < len(self.order) or state.get("n") != len(self.order):
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, "invalid cursor")
+        return index, state.get("c")
+
+    async def _page(self, ctx: RequestContext, server: str, kind: str, cursor: Any) -> JsonObj | None:
+        upstream = self.upstreams[server]
+        try:
+            if CAPABILITY[kind] not in await upstream.capabilities_for(ctx):
+                return None
+            params: JsonObj = {} if cursor is None else {"cursor": cursor}
+            return await upstream.call(ctx, METHODS[kind], params)
+        except PeerError as exc:
+            log.warning("server %s: %s failed: %s", server, METHODS[kind], exc)
+            return None
+
+    async def list(self, ctx: RequestContext, kind: str, params: JsonObj) -> JsonObj:
+        start, upstream_cursor = self._cursor(params)
+        targets = self.order[start:]
+        pages = await asyncio.gather(*(
+            self._page(ctx, server, kind, upstream_cursor if i == 0 else None) for i, server in enumerate(targets)
+        ))
+        items: list[JsonObj] = []
+        next_cursor: str | None = None
+        ttls: list[int] = []
+        private = False
+        for offset, (server, page) in enumerate(zip(targets, pages, strict=True)):
+            if page is None:
+                continue
+            items.extend(self._publish(server, kind, page))
+            ttl = page.get("ttlMs")
+            if isinstance(ttl, int) and not isinstance(ttl, bool):
+                ttls.append(ttl)
+            private = private or page.get("cacheScope") == "private"
+            upstream_next = page.get("nextCursor")
+            if upstream_next is not None:
+                next_cursor = self.sealer.seal({"i": start + offset, "c": upstream_next, "n": len(self.order)})
+                break
+        if not self.guards.empty:
+            call = Call(ctx=ctx, method=METHODS[kind], params=params)
+            items, changed = await self.guards.listing(call, kind, items)
+            private = private or changed
+        result: JsonObj = {kind: items}
+        if next_cursor is not None:
+            result["nextCursor"] = next_cursor
+        if ctx.era == "modern":
+            result["resultType"] = "complete"
+            result["ttlMs"] = min(ttls) if ttls else 0
+            result["cacheScope"] = "private" if private else "public"
+        return result
+
+    def _publish(self, server: str, kind: str, page: JsonObj) -> list[JsonObj]:
+        raw = page.get(kind)
+        if not isinstance(raw, list):
+            return []
+        items = [item for item in raw if isinstance(item, dict)]
+        if kind == "resources":
+            self.catalog.publish_resources(server, items)
+            return items
+        if kind == "resourceTemplates":
+            self.catalog.publish_templates(server, items)
+            return items
+        if kind == "tools":
+            items = self._valid_header_tools(server, items)
+        return self.catalog.publish(kind, server, items)
+
+    def _valid_header_tools(self, server: str, items: list[JsonObj]) -> list[JsonObj]:
+        kept = []
+        for item in items:
+            schema = item.get("inputSchema")
+            if headers.header_params(schema) is None:
+                # The spec requires dropping tools whose x-mcp-header annotation is invalid.
+                log.warning("server %s: tool %r has an invalid x-mcp-header annotation; hidden",
+                            server, item.get("name"))
+                continue
+            self.schemas[(server, str(item.get("name")))] = schema
+            kept.append(item)
+        return kept
+
+    async def refresh(self, ctx: RequestContext, kind: str) -> None:
+        """Walk every page of every server so name and URI maps are complete."""
+        async def walk(server: str) -> None:
+            cursor: Any = None
+            for _ in range(1000):  # a server that pages forever must not hang us
+                page = await self._page(ctx, server, kind, cursor)
+                if page is None:
+                    return
+                self._publish(server, kind, page)
+                cursor = page.get("nextCursor")
+                if cursor is None:
+                    return
+
+        await asyncio.gather(*(walk(server) for server in self.order))
+
+    def header_hints(self, server: str, call: Call) -> SendHints | None:
+        if call.method != "tools/call" or call.target is None:
+            return None
+        schema = self.schemas.get((server, call.target))
+        if schema is None:
+            return None
+        found = headers.upstream_param_headers(schema, call.params.get("arguments"))
+        return SendHints(headers=found) if found else None

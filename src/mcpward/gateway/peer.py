@@ -1,0 +1,158 @@
+"""JSON-RPC correlation over a MessageLink: requests get futures, the rest is routed.
+
+The gateway assigns its own request ids upstream, so ids from different clients can
+never collide on a shared upstream connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mcpward.protocol import jsonrpc
+from mcpward.protocol.jsonrpc import JsonObj, RequestId
+from mcpward.transport.base import LinkError, MessageLink, SendHints
+
+log = logging.getLogger("mcpward.peer")
+
+RequestHandler = Callable[[JsonObj], Awaitable[JsonObj]]
+NotificationHandler = Callable[[JsonObj], None]
+
+
+class PeerError(Exception):
+    """The upstream answered with a JSON-RPC error, or could not answer at all."""
+
+    def __init__(self, error: JsonObj, *, local: bool = False) -> None:
+        super().__init__(str(error.get("message", "upstream error")))
+        self.error = error
+        self.local = local  # True when the gateway made the error up (timeout, crash)
+
+    @property
+    def code(self) -> Any:
+        return self.error.get("code")
+
+
+def local_error(code: int, message: str, data: Any = None) -> PeerError:
+    return PeerError(jsonrpc.ProtocolError(code, message, data).to_error(), local=True)
+
+
+class Peer:
+    def __init__(
+        self,
+        link: MessageLink,
+        name: str,
+        on_request: RequestHandler,
+        on_notification: NotificationHandler,
+        cancel_by_notification: bool = True,
+    ) -> None:
+        self.link = link
+        self.name = name
+        self.on_request = on_request
+        self.on_notification = on_notification
+        # Modern HTTP cancels by closing the request's stream; everything else by notification.
+        self.cancel_by_notification = cancel_by_notification
+        self._ids = itertools.count(1)
+        self._pending: dict[RequestId, asyncio.Future[JsonObj]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed: str | None = None
+        link.on_message = self._dispatch
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    async def request(
+        self,
+        method: str,
+        params: JsonObj | None,
+        timeout: float,
+        hints: SendHints | None = None,
+        request_id: int | None = None,
+    ) -> JsonObj:
+        if self.closed is not None:
+            raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable")
+        rid = request_id if request_id is not None else self.next_id()
+        future: asyncio.Future[JsonObj] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        try:
+            await self.link.send(jsonrpc.request(rid, method, params), hints)
+            reply = await asyncio.wait_for(future, timeout)
+        except LinkError as exc:
+            raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable") from exc
+        except TimeoutError:
+            await self._cancel_upstream(rid, "timed out")
+            raise local_error(
+                jsonrpc.REQUEST_TIMEOUT, f"server {self.name!r} did not answer {method} within {timeout:g}s"
+            ) from None
+        except asyncio.CancelledError:
+            await asyncio.shield(self._cancel_upstream(rid, "cancelled by the client"))
+            raise
+        finally:
+            self._pending.pop(rid, None)
+        if "error" in reply:
+            error = reply["error"]
+            raise PeerError(error if isinstance(error, dict) else {"code": jsonrpc.INTERNAL_ERROR,
+                                                                    "message": "malformed upstream error"})
+        body = reply.get("result")
+        if not isinstance(body, dict):
+            raise local_error(jsonrpc.INTERNAL_ERROR, f"server {self.name!r} sent a result that is not an object")
+        return body
+
+    async def _cancel_upstream(self, rid: RequestId, reason: str) -> None:
+        self.link.abandon(rid)
+        if self.cancel_by_notification and self.closed is None:
+            with contextlib.suppress(LinkError):
+                await self.link.send(jsonrpc.notification("notifications/cancelled",
+                                                          {"requestId": rid, "reason": reason}))
+
+    async def notify(self, method: str, params: JsonObj | None = None) -> None:
+        await self.link.send(jsonrpc.notification(method, params))
+
+    def _dispatch(self, message: JsonObj) -> None:
+        try:
+            kind = jsonrpc.classify(message)
+        except jsonrpc.ProtocolError as exc:
+            log.warning("server %s sent an invalid message: %s", self.name, exc.message)
+            return
+        if kind is jsonrpc.Kind.RESPONSE:
+            future = self._pending.get(message["id"])
+            if future is not None and not future.done():
+                future.set_result(message)
+            return
+        if kind is jsonrpc.Kind.NOTIFICATION:
+            self.on_notification(message)
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, message: JsonObj) -> None:
+        rid = message["id"]
+        try:
+            reply = jsonrpc.result(rid, await self.on_request(message))
+        except PeerError as exc:
+            reply = {"jsonrpc": "2.0", "id": rid, "error": exc.error}
+        except jsonrpc.ProtocolError as exc:
+            reply = exc.response(rid)
+        except Exception:
+            log.exception("answering %s from server %s failed", message.get("method"), self.name)
+            reply = jsonrpc.error(rid, jsonrpc.INTERNAL_ERROR, "the gateway could not answer this request")
+        with contextlib.suppress(LinkError):
+            await self.link.send(reply)
+
+    def fail_all(self, reason: str) -> None:
+        """The link died: every waiter gets an error now instead of a timeout later."""
+        self.closed = reason
+        for rid, future in list(self._pending.items()):
+            if not future.done():
+                future.set_result(jsonrpc.error(rid, jsonrpc.UPSTREAM_UNAVAILABLE,
+                                                f"server {self.name!r} went away: {reason}"))
+        for task in list(self._tasks):
+            task.cancel()

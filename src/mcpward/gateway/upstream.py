@@ -1,0 +1,470 @@
+"""One configured upstream server: era probing, sessions, lifecycle, request forwarding.
+
+Modern (2026-07-28) upstreams are stateless, so one connection serves every client.
+Legacy upstreams fix capabilities per session at `initialize`, so the gateway keeps
+one session per distinct client capability set: an upstream never sees a
+capability the client did not declare (no capability laundering).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from mcpward import __version__
+from mcpward.gateway.config import GatewayConfig, ServerConfig
+from mcpward.gateway.context import RequestContext
+from mcpward.gateway.peer import Peer, PeerError, local_error
+from mcpward.protocol import jsonrpc
+from mcpward.protocol import versions as v
+from mcpward.protocol.jsonrpc import JsonObj
+from mcpward.transport.base import LinkError, MessageLink, SendHints
+from mcpward.transport.stdio_link import StdioLink
+
+log = logging.getLogger("mcpward.upstream")
+GATEWAY_INFO = {"name": "mcpward", "version": __version__}
+PUSH_CAPABILITY = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+MAX_BACKOFF = 30.0
+LISTEN_TIMEOUT = 365 * 24 * 3600.0
+
+
+@dataclass(slots=True)
+class UpstreamEvents:
+    """What an upstream tells the gateway outside of any request."""
+
+    list_changed: Callable[[str, str], None] = lambda _server, _kind: None
+    resource_updated: Callable[[str, JsonObj], None] = lambda _server, _params: None
+    subscription_notice: Callable[[str, JsonObj], None] = lambda _server, _msg: None
+
+
+@dataclass(slots=True)
+class Session:
+    peer: Peer
+    era: v.Era
+    key: str
+    info: JsonObj = field(default_factory=dict)  # initialize or discover result
+    protocol_version: str = v.LATEST_MODERN
+    active: dict[int, RequestContext] = field(default_factory=dict)
+    last_ctx: RequestContext | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    log_level: str | None = None
+
+
+class Upstream:
+    def __init__(self, cfg: ServerConfig, gw: GatewayConfig, events: UpstreamEvents) -> None:
+        self.cfg = cfg
+        self.gw = gw
+        self.name = cfg.name
+        self.events = events
+        self.era: v.Era | None = None
+        self.info: JsonObj = {}
+        self.error: str | None = None
+        self._sessions: dict[str, Session] = {}
+        self._spare: MessageLink | None = None
+        self._lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(cfg.max_in_flight)
+        self._progress: dict[str, tuple[RequestContext, Any]] = {}
+        self._tokens = itertools.count(1)
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._stopping = False
+        self.restarts = 0
+        self._listen_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._resource_uris: set[str] = set()
+        self._legacy_subscribed: dict[str, set[str]] = {}  # session key -> uris
+
+    # ----------------------------------------------------------------- lifecycle
+    def _make_link(self) -> MessageLink:
+        if self.cfg.command is not None:
+            return StdioLink(self.name, self.cfg.command, self.cfg.args, self.cfg.env, self.cfg.cwd,
+                             self.gw.max_message_bytes)
+        from mcpward.transport.http_link import HttpLink
+
+        assert self.cfg.url is not None
+        return HttpLink(self.cfg.url, self.cfg.headers, max_message_bytes=self.gw.max_message_bytes)
+
+    @property
+    def capabilities(self) -> JsonObj:
+        caps = self.info.get("capabilities")
+        return caps if isinstance(caps, dict) else {}
+
+    @property
+    def describe(self) -> str:
+        return self._make_link().describe() if self.cfg.url is None else str(self.cfg.url).split("?")[0]
+
+    async def start(self) -> None:
+        """Probe the era and keep the connection; errors are recorded, not raised."""
+        try:
+            await self.ensure(any_session=True)
+        except PeerError as exc:
+            log.error("server %s failed to start: %s", self.name, exc)
+
+    async def ensure(self, any_session: bool = False) -> None:
+        async with self._lock:
+            if self.era is not None and (any_session or self.era == "legacy" or "modern" in self._sessions):
+                return
+            wait = self._next_attempt - time.monotonic()
+            if wait > 0:
+                raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE,
+                                  f"server {self.name!r} is restarting; retry in {wait:.1f}s",
+                                  {"retryAfterSeconds": round(wait, 1)})
+            try:
+                await self._probe()
+                self._failures = 0
+                self.error = None
+            except (LinkError, PeerError) as exc:
+                self._failures += 1
+                self._next_attempt = time.monotonic() + min(MAX_BACKOFF, 0.25 * 2 ** self._failures)
+                self.error = str(exc)
+                raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable") from exc
+
+    async def _probe(self) -> None:
+        link = self._make_link()
+        await link.open()
+        peer = self._attach(link, "modern", "modern")
+        params = {"_meta": {v.META_VERSION: v.LATEST_MODERN, v.META_CAPABILITIES: {},
+                            v.META_CLIENT_INFO: GATEWAY_INFO}}
+        try:
+            result = await peer.request("server/discover", params, self.gw.probe_timeout)
+        except PeerError as exc:
+            if exc.local and exc.code != jsonrpc.REQUEST_TIMEOUT:
+                await link.close()
+                raise
+            supported = exc.error.get("data", {}) if isinstance(exc.error.get("data"), dict) else {}
+            if exc.code == jsonrpc.UNSUPPORTED_PROTOCOL_VERSION and supported:
+                await link.close()
+                raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE,
+                                  f"server {self.name!r} speaks none of our modern versions") from exc
+            # Any other error, or silence, means legacy (never keyed to one code).
+            self.era = "legacy"
+            self._spare = link
+            log.info("server %s speaks the legacy (initialize) era", self.name)
+            return
+        self.era = "modern"
+        self.info = result
+        self._sessions["modern"] = Session(peer=peer, era="modern", key="modern", info=result)
+        self._relisten()
+        log.info("server %s speaks %s", self.name, v.LATEST_MODERN)
+
+    def _attach(self, link: MessageLink, key: str, era: v.Era) -> Peer:
+        async def on_request(message: JsonObj) -> JsonObj:
+            return await self._on_push(self._sessions.get(key), message)
+
+        def on_notification(message: JsonObj) -> None:
+            self._on_notification(self._sessions.get(key), message)
+
+        peer = Peer(link, self.name, on_request, on_notification,
+                    cancel_by_notification=not (era == "modern" and self.cfg.url is not None))
+
+        def on_closed(reason: str) -> None:
+            peer.fail_all(reason)
+            session = self._sessions.get(key)
+            if session is not None and session.peer is peer:
+                del self._sessions[key]
+                self._on_crash(reason)
+
+        link.on_closed = on_closed
+        return peer
+
+    def _on_crash(self, reason: str) -> None:
+        if self._stopping:
+            return
+        self._failures += 1
+        delay = min(MAX_BACKOFF, 0.25 * 2 ** self._failures)
+        self._next_attempt = time.monotonic() + delay
+        log.error("server %s stopped (%s); restarting in %.2fs", self.name, reason, delay)
+        if self.era == "modern":
+            self.era = None  # re-probe: a restarted server may come back different
+        if self.cfg.start == "eager":
+            asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(self._restart()))
+
+    async def _restart(self) -> None:
+        if self._stopping:
+            return
+        self.restarts += 1
+        with contextlib.suppress(PeerError):
+            await self.ensure(any_session=True)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+        sessions, self._sessions = list(self._sessions.values()), {}
+        links = [s.peer.link for s in sessions] + ([self._spare] if self._spare else [])
+        self._spare = None
+        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+
+    async def capabilities_for(self, ctx: RequestContext) -> JsonObj:
+        """The server's capabilities as seen by this client (legacy: its session's answer)."""
+        session = await self._session_for(ctx)
+        caps = session.info.get("capabilities")
+        return caps if isinstance(caps, dict) else {}
+
+    # ------------------------------------------------------------------ sessions
+    async def _session_for(self, ctx: RequestContext) -> Session:
+        await self.ensure()
+        if self.era == "modern":
+            return self._sessions["modern"]
+        key = orjson.dumps(ctx.capabilities, option=orjson.OPT_SORT_KEYS).decode() + "|" + ctx.principal.subject
+        async with self._lock:
+            session = self._sessions.get(key)
+            if session is not None:
+                return session
+            self._evict_idle()
+            link, self._spare = self._spare, None
+            if link is None:
+                link = self._make_link()
+                try:
+                    await link.open()
+                except LinkError as exc:
+                    raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable") from exc
+            peer = self._attach(link, key, "legacy")
+            session = Session(peer=peer, era="legacy", key=key)
+            self._sessions[key] = session
+            try:
+                await self._initialize(session, ctx)
+            except PeerError:
+                self._sessions.pop(key, None)
+                await link.close()
+                raise
+            return session
+
+    def _evict_idle(self) -> None:
+        if len(self._sessions) < self.cfg.max_sessions:
+            return
+        idle = [s for s in self._sessions.values() if not s.active]
+        if not idle:
+            raise local_error(jsonrpc.OVERLOADED,
+                              f"server {self.name!r} has {self.cfg.max_sessions} busy sessions; retry later")
+        oldest = min(idle, key=lambda s: s.last_used)
+        del self._sessions[oldest.key]
+        self._background(oldest.peer.link.close())
+
+    async def _initialize(self, session: Session, ctx: RequestContext) -> None:
+        version = ctx.protocol_version if ctx.protocol_version in v.LEGACY_VERSIONS else v.LATEST_LEGACY
+        params = {"protocolVersion": version, "capabilities": ctx.capabilities,
+                  "clientInfo": ctx.client_info or GATEWAY_INFO}
+        result = await session.peer.request("initialize", params, self.cfg.timeout)
+        session.info = result
+        session.protocol_version = str(result.get("protocolVersion", version))
+        self.info = result
+        await session.peer.notify("notifications/initialized")
+        log.info("server %s: legacy session %s initialised", self.name, session.protocol_version)
+
+    # ---------------------------------------------------------------- forwarding
+    async def call(self, ctx: RequestContext, method: str, params: JsonObj,
+                   hints: SendHints | None = None) -> JsonObj:
+        """Forward one request for `ctx`, bridging eras; returns the result object."""
+        deadline = time.monotonic() + self.cfg.timeout
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.cfg.timeout)
+        except TimeoutError:
+            raise local_error(jsonrpc.OVERLOADED, f"server {self.name!r} is at its in-flight limit") from None
+        try:
+            session = await self._session_for(ctx)
+            session.last_used = time.monotonic()
+            if session.era == "legacy" and ctx.era == "legacy":
+                session.last_ctx = ctx
+            while True:
+                body, token = self._outgoing(session, ctx, params)
+                rid = session.peer.next_id()
+                session.active[rid] = ctx
+                try:
+                    result = await session.peer.request(method, body, max(0.0, deadline - time.monotonic()),
+                                                        hints, request_id=rid)
+                finally:
+                    session.active.pop(rid, None)
+                    if token is not None:
+                        self._progress.pop(token, None)
+                if result.get("resultType") != "input_required" or ctx.era == "modern":
+                    return result
+                # A legacy client cannot take InputRequiredResult: ask it, then retry.
+                params = await self._fulfil_inputs(ctx, params, result)
+        finally:
+            self._slots.release()
+
+    def _outgoing(self, session: Session, ctx: RequestContext, params: JsonObj) -> tuple[JsonObj, str | None]:
+        meta: JsonObj = dict(ctx.forward_meta)
+        token: str | None = None
+        if ctx.progress_token is not None:
+            token = f"{self.name}-{next(self._tokens)}"
+            self._progress[token] = (ctx, ctx.progress_token)
+            meta["progressToken"] = token
+        if session.era == "modern":
+            meta[v.META_VERSION] = v.LATEST_MODERN
+            meta[v.META_CAPABILITIES] = ctx.capabilities
+            if ctx.client_info is not None:
+                meta[v.META_CLIENT_INFO] = ctx.client_info
+            if ctx.log_level is not None:
+                meta[v.META_LOG_LEVEL] = ctx.log_level
+        body = {k: val for k, val in params.items() if k != "_meta"}
+        if meta:
+            body["_meta"] = meta
+        return body, token
+
+    async def _fulfil_inputs(self, ctx: RequestContext, params: JsonObj, result: JsonObj) -> JsonObj:
+        requests = result.get("inputRequests") or {}
+        if not isinstance(requests, dict):
+            raise local_error(jsonrpc.INTERNAL_ERROR, f"server {self.name!r} sent malformed inputRequests")
+        responses: JsonObj = {}
+        for key, req in requests.items():
+            if not isinstance(req, dict) or not isinstance(req.get("method"), str):
+                raise local_error(jsonrpc.INTERNAL_ERROR, f"server {self.name!r} sent a malformed input request")
+            responses[key] = await self._ask_client(ctx, req["method"], req.get("params") or {})
+        retry = {k: val for k, val in params.items() if k not in ("inputResponses", "requestState")}
+        retry["inputResponses"] = responses
+        if "requestState" in result:
+            retry["requestState"] = result["requestState"]
+        return retry
+
+    async def _ask_client(self, ctx: RequestContext, method: str, params: JsonObj) -> JsonObj:
+        capability = PUSH_CAPABILITY.get(method)
+        if capability is None:
+            raise local_error(jsonrpc.METHOD_NOT_FOUND, f"{method} cannot be sent to clients")
+        if not ctx.has_capability(capability):
+            raise local_error(jsonrpc.MISSING_REQUIRED_CLIENT_CAPABILITY,
+                              f"the client did not declare the {capability!r} capability",
+                              {"requiredCapabilities": {capability: {}}})
+        if ctx.channel.can_ask:
+            return await ctx.channel.ask(method, params, self.cfg.timeout)
+        if ctx.push_sink is not None:
+            return await ctx.push_sink(method, params)
+        raise local_error(jsonrpc.INTERNAL_ERROR, f"{method} cannot reach this client")
+
+    # -------------------------------------------------------- upstream-initiated
+    async def _on_push(self, session: Session | None, message: JsonObj) -> JsonObj:
+        method = message["method"]
+        params = message.get("params") or {}
+        if method == "ping":
+            return {}
+        ctx = self._owner(session)
+        if ctx is None:
+            raise local_error(jsonrpc.INVALID_REQUEST, f"{method} arrived with no client request in progress")
+        return await self._ask_client(ctx, method, params)
+
+    @staticmethod
+    def _owner(session: Session | None) -> RequestContext | None:
+        """The client request a push or a log line belongs to.
+
+        Legacy stdio carries no request correlation, so: the oldest request in
+        flight on this session, else the last legacy client that used it.
+        """
+        if session is None:
+            return None
+        if session.active:
+            return session.active[min(session.active)]
+        return session.last_ctx
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_notification(self, session: Session | None, message: JsonObj) -> None:
+        method = message["method"]
+        params = message.get("params") or {}
+        if method == "notifications/progress":
+            entry = self._progress.get(str(params.get("progressToken")))
+            if entry is not None:
+                ctx, original = entry
+                out = dict(params, progressToken=original)
+                self._background(ctx.channel.notify(jsonrpc.notification(method, out)))
+        elif method == "notifications/message":
+            ctx = self._owner(session)
+            if ctx is not None and v.log_level_allows(ctx.log_level, params.get("level")):
+                self._background(ctx.channel.notify(message))
+        elif method.endswith("/list_changed"):
+            if v.META_SUBSCRIPTION_ID in (params.get("_meta") or {}):
+                self.events.subscription_notice(self.name, message)
+            self.events.list_changed(self.name, method.split("/")[1])
+        elif method == "notifications/resources/updated":
+            self.events.resource_updated(self.name, params)
+        elif method == "notifications/subscriptions/acknowledged":
+            self.events.subscription_notice(self.name, message)
+        elif method != "notifications/cancelled":
+            log.debug("server %s sent %s; not forwarded", self.name, method)
+
+    # ------------------------------------------------------------- session-wide
+    async def set_log_level(self, level: str) -> None:
+        """Legacy `logging/setLevel` reaches every live legacy session that offers logging."""
+        for session in list(self._sessions.values()):
+            caps = session.info.get("capabilities") or {}
+            if session.era == "legacy" and "logging" in caps:
+                session.log_level = level
+                with contextlib.suppress(PeerError):
+                    await session.peer.request("logging/setLevel", {"level": level}, self.cfg.timeout)
+
+    async def notify_sessions(self, method: str, params: JsonObj | None = None) -> None:
+        for session in list(self._sessions.values()):
+            if session.era == "legacy":
+                with contextlib.suppress(LinkError):
+                    await session.peer.notify(method, params)
+
+    def stderr_tail(self) -> list[str]:
+        return [line for s in self._sessions.values() if isinstance(s.peer.link, StdioLink)
+                for line in s.peer.link.stderr_tail]
+
+    # ------------------------------------------------------------ subscriptions
+    async def subscribe(self, ctx: RequestContext, uri: str, all_uris: set[str]) -> None:
+        """Make sure the upstream tells us about changes to every URI in `all_uris`."""
+        await self.ensure()
+        self._resource_uris = set(all_uris)
+        if self.era == "modern":
+            self._relisten()
+            return
+        session = await self._session_for(ctx)
+        done = self._legacy_subscribed.setdefault(session.key, set())
+        for wanted in sorted(all_uris - done):
+            await self.call(ctx, "resources/subscribe", {"uri": wanted})
+            done.add(wanted)
+
+    async def unsubscribe(self, ctx: RequestContext, uri: str, all_uris: set[str]) -> None:
+        self._resource_uris = set(all_uris)
+        if self.era == "modern":
+            self._relisten()
+            return
+        for key, done in self._legacy_subscribed.items():
+            if uri in done and key in self._sessions:
+                await self.call(ctx, "resources/unsubscribe", {"uri": uri})
+                done.discard(uri)
+
+    def _relisten(self) -> None:
+        """(Re)open the gateway's own `subscriptions/listen` on a modern upstream."""
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+        self._listen_task = asyncio.ensure_future(self._listen())
+
+    async def _listen(self) -> None:
+        caps = self.capabilities
+        wanted: JsonObj = {}
+        for kind, flag in (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
+                           ("resources", "resourcesListChanged")):
+            if isinstance(caps.get(kind), dict) and caps[kind].get("listChanged"):
+                wanted[flag] = True
+        resources = caps.get("resources")
+        if self._resource_uris and isinstance(resources, dict) and resources.get("subscribe"):
+            wanted["resourceSubscriptions"] = sorted(self._resource_uris)
+        if not wanted:
+            return
+        params = {"_meta": {v.META_VERSION: v.LATEST_MODERN, v.META_CAPABILITIES: {},
+                            v.META_CLIENT_INFO: GATEWAY_INFO}, "notifications": wanted}
+        while not self._stopping:
+            session = self._sessions.get("modern")
+            if session is None:
+                return  # a restart re-opens it after the probe
+            try:
+                await session.peer.request("subscriptions/listen", params, LISTEN_TIMEOUT)
+            except PeerError as exc:
+                if exc.code in (jsonrpc.METHOD_NOT_FOUND, jsonrpc.INVALID_PARAMS):
+                    log.info("server %s does not offer subscriptions/listen", self.name)
+                    return
+            await asyncio.sleep(1.0)  # the server ended the stream: listen again

@@ -1,0 +1,106 @@
+"""The guard hook interface: every message passes an ordered chain of guards.
+
+A guard overrides only the hooks it needs:
+
+- `on_request(call)`: before routing. Return None to allow unchanged, a new params
+  dict to transform, or raise `Refusal` to refuse.
+- `on_result(call, result)`: after the upstream answered. Return None, a new
+  result, or raise `Refusal`.
+- `on_list(call, kind, items)`: for `tools/list`, `prompts/list`, `resources/list`
+  and `resources/templates/list`. Return None or the items to show (filtering
+  makes the list `cacheScope: private`).
+
+The chain skips hooks a guard does not override, so a guard costs nothing on paths
+it does not watch, and an empty chain costs nothing at all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcpward.gateway.context import RequestContext
+from mcpward.protocol import jsonrpc
+from mcpward.protocol.jsonrpc import JsonObj
+
+
+@dataclass(slots=True)
+class Call:
+    """What guards see of one request."""
+
+    ctx: RequestContext
+    method: str
+    params: JsonObj
+    server: str | None = None
+    target: str | None = None  # upstream tool/prompt name, or resource URI
+    started: float = field(default_factory=time.perf_counter)
+    notes: dict[str, Any] = field(default_factory=dict)  # guards may leave facts for later guards
+
+
+class Refusal(Exception):
+    """A guard says no. `rule` names the rule so the client and the audit can tell why."""
+
+    def __init__(self, rule: str, message: str, *, as_tool_error: bool = False) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+        self.as_tool_error = as_tool_error
+
+    def to_error(self) -> jsonrpc.ProtocolError:
+        return jsonrpc.ProtocolError(jsonrpc.REFUSED, f"refused by {self.rule}: {self.message}", {"rule": self.rule})
+
+    def to_tool_result(self) -> JsonObj:
+        return {"content": [{"type": "text", "text": f"refused by {self.rule}: {self.message}"}], "isError": True}
+
+
+class Guard:
+    name = "guard"
+
+    async def on_request(self, call: Call) -> JsonObj | None:
+        return None
+
+    async def on_result(self, call: Call, result: JsonObj) -> JsonObj | None:
+        return None
+
+    async def on_list(self, call: Call, kind: str, items: list[JsonObj]) -> list[JsonObj] | None:
+        return None
+
+
+def _overrides(guard: Guard, hook: str) -> bool:
+    return getattr(type(guard), hook) is not getattr(Guard, hook)
+
+
+class GuardChain:
+    def __init__(self, guards: list[Guard] | None = None) -> None:
+        self.guards = list(guards or [])
+        self._request = [g for g in self.guards if _overrides(g, "on_request")]
+        self._result = [g for g in self.guards if _overrides(g, "on_result")]
+        self._list = [g for g in self.guards if _overrides(g, "on_list")]
+
+    @property
+    def empty(self) -> bool:
+        return not self.guards
+
+    async def request(self, call: Call) -> None:
+        for guard in self._request:
+            replaced = await guard.on_request(call)
+            if replaced is not None:
+                call.params = replaced
+
+    async def result(self, call: Call, result: JsonObj) -> JsonObj:
+        # Result hooks run in reverse, like unwinding middleware.
+        for guard in reversed(self._result):
+            replaced = await guard.on_result(call, result)
+            if replaced is not None:
+                result = replaced
+        return result
+
+    async def listing(self, call: Call, kind: str, items: list[JsonObj]) -> tuple[list[JsonObj], bool]:
+        """Returns the items and whether any guard changed them."""
+        changed = False
+        for guard in self._list:
+            replaced = await guard.on_list(call, kind, items)
+            if replaced is not None:
+                items, changed = replaced, True
+        return items, changed

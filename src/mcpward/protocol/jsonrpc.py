@@ -1,0 +1,122 @@
+"""JSON-RPC 2.0 framing for MCP, sans-IO: bytes in, dicts out, and back.
+
+Nothing here touches a socket or a process. Messages stay plain dicts so the hot
+path never builds model objects; `encode` is orjson, and callers that forward a
+message unchanged send the original bytes instead of re-encoding.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import orjson
+
+JsonObj = dict[str, Any]
+RequestId = str | int
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# Implementation-defined range (-32000..-32019) used by the gateway itself.
+UPSTREAM_UNAVAILABLE = -32001
+REQUEST_TIMEOUT = -32002
+OVERLOADED = -32003
+REFUSED = -32004
+# Reserved by the 2026-07-28 specification.
+HEADER_MISMATCH = -32020
+MISSING_REQUIRED_CLIENT_CAPABILITY = -32021
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+
+
+class Kind(enum.Enum):
+    REQUEST = "request"
+    NOTIFICATION = "notification"
+    RESPONSE = "response"
+
+
+class ProtocolError(Exception):
+    """A JSON-RPC error that should reach the peer as an error object."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_error(self) -> JsonObj:
+        err: JsonObj = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+    def response(self, request_id: RequestId | None) -> JsonObj:
+        return {"jsonrpc": "2.0", "id": request_id, "error": self.to_error()}
+
+
+def encode(message: JsonObj) -> bytes:
+    return orjson.dumps(message)
+
+
+def decode(data: bytes | str, max_bytes: int) -> JsonObj:
+    """Parse one frame into a JSON-RPC message dict, or raise ProtocolError."""
+    if len(data) > max_bytes:
+        raise ProtocolError(INVALID_REQUEST, f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(PARSE_ERROR, f"parse error: {exc.msg}") from None
+    if isinstance(message, list):
+        # Batches were removed from MCP in 2025-06-18; accepting them would let one
+        # frame smuggle many requests past per-message limits.
+        raise ProtocolError(INVALID_REQUEST, "JSON-RPC batches are not supported")
+    if not isinstance(message, dict):
+        raise ProtocolError(INVALID_REQUEST, "a JSON-RPC message must be an object")
+    return message
+
+
+def classify(message: JsonObj) -> Kind:
+    """Tell requests, notifications and responses apart; raise on anything else."""
+    if message.get("jsonrpc") != "2.0":
+        raise ProtocolError(INVALID_REQUEST, "'jsonrpc' must be \"2.0\"")
+    method = message.get("method")
+    has_id = "id" in message
+    if method is not None:
+        if not isinstance(method, str) or not method:
+            raise ProtocolError(INVALID_REQUEST, "'method' must be a non-empty string")
+        params = message.get("params")
+        if params is not None and not isinstance(params, dict):
+            raise ProtocolError(INVALID_PARAMS, "'params' must be an object")
+        if not has_id:
+            return Kind.NOTIFICATION
+        request_id = message["id"]
+        if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
+            raise ProtocolError(INVALID_REQUEST, "'id' must be a string or an integer")
+        return Kind.REQUEST
+    if has_id and ("result" in message or "error" in message):
+        return Kind.RESPONSE
+    raise ProtocolError(INVALID_REQUEST, "not a request, notification or response")
+
+
+def request(request_id: RequestId, method: str, params: JsonObj | None = None) -> JsonObj:
+    msg: JsonObj = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def notification(method: str, params: JsonObj | None = None) -> JsonObj:
+    msg: JsonObj = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def result(request_id: RequestId | None, body: JsonObj) -> JsonObj:
+    return {"jsonrpc": "2.0", "id": request_id, "result": body}
+
+
+def error(request_id: RequestId | None, code: int, message: str, data: Any = None) -> JsonObj:
+    return ProtocolError(code, message, data).response(request_id)

@@ -1,0 +1,353 @@
+"""The Streamable HTTP front: both eras on one endpoint, DNS-rebinding protection.
+
+Era routing follows the `MCP-Protocol-Version` header: a modern version goes down
+the stateless path (every POST stands alone, closing its stream cancels it);
+anything else is the legacy session path (`initialize`, `Mcp-Session-Id`, GET stream).
+A reply is plain JSON when the answer comes before anything else needs saying,
+and an SSE stream as soon as a notification or server->client request must go first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mcpward.gateway.context import Principal
+from mcpward.gateway.core import Gateway
+from mcpward.gateway.downstream import ClientConnection
+from mcpward.protocol import jsonrpc
+from mcpward.protocol import versions as v
+from mcpward.protocol.jsonrpc import JsonObj
+from mcpward.transport.http_checks import (
+    HttpRejection,
+    allowed_hosts,
+    allowed_origins,
+    check_modern_headers,
+    status_for,
+)
+from mcpward.transport.sse import encode_comment, encode_event
+
+log = logging.getLogger("mcpward.http")
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"),
+               (b"x-accel-buffering", b"no")]
+KEEPALIVE = 15.0
+OUTBOX_LIMIT = 1000
+
+
+class LegacySession:
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.outbox: asyncio.Queue[JsonObj] = asyncio.Queue(OUTBOX_LIMIT)
+        self.streaming = False
+
+    async def push(self, message: JsonObj) -> None:
+        if self.outbox.full():
+            dropped = self.outbox.get_nowait()
+            log.warning("session %s: GET stream backlog full; dropped %s", self.conn.session_id[:8],
+                        dropped.get("method"))
+        self.outbox.put_nowait(message)
+
+
+class HttpFront:
+    def __init__(self, gateway: Gateway, manage_gateway: bool = True) -> None:
+        self.gateway = gateway
+        self.cfg = gateway.cfg
+        self.manage_gateway = manage_gateway
+        self.sessions: dict[str, LegacySession] = {}
+        self.hosts = allowed_hosts(self.cfg)
+        self.origins = allowed_origins(self.cfg)
+        self.modern = ClientConnection(gateway, "http", Principal.anonymous(), self._no_session_writer)
+
+    @staticmethod
+    async def _no_session_writer(message: JsonObj) -> None:
+        log.debug("dropped %s: a modern request has no session stream", message.get("method"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._http(scope, receive, send)
+        except HttpRejection as rej:
+            await _respond(send, rej.status, rej.body, rej.headers)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.manage_gateway:
+                    await self.gateway.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for session in self.sessions.values():
+                    session.conn.close()
+                if self.manage_gateway:
+                    await self.gateway.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): val.decode("latin-1") for k, val in scope["headers"]}
+        if scope["path"] != self.cfg.http_path:
+            raise HttpRejection(404, None)
+        host = headers.get("host", "")
+        if host.lower() not in self.hosts:
+            raise HttpRejection(421, None, text="Invalid Host header")
+        origin = headers.get("origin")
+        if origin is not None and origin.lower() not in self.origins:
+            raise HttpRejection(403, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Origin not allowed"))
+        version = headers.get("mcp-protocol-version")
+        modern = version is not None and version not in v.LEGACY_VERSIONS
+        method = scope["method"]
+        if method == "POST":
+            await self._post(scope, receive, send, headers, modern)
+        elif method == "GET" and not modern:
+            await self._get(send, receive, headers)
+        elif method == "DELETE" and not modern:
+            session = self._session(headers)
+            del self.sessions[session.conn.session_id]
+            session.conn.close()
+            await _respond(send, 200, None)
+        else:
+            raise HttpRejection(405, None, headers=[(b"allow", b"POST" if modern else b"GET, POST, DELETE")])
+
+    def _session(self, headers: dict[str, str]) -> LegacySession:
+        session_id = headers.get("mcp-session-id")
+        if session_id is None:
+            raise HttpRejection(400, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "missing Mcp-Session-Id"))
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise HttpRejection(404, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Session not found"))
+        return session
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HttpRejection(400, None)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.cfg.max_message_bytes:
+                raise HttpRejection(413, jsonrpc.error(
+                    None, jsonrpc.INVALID_REQUEST, f"request body exceeds {self.cfg.max_message_bytes} bytes"))
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
+                    modern: bool) -> None:
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise HttpRejection(415, jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
+                                                   "Content-Type must be application/json"))
+        accept = headers.get("accept", "")
+        wants_sse = "text/event-stream" in accept or "*/*" in accept
+        if not ("application/json" in accept or "*/*" in accept):
+            raise HttpRejection(406, None, text="Accept must include application/json and text/event-stream")
+        try:
+            message = jsonrpc.decode(await self._read_body(receive), self.cfg.max_message_bytes)
+            kind = jsonrpc.classify(message)
+        except jsonrpc.ProtocolError as exc:
+            raise HttpRejection(400, exc.response(None)) from None
+        if modern:
+            await self._post_modern(scope, receive, send, headers, message, kind, wants_sse)
+        else:
+            await self._post_legacy(receive, send, headers, message, kind, wants_sse)
+
+    async def _post_modern(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
+                           message: JsonObj, kind: jsonrpc.Kind, wants_sse: bool) -> None:
+        if kind is not jsonrpc.Kind.REQUEST:
+            if kind is jsonrpc.Kind.RESPONSE:
+                raise HttpRejection(400, jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
+                                                       "a 2026-07-28 client cannot post responses"))
+            if headers.get("mcp-protocol-version") not in v.MODERN_VERSIONS:
+                raise HttpRejection(400, jsonrpc.error(None, jsonrpc.UNSUPPORTED_PROTOCOL_VERSION,
+                                                       "Unsupported protocol version",
+                                                       {"supported": list(v.MODERN_VERSIONS)}))
+            await _respond(send, 202, None)
+            return
+        rejection = await check_modern_headers(self.gateway, message, headers, scope["headers"])
+        if rejection is not None:
+            await _respond(send, status_for(rejection), rejection)
+            return
+        method = message["method"]
+        if method not in self.gateway.methods and method != "subscriptions/listen":
+            await _respond(send, 404, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
+                                                    f"method not found: {method}"))
+            return
+        await self._exchange(receive, send, lambda stream: self.modern.on_request(message, stream),
+                             wants_sse, cancel_on_disconnect=True, status_table=True)
+
+    async def _post_legacy(self, receive: Receive, send: Send, headers: dict[str, str],
+                           message: JsonObj, kind: jsonrpc.Kind, wants_sse: bool) -> None:
+        if kind is jsonrpc.Kind.REQUEST and message["method"] == "initialize":
+            session_id = secrets.token_urlsafe(24)
+            holder: list[LegacySession] = []
+
+            async def to_get_stream(msg: JsonObj) -> None:
+                await holder[0].push(msg)
+
+            conn = ClientConnection(self.gateway, "http", Principal.anonymous(), to_get_stream, session_id)
+            session = LegacySession(conn)
+            holder.append(session)
+            reply = await conn.on_request(message)
+            if reply is not None and "result" in reply:
+                self.sessions[session_id] = session
+                await _respond(send, 200, reply, [(b"mcp-session-id", session_id.encode())])
+            else:
+                await _respond(send, 200, reply)
+            return
+        params = message.get("params") if isinstance(message.get("params"), dict) else None
+        if "mcp-session-id" not in headers and params and v.META_VERSION in (params.get("_meta") or {}):
+            raise HttpRejection(400, jsonrpc.error(message.get("id"), jsonrpc.HEADER_MISMATCH,
+                                                   "MCP-Protocol-Version header is required"))
+        session = self._session(headers)
+        conn = session.conn
+        if kind is jsonrpc.Kind.NOTIFICATION:
+            await conn.on_notification(message)
+            await _respond(send, 202, None)
+            return
+        if kind is jsonrpc.Kind.RESPONSE:
+            await conn.on_response(message)
+            await _respond(send, 202, None)
+            return
+        rid = message["id"]
+
+        async def run(stream: Callable[[JsonObj], Awaitable[None]]) -> JsonObj | None:
+            task = asyncio.current_task()
+            assert task is not None
+            conn.running[rid] = task
+            try:
+                return await conn.on_request(message, stream)
+            finally:
+                conn.running.pop(rid, None)
+
+        await self._exchange(receive, send, run, wants_sse, cancel_on_disconnect=False, status_table=False)
+
+    async def _exchange(self, receive: Receive, send: Send,
+                        handler: Callable[[Callable[[JsonObj], Awaitable[None]]], Awaitable[JsonObj | None]],
+                        wants_sse: bool, cancel_on_disconnect: bool, status_table: bool) -> None:
+        """Run one request; answer JSON if nothing precedes the reply, else switch to SSE."""
+        queue: asyncio.Queue[tuple[str, JsonObj | None]] = asyncio.Queue()
+
+        async def stream(msg: JsonObj) -> None:
+            queue.put_nowait(("message", msg))
+
+        async def runner() -> None:
+            reply: JsonObj | None = None
+            try:
+                reply = await handler(stream)
+            finally:
+                queue.put_nowait(("done", reply))
+
+        task = asyncio.ensure_future(runner())
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            item = await _next(queue, watcher)
+            if item is _DISCONNECTED:
+                return
+            if item is not _KEEPALIVE and item[0] == "done":
+                reply = item[1]
+                if reply is None:
+                    await _respond(send, 202, None)
+                    return
+                error = reply.get("error")
+                status = status_for(reply) if status_table and isinstance(error, dict) else 200
+                await _respond(send, status, reply)
+                return
+            if not wants_sse:
+                log.warning("client does not accept SSE; streaming anyway, as the reply needs it")
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            while True:
+                if item is _DISCONNECTED:
+                    return
+                if item is _KEEPALIVE:
+                    await send({"type": "http.response.body", "body": encode_comment("ping"), "more_body": True})
+                else:
+                    tag, msg = item
+                    if msg is not None:
+                        await send({"type": "http.response.body", "body": _event(msg), "more_body": True})
+                    if tag == "done":
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        return
+                item = await _next(queue, watcher)
+        finally:
+            watcher.cancel()
+            if cancel_on_disconnect and not task.done():
+                # Modern HTTP: a closed stream is the cancellation.
+                task.cancel()
+
+    async def _get(self, send: Send, receive: Receive, headers: dict[str, str]) -> None:
+        if "text/event-stream" not in headers.get("accept", ""):
+            raise HttpRejection(406, None, text="Accept must include text/event-stream")
+        session = self._session(headers)
+        if session.streaming:
+            raise HttpRejection(409, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "a GET stream is already open"))
+        session.streaming = True
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            await send({"type": "http.response.body", "body": encode_comment("stream open"), "more_body": True})
+            while session.conn.session_id in self.sessions:
+                item: Any = await _next(session.outbox, watcher)
+                if item is _DISCONNECTED:
+                    return
+                body = encode_comment("ping") if item is _KEEPALIVE else _event(item)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            session.streaming = False
+            watcher.cancel()
+
+
+_KEEPALIVE: Any = object()
+_DISCONNECTED: Any = object()
+
+
+async def _next(queue: asyncio.Queue[Any], watcher: asyncio.Future[None]) -> Any:
+    if not queue.empty():
+        return queue.get_nowait()
+    getter = asyncio.ensure_future(queue.get())
+    try:
+        done, _ = await asyncio.wait({getter, watcher}, timeout=KEEPALIVE, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not getter.done():
+            getter.cancel()
+    if getter in done:
+        return getter.result()
+    return _DISCONNECTED if watcher in done else _KEEPALIVE
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _event(message: JsonObj) -> bytes:
+    return encode_event(jsonrpc.encode(message), event="message")
+
+
+async def _respond(send: Send, status: int, body: JsonObj | bytes | None,
+                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = list(extra or [])
+    payload = b""
+    if isinstance(body, bytes):
+        payload = body
+        headers.append((b"content-type", b"text/plain; charset=utf-8"))
+    elif body is not None:
+        payload = jsonrpc.encode(body)
+        headers.append((b"content-type", b"application/json"))
+    headers.append((b"content-length", str(len(payload)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    with contextlib.suppress(Exception):
+        await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,171 @@
+"""An upstream MCP server run as a child process, spoken to over its stdio."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import shlex
+import signal
+
+from mcpward.protocol import jsonrpc
+from mcpward.protocol.jsonrpc import JsonObj
+from mcpward.transport.base import LinkError, MessageLink, SendHints
+from mcpward.transport.lines import read_frames
+
+log = logging.getLogger("mcpward.upstream")
+
+# What a child inherits from the gateway: enough to find interpreters and a home,
+# nothing else. Credentials in the gateway's environment never reach a server
+# unless its config declares them.
+INHERITED_ENV = ("PATH", "HOME", "LOGNAME", "USER", "SHELL", "TERM", "LANG", "LC_ALL", "TZ")
+STDERR_LINES_KEPT = 200
+
+
+class StdioLink(MessageLink):
+    def __init__(
+        self,
+        name: str,
+        command: str,
+        args: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        max_message_bytes: int,
+        shutdown_grace: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.command = command
+        self.args = args
+        self.env = env
+        self.cwd = cwd
+        self.max_message_bytes = max_message_bytes
+        self.shutdown_grace = shutdown_grace
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._write_lock = asyncio.Lock()
+        self._closing = False
+
+    def describe(self) -> str:
+        return shlex.join([self.command, *self.args])
+
+    def child_env(self) -> dict[str, str]:
+        env = {k: v for k in INHERITED_ENV if (v := os.environ.get(k)) is not None}
+        env.update(self.env)
+        return env
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def open(self) -> None:
+        log.info("spawning server %s: %s", self.name, self.describe())
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                self.command,
+                *self.args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self.child_env(),
+                cwd=self.cwd,
+                limit=self.max_message_bytes + 1,
+                start_new_session=True,  # our signals, not the terminal's, end it
+            )
+        except (OSError, ValueError) as exc:
+            raise LinkError(f"cannot start server {self.name!r}: {exc.strerror or exc}") from None
+        self._tasks = [
+            asyncio.create_task(self._pump_stdout(), name=f"{self.name}-stdout"),
+            asyncio.create_task(self._pump_stderr(), name=f"{self.name}-stderr"),
+        ]
+
+    async def send(self, message: JsonObj, hints: SendHints | None = None) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.returncode is not None or self._closing:
+            raise LinkError(f"server {self.name!r} is not running")
+        data = jsonrpc.encode(message) + b"\n"
+        async with self._write_lock:
+            try:
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+            except (ConnectionError, RuntimeError) as exc:
+                raise LinkError(f"server {self.name!r} closed its input: {exc}") from None
+
+    async def _pump_stdout(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        reason = "exited"
+        try:
+            async for frame in read_frames(self._proc.stdout, self.max_message_bytes):
+                if frame.oversized:
+                    log.error(
+                        "server %s sent a %d-byte message over the %d-byte limit; dropped",
+                        self.name, frame.size, self.max_message_bytes,
+                    )
+                    if frame.probed_id is not None:
+                        self.on_message(jsonrpc.error(
+                            frame.probed_id, jsonrpc.INTERNAL_ERROR,
+                            f"upstream message exceeded the {self.max_message_bytes}-byte limit",
+                        ))
+                    continue
+                try:
+                    message = jsonrpc.decode(frame.data, self.max_message_bytes)
+                except jsonrpc.ProtocolError as exc:
+                    # stdout must carry only MCP; a stray print is the server's bug, not fatal.
+                    log.warning("server %s wrote a non-JSON-RPC line to stdout (%s)", self.name, exc.message)
+                    continue
+                self.on_message(message)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            reason = f"stdout failed: {exc}"
+        finally:
+            if not self._closing:
+                code = await self._proc.wait()
+                self.on_closed(f"{reason} (exit code {code})")
+
+    async def _pump_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        server_log = logging.getLogger(f"mcpward.server.{self.name}")
+        while True:
+            line = await self._proc.stderr.readline()
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip()
+            self.stderr_tail.append(text)
+            server_log.info("%s", text)
+
+    async def close(self) -> None:
+        self._closing = True
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            # The spec's order: close stdin, wait, SIGTERM, wait, SIGKILL.
+            with contextlib.suppress(Exception):
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            if not await self._wait(proc):
+                self._signal(proc, signal.SIGTERM)
+                if not await self._wait(proc):
+                    self._signal(proc, signal.SIGKILL)
+                    await self._wait(proc)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _wait(self, proc: asyncio.subprocess.Process) -> bool:
+        try:
+            await asyncio.wait_for(proc.wait(), self.shutdown_grace)
+            return True
+        except TimeoutError:
+            return False
+
+    @staticmethod
+    def _signal(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+        # The child leads its own process group (start_new_session), so this also
+        # reaches grandchildren such as `npx` -> `node`.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
