@@ -30,6 +30,9 @@ from mcpward.transport.base import SendHints
 log = logging.getLogger("mcpward.gateway")
 Handler = Callable[[RequestContext, JsonObj], Awaitable[JsonObj]]
 
+# Removed in 2026-07-28: a modern client asking for them gets "method not found".
+LEGACY_ONLY = frozenset({"resources/subscribe", "resources/unsubscribe", "logging/setLevel", "ping"})
+
 GATEWAY_CAPABILITIES: JsonObj = {
     "tools": {"listChanged": True},
     "prompts": {"listChanged": True},
@@ -90,9 +93,8 @@ class Gateway:
             body["instructions"] = text
         return body
 
-    @property
-    def methods(self) -> set[str]:
-        return set(self._handlers)
+    def serves(self, method: str, era: str) -> bool:
+        return method in self._handlers and not (era == "modern" and method in LEGACY_ONLY)
 
     async def tool_schema(self, exposed: str) -> Any:
         """The input schema of an exposed tool (for header checks), listing once if unknown."""
@@ -106,7 +108,7 @@ class Gateway:
     # ------------------------------------------------------------------ dispatch
     async def handle(self, ctx: RequestContext, method: str, params: JsonObj) -> JsonObj:
         handler = self._handlers.get(method)
-        if handler is None:
+        if handler is None or (ctx.era == "modern" and method in LEGACY_ONLY):
             raise ProtocolError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
         result = await handler(ctx, params)
         if ctx.era == "modern":
@@ -114,8 +116,6 @@ class Gateway:
         return result
 
     async def _ping(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
-        if ctx.era == "modern":
-            raise ProtocolError(jsonrpc.METHOD_NOT_FOUND, "method not found: ping (removed in 2026-07-28)")
         return {}
 
     async def _discover(self, ctx: RequestContext, params: JsonObj) -> JsonObj:

@@ -181,7 +181,7 @@ class HttpFront:
             await _respond(send, status_for(rejection), rejection)
             return
         method = message["method"]
-        if method not in self.gateway.methods and method != "subscriptions/listen":
+        if not self.gateway.serves(method, "modern") and method != "subscriptions/listen":
             await _respond(send, 404, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
                                                     f"method not found: {method}"))
             return

@@ -73,15 +73,6 @@ class HttpLink(MessageLink):
         self._legacy_version: str | None = None
         self._listen_task: asyncio.Task[None] | None = None
 
-    @property
-    def legacy_version(self) -> str | None:
-        """The negotiated version of the current legacy session, if any."""
-        return self._legacy_version
-
-    @property
-    def has_session(self) -> bool:
-        return self._session_id is not None
-
     def describe(self) -> str:
         return _safe_url(self.url)
 
@@ -192,7 +183,7 @@ class HttpLink(MessageLink):
         except Exception as exc:  # anything at all: the waiter above must get an answer
             # Only the exception's kind: its text can quote the URL.
             log.warning("POST to %s failed: %s", self.describe(), type(exc).__name__)
-            self._fail(ex, f"upstream request failed ({type(exc).__name__})")
+            self._fail(ex, f"upstream request failed ({type(exc).__name__})", transport=type(exc).__name__)
         finally:
             if ex.request_id is not None and self._inflight.get(ex.request_id) is ex:
                 del self._inflight[ex.request_id]
@@ -212,8 +203,8 @@ class HttpLink(MessageLink):
         if ex.method == "initialize" and 0 < len(session) <= 1024 and all("!" <= c <= "~" for c in session):
             ex.new_session = session
         if ex.request_id is None:
-            listening = self._listen_task is not None and not self._listen_task.done()
-            if ex.method == "notifications/initialized" and self._legacy_version is not None and not listening:
+            idle = self._listen_task is None or self._listen_task.done()
+            if ex.method == "notifications/initialized" and self._legacy_version is not None and idle:
                 self._listen_task = self._spawn(self._listen(self._session_id), "GET stream")
             return  # 202 Accepted: nothing to read for a notification or a response
         media_type = _media_type(resp)
@@ -336,11 +327,17 @@ class HttpLink(MessageLink):
             log.exception("message handler failed on a message from %s", self.describe())
 
     def _fail(self, ex: _Exchange, text: str, *, code: int = jsonrpc.UPSTREAM_UNAVAILABLE,
-              http_status: int | None = None) -> None:
-        """Answer a still-waiting request with a synthesized error (a no-op otherwise)."""
+              http_status: int | None = None, transport: str | None = None) -> None:
+        """Answer a still-waiting request with a synthesized error (a no-op otherwise).
+
+        `data` says what failed: `httpStatus`, or `transport` (the kind of connection
+        error), so the gateway can tell "unreachable" from "answered with an error".
+        """
         if ex.request_id is None or ex.answered:
             return
-        data = {"httpStatus": http_status} if http_status is not None else None
+        data: JsonObj | None = {"httpStatus": http_status} if http_status is not None else None
+        if transport is not None:
+            data = {"transport": transport}
         self._deliver(jsonrpc.error(ex.request_id, code, text, data), ex)
 
     def _too_large(self, ex: _Exchange) -> None:

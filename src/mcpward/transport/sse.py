@@ -60,11 +60,15 @@ class SseParser:
         self._has_fields = False
 
     def feed(self, chunk: bytes | str) -> Iterator[SseEvent]:
-        """Add a chunk and yield every event it completes, in order.
+        """Add a chunk; iterate the result for every event now complete, in order.
 
-        The generator must be consumed for the chunk to be parsed.
+        The chunk is buffered at once; parsing happens as the iterator is consumed,
+        so events before a `SseLimitError` still reach the caller.
         """
         self._buf += chunk.encode("utf-8") if isinstance(chunk, str) else chunk
+        return self._events()
+
+    def _events(self) -> Iterator[SseEvent]:
         if not self._started:
             if len(self._buf) < len(_BOM) and _BOM.startswith(bytes(self._buf)):
                 return  # could still be a BOM; wait for more
