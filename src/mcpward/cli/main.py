@@ -49,7 +49,7 @@ def _load(path: Path) -> GatewayConfig:
     try:
         return config_mod.load(path)
     except ConfigError as exc:
-        err.print(f"[bold red]config error[/] {exc}", highlight=False)
+        err.print(f"[bold red]config error[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -99,10 +99,10 @@ def serve(
     if not is_loopback(cfg.http_host):
         if not cfg.allow_non_loopback:
             err.print(f"[bold red]refused[/] binding {cfg.http_host} exposes every configured server to the "
-                      "network; set gateway.allow_non_loopback = true to do it anyway", highlight=False)
+                      "network; set gateway.allow_non_loopback = true to do it anyway", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         err.print(f"[bold yellow]WARNING[/] listening on {cfg.http_host}: no authentication is configured, "
-                  "so anyone who can reach this port can call every tool", highlight=False)
+                  "so anyone who can reach this port can call every tool", highlight=False, soft_wrap=True)
     _logging(verbose)
     uvicorn.run(HttpFront(Gateway(cfg)), host=cfg.http_host, port=cfg.http_port, log_level="warning",
                 lifespan="on", access_log=False)
@@ -171,7 +171,7 @@ def _owner(gateway: Any, kind: str, item: dict[str, Any]) -> str | None:
 
 def _print_report(report: dict[str, Any]) -> None:
     out = Console()
-    out.print(f"[bold]config[/] {report['config']}  [bold]http front[/] {report['http']}", highlight=False)
+    out.print(f"[bold]config[/] {report['config']}  [bold]http front[/] {report['http']}", highlight=False, soft_wrap=True)
     table = Table("server", "transport", "era", "exposes", "status")
     for s in report["servers"]:
         exposes = ", ".join(f"{len(s.get(k, []))} {k}" for k in ("tools", "prompts", "resources"))

@@ -99,7 +99,7 @@ class Upstream:
 
     @property
     def describe(self) -> str:
-        return self._make_link().describe() if self.cfg.url is None else str(self.cfg.url).split("?")[0]
+        return self._make_link().describe()
 
     async def start(self) -> None:
         """Probe the era and keep the connection; errors are recorded, not raised."""
@@ -139,8 +139,13 @@ class Upstream:
             if exc.local and exc.code != jsonrpc.REQUEST_TIMEOUT:
                 await link.close()
                 raise
-            supported = exc.error.get("data", {}) if isinstance(exc.error.get("data"), dict) else {}
-            if exc.code == jsonrpc.UNSUPPORTED_PROTOCOL_VERSION and supported:
+            data = exc.error.get("data") if isinstance(exc.error.get("data"), dict) else {}
+            unreachable = "transport" in data or int(data.get("httpStatus") or 0) >= 500
+            if unreachable:
+                # A refused connection or a broken server is not a legacy server.
+                await link.close()
+                raise
+            if exc.code == jsonrpc.UNSUPPORTED_PROTOCOL_VERSION and data.get("supported"):
                 await link.close()
                 raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE,
                                   f"server {self.name!r} speaks none of our modern versions") from exc
@@ -167,6 +172,7 @@ class Upstream:
 
         def on_closed(reason: str) -> None:
             peer.fail_all(reason)
+            self._background(link.close())
             session = self._sessions.get(key)
             if session is not None and session.peer is peer:
                 del self._sessions[key]

@@ -49,6 +49,7 @@ class SseParser:
         self.retry: int | None = None
         self._buf = bytearray()
         self._started = False  # the BOM may only appear at the very start
+        self._scanned = 0  # bytes at the buffer's start known to hold no line end
         self._reset_block()
 
     def _reset_block(self) -> None:
@@ -75,15 +76,17 @@ class SseParser:
             if self._buf.startswith(_BOM):
                 del self._buf[: len(_BOM)]
             self._started = True
-        pos = 0
         buf = self._buf
+        pos = scan_end = 0
         try:
             while True:
-                match = _LINE_END.search(buf, pos)
-                if match is None:
+                # Resume the search where the last chunk's ended: a long line arriving
+                # in many small chunks is then scanned once, not once per chunk.
+                match = _LINE_END.search(buf, max(pos, self._scanned))
+                # A CR at the very end may be the first half of a CRLF: wait for more.
+                if match is None or (match.group() == b"\r" and match.end() == len(buf)):
+                    scan_end = len(buf) if match is None else match.start()
                     break
-                if match.group() == b"\r" and match.end() == len(buf):
-                    break  # a CR at the end may be the first half of a CRLF
                 line = bytes(buf[pos : match.start()])
                 pos = match.end()
                 event = self._process_line(line)
@@ -91,6 +94,7 @@ class SseParser:
                     yield event
         finally:
             del buf[:pos]
+            self._scanned = max(scan_end - pos, 0)
         limit = self.max_data_bytes
         if limit is not None and len(buf) > limit + _LINE_SLACK:
             raise SseLimitError(f"SSE line longer than {limit + _LINE_SLACK} bytes")

@@ -1,0 +1,124 @@
+"""Fault tests: an upstream that crashes mid-call, hangs, floods or sends a huge frame.
+
+The gateway stays up, answers every request with a precise error, restarts the
+crashed server, and the healthy server next to it never notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.conftest import FIXTURES, PYTHON, fixture_server, toml_list
+from tests.rawclient import RawStdioClient
+
+CONFIG = """
+[gateway]
+max_message_bytes = 1048576
+[servers.bad]
+command = "{py}"
+args = ["{fault}"]
+timeout = 2
+max_in_flight = 4
+[servers.good]
+command = "{py}"
+args = {good}
+"""
+
+
+async def _client(write_config) -> RawStdioClient:  # type: ignore[no-untyped-def]
+    cmd = fixture_server()
+    text = CONFIG.format(py=PYTHON, fault=FIXTURES / "fault_server.py", good=toml_list(cmd[1:]))
+    return await RawStdioClient.start(write_config(text))
+
+
+def _text(reply: dict) -> str:  # type: ignore[type-arg]
+    return str(reply["result"]["content"][0]["text"])
+
+
+async def test_crash_mid_call_is_an_error_then_restart(write_config) -> None:  # type: ignore[no-untyped-def]
+    client = await _client(write_config)
+    try:
+        first_pid = _text(await client.call("bad__pid"))
+        reply = await client.call("bad__crash")
+        assert reply["error"]["code"] == -32001 and "went away" in reply["error"]["message"]
+        assert _text(await client.call("good__test_simple_text"))
+        # Restarted with backoff: within a few seconds the server answers again, as a new process.
+        deadline = time.monotonic() + 15
+        while True:
+            reply = await client.call("bad__pid")
+            if "result" in reply:
+                break
+            assert reply["error"]["code"] == -32001 and time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        assert _text(reply) != first_pid
+    finally:
+        await client.close()
+
+
+async def test_hanging_call_times_out_and_others_keep_working(write_config) -> None:  # type: ignore[no-untyped-def]
+    client = await _client(write_config)
+    try:
+        hang = asyncio.ensure_future(client.call("bad__hang", timeout=30))
+        assert _text(await client.call("good__test_simple_text"))
+        assert _text(await client.call("bad__echo", {"text": "still here"})) == "still here"
+        started = time.monotonic()
+        reply = await hang
+        assert reply["error"]["code"] == -32002 and "did not answer" in reply["error"]["message"]
+        assert time.monotonic() - started < 5
+    finally:
+        await client.close()
+
+
+async def test_in_flight_limit_applies_backpressure_not_drops(write_config) -> None:  # type: ignore[no-untyped-def]
+    client = await _client(write_config)
+    try:
+        assert _text(await client.call("bad__echo", {"text": "ready"})) == "ready"
+        hangs = [asyncio.ensure_future(client.call("bad__hang", timeout=30)) for _ in range(4)]
+        await asyncio.sleep(0.5)
+        # The fifth call waits for a slot (max_in_flight = 4); once the hung ones time out, it runs.
+        started = time.monotonic()
+        reply = await client.call("bad__echo", {"text": "queued"}, timeout=30)
+        assert _text(reply) == "queued"
+        assert time.monotonic() - started > 1.0  # it really waited
+        for reply in await asyncio.gather(*hangs):
+            assert reply["error"]["code"] == -32002
+    finally:
+        await client.close()
+
+
+async def test_flood_of_junk_and_notifications(write_config) -> None:  # type: ignore[no-untyped-def]
+    client = await _client(write_config)
+    try:
+        reply = await client.call("bad__flood", {"lines": 20000}, timeout=30)
+        assert _text(reply) == "flooded"
+        # Log lines were not asked for (no logLevel), so none reached the client.
+        assert not [n for n in client.notifications if n.get("method") == "notifications/message"]
+        assert _text(await client.call("good__test_simple_text"))
+    finally:
+        await client.close()
+
+
+async def test_oversized_upstream_frame_is_refused(write_config) -> None:  # type: ignore[no-untyped-def]
+    client = await _client(write_config)
+    try:
+        reply = await client.call("bad__huge", {"bytes": 4 * 1024 * 1024})
+        assert reply["error"]["code"] == -32603 and "1048576-byte limit" in reply["error"]["message"]
+        assert _text(await client.call("bad__echo", {"text": "ok"})) == "ok"
+    finally:
+        await client.close()
+
+
+async def test_gateway_exits_cleanly_and_stops_children(write_config) -> None:  # type: ignore[no-untyped-def]
+    client = await _client(write_config)
+    pid = int(_text(await client.call("bad__pid")))
+    await client.close()
+    assert client.proc.returncode == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            __import__("os").kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"upstream {pid} outlived the gateway")
