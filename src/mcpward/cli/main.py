@@ -171,7 +171,8 @@ def _owner(gateway: Any, kind: str, item: dict[str, Any]) -> str | None:
 
 def _print_report(report: dict[str, Any]) -> None:
     out = Console()
-    out.print(f"[bold]config[/] {report['config']}  [bold]http front[/] {report['http']}", highlight=False, soft_wrap=True)
+    out.print(f"[bold]config[/] {report['config']}  [bold]http front[/] {report['http']}",
+              highlight=False, soft_wrap=True)
     table = Table("server", "transport", "era", "exposes", "status")
     for s in report["servers"]:
         exposes = ", ".join(f"{len(s.get(k, []))} {k}" for k in ("tools", "prompts", "resources"))

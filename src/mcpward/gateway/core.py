@@ -242,7 +242,7 @@ class Gateway:
         wanted = params.get("notifications")
         if not isinstance(wanted, dict):
             wanted = {}
-        agreed = {k: val for k, val in wanted.items()
+        agreed: JsonObj = {k: val for k, val in wanted.items()
                   if k in ("toolsListChanged", "promptsListChanged", "resourcesListChanged") and val is True}
         uris = [u for u in wanted.get("resourceSubscriptions") or [] if isinstance(u, str)]
         routed: list[tuple[str, str]] = []

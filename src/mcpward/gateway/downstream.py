@@ -62,7 +62,8 @@ class ClientConnection:
 
     # -------------------------------------------------------------- messages in
     async def on_response(self, message: JsonObj) -> None:
-        future = self._asks.get(message.get("id"))  # type: ignore[arg-type]
+        rid = message.get("id")
+        future = self._asks.get(rid) if isinstance(rid, (str, int)) else None
         if future is not None and not future.done():
             future.set_result(message)
 
@@ -70,7 +71,8 @@ class ClientConnection:
         method = message["method"]
         params = message.get("params") or {}
         if method == "notifications/cancelled":
-            task = self.running.get(params.get("requestId"))
+            target = params.get("requestId")
+            task = self.running.get(target) if isinstance(target, (str, int)) else None
             if task is not None:
                 task.cancel()
         elif method == "notifications/initialized":

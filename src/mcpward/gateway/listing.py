@@ -26,6 +26,9 @@ METHODS = {"tools": "tools/list", "prompts": "prompts/list", "resources": "resou
 CAPABILITY = {"tools": "tools", "prompts": "prompts", "resources": "resources", "resourceTemplates": "resources"}
 
 
+ItemList = list[JsonObj]
+
+
 class Lister:
     def __init__(self, upstreams: dict[str, Upstream], catalog: Catalog, guards: GuardChain,
                  sealer: Sealer) -> None:
@@ -66,7 +69,7 @@ class Lister:
         pages = await asyncio.gather(*(
             self._page(ctx, server, kind, upstream_cursor if i == 0 else None) for i, server in enumerate(targets)
         ))
-        items: list[JsonObj] = []
+        items: ItemList = []
         next_cursor: str | None = None
         ttls: list[int] = []
         private = False
@@ -95,7 +98,7 @@ class Lister:
             result["cacheScope"] = "private" if private else "public"
         return result
 
-    def _publish(self, server: str, kind: str, page: JsonObj) -> list[JsonObj]:
+    def _publish(self, server: str, kind: str, page: JsonObj) -> ItemList:
         raw = page.get(kind)
         if not isinstance(raw, list):
             return []
@@ -110,7 +113,7 @@ class Lister:
             items = self._valid_header_tools(server, items)
         return self.catalog.publish(kind, server, items)
 
-    def _valid_header_tools(self, server: str, items: list[JsonObj]) -> list[JsonObj]:
+    def _valid_header_tools(self, server: str, items: ItemList) -> ItemList:
         kept = []
         for item in items:
             schema = item.get("inputSchema")

@@ -139,7 +139,8 @@ class Upstream:
             if exc.local and exc.code != jsonrpc.REQUEST_TIMEOUT:
                 await link.close()
                 raise
-            data = exc.error.get("data") if isinstance(exc.error.get("data"), dict) else {}
+            raw = exc.error.get("data")
+            data: JsonObj = raw if isinstance(raw, dict) else {}
             unreachable = "transport" in data or int(data.get("httpStatus") or 0) >= 500
             if unreachable:
                 # A refused connection or a broken server is not a legacy server.
@@ -381,13 +382,13 @@ class Upstream:
         if method == "notifications/progress":
             entry = self._progress.get(str(params.get("progressToken")))
             if entry is not None:
-                ctx, original = entry
+                progress_ctx, original = entry
                 out = dict(params, progressToken=original)
-                self._background(ctx.channel.notify(jsonrpc.notification(method, out)))
+                self._background(progress_ctx.channel.notify(jsonrpc.notification(method, out)))
         elif method == "notifications/message":
-            ctx = self._owner(session)
-            if ctx is not None and v.log_level_allows(ctx.log_level, params.get("level")):
-                self._background(ctx.channel.notify(message))
+            owner = self._owner(session)
+            if owner is not None and v.log_level_allows(owner.log_level, params.get("level")):
+                self._background(owner.channel.notify(message))
         elif method.endswith("/list_changed"):
             if v.META_SUBSCRIPTION_ID in (params.get("_meta") or {}):
                 self.events.subscription_notice(self.name, message)

@@ -76,7 +76,8 @@ class StdioLink(MessageLink):
                 start_new_session=True,  # our signals, not the terminal's, end it
             )
         except (OSError, ValueError) as exc:
-            raise LinkError(f"cannot start server {self.name!r}: {exc.strerror or exc}") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise LinkError(f"cannot start server {self.name!r}: {reason}") from None
         self._tasks = [
             asyncio.create_task(self._pump_stdout(), name=f"{self.name}-stdout"),
             asyncio.create_task(self._pump_stderr(), name=f"{self.name}-stderr"),
