@@ -1,0 +1,221 @@
+"""The mcpward demo: the gateway in front of two real MCP servers, and a scripted client.
+
+Run it with `./demo`. It starts `mcpward serve` on loopback in front of
+`mcp-server-time` (a modern, 2026-07-28 server from PyPI) and the reference
+`server-everything` (a legacy, initialize-era server from npm), shows ordinary
+traffic flowing in both eras, then tries what an attacker would and shows what
+the gateway refuses and why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from mcpward.transport.sse import SseParser
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+NODE_MODULES = ROOT / ".tools" / "node" / "node_modules"
+NODE = NODE_MODULES / ".bin" / "node"
+EVERYTHING = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+MODERN = "2026-07-28"
+console = Console()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(directory: Path, port: int) -> Path:
+    path = directory / "mcpward.toml"
+    path.write_text(f"""\
+[gateway]
+port = {port}
+
+[servers.time]
+command = "{BIN / 'mcp-server-time'}"
+args = ["--local-timezone", "UTC"]
+
+[servers.everything]
+command = "{NODE}"
+args = ["{EVERYTHING}", "stdio"]
+""")
+    return path
+
+
+class Client:
+    """A tiny hand-rolled MCP client, so every byte the gateway sees is visible here."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(timeout=30, trust_env=False)
+        self.ids = 0
+        self.session: str | None = None
+
+    def modern(self, method: str, params: dict[str, Any] | None = None, caps: dict[str, Any] | None = None,
+               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        body = dict(params or {})
+        body["_meta"] = {"io.modelcontextprotocol/protocolVersion": MODERN,
+                         "io.modelcontextprotocol/clientCapabilities": caps or {},
+                         "io.modelcontextprotocol/clientInfo": {"name": "demo", "version": "1"}}
+        extra = {"MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+        if method == "tools/call":
+            extra["Mcp-Name"] = body["name"]
+        extra.update(headers or {})
+        return self.post({"jsonrpc": "2.0", "id": self._id(), "method": method, "params": body}, extra)
+
+    def legacy(self, method: str, params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        headers = {"Mcp-Session-Id": self.session, "MCP-Protocol-Version": "2025-11-25"} if self.session else {}
+        status, reply = self.post({"jsonrpc": "2.0", "id": self._id(), "method": method, "params": params or {}},
+                                  headers)
+        return status, reply
+
+    def initialize(self) -> None:
+        response = self._raw({"jsonrpc": "2.0", "id": self._id(), "method": "initialize",
+                              "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                         "clientInfo": {"name": "demo-legacy", "version": "1"}}}, {})
+        self.session = response.headers["mcp-session-id"]
+        self._raw({"jsonrpc": "2.0", "method": "notifications/initialized"},
+                  {"Mcp-Session-Id": self.session, "MCP-Protocol-Version": "2025-11-25"})
+
+    def post(self, message: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        response = self._raw(message, headers)
+        return response.status_code, parse(response)
+
+    def _raw(self, message: dict[str, Any] | bytes, headers: dict[str, str]) -> httpx.Response:
+        data = message if isinstance(message, bytes) else json.dumps(message).encode()
+        base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        return self.http.post(self.url, content=data, headers={**base, **headers})
+
+    def _id(self) -> int:
+        self.ids += 1
+        return self.ids
+
+
+def parse(response: httpx.Response) -> dict[str, Any]:
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        events = [json.loads(e.data) for e in SseParser().feed(response.content) if e.data]
+        finals = [e for e in events if "id" in e and "method" not in e]
+        return finals[-1] if finals else {}
+    try:
+        body: dict[str, Any] = response.json()
+        return body
+    except ValueError:
+        return {"text": response.text}
+
+
+def compact(reply: dict[str, Any]) -> str:
+    text = reply["result"]["content"][0]["text"]
+    try:
+        return json.dumps(json.loads(text))[:100]
+    except ValueError:
+        return str(text)[:100]
+
+
+def outcome(status: int, reply: dict[str, Any]) -> str:
+    if "error" in reply:
+        return f"HTTP {status}, error {reply['error']['code']}: {reply['error']['message'][:70]}"
+    return f"HTTP {status}: {reply.get('text', 'allowed')}"[:90]
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        config = write_config(Path(tmp), port)
+        console.rule("[bold]mcpward demo")
+        console.print(f"config: {config}\n{config.read_text()}", highlight=False)
+        log = open(Path(tmp) / "gateway.log", "wb")  # noqa: SIM115 - closed below
+        gateway = subprocess.Popen([str(BIN / "mcpward"), "serve", "-c", str(config)], stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            wait_for(port, gateway)
+            show(Client(f"http://127.0.0.1:{port}/mcp"), port, config)
+        finally:
+            gateway.terminate()
+            gateway.wait(10)
+            log.close()
+    return 0
+
+
+def wait_for(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("the gateway did not start; see its log")
+
+
+def show(client: Client, port: int, config: Path) -> None:
+    console.rule("Ordinary traffic, both eras")
+    _, tools = client.modern("tools/list")
+    names = [t["name"] for t in tools["result"]["tools"]]
+    per_server = {server: [n for n in names if n.startswith(f"{server}__")] for server in ("time", "everything")}
+    console.print(f"[green]tools/list[/] {len(names)} tools, namespaced per server: "
+                  + "; ".join(f"{s}: {len(t)} ({t[0]}, ...)" for s, t in per_server.items()), highlight=False)
+    _, now = client.modern("tools/call", {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}})
+    console.print(f"[green]modern client -> modern server[/] {compact(now)}",
+                  highlight=False)
+    _, echo = client.modern("tools/call", {"name": "everything__echo", "arguments": {"message": "hello"}})
+    console.print(f"[green]modern client -> legacy server[/] {echo['result']['content'][0]['text']}",
+                  highlight=False)
+    client.initialize()
+    _, legacy = client.legacy("tools/call", {"name": "time__convert_time", "arguments": {
+        "source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}})
+    console.print(f"[green]legacy client -> modern server[/] {compact(legacy)}",
+                  highlight=False)
+
+    console.rule("What the gateway refuses")
+    table = Table("attempt", "what happened", "rule")
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    r = client.http.post(client.url, json=body, headers={"Host": "evil.example", "Accept": "application/json"})
+    table.add_row("DNS rebinding: Host: evil.example", f"HTTP {r.status_code}", "host allow-list (T33)")
+    r = client.http.post(client.url, json=body, headers={"Origin": "http://evil.example",
+                                                        "Accept": "application/json, text/event-stream"})
+    table.add_row("cross-site Origin: http://evil.example", f"HTTP {r.status_code}", "origin allow-list (T33)")
+    status, reply = client.modern("tools/call", {"name": "everything__echo", "arguments": {"message": "x"}},
+                                  headers={"Mcp-Name": "time__get_current_time"})
+    table.add_row("header smuggling: Mcp-Name says one tool, body calls another", outcome(status, reply),
+                  "header/body consistency")
+    status, reply = client.modern("tools/call", {"name": "everything__echo", "arguments": {"message": "x"},
+                                                 "requestState": "mcpward1.eyJjYWxsIjoieCJ9.forged"})
+    table.add_row("forged MRTR requestState", outcome(status, reply), "sealed requestState (T24)")
+    _, without = client.modern("tools/list")
+    _, with_sampling = client.modern("tools/list", caps={"sampling": {}})
+    hidden = {t["name"] for t in with_sampling["result"]["tools"]} - {t["name"] for t in without["result"]["tools"]}
+    table.add_row("capability laundering: tools needing sampling, for a client without it",
+                  f"not offered: {', '.join(sorted(hidden)) or 'none'}", "per-client capabilities (T32)")
+    status, reply = client.modern("tools/call", {"name": "nosuch__tool"})
+    table.add_row("call a tool no server offers", outcome(status, reply), "routing")
+    r = client._raw(b'{"jsonrpc": "2.0", "id": 1, "method": ', {"MCP-Protocol-Version": MODERN})
+    table.add_row("malformed JSON", outcome(r.status_code, parse(r)), "JSON-RPC framing")
+    r = client._raw(b'{"x": "' + b"a" * (5 * 1024 * 1024) + b'"}', {"MCP-Protocol-Version": MODERN})
+    table.add_row("5 MiB request body", f"HTTP {r.status_code}", "message size cap")
+    proc = subprocess.run([str(BIN / "mcpward"), "serve", "-c", str(config), "--host", "0.0.0.0",
+                           "--port", str(port + 1)], capture_output=True, text=True, timeout=30)
+    table.add_row("start the gateway on 0.0.0.0 without opting in", f"exit code {proc.returncode}",
+                  "loopback-only by default")
+    console.print(table)
+    console.print("Policy, argument and output guards, pinning and sandboxing plug into the same pipeline; "
+                  "see docs/architecture.md.")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
