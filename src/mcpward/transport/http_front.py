@@ -22,6 +22,7 @@ from mcpward.gateway.downstream import ClientConnection
 from mcpward.protocol import jsonrpc
 from mcpward.protocol import versions as v
 from mcpward.protocol.jsonrpc import JsonObj
+from mcpward.transport.event_store import EventStore, StreamLog
 from mcpward.transport.http_checks import (
     HttpRejection,
     allowed_hosts,
@@ -39,6 +40,7 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
                (b"x-accel-buffering", b"no")]
 KEEPALIVE = 15.0
 OUTBOX_LIMIT = 1000
+RETRY_MS = 1000
 
 
 class LegacySession:
@@ -46,6 +48,8 @@ class LegacySession:
         self.conn = conn
         self.outbox: asyncio.Queue[JsonObj] = asyncio.Queue(OUTBOX_LIMIT)
         self.streaming = False
+        self.events = EventStore()
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def push(self, message: JsonObj) -> None:
         if self.outbox.full():
@@ -232,7 +236,27 @@ class HttpFront:
             finally:
                 conn.running.pop(rid, None)
 
-        await self._exchange(receive, send, run, wants_sse, cancel_on_disconnect=False, status_table=False)
+        if not wants_sse:
+            await self._exchange(receive, send, run, wants_sse, cancel_on_disconnect=False, status_table=False)
+            return
+        log = session.events.open()
+
+        async def record(msg: JsonObj) -> None:
+            log.append(msg)
+
+        async def runner() -> None:
+            reply: JsonObj | None = None
+            try:
+                reply = await run(record)
+            finally:
+                if reply is not None:
+                    log.append(reply)
+                log.finish()
+
+        task = asyncio.ensure_future(runner())
+        session.tasks.add(task)
+        task.add_done_callback(session.tasks.discard)
+        await _replay(send, receive, log, 0)
 
     async def _exchange(self, receive: Receive, send: Send,
                         handler: Callable[[Callable[[JsonObj], Awaitable[None]]], Awaitable[JsonObj | None]],
@@ -291,6 +315,13 @@ class HttpFront:
         if "text/event-stream" not in headers.get("accept", ""):
             raise HttpRejection(406, None, text="Accept must include text/event-stream")
         session = self._session(headers)
+        last_event_id = headers.get("last-event-id")
+        if last_event_id is not None:
+            point = session.events.resume_point(last_event_id)
+            if point is None:
+                raise HttpRejection(404, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "unknown Last-Event-ID"))
+            await _replay(send, receive, *point)
+            return
         if session.streaming:
             raise HttpRejection(409, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "a GET stream is already open"))
         session.streaming = True
@@ -308,6 +339,38 @@ class HttpFront:
         finally:
             session.streaming = False
             watcher.cancel()
+
+
+async def _replay(send: Send, receive: Receive, log: StreamLog, start: int) -> None:
+    """Send a stream log's events from `start`, then follow it live until it is done."""
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        index = start
+        while True:
+            while index < len(log.events):
+                message = log.events[index]
+                if message is None:  # priming: an id to resume from, and how soon to retry
+                    body = encode_event(b"", log.event_id(index), retry=RETRY_MS)
+                else:
+                    body = encode_event(jsonrpc.encode(message), log.event_id(index), "message")
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                index += 1
+            if log.done:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            changed = asyncio.ensure_future(log.changed.wait())
+            try:
+                done, _ = await asyncio.wait({changed, watcher}, timeout=KEEPALIVE,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+            if watcher in done:
+                return  # the client went away; the request goes on and can be resumed
+            if not done:
+                await send({"type": "http.response.body", "body": encode_comment("ping"), "more_body": True})
+    finally:
+        watcher.cancel()
 
 
 _KEEPALIVE: Any = object()

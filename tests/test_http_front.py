@@ -1,0 +1,100 @@
+"""The HTTP front at the HTTP level: rebinding checks, statuses, legacy sessions, resumable streams."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from mcpward.transport.sse import SseParser
+from tests.conftest import fixture_server, toml_list
+
+MODERN = "2026-07-28"
+META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+ACCEPT = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+@pytest.fixture
+def url(serve_gateway) -> str:  # type: ignore[no-untyped-def]
+    cmd = fixture_server()
+    return str(serve_gateway(f'[servers.fx]\ncommand = "{cmd[0]}"\nargs = {toml_list(cmd[1:])}\n'))
+
+
+def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
+    headers = {**ACCEPT, "MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return headers
+
+
+def events(body: bytes) -> list[Any]:
+    return [(e.id, json.loads(e.data) if e.data else None) for e in SseParser().feed(body)]
+
+
+def test_rebinding_and_method_checks(url: str) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
+    with httpx.Client(trust_env=False, timeout=20) as http:
+        assert http.post(url, json=body, headers={**modern_headers("tools/list"), "Host": "evil.example"}
+                         ).status_code == 421
+        assert http.post(url, json=body, headers={**modern_headers("tools/list"), "Origin": "http://evil.example"}
+                         ).status_code == 403
+        ok = http.post(url, json=body, headers={**modern_headers("tools/list"), "Origin": "http://localhost"})
+        assert ok.status_code == 200 and ok.json()["result"]["tools"]
+        assert http.get(url, headers={"MCP-Protocol-Version": MODERN}).status_code == 405
+        assert http.post(url.replace("/mcp", "/other"), json=body, headers=modern_headers("tools/list")
+                         ).status_code == 404
+        assert http.post(url, content=b"x", headers={**modern_headers("tools/list"), "Content-Type": "text/plain"}
+                         ).status_code == 415
+        assert http.post(url, content=b"{" + b" " * (5 * 1024 * 1024) + b"}", headers=modern_headers("tools/list")
+                         ).status_code == 413
+        mismatch = http.post(url, json=body, headers=modern_headers("tools/call"))
+        assert mismatch.status_code == 400 and mismatch.json()["error"]["code"] == -32020
+        unknown = {"jsonrpc": "2.0", "id": 2, "method": "nope/nope", "params": {"_meta": META}}
+        reply = http.post(url, json=unknown, headers=modern_headers("nope/nope"))
+        assert reply.status_code == 404 and reply.json()["error"]["code"] == -32601
+        note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 9}}
+        assert http.post(url, json=note, headers=modern_headers("notifications/cancelled")).status_code == 202
+
+
+def test_legacy_session_lifecycle(url: str) -> None:
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+    with httpx.Client(trust_env=False, timeout=20) as http:
+        assert http.post(url, json=listing, headers=ACCEPT).status_code == 400  # no session
+        assert http.post(url, json=listing, headers={**ACCEPT, "Mcp-Session-Id": "made-up"}).status_code == 404
+        reply = http.post(url, json=init, headers=ACCEPT)
+        session = reply.headers["mcp-session-id"]
+        assert reply.json()["result"]["serverInfo"]["name"] == "mcpward"
+        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+        assert http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                         headers=headers).status_code == 202
+        stream = events(http.post(url, json=listing, headers=headers).content)
+        assert stream[0][1] is None and stream[0][0]  # the priming event: an id, no data
+        assert any(m and m.get("id") == 2 and m["result"]["tools"] for _i, m in stream)
+        assert http.delete(url, headers=headers).status_code == 200
+        assert http.post(url, json=listing, headers=headers).status_code == 404
+
+
+def test_legacy_stream_resumes_after_disconnect(url: str) -> None:
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    with httpx.Client(trust_env=False, timeout=20) as http:
+        session = http.post(url, json=init, headers=ACCEPT).headers["mcp-session-id"]
+        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+        call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                "params": {"name": "fx__test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "p"}}}
+        parser = SseParser()
+        with http.stream("POST", url, json=call, headers=headers) as response:
+            first = next(e for chunk in response.iter_bytes() for e in parser.feed(chunk))
+        assert first.data == "" and first.id and first.retry is not None  # priming, then we hang up
+        replay = http.get(url, headers={**headers, "Accept": "text/event-stream", "Last-Event-ID": first.id})
+        replayed = events(replay.content)
+        progress = [m for _i, m in replayed if m and m.get("method") == "notifications/progress"]
+        final = [m for _i, m in replayed if m and m.get("id") == 5]
+        assert progress and progress[0]["params"]["progressToken"] == "p"
+        assert final and final[0]["result"]["content"]
+        bad = http.get(url, headers={**headers, "Accept": "text/event-stream", "Last-Event-ID": "nope.3"})
+        assert bad.status_code == 404
