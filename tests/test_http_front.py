@@ -13,6 +13,8 @@ from tests.conftest import fixture_server, toml_list
 
 MODERN = "2026-07-28"
 META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
 ACCEPT = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 
@@ -59,8 +61,7 @@ def test_rebinding_and_method_checks(url: str) -> None:
 
 
 def test_legacy_session_lifecycle(url: str) -> None:
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = INIT
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
     with httpx.Client(trust_env=False, timeout=20) as http:
         assert http.post(url, json=listing, headers=ACCEPT).status_code == 400  # no session
@@ -79,8 +80,7 @@ def test_legacy_session_lifecycle(url: str) -> None:
 
 
 def test_legacy_stream_resumes_after_disconnect(url: str) -> None:
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = INIT
     with httpx.Client(trust_env=False, timeout=20) as http:
         session = http.post(url, json=init, headers=ACCEPT).headers["mcp-session-id"]
         headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
