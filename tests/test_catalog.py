@@ -1,0 +1,71 @@
+"""Namespacing and collisions: deterministic, stable when servers come and go, names stay valid."""
+
+from __future__ import annotations
+
+import re
+
+from mcpward.gateway.catalog import Catalog, template_pattern
+from mcpward.gateway.config import ServerConfig
+
+
+def servers(*specs: tuple[str, str, int]) -> dict[str, ServerConfig]:
+    return {name: ServerConfig(name=name, prefix=prefix, command="x", priority=prio) for name, prefix, prio in specs}
+
+
+def names(items: list[dict]) -> list[str]:  # type: ignore[type-arg]
+    return [i["name"] for i in items]
+
+
+def test_prefixed_names_and_routing() -> None:
+    cat = Catalog(servers(("git", "git", 0), ("fs", "fs", 0)), "__")
+    assert names(cat.publish("tools", "git", [{"name": "status"}])) == ["git__status"]
+    assert names(cat.publish("tools", "fs", [{"name": "status"}])) == ["fs__status"]
+    entry = cat.resolve("tools", "fs__status")
+    assert entry is not None and (entry.server, entry.name) == ("fs", "status")
+    # Not listed yet, but the prefix still routes it.
+    entry = cat.resolve("tools", "git__log")
+    assert entry is not None and (entry.server, entry.name) == ("git", "log")
+    assert cat.resolve("tools", "nobody__x") is None
+
+
+def test_unprefixed_collision_is_deterministic_and_stable() -> None:
+    for order in (["b", "a"], ["a", "b"]):
+        cat = Catalog(servers(("a", "", 0), ("b", "", 0), ("c", "", 0)), "__")
+        for server in order:
+            cat.publish("tools", server, [{"name": "search"}])
+        entry = cat.resolve("tools", "search")
+        assert entry is not None and entry.server == "a"  # lower name wins whatever the order
+    # Adding an unrelated server changes nothing; priority beats the name.
+    cat = Catalog(servers(("a", "", 0), ("b", "", 5), ("z", "", 0)), "__")
+    for server in ("a", "b", "z"):
+        cat.publish("tools", server, [{"name": "search"}])
+    entry = cat.resolve("tools", "search")
+    assert entry is not None and entry.server == "b"
+
+
+def test_names_stay_valid_and_distinct() -> None:
+    cat = Catalog(servers(("s", "s", 0)), "__")
+    long_a, long_b = "x" * 200 + "a", "x" * 200 + "b"
+    out = names(cat.publish("tools", "s", [{"name": "has space/and:colon"}, {"name": long_a}, {"name": long_b}]))
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", n) for n in out)
+    assert len(set(out)) == 3
+    for exposed, original in zip(out, ["has space/and:colon", long_a, long_b], strict=True):
+        entry = cat.resolve("tools", exposed)
+        assert entry is not None and entry.name == original
+
+
+def test_removed_tools_are_forgotten() -> None:
+    cat = Catalog(servers(("s", "", 0)), "__")
+    cat.publish("tools", "s", [{"name": "old"}, {"name": "kept"}])
+    cat.publish("tools", "s", [{"name": "kept"}])
+    assert cat.resolve("tools", "old") is None and cat.resolve("tools", "kept") is not None
+
+
+def test_resource_and_template_routing() -> None:
+    cat = Catalog(servers(("a", "a", 0), ("b", "b", 0)), "__")
+    cat.publish_resources("a", [{"uri": "file:///x"}])
+    cat.publish_templates("b", [{"uriTemplate": "test://template/{id}/data"}])
+    assert cat.resolve_uri("file:///x") == "a"
+    assert cat.resolve_uri("test://template/42/data") == "b"
+    assert cat.resolve_uri("test://template/4/2/data") is None
+    assert template_pattern("file:///{+path}").fullmatch("file:///a/b/c")
