@@ -5,9 +5,9 @@
   SDK's stdio client (`stdio_gateway`).
 * SDK clients live in a background event loop (`LiveClient`, an anyio blocking portal), so
   one connection can be shared by the tests of a module, and each await is time-bounded.
-* Teardown kills whatever the gateway started that outlived it (by pid, descendants only),
-  so a gateway that leaks children does not leak them out of the test run; the leak itself
-  is asserted in test_process_lifecycle.py.
+* Every upstream carries an env tag naming its config file, so teardown can kill exactly what a
+  gateway started and left behind (by pid) without touching anyone else's processes; the leak
+  itself is asserted in test_process_lifecycle.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -219,9 +219,17 @@ class HttpGateway:
 
 @contextlib.contextmanager
 def http_gateway(config: Path, log: Path) -> Iterator[HttpGateway]:
-    gateway = HttpGateway(config, log)
+    for attempt in range(3):
+        gateway = HttpGateway(config, log.with_name(f"{log.stem}-{attempt}{log.suffix}"))
+        try:
+            gateway.wait_ready()
+            break
+        except BaseException:
+            gateway.stop()
+            # Another process may take the free port between our probe and uvicorn's bind.
+            if attempt == 2 or "Errno 98" not in gateway.tail():
+                raise
     try:
-        gateway.wait_ready()
         yield gateway
     finally:
         gateway.stop()
@@ -248,9 +256,6 @@ class LiveClient:
                 return await call
 
         return self.portal.call(bounded)
-
-    def run_fn(self, fn: Callable[[], Awaitable[T]], timeout: float = CALL_TIMEOUT) -> T:
-        return self.run(fn(), timeout)
 
     @property
     def modern(self) -> bool:

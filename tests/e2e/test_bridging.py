@@ -13,6 +13,7 @@ import contextlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import mcp.types as types
 import pytest
 from mcp.shared.exceptions import MCPError
+from pydantic import FileUrl
 
 from .conftest import (
     BUG_RESULT_TYPE,
+    MODERN,
     HttpGateway,
     LiveClient,
     combos,
@@ -72,7 +76,7 @@ class Recorder:
         return types.ElicitResult(action="accept", content={k: FORM_ANSWERS.get(k, f"{k}-value") for k in required})
 
     async def roots(self, ctx: Any) -> types.ListRootsResult:
-        return types.ListRootsResult(roots=[types.Root(uri=ROOT_URI, name="e2e project")])
+        return types.ListRootsResult(roots=[types.Root(uri=FileUrl(ROOT_URI), name="e2e project")])
 
     async def logging(self, params: types.LoggingMessageNotificationParams) -> None:
         self.logs.append((params.level, params.data))
@@ -235,13 +239,13 @@ def test_a_push_reaches_only_the_client_whose_call_caused_it(http_front: HttpGat
             live_client(http_front.url, "legacy", "http", sampling_callback=sampler("me")) as me:
         busy = threading.Event()
 
-        async def progress(value: float, total: float | None, message: str | None) -> None:
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             busy.set()
 
         # Another client keeps a call in flight on the same upstream (server-everything) ...
         pending = other.portal.start_task_soon(partial(
             other.client.call_tool, "everything__trigger-long-running-operation", {"duration": 3, "steps": 6},
-            progress_callback=progress))
+            progress_callback=on_progress))
         try:
             assert busy.wait(15), "the other client's call never started"
             # ... while this client's call makes the upstream ask for sampling.
@@ -257,10 +261,10 @@ def test_a_push_reaches_only_the_client_whose_call_caused_it(http_front: HttpGat
 async def _collect_progress(live: LiveClient, name: str, args: dict[str, Any]) -> tuple[str, list[Any]]:
     seen: list[tuple[float, float | None, str | None]] = []
 
-    async def progress(value: float, total: float | None, message: str | None) -> None:
-        seen.append((value, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
 
-    result = await live.client.call_tool(name, args, progress_callback=progress)
+    result = await live.client.call_tool(name, args, progress_callback=on_progress)
     await anyio.sleep(0.2)  # a notification may trail the response on another stream
     return text_of(result), seen
 
@@ -282,17 +286,37 @@ def test_progress_from_legacy_upstream(live: LiveClient) -> None:
     assert [(v, t) for v, t, _m in seen] == [(1, 3), (2, 3), (3, 3)]
 
 
+@pytest.mark.parametrize("tool", ["fixture__test_tool_with_progress", "everything__trigger-long-running-operation"])
+def test_progress_carries_the_clients_own_token(http_front: HttpGateway, tool: str) -> None:
+    """Raw 2026-07-28 POST: every relayed notifications/progress names exactly the token we chose."""
+    token = f"e2e-token-{uuid.uuid4().hex[:6]}"
+    meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "e2e-raw", "version": "0"}, "progressToken": token}
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"duration": 0.4, "steps": 2} if "everything" in tool else {},
+                       "_meta": meta}}
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": MODERN,
+               "Mcp-Method": "tools/call", "Mcp-Name": tool}
+    response = httpx.post(http_front.url, json=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream"), "progress must stream before the result"
+    messages = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
+    progress = [m["params"] for m in messages if m.get("method") == "notifications/progress"]
+    assert len(progress) >= 2 and {p["progressToken"] for p in progress} == {token}
+    assert messages[-1]["id"] == 7 and "result" in messages[-1]
+
+
 # -------------------------------------------------------------------------- cancellation
 async def _cancel_after_first_progress(live: LiveClient, tool: str) -> float:
     """Start a 30 s call, cancel it at its first progress; return seconds from cancel to return."""
     first = anyio.Event()
 
-    async def progress(value: float, total: float | None, message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         first.set()
 
     async with anyio.create_task_group() as tg:
         async def call() -> None:
-            await live.client.call_tool(tool, {"seconds": 30}, progress_callback=progress)
+            await live.client.call_tool(tool, {"seconds": 30}, progress_callback=on_progress)
             raise AssertionError("the call finished instead of being cancelled")
 
         tg.start_soon(call)

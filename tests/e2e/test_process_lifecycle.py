@@ -70,7 +70,7 @@ class RawStdioGateway:
             ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
                 raise TimeoutError(f"no answer to {method} within 30 s")
-            message = json.loads(self.proc.stdout.readline())
+            message: dict[str, Any] = json.loads(self.proc.stdout.readline())
             if message.get("id") == self.ids and "method" not in message:
                 return message
 

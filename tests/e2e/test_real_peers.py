@@ -188,11 +188,11 @@ def test_unknown_tool_is_an_error_not_a_hang(live: LiveClient) -> None:
 @pytest.mark.parametrize("live", combos(modern_bug=BUG_RESULT_TYPE), indirect=True)
 def test_read_resource_from_everything(live: LiveClient) -> None:
     uri = "demo://resource/static/document/features.md"
-    contents = live.run(live.client.read_resource(uri)).contents
-    assert [str(c.uri) for c in contents] == [uri]
-    assert "Everything Server - Features" in contents[0].text
-    dynamic = live.run(live.client.read_resource("demo://resource/dynamic/text/7")).contents
-    assert "7" in dynamic[0].text
+    static = live.run(live.client.read_resource(uri))
+    assert [str(c.uri) for c in static.contents] == [uri]
+    assert "Everything Server - Features" in text_of(static)
+    dynamic = live.run(live.client.read_resource("demo://resource/dynamic/text/7"))  # from a URI template
+    assert text_of(dynamic).startswith("Resource 7: This is a plaintext resource")
 
 
 @pytest.mark.parametrize("live", combos(modern_bug=BUG_RESULT_TYPE), indirect=True)

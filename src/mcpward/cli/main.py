@@ -149,12 +149,17 @@ async def _inspect(cfg: GatewayConfig, connect: bool) -> dict[str, Any]:
         if connect:
             ctx = system_context()
             for kind in ("tools", "prompts", "resources"):
-                listed = await gateway.lister.list(ctx, kind, {})
-                for item in listed[kind]:
-                    owner = _owner(gateway, kind, item)
-                    for entry in servers:
-                        if entry["name"] == owner:
-                            entry.setdefault(kind, []).append(item.get("name") or item.get("uri"))
+                cursor = None
+                for _page in range(1000):  # every page, bounded
+                    listed = await gateway.lister.list(ctx, kind, {"cursor": cursor} if cursor else {})
+                    for item in listed[kind]:
+                        owner = _owner(gateway, kind, item)
+                        for entry in servers:
+                            if entry["name"] == owner:
+                                entry.setdefault(kind, []).append(item.get("name") or item.get("uri"))
+                    cursor = listed.get("nextCursor")
+                    if cursor is None:
+                        break
     finally:
         await gateway.stop()
     return {"config": cfg.source, "http": f"http://{cfg.http_host}:{cfg.http_port}{cfg.http_path}",

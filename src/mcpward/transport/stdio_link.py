@@ -48,6 +48,7 @@ class StdioLink(MessageLink):
         self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
         self._closing = False
+        self.junk_lines = 0
 
     def describe(self) -> str:
         return shlex.join([self.command, *self.args])
@@ -115,7 +116,11 @@ class StdioLink(MessageLink):
                     message = jsonrpc.decode(frame.data, self.max_message_bytes)
                 except jsonrpc.ProtocolError as exc:
                     # stdout must carry only MCP; a stray print is the server's bug, not fatal.
-                    log.warning("server %s wrote a non-JSON-RPC line to stdout (%s)", self.name, exc.message)
+                    # Counted, and logged sparingly: a flooding server must not flood our logs.
+                    self.junk_lines += 1
+                    if self.junk_lines <= 5 or self.junk_lines % 1000 == 0:
+                        log.warning("server %s wrote a non-JSON-RPC line to stdout (%s); %d so far",
+                                    self.name, exc.message, self.junk_lines)
                     continue
                 self.on_message(message)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
