@@ -98,3 +98,20 @@ def test_legacy_stream_resumes_after_disconnect(url: str) -> None:
         assert final and final[0]["result"]["content"]
         bad = http.get(url, headers={**headers, "Accept": "text/event-stream", "Last-Event-ID": "nope.3"})
         assert bad.status_code == 404
+
+
+async def test_legacy_sessions_are_capped_and_expire(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from mcpward.gateway.config import GatewayConfig
+    from mcpward.gateway.core import Gateway
+    from mcpward.transport import http_front
+
+    monkeypatch.setattr(http_front, "MAX_SESSIONS", 3)
+    front = http_front.HttpFront(Gateway(GatewayConfig()))
+    transport = httpx.ASGITransport(app=front)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8811") as http:
+        statuses = [(await http.post("/mcp", json=INIT, headers=ACCEPT)).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 503]
+        oldest = next(iter(front.sessions.values()))
+        oldest.last_seen -= http_front.SESSION_IDLE_SECONDS + 1
+        assert (await http.post("/mcp", json=INIT, headers=ACCEPT)).status_code == 200
+        assert oldest.conn.session_id not in front.sessions

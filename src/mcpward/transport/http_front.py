@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +42,8 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 KEEPALIVE = 15.0
 OUTBOX_LIMIT = 1000
 RETRY_MS = 1000
+SESSION_IDLE_SECONDS = 30 * 60
+MAX_SESSIONS = 1000
 
 
 class LegacySession:
@@ -50,6 +53,7 @@ class LegacySession:
         self.streaming = False
         self.events = EventStore()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.last_seen = time.monotonic()
 
     async def push(self, message: JsonObj) -> None:
         if self.outbox.full():
@@ -131,7 +135,19 @@ class HttpFront:
         session = self.sessions.get(session_id)
         if session is None:
             raise HttpRejection(404, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Session not found"))
+        session.last_seen = time.monotonic()
         return session
+
+    def _make_room(self) -> None:
+        """Expire idle legacy sessions, and refuse new ones beyond the cap instead of growing forever."""
+        now = time.monotonic()
+        for session_id, session in list(self.sessions.items()):
+            if now - session.last_seen > SESSION_IDLE_SECONDS and not session.streaming and not session.conn.running:
+                del self.sessions[session_id]
+                session.conn.close()
+        if len(self.sessions) >= MAX_SESSIONS:
+            raise HttpRejection(503, jsonrpc.error(None, jsonrpc.OVERLOADED, "too many sessions; retry later"),
+                                headers=[(b"retry-after", b"30")])
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks, size = [], 0
@@ -195,6 +211,7 @@ class HttpFront:
     async def _post_legacy(self, receive: Receive, send: Send, headers: dict[str, str],
                            message: JsonObj, kind: jsonrpc.Kind, wants_sse: bool) -> None:
         if kind is jsonrpc.Kind.REQUEST and message["method"] == "initialize":
+            self._make_room()
             session_id = secrets.token_urlsafe(24)
             holder: list[LegacySession] = []
 
