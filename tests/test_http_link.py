@@ -22,9 +22,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from mcpward.protocol.headers import encode_value as header_value
 from mcpward.protocol.jsonrpc import INTERNAL_ERROR, UPSTREAM_UNAVAILABLE, JsonObj
 from mcpward.transport.base import LinkError, SendHints
-from mcpward.transport.http_link import HttpLink, header_value
+from mcpward.transport.http_link import HttpLink
 from mcpward.transport.sse import SseEvent, SseLimitError, SseParser, encode_comment, encode_event
 
 MODERN = "2026-07-28"

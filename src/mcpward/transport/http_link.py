@@ -11,7 +11,6 @@ bodies and streams that end early become a JSON-RPC error response for its id.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Coroutine
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from mcpward.protocol import jsonrpc
+from mcpward.protocol.headers import encode_value
 from mcpward.protocol.jsonrpc import JsonObj, RequestId
 from mcpward.protocol.versions import META_VERSION
 from mcpward.transport.base import LinkError, MessageLink, SendHints
@@ -146,7 +146,7 @@ class HttpLink(MessageLink):
                 field = _NAMED_METHODS.get(method)
                 value = params.get(field) if field and isinstance(params, dict) else None
                 if isinstance(value, str):
-                    headers["Mcp-Name"] = header_value(value)
+                    headers["Mcp-Name"] = encode_value(value)
         elif method != "initialize" and self._legacy_version is not None:
             headers["MCP-Protocol-Version"] = self._legacy_version
         if session is not None:
@@ -366,14 +366,6 @@ class HttpLink(MessageLink):
         self._listen_task = None
         log.info("legacy session with %s expired", self.describe())
         self.on_closed("session expired")
-
-
-def header_value(value: str) -> str:
-    """A header-safe form of a mirrored value: as is, or the spec's base64 sentinel."""
-    sentinel = value.startswith("=?base64?") and value.endswith("?=")
-    if all(" " <= ch <= "~" for ch in value) and value == value.strip(" ") and not sentinel:
-        return value
-    return "=?base64?" + base64.b64encode(value.encode("utf-8")).decode("ascii") + "?="
 
 
 def _modern_version(message: JsonObj) -> str | None:
