@@ -37,6 +37,7 @@ class ServerConfig:
     max_in_flight: int = 32
     priority: int = 0
     max_sessions: int = 8
+    allow_private: bool = False
 
     @property
     def transport(self) -> Literal["stdio", "http"]:
@@ -199,7 +200,8 @@ def _server(r: _Reader, name: str, default_start: str, default_timeout: float) -
             raise r.fail("cwd", f"no such directory: {server.cwd}")
     else:
         server.headers = r.string_map("headers")
-        _check_url(r, server.url or "", r.get("allow_http", bool, False), r.get("allow_private", bool, False))
+        server.allow_private = r.get("allow_private", bool, False)
+        _check_url(r, server.url or "", r.get("allow_http", bool, False), server.allow_private)
     r.reject_unknown()
     return server
 
@@ -217,6 +219,13 @@ def _check_url(r: _Reader, url: str, allow_http: bool, allow_private: bool) -> N
         raise r.fail("url", "no host")
     if not allow_private and _is_non_public(host):
         raise r.fail("url", f"{host} is a loopback/private/link-local address; set allow_private = true to allow it")
+
+
+def is_non_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global
 
 
 def _is_non_public(host: str) -> bool:

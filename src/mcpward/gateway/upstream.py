@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import time
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import orjson
 
 from mcpward import __version__
-from mcpward.gateway.config import GatewayConfig, ServerConfig
+from mcpward.gateway.config import GatewayConfig, ServerConfig, is_non_public_address
 from mcpward.gateway.context import RequestContext
 from mcpward.gateway.peer import Peer, PeerError, local_error
 from mcpward.protocol import jsonrpc
@@ -127,7 +129,28 @@ class Upstream:
                 self.error = str(exc)
                 raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable") from exc
 
+    async def _check_address(self) -> None:
+        """A remote server's name must not resolve to a non-public address unless allowed.
+
+        Checked before any connection is made. (httpx resolves again when it connects;
+        pinning the vetted address belongs to the egress proxy.)
+        """
+        if self.cfg.url is None or self.cfg.allow_private:
+            return
+        parts = urllib.parse.urlsplit(self.cfg.url)
+        host = parts.hostname or ""
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise LinkError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        for info in infos:
+            address = str(info[4][0])
+            if is_non_public_address(address):
+                raise LinkError(f"{host} resolves to the non-public address {address}; "
+                                "set allow_private = true to allow it")
+
     async def _probe(self) -> None:
+        await self._check_address()
         link = self._make_link()
         await link.open()
         peer = self._attach(link, "modern", "modern")
