@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -69,10 +70,24 @@ def run(config: ConfigOpt = Path("mcpward.toml"), verbose: VerboseOpt = False) -
     _logging(verbose)
 
     async def main() -> None:
+        # A client ends us with SIGTERM after closing stdin: shut down the same orderly
+        # way as on EOF, so no upstream outlives the gateway.
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, stopping.set)
         gateway = Gateway(cfg)
-        await gateway.start()
         try:
-            await StdioFront(gateway).serve()
+            for step in (gateway.start(), StdioFront(gateway).serve()):
+                work = asyncio.ensure_future(step)
+                stop = asyncio.ensure_future(stopping.wait())
+                await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if stopping.is_set():
+                    work.cancel()
+                    logging.getLogger("mcpward").info("signal received; shutting down")
+                    break
+                work.result()
         finally:
             await gateway.stop()
 

@@ -63,7 +63,8 @@ class RequestContext:
     request_id: RequestId | None = None
     method: str = ""
     log_level: str | None = None
-    session_id: str | None = None
+    session_id: str | None = None  # a legacy session (subscriptions live there)
+    connection_id: str | None = None  # one client connection; None for stateless HTTP requests
     # The client's `_meta` minus the reserved envelope keys (traceparent, vendor keys).
     forward_meta: JsonObj = field(default_factory=dict)
     progress_token: Any = None

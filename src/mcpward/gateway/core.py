@@ -111,9 +111,7 @@ class Gateway:
         if handler is None or (ctx.era == "modern" and method in LEGACY_ONLY):
             raise ProtocolError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
         result = await handler(ctx, params)
-        if ctx.era == "modern":
-            result = stamp_modern(result)
-        return result
+        return stamp_modern(result, method) if ctx.era == "modern" else strip_modern(result)
 
     async def _ping(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
         return {}
@@ -273,13 +271,37 @@ class Gateway:
                                for u in self.upstreams.values()), return_exceptions=True)
 
 
-def stamp_modern(result: JsonObj) -> JsonObj:
-    """Modern results name the server that answered: that is the gateway, not the upstream."""
+CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list",
+                       "resources/read", "server/discover"})
+
+
+def stamp_modern(result: JsonObj, method: str) -> JsonObj:
+    """Make a result whole for a 2026-07-28 client, whatever era the upstream spoke.
+
+    Modern results name the server that answered (the gateway, not the upstream), carry
+    `resultType`, and cacheable ones `ttlMs`/`cacheScope`; a legacy upstream sends none of
+    these. Unknown cacheability defaults to private and not cached.
+    """
+    out = dict(result)
+    meta = out.get("_meta")
+    out["_meta"] = {**meta, v.META_SERVER_INFO: GATEWAY_INFO} if isinstance(meta, dict) else {
+        v.META_SERVER_INFO: GATEWAY_INFO}
+    out.setdefault("resultType", "complete")
+    if method in CACHEABLE:
+        out.setdefault("ttlMs", 0)
+        out.setdefault("cacheScope", "private")
+    return out
+
+
+def strip_modern(result: JsonObj) -> JsonObj:
+    """A legacy client gets no upstream identity stamp (it would leak which server answered)."""
     meta = result.get("_meta")
-    if isinstance(meta, dict) and meta.get(v.META_SERVER_INFO) != GATEWAY_INFO:
-        return {**result, "_meta": {**meta, v.META_SERVER_INFO: GATEWAY_INFO}}
-    if meta is None:
-        return {**result, "_meta": {v.META_SERVER_INFO: GATEWAY_INFO}}
+    if isinstance(meta, dict) and v.META_SERVER_INFO in meta:
+        rest = {k: val for k, val in meta.items() if k != v.META_SERVER_INFO}
+        out = {k: val for k, val in result.items() if k != "_meta"}
+        if rest:
+            out["_meta"] = rest
+        return out
     return result
 
 

@@ -45,12 +45,14 @@ class RequestChannel:
 
 class ClientConnection:
     def __init__(self, gateway: Gateway, transport: Literal["stdio", "http"], principal: Principal,
-                 write: Writer, session_id: str | None = None) -> None:
+                 write: Writer, session_id: str | None = None, stateless: bool = False) -> None:
         self.gateway = gateway
         self.transport = transport
         self.principal = principal
         self.write = write
         self.session_id = session_id or secrets.token_urlsafe(24)
+        # The modern HTTP front shares one ClientConnection between unrelated stateless requests.
+        self.connection_id = None if stateless else self.session_id
         self.initialized = False
         self.protocol_version = v.LATEST_LEGACY
         self.capabilities: JsonObj = {}
@@ -145,7 +147,8 @@ class ClientConnection:
             client_info=self.client_info, principal=self.principal,
             channel=RequestChannel(self, stream, can_ask=True), transport=self.transport,
             request_id=message["id"], method=message["method"], log_level=self.log_level,
-            session_id=self.session_id, forward_meta=forward, progress_token=meta.get("progressToken"))
+            session_id=self.session_id, connection_id=self.connection_id, forward_meta=forward,
+            progress_token=meta.get("progressToken"))
 
     def _modern_context(self, message: JsonObj, meta: JsonObj, forward: JsonObj, stream: Writer) -> RequestContext:
         version = meta.get(v.META_VERSION)
@@ -164,7 +167,7 @@ class ClientConnection:
             client_info=info if isinstance(info, dict) else None, principal=self.principal,
             channel=RequestChannel(self, stream, can_ask=False), transport=self.transport,
             request_id=message["id"], method=message["method"], log_level=level,
-            forward_meta=forward, progress_token=meta.get("progressToken"))
+            connection_id=self.connection_id, forward_meta=forward, progress_token=meta.get("progressToken"))
 
     # ------------------------------------------------------- server -> client
     async def ask(self, write: Writer, method: str, params: JsonObj, timeout: float) -> JsonObj:

@@ -60,6 +60,11 @@ class Session:
     log_level: str | None = None
 
 
+def owner_of(ctx: RequestContext) -> object:
+    """Requests of one legacy client connection share an owner; stateless requests are their own."""
+    return ctx.connection_id if ctx.connection_id is not None else id(ctx)
+
+
 class Upstream:
     def __init__(self, cfg: ServerConfig, gw: GatewayConfig, events: UpstreamEvents) -> None:
         self.cfg = cfg
@@ -175,7 +180,12 @@ class Upstream:
                                   f"server {self.name!r} speaks none of our modern versions") from exc
             # Any other error, or silence, means legacy (never keyed to one code).
             self.era = "legacy"
-            self._spare = link
+            if exc.code == jsonrpc.REQUEST_TIMEOUT:
+                # A slow dual-era server may still answer the probe and stay modern on this
+                # process: the legacy session gets a fresh one.
+                await link.close()
+            else:
+                self._spare = link
             log.info("server %s speaks the legacy (initialize) era", self.name)
             return
         self.era = "modern"
@@ -244,7 +254,11 @@ class Upstream:
         await self.ensure()
         if self.era == "modern":
             return self._sessions["modern"]
-        key = orjson.dumps(ctx.capabilities, option=orjson.OPT_SORT_KEYS).decode() + "|" + ctx.principal.subject
+        # One legacy session per capability set, principal and client connection: pushes and
+        # log lines of a legacy server carry no request id, so sharing a session between two
+        # clients could hand one client's sampling request to the other.
+        key = "|".join((orjson.dumps(ctx.capabilities, option=orjson.OPT_SORT_KEYS).decode(),
+                        ctx.principal.subject, ctx.connection_id or "stateless"))
         async with self._lock:
             session = self._sessions.get(key)
             if session is not None:
@@ -378,7 +392,8 @@ class Upstream:
             return {}
         ctx = self._owner(session)
         if ctx is None:
-            raise local_error(jsonrpc.INVALID_REQUEST, f"{method} arrived with no client request in progress")
+            log.warning("server %s sent %s that cannot be tied to one client request; refused", self.name, method)
+            raise local_error(jsonrpc.INVALID_REQUEST, f"{method} cannot be tied to one client request")
         return await self._ask_client(ctx, method, params)
 
     @staticmethod
@@ -391,6 +406,9 @@ class Upstream:
         if session is None:
             return None
         if session.active:
+            owners = {owner_of(ctx) for ctx in session.active.values()}
+            if len(owners) > 1:
+                return None  # ambiguous between clients: refuse rather than guess
             return session.active[min(session.active)]
         return session.last_ctx
 

@@ -71,7 +71,8 @@ class HttpFront:
         self.sessions: dict[str, LegacySession] = {}
         self.hosts = allowed_hosts(self.cfg)
         self.origins = allowed_origins(self.cfg)
-        self.modern = ClientConnection(gateway, "http", Principal.anonymous(), self._no_session_writer)
+        self.modern = ClientConnection(gateway, "http", Principal.anonymous(), self._no_session_writer,
+                                       stateless=True)
 
     @staticmethod
     async def _no_session_writer(message: JsonObj) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import logging
 import os
 import shlex
 import signal
+import sys
 
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
@@ -22,6 +24,14 @@ log = logging.getLogger("mcpward.upstream")
 # unless its config declares them.
 INHERITED_ENV = ("PATH", "HOME", "LOGNAME", "USER", "SHELL", "TERM", "LANG", "LC_ALL", "TZ")
 STDERR_LINES_KEPT = 200
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: if the gateway dies (even by SIGKILL), the kernel ends the server."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class StdioLink(MessageLink):
@@ -75,6 +85,7 @@ class StdioLink(MessageLink):
                 cwd=self.cwd,
                 limit=self.max_message_bytes + 1,
                 start_new_session=True,  # our signals, not the terminal's, end it
+                preexec_fn=_die_with_parent,
             )
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
