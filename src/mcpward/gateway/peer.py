@@ -40,6 +40,11 @@ def local_error(code: int, message: str, data: Any = None) -> PeerError:
     return PeerError(jsonrpc.ProtocolError(code, message, data).to_error(), local=True)
 
 
+def _expire(future: asyncio.Future[JsonObj]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class Peer:
     def __init__(
         self,
@@ -79,11 +84,14 @@ class Peer:
         if self.closed is not None:
             raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable")
         rid = request_id if request_id is not None else self.next_id()
-        future: asyncio.Future[JsonObj] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[JsonObj] = loop.create_future()
         self._pending[rid] = future
+        # A timer instead of asyncio.wait_for: no wrapper on the hot path, same effect.
+        timer = loop.call_later(timeout, _expire, future)
         try:
             await self.link.send(jsonrpc.request(rid, method, params), hints)
-            reply = await asyncio.wait_for(future, timeout)
+            reply = await future
         except LinkError as exc:
             raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable") from exc
         except TimeoutError:
@@ -95,6 +103,7 @@ class Peer:
             await asyncio.shield(self._cancel_upstream(rid, "cancelled by the client"))
             raise
         finally:
+            timer.cancel()
             self._pending.pop(rid, None)
         if "error" in reply:
             error = reply["error"]

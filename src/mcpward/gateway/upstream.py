@@ -115,9 +115,14 @@ class Upstream:
         except PeerError as exc:
             log.error("server %s failed to start: %s", self.name, exc)
 
+    def _ready(self, any_session: bool) -> bool:
+        return self.era is not None and (any_session or self.era == "legacy" or "modern" in self._sessions)
+
     async def ensure(self, any_session: bool = False) -> None:
+        if self._ready(any_session):
+            return  # the hot path: no lock once the server is up
         async with self._lock:
-            if self.era is not None and (any_session or self.era == "legacy" or "modern" in self._sessions):
+            if self._ready(any_session):
                 return
             wait = self._next_attempt - time.monotonic()
             if wait > 0:
@@ -310,7 +315,10 @@ class Upstream:
         """Forward one request for `ctx`, bridging eras; returns the result object."""
         deadline = time.monotonic() + self.cfg.timeout
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.cfg.timeout)
+            if self._slots.locked():  # only a full server pays for a timed wait
+                await asyncio.wait_for(self._slots.acquire(), self.cfg.timeout)
+            else:
+                await self._slots.acquire()
         except TimeoutError:
             raise local_error(jsonrpc.OVERLOADED, f"server {self.name!r} is at its in-flight limit") from None
         try:
