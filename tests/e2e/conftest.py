@@ -141,13 +141,18 @@ def descendants(root: int) -> set[int]:
 
 
 def tagged_pids(config: Path) -> set[int]:
-    """Processes started from `config` (see write_gateway_config), wherever they are now."""
+    """Processes started from `config` (see write_gateway_config), wherever they are now.
+
+    Only processes running one of the servers this suite configures are looked at (by command
+    line), and their environment is only searched for the tag."""
     needle = f"{TAG}={config}\0".encode()
+    ours = tuple(str(p).encode() for p in (NODE_MODULES, BIN, FIXTURE, SLOW_SERVER))
     found = set()
     for p in os.listdir("/proc"):
         if p.isdigit() and int(p) != os.getpid():
             with contextlib.suppress(OSError):
-                if needle in Path(f"/proc/{p}/environ").read_bytes():
+                cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
+                if any(prefix in cmdline for prefix in ours) and needle in Path(f"/proc/{p}/environ").read_bytes():
                     found.add(int(p))
     return {p for p in found if alive(p)}
 
@@ -297,16 +302,6 @@ def text_of(result: Any) -> str:
     return "\n".join(b.text for b in blocks if getattr(b, "text", None) is not None)
 
 
-# Gateway bugs found by this suite; tests that hit them are xfail(strict=True) until fixed.
-BUG_RESULT_TYPE = ("gateway bug: results from a legacy upstream reach a 2026-07-28 client without resultType "
-                   "(resources/read also without ttlMs/cacheScope), so the SDK rejects them")
-
-
-def combos(*, modern_bug: str | None = None, fronts: tuple[str, ...] = ("stdio", "http")) -> list[Any]:
-    """(front, mode) params for the module-scoped `live` fixtures; modern ones xfail on `modern_bug`."""
-    out = []
-    for front in fronts:
-        for mode in ("legacy", "modern"):
-            marks = [pytest.mark.xfail(reason=modern_bug, strict=True)] if modern_bug and mode == "modern" else []
-            out.append(pytest.param((front, mode), id=f"{front}-{mode}", marks=marks))
-    return out
+def combos(fronts: tuple[str, ...] = ("stdio", "http")) -> list[Any]:
+    """(front, mode) params for the module-scoped, indirectly parametrized client fixtures."""
+    return [pytest.param((front, mode), id=f"{front}-{mode}") for front in fronts for mode in ("legacy", "modern")]

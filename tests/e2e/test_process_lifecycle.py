@@ -2,11 +2,11 @@
 no upstream process outliving the gateway however the gateway is ended.
 
 Upstreams that ignore stdin EOF are the interesting case: server-everything does once a client
-declared `roots`, and `slow_server.py --ignore-eof` does always. Only a signal ends them, and
-the gateway starts every upstream in its own session, so nobody else will send one. (An SDK
-client closes the gateway's stdin, waits 2 s, then SIGTERMs it, while the gateway gives each
-upstream 2 s after closing *its* stdin: which one wins is a race, so the SIGTERM test below is
-the deterministic form of that everyday leak.)
+declared `roots`, and `slow_server.py --ignore-eof` does always. Only a signal ends them, and the
+gateway starts every upstream in its own session, so nobody else will send one: the gateway must,
+on stdin EOF, on SIGTERM (SDK clients send it 2 s after closing the server's stdin, the same grace
+the gateway gives its upstreams, so the gateway is usually still shutting down) and even when it
+is killed outright.
 """
 
 from __future__ import annotations
@@ -31,16 +31,11 @@ from .conftest import (
     live_client,
     slow_server,
     stdio_gateway,
+    tagged_pids,
     text_of,
     time_server,
     write_gateway_config,
 )
-
-BUG_PROBE = ("gateway bug: after a server/discover probe times out the gateway sends initialize on the same "
-             "process; a dual-era server that answers the late discover stays modern, so the legacy session "
-             "fails every request (tools/list: 'params._meta must be an object ...') and its tools vanish")
-BUG_ORPHANS = ("gateway bug: `mcpward run` has no SIGTERM handler; killed by a signal (as the MCP SDKs do 2 s "
-               "after closing its stdin), it leaves upstreams that ignore stdin EOF running forever")
 
 
 def wait_gone(pids: set[int], timeout: float) -> set[int]:
@@ -119,7 +114,6 @@ def test_stdio_gateway_cleans_up_on_stdin_close(eof_ignoring_config: Path, tmp_p
         kill_survivors(children)
 
 
-@pytest.mark.xfail(reason=BUG_ORPHANS, strict=True)
 def test_stdio_gateway_cleans_up_on_sigterm(eof_ignoring_config: Path, tmp_path: Path) -> None:
     gateway, children = _started_gateway(eof_ignoring_config, tmp_path / "run.log")
     try:
@@ -129,6 +123,32 @@ def test_stdio_gateway_cleans_up_on_sigterm(eof_ignoring_config: Path, tmp_path:
         assert not leaked, f"upstream pids {sorted(leaked)} outlived `mcpward run` after SIGTERM"
     finally:
         gateway.close()
+        kill_survivors(children)
+
+
+def test_stdio_gateway_killed_outright_takes_its_upstreams_along(eof_ignoring_config: Path, tmp_path: Path) -> None:
+    gateway, children = _started_gateway(eof_ignoring_config, tmp_path / "run.log")
+    try:
+        gateway.proc.kill()
+        gateway.proc.wait(15)
+        leaked = wait_gone(children, 5)
+        assert not leaked, f"upstream pids {sorted(leaked)} outlived `mcpward run` after SIGKILL"
+    finally:
+        gateway.close()
+        kill_survivors(children)
+
+
+def test_sdk_client_exit_leaves_no_upstream_running(eof_ignoring_config: Path) -> None:
+    """The everyday case: an SDK client closes stdin, waits 2 s, then SIGTERMs `mcpward run`."""
+    children: set[int] = set()
+    try:
+        with live_client(stdio_gateway(eof_ignoring_config), "legacy", "stdio") as live:  # no reaping here
+            assert text_of(live.run(live.client.call_tool("stubborn__echo", {"text": "x"}))) == "x"
+            children = tagged_pids(eof_ignoring_config)
+            assert children
+        leaked = wait_gone(children, 5)
+        assert not leaked, f"upstream pids {sorted(leaked)} outlived the gateway"
+    finally:
         kill_survivors(children)
 
 
@@ -143,7 +163,6 @@ def test_http_gateway_cleans_up_on_sigterm(eof_ignoring_config: Path, tmp_path: 
 
 
 # ---------------------------------------------------------------------------- era probing
-@pytest.mark.xfail(reason=BUG_PROBE, strict=True)
 @pytest.mark.parametrize("mode", ["legacy", MODERN])
 def test_modern_server_slower_than_the_probe_timeout(tmp_path: Path, mode: str) -> None:
     # mcp-server-time needs ~1 s to import the SDK; with 0.1 s the probe always times out. With the

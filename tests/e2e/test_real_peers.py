@@ -19,7 +19,6 @@ import pytest
 from mcp.types import PromptReference
 
 from .conftest import (
-    BUG_RESULT_TYPE,
     NAME_RE,
     HttpGateway,
     LiveClient,
@@ -40,8 +39,6 @@ from .conftest import (
 
 pytestmark = [needs_node]
 SERVERS = ("everything", "filesystem", "memory", "time", "git")
-BUG_SERVER_INFO = ("gateway bug: a legacy client's results carry the modern upstream's "
-                   "_meta io.modelcontextprotocol/serverInfo (upstream identity leaks; modern clients get mcpward)")
 
 
 class Peers:
@@ -126,13 +123,13 @@ def test_prompts_and_resources_are_listed(live: LiveClient) -> None:
 
 
 # --------------------------------------------------------------------- one call per server
-@pytest.mark.parametrize("live", combos(modern_bug=BUG_RESULT_TYPE), indirect=True)
+@pytest.mark.parametrize("live", combos(), indirect=True)
 def test_everything_echo_and_sum(live: LiveClient) -> None:
     assert text_of(call(live, "everything__echo", {"message": "héllo gateway"})) == "Echo: héllo gateway"
     assert "The sum of 2 and 40 is 42." in text_of(call(live, "everything__get-sum", {"a": 2, "b": 40}))
 
 
-@pytest.mark.parametrize("live", combos(modern_bug=BUG_RESULT_TYPE), indirect=True)
+@pytest.mark.parametrize("live", combos(), indirect=True)
 def test_filesystem_write_then_read(live: LiveClient, peers: Peers) -> None:
     name = f"{unique(live)}.txt"
     body = f"written through mcpward by {name}\nsecond line\n"
@@ -143,13 +140,13 @@ def test_filesystem_write_then_read(live: LiveClient, peers: Peers) -> None:
     assert f"[FILE] {name}" in listing
 
 
-@pytest.mark.parametrize("live", combos(modern_bug=BUG_RESULT_TYPE), indirect=True)
+@pytest.mark.parametrize("live", combos(), indirect=True)
 def test_filesystem_refuses_paths_outside_its_root(live: LiveClient, peers: Peers) -> None:
     result = live.run(live.client.call_tool("filesystem__read_text_file", {"path": "/etc/hostname"}))
     assert result.is_error and "outside allowed directories" in text_of(result).lower()
 
 
-@pytest.mark.parametrize("live", combos(modern_bug=BUG_RESULT_TYPE), indirect=True)
+@pytest.mark.parametrize("live", combos(), indirect=True)
 def test_memory_create_then_open(live: LiveClient, peers: Peers) -> None:
     entity = f"entity-{unique(live)}"
     call(live, "memory__create_entities", {"entities": [
@@ -185,7 +182,7 @@ def test_unknown_tool_is_an_error_not_a_hang(live: LiveClient) -> None:
 
 
 # ------------------------------------------------------------------ resources and prompts
-@pytest.mark.parametrize("live", combos(modern_bug=BUG_RESULT_TYPE), indirect=True)
+@pytest.mark.parametrize("live", combos(), indirect=True)
 def test_read_resource_from_everything(live: LiveClient) -> None:
     uri = "demo://resource/static/document/features.md"
     static = live.run(live.client.read_resource(uri))
@@ -195,7 +192,7 @@ def test_read_resource_from_everything(live: LiveClient) -> None:
     assert text_of(dynamic).startswith("Resource 7: This is a plaintext resource")
 
 
-@pytest.mark.parametrize("live", combos(modern_bug=BUG_RESULT_TYPE), indirect=True)
+@pytest.mark.parametrize("live", combos(), indirect=True)
 def test_get_prompt_from_everything(live: LiveClient) -> None:
     simple = live.run(live.client.get_prompt("everything__simple-prompt"))
     assert text_of(simple) == "This is a simple prompt without arguments."
@@ -203,7 +200,7 @@ def test_get_prompt_from_everything(live: LiveClient) -> None:
     assert text_of(args) == "What's weather in Paris, TX?"
 
 
-@pytest.mark.parametrize("live", combos(modern_bug=BUG_RESULT_TYPE), indirect=True)
+@pytest.mark.parametrize("live", combos(), indirect=True)
 def test_prompt_argument_completion(live: LiveClient) -> None:
     ref = PromptReference(type="ref/prompt", name="everything__completable-prompt")
     done = live.run(live.client.complete(ref, {"name": "department", "value": "Eng"}))
@@ -211,15 +208,12 @@ def test_prompt_argument_completion(live: LiveClient) -> None:
 
 
 # ------------------------------------------------------------------------ identity
-@pytest.mark.parametrize("live", [
-    pytest.param(("stdio", "legacy"), id="stdio-legacy", marks=pytest.mark.xfail(reason=BUG_SERVER_INFO, strict=True)),
-    pytest.param(("http", "legacy"), id="http-legacy", marks=pytest.mark.xfail(reason=BUG_SERVER_INFO, strict=True)),
-    pytest.param(("stdio", "modern"), id="stdio-modern"),
-    pytest.param(("http", "modern"), id="http-modern"),
-], indirect=True)
+@pytest.mark.parametrize("live", combos(), indirect=True)
 def test_results_do_not_name_the_upstream_server(live: LiveClient) -> None:
+    # mcp-server-time stamps _meta io.modelcontextprotocol/serverInfo = mcp-time on its results.
     result = call(live, "time__get_current_time", {"timezone": "UTC"})
     stamp = (result.meta or {}).get("io.modelcontextprotocol/serverInfo")
-    assert stamp is None or stamp.get("name") == "mcpward", f"upstream identity leaked: {stamp}"
     if live.modern:
-        assert stamp is not None, "a modern result must name the gateway"
+        assert stamp is not None and stamp["name"] == "mcpward", f"a modern result must name the gateway: {stamp}"
+    else:
+        assert stamp is None, f"upstream identity leaked to a legacy client: {stamp}"
