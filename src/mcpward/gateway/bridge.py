@@ -36,6 +36,7 @@ class Parked:
     asked: dict[str, tuple[JsonObj, asyncio.Future[JsonObj]]] = field(default_factory=dict)
     keys: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     expires: float = 0.0
+    round: int = 0  # bumped every time the call is parked: each requestState works once
 
 
 def request_digest(method: str, params: JsonObj) -> str:
@@ -79,6 +80,8 @@ class InputBridge:
             raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: unknown or already used")
         if state.get("sub") != ctx.principal.subject or parked.principal != ctx.principal.subject:
             raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: issued to another principal")
+        if state.get("r") != parked.round:
+            raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: already used")
         if parked.digest != request_digest(method, params):
             raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: the retry differs from the request")
         responses = params.get("inputResponses")
@@ -111,9 +114,11 @@ class InputBridge:
         if parked.task.done():
             return parked.task.result()
         parked.expires = time.monotonic() + self.ttl
+        parked.round += 1
         self._parked[parked.id] = parked
         self._sweep()
-        state = self.sealer.seal({"call": parked.id, "sub": parked.principal, "dig": parked.digest}, self.ttl)
+        state = self.sealer.seal({"call": parked.id, "sub": parked.principal, "dig": parked.digest,
+                                  "r": parked.round}, self.ttl)
         return {
             "resultType": "input_required",
             "inputRequests": {key: request for key, (request, _f) in parked.asked.items()},
