@@ -7,8 +7,9 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -20,6 +21,7 @@ from mcpward.gateway import config as config_mod
 from mcpward.gateway.config import ConfigError, GatewayConfig
 from mcpward.transport.http_checks import is_loopback
 
+T = TypeVar("T")
 app = typer.Typer(
     name="mcpward",
     help="A security gateway for MCP: one endpoint in front of many servers.",
@@ -52,6 +54,15 @@ def _load(path: Path) -> GatewayConfig:
     except ConfigError as exc:
         err.print(f"[bold red]config error[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when it is installed: it roughly halves the event loop's cost per message."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def _logging(verbose: bool) -> None:
@@ -92,7 +103,7 @@ def run(config: ConfigOpt = Path("mcpward.toml"), verbose: VerboseOpt = False) -
             await gateway.stop()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        run_async(main())
 
 
 @app.command()
@@ -136,7 +147,7 @@ def check(
         _logging(True)
     else:
         logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    report = asyncio.run(_inspect(cfg, connect))
+    report = run_async(_inspect(cfg, connect))
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
