@@ -69,6 +69,9 @@ def _logging(verbose: bool) -> None:
     # stdout belongs to MCP on the stdio front, so logs always go to stderr.
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The HTTP client logs every request at INFO: a line per tool call, and a cost on the hot path.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 @app.command()
