@@ -105,7 +105,8 @@ class HttpFront:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {k.decode("latin-1").lower(): val.decode("latin-1") for k, val in scope["headers"]}
+        # Field values lose surrounding whitespace (RFC 9110 5.5): h11 strips it, httptools does not.
+        headers = {k.decode("latin-1").lower(): val.decode("latin-1").strip(" \t") for k, val in scope["headers"]}
         if scope["path"] != self.cfg.http_path:
             raise HttpRejection(404, None)
         host = headers.get("host", "")
