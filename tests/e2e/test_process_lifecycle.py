@@ -16,6 +16,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,37 +103,26 @@ def _started_gateway(config: Path, log: Path) -> tuple[RawStdioGateway, set[int]
 
 
 # ------------------------------------------------------------------------- shutdown paths
-def test_stdio_gateway_cleans_up_on_stdin_close(eof_ignoring_config: Path, tmp_path: Path) -> None:
+def _close_stdin(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()  # a patient client: close stdin and wait
+
+
+ENDINGS: dict[str, Callable[[subprocess.Popen[bytes]], None]] = {
+    "stdin-close": _close_stdin,
+    "sigterm": lambda proc: proc.send_signal(signal.SIGTERM),
+    "sigkill": lambda proc: proc.kill(),  # no chance to clean up: PR_SET_PDEATHSIG must do it
+}
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_stdio_gateway_takes_its_upstreams_along(ending: str, eof_ignoring_config: Path, tmp_path: Path) -> None:
     gateway, children = _started_gateway(eof_ignoring_config, tmp_path / "run.log")
     try:
-        assert gateway.proc.stdin is not None
-        gateway.proc.stdin.close()  # a patient client: close stdin and wait
-        gateway.proc.wait(15)
-        assert not wait_gone(children, 5), "upstream outlived the gateway"
-    finally:
-        gateway.close()
-        kill_survivors(children)
-
-
-def test_stdio_gateway_cleans_up_on_sigterm(eof_ignoring_config: Path, tmp_path: Path) -> None:
-    gateway, children = _started_gateway(eof_ignoring_config, tmp_path / "run.log")
-    try:
-        gateway.proc.send_signal(signal.SIGTERM)
-        gateway.proc.wait(15)
-        leaked = wait_gone(children, 5)
-        assert not leaked, f"upstream pids {sorted(leaked)} outlived `mcpward run` after SIGTERM"
-    finally:
-        gateway.close()
-        kill_survivors(children)
-
-
-def test_stdio_gateway_killed_outright_takes_its_upstreams_along(eof_ignoring_config: Path, tmp_path: Path) -> None:
-    gateway, children = _started_gateway(eof_ignoring_config, tmp_path / "run.log")
-    try:
-        gateway.proc.kill()
+        ENDINGS[ending](gateway.proc)
         gateway.proc.wait(15)
         leaked = wait_gone(children, 5)
-        assert not leaked, f"upstream pids {sorted(leaked)} outlived `mcpward run` after SIGKILL"
+        assert not leaked, f"upstream pids {sorted(leaked)} outlived `mcpward run` after {ending}"
     finally:
         gateway.close()
         kill_survivors(children)
