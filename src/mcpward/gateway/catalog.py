@@ -51,8 +51,6 @@ class Catalog:
         # Keep names inside the spec's character set and length; a short hash keeps
         # two long or exotic names from folding into one.
         safe = INVALID_CHARS.sub("_", full)
-        if safe == full and len(full) <= 128:
-            return full
         tag = hashlib.sha256(full.encode()).hexdigest()[:8]
         return f"{safe[:119]}_{tag}"
 

@@ -232,10 +232,7 @@ def _is_non_public(host: str) -> bool:
     if host in LOOPBACK_NAMES or host.endswith(".localhost") or host.endswith(".internal"):
         return True
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        return is_non_public_address(host.strip("[]"))
     except ValueError:
-        # A name: resolution happens at connect time, where the address is checked again.
+        # A name: it is resolved and its addresses checked before the gateway connects.
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_global

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from mcpward.protocol.jsonrpc import JsonObj, RequestId
+from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.protocol.versions import Era
 
 # How a push request (sampling, elicitation, roots) reaches a client that cannot take
@@ -60,8 +60,6 @@ class RequestContext:
     principal: Principal
     channel: ClientChannel
     transport: Literal["stdio", "http"]
-    request_id: RequestId | None = None
-    method: str = ""
     log_level: str | None = None
     session_id: str | None = None  # a legacy session (subscriptions live there)
     connection_id: str | None = None  # one client connection; None for stateless HTTP requests

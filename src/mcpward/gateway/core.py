@@ -13,7 +13,7 @@ from typing import Any
 
 from mcpward import __version__
 from mcpward.gateway.bridge import InputBridge
-from mcpward.gateway.catalog import Catalog
+from mcpward.gateway.catalog import Catalog, Entry
 from mcpward.gateway.config import GatewayConfig
 from mcpward.gateway.context import RequestContext, system_context
 from mcpward.gateway.listing import Lister
@@ -107,10 +107,9 @@ class Gateway:
 
     # ------------------------------------------------------------------ dispatch
     async def handle(self, ctx: RequestContext, method: str, params: JsonObj) -> JsonObj:
-        handler = self._handlers.get(method)
-        if handler is None or (ctx.era == "modern" and method in LEGACY_ONLY):
+        if not self.serves(method, ctx.era):
             raise ProtocolError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
-        result = await handler(ctx, params)
+        result = await self._handlers[method](ctx, params)
         return stamp_modern(result, method) if ctx.era == "modern" else strip_modern(result)
 
     async def _ping(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
@@ -124,6 +123,16 @@ class Gateway:
         name = params.get("name")
         if not isinstance(name, str):
             raise ProtocolError(jsonrpc.INVALID_PARAMS, f"{method} needs a string 'name'")
+        entry = await self._resolve_named(ctx, kind, name)
+        upstream_params = params if entry.name == name else {**params, "name": entry.name}
+        return await self._forward(ctx, entry.server, method, upstream_params, entry.name)
+
+    async def _resolve_named(self, ctx: RequestContext, kind: str, name: str) -> Entry:
+        """Exposed tool or prompt name -> (server, upstream name), listing once when unknown.
+
+        Only unprefixed servers can own a name the catalog has not seen; prefixed names route
+        by their prefix, so a miss there is final and costs no listing.
+        """
         entry = self.catalog.resolve(kind, name)
         if entry is None and self.catalog.unprefixed_servers():
             await self.lister.refresh(ctx, kind)
@@ -131,8 +140,7 @@ class Gateway:
         if entry is None or entry.server not in self.upstreams:
             noun = "tool" if kind == "tools" else "prompt"
             raise ProtocolError(jsonrpc.INVALID_PARAMS, f"unknown {noun}: {name}")
-        upstream_params = params if entry.name == name else {**params, "name": entry.name}
-        return await self._forward(ctx, entry.server, method, upstream_params, entry.name)
+        return entry
 
     async def _read_resource(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
         uri = params.get("uri")
@@ -157,12 +165,7 @@ class Gateway:
         if not isinstance(ref, dict):
             raise ProtocolError(jsonrpc.INVALID_PARAMS, "completion/complete needs a 'ref' object")
         if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
-            entry = self.catalog.resolve("prompts", ref["name"])
-            if entry is None:
-                await self.lister.refresh(ctx, "prompts")
-                entry = self.catalog.resolve("prompts", ref["name"])
-            if entry is None:
-                raise ProtocolError(jsonrpc.INVALID_PARAMS, f"unknown prompt: {ref['name']}")
+            entry = await self._resolve_named(ctx, "prompts", ref["name"])
             return await self._forward(ctx, entry.server, "completion/complete",
                                        {**params, "ref": {**ref, "name": entry.name}}, entry.name)
         if ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
@@ -177,7 +180,7 @@ class Gateway:
         server = await self._server_for_uri(ctx, uri)
         first = self.subscriptions.add_resource(ctx.session_id, server, uri)
         if first:
-            await self.upstreams[server].subscribe(ctx, uri, self.subscriptions.uris_for(server))
+            await self.upstreams[server].subscribe(ctx, self.subscriptions.uris_for(server))
         return {}
 
     async def _unsubscribe(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
@@ -256,7 +259,7 @@ class Gateway:
         new_servers = [s for s, u in routed if self.subscriptions.add_resource(listener, s, u)]
         try:
             for server in sorted(set(new_servers)):
-                await self.upstreams[server].subscribe(ctx, "", self.subscriptions.uris_for(server))
+                await self.upstreams[server].subscribe(ctx, self.subscriptions.uris_for(server))
             await send(jsonrpc.notification("notifications/subscriptions/acknowledged",
                                             {"_meta": meta, "notifications": agreed}))
             await asyncio.Event().wait()  # until the front cancels us
@@ -282,26 +285,26 @@ def stamp_modern(result: JsonObj, method: str) -> JsonObj:
     `resultType`, and cacheable ones `ttlMs`/`cacheScope`; a legacy upstream sends none of
     these. Unknown cacheability defaults to private and not cached.
     """
-    out = dict(result)
-    meta = out.get("_meta")
-    out["_meta"] = {**meta, v.META_SERVER_INFO: GATEWAY_INFO} if isinstance(meta, dict) else {
-        v.META_SERVER_INFO: GATEWAY_INFO}
-    out.setdefault("resultType", "complete")
+    # In place, no copy: every result is parsed fresh for this one request, so nobody else holds it.
+    meta = result.get("_meta")
+    if isinstance(meta, dict):
+        meta[v.META_SERVER_INFO] = GATEWAY_INFO
+    else:
+        result["_meta"] = {v.META_SERVER_INFO: GATEWAY_INFO}
+    result.setdefault("resultType", "complete")
     if method in CACHEABLE:
-        out.setdefault("ttlMs", 0)
-        out.setdefault("cacheScope", "private")
-    return out
+        result.setdefault("ttlMs", 0)
+        result.setdefault("cacheScope", "private")
+    return result
 
 
 def strip_modern(result: JsonObj) -> JsonObj:
     """A legacy client gets no upstream identity stamp (it would leak which server answered)."""
     meta = result.get("_meta")
     if isinstance(meta, dict) and v.META_SERVER_INFO in meta:
-        rest = {k: val for k, val in meta.items() if k != v.META_SERVER_INFO}
-        out = {k: val for k, val in result.items() if k != "_meta"}
-        if rest:
-            out["_meta"] = rest
-        return out
+        del meta[v.META_SERVER_INFO]
+        if not meta:
+            del result["_meta"]
     return result
 
 

@@ -146,7 +146,7 @@ class ClientConnection:
             era="legacy", protocol_version=self.protocol_version, capabilities=self.capabilities,
             client_info=self.client_info, principal=self.principal,
             channel=RequestChannel(self, stream, can_ask=True), transport=self.transport,
-            request_id=message["id"], method=message["method"], log_level=self.log_level,
+            log_level=self.log_level,
             session_id=self.session_id, connection_id=self.connection_id, forward_meta=forward,
             progress_token=meta.get("progressToken"))
 
@@ -166,7 +166,7 @@ class ClientConnection:
             era="modern", protocol_version=str(version), capabilities=caps,
             client_info=info if isinstance(info, dict) else None, principal=self.principal,
             channel=RequestChannel(self, stream, can_ask=False), transport=self.transport,
-            request_id=message["id"], method=message["method"], log_level=level,
+            log_level=level,
             connection_id=self.connection_id, forward_meta=forward, progress_token=meta.get("progressToken"))
 
     # ------------------------------------------------------- server -> client

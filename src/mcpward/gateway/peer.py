@@ -66,10 +66,6 @@ class Peer:
         self.closed: str | None = None
         link.on_message = self._dispatch
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
-
     def next_id(self) -> int:
         return next(self._ids)
 

@@ -44,7 +44,6 @@ class UpstreamEvents:
 
     list_changed: Callable[[str, str], None] = lambda _server, _kind: None
     resource_updated: Callable[[str, JsonObj], None] = lambda _server, _params: None
-    subscription_notice: Callable[[str, JsonObj], None] = lambda _server, _msg: None
 
 
 @dataclass(slots=True)
@@ -57,7 +56,6 @@ class Session:
     active: dict[int, RequestContext] = field(default_factory=dict)
     last_ctx: RequestContext | None = None
     last_used: float = field(default_factory=time.monotonic)
-    log_level: str | None = None
 
 
 def owner_of(ctx: RequestContext) -> object:
@@ -83,7 +81,6 @@ class Upstream:
         self._failures = 0
         self._next_attempt = 0.0
         self._stopping = False
-        self.restarts = 0
         self._listen_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._resource_uris: set[str] = set()
@@ -235,7 +232,6 @@ class Upstream:
     async def _restart(self) -> None:
         if self._stopping:
             return
-        self.restarts += 1
         with contextlib.suppress(PeerError):
             await self.ensure(any_session=True)
 
@@ -439,14 +435,10 @@ class Upstream:
             if owner is not None and v.log_level_allows(owner.log_level, params.get("level")):
                 self._background(owner.channel.notify(message))
         elif method.endswith("/list_changed"):
-            if v.META_SUBSCRIPTION_ID in (params.get("_meta") or {}):
-                self.events.subscription_notice(self.name, message)
             self.events.list_changed(self.name, method.split("/")[1])
         elif method == "notifications/resources/updated":
             self.events.resource_updated(self.name, params)
-        elif method == "notifications/subscriptions/acknowledged":
-            self.events.subscription_notice(self.name, message)
-        elif method != "notifications/cancelled":
+        elif method not in ("notifications/cancelled", "notifications/subscriptions/acknowledged"):
             log.debug("server %s sent %s; not forwarded", self.name, method)
 
     # ------------------------------------------------------------- session-wide
@@ -455,7 +447,6 @@ class Upstream:
         for session in list(self._sessions.values()):
             caps = session.info.get("capabilities") or {}
             if session.era == "legacy" and "logging" in caps:
-                session.log_level = level
                 with contextlib.suppress(PeerError):
                     await session.peer.request("logging/setLevel", {"level": level}, self.cfg.timeout)
 
@@ -465,12 +456,8 @@ class Upstream:
                 with contextlib.suppress(LinkError):
                     await session.peer.notify(method, params)
 
-    def stderr_tail(self) -> list[str]:
-        return [line for s in self._sessions.values() if isinstance(s.peer.link, StdioLink)
-                for line in s.peer.link.stderr_tail]
-
     # ------------------------------------------------------------ subscriptions
-    async def subscribe(self, ctx: RequestContext, uri: str, all_uris: set[str]) -> None:
+    async def subscribe(self, ctx: RequestContext, all_uris: set[str]) -> None:
         """Make sure the upstream tells us about changes to every URI in `all_uris`."""
         await self.ensure()
         self._resource_uris = set(all_uris)

@@ -55,15 +55,14 @@ class StdioFront:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _on_frame(self, data: bytes) -> None:
+        message: JsonObj | None = None
         try:
             message = jsonrpc.decode(data, self.max_bytes)
             kind = jsonrpc.classify(message)
         except jsonrpc.ProtocolError as exc:
-            rid = None
-            if exc.code != jsonrpc.PARSE_ERROR:
-                with_id = jsonrpc.decode(data, self.max_bytes) if data[:1] == b"{" else {}
-                candidate = with_id.get("id") if isinstance(with_id, dict) else None
-                rid = candidate if isinstance(candidate, (str, int)) and not isinstance(candidate, bool) else None
+            # A parsed but invalid message is answered under its own id when it has a usable one.
+            candidate = message.get("id") if message is not None else None
+            rid = candidate if isinstance(candidate, (str, int)) and not isinstance(candidate, bool) else None
             await self.write(exc.response(rid))
             return
         if kind is jsonrpc.Kind.RESPONSE:

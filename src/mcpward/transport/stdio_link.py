@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ctypes
 import logging
@@ -23,7 +22,6 @@ log = logging.getLogger("mcpward.upstream")
 # nothing else. Credentials in the gateway's environment never reach a server
 # unless its config declares them.
 INHERITED_ENV = ("PATH", "HOME", "LOGNAME", "USER", "SHELL", "TERM", "LANG", "LC_ALL", "TZ")
-STDERR_LINES_KEPT = 200
 PR_SET_PDEATHSIG = 1
 
 
@@ -53,7 +51,6 @@ class StdioLink(MessageLink):
         self.cwd = cwd
         self.max_message_bytes = max_message_bytes
         self.shutdown_grace = shutdown_grace
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         self._proc: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
@@ -67,10 +64,6 @@ class StdioLink(MessageLink):
         env = {k: v for k in INHERITED_ENV if (v := os.environ.get(k)) is not None}
         env.update(self.env)
         return env
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     async def open(self) -> None:
         log.info("spawning server %s: %s", self.name, self.describe())
@@ -149,7 +142,6 @@ class StdioLink(MessageLink):
             if not line:
                 return
             text = line.decode("utf-8", "replace").rstrip()
-            self.stderr_tail.append(text)
             server_log.info("%s", text)
 
     async def close(self) -> None:
