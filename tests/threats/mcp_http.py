@@ -1,0 +1,31 @@
+"""A raw 2026-07-28 HTTP client for threat tests: every header and byte is the test's choice."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from mcpward.transport.sse import SseParser
+from tests.conftest import FIXTURES, PYTHON
+
+MODERN = "2026-07-28"
+# A legacy server whose `sample` tool pushes sampling/createMessage to the client.
+LEGACY_PUSHER = f'[servers.legacy]\ncommand = "{PYTHON}"\nargs = ["{FIXTURES / "fault_server.py"}", "--legacy"]\n'
+
+
+def call(http: httpx.Client, url: str, method: str, params: dict[str, Any], caps: dict[str, Any] | None = None,
+         rid: int = 1) -> tuple[int, dict[str, Any]]:
+    body = {**params, "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                                "io.modelcontextprotocol/clientCapabilities": caps or {}}}
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+    if "name" in params:
+        headers["Mcp-Name"] = params["name"]
+    response = http.post(url, json={"jsonrpc": "2.0", "id": rid, "method": method, "params": body}, headers=headers)
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        replies = [json.loads(e.data) for e in SseParser().feed(response.content) if e.data]
+        return response.status_code, next(r for r in replies if r.get("id") == rid and "method" not in r)
+    reply: dict[str, Any] = response.json()
+    return response.status_code, reply

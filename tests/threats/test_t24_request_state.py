@@ -1,0 +1,42 @@
+"""T24: MRTR requestState issued by the gateway is sealed; forged, altered or replayed state is refused.
+
+A modern client in front of a legacy server that pushes sampling: the gateway parks the
+call and hands out its own sealed requestState. Only the exact retry resumes it, once.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.threats.mcp_http import LEGACY_PUSHER, call
+
+CAPS = {"sampling": {}}
+
+
+def test_gateway_request_state_cannot_be_forged_altered_or_replayed(serve_gateway) -> None:  # type: ignore[no-untyped-def]
+    url = serve_gateway(LEGACY_PUSHER)
+    params = {"name": "legacy__sample", "arguments": {"prompt": "2+2?"}}
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        _, first = call(http, url, "tools/call", params, CAPS)
+        required = first["result"]
+        assert required["resultType"] == "input_required"
+        (key, request), = required["inputRequests"].items()
+        assert request["method"] == "sampling/createMessage"
+        state = required["requestState"]
+        assert state.startswith("mcpward1.")
+
+        answer = {key: {"role": "assistant", "content": {"type": "text", "text": "4"}, "model": "m"}}
+        forged = state[:-4] + ("AAAA" if not state.endswith("AAAA") else "BBBB")
+        retry = {**params, "requestState": forged, "inputResponses": answer}
+        status, reply = call(http, url, "tools/call", retry, CAPS)
+        assert status == 400 and reply["error"]["code"] == -32602 and "integrity" in reply["error"]["message"]
+
+        altered = {**params, "arguments": {"prompt": "something else"}, "requestState": state, "inputResponses": answer}
+        status, reply = call(http, url, "tools/call", altered, CAPS)
+        assert status == 400 and "differs from the request" in reply["error"]["message"]
+
+        _, done = call(http, url, "tools/call", {**params, "requestState": state, "inputResponses": answer}, CAPS)
+        assert '"4"' in done["result"]["content"][0]["text"]
+
+        status, reply = call(http, url, "tools/call", {**params, "requestState": state, "inputResponses": answer}, CAPS)
+        assert status == 400 and "requestState refused" in reply["error"]["message"]  # spent: no replay
