@@ -11,7 +11,7 @@ from mcpward.gateway import config
 from mcpward.gateway.context import Principal
 from mcpward.gateway.core import Gateway
 from mcpward.gateway.downstream import ClientConnection
-from mcpward.guards.base import Call, Guard, GuardChain, Refusal
+from mcpward.guards.base import Call, Guard, GuardChain, Listed, Refusal
 from mcpward.guards.timing import TimingGuard
 from mcpward.protocol.jsonrpc import JsonObj
 from tests.conftest import fixture_server
@@ -34,8 +34,8 @@ class NoErrors(Guard):
             return {**result, "content": [{"type": "text", "text": "[checked] " + result["content"][0]["text"]}]}
         return None
 
-    async def on_list(self, call: Call, kind: str, items: list[JsonObj]) -> list[JsonObj] | None:
-        return [i for i in items if "error" not in str(i.get("name"))] if kind == "tools" else None
+    async def on_list(self, call: Call, kind: str, items: list[Listed]) -> list[Listed] | None:
+        return [i for i in items if "error" not in i.name] if kind == "tools" else None
 
 
 @pytest.fixture

@@ -22,6 +22,20 @@ class ConfigError(Exception):
         self.source, self.key, self.problem = source, key, problem
 
 
+ANNOTATION_HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
+
+
+@dataclass(slots=True)
+class ToolOverride:
+    """What the operator says about one tool; it wins over what the server claims."""
+
+    annotations: dict[str, bool] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)  # extra risk labels the policy can use
+    allow_pii: list[str] = field(default_factory=list)  # PII kinds this tool may return unredacted
+    param_kinds: dict[str, str] = field(default_factory=dict)  # argument name -> url/path/command/code/text
+    max_result_bytes: int | None = None
+
+
 @dataclass(slots=True)
 class ServerConfig:
     name: str
@@ -38,6 +52,8 @@ class ServerConfig:
     priority: int = 0
     max_sessions: int = 8
     allow_private: bool = False
+    # Operator overrides per upstream tool name ([servers.<name>.tools.<tool>]).
+    tools: dict[str, ToolOverride] = field(default_factory=dict)
 
     @property
     def transport(self) -> Literal["stdio", "http"]:
@@ -57,9 +73,15 @@ class GatewayConfig:
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
     servers: dict[str, ServerConfig] = field(default_factory=dict)
+    # Sections read by the modules that own them (policy/, guards/), each with a TableReader,
+    # so every key is still checked and unknown keys are still refused.
+    policy: dict[str, Any] = field(default_factory=dict)
+    guards: dict[str, Any] = field(default_factory=dict)
+    interceptors: list[dict[str, Any]] = field(default_factory=list)
+    base_dir: Path = field(default_factory=Path.cwd)  # relative paths in the config resolve from here
 
 
-class _Reader:
+class TableReader:
     """Typed access to one TOML table that reports precise, keyed errors."""
 
     def __init__(self, source: str, prefix: str, table: dict[str, Any]) -> None:
@@ -134,16 +156,25 @@ def load(path: str | Path) -> GatewayConfig:
         raise ConfigError(source, "", "the file is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from None
-    return parse(data, source)
+    return parse(data, source, Path(path).resolve().parent)
 
 
-def parse(data: dict[str, Any], source: str = "<config>") -> GatewayConfig:
-    top = _Reader(source, "", data)
-    gateway = _Reader(source, "gateway", top.get("gateway", dict, {}))
+def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> GatewayConfig:
+    top = TableReader(source, "", data)
+    gateway = TableReader(source, "gateway", top.get("gateway", dict, {}))
     servers_table: dict[str, Any] = top.get("servers", dict, {})
-    top.reject_unknown()
-
     cfg = GatewayConfig(source=source)
+    cfg.policy = top.get("policy", dict, {})
+    cfg.guards = top.get("guards", dict, {})
+    interceptors = top.get("interceptors", list, [])
+    for i, item in enumerate(interceptors):
+        if not isinstance(item, dict):
+            raise top.fail(f"interceptors[{i}]", "expected a table ([[interceptors]])")
+    cfg.interceptors = list(interceptors)
+    top.reject_unknown()
+    if base_dir is not None:
+        cfg.base_dir = base_dir
+
     cfg.separator = gateway.get("separator", str, cfg.separator)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,4}", cfg.separator):
         raise gateway.fail("separator", "must be 1-4 characters from [A-Za-z0-9_.-]")
@@ -168,11 +199,11 @@ def parse(data: dict[str, Any], source: str = "<config>") -> GatewayConfig:
             raise ConfigError(source, f"servers.{name}", "a server name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
         if not isinstance(table, dict):
             raise ConfigError(source, f"servers.{name}", "expected a table")
-        cfg.servers[name] = _server(_Reader(source, f"servers.{name}", table), name, default_start, default_timeout)
+        cfg.servers[name] = _server(TableReader(source, f"servers.{name}", table), name, default_start, default_timeout)
     return cfg
 
 
-def _server(r: _Reader, name: str, default_start: str, default_timeout: float) -> ServerConfig:
+def _server(r: TableReader, name: str, default_start: str, default_timeout: float) -> ServerConfig:
     server = ServerConfig(name=name, prefix=r.get("prefix", str, name))
     if server.prefix and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", server.prefix):
         raise r.fail("prefix", "must be empty or 1-64 characters from [A-Za-z0-9_.-]")
@@ -202,11 +233,40 @@ def _server(r: _Reader, name: str, default_start: str, default_timeout: float) -
         server.headers = r.string_map("headers")
         server.allow_private = r.get("allow_private", bool, False)
         _check_url(r, server.url or "", r.get("allow_http", bool, False), server.allow_private)
+    tools = r.get("tools", dict, {})
+    for tool, table in tools.items():
+        if not isinstance(table, dict):
+            raise r.fail(f"tools.{tool}", "expected a table")
+        server.tools[tool] = _tool_override(TableReader(r.source, r.key(f"tools.{tool}"), table))
     r.reject_unknown()
     return server
 
 
-def _check_url(r: _Reader, url: str, allow_http: bool, allow_private: bool) -> None:
+PARAM_KINDS = ("url", "path", "command", "code", "text")
+
+
+def _tool_override(r: TableReader) -> ToolOverride:
+    out = ToolOverride()
+    annotations = r.get("annotations", dict, {})
+    for key, value in annotations.items():
+        if key not in ANNOTATION_HINTS:
+            raise r.fail(f"annotations.{key}", f"unknown annotation; expected one of {', '.join(ANNOTATION_HINTS)}")
+        if not isinstance(value, bool):
+            raise r.fail(f"annotations.{key}", "expected true or false")
+    out.annotations = dict(annotations)
+    out.labels = r.strings("labels")
+    out.allow_pii = r.strings("allow_pii")
+    out.param_kinds = r.string_map("params")
+    for name, kind in out.param_kinds.items():
+        if kind not in PARAM_KINDS:
+            raise r.fail(f"params.{name}", f"unknown parameter kind {kind!r}; expected one of {', '.join(PARAM_KINDS)}")
+    if "max_result_bytes" in r.table:
+        out.max_result_bytes = r.integer("max_result_bytes", 0, 256, 64 * 1024 * 1024)
+    r.reject_unknown()
+    return out
+
+
+def _check_url(r: TableReader, url: str, allow_http: bool, allow_private: bool) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("https", "http"):
         raise r.fail("url", f"scheme must be https, got {parts.scheme or 'none'!r}")

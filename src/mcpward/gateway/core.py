@@ -31,6 +31,9 @@ log = logging.getLogger("mcpward.gateway")
 Handler = Callable[[RequestContext, JsonObj], Awaitable[JsonObj]]
 
 # Removed in 2026-07-28: a modern client asking for them gets "method not found".
+# Which listed definition a forwarded method acts on (completion is left to its ref).
+DEFINITION_KIND = {"tools/call": "tools", "prompts/get": "prompts", "resources/read": "resources"}
+
 LEGACY_ONLY = frozenset({"resources/subscribe", "resources/unsubscribe", "logging/setLevel", "ping"})
 
 GATEWAY_CAPABILITIES: JsonObj = {
@@ -99,11 +102,11 @@ class Gateway:
     async def tool_schema(self, exposed: str) -> Any:
         """The input schema of an exposed tool (for header checks), listing once if unknown."""
         entry = self.catalog.resolve("tools", exposed)
-        if entry is not None and (entry.server, entry.name) in self.lister.schemas:
-            return self.lister.schemas[(entry.server, entry.name)]
+        if entry is not None and self.lister.definition("tools", entry.server, entry.name) is not None:
+            return self.lister.schema(entry.server, entry.name)
         await self.lister.refresh(system_context(), "tools")
         entry = self.catalog.resolve("tools", exposed)
-        return self.lister.schemas.get((entry.server, entry.name)) if entry else None
+        return self.lister.schema(entry.server, entry.name) if entry else None
 
     # ------------------------------------------------------------------ dispatch
     async def handle(self, ctx: RequestContext, method: str, params: JsonObj) -> JsonObj:
@@ -125,7 +128,7 @@ class Gateway:
             raise ProtocolError(jsonrpc.INVALID_PARAMS, f"{method} needs a string 'name'")
         entry = await self._resolve_named(ctx, kind, name)
         upstream_params = params if entry.name == name else {**params, "name": entry.name}
-        return await self._forward(ctx, entry.server, method, upstream_params, entry.name)
+        return await self._forward(ctx, entry.server, method, upstream_params, entry.name, name)
 
     async def _resolve_named(self, ctx: RequestContext, kind: str, name: str) -> Entry:
         """Exposed tool or prompt name -> (server, upstream name), listing once when unknown.
@@ -147,7 +150,7 @@ class Gateway:
         if not isinstance(uri, str):
             raise ProtocolError(jsonrpc.INVALID_PARAMS, "resources/read needs a string 'uri'")
         server = await self._server_for_uri(ctx, uri)
-        return await self._forward(ctx, server, "resources/read", params, uri)
+        return await self._forward(ctx, server, "resources/read", params, uri, uri)
 
     async def _server_for_uri(self, ctx: RequestContext, uri: str) -> str:
         server = self.catalog.resolve_uri(uri)
@@ -167,10 +170,10 @@ class Gateway:
         if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
             entry = await self._resolve_named(ctx, "prompts", ref["name"])
             return await self._forward(ctx, entry.server, "completion/complete",
-                                       {**params, "ref": {**ref, "name": entry.name}}, entry.name)
+                                       {**params, "ref": {**ref, "name": entry.name}}, entry.name, ref["name"])
         if ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
             server = await self._server_for_uri(ctx, ref["uri"])
-            return await self._forward(ctx, server, "completion/complete", params, ref["uri"])
+            return await self._forward(ctx, server, "completion/complete", params, ref["uri"], ref["uri"])
         raise ProtocolError(jsonrpc.INVALID_PARAMS, "unsupported completion reference")
 
     async def _subscribe(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
@@ -194,15 +197,24 @@ class Gateway:
 
     # ---------------------------------------------------------------- forwarding
     async def _forward(self, ctx: RequestContext, server: str, method: str, params: JsonObj,
-                       target: str) -> JsonObj:
+                       target: str, exposed: str) -> JsonObj:
         upstream = self.upstreams[server]
-        call = Call(ctx=ctx, method=method, params=params, server=server, target=target)
+        call = Call(ctx=ctx, method=method, params=params, server=server, target=target, exposed=exposed)
+        if self.guards.empty:
+            return await self._dispatch(ctx, upstream, call)
+        call.definition = self.lister.definition(DEFINITION_KIND.get(method, ""), server, target)
         try:
-            if not self.guards.empty:
-                await self.guards.request(call)
-            result = await self._dispatch(ctx, upstream, call)
-            if not self.guards.empty:
-                result = await self.guards.result(call, result)
+            await self.guards.request(call)
+            try:
+                result = await self._dispatch(ctx, upstream, call)
+            except PeerError as exc:
+                if exc.local:
+                    raise
+                code = exc.error.get("code")
+                error = ProtocolError(code if isinstance(code, int) else jsonrpc.INTERNAL_ERROR,
+                                      str(exc.error.get("message", "")), exc.error.get("data"))
+                raise await self.guards.error(call, error) from None
+            result = await self.guards.result(call, result)
         except Refusal as refusal:
             log.warning("refused %s %s/%s: %s (%s)", method, server, target, refusal.message, refusal.rule)
             if refusal.as_tool_error and method == "tools/call":

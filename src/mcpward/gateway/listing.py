@@ -14,7 +14,7 @@ from mcpward.gateway.catalog import Catalog
 from mcpward.gateway.context import RequestContext
 from mcpward.gateway.peer import PeerError
 from mcpward.gateway.upstream import Upstream
-from mcpward.guards.base import Call, GuardChain
+from mcpward.guards.base import Call, GuardChain, Listed
 from mcpward.protocol import headers, jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj, ProtocolError
 from mcpward.protocol.sealing import Sealer, SealError
@@ -27,6 +27,7 @@ CAPABILITY = {"tools": "tools", "prompts": "prompts", "resources": "resources", 
 
 
 ItemList = list[JsonObj]
+ListedItems = list[Listed]
 
 
 class Lister:
@@ -37,7 +38,15 @@ class Lister:
         self.catalog = catalog
         self.guards = guards
         self.sealer = sealer
-        self.schemas: dict[tuple[str, str], Any] = {}  # (server, upstream tool) -> inputSchema
+        # (kind, server, upstream name or URI) -> the upstream's own definition, as listed.
+        self.definitions: dict[tuple[str, str, str], JsonObj] = {}
+
+    def definition(self, kind: str, server: str, name: str) -> JsonObj | None:
+        return self.definitions.get((kind, server, name))
+
+    def schema(self, server: str, tool: str) -> Any:
+        found = self.definitions.get(("tools", server, tool))
+        return None if found is None else found.get("inputSchema")
 
     def _cursor(self, params: JsonObj) -> tuple[int, Any]:
         cursor = params.get("cursor")
@@ -69,7 +78,7 @@ class Lister:
         pages = await asyncio.gather(*(
             self._page(ctx, server, kind, upstream_cursor if i == 0 else None) for i, server in enumerate(targets)
         ))
-        items: ItemList = []
+        items: ListedItems = []
         next_cursor: str | None = None
         ttls: list[int] = []
         private = False
@@ -89,7 +98,7 @@ class Lister:
             call = Call(ctx=ctx, method=METHODS[kind], params=params)
             items, changed = await self.guards.listing(call, kind, items)
             private = private or changed
-        result: JsonObj = {kind: items}
+        result: JsonObj = {kind: [listed.item for listed in items]}
         if next_cursor is not None:
             result["nextCursor"] = next_cursor
         if ctx.era == "modern":
@@ -98,20 +107,33 @@ class Lister:
             result["cacheScope"] = "private" if private else "public"
         return result
 
-    def _publish(self, server: str, kind: str, page: JsonObj) -> ItemList:
+    def _publish(self, server: str, kind: str, page: JsonObj) -> ListedItems:
         raw = page.get(kind)
         if not isinstance(raw, list):
             return []
         items = [item for item in raw if isinstance(item, dict)]
-        if kind == "resources":
-            self.catalog.publish_resources(server, items)
-            return items
-        if kind == "resourceTemplates":
-            self.catalog.publish_templates(server, items)
-            return items
+        if kind in ("resources", "resourceTemplates"):
+            key = "uri" if kind == "resources" else "uriTemplate"
+            if kind == "resources":
+                self.catalog.publish_resources(server, items)
+            else:
+                self.catalog.publish_templates(server, items)
+            out = []
+            for item in items:
+                ident = item.get(key)
+                if isinstance(ident, str):
+                    self.definitions[(kind, server, ident)] = item
+                    out.append(Listed(server, ident, item))
+            return out
         if kind == "tools":
             items = self._valid_header_tools(server, items)
-        return self.catalog.publish(kind, server, items)
+        for item in items:
+            name = item.get("name")
+            if isinstance(name, str):
+                self.definitions[(kind, server, name)] = item
+        by_exposed = self.catalog.maps[kind].by_exposed
+        return [Listed(server, by_exposed[item["name"]].name, item)
+                for item in self.catalog.publish(kind, server, items)]
 
     def _valid_header_tools(self, server: str, items: ItemList) -> ItemList:
         kept = []
@@ -122,7 +144,6 @@ class Lister:
                 log.warning("server %s: tool %r has an invalid x-mcp-header annotation; hidden",
                             server, item.get("name"))
                 continue
-            self.schemas[(server, str(item.get("name")))] = schema
             kept.append(item)
         return kept
 
@@ -144,7 +165,7 @@ class Lister:
     def header_hints(self, server: str, call: Call) -> SendHints | None:
         if call.method != "tools/call" or call.target is None:
             return None
-        schema = self.schemas.get((server, call.target))
+        schema = self.schema(server, call.target)
         if schema is None:
             return None
         found = headers.upstream_param_headers(schema, call.params.get("arguments"))

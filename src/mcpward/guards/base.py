@@ -6,9 +6,11 @@ A guard overrides only the hooks it needs:
   dict to transform, or raise `Refusal` to refuse.
 - `on_result(call, result)`: after the upstream answered. Return None, a new
   result, or raise `Refusal`.
+- `on_error(call, error)`: the upstream answered with a JSON-RPC error. Return None
+  or the error the client gets instead.
 - `on_list(call, kind, items)`: for `tools/list`, `prompts/list`, `resources/list`
-  and `resources/templates/list`. Return None or the items to show (filtering
-  makes the list `cacheScope: private`).
+  and `resources/templates/list`, each item with the server and upstream name it came
+  from. Return None or the items to show (filtering makes the list `cacheScope: private`).
 
 The chain skips hooks a guard does not override, so a guard costs nothing on paths
 it does not watch, and an empty chain costs nothing at all.
@@ -34,8 +36,21 @@ class Call:
     params: JsonObj
     server: str | None = None
     target: str | None = None  # upstream tool/prompt name, or resource URI
+    exposed: str | None = None  # the name the client used (namespaced), or the URI
+    # The upstream's own listed definition of the tool/prompt/resource (None when it was
+    # never listed): the source of annotations and schemas. Never mutate it.
+    definition: JsonObj | None = None
     started: float = field(default_factory=time.perf_counter)
     notes: dict[str, Any] = field(default_factory=dict)  # guards may leave facts for later guards
+
+
+@dataclass(slots=True)
+class Listed:
+    """One list item as the client will see it, with where it came from."""
+
+    server: str
+    name: str  # the upstream's name; the URI for resources, the URI template for templates
+    item: JsonObj  # the published item (namespaced name); replace, never mutate, to change it
 
 
 class Refusal(Exception):
@@ -63,7 +78,10 @@ class Guard:
     async def on_result(self, call: Call, result: JsonObj) -> JsonObj | None:
         return None
 
-    async def on_list(self, call: Call, kind: str, items: list[JsonObj]) -> list[JsonObj] | None:
+    async def on_error(self, call: Call, error: jsonrpc.ProtocolError) -> jsonrpc.ProtocolError | None:
+        return None
+
+    async def on_list(self, call: Call, kind: str, items: list[Listed]) -> list[Listed] | None:
         return None
 
 
@@ -77,6 +95,7 @@ class GuardChain:
         self._request = [g for g in self.guards if _overrides(g, "on_request")]
         self._result = [g for g in self.guards if _overrides(g, "on_result")]
         self._list = [g for g in self.guards if _overrides(g, "on_list")]
+        self._error = [g for g in self.guards if _overrides(g, "on_error")]
 
     @property
     def empty(self) -> bool:
@@ -96,7 +115,14 @@ class GuardChain:
                 result = replaced
         return result
 
-    async def listing(self, call: Call, kind: str, items: list[JsonObj]) -> tuple[list[JsonObj], bool]:
+    async def error(self, call: Call, error: jsonrpc.ProtocolError) -> jsonrpc.ProtocolError:
+        for guard in reversed(self._error):
+            replaced = await guard.on_error(call, error)
+            if replaced is not None:
+                error = replaced
+        return error
+
+    async def listing(self, call: Call, kind: str, items: list[Listed]) -> tuple[list[Listed], bool]:
         """Returns the items and whether any guard changed them."""
         changed = False
         for guard in self._list:
