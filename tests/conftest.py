@@ -63,6 +63,15 @@ def fixture_server(*extra: str) -> list[str]:
     return [PYTHON, str(FIXTURES / "everything_server.py"), *extra]
 
 
+# The gateway-core tests check transparency, so they run every tool under the permit-all policy
+# unless a test sets a policy of its own; every other default guard stays on.
+PERMIT_ALL = '\n[policy]\nbase = "permit-all"\n'
+
+
+def with_policy(config_text: str) -> str:
+    return config_text if "[policy]" in config_text else config_text + PERMIT_ALL
+
+
 def toml_list(items: list[str]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
@@ -71,7 +80,7 @@ def toml_list(items: list[str]) -> str:
 def write_config(tmp_path: Path):  # type: ignore[no-untyped-def]
     def write(text: str, name: str = "mcpward.toml") -> Path:
         path = tmp_path / name
-        path.write_text(text)
+        path.write_text(with_policy(text))
         return path
 
     return write
@@ -85,7 +94,7 @@ def serve_gateway(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     def start(config_text: str) -> str:
         port = free_port()
         path = tmp_path / f"gw-{port}.toml"
-        path.write_text(f"[gateway]\nport = {port}\n" + config_text)
+        path.write_text(f"[gateway]\nport = {port}\n" + with_policy(config_text))
         log = open(tmp_path / f"gw-{port}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen([MCPWARD, "serve", "-c", str(path)], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)

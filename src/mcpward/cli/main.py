@@ -17,8 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from mcpward import __version__
+from mcpward.cli.policy import policy_app
 from mcpward.gateway import config as config_mod
 from mcpward.gateway.config import ConfigError, GatewayConfig
+from mcpward.guards.base import GuardChain
 from mcpward.transport.http_checks import is_loopback
 
 T = TypeVar("T")
@@ -29,6 +31,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(policy_app, name="policy")
 err = Console(stderr=True)
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to mcpward.toml.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details to stderr.")]
@@ -51,6 +54,16 @@ def _root(
 def _load(path: Path) -> GatewayConfig:
     try:
         return config_mod.load(path)
+    except ConfigError as exc:
+        err.print(f"[bold red]config error[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _chain(cfg: GatewayConfig) -> GuardChain:
+    from mcpward.guards.setup import build_chain
+
+    try:
+        return build_chain(cfg)
     except ConfigError as exc:
         err.print(f"[bold red]config error[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -82,6 +95,7 @@ def run(config: ConfigOpt = Path("mcpward.toml"), verbose: VerboseOpt = False) -
 
     cfg = _load(config)
     _logging(verbose)
+    chain = _chain(cfg)
 
     async def main() -> None:
         # A client ends us with SIGTERM after closing stdin: shut down the same orderly
@@ -90,7 +104,7 @@ def run(config: ConfigOpt = Path("mcpward.toml"), verbose: VerboseOpt = False) -
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stopping.set)
-        gateway = Gateway(cfg)
+        gateway = Gateway(cfg, chain)
         try:
             for step in (gateway.start(), StdioFront(gateway).serve()):
                 work = asyncio.ensure_future(step)
@@ -133,7 +147,8 @@ def serve(
         err.print(f"[bold yellow]WARNING[/] listening on {cfg.http_host}: no authentication is configured, "
                   "so anyone who can reach this port can call every tool", highlight=False, soft_wrap=True)
     _logging(verbose)
-    uvicorn.run(HttpFront(Gateway(cfg)), host=cfg.http_host, port=cfg.http_port, log_level="warning",
+    chain = _chain(cfg)
+    uvicorn.run(HttpFront(Gateway(cfg, chain)), host=cfg.http_host, port=cfg.http_port, log_level="warning",
                 lifespan="on", access_log=False)
 
 
@@ -150,7 +165,9 @@ def check(
         _logging(True)
     else:
         logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    chain = _chain(cfg)
     report = run_async(_inspect(cfg, connect))
+    report["guards"] = [guard.name for guard in chain.guards]
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -213,6 +230,7 @@ def _print_report(report: dict[str, Any]) -> None:
         status = f"[red]{s['error']}[/]" if s.get("error") else "[green]ok[/]"
         table.add_row(s["name"], f"{s['transport']}: {s['target']}", str(s.get("era") or "-"), exposes, status)
     out.print(table)
+    out.print(f"[bold]guards[/] {' -> '.join(report.get('guards') or ['none'])}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

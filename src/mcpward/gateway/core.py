@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mcpward import __version__
+from mcpward.audit import events as audit
 from mcpward.gateway.bridge import InputBridge
 from mcpward.gateway.catalog import Catalog, Entry
 from mcpward.gateway.config import GatewayConfig
@@ -181,6 +182,7 @@ class Gateway:
         if not isinstance(uri, str) or ctx.session_id is None:
             raise ProtocolError(jsonrpc.INVALID_PARAMS, "resources/subscribe needs a 'uri' and a legacy session")
         server = await self._server_for_uri(ctx, uri)
+        await self._check_subscription(ctx, server, uri)
         first = self.subscriptions.add_resource(ctx.session_id, server, uri)
         if first:
             await self.upstreams[server].subscribe(ctx, self.subscriptions.uris_for(server))
@@ -194,6 +196,19 @@ class Gateway:
         if server is not None and uri not in self.subscriptions.uris_for(server):
             await self.upstreams[server].unsubscribe(ctx, uri, self.subscriptions.uris_for(server))
         return {}
+
+    async def _check_subscription(self, ctx: RequestContext, server: str, uri: str) -> None:
+        """Watching a resource needs the same permission as reading it."""
+        if self.guards.empty:
+            return
+        call = Call(ctx=ctx, method="resources/subscribe", params={"uri": uri}, server=server, target=uri,
+                    exposed=uri, definition=self.lister.definition("resources", server, uri))
+        try:
+            await self.guards.request(call)
+        except Refusal as refusal:
+            audit.record("refusal", rule=refusal.rule, method=call.method, server=server, target=uri,
+                         principal=ctx.principal.subject, transport=ctx.transport)
+            raise refusal.to_error() from None
 
     # ---------------------------------------------------------------- forwarding
     async def _forward(self, ctx: RequestContext, server: str, method: str, params: JsonObj,
@@ -216,7 +231,8 @@ class Gateway:
                 raise await self.guards.error(call, error) from None
             result = await self.guards.result(call, result)
         except Refusal as refusal:
-            log.warning("refused %s %s/%s: %s (%s)", method, server, target, refusal.message, refusal.rule)
+            audit.record("refusal", rule=refusal.rule, method=method, server=server, target=exposed,
+                         principal=ctx.principal.subject, transport=ctx.transport)
             if refusal.as_tool_error and method == "tools/call":
                 return refusal.to_tool_result()
             raise refusal.to_error() from None
@@ -261,9 +277,11 @@ class Gateway:
         routed: list[tuple[str, str]] = []
         for uri in uris:
             try:
-                routed.append((await self._server_for_uri(ctx, uri), uri))
+                server = await self._server_for_uri(ctx, uri)
+                await self._check_subscription(ctx, server, uri)
             except ProtocolError:
-                continue  # unknown URIs are left out of the acknowledgement
+                continue  # unknown or refused URIs are left out of the acknowledgement
+            routed.append((server, uri))
         if routed:
             agreed["resourceSubscriptions"] = [u for _s, u in routed]
         meta = {v.META_SUBSCRIPTION_ID: request_id}

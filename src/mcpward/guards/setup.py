@@ -1,0 +1,79 @@
+"""Builds the guard chain a config asks for, in the one order that keeps the guarantees.
+
+Order: policy, output guards, interceptors, argument guard. Request hooks run in that
+order and result hooks in reverse, so:
+- the policy decides first, before any other guard spends time on a request;
+- everything the upstream receives has passed the argument guard, even params an
+  interceptor rewrote;
+- output redaction and capping are the last things a result passes before the client,
+  so no interceptor can put back what they removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from mcpward.gateway.config import ConfigError, GatewayConfig
+from mcpward.guards.base import Guard, GuardChain
+
+log = logging.getLogger("mcpward.guards")
+SECTIONS = ("arguments", "secrets", "pii", "output", "errors")
+SECRET_NAME = re.compile(r"token|key|secret|passw|pwd|auth|credential|cookie|session|private|dsn|conn", re.I)
+PLAIN_HEADERS = frozenset({"accept", "accept-language", "content-type", "user-agent"})
+MIN_SECRET_LENGTH = 6  # shorter values would redact ordinary words
+
+
+def held_secrets(cfg: GatewayConfig) -> list[str]:
+    """Every secret value the config hands to a server, for exact-value redaction.
+
+    Environment values count when their name says secret; header values always do (except a
+    few plainly descriptive headers), and so does the credential part of `Authorization`.
+    """
+    found: set[str] = set()
+    for server in cfg.servers.values():
+        for name, value in server.env.items():
+            if SECRET_NAME.search(name):
+                found.add(value)
+        for name, value in server.headers.items():
+            if name.lower() in PLAIN_HEADERS:
+                continue
+            found.add(value)
+            scheme, _, credential = value.partition(" ")
+            if credential and scheme.isalpha():
+                found.add(credential.strip())
+    return sorted(v for v in found if len(v) >= MIN_SECRET_LENGTH)
+
+
+def build_chain(cfg: GatewayConfig) -> GuardChain:
+    """The configured chain; raises ConfigError for any bad policy or guard setting."""
+    for section in cfg.guards:
+        if section not in SECTIONS:
+            raise ConfigError(cfg.source, f"guards.{section}",
+                              f"unknown guard section; expected one of {', '.join(SECTIONS)}")
+        if not isinstance(cfg.guards[section], dict):
+            raise ConfigError(cfg.source, f"guards.{section}", "expected a table")
+    guards: list[Guard | None] = []
+    guards += _policy(cfg)
+    guards += _outputs(cfg)
+    guards += _interceptors(cfg)
+    guards += _arguments(cfg)
+    return GuardChain([g for g in guards if g is not None])
+
+
+def _policy(cfg: GatewayConfig) -> list[Guard | None]:
+    from mcpward.policy import guard as policy
+
+    return [policy.from_config(cfg)]
+
+
+def _outputs(cfg: GatewayConfig) -> list[Guard | None]:
+    return []
+
+
+def _interceptors(cfg: GatewayConfig) -> list[Guard | None]:
+    return []
+
+
+def _arguments(cfg: GatewayConfig) -> list[Guard | None]:
+    return []

@@ -1,0 +1,236 @@
+"""Cedar entities and context for a decision: who asks, for which action, on what, and when.
+
+The entity shapes here must match schema.cedarschema exactly (tests check every builder's output
+against it): decisions are made without passing the schema, to keep the hot path lean.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import orjson
+
+from mcpward.gateway.config import ANNOTATION_HINTS, ServerConfig, ToolOverride
+from mcpward.gateway.context import Principal, RequestContext
+from mcpward.protocol.jsonrpc import JsonObj
+
+# One action per MCP method; list methods have their own action, decided per server.
+# Subscribing to a resource's updates is decided as reading it: whoever may not read it may not watch it.
+METHOD_ACTIONS = {"tools/call": "call_tool", "prompts/get": "get_prompt", "resources/read": "read_resource",
+                  "resources/subscribe": "read_resource", "completion/complete": "complete"}
+LIST_ACTIONS = {"tools": "list_tools", "prompts": "list_prompts", "resources": "list_resources",
+                "resourceTemplates": "list_resource_templates"}
+ITEM_ACTIONS = {"tools": "call_tool", "prompts": "get_prompt", "resources": "read_resource",
+                "resourceTemplates": "read_resource"}
+ACTIONS = (*METHOD_ACTIONS.values(), *LIST_ACTIONS.values())
+ACTION_GROUPS = {"get_prompt": "read", "read_resource": "read", "complete": "read",
+                 **{a: "list" for a in LIST_ACTIONS.values()}}
+# What MCP says a tool is when it does not say (2025-06-18 ToolAnnotations): the unsafe reading.
+SPEC_DEFAULTS: dict[str, bool] = {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": False,
+                                  "openWorldHint": True}
+
+EntityType = Literal["Tool", "Prompt", "Resource", "Server"]
+# The integrity scanner (and anything else) adds risk labels: (server, kind, upstream name) -> labels,
+# kind being "tools", "prompts", "resources" or "resourceTemplates". Called per decision: keep it a lookup.
+LabelProvider = Callable[[str, str, str], Iterable[str]]
+KIND_OF_TYPE = {"Tool": "tools", "Prompt": "prompts", "Resource": "resources"}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a decision is about, as the client sees it."""
+
+    type: EntityType
+    id: str  # exposed name (tools, prompts), URI or URI template (resources), server name (Server)
+    server: str
+    name: str  # the upstream's own name, URI or URI template
+    claimed: Any = None  # the annotations the server claims for a tool (untrusted), or None
+    arguments: Mapping[str, Any] | None = None
+    template: bool = False
+    labels: tuple[str, ...] = ()  # extra labels (explain and policy tests stand in for the scanner with these)
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """The request's circumstances: the Cedar context."""
+
+    transport: str = "stdio"
+    client: str = ""
+    client_version: str = ""
+    era: str = "modern"
+    protocol_version: str = ""
+    at: float | None = None  # epoch seconds; None = now
+    listing: bool = False
+
+    @classmethod
+    def of(cls, ctx: RequestContext, listing: bool = False) -> Facts:
+        info = ctx.client_info or {}
+        name, version = info.get("name"), info.get("version")
+        return cls(transport=ctx.transport, client=name if isinstance(name, str) else "",
+                   client_version=version if isinstance(version, str) else "", era=ctx.era,
+                   protocol_version=ctx.protocol_version, listing=listing)
+
+    def key(self, fields: tuple[str, ...]) -> tuple[Any, ...]:
+        """The values of some context fields (never `now`), without building the whole context."""
+        if "hour" in fields or "weekday" in fields:
+            local = time.localtime(time.time() if self.at is None else self.at)
+            clock = {"hour": local.tm_hour, "weekday": local.tm_wday}
+            return tuple(clock[f] if f in clock else getattr(self, f) for f in fields)
+        return tuple(getattr(self, f) for f in fields)
+
+    def context(self) -> dict[str, Any]:
+        now = time.time() if self.at is None else self.at
+        local = time.localtime(now)
+        return {"now": int(now), "hour": local.tm_hour, "weekday": local.tm_wday, "transport": self.transport,
+                "client": self.client, "client_version": self.client_version, "era": self.era,
+                "protocol_version": self.protocol_version, "listing": self.listing}
+
+
+def effective_annotations(claimed: Any, override: Mapping[str, bool]) -> dict[str, bool]:
+    """Spec defaults, then what the server claims (booleans only), then the operator's override."""
+    out = dict(SPEC_DEFAULTS)
+    if isinstance(claimed, dict):
+        for hint in ANNOTATION_HINTS:
+            value = claimed.get(hint)
+            if isinstance(value, bool):  # "true" as a string is no claim at all: the default stands
+                out[hint] = value
+    out.update(override)
+    return out
+
+
+def annotation_sources(claimed: Any, override: Mapping[str, bool]) -> dict[str, tuple[bool, str]]:
+    """Each hint's effective value and where it came from: "override", "server" or "default"."""
+    out = {hint: (value, "default") for hint, value in SPEC_DEFAULTS.items()}
+    if isinstance(claimed, dict):
+        for hint in ANNOTATION_HINTS:
+            value = claimed.get(hint)
+            if isinstance(value, bool):
+                out[hint] = (value, "server")
+    for hint, value in override.items():
+        out[hint] = (value, "override")
+    return out
+
+
+def claim_values(value: Any) -> list[str]:
+    """A claim as Cedar sees it: a set of strings (scalars stringified, lists flattened one level)."""
+    items = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
+    out = []
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, bool):
+            out.append("true" if item else "false")
+        elif isinstance(item, (int, float)):
+            out.append(str(item))
+        else:
+            out.append(orjson.dumps(item, option=orjson.OPT_SORT_KEYS).decode())
+    return sorted(set(out))
+
+
+def argument_tag(value: Any) -> str:
+    """A call argument as a tag: strings as they are, anything else as canonical JSON text."""
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return str(value)
+
+
+@lru_cache(maxsize=256)
+def os_groups(user: str) -> tuple[str, ...]:
+    """The OS groups of a local user (primary and supplementary); none when the user is unknown."""
+    try:
+        entry = pwd.getpwnam(user)
+        gids = os.getgrouplist(user, entry.pw_gid)
+    except (KeyError, OSError):
+        return ()
+    names = []
+    for gid in gids:
+        try:
+            names.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return tuple(sorted(set(names)))
+
+
+class EntityBuilder:
+    """Builds the Cedar JSON of principals and resources from config overrides and label providers."""
+
+    def __init__(self, servers: Mapping[str, ServerConfig], label_providers: Iterable[LabelProvider] = (),
+                 include_os_groups: bool = True) -> None:
+        self.servers = servers
+        self.label_providers = list(label_providers)
+        self.include_os_groups = include_os_groups
+
+    # ------------------------------------------------------------------ principal
+    def principal(self, principal: Principal) -> JsonObj:
+        groups = set(principal.groups)
+        if self.include_os_groups and principal.kind == "local-user":
+            groups.update(os_groups(principal.subject))
+        tags: dict[str, list[str]] = {}
+        for key, value in principal.claims:
+            if isinstance(key, str):
+                tags[key] = claim_values(value)
+        return {"uid": {"type": "User", "id": principal.subject},
+                "attrs": {"subject": principal.subject, "kind": principal.kind},
+                "parents": [{"type": "Group", "id": g} for g in sorted(groups)], "tags": tags}
+
+    # ------------------------------------------------------------------- resource
+    def server(self, name: str) -> JsonObj:
+        scfg = self.servers.get(name)
+        return {"uid": {"type": "Server", "id": name},
+                "attrs": {"name": name, "transport": scfg.transport if scfg else "stdio"}, "parents": []}
+
+    def override(self, target: Target) -> ToolOverride | None:
+        """The operator's [servers.<s>.tools.<t>] table for a tool, which wins over the server's claims."""
+        scfg = self.servers.get(target.server)
+        return scfg.tools.get(target.name) if scfg is not None and target.type == "Tool" else None
+
+    def annotations(self, target: Target) -> dict[str, bool]:
+        override = self.override(target)
+        return effective_annotations(target.claimed, override.annotations if override is not None else {})
+
+    def labels(self, target: Target) -> list[str]:
+        found: set[str] = set(target.labels)
+        override = self.override(target)
+        if override is not None:
+            found.update(override.labels)
+        kind = "resourceTemplates" if target.template else KIND_OF_TYPE.get(target.type, "")
+        for provider in self.label_providers:
+            found.update(provider(target.server, kind, target.name))
+        return sorted(found)
+
+    def resource(self, target: Target, with_arguments: bool) -> JsonObj:
+        if target.type == "Server":
+            return self.server(target.id)
+        attrs: dict[str, Any] = {"server": target.server, "name": target.name, "labels": self.labels(target)}
+        if target.type == "Tool":
+            hints = self.annotations(target)
+            attrs.update(hints)
+            attrs["destructive"] = not hints["readOnlyHint"] and hints["destructiveHint"]
+        elif target.type == "Resource":
+            attrs["template"] = target.template
+        tags = ({str(k): argument_tag(v) for k, v in target.arguments.items()}
+                if with_arguments and target.arguments else {})
+        return {"uid": {"type": target.type, "id": target.id}, "attrs": attrs,
+                "parents": [{"type": "Server", "id": target.server}], "tags": tags}
+
+
+def action_entities() -> list[JsonObj]:
+    """The action hierarchy (read/list groups), which Cedar needs as entities when no schema is passed."""
+    out: list[JsonObj] = [{"uid": {"type": "Action", "id": g}, "attrs": {}, "parents": []} for g in ("read", "list")]
+    for action in ACTIONS:
+        group = ACTION_GROUPS.get(action)
+        out.append({"uid": {"type": "Action", "id": action}, "attrs": {},
+                    "parents": [{"type": "Action", "id": group}] if group else []})
+    return out

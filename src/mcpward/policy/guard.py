@@ -1,0 +1,151 @@
+"""The policy guard: every forwarded request and every list item is decided for its principal.
+
+A list shows an item only when its server may be listed (`list_*` on the Server) and the item's
+own action (`call_tool`, `get_prompt`, `read_resource`) would be allowed, with no arguments and
+`context.listing` true; so a client never sees what it may not use, and the core marks such a
+filtered list `cacheScope: private`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mcpward.audit import events as audit
+from mcpward.gateway.config import GatewayConfig
+from mcpward.guards.base import Call, Guard, Listed, Refusal
+from mcpward.policy.engine import Decision, PolicyEngine
+from mcpward.policy.entities import (
+    ITEM_ACTIONS,
+    LIST_ACTIONS,
+    METHOD_ACTIONS,
+    EntityBuilder,
+    Facts,
+    LabelProvider,
+    Target,
+)
+from mcpward.policy.loader import load_bundle, sources_for
+from mcpward.policy.settings import Mode, PolicySettings, read_settings
+from mcpward.protocol.jsonrpc import JsonObj
+
+log = logging.getLogger("mcpward.policy")
+
+
+class PolicyGuard(Guard):
+    name = "policy"
+
+    def __init__(self, engine: PolicyEngine, mode: Mode = "enforce") -> None:
+        self.engine = engine
+        self.mode = mode
+
+    def add_label_provider(self, provider: LabelProvider) -> None:
+        """Risk labels from elsewhere (the integrity scanner): `provider(server, kind, name) -> labels`."""
+        self.engine.builder.label_providers.append(provider)
+
+    async def on_request(self, call: Call) -> JsonObj | None:
+        principal = call.ctx.principal
+        action = METHOD_ACTIONS.get(call.method)
+        target = call_target(call)
+        if action is None or target is None:
+            # Nothing the policy can name: fail closed rather than forward it undecided.
+            raise Refusal("policy.undecidable", f"{call.method} cannot be decided by the policy")
+        decision = self.engine.decide(principal, action, target, Facts.of(call.ctx))
+        call.notes["policy"] = {"rule": decision.rule, "allowed": decision.allowed, "hash": self.engine.policy_hash}
+        if decision.allowed:
+            return None
+        message = f"{action} on {target.id} is not permitted for {principal.subject}"
+        if self.mode == "dry-run":
+            audit.record("policy.would-deny", rule=decision.rule, action=action, target=target.id,
+                         server=target.server, principal=principal.subject, policy_hash=self.engine.policy_hash)
+            return None
+        raise Refusal(decision.rule, message)
+
+    async def on_list(self, call: Call, kind: str, items: list[Listed]) -> list[Listed] | None:
+        if not items:
+            return None
+        item_action, list_action = ITEM_ACTIONS.get(kind), LIST_ACTIONS.get(kind)
+        if item_action is None or list_action is None:
+            return []  # an unknown kind of list: show nothing rather than everything
+        servers = sorted({listed.server for listed in items})
+        requests = [(list_action, Target("Server", s, s, s)) for s in servers]
+        requests += [(item_action, listed_target(kind, listed)) for listed in items]
+        decisions = self.engine.decide_many(call.ctx.principal, requests, Facts.of(call.ctx, listing=True))
+        server_ok = dict(zip(servers, decisions[:len(servers)], strict=True))
+        hidden_by: dict[str, int] = {}
+        shown = []
+        for listed, decision in zip(items, decisions[len(servers):], strict=True):
+            server_decision = server_ok[listed.server]
+            verdict: Decision = decision if server_decision.allowed else server_decision
+            if verdict.allowed:
+                shown.append(listed)
+            else:
+                hidden_by[verdict.rule] = hidden_by.get(verdict.rule, 0) + 1
+        if not hidden_by:
+            return None
+        if self.mode == "dry-run":
+            audit.record("policy.would-hide", kind=kind, count=len(items) - len(shown), rules=hidden_by,
+                         principal=call.ctx.principal.subject, policy_hash=self.engine.policy_hash)
+            return None
+        return shown
+
+
+def call_target(call: Call) -> Target | None:
+    """The Cedar resource of a forwarded request; None when the request names nothing decidable."""
+    if call.server is None or call.target is None:
+        return None
+    exposed = call.exposed or call.target
+    params = call.params
+    arguments = params.get("arguments")
+    args = arguments if isinstance(arguments, dict) else None
+    if call.method == "tools/call":
+        claimed = call.definition.get("annotations") if call.definition is not None else None
+        return Target("Tool", exposed, call.server, call.target, claimed=claimed, arguments=args)
+    if call.method == "prompts/get":
+        return Target("Prompt", exposed, call.server, call.target, arguments=args)
+    if call.method == "resources/read":
+        return Target("Resource", exposed, call.server, call.target)
+    if call.method == "completion/complete":
+        ref = params.get("ref")
+        argument = params.get("argument")
+        completed = ({str(argument.get("name")): argument.get("value")} if isinstance(argument, dict) else None)
+        if isinstance(ref, dict) and ref.get("type") == "ref/prompt":
+            return Target("Prompt", exposed, call.server, call.target, arguments=completed)
+        if isinstance(ref, dict) and ref.get("type") == "ref/resource":
+            return Target("Resource", exposed, call.server, call.target, arguments=completed,
+                          template="{" in call.target)
+    return None
+
+
+def listed_target(kind: str, listed: Listed) -> Target:
+    item = listed.item
+    if kind == "tools":
+        exposed = item.get("name")
+        return Target("Tool", exposed if isinstance(exposed, str) else listed.name, listed.server, listed.name,
+                      claimed=item.get("annotations"))
+    if kind == "prompts":
+        exposed = item.get("name")
+        return Target("Prompt", exposed if isinstance(exposed, str) else listed.name, listed.server, listed.name)
+    return Target("Resource", listed.name, listed.server, listed.name, template=kind == "resourceTemplates")
+
+
+def engine_for(cfg: GatewayConfig, settings: PolicySettings | None = None, os_groups: bool = True) -> PolicyEngine:
+    """Load, validate and index the configured policies (ConfigError on any problem).
+
+    `os_groups`: add a local user's OS groups to its Group parents (off for explain/test, which
+    take groups as given so their answers do not depend on the machine).
+    """
+    settings = settings or read_settings(cfg)
+    return PolicyEngine(load_bundle(sources_for(settings)), EntityBuilder(cfg.servers, include_os_groups=os_groups))
+
+
+def from_config(cfg: GatewayConfig) -> PolicyGuard:
+    """Never None: with no [policy] table the `standard` policy applies, and default-deny always does."""
+    settings = read_settings(cfg)
+    engine = engine_for(cfg, settings)
+    if settings.base == "permit-all":
+        log.warning("POLICY permit-all: every client may call every tool, destructive ones included "
+                    "([policy] base = \"permit-all\" in %s)", cfg.source)
+    if settings.mode == "dry-run":
+        log.warning("POLICY dry-run: denials are logged as policy.would-deny and NOT enforced (%s)", cfg.source)
+    log.info("policy %s: base %s, %d rules, %s", engine.policy_hash[:19], settings.base,
+             len(engine.bundle.rules), settings.mode)
+    return PolicyGuard(engine, settings.mode)

@@ -1,0 +1,242 @@
+"""Policy text -> one validated Cedar policy set in which every policy is named by its rule id.
+
+Everything expensive happens here, once: parsing, validation against the schema, indexing the
+rules, and finding which context fields the policies read (the engine's decision cache keys on
+exactly those) and whether any policy reads a resource's tags (the call's arguments).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cedarpy
+import orjson
+
+from mcpward.gateway.config import ConfigError
+from mcpward.policy.settings import BUILTIN_DIR, PolicySettings, display_name
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema.cedarschema"
+RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+RESERVED = "policy."  # mcpward's own rule ids (policy.default-deny, ...) live here
+EVAL_ERROR = re.compile(r"policy `([^`]*)`")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySource:
+    name: str  # "builtin:standard", or a path relative to the config's directory
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    effect: str  # "permit" | "forbid"
+    source: str
+    line: int  # 0 when unknown
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyBundle:
+    rules: tuple[Rule, ...]
+    policy_set: cedarpy.PolicySet
+    hash: str  # "sha256:<hex>" of the policy texts, in load order
+    sources: tuple[PolicySource, ...]
+    forbids: frozenset[str]
+    context_fields: frozenset[str] | None  # None: some policy reads the context as a whole
+    reads_resource_tags: bool
+
+    def rule(self, rule_id: str) -> Rule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
+
+
+@lru_cache(maxsize=1)
+def schema_text() -> str:
+    return SCHEMA_PATH.read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def schema() -> cedarpy.Schema:
+    return cedarpy.Schema.from_str(schema_text())
+
+
+def builtin_source(name: str) -> PolicySource:
+    return PolicySource(f"builtin:{name}", (BUILTIN_DIR / f"{name}.cedar").read_text(encoding="utf-8"))
+
+
+def file_source(path: Path, name: str) -> PolicySource:
+    try:
+        return PolicySource(name, path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(name, "", "the policy file is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(name, "", f"cannot read the policy file: {exc.strerror}") from None
+
+
+def sources_for(settings: PolicySettings) -> list[PolicySource]:
+    out = [] if settings.base == "none" else [builtin_source(settings.base)]
+    out.extend(file_source(path, display_name(path, settings.base_dir)) for path in settings.files)
+    return out
+
+
+def load_bundle(sources: list[PolicySource]) -> PolicyBundle:
+    rules: dict[str, Rule] = {}
+    statics: dict[str, Any] = {}
+    digest = hashlib.sha256()
+    for src in sources:
+        digest.update(src.name.encode() + b"\0" + src.text.encode() + b"\0")
+        for rule, est in _compile(src):
+            other = rules.get(rule.id)
+            if other is not None:
+                raise ConfigError(src.name, _at(rule.line), f'duplicate rule id "{rule.id}" '
+                                  f"(first used in {other.source}{_line_suffix(other.line)})")
+            rules[rule.id] = rule
+            statics[rule.id] = est
+    document = {"staticPolicies": statics, "templates": {}, "templateLinks": []}
+    policy_set = cedarpy.PolicySet.from_json_str(orjson.dumps(document).decode())
+    fields: set[str] | None = set()
+    tags = False
+    for est in statics.values():
+        found, whole, reads_tags = _reads(est)
+        tags = tags or reads_tags
+        if whole or fields is None:
+            fields = None
+        else:
+            fields |= found
+    return PolicyBundle(
+        rules=tuple(rules.values()), policy_set=policy_set, hash="sha256:" + digest.hexdigest(),
+        sources=tuple(sources), forbids=frozenset(r.id for r in rules.values() if r.effect == "forbid"),
+        context_fields=None if fields is None else frozenset(fields), reads_resource_tags=tags)
+
+
+def _compile(src: PolicySource) -> list[tuple[Rule, Any]]:
+    try:
+        document = json.loads(cedarpy.policies_to_json_str(src.text))
+    except ValueError as exc:
+        raise _syntax_error(src, exc) from None
+    statements = list(split_statements(src.text))
+    by_index = {**document.get("templates", {}), **document.get("staticPolicies", {})}
+    ordered = sorted(by_index.items(), key=lambda kv: int(kv[0].removeprefix("policy")))
+    lines = [line for line, _ in statements] if len(statements) == len(ordered) else [0] * len(ordered)
+    line_of = {pid: lines[i] for i, (pid, _) in enumerate(ordered)}
+    for pid in document.get("templates", {}):
+        raise ConfigError(src.name, _at(line_of[pid]), "policy templates (?principal/?resource slots) are not "
+                          "supported; write the principal or resource out")
+    result = cedarpy.validate_policies(src.text, schema())
+    if not result.validation_passed:
+        first = result.errors[0]
+        where = _at(line_of.get(first.policy_id, 0))
+        more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
+        raise ConfigError(src.name, where, f"does not match the mcpward policy schema: {_clean(first.error)}{more}")
+    out = []
+    for pid, est in ordered:
+        line = line_of[pid]
+        rule_id = est.get("annotations", {}).get("id")
+        if not rule_id:
+            raise ConfigError(src.name, _at(line), 'the policy has no @id("...") annotation; every policy needs a '
+                              "stable rule id, which refusals and the audit name")
+        if not RULE_ID.match(rule_id):
+            raise ConfigError(src.name, _at(line), f"rule id {rule_id!r} must be 1-128 characters from "
+                              "[A-Za-z0-9_.:/-], starting with a letter or digit")
+        if rule_id.startswith(RESERVED):
+            raise ConfigError(src.name, _at(line), f"rule id {rule_id!r}: the prefix 'policy.' is reserved "
+                              "for mcpward's own rules")
+        out.append((Rule(rule_id, est["effect"], src.name, line), est))
+    return out
+
+
+def _syntax_error(src: PolicySource, exc: ValueError) -> ConfigError:
+    """Cedar's parse errors carry no position: find the first statement that fails alone."""
+    for line, statement in split_statements(src.text):
+        try:
+            cedarpy.policies_to_json_str(statement)
+        except ValueError as inner:
+            return ConfigError(src.name, _at(line), f"Cedar syntax error: {inner}")
+    return ConfigError(src.name, "", f"Cedar syntax error: {exc}")
+
+
+def split_statements(text: str) -> Iterator[tuple[int, str]]:
+    """(first line, text) of each `;`-terminated statement, skipping strings and `//` comments.
+
+    Only used to put line numbers on errors; Cedar itself parses the whole text.
+    """
+    line, start, start_line = 1, None, 0
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+        elif ch == "/" and text.startswith("//", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif not ch.isspace():
+            if start is None:
+                start, start_line = i, line
+            if ch == '"':
+                i += 1
+                while i < n and text[i] != '"':
+                    if text[i] == "\n":
+                        line += 1
+                    i += 2 if text[i] == "\\" else 1
+            elif ch == ";":
+                yield start_line, text[start:i + 1]
+                start = None
+        i += 1
+    if start is not None:
+        yield start_line, text[start:]
+
+
+def _reads(node: Any) -> tuple[set[str], bool, bool]:
+    """(context fields read, whether the context is read as a whole, whether resource tags are read)."""
+    fields: set[str] = set()
+    whole = tags = False
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        if item.get("Var") == "context":
+            whole = True  # `context` used other than as `context.x` / `context has x`
+        for op in (".", "has"):
+            access = item.get(op)
+            if isinstance(access, dict) and access.get("left") == {"Var": "context"}:
+                fields.add(str(access.get("attr")))
+                item = {k: v for k, v in item.items() if k != op}
+        for op in ("hasTag", "getTag"):
+            access = item.get(op)
+            if isinstance(access, dict) and access.get("left") != {"Var": "principal"}:
+                tags = True
+        stack.extend(item.values())
+    return fields, whole, tags
+
+
+def evaluation_error_policies(errors: list[str]) -> set[str]:
+    """The rule ids named by Cedar's evaluation errors ('error while evaluating policy `x`: ...')."""
+    found = set()
+    for error in errors:
+        match = EVAL_ERROR.search(error)
+        found.add(match.group(1) if match else "")
+    return found
+
+
+def _clean(message: str) -> str:
+    # Cedar names the policy by its position ("for policy `policy3`, ..."); the line says which one.
+    return re.sub(r"^for policy `policy\d+`, ", "", message)
+
+
+def _at(line: int) -> str:
+    return f"line {line}" if line else ""
+
+
+def _line_suffix(line: int) -> str:
+    return f" line {line}" if line else ""
