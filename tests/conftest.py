@@ -95,9 +95,9 @@ def serve_gateway(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
         port = free_port()
         path = tmp_path / f"gw-{port}.toml"
         path.write_text(f"[gateway]\nport = {port}\n" + with_policy(config_text))
-        log = open(tmp_path / f"gw-{port}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([MCPWARD, "serve", "-c", str(path)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        with open(tmp_path / f"gw-{port}.log", "wb") as log:  # the child keeps its own copy of the fd
+            proc = subprocess.Popen([MCPWARD, "serve", "-c", str(path)], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
         procs.append(proc)
         wait_port(port, proc)
         return f"http://127.0.0.1:{port}/mcp"

@@ -219,7 +219,9 @@ class Gateway:
             return await self._dispatch(ctx, upstream, call)
         call.definition = self.lister.definition(DEFINITION_KIND.get(method, ""), server, target)
         try:
-            await self.guards.request(call)
+            answered = await self.guards.request(call)
+            if answered is not None:
+                return answered
             try:
                 result = await self._dispatch(ctx, upstream, call)
             except PeerError as exc:

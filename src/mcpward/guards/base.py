@@ -69,6 +69,15 @@ class Refusal(Exception):
         return {"content": [{"type": "text", "text": f"refused by {self.rule}: {self.message}"}], "isError": True}
 
 
+class Answer(Exception):
+    """A request hook answers the call itself (an interceptor's short-circuit): the upstream is not
+    called, and the answer passes only the result hooks of the guards before the answering one."""
+
+    def __init__(self, result: JsonObj) -> None:
+        super().__init__("answered by a guard")
+        self.result = result
+
+
 class Guard:
     name = "guard"
 
@@ -96,16 +105,31 @@ class GuardChain:
         self._result = [g for g in self.guards if _overrides(g, "on_result")]
         self._list = [g for g in self.guards if _overrides(g, "on_list")]
         self._error = [g for g in self.guards if _overrides(g, "on_error")]
+        self._position = {id(g): i for i, g in enumerate(self.guards)}
 
     @property
     def empty(self) -> bool:
         return not self.guards
 
-    async def request(self, call: Call) -> None:
+    async def request(self, call: Call) -> JsonObj | None:
+        """Runs the request hooks. Returns a guard's own answer (it raised `Answer`), already through
+        the result hooks of the guards before it; the caller then skips the upstream. Else None."""
         for guard in self._request:
-            replaced = await guard.on_request(call)
+            try:
+                replaced = await guard.on_request(call)
+            except Answer as answer:
+                return await self._unwind(call, self._position[id(guard)], answer.result)
             if replaced is not None:
                 call.params = replaced
+        return None
+
+    async def _unwind(self, call: Call, below: int, result: JsonObj) -> JsonObj:
+        for guard in reversed(self._result):
+            if self._position[id(guard)] < below:
+                replaced = await guard.on_result(call, result)
+                if replaced is not None:
+                    result = replaced
+        return result
 
     async def result(self, call: Call, result: JsonObj) -> JsonObj:
         # Result hooks run in reverse, like unwinding middleware.

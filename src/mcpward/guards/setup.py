@@ -72,7 +72,9 @@ def _outputs(cfg: GatewayConfig) -> list[Guard | None]:
 
 
 def _interceptors(cfg: GatewayConfig) -> list[Guard | None]:
-    return []
+    from mcpward.guards import interceptors
+
+    return list(interceptors.from_config(cfg))
 
 
 def _arguments(cfg: GatewayConfig) -> list[Guard | None]:
