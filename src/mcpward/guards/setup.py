@@ -78,4 +78,6 @@ def _interceptors(cfg: GatewayConfig) -> list[Guard | None]:
 
 
 def _arguments(cfg: GatewayConfig) -> list[Guard | None]:
-    return []
+    from mcpward.guards import arguments
+
+    return [arguments.from_config(cfg)]

@@ -1,0 +1,24 @@
+"""Shared vocabulary of the argument guard's screens: parameter kinds and findings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["url", "path", "command", "code", "text"]
+KINDS: tuple[Kind, ...] = ("url", "path", "command", "code", "text")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One reason to refuse. `rule` is the id the client and the audit see; `message` never
+    quotes a whole argument value (at most a host name or a short, named construct)."""
+
+    rule: str
+    message: str
+
+    @property
+    def family(self) -> str:
+        """`args.url.scheme` -> `url`: the key of `[guards.arguments] modes`."""
+        parts = self.rule.split(".")
+        return parts[1] if len(parts) > 1 else parts[0]

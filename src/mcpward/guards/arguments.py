@@ -1,0 +1,279 @@
+"""The argument guard: what a tool is asked to do is checked before any upstream sees it.
+
+For `tools/call` (and the string arguments of `prompts/get`), in this order:
+
+1. shape and limits in one walk: nesting depth, items per array/object, bytes per string and per
+   object key (UTF-8), then the serialised total; every string and key also passes the character
+   screen (bidi, invisible, control);
+2. the tool's own `inputSchema` (strict, cached, no remote `$ref`); a tool never listed has no
+   schema and gets only the generic checks (the guard never goes looking for one);
+3. each string by the kind of its parameter (operator override > schema format > name >
+   description): URLs for SSRF, paths for traversal/sensitive/roots, commands and code for
+   injection; backtick runs for every kind (stricter outside text).
+
+Every refusal names a rule (`args.limit.string`, `args.url.non-public`, ...) and the path to the
+value, never the value itself. Mode `log` (globally or per check family) audits and allows.
+Anything unexpected inside the guard refuses the call (`args.internal`): fail closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from mcpward.audit import events as audit
+from mcpward.gateway.config import GatewayConfig
+from mcpward.guards.arg_types import Finding, Kind
+from mcpward.guards.arguments_config import ArgumentSettings, parse
+from mcpward.guards.base import Call, Guard, Refusal
+from mcpward.guards.command_screen import CommandScreen
+from mcpward.guards.param_kinds import kind_from_description, kind_from_name
+from mcpward.guards.path_screen import PathScreen, url_scheme
+from mcpward.guards.schema_check import CompiledTool, SchemaCache
+from mcpward.guards.text_screen import BacktickScreen, screen_characters
+from mcpward.guards.url_screen import Resolver, UrlScreen, static_resolver
+from mcpward.protocol.jsonrpc import JsonObj
+
+log = logging.getLogger("mcpward.guards.arguments")
+PathParts = tuple[str | int, ...]
+Names = tuple[str, ...]
+_NO_SCHEMA = CompiledTool()
+
+
+def where(path: PathParts) -> str:
+    out = "arguments"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+class _Findings:
+    """Collects findings for one call: the first blocking one refuses, the rest are audited."""
+
+    def __init__(self, guard: ArgumentGuard, call: Call) -> None:
+        self.guard, self.call = guard, call
+
+    def add(self, finding: Finding, path: PathParts | None, detail_first: bool = False) -> None:
+        place = where(path) if path is not None else "arguments"
+        message = finding.message if detail_first else f"{place} {finding.message}"
+        if self.guard.settings.mode_for(finding.family) == "block":
+            raise Refusal(finding.rule, message)
+        flags = self.call.notes.setdefault("argument_flags", [])
+        flags.append(finding.rule)
+        audit.record("argument_flagged", rule=finding.rule, server=self.call.server, target=self.call.exposed,
+                     where=place, mode="log")
+
+
+class ArgumentGuard(Guard):
+    name = "arguments"
+
+    def __init__(self, settings: ArgumentSettings | None = None, resolver: Resolver | None = None) -> None:
+        self.settings = s = settings or ArgumentSettings()
+        if resolver is None and s.resolver_map is not None:
+            resolver = static_resolver(s.resolver_map)
+        self.urls = UrlScreen(resolver, schemes=s.url_schemes, allow_private=s.allow_private_urls,
+                              resolve_timeout=s.resolve_timeout, cache_seconds=s.dns_cache_seconds)
+        self.paths = PathScreen(s.sensitive_patterns)
+        self.commands = CommandScreen(self.paths, shell_chaining=s.shell_chaining)
+        self.backticks = BacktickScreen(max_run=s.max_backtick_run)
+        self.schemas = SchemaCache(max_schema_bytes=s.max_schema_bytes, additional_properties=s.additional_properties)
+        self._name_kinds: dict[str, Kind | None] = {}
+        self._kind_memo: dict[tuple[Any, ...], tuple[CompiledTool, Kind]] = {}
+
+    async def on_request(self, call: Call) -> JsonObj | None:
+        if call.method not in ("tools/call", "prompts/get"):
+            return None
+        try:
+            await self._check(call)
+        except Refusal:
+            raise
+        except Exception:
+            log.exception("argument guard failed on %s %s", call.method, call.exposed)
+            raise Refusal("args.internal", "the argument guard could not check this call; refused") from None
+        return None
+
+    async def _check(self, call: Call) -> None:
+        found = _Findings(self, call)
+        arguments = call.params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            found.add(Finding("args.schema.mismatch", "must be an object"), ())
+            return
+        strings, backticks = self._walk(arguments, found)
+        self._total(arguments, found)
+        compiled = _NO_SCHEMA
+        if call.method == "tools/call":
+            schema = call.definition.get("inputSchema") if call.definition else None
+            if schema is not None:
+                compiled = self.schemas.get(call.server or "", call.target or "", schema)
+                finding = self.schemas.validate(compiled, arguments)
+                if finding is not None:
+                    found.add(finding, None, detail_first=True)
+        await self._screen_kinds(call, strings, compiled, found, backticks)
+
+    # ------------------------------------------------------------ limits + characters
+    def _walk(self, arguments: dict[str, Any], found: _Findings) -> tuple[list[tuple[PathParts, Names, str]], bool]:
+        """One pass (iterative: no recursion limit to hit): depth, items, string and key sizes, then
+        characters. Returns the string values with their paths, and whether any has a backtick."""
+        s = self.settings
+        max_depth, max_items, limit = s.max_depth, s.max_items, s.max_string
+        strings: list[tuple[PathParts, Names, str]] = []
+        keys: list[tuple[PathParts, str]] = []
+        stack: list[tuple[Any, PathParts, Names, int]] = [(arguments, (), (), 1)]
+        while stack:
+            value, path, names, depth = stack.pop()
+            is_dict = isinstance(value, dict)
+            if depth > max_depth:
+                # Raises in block mode. In log mode the walk goes on: what lies deeper must still meet
+                # the checks that do block (a `limit = "log"` must not switch off URL screening below).
+                found.add(Finding("args.limit.depth",
+                                  f"is nested {depth} levels deep; the limit is {max_depth} (max_depth)"), path)
+            if len(value) > max_items:
+                what = "members" if is_dict else "items"
+                found.add(Finding("args.limit.items",
+                                  f"has {len(value)} {what}; the limit is {max_items} (max_items)"), path)
+            if is_dict:
+                for key, item in value.items():
+                    key = str(key)
+                    keys.append((path, key))
+                    if len(key) * 4 > limit:
+                        self._size(key, path, found, key=True)
+                    self._child(item, (*path, key), (*names, key), depth, strings, stack, found)
+            else:
+                for index, item in enumerate(value):
+                    self._child(item, (*path, index), names, depth, strings, stack, found)
+        return strings, self._characters(keys, strings, found)
+
+    def _child(self, item: Any, path: PathParts, names: Names, depth: int, strings: list[tuple[PathParts, Names, str]],
+               stack: list[tuple[Any, PathParts, Names, int]], found: _Findings) -> None:
+        if isinstance(item, str):
+            if len(item) * 4 > self.settings.max_string:  # only then can the UTF-8 size exceed the limit
+                self._size(item, path, found, key=False)
+            strings.append((path, names, item))
+        elif isinstance(item, (dict, list)):
+            stack.append((item, path, names, depth + 1))
+
+    def _size(self, value: str, path: PathParts, found: _Findings, key: bool) -> None:
+        limit = self.settings.max_string
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            what = "has a key of" if key else "is"
+            found.add(Finding("args.limit.string", f"{what} {size} bytes; the limit is {limit} (max_string)"), path)
+
+    @staticmethod
+    def _characters(keys: list[tuple[PathParts, str]], strings: list[tuple[PathParts, Names, str]],
+                    found: _Findings) -> bool:
+        """Character checks; returns whether any string has a backtick (else that screen is skipped)."""
+        # One scan over everything; only when it finds something are the strings looked at one by one.
+        # Joining with newlines is safe: a newline is allowed, and it only makes joiner checks stricter.
+        joined = "\n".join([k for _, k in keys] + [v for _, _, v in strings])
+        backticks = "`" in joined
+        if screen_characters(joined) is None:
+            return backticks
+        for path, key in keys:
+            finding = screen_characters(key)
+            if finding is not None:
+                found.add(Finding(finding.rule, "has a key that " + finding.message), path)
+        for path, _, value in strings:
+            finding = screen_characters(value)
+            if finding is not None:
+                found.add(finding, path)
+        return backticks
+
+    def _total(self, arguments: dict[str, Any], found: _Findings) -> None:
+        try:
+            size = len(orjson.dumps(arguments))
+        except (TypeError, orjson.JSONEncodeError):
+            # Not encodable as JSON the way it will be sent (e.g. integers beyond 64 bits).
+            found.add(Finding("args.schema.mismatch", "cannot be serialised as JSON"), None, detail_first=False)
+            return
+        if size > self.settings.max_total:
+            found.add(Finding("args.limit.total",
+                              f"arguments are {size} bytes serialised; the limit is {self.settings.max_total} "
+                              "(max_total)"), None, detail_first=True)
+
+    # ------------------------------------------------------------ kinds
+    def _kind(self, names: Names, compiled: CompiledTool, overrides: dict[str, Kind] | None,
+              described: dict[str, Kind] | None) -> Kind:
+        if not names:
+            return "text"
+        if overrides:
+            kind = overrides.get(".".join(names)) or overrides.get(names[-1])
+            if kind is not None:
+                return kind
+        kind = compiled.kinds.get(names)
+        if kind is not None:
+            return kind
+        if described and names[-1] in described:
+            return described[names[-1]]
+        name = names[-1]
+        if name not in self._name_kinds:
+            if len(self._name_kinds) > 10_000:
+                self._name_kinds.clear()
+            self._name_kinds[name] = kind_from_name(name)
+        return self._name_kinds[name] or "text"
+
+    async def _screen_kinds(self, call: Call, strings: list[tuple[PathParts, Names, str]], compiled: CompiledTool,
+                            found: _Findings, backticks: bool = True) -> None:
+        s = self.settings
+        tool = (call.server or "", call.target or "")
+        overrides = s.param_kinds.get(tool) if s.param_kinds else None
+        described = _prompt_kinds(call.definition) if call.method == "prompts/get" else None
+        memo = self._kind_memo
+        for path, names, value in strings:
+            if not value:
+                continue
+            # Kinds per (tool, parameter path) are remembered with the compiled schema they came from.
+            key = (call.method, *tool, names)
+            hit = memo.get(key)
+            if hit is not None and hit[0] is compiled and described is None:
+                kind = hit[1]
+            else:
+                kind = self._kind(names, compiled, overrides, described)
+                if len(memo) > 20_000:
+                    memo.clear()
+                memo[key] = (compiled, kind)
+            finding = self.backticks.screen(value, strict=kind != "text") if backticks else None
+            if finding is None and kind == "url":
+                finding = await self.urls.check(value, s.allow_private_for(call.server))
+            elif finding is None and kind == "path":
+                finding = await self._path(value, call.server)
+            elif finding is None and kind == "command":
+                finding = self.commands.check_command(value)
+            elif finding is None and kind == "code":
+                finding = self.commands.check_code(value)
+            if finding is not None:
+                found.add(finding, path)
+
+    async def _path(self, value: str, server: str | None) -> Finding | None:
+        scheme = url_scheme(value)
+        if scheme in ("http", "https"):  # some file tools read URLs too: then it is a URL
+            return await self.urls.check(value, self.settings.allow_private_for(server))
+        if scheme is not None and scheme != "file":
+            return Finding("args.url.scheme", f"is a {scheme}:// URL or stream wrapper, not a path")
+        return self.paths.check(value, self.settings.roots_for(server))
+
+
+def _prompt_kinds(definition: JsonObj | None) -> dict[str, Kind] | None:
+    """Prompt arguments have a name and a description but no schema."""
+    listed = (definition or {}).get("arguments")
+    if not isinstance(listed, list):
+        return None
+    out: dict[str, Kind] = {}
+    for arg in listed:
+        if isinstance(arg, dict) and isinstance(arg.get("name"), str):
+            description = arg.get("description")
+            kind = kind_from_name(arg["name"]) or (
+                kind_from_description(description) if isinstance(description, str) else None)
+            if kind is not None:
+                out[arg["name"]] = kind
+    return out
+
+
+def from_config(cfg: GatewayConfig, resolver: Resolver | None = None) -> ArgumentGuard | None:
+    """The guard as `[guards.arguments]` configures it (on by default), or None when disabled."""
+    settings = parse(cfg)
+    return None if settings is None else ArgumentGuard(settings, resolver)

@@ -1,0 +1,175 @@
+"""Strict validation of tool arguments against the tool's own `inputSchema` (jsonschema-rs).
+
+- Draft by `$schema`: 2020-12 (also the default when absent), 2019-09, draft-07, -06, -04; an
+  unknown `$schema` makes the schema invalid.
+- Remote `$ref`s are never fetched: the retriever refuses every URI, so a schema that needs one
+  does not compile, and the call is refused (fail closed) with `args.schema.invalid`.
+- `pattern`s use the linear-time regex engine; a schema needing lookaround falls back to the
+  backtracking engine with a step limit. Schemas larger than `max_schema_bytes` are refused.
+- Each schema is compiled once per (server, tool, digest of the canonical schema); the same
+  schema object seen again skips even the digest.
+- `additional_properties = "deny"` treats object schemas that do not say `additionalProperties`
+  as if they said `false` (with `unevaluatedProperties: false` where combinators are involved
+  and the draft has it), so a model cannot smuggle extra arguments past the schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema_rs
+import orjson
+
+from mcpward.guards.arg_types import Finding, Kind
+from mcpward.guards.param_kinds import schema_kinds
+
+# `$schema` without scheme and fragment -> the validator for that draft.
+_DRAFTS: dict[str, Any] = {
+    "json-schema.org/draft/2020-12/schema": jsonschema_rs.Draft202012Validator,
+    "json-schema.org/draft/2019-09/schema": jsonschema_rs.Draft201909Validator,
+    "json-schema.org/draft-07/schema": jsonschema_rs.Draft7Validator,
+    "json-schema.org/draft-06/schema": jsonschema_rs.Draft6Validator,
+    "json-schema.org/draft-04/schema": jsonschema_rs.Draft4Validator,
+}
+_COMBINATORS = ("allOf", "anyOf", "oneOf", "$ref", "if", "dependentSchemas")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMA_ONE = ("items", "additionalItems", "contains", "not", "if", "then", "else", "propertyNames",
+                  "unevaluatedItems")
+_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+
+
+def _draft_key(uri: str) -> str:
+    return uri.split("://", 1)[-1].rstrip("#")
+
+
+def _refuse_remote(uri: str) -> Any:
+    # Never fetch: a tool schema is data from an upstream, not a reason to make requests.
+    raise ValueError(f"remote $ref refused (mcpward never fetches schemas): {uri}")
+
+
+@dataclass(slots=True)
+class CompiledTool:
+    validator: Any | None = None
+    error: Finding | None = None
+    kinds: dict[tuple[str, ...], Kind] = field(default_factory=dict)
+
+
+def _canonical(schema: Any) -> bytes:
+    try:
+        return orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):  # e.g. integers beyond 64 bits
+        return json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()
+
+
+def deny_additional(schema: Any, modern: bool, depth: int = 0, branch: bool = False) -> Any:
+    """A copy of `schema` where object schemas without `additionalProperties` get `false`.
+
+    A branch of allOf/anyOf/oneOf only describes part of an object, so it is not closed itself;
+    its parent gets `unevaluatedProperties: false` instead (2019-09/2020-12; draft-07 has no such
+    keyword, so objects built from combinators stay open there)."""
+    if not isinstance(schema, dict) or depth > 64:
+        return schema
+    out = dict(schema)
+    is_object = out.get("type") == "object" or "properties" in out
+    unsaid = not any(k in out for k in ("additionalProperties", "unevaluatedProperties", "patternProperties"))
+    if is_object and unsaid and not branch:
+        if not any(k in out for k in _COMBINATORS):
+            out["additionalProperties"] = False
+        elif modern:
+            out["unevaluatedProperties"] = False
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: deny_additional(v, modern, depth + 1) for k, v in out[key].items()}
+    for key in _SUBSCHEMA_ONE:
+        if isinstance(out.get(key), dict):
+            out[key] = deny_additional(out[key], modern, depth + 1)
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            in_branch = key in ("allOf", "anyOf", "oneOf")
+            out[key] = [deny_additional(v, modern, depth + 1, in_branch) for v in out[key]]
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = deny_additional(out["additionalProperties"], modern, depth + 1)
+    return out
+
+
+def _instance_path(parts: Any) -> str:
+    path = "arguments"
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+class SchemaCache:
+    def __init__(self, *, max_schema_bytes: int = 256 * 1024, additional_properties: str = "allow",
+                 max_entries: int = 4096) -> None:
+        self.max_schema_bytes = max_schema_bytes
+        self.deny = additional_properties == "deny"
+        self.max_entries = max_entries
+        self._by_digest: dict[tuple[str, str, str], CompiledTool] = {}
+        self._last: dict[tuple[str, str], tuple[Any, CompiledTool]] = {}
+        self.compiled = 0  # how many schemas were actually compiled (tests check the cache works)
+
+    def get(self, server: str, tool: str, schema: Any) -> CompiledTool:
+        last = self._last.get((server, tool))
+        if last is not None and last[0] is schema:
+            return last[1]
+        canonical = _canonical(schema)
+        key = (server, tool, hashlib.sha256(canonical).hexdigest())
+        compiled = self._by_digest.get(key)
+        if compiled is None:
+            compiled = self._compile(schema, len(canonical))
+            if len(self._by_digest) >= self.max_entries:
+                self._by_digest.clear()
+                self._last.clear()
+            self._by_digest[key] = compiled
+        self._last[(server, tool)] = (schema, compiled)  # holding the object keeps its identity unique
+        return compiled
+
+    def _compile(self, schema: Any, size: int) -> CompiledTool:
+        self.compiled += 1
+        if size > self.max_schema_bytes:
+            message = f"the tool's inputSchema is {size} bytes; the limit is {self.max_schema_bytes}"
+            return CompiledTool(error=Finding("args.schema.too-large", message))
+        if not isinstance(schema, dict):
+            return CompiledTool(error=Finding("args.schema.invalid", "the tool's inputSchema is not a JSON object"))
+        dialect = schema.get("$schema")
+        if dialect is None:
+            cls = jsonschema_rs.Draft202012Validator
+        elif not isinstance(dialect, str) or _draft_key(dialect) not in _DRAFTS:
+            return CompiledTool(error=Finding("args.schema.invalid",
+                                              f"the tool's inputSchema uses an unknown $schema {str(dialect)[:80]!r}"))
+        else:
+            cls = _DRAFTS[_draft_key(dialect)]
+        modern = cls in (jsonschema_rs.Draft202012Validator, jsonschema_rs.Draft201909Validator)
+        effective = deny_additional(copy.deepcopy(schema), modern) if self.deny else schema
+        kinds = schema_kinds(schema)
+        try:
+            validator = cls(effective, retriever=_refuse_remote, pattern_options=jsonschema_rs.RegexOptions())
+        except jsonschema_rs.ValidationError:
+            try:  # lookaround or backreferences: the backtracking engine, with a step limit
+                validator = cls(effective, retriever=_refuse_remote,
+                                pattern_options=jsonschema_rs.FancyRegexOptions(backtrack_limit=10_000))
+            except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
+                return CompiledTool(error=_invalid(exc), kinds=kinds)
+        except (jsonschema_rs.ReferencingError, ValueError) as exc:
+            return CompiledTool(error=_invalid(exc), kinds=kinds)
+        return CompiledTool(validator=validator, kinds=kinds)
+
+    @staticmethod
+    def validate(compiled: CompiledTool, arguments: Any) -> Finding | None:
+        if compiled.error is not None:
+            return compiled.error
+        assert compiled.validator is not None
+        for error in compiled.validator.iter_errors(arguments):
+            where = _instance_path(error.instance_path)
+            return Finding("args.schema.mismatch", f"{where}: {str(error.message)[:200]}")
+        return None
+
+
+def _invalid(exc: BaseException) -> Finding:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return Finding("args.schema.invalid", f"the tool's inputSchema cannot be used: {first[:200]}")

@@ -1,0 +1,52 @@
+"""Parameter kinds from names, schema formats and descriptions."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcpward.guards.param_kinds import kind_from_description, kind_from_name, schema_kinds
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("url", "url"), ("URL", "url"), ("targetUrl", "url"), ("source_urls", "url"), ("webhook", "url"),
+    ("href", "url"), ("file_url", "url"), ("uri", "url"),
+    ("path", "path"), ("file_path", "path"), ("filePath", "path"), ("filename", "path"), ("repo_path", "path"),
+    ("image_path", "path"), ("directory", "path"), ("outputDir", "path"), ("cwd", "path"), ("url_file", "path"),
+    ("command", "command"), ("cmd", "command"), ("shell", "command"), ("commandLine", "command"),
+    ("code", "code"), ("script", "code"), ("python_code", "code"), ("sql_query", "code"), ("expression", "code"),
+    ("query", None), ("text", None), ("content", None), ("file_hash", None), ("country_code", None),
+    ("statusCode", None), ("filePattern", None), ("max_length", None), ("", None),
+])
+def test_kind_from_name(name: str, kind: str | None) -> None:
+    assert kind_from_name(name) == kind
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("The URL to fetch", "url"), ("Web address of the page", "url"), ("Path to the file to read", "path"),
+    ("The directory to list", "path"), ("Absolute path of the report", "path"), ("Shell command to run", "command"),
+    ("Command to execute in the sandbox", "command"), ("Python code to run", "code"), ("A SQL statement", "code"),
+    ("Text content to write to the file", None), ("The user's question", None), ("Country code, e.g. US", None),
+    ("The URL of the file to download", "url"), ("Path to a file listing URLs", "path"),
+])
+def test_kind_from_description(text: str, kind: str | None) -> None:
+    assert kind_from_description(text) == kind
+
+
+def test_schema_kinds_walk_nested_properties_and_arrays() -> None:
+    schema = {"type": "object", "properties": {
+        "target": {"type": "string", "format": "uri-reference"},
+        "files": {"type": "array", "items": {"type": "object", "properties": {
+            "where": {"type": "string", "description": "path to the file"}, "content": {"type": "string"}}}},
+        "links": {"type": "array", "items": {"type": "string"}},
+        "note": {"type": "string", "format": "uri", "description": "ignored: format wins"},
+    }}
+    kinds = schema_kinds(schema)
+    assert kinds == {("target",): "url", ("files",): "path", ("files", "where"): "path", ("links",): "url",
+                     ("note",): "url"}
+
+
+def test_schema_kinds_is_bounded() -> None:
+    deep: dict = {"type": "string"}
+    for i in range(500):
+        deep = {"type": "object", "properties": {f"url{i}": deep}}
+    assert len(schema_kinds(deep)) <= 13  # depth-capped walk

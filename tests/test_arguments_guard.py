@@ -1,0 +1,256 @@
+"""The argument guard as a whole: configuration, limits, modes, kinds, methods, fail-closed.
+
+The screens have their own files (tests/test_args_*.py); this one drives the Guard itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcpward.gateway import config
+from mcpward.gateway.config import ConfigError
+from mcpward.gateway.context import system_context
+from mcpward.guards import arguments as arguments_module
+from mcpward.guards.arguments import ArgumentGuard, from_config
+from mcpward.guards.arguments_config import ArgumentSettings
+from mcpward.guards.base import Call, Refusal
+from mcpward.guards.url_screen import static_resolver
+
+PUBLIC = "93.184.215.14"
+RESOLVER = static_resolver({"example.com": [PUBLIC], "docs.example.com": [PUBLIC], "inside.example.com": ["10.0.0.7"]})
+
+
+def make_call(arguments: Any, *, definition: dict[str, Any] | None = None, server: str = "srv", tool: str = "tool",
+              method: str = "tools/call") -> Call:
+    params: dict[str, Any] = {"name": tool}
+    if arguments is not None:
+        params["arguments"] = arguments
+    return Call(ctx=system_context(), method=method, params=params, server=server, target=tool,
+                exposed=f"{server}__{tool}", definition=definition)
+
+
+async def refusal(guard: ArgumentGuard, arguments: Any, **kw: Any) -> Refusal | None:
+    try:
+        await guard.on_request(make_call(arguments, **kw))
+    except Refusal as exc:
+        return exc
+    return None
+
+
+async def rule_of(guard: ArgumentGuard, arguments: Any, **kw: Any) -> str | None:
+    found = await refusal(guard, arguments, **kw)
+    return None if found is None else found.rule
+
+
+def guard(**settings: Any) -> ArgumentGuard:
+    s = ArgumentSettings()
+    for key, value in settings.items():
+        setattr(s, key, value)
+    return ArgumentGuard(s, RESOLVER)
+
+
+def cfg_with(arguments: dict[str, Any] | None = None, servers: dict[str, Any] | None = None) -> config.GatewayConfig:
+    data: dict[str, Any] = {"servers": servers or {"srv": {"command": "true"}}}
+    if arguments is not None:
+        data["guards"] = {"arguments": arguments}
+    return config.parse(data, "test.toml")
+
+
+# ------------------------------------------------------------------ configuration
+def test_from_config_defaults_and_off_switch() -> None:
+    built = from_config(cfg_with())
+    assert isinstance(built, ArgumentGuard)
+    s = built.settings
+    assert (s.max_string, s.max_items, s.max_depth, s.max_total) == (8192, 1000, 15, 262144)
+    assert s.mode == "block" and s.additional_properties == "allow" and not s.allow_private_urls
+    assert s.url_schemes == ("http", "https", "data")
+    assert from_config(cfg_with({"enabled": False})) is None
+
+
+@pytest.mark.parametrize(("table", "key", "problem"), [
+    ({"max_strin": 5}, "guards.arguments.max_strin", "unknown key"),
+    ({"mode": "warn"}, "guards.arguments.mode", "must be one of block, log"),
+    ({"modes": {"urls": "log"}}, "guards.arguments.modes.urls", "unknown check family"),
+    ({"modes": {"url": "off"}}, "guards.arguments.modes.url", "must be one of"),
+    ({"max_depth": 0}, "guards.arguments.max_depth", "between"),
+    ({"additional_properties": "false"}, "guards.arguments.additional_properties", "must be one of allow, deny"),
+    ({"resolver_map": {"a.example": "not-an-ip"}}, "guards.arguments.resolver_map.a.example", "not an IP address"),
+    ({"roots": ["relative/dir"]}, "guards.arguments.roots[0]", "absolute path"),
+    ({"servers": {"nope": {"roots": ["/x"]}}}, "guards.arguments.servers.nope", "no such server"),
+    ({"servers": {"srv": {"rots": ["/x"]}}}, "guards.arguments.servers.srv.rots", "unknown key"),
+    ({"sensitive_paths_file": "missing.txt"}, "guards.arguments.sensitive_paths_file", "cannot read"),
+    ({"url_schemes": []}, "guards.arguments.url_schemes", "at least one"),
+])
+def test_bad_config_names_the_key(table: dict[str, Any], key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_config(cfg_with(table))
+    assert info.value.key == key and problem in info.value.problem
+
+
+def test_config_values_reach_the_guard(tmp_path: Path) -> None:
+    patterns = tmp_path / "sensitive.txt"
+    patterns.write_text("# only this\nsecret-dir/\n")
+    built = from_config(cfg_with({
+        "max_string": 10, "mode": "log", "modes": {"path": "block"}, "roots": ["/srv/data/"],
+        "resolver_map": {"Rebind.Example.COM.": ["127.0.0.1"]}, "url_schemes": ["HTTPS"],
+        "sensitive_paths_file": str(patterns), "servers": {"srv": {"roots": ["/other"], "allow_private_urls": True}},
+    }))
+    assert built is not None
+    s = built.settings
+    assert s.max_string == 10 and s.mode_for("url") == "log" and s.mode_for("path") == "block"
+    assert s.roots == ("/srv/data",) and s.roots_for("srv") == ("/other",) and s.roots_for("else") == ("/srv/data",)
+    assert s.resolver_map == {"rebind.example.com": ["127.0.0.1"]} and s.url_schemes == ("https",)
+    assert s.sensitive_patterns == ["secret-dir/"] and s.allow_private_for("srv") and not s.allow_private_for("x")
+
+
+def test_operator_param_kinds_come_from_server_tool_overrides() -> None:
+    tools = {"tool": {"params": {"target": "url"}}}
+    built = from_config(cfg_with(servers={"srv": {"command": "true", "tools": tools}}))
+    assert built is not None and built.settings.param_kinds == {("srv", "tool"): {"target": "url"}}
+
+
+# ------------------------------------------------------------------ limits
+@pytest.mark.parametrize(("name", "limit", "rule", "make"), [
+    ("max_string", 8192, "args.limit.string", lambda n: {"text": "a" * n}),
+    # bytes, not characters: 'é' is two bytes in UTF-8
+    ("max_string", 8192, "args.limit.string", lambda n: {"text": "é" * (n // 2) + "a" * (n % 2)}),
+    ("max_string", 8192, "args.limit.string", lambda n: {"k" * n: 1}),  # object keys count too
+    ("max_items", 1000, "args.limit.items", lambda n: {"list": list(range(n))}),
+    ("max_items", 1000, "args.limit.items", lambda n: {"map": {str(i): i for i in range(n)}}),
+    ("max_depth", 15, "args.limit.depth", lambda n: _nested(n)),
+    ("max_total", 262144, "args.limit.total", lambda n: {"t": "a" * (n - len('{"t":""}'))}),
+])
+async def test_each_limit_accepts_the_limit_and_refuses_one_more(
+        name: str, limit: int, rule: str, make: Any) -> None:
+    g = guard(max_string=300_000) if name == "max_total" else guard()
+    assert await rule_of(g, make(limit)) is None
+    found = await refusal(g, make(limit + 1))
+    assert found is not None and found.rule == rule
+    assert name in found.message and str(limit) in found.message
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """`depth` containers including the arguments object itself."""
+    inner: Any = []
+    for _ in range(depth - 2):
+        inner = [inner]
+    return {"deep": inner}
+
+
+async def test_limit_messages_name_the_path_not_the_value() -> None:
+    found = await refusal(guard(max_string=8), {"files": [{"path": "a"}, {"path": "SECRET-VALUE-123"}]})
+    assert found is not None and found.rule == "args.limit.string"
+    assert "arguments.files[1].path" in found.message and "SECRET" not in found.message
+    assert found.to_error().code == -32004 and found.to_error().data == {"rule": "args.limit.string"}
+
+
+async def test_depth_is_checked_before_anything_expensive() -> None:
+    # 100k levels would break recursive code; the walk is iterative and stops at the limit.
+    deep: Any = "x"
+    for _ in range(100_000):
+        deep = [deep]
+    assert await rule_of(guard(), {"a": deep}) == "args.limit.depth"
+
+
+# ------------------------------------------------------------------ modes
+async def test_log_mode_allows_and_audits(caplog: pytest.LogCaptureFixture) -> None:
+    g = guard(mode="log")
+    call = make_call({"url": "http://169.254.169.254/latest/meta-data/", "text": "a\u202eb"})
+    with caplog.at_level(logging.INFO, logger="mcpward.audit"):
+        assert await g.on_request(call) is None
+    assert call.notes["argument_flags"] == ["args.unicode.bidi", "args.url.non-public"]
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mcpward.audit"]
+    assert {r["rule"] for r in records} == {"args.unicode.bidi", "args.url.non-public"}
+    assert all(r["event"] == "argument_flagged" and "169.254" not in json.dumps(r) for r in records)
+
+
+async def test_limits_in_log_mode_do_not_hide_deeper_values_from_blocking_checks() -> None:
+    g = guard(modes={"limit": "log"}, max_depth=3)
+    deep = {"a": {"b": {"c": {"url": "http://169.254.169.254/"}}}}
+    assert await rule_of(g, deep) == "args.url.non-public"
+    assert await rule_of(guard(max_depth=3), deep) == "args.limit.depth"
+
+
+async def test_mode_per_family() -> None:
+    g = guard(modes={"url": "log"})
+    assert await rule_of(g, {"url": "http://127.0.0.1/"}) is None
+    assert await rule_of(g, {"path": "../../etc/passwd"}) == "args.path.traversal"
+    g = guard(mode="log", modes={"command": "block"})
+    assert await rule_of(g, {"path": "../x", "command": "; id"}) == "args.command.injection"
+
+
+# ------------------------------------------------------------------ kinds
+async def test_operator_kind_wins_over_name_and_schema() -> None:
+    g = guard(param_kinds={("srv", "tool"): {"target": "url", "files.where": "path", "url": "text"}})
+    schema = {"type": "object", "properties": {"url": {"type": "string", "format": "uri"}}}
+    assert await rule_of(g, {"target": "http://127.0.0.1/"}) == "args.url.non-public"
+    assert await rule_of(g, {"files": [{"where": "/etc/shadow"}]}) == "args.path.sensitive"
+    # the operator says `url` is plain text here: no URL screening although the schema says uri
+    assert await rule_of(g, {"url": "http://127.0.0.1/"}, definition={"inputSchema": schema}) is None
+    assert await rule_of(g, {"target": "http://127.0.0.1/"}, tool="other") is None  # override is per tool
+
+
+async def test_schema_format_and_description_classify_parameters() -> None:
+    schema = {"type": "object", "properties": {
+        "target": {"type": "string", "format": "uri"},
+        "where": {"type": "string", "description": "Path to the file to read"},
+        "line": {"type": "string", "description": "The shell command to run"},
+        "items": {"type": "array", "items": {"type": "object", "properties": {"src": {"format": "iri"}}}},
+    }}
+    d = {"inputSchema": schema}
+    assert await rule_of(guard(), {"target": "http://10.0.0.1/"}, definition=d) == "args.url.non-public"
+    assert await rule_of(guard(), {"where": "/etc/shadow"}, definition=d) == "args.path.sensitive"
+    assert await rule_of(guard(), {"line": "ls; id"}, definition=d) == "args.command.injection"
+    assert await rule_of(guard(), {"items": [{"src": "gopher://x.example/"}]}, definition=d) == "args.url.scheme"
+    assert await rule_of(guard(), {"target": "http://10.0.0.1/"}) is None  # without the schema: plain text
+
+
+async def test_without_a_schema_names_classify_and_only_generic_checks_apply() -> None:
+    g = guard()
+    assert await rule_of(g, {"repo_path": "../../x"}) == "args.path.traversal"
+    assert await rule_of(g, {"targetUrl": "file:///etc/passwd"}) == "args.url.scheme"
+    assert await rule_of(g, {"cmd": "a && $(id)"}) == "args.command.injection"
+    assert await rule_of(g, {"note": "see ../../etc/passwd and http://127.0.0.1"}) is None  # text
+    assert await rule_of(g, {"note": "zero\u200bwidth"}) == "args.unicode.invisible"  # generic
+
+
+async def test_prompts_get_arguments_are_screened_with_prompt_argument_kinds() -> None:
+    definition = {"name": "p", "arguments": [{"name": "where", "description": "a file path"}]}
+    g = guard()
+    assert await rule_of(g, {"where": "/etc/shadow"}, method="prompts/get", definition=definition) \
+        == "args.path.sensitive"
+    assert await rule_of(g, {"topic": "a\u2066b"}, method="prompts/get") == "args.unicode.bidi"
+    assert await rule_of(g, {"topic": "fine"}, method="prompts/get", definition=definition) is None
+
+
+async def test_other_methods_pass_untouched() -> None:
+    call = make_call({"url": "http://127.0.0.1/"}, method="resources/read")
+    assert await guard().on_request(call) is None
+
+
+async def test_missing_and_non_object_arguments() -> None:
+    assert await rule_of(guard(), None) is None
+    assert await rule_of(guard(), ["a"]) == "args.schema.mismatch"
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    assert await rule_of(guard(), None, definition={"inputSchema": schema}) == "args.schema.mismatch"
+
+
+async def test_an_internal_failure_refuses_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(value: str) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(arguments_module, "screen_characters", boom)
+    assert await rule_of(guard(), {"text": "x"}) == "args.internal"
+
+
+async def test_typical_call_passes_and_returns_none() -> None:
+    schema = {"type": "object", "properties": {"url": {"type": "string", "format": "uri"},
+                                               "max_length": {"type": "integer"}}}
+    call = make_call({"url": "https://docs.example.com/a?b=c", "max_length": 5000}, definition={"inputSchema": schema})
+    assert await guard().on_request(call) is None
+    assert call.params["arguments"]["url"] == "https://docs.example.com/a?b=c"
