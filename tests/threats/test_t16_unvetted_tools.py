@@ -53,8 +53,8 @@ async def test_readonly_client_never_sees_or_calls_a_non_read_only_tool(serve_ga
             assert re.fullmatch(rf"refused by policy\.default-deny: call_tool on {name} is not permitted for \S+",
                                 refused.value.message)
             assert refused.value.data == {"rule": "policy.default-deny"}
-        read = await c.call_tool("notes__read_file", {"path": "/etc/motd"})
-        assert read.content[0].text == "contents of /etc/motd"  # type: ignore[union-attr]
+        read = await c.call_tool("notes__read_file", {"path": "/srv/notes/today.txt"})
+        assert read.content[0].text == "contents of /srv/notes/today.txt"  # type: ignore[union-attr]
         # Prompts and resources stay readable under readonly.
         assert [p.name for p in (await c.list_prompts()).prompts] == ["notes__summarize"]
         assert "note://readme" in {str(r.uri) for r in (await c.list_resources()).resources}

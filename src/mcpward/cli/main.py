@@ -60,13 +60,15 @@ def _load(path: Path) -> GatewayConfig:
 
 
 def _chain(cfg: GatewayConfig) -> GuardChain:
-    from mcpward.guards.setup import build_chain
+    from mcpward.guards.setup import build_chain, install_log_redaction
 
     try:
-        return build_chain(cfg)
+        chain = build_chain(cfg)
     except ConfigError as exc:
         err.print(f"[bold red]config error[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    install_log_redaction(cfg)
+    return chain
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

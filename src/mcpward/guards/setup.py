@@ -45,6 +45,13 @@ def held_secrets(cfg: GatewayConfig) -> list[str]:
     return sorted(v for v in found if len(v) >= MIN_SECRET_LENGTH)
 
 
+def install_log_redaction(cfg: GatewayConfig) -> None:
+    """From now on every log record of this process passes the config's redactor (after build_chain)."""
+    from mcpward.guards import log_redaction, output
+
+    log_redaction.install_log_redaction(output.redactor_for(cfg))
+
+
 def build_chain(cfg: GatewayConfig) -> GuardChain:
     """The configured chain; raises ConfigError for any bad policy or guard setting."""
     for section in cfg.guards:
@@ -68,7 +75,12 @@ def _policy(cfg: GatewayConfig) -> list[Guard | None]:
 
 
 def _outputs(cfg: GatewayConfig) -> list[Guard | None]:
-    return []
+    from mcpward.guards import errors, output
+
+    # One matcher per config, shared by result redaction, errors and the log filter
+    # (`install_log_redaction`), so nothing a client may not see can reach a log line either (T05).
+    output.redactor_for(cfg).add_exact(held_secrets(cfg))
+    return [errors.from_config(cfg), output.from_config(cfg)]
 
 
 def _interceptors(cfg: GatewayConfig) -> list[Guard | None]:

@@ -1,0 +1,578 @@
+"""The shared matcher: secret rules, PII candidates, injection markers and exact secret values.
+
+Everything the output guards look for is compiled into one RE2 alternation per use ("profile": the
+log filter needs only the secret rules), compiled once and cached, so a string is read by one
+linear-time DFA pass whatever the number of rules (no Python `re`, no backtracking). Patterns run in
+Latin-1 mode over the UTF-8 bytes: every pattern is ASCII, so the matches are the same, and negated
+classes stay one byte range (a smaller, faster automaton). The fast pass has no capture groups; for
+each match, an anchored RE2 Set on its span says which detector it was, that detector's own regex
+gives its capture group (the part to redact: for `password = "..."` only the value), and its
+optional `check` (entropy, Luhn, phone validity, JSON-decoding a JWT...) runs on that span only.
+
+A rejected candidate resumes the search one character after its start, so a candidate that fails its
+check (a Luhn-invalid number) can never hide a real secret that overlaps it (bounded: after
+MAX_REJECTS in one text, the search resumes after the candidate).
+
+`collect()` lists every string of a result that reaches a model (text blocks, structuredContent keys
+and values, embedded resources, resource reads, prompt messages, completion values, error messages);
+`apply()` writes replacements back in place (results are fresh objects owned by their request).
+`neutralise_bytes()` removes terminal escapes and invisible characters before matching.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import re2  # type: ignore[import-untyped]
+
+from mcpward.protocol.jsonrpc import JsonObj
+
+log = logging.getLogger("mcpward.guards.redactor")
+
+# (data, match_start, match_end, span_start, span_end) -> the span to report, or None to reject.
+# The span is usually (span_start, span_end); a check may widen it (an e-mail address is matched
+# from its "@" and extended back over its local part).
+Check = Callable[[bytes, int, int, int, int], "tuple[int, int] | None"]
+
+MIN_EXACT = 6  # shorter configured values would redact ordinary words
+EXACT_ID = "configured-secret"
+# The DFA cache: a big alternation needs more than RE2's 8 MiB default to stay on the fast path.
+MAX_MEM = 256 << 20
+# After this many rejected candidates in one text, resume after a rejected candidate instead of
+# one character after its start: bounded work on adversarial input (at worst an overlapping
+# finding right behind a rejected candidate is missed).
+MAX_REJECTS = 4000
+_UNANCHORED = re2._Anchor.UNANCHORED
+_SEP = b"\n\n"  # between unrelated strings scanned together
+_PAIR = b"\n=\n"  # between a dict key and its value
+_BOTH = re2._Anchor.ANCHOR_BOTH
+
+
+def accept(fn: Callable[[bytes, int, int, int, int], bool]) -> Check:
+    """Turn a yes/no check into a Check that keeps the span."""
+
+    def check(data: bytes, m0: int, m1: int, s: int, e: int) -> tuple[int, int] | None:
+        return (s, e) if fn(data, m0, m1, s, e) else None
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
+class Detector:
+    id: str  # rule id; also the marker text: [REDACTED:<id>]
+    kind: str  # "secret", "pii", "marker" (prompt-injection phrase) or "exact" (a configured value)
+    category: str  # PII kind (card, email, ...), "secret" or "injection"
+    pattern: str  # RE2 syntax (ASCII); at most one capture group, the span to report
+    check: Check | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    detector: Detector
+    start: int  # byte offsets into the UTF-8 text
+    end: int
+
+
+def _options(*, capture: bool) -> Any:
+    # Latin-1 over UTF-8 bytes: every pattern is ASCII, so matching is the same, but a negated
+    # class is one byte range instead of a UTF-8 automaton (a third of the program, a faster DFA).
+    options = re2.Options()
+    options.max_mem = MAX_MEM
+    options.encoding = re2.Options.Encoding.LATIN1
+    options.never_capture = not capture
+    options.log_errors = False  # a bad operator rule is reported as a ConfigError, not on stderr
+    return options
+
+
+@dataclass(frozen=True, slots=True)
+class _Program:
+    """One DFA pass finds the leftmost candidate; an anchored Set on its span says which detector it is."""
+
+    find: Any  # re2._Regexp, no capture groups: the fast scan
+    which: Any  # re2.Set of the same patterns, anchored at both ends
+    each: tuple[Any, ...]  # per detector, its own regex with its capture group (or None)
+    detectors: tuple[Detector, ...]
+
+
+def validate_pattern(pattern: str) -> int:
+    """The number of capture groups of a pattern; raises ValueError when RE2 refuses it or it has more than one."""
+    try:
+        pattern.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("patterns must be ASCII (use \\xNN escapes)") from None
+    try:
+        groups = int(re2.compile(pattern.encode(), _options(capture=True)).groups)
+    except re2.error as exc:
+        raise ValueError(f"not a valid RE2 pattern: {exc}") from None
+    if groups > 1:
+        raise ValueError("a rule may have at most one capture group (the part to redact); use (?:...) elsewhere")
+    return groups
+
+
+def _compile(detectors: Sequence[Detector]) -> _Program:
+    which = re2.Set(_BOTH, _options(capture=False))
+    each: list[Any] = []
+    for det in detectors:
+        pattern = det.pattern.encode("latin-1")
+        which.Add(pattern)
+        regex = re2.compile(pattern, _options(capture=True))
+        each.append(regex if regex.groups else None)
+    which.Compile()
+    body = b"|".join(b"(?:" + d.pattern.encode("latin-1") + b")" for d in detectors) or b"[^\\x00-\\xff]"
+    return _Program(re2.compile(body, _options(capture=False)), which, tuple(each), tuple(detectors))
+
+
+def _next_char(data: bytes, pos: int) -> int:
+    """The offset of the character after the one starting at `pos` (never inside a UTF-8 sequence)."""
+    pos += 1
+    end = len(data)
+    while pos < end and 0x80 <= data[pos] < 0xC0:
+        pos += 1
+    return pos
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Which detectors one use of the matcher needs; each profile gets its own (smaller, faster) program.
+
+    Configured exact values are always included.
+    """
+
+    name: str
+    kinds: frozenset[str]
+    ids: frozenset[str] | None = None  # restrict to these detector ids (None: every detector of `kinds`)
+
+    def includes(self, det: Detector) -> bool:
+        return det.kind in self.kinds and (self.ids is None or det.id in self.ids)
+
+    def without(self, category: str, detectors: Iterable[Detector]) -> Profile:
+        """This profile minus one category (cached by name like any profile)."""
+        ids = frozenset(d.id for d in detectors if self.includes(d) and d.category != category)
+        return Profile(f"{self.name}-{category}", self.kinds, ids)
+
+
+SECRETS = Profile("secrets", frozenset({"secret"}))
+
+
+class Redactor:
+    """The compiled matcher, one RE2 program per profile (built on first use, rebuilt when exact values change).
+
+    Thread-safe: programs are swapped in whole; compiling takes a lock.
+    """
+
+    def __init__(self, detectors: Sequence[Detector]) -> None:
+        ids = [d.id for d in detectors]
+        if len(set(ids)) != len(ids):
+            raise ValueError("detector ids must be unique")
+        if EXACT_ID in ids:
+            raise ValueError(f"{EXACT_ID!r} is reserved for configured values")
+        self.detectors = tuple(detectors)
+        self._exact: Detector | None = None
+        self._exact_values: frozenset[str] = frozenset()
+        self.exact_json_safe = True  # every exact value reads the same inside a JSON string
+        self._programs: dict[str, _Program] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def exact_count(self) -> int:
+        return len(self._exact_values)
+
+    def add_exact(self, values: Iterable[str]) -> int:
+        """Redact these literal values wherever they appear (configured secrets). Returns how many were new.
+
+        Values shorter than MIN_EXACT characters are ignored: they would redact ordinary words.
+        """
+        new = {v for v in values if isinstance(v, str) and len(v) >= MIN_EXACT} - self._exact_values
+        if not new:
+            return 0
+        with self._lock:
+            self._exact_values = self._exact_values | new
+            self.exact_json_safe = all(_json_safe(v) for v in self._exact_values)
+            # Longest first: at the same start the first alternative wins, so a value that contains
+            # another is redacted whole.
+            ordered = sorted(self._exact_values, key=lambda v: (-len(v), v))
+            self._exact = Detector(EXACT_ID, "exact", "secret", "|".join(_escape(v) for v in ordered),
+                                   description="a secret value the gateway holds")
+            self._programs = {}
+        return len(new)
+
+    def program(self, profile: Profile) -> _Program:
+        program = self._programs.get(profile.name)
+        if program is None:
+            with self._lock:
+                dets = [d for d in self.detectors if profile.includes(d)]
+                if self._exact is not None:
+                    dets.insert(0, self._exact)
+                program = _compile(dets)
+                self._programs = {**self._programs, profile.name: program}
+        return program
+
+    def scan(self, data: bytes, profile: Profile, allow: Callable[[Detector], bool] | None = None,
+             limits: Mapping[str, int] | None = None) -> list[Hit]:
+        """Every accepted finding in `data`, left to right, without overlaps.
+
+        `allow` drops detectors (e.g. PII kinds a tool may return) before their check runs.
+        `limits` caps the findings per category: once a category has that many, the scan goes on
+        with a program without it (for findings that are only counted, dense logs stay cheap).
+        """
+        program = self.program(profile)
+        find = program.find._regexp.Match
+        which = program.which._set.Match
+        detectors, each = program.detectors, program.each
+        hits: list[Hit] = []
+        counts: dict[str, int] = {}
+        pos, end = 0, len(data)
+        rejects = 0
+        while pos < end:
+            m0, m1 = find(_UNANCHORED, data, pos, end)[0]
+            if m0 < 0:
+                break
+            span: tuple[int, int] | None = None
+            matched = which(data[m0:m1])
+            index = min(matched) if matched else -1
+            det = detectors[index] if index >= 0 else None
+            if det is not None and (allow is None or allow(det)):
+                s, e = m0, m1
+                regex = each[index]
+                if regex is not None:  # the detector reports its capture group, not the whole match
+                    group = regex._regexp.Match(_BOTH, data, m0, m1)[1]
+                    if group[0] >= 0:
+                        s, e = group
+                specific = _specific(program, data[s:e]) if det.id.startswith("generic-") else None
+                if specific is not None:
+                    # "key: AKIA...": the value is a known token format; name that rule (and skip
+                    # the keyword rule's slower entropy checks unless the specific rule says no).
+                    span = (s, e) if specific.check is None else specific.check(data, s, e, s, e)
+                    if span is not None:
+                        det = specific
+                if specific is None or span is None:
+                    span = (s, e) if det.check is None else det.check(data, m0, m1, s, e)
+            if det is not None and span is not None and span[0] < span[1]:
+                hits.append(Hit(det, span[0], span[1]))
+                pos = max(m1, span[1]) if m1 > m0 else _next_char(data, m0)
+                if limits is not None and det.category in limits:
+                    counts[det.category] = counts.get(det.category, 0) + 1
+                    if counts[det.category] >= limits[det.category]:
+                        profile = profile.without(det.category, self.detectors)
+                        program = self.program(profile)
+                        find, which = program.find._regexp.Match, program.which._set.Match
+                        detectors, each = program.detectors, program.each
+            else:
+                rejects += 1
+                pos = m1 if rejects > MAX_REJECTS and m1 > m0 else _next_char(data, m0)
+        return _propagate(data, hits) if hits else hits
+
+    def scan_texts(self, texts: Sequence[bytes], pairs: Sequence[bool], profile: Profile,
+                   allow: Callable[[Detector], bool] | None = None,
+                   limits: Mapping[str, int] | None = None) -> list[list[Hit]]:
+        """`scan` over many strings at once (one pass, one program start): the hits of each, in its offsets.
+
+        The strings are joined with a blank line, so token rules stop at the seam; `pairs[i]` says text i
+        is a dict key and text i+1 its value, joined as `key = value`, so `{"password": "..."}` in
+        structured content reads as the assignment it is. A hit across a seam is cut at it.
+        """
+        if len(texts) == 1:
+            return [self.scan(texts[0], profile, allow, limits)]
+        data, starts = join(texts, pairs)
+        return split_hits(self.scan(data, profile, allow, limits), starts, [len(t) for t in texts])
+
+    def redact(self, text: str, profile: Profile = SECRETS) -> str | None:
+        """`text` with every finding of `profile` replaced by its marker, or None when there is none."""
+        data = encode(text)
+        hits = self.scan(data, profile)
+        return splice(data, hits) if hits else None
+
+
+def _specific(program: _Program, value: bytes) -> Detector | None:
+    """The first non-generic secret rule that matches this whole value, if any."""
+    matched: list[int] = program.which._set.Match(value) or []
+    for index in sorted(matched):
+        det: Detector = program.detectors[index]
+        if det.kind in ("secret", "exact") and not det.id.startswith("generic-"):
+            return det
+    return None
+
+
+def join(texts: Sequence[Any], pairs: Sequence[bool]) -> tuple[Any, list[int]]:
+    """Texts (all str or all bytes) joined with their seams, and where each one starts."""
+    binary = bool(texts) and isinstance(texts[0], bytes)
+    sep, pair = (_SEP, _PAIR) if binary else (_SEP.decode(), _PAIR.decode())
+    parts: list[Any] = []
+    starts: list[int] = []
+    pos = 0
+    last = len(texts) - 1
+    for i, text in enumerate(texts):
+        starts.append(pos)
+        parts.append(text)
+        pos += len(text)
+        if i < last:
+            seam = pair if pairs[i] else sep
+            parts.append(seam)
+            pos += len(seam)
+    return (b"" if binary else "").join(parts), starts
+
+
+def split_hits(found: Sequence[Hit], starts: Sequence[int], lengths: Sequence[int]) -> list[list[Hit]]:
+    """Hits in a joined buffer, per text in that text's offsets (a hit across a seam is cut at it)."""
+    per: list[list[Hit]] = [[] for _ in starts]
+    last = len(starts) - 1
+    for hit in found:
+        i = bisect.bisect_right(starts, hit.start) - 1
+        while i <= last and starts[i] < hit.end:
+            s, e = max(hit.start, starts[i]), min(hit.end, starts[i] + lengths[i])
+            if s < e:
+                per[i].append(Hit(hit.detector, s - starts[i], e - starts[i]))
+            i += 1
+    return per
+
+
+def _propagate(data: bytes, hits: list[Hit]) -> list[Hit]:
+    """A value a rule found to be a secret is redacted wherever else it appears in the same text.
+
+    `password: s3cr3t!` tells that "s3cr3t!" is a secret; the same characters elsewhere on the page
+    ("login s3cr3t!") leak it just as well although no rule matches there.
+    """
+    values = {data[h.start:h.end]: h.detector for h in hits
+              if h.detector.kind in ("secret", "exact") and h.end - h.start >= MIN_EXACT}
+    if not values:
+        return hits
+    extra: list[Hit] = []
+    for value, det in values.items():
+        at = data.find(value)
+        while at >= 0:
+            end = at + len(value)
+            if not any(h.start < end and at < h.end for h in hits) and not any(
+                    h.start < end and at < h.end for h in extra):
+                extra.append(Hit(det, at, end))
+            at = data.find(value, end)
+    if not extra:
+        return hits
+    return sorted(hits + extra, key=lambda h: h.start)
+
+
+def _json_safe(value: str) -> bool:
+    return '"' not in value and "\\" not in value and all(ord(ch) >= 0x20 for ch in value)
+
+
+def _escape(value: str) -> str:
+    """A literal for a Latin-1 pattern over UTF-8 bytes: ASCII escaped, other bytes as \\xNN."""
+    out: list[str] = []
+    for byte in value.encode("utf-8", "surrogatepass"):
+        ch = chr(byte)
+        out.append(ch if ch.isalnum() and byte < 0x80 else f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def splice(data: bytes, hits: Sequence[Hit]) -> str:
+    """`data` with each hit replaced by its marker, decoded back to str."""
+    out: list[bytes] = []
+    prev = 0
+    for hit in hits:
+        out.append(data[prev:hit.start])
+        out.append(b"[REDACTED:" + hit.detector.id.encode() + b"]")
+        prev = hit.end
+    out.append(data[prev:])
+    return b"".join(out).decode("utf-8", "surrogatepass")
+
+
+def encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+# ------------------------------------------------------------------------------------------ neutralising
+
+# Characters a reader cannot see: zero-width, bidi controls, word joiners, the BOM, soft hyphen,
+# Hangul fillers, Unicode tags (ASCII smuggling) and supplementary variation selectors (data smuggling).
+_INVISIBLE = ("\u00ad\u061c\u115f\u1160\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+              "\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\u3164\ufeff\ufff9\ufffa\ufffb")
+_REPLACE: dict[int, str] = {ord(ch): "" for ch in _INVISIBLE}
+_REPLACE.update({c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)})  # ESC becomes ␛
+_REPLACE[0x7F] = "\u2421"  # ␡
+_REPLACE.update({c: "\ufffd" for c in range(0x80, 0xA0)})  # C1 controls
+_CLASS = ("".join(f"\\x{{{c:x}}}" for c in sorted(_REPLACE)) + "\\x{e0000}-\\x{e007f}\\x{e0100}-\\x{e01ef}")
+# One pass over the UTF-8 bytes finds terminal control sequences (CSI: colours, cursor moves, screen
+# clears; OSC: titles, hyperlinks, clipboard writes; other ESC pairs; the 8-bit CSI) and single
+# control or invisible characters; only what it finds is rewritten.
+_NEUTRALISE = re2.compile("\\x1b\\[[0-?]*[ -/]*[@-~]|\\x1b\\][^\\x07\\x1b]*(?:\\x07|\\x1b\\\\)|\\x1b[@-Z\\\\-_]"
+                          "|\\x{9b}[0-?]*[ -/]*[@-~]|[" + _CLASS + "]")
+_SUSPECT = re2.compile("[" + _CLASS + "]")
+_ASCII_OK = bytes(b for b in range(0x80) if (b >= 0x20 and b != 0x7F) or b in (0x09, 0x0A, 0x0D))
+
+
+def needs_neutralising(data: bytes) -> bool:
+    """Cheap test on the UTF-8 bytes: any control or invisible character at all?"""
+    if data.isascii():
+        return bool(data.translate(None, _ASCII_OK))  # what is left are control characters
+    return _SUSPECT.search(data) is not None
+
+
+def neutralise_bytes(data: bytes) -> tuple[bytes, int]:
+    """Escape sequences removed; control characters made visible (ESC becomes ␛); invisible ones removed.
+
+    Returns the new bytes and how many sequences/characters were changed.
+    """
+    out: list[bytes] = []
+    prev = count = 0
+    for match in _NEUTRALISE.finditer(data):
+        start, end = match.span()
+        out.append(data[prev:start])
+        piece = data[start:end].decode("utf-8", "replace")
+        if len(piece) == 1:
+            code = ord(piece)
+            out.append(("" if 0xE0000 <= code < 0xE0080 or 0xE0100 <= code < 0xE01F0
+                        else _REPLACE.get(code, "")).encode())
+        prev = end
+        count += 1
+    out.append(data[prev:])
+    return b"".join(out), count
+
+
+def neutralise(text: str) -> tuple[str, int]:
+    """`neutralise_bytes` on a str."""
+    data, count = neutralise_bytes(encode(text))
+    return data.decode("utf-8", "surrogatepass"), count
+
+
+# ------------------------------------------------------------------------------------------ result walk
+
+
+@dataclass(slots=True)
+class Slot:
+    """One model-visible string of a result, and where it sits (to write a replacement back)."""
+
+    container: Any  # the dict or list holding it
+    key: Any  # its key or index; for a dict key itself, the key
+    text: str
+    is_key: bool = False  # the string is a dict key (the next slot is then usually its value)
+
+
+def collect(method: str, result: JsonObj, structured: bool = True) -> list[Slot]:
+    """Every string of a result that reaches a model, in document order.
+
+    Text blocks, embedded resources' text, resource links' name/title/description, structuredContent
+    (recursively, keys too), resources/read text contents, prompt descriptions and messages, and
+    completion values. Binary payloads (base64 `blob`, image/audio `data`) are not text a model
+    reads as words and are left alone; `_meta` is protocol metadata and is not scanned.
+    """
+    out: list[Slot] = []
+    if method == "tools/call":
+        _blocks(result.get("content"), out)
+        if structured and "structuredContent" in result:
+            _json(result, "structuredContent", out)
+    elif method == "resources/read":
+        for item in _items(result.get("contents")):
+            _field(item, "text", out)
+    elif method == "prompts/get":
+        _field(result, "description", out)
+        for message in _items(result.get("messages")):
+            content = message.get("content")
+            if isinstance(content, list):
+                _blocks(content, out)
+            elif isinstance(content, dict):
+                _block(content, out)
+    elif method == "completion/complete":
+        completion = result.get("completion")
+        values = completion.get("values") if isinstance(completion, dict) else None
+        if isinstance(values, list):
+            for i, value in enumerate(values):
+                if isinstance(value, str):
+                    out.append(Slot(values, i, value))
+    return out
+
+
+def collect_error(error: JsonObj) -> list[Slot]:
+    """The strings of a JSON-RPC error object (message, and data recursively)."""
+    out: list[Slot] = []
+    _field(error, "message", out)
+    if "data" in error:
+        _json(error, "data", out)
+    return out
+
+
+def collect_value(container: Any, key: Any, out: list[Slot]) -> None:
+    """The strings of any JSON value (`container[key]`), dict keys included."""
+    _json(container, key, out)
+
+
+def apply(slots: Sequence[Slot], replacements: Mapping[int, str]) -> None:
+    """Write replacements (slot index -> new text) back in place; dict keys keep their order."""
+    renamed: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
+    for index, text in replacements.items():
+        slot = slots[index]
+        if slot.is_key:
+            renamed.setdefault(id(slot.container), (slot.container, {}))[1][slot.key] = text
+        else:
+            slot.container[slot.key] = text
+    for container, names in renamed.values():
+        items = list(container.items())
+        container.clear()
+        for key, value in items:
+            key = names.get(key, key)
+            while key in container:  # two keys redacted to the same marker: keep both
+                key += "~"
+            container[key] = value
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _field(obj: Any, key: str, out: list[Slot]) -> None:
+    if isinstance(obj, dict) and isinstance(obj.get(key), str):
+        out.append(Slot(obj, key, obj[key]))
+
+
+def _blocks(blocks: Any, out: list[Slot]) -> None:
+    for block in _items(blocks):
+        _block(block, out)
+
+
+def _block(block: dict[str, Any], out: list[Slot]) -> None:
+    kind = block.get("type")
+    if kind == "text":
+        _field(block, "text", out)
+    elif kind == "resource":
+        _field(block.get("resource"), "text", out)
+    elif kind == "resource_link":
+        for key in ("name", "title", "description"):
+            _field(block, key, out)
+
+
+def _json(container: Any, key: Any, out: list[Slot]) -> None:
+    """Any JSON value, dict keys included (a key can carry a secret as well as a value).
+
+    Iterative (a deeply nested value cannot exhaust the stack); slots come out in document order,
+    each dict key right before its value.
+    """
+    stack: list[tuple[Any, Any, Any]] = [(container, key, container[key])]  # (parent, key, value)
+    push, pop = stack.append, stack.pop
+    while stack:
+        parent, k, value = pop()
+        kind = type(value)
+        if kind is str:
+            out.append(Slot(parent, k, value))
+        elif kind is _KeyMark:
+            out.append(Slot(parent, k, k, True))
+        elif kind is dict:
+            for name, item in reversed(value.items()):
+                push((value, name, item))
+                if type(name) is str:
+                    push((value, name, _KEY))
+        elif kind is list:
+            for i in range(len(value) - 1, -1, -1):
+                push((value, i, value[i]))
+
+
+class _KeyMark:
+    """On the walk stack: the entry is a dict key, not its value."""
+
+    __slots__ = ()
+
+
+_KEY = _KeyMark()
