@@ -103,8 +103,9 @@ class Peer:
             self._pending.pop(rid, None)
         if "error" in reply:
             error = reply["error"]
-            raise PeerError(error if isinstance(error, dict) else {"code": jsonrpc.INTERNAL_ERROR,
-                                                                    "message": "malformed upstream error"})
+            if not isinstance(error, dict):
+                raise local_error(jsonrpc.INTERNAL_ERROR, f"server {self.name!r} sent a malformed error")
+            raise PeerError(error, local=isinstance(error, jsonrpc.GatewayError))
         body = reply.get("result")
         if not isinstance(body, dict):
             raise local_error(jsonrpc.INTERNAL_ERROR, f"server {self.name!r} sent a result that is not an object")
@@ -157,7 +158,7 @@ class Peer:
         self.closed = reason
         for rid, future in list(self._pending.items()):
             if not future.done():
-                future.set_result(jsonrpc.error(rid, jsonrpc.UPSTREAM_UNAVAILABLE,
+                future.set_result(jsonrpc.gateway_error(rid, jsonrpc.UPSTREAM_UNAVAILABLE,
                                                 f"server {self.name!r} went away: {reason}"))
         for task in list(self._tasks):
             task.cancel()

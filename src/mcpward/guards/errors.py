@@ -8,7 +8,10 @@ redactor, so even the log never holds a secret in clear). In `pass` mode the mes
 pass through, after the output guard's secret/PII redaction.
 
 Errors whose data the client needs to act on keep it: -32042 (URL elicitation required) carries
-the elicitation requests. They still pass the redaction.
+the elicitation requests, -32021 the client capabilities a call requires, -32022 the protocol
+versions the server supports, -32020 which header disagreed with the body. They still pass the
+redaction. Errors the gateway made itself (a crashed or unreachable server, a timeout, an oversized
+frame) never reach this guard: their text is the gateway's own.
 
 Tool results with `isError: true` are not errors in this sense: they are tool output the model needs
 ("file not found"), so they pass the output guard like any result, and its rules (connection
@@ -37,7 +40,8 @@ log = logging.getLogger("mcpward.guards.errors")
 
 MODES = ("generic", "pass")
 URL_ELICITATION_REQUIRED = -32042
-KEEP_CODES = frozenset({URL_ELICITATION_REQUIRED})
+KEEP_CODES = frozenset({URL_ELICITATION_REQUIRED, jsonrpc.MISSING_REQUIRED_CLIENT_CAPABILITY,
+                        jsonrpc.UNSUPPORTED_PROTOCOL_VERSION, jsonrpc.HEADER_MISMATCH})
 _LOG_LIMIT = 4000  # characters of message and of data kept in the log line
 
 

@@ -120,3 +120,13 @@ def result(request_id: RequestId | None, body: JsonObj) -> JsonObj:
 
 def error(request_id: RequestId | None, code: int, message: str, data: Any = None) -> JsonObj:
     return ProtocolError(code, message, data).response(request_id)
+
+
+class GatewayError(dict[str, Any]):
+    """An error object the gateway made itself (never decoded from the wire, so an upstream cannot
+    forge one): its text is the gateway's own and may reach the client as written."""
+
+
+def gateway_error(request_id: RequestId | None, code: int, message: str, data: Any = None) -> JsonObj:
+    """A reply for a request the upstream never answered: crash, oversized frame, lost connection."""
+    return {"jsonrpc": "2.0", "id": request_id, "error": GatewayError(ProtocolError(code, message, data).to_error())}

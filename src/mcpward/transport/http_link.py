@@ -338,7 +338,7 @@ class HttpLink(MessageLink):
         data: JsonObj | None = {"httpStatus": http_status} if http_status is not None else None
         if transport is not None:
             data = {"transport": transport}
-        self._deliver(jsonrpc.error(ex.request_id, code, text, data), ex)
+        self._deliver(jsonrpc.gateway_error(ex.request_id, code, text, data), ex)
 
     def _too_large(self, ex: _Exchange) -> None:
         log.warning("%s sent a message over the %d-byte limit", self.describe(), self.max_message_bytes)

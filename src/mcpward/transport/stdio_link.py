@@ -111,7 +111,7 @@ class StdioLink(MessageLink):
                         self.name, frame.size, self.max_message_bytes,
                     )
                     if frame.probed_id is not None:
-                        self.on_message(jsonrpc.error(
+                        self.on_message(jsonrpc.gateway_error(
                             frame.probed_id, jsonrpc.INTERNAL_ERROR,
                             f"upstream message exceeded the {self.max_message_bytes}-byte limit",
                         ))
