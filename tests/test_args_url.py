@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
 
 import pytest
 
 from mcpward.guards.ip_forms import Ambiguous, describe_non_public, parse_inet_aton
 from mcpward.guards.url_screen import UrlScreen, static_resolver
+from tests.tripwire import tripwire
 
 PUBLIC = "93.184.215.14"
 MAP = {"example.com": [PUBLIC], "docs.example.com": [PUBLIC], "rebind.example.com": ["127.0.0.1"],
@@ -116,12 +114,25 @@ async def test_slow_resolution_times_out_and_refuses() -> None:
 @pytest.mark.parametrize("url", [
     "file:///etc/passwd", "file://\\/\\/etc/passwd", "gopher://127.0.0.1:25/_", "dict://127.0.0.1:6379/info",
     "ftp://example.com/x", "ldap://localhost:11211/", "jar:http://example.com!/", "netdoc:///etc/passwd",
-    "php://filter/resource=index.php", "data:text/html,<script>fetch('http://169.254.169.254')</script>",
+    "php://filter/resource=index.php", "redis://cache.example.com:6379/0",
     "sftp://example.com:11111/", "javascript:alert(1)", "C:\\Windows\\win.ini", "tftp://example.com/x",
 ])
-async def test_schemes_outside_the_allowlist_refused(url: str) -> None:
+async def test_dangerous_schemes_refused(url: str) -> None:
     found = await screen().check(url)
     assert found is not None and found.rule == "args.url.scheme", found
+
+
+async def test_opaque_schemes_pass_but_their_literal_hosts_and_embedded_urls_are_checked() -> None:
+    # MCP resource URIs use schemes of their own; they are not fetched over the network by name.
+    assert await screen().check("test://static/resource/1") is None
+    assert await screen().check("github://owner/repo/README.md") is None
+    for url in ("custom://127.0.0.1/x", "custom://169.254.169.254/latest", "custom://0x7f000001/",
+                "custom:x?next=http://169.254.169.254/"):
+        found = await screen().check(url)
+        assert found is not None and found.rule == "args.url.non-public", (url, found)
+    found = await screen(schemes=("http", "https")).check(
+        "data:text/html,<script>fetch('http://169.254.169.254')</script>")
+    assert found is not None and found.rule == "args.url.non-public", found
 
 
 async def test_operator_can_allow_a_scheme_and_embedded_urls_are_still_screened() -> None:
@@ -219,26 +230,10 @@ async def test_resolution_is_cached() -> None:
 
 async def test_the_screen_never_connects_to_the_target() -> None:
     """A loopback listener stands in for the target: screening its URL must not touch it."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(5)
-    listener.settimeout(0.5)
-    port = listener.getsockname()[1]
-    connections: list[object] = []
-
-    def accept() -> None:
-        with contextlib.suppress(OSError):
-            connections.append(listener.accept())
-
-    thread = threading.Thread(target=accept)
-    thread.start()
-    try:
+    with tripwire() as (port, connections):
         s = UrlScreen(static_resolver({"target.example.com": ["127.0.0.1"]}))
         for url in (f"http://127.0.0.1:{port}/", f"http://target.example.com:{port}/", f"http://localhost:{port}/"):
             assert await s.check(url) is not None
-        thread.join()
-    finally:
-        listener.close()
     assert connections == []
 
 

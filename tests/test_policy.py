@@ -495,3 +495,19 @@ def test_the_worked_example_in_the_docs_loads(tmp_path: Path) -> None:
     (tmp_path / "cases.toml").write_text(case)
     (loaded,) = testing.load_cases(tmp_path / "cases.toml")
     assert not loaded.expect and loaded.rule == "policy.default-deny"
+
+
+async def test_subscribing_is_decided_as_reading(tmp_path: Path) -> None:
+    own = '@id("read-docs")\npermit (principal, action == Action::"read_resource", resource)\n' \
+          'when { resource.server == "fs" };\n'
+    guard = PolicyGuard(engine_for(make_cfg(tmp_path, policy={"base": "none", "files": ["own.cedar"]},
+                                            files={"own.cedar": own}), os_groups=False))
+    for server, allowed_here in (("fs", True), ("db", False)):
+        call = Call(ctx=ctx(), method="resources/subscribe", params={"uri": "file:///doc"}, server=server,
+                    target="file:///doc", exposed="file:///doc")
+        if allowed_here:
+            assert await guard.on_request(call) is None
+        else:
+            with pytest.raises(Refusal) as refused:
+                await guard.on_request(call)
+            assert refused.value.rule == DEFAULT_DENY

@@ -142,7 +142,7 @@ def test_filesystem_write_then_read(live: LiveClient, peers: Peers) -> None:
 
 @pytest.mark.parametrize("live", combos(), indirect=True)
 def test_filesystem_refuses_paths_outside_its_root(live: LiveClient, peers: Peers) -> None:
-    result = live.run(live.client.call_tool("filesystem__read_text_file", {"path": "/etc/hostname"}))
+    result = live.run(live.client.call_tool("filesystem__read_text_file", {"path": "/usr/share/outside.txt"}))
     assert result.is_error and "outside allowed directories" in text_of(result).lower()
 
 

@@ -47,6 +47,15 @@ LOOPBACK_DOMAINS = ("localtest.me", "lvh.me", "vcap.me", "lacolhost.com", "local
 # Wildcard DNS that answers with the IP spelled in the name.
 IP_DOMAINS = ("nip.io", "sslip.io", "xip.io", "traefik.me", "backname.io", "nip.direct", "xip.name", "1u.ms")
 AUTHORITY_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
+# Schemes that reach other protocols or the local filesystem through common fetchers (curl, PHP,
+# Java): the classic SSRF escalations. Always refused. A scheme neither here nor in the network
+# allowlist (an MCP resource URI such as `test://static/1` or `github://repo`) is opaque to the
+# gateway: its literal host is still checked, but never resolved.
+DANGEROUS_SCHEMES = frozenset({
+    "file", "gopher", "dict", "ftp", "ftps", "sftp", "tftp", "ldap", "ldaps", "jar", "netdoc", "php", "phar",
+    "expect", "zip", "glob", "ssh2", "rar", "ogg", "smb", "telnet", "javascript", "vbscript", "jdbc", "redis",
+    "mongodb", "mysql", "postgres", "postgresql", "memcached", "imap", "pop3", "smtp", "ssh", "nfs",
+})
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 # Start of a URL anywhere in a value: `scheme://` or `scheme:\\` not preceded by a scheme character.
@@ -160,7 +169,13 @@ class UrlScreen:
             if found:
                 return found
             rest = value[len(scheme) + 1:]
-            if scheme in AUTHORITY_SCHEMES or rest.startswith(("//", "\\\\")):
+            if scheme not in self.schemes:
+                # Opaque (not a network scheme, not a dangerous one): its own host is checked as
+                # written, never resolved; URLs embedded in it still get the full check below.
+                found = self._literal_hosts("//" + rest.lstrip("/\\"), set(), allow, strict=False)
+                if found:
+                    return found
+            elif scheme in AUTHORITY_SCHEMES or rest.startswith(("//", "\\\\")):
                 found = self._literal_hosts(rest, names, allow)
                 if found:
                     return found
@@ -185,8 +200,9 @@ class UrlScreen:
         return await self._resolve_all(names, allow)
 
     def _check_scheme(self, scheme: str) -> Finding | None:
-        if scheme not in self.schemes:
-            return Finding("args.url.scheme", f"uses the scheme {scheme}:; allowed: {', '.join(sorted(self.schemes))}")
+        if scheme in DANGEROUS_SCHEMES and scheme not in self.schemes:
+            return Finding("args.url.scheme", f"uses the scheme {scheme}:, which reaches other protocols or local "
+                                              "files through common fetchers")
         return None
 
     def _embedded(self, value: str, skip: int, names: set[str], allow: bool) -> Finding | None:

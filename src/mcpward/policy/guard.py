@@ -101,7 +101,7 @@ def call_target(call: Call) -> Target | None:
         return Target("Tool", exposed, call.server, call.target, claimed=claimed, arguments=args)
     if call.method == "prompts/get":
         return Target("Prompt", exposed, call.server, call.target, arguments=args)
-    if call.method == "resources/read":
+    if call.method in ("resources/read", "resources/subscribe"):
         return Target("Resource", exposed, call.server, call.target)
     if call.method == "completion/complete":
         ref = params.get("ref")
