@@ -17,13 +17,14 @@ import argparse
 import asyncio
 import collections
 import json
-import math
 import os
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from stats import pct  # bench/stats.py: this script runs from bench/
 
 from mcpward.gateway.context import system_context
 from mcpward.guards.arguments import ArgumentGuard
@@ -52,20 +53,6 @@ async def bench_resolver(host: str) -> list[str]:
     if re.search(r"localhost|loopback", host):
         return ["127.0.0.1"]
     return [PUBLIC]
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def pct(k: int, n: int) -> str:
-    lo, hi = wilson(k, n)
-    return f"{100 * k / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]" if n else "n/a"
 
 
 async def refusal_of(guard: ArgumentGuard, arguments: dict[str, Any], server: str = "bench",

@@ -23,12 +23,13 @@ import argparse
 import asyncio
 import collections
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from stats import pct as _pct  # bench/stats.py: this script runs from bench/
 
 from mcpward.gateway.config import parse
 from mcpward.gateway.context import system_context
@@ -42,22 +43,13 @@ DOC = ROOT / "docs" / "detection.md"
 MARK = "<!-- section: outputs (bench/detection_outputs.py) -->"
 PII_TESTS = {"credit_card": "card", "email": "email", "phone": "phone", "us_ssn": "ssn", "ip": "ip"}
 SECRETS = Profile("bench-secrets", frozenset({"secret"}))
-PII = Profile("bench-pii", frozenset({"pii"}))
-MARKERS = Profile("bench-markers", frozenset({"marker"}))
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
 
 def pct(k: int, n: int) -> str:
-    lo, hi = wilson(k, n)
-    return f"{100 * k / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({k}/{n})" if n else "n/a"
+    return _pct(k, n, counts=True)
+
+
+PII = Profile("bench-pii", frozenset({"pii"}))
+MARKERS = Profile("bench-markers", frozenset({"marker"}))
 
 
 def jsonl(path: Path) -> list[dict[str, Any]]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from typing import Any
 
 from mcpward.guards.schema_check import SchemaCache, deny_additional
 from tests.test_arguments_guard import guard, refusal, rule_of
+from tests.tripwire import tripwire
 
 OBJ = {"type": "object", "properties": {"n": {"type": "integer"}, "s": {"type": "string"}}, "required": ["n"]}
 
@@ -42,25 +40,9 @@ async def test_draft_follows_dollar_schema() -> None:
 
 
 async def test_remote_ref_is_never_fetched_and_the_call_is_refused() -> None:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(5)
-    listener.settimeout(1.0)
-    port = listener.getsockname()[1]
-    connections: list[object] = []
-
-    def accept() -> None:
-        with contextlib.suppress(OSError):
-            connections.append(listener.accept())
-
-    thread = threading.Thread(target=accept)
-    thread.start()
-    schema = {"type": "object", "properties": {"a": {"$ref": f"http://127.0.0.1:{port}/x"}}}
-    try:
+    with tripwire(timeout=1.0) as (port, connections):
+        schema = {"type": "object", "properties": {"a": {"$ref": f"http://127.0.0.1:{port}/x"}}}
         found = await refusal(guard(), {"a": 1}, definition=d(schema))
-        thread.join()
-    finally:
-        listener.close()
     assert connections == []
     assert found is not None and found.rule == "args.schema.invalid" and "remote $ref refused" in found.message
 
