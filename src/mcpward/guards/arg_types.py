@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,3 +23,11 @@ class Finding:
         """`args.url.scheme` -> `url`: the key of `[guards.arguments] modes`."""
         parts = self.rule.split(".")
         return parts[1] if len(parts) > 1 else parts[0]
+
+
+def where(path: Iterable[str | int]) -> str:
+    """`("files", 0, "path")` -> `arguments.files[0].path`: how refusals name a value."""
+    out = "arguments"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out

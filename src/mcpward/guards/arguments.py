@@ -25,7 +25,7 @@ import orjson
 
 from mcpward.audit import events as audit
 from mcpward.gateway.config import GatewayConfig
-from mcpward.guards.arg_types import Finding, Kind
+from mcpward.guards.arg_types import Finding, Kind, where
 from mcpward.guards.arguments_config import ArgumentSettings, parse
 from mcpward.guards.base import Call, Guard, Refusal
 from mcpward.guards.command_screen import CommandScreen
@@ -40,13 +40,6 @@ log = logging.getLogger("mcpward.guards.arguments")
 PathParts = tuple[str | int, ...]
 Names = tuple[str, ...]
 _NO_SCHEMA = CompiledTool()
-
-
-def where(path: PathParts) -> str:
-    out = "arguments"
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
 
 
 class _Findings:

@@ -24,7 +24,7 @@ from typing import Any
 import jsonschema_rs
 import orjson
 
-from mcpward.guards.arg_types import Finding, Kind
+from mcpward.guards.arg_types import Finding, Kind, where
 from mcpward.guards.param_kinds import schema_kinds
 
 # `$schema` without scheme and fragment -> the validator for that draft.
@@ -96,13 +96,6 @@ def deny_additional(schema: Any, modern: bool, depth: int = 0, branch: bool = Fa
     return out
 
 
-def _instance_path(parts: Any) -> str:
-    path = "arguments"
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
 class SchemaCache:
     def __init__(self, *, max_schema_bytes: int = 256 * 1024, additional_properties: str = "allow",
                  max_entries: int = 4096) -> None:
@@ -165,8 +158,7 @@ class SchemaCache:
             return compiled.error
         assert compiled.validator is not None
         for error in compiled.validator.iter_errors(arguments):
-            where = _instance_path(error.instance_path)
-            return Finding("args.schema.mismatch", f"{where}: {str(error.message)[:200]}")
+            return Finding("args.schema.mismatch", f"{where(error.instance_path)}: {str(error.message)[:200]}")
         return None
 
 
