@@ -206,8 +206,7 @@ class Gateway:
         try:
             await self.guards.request(call)
         except Refusal as refusal:
-            audit.record("refusal", rule=refusal.rule, method=call.method, server=server, target=uri,
-                         principal=ctx.principal.subject, transport=ctx.transport)
+            audit_refusal(call, refusal)
             raise refusal.to_error() from None
 
     # ---------------------------------------------------------------- forwarding
@@ -233,8 +232,7 @@ class Gateway:
                 raise await self.guards.error(call, error) from None
             result = await self.guards.result(call, result)
         except Refusal as refusal:
-            audit.record("refusal", rule=refusal.rule, method=method, server=server, target=exposed,
-                         principal=ctx.principal.subject, transport=ctx.transport)
+            audit_refusal(call, refusal)
             if refusal.as_tool_error and method == "tools/call":
                 return refusal.to_tool_result()
             raise refusal.to_error() from None
@@ -304,6 +302,11 @@ class Gateway:
     async def roots_changed(self) -> None:
         await asyncio.gather(*(u.notify_sessions("notifications/roots/list_changed")
                                for u in self.upstreams.values()), return_exceptions=True)
+
+
+def audit_refusal(call: Call, refusal: Refusal) -> None:
+    audit.record("refusal", rule=refusal.rule, method=call.method, server=call.server, target=call.exposed,
+                 principal=call.ctx.principal.subject, transport=call.ctx.transport)
 
 
 CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list",
