@@ -232,7 +232,7 @@ def _server(r: TableReader, name: str, default_start: str, default_timeout: floa
     else:
         server.headers = r.string_map("headers")
         server.allow_private = r.get("allow_private", bool, False)
-        _check_url(r, server.url or "", r.get("allow_http", bool, False), server.allow_private)
+        check_url(r, server.url or "", allow_http=r.get("allow_http", bool, False), allow_private=server.allow_private)
     tools = r.get("tools", dict, {})
     for tool, table in tools.items():
         if not isinstance(table, dict):
@@ -266,19 +266,53 @@ def _tool_override(r: TableReader) -> ToolOverride:
     return out
 
 
-def _check_url(r: TableReader, url: str, allow_http: bool, allow_private: bool) -> None:
+def check_url(r: TableReader, url: str, *, allow_http: bool, allow_private: bool,
+              loopback_ok: bool = False) -> None:
+    """A remote endpoint the operator named (an upstream server, an http interceptor).
+
+    `loopback_ok`: the endpoint may be on this machine (plain http and a loopback address
+    allowed without opting in), as a local hook is; an upstream server must opt in instead.
+    """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("https", "http"):
         raise r.fail("url", f"scheme must be https, got {parts.scheme or 'none'!r}")
-    if parts.scheme == "http" and not allow_http:
+    host = (parts.hostname or "").lower()
+    local = loopback_ok and is_loopback_host(host)
+    if parts.scheme == "http" and not allow_http and not local:
+        if loopback_ok:
+            raise r.fail("url", "plain http is allowed only to a loopback address; use https or set allow_http = true")
         raise r.fail("url", "plain http is refused; use https or set allow_http = true for a trusted local server")
     if parts.username or parts.password:
         raise r.fail("url", "credentials in the URL are refused; use headers with a secret reference")
-    host = (parts.hostname or "").lower()
     if not host:
         raise r.fail("url", "no host")
-    if not allow_private and _is_non_public(host):
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise r.fail("url", str(exc)) from None
+    if not allow_private and not local and _is_non_public(host):
         raise r.fail("url", f"{host} is a loopback/private/link-local address; set allow_private = true to allow it")
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost` names and loopback addresses, IPv4-mapped ones included."""
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def is_address_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 def is_non_public_address(address: str) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import ipaddress
 import logging
 import os
 import re
@@ -34,7 +33,15 @@ import httpx
 import orjson
 
 from mcpward.audit.events import record
-from mcpward.gateway.config import LOOPBACK_NAMES, ConfigError, GatewayConfig, TableReader, is_non_public_address
+from mcpward.gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    TableReader,
+    check_url,
+    is_address_literal,
+    is_loopback_host,
+    is_non_public_address,
+)
 from mcpward.guards.base import Answer, Call, Guard, Refusal
 from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.transport.stdio_link import INHERITED_ENV, _die_with_parent
@@ -224,7 +231,7 @@ class HttpRunner:
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         # Literal addresses were checked at load; a name is checked on every call before connecting.
-        self.vet = vet_names and not _is_literal(self.host) and not _is_loopback(self.host)
+        self.vet = vet_names and not is_address_literal(self.host) and not is_loopback_host(self.host)
 
     async def run(self, payload: bytes) -> bytes:
         try:
@@ -512,52 +519,9 @@ def _url(r: TableReader) -> tuple[str, bool]:
     url = r.get("url", str, None)
     if url is None:
         raise r.fail("url", "an http interceptor needs a url")
-    allow_http = r.get("allow_http", bool, False)
     allow_private = r.get("allow_private", bool, False)
-    parts = urllib.parse.urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https"):
-        raise r.fail("url", f"scheme must be https (or http to loopback), got {parts.scheme or 'none'!r}")
-    if parts.username or parts.password:
-        raise r.fail("url", "credentials in the URL are refused")
-    if not host:
-        raise r.fail("url", "no host")
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        raise r.fail("url", str(exc)) from None
-    loopback = _is_loopback(host)
-    if parts.scheme == "http" and not loopback and not allow_http:
-        raise r.fail("url", "plain http is allowed only to a loopback address; use https or set allow_http = true")
-    if not loopback and not allow_private and _is_private_literal(host):
-        raise r.fail("url", f"{host} is a private/link-local address; set allow_private = true to allow it")
+    check_url(r, url, allow_http=r.get("allow_http", bool, False), allow_private=allow_private, loopback_ok=True)
     return url, allow_private
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        is_non_public_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def _is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
-
-
-def _is_private_literal(host: str) -> bool:
-    if host.endswith(".internal"):
-        return True
-    return _is_literal(host) and bool(is_non_public_address(host.strip("[]")))
 
 
 __all__ = ["Answer", "ConfigError", "HookFailure", "Scope", "SharedClient", "from_config"]
