@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
+import socket
 import tomllib
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -313,6 +316,27 @@ def is_address_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def resolution_problem(host: str, port: int, resolver: Resolver = system_resolver) -> str | None:
+    """Why a named endpoint must not be dialled (it does not resolve, or resolves to a non-public
+    address), or None. Checked before connecting to an upstream or an http interceptor."""
+    try:
+        addresses = await resolver(host, port)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc.strerror or exc}"
+    for address in addresses:
+        if is_non_public_address(address):
+            return f"{host} resolves to the non-public address {address}; set allow_private = true to allow it"
+    return None
 
 
 def is_non_public_address(address: str) -> bool:

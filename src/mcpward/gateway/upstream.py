@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
@@ -22,7 +21,7 @@ from typing import Any
 import orjson
 
 from mcpward import __version__
-from mcpward.gateway.config import GatewayConfig, ServerConfig, is_non_public_address
+from mcpward.gateway.config import GatewayConfig, ServerConfig, resolution_problem
 from mcpward.gateway.context import RequestContext
 from mcpward.gateway.peer import Peer, PeerError, local_error
 from mcpward.protocol import jsonrpc
@@ -145,16 +144,9 @@ class Upstream:
         if self.cfg.url is None or self.cfg.allow_private:
             return
         parts = urllib.parse.urlsplit(self.cfg.url)
-        host = parts.hostname or ""
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise LinkError(f"cannot resolve {host}: {exc.strerror or exc}") from None
-        for info in infos:
-            address = str(info[4][0])
-            if is_non_public_address(address):
-                raise LinkError(f"{host} resolves to the non-public address {address}; "
-                                "set allow_private = true to allow it")
+        problem = await resolution_problem(parts.hostname or "", parts.port or 443)
+        if problem is not None:
+            raise LinkError(problem)
 
     async def _probe(self) -> None:
         await self._check_address()

@@ -21,10 +21,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import unicodedata
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -36,11 +34,13 @@ from mcpward.audit.events import record
 from mcpward.gateway.config import (
     ConfigError,
     GatewayConfig,
+    Resolver,
     TableReader,
     check_url,
     is_address_literal,
     is_loopback_host,
-    is_non_public_address,
+    resolution_problem,
+    system_resolver,
 )
 from mcpward.guards.base import Answer, Call, Guard, Refusal
 from mcpward.protocol.jsonrpc import JsonObj
@@ -195,14 +195,6 @@ async def _drain(stream: asyncio.StreamReader, keep: int) -> bytes:
     return bytes(kept)
 
 
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-
-
-async def system_resolver(host: str, port: int) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
-
-
 class SharedClient:
     """One httpx client for every http interceptor of a chain, made on first use (inside the loop)."""
 
@@ -245,14 +237,9 @@ class HttpRunner:
             raise HookFailure(f"POST {self.url} failed: {type(exc).__name__}: {exc}") from None
 
     async def _vet(self) -> None:
-        try:
-            addresses = await self.resolver(self.host, self.port)
-        except OSError as exc:
-            raise HookFailure(f"cannot resolve {self.host}: {exc.strerror or exc}") from None
-        for address in addresses:
-            if is_non_public_address(address):
-                raise HookFailure(f"{self.host} resolves to the non-public address {address}; "
-                                  "set allow_private = true to allow it")
+        problem = await resolution_problem(self.host, self.port, self.resolver)
+        if problem is not None:
+            raise HookFailure(problem)
 
     async def _post(self, payload: bytes) -> bytes:
         headers = {"content-type": "application/json", "accept": "application/json"}
