@@ -44,7 +44,7 @@ from mcpward.gateway.config import (
 )
 from mcpward.guards.base import Answer, Call, Guard, Refusal
 from mcpward.protocol.jsonrpc import JsonObj
-from mcpward.transport.stdio_link import INHERITED_ENV, _die_with_parent
+from mcpward.transport.stdio_link import die_with_parent, minimal_env
 
 log = logging.getLogger("mcpward.interceptors")
 
@@ -118,8 +118,7 @@ class ExecRunner:
     def __init__(self, argv: list[str], cwd: Path, label: str, timeout: float) -> None:
         self.argv, self.cwd, self.timeout = argv, cwd, timeout
         self.rule = f"interceptor.{label}"
-        env = {k: v for k in INHERITED_ENV if (v := os.environ.get(k)) is not None}
-        self.env = {**env, "MCPWARD_INTERCEPTOR": label}
+        self.env = minimal_env({"MCPWARD_INTERCEPTOR": label})
 
     async def run(self, payload: bytes) -> bytes:
         try:
@@ -127,7 +126,7 @@ class ExecRunner:
                 *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=self.env, cwd=self.cwd,
                 start_new_session=True,  # its own process group, so a timeout ends its children too
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise HookFailure(f"cannot start {self.argv[0]}: {reason}") from None

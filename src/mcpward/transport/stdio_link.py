@@ -25,7 +25,14 @@ INHERITED_ENV = ("PATH", "HOME", "LOGNAME", "USER", "SHELL", "TERM", "LANG", "LC
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def minimal_env(extra: dict[str, str]) -> dict[str, str]:
+    """What a child process gets: a few harmless variables of ours plus what it is declared to get."""
+    env = {k: v for k in INHERITED_ENV if (v := os.environ.get(k)) is not None}
+    env.update(extra)
+    return env
+
+
+def die_with_parent() -> None:
     """In the child, before exec: if the gateway dies (even by SIGKILL), the kernel ends the server."""
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
@@ -61,9 +68,7 @@ class StdioLink(MessageLink):
         return shlex.join([self.command, *self.args])
 
     def child_env(self) -> dict[str, str]:
-        env = {k: v for k in INHERITED_ENV if (v := os.environ.get(k)) is not None}
-        env.update(self.env)
-        return env
+        return minimal_env(self.env)
 
     async def open(self) -> None:
         log.info("spawning server %s: %s", self.name, self.describe())
@@ -78,7 +83,7 @@ class StdioLink(MessageLink):
                 cwd=self.cwd,
                 limit=self.max_message_bytes + 1,
                 start_new_session=True,  # our signals, not the terminal's, end it
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
