@@ -57,6 +57,8 @@ class Gateway:
         events = UpstreamEvents(list_changed=self._on_list_changed, resource_updated=self._on_resource_updated)
         self.upstreams = {name: Upstream(scfg, cfg, events) for name, scfg in cfg.servers.items()}
         self.lister = Lister(self.upstreams, self.catalog, self.guards, self.sealer)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.guards.bind(self)
         self._handlers: dict[str, Handler] = {
             "tools/list": lambda c, p: self.lister.list(c, "tools", p),
             "prompts/list": lambda c, p: self.lister.list(c, "prompts", p),
@@ -80,6 +82,14 @@ class Gateway:
     async def stop(self) -> None:
         await self.bridge.close()
         await asyncio.gather(*(u.stop() for u in self.upstreams.values()), return_exceptions=True)
+
+    def server_instructions(self, server: str) -> str | None:
+        upstream = self.upstreams.get(server)
+        text = None if upstream is None else upstream.info.get("instructions")
+        return text if isinstance(text, str) else None
+
+    async def relist(self, kind: str) -> None:
+        await self.lister.refresh(system_context(), kind)
 
     def instructions(self) -> str | None:
         parts = []
@@ -257,7 +267,25 @@ class Gateway:
     # ------------------------------------------------------- upstream-initiated
     def _on_list_changed(self, server: str, kind: str) -> None:
         method = f"notifications/{kind}/list_changed"
-        self.subscriptions.broadcast(jsonrpc.notification(method), list_kind=kind)
+        upstream = self.upstreams.get(server)
+        if upstream is None or upstream.era != "modern" or self.guards.empty:
+            self.subscriptions.broadcast(jsonrpc.notification(method), list_kind=kind)
+            return
+
+        async def recheck() -> None:
+            # A modern server is stateless: the gateway lists it again itself, so the guards
+            # (pinning) see the change now, before any client does. A legacy server's list is
+            # per session; the clients' own re-list passes the same checks.
+            try:
+                await self.lister.refresh(system_context(), kind, [server])
+                if kind == "resources":
+                    await self.lister.refresh(system_context(), "resourceTemplates", [server])
+            finally:
+                self.subscriptions.broadcast(jsonrpc.notification(method), list_kind=kind)
+
+        task = asyncio.ensure_future(recheck())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _on_resource_updated(self, server: str, params: JsonObj) -> None:
         uri = params.get("uri")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from mcpward.gateway.catalog import Catalog
@@ -108,6 +109,11 @@ class Lister:
         return result
 
     def _publish(self, server: str, kind: str, page: JsonObj) -> ListedItems:
+        listed = self._publish_items(server, kind, page)
+        self.guards.published(server, kind, listed)
+        return listed
+
+    def _publish_items(self, server: str, kind: str, page: JsonObj) -> ListedItems:
         raw = page.get(kind)
         if not isinstance(raw, list):
             return []
@@ -147,8 +153,8 @@ class Lister:
             kept.append(item)
         return kept
 
-    async def refresh(self, ctx: RequestContext, kind: str) -> None:
-        """Walk every page of every server so name and URI maps are complete."""
+    async def refresh(self, ctx: RequestContext, kind: str, servers: Sequence[str] | None = None) -> None:
+        """Walk every page of every server (or of `servers`) so name and URI maps are complete."""
         async def walk(server: str) -> None:
             cursor: Any = None
             for _ in range(1000):  # a server that pages forever must not hang us
@@ -160,7 +166,7 @@ class Lister:
                 if cursor is None:
                     return
 
-        await asyncio.gather(*(walk(server) for server in self.order))
+        await asyncio.gather(*(walk(server) for server in (self.order if servers is None else servers)))
 
     def header_hints(self, server: str, call: Call) -> SendHints | None:
         if call.method != "tools/call" or call.target is None:

@@ -11,6 +11,11 @@ A guard overrides only the hooks it needs:
 - `on_list(call, kind, items)`: for `tools/list`, `prompts/list`, `resources/list`
   and `resources/templates/list`, each item with the server and upstream name it came
   from. Return None or the items to show (filtering makes the list `cacheScope: private`).
+- `on_published(server, kind, items)`: a server listed these items (for a client's list or
+  the gateway's own refresh), before any client-facing filtering. Synchronous: it records
+  facts (pins, scans) that later hooks decide on.
+- `bind(gateway)`: the gateway this chain serves, for guards that need to ask it something
+  (a server's instructions, a fresh listing).
 
 The chain skips hooks a guard does not override, so a guard costs nothing on paths
 it does not watch, and an empty chain costs nothing at all.
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mcpward.gateway.context import RequestContext
 from mcpward.protocol import jsonrpc
@@ -78,8 +83,22 @@ class Answer(Exception):
         self.result = result
 
 
+class GatewayView(Protocol):
+    """What a guard may ask of the gateway it is bound to."""
+
+    def server_instructions(self, server: str) -> str | None: ...
+
+    async def relist(self, kind: str) -> None: ...
+
+
 class Guard:
     name = "guard"
+
+    def bind(self, gateway: GatewayView) -> None:
+        return None
+
+    def on_published(self, server: str, kind: str, items: list[Listed]) -> None:
+        return None
 
     async def on_request(self, call: Call) -> JsonObj | None:
         return None
@@ -105,11 +124,20 @@ class GuardChain:
         self._result = [g for g in self.guards if _overrides(g, "on_result")]
         self._list = [g for g in self.guards if _overrides(g, "on_list")]
         self._error = [g for g in self.guards if _overrides(g, "on_error")]
+        self._published = [g for g in self.guards if _overrides(g, "on_published")]
         self._position = {id(g): i for i, g in enumerate(self.guards)}
 
     @property
     def empty(self) -> bool:
         return not self.guards
+
+    def bind(self, gateway: GatewayView) -> None:
+        for guard in self.guards:
+            guard.bind(gateway)
+
+    def published(self, server: str, kind: str, items: list[Listed]) -> None:
+        for guard in self._published:
+            guard.on_published(server, kind, items)
 
     async def request(self, call: Call) -> JsonObj | None:
         """Runs the request hooks. Returns a guard's own answer (it raised `Answer`), already through
