@@ -1,0 +1,109 @@
+"""Scan speed of the tool-poisoning scanner: 10,000 tools from 100 servers.
+
+    .venv/bin/python bench/integrity_scan.py            # uses ../shared/eval/benign-mcp-tools when present
+    .venv/bin/python bench/integrity_scan.py --synthetic   # generated tools only
+
+Tools are synthesised from the real benign corpus when it is there (each real tool is copied with a
+per-server suffix on its name and a per-copy word in its description, so every definition is distinct
+and the content cache cannot help the cold pass), else generated. Every tool is scanned with the full
+catalog as ScanContext (the other 99 servers' names), as the gateway does on a list refresh.
+
+Reported: rule compile time (once per process), cold scan (first sight of every definition), warm
+re-scan (the same unchanged lists again: content cache hits), median of --repeat runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from mcpward.integrity.scanner import ScanContext, Scanner
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS, PER_SERVER = 100, 100
+
+
+def real_tools() -> list[dict[str, Any]]:
+    data = Path(os.environ.get("MCPWARD_EVAL_DATA", ROOT.parent / "shared" / "eval")) / "benign-mcp-tools"
+    out: list[dict[str, Any]] = []
+    for name in ("docker_mcp_registry_tools.dev.jsonl", "livemcpbench_tools.dev.jsonl"):
+        path = data / name
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                tool = {"name": row["tool_name"], "description": row.get("description") or ""}
+                if isinstance(row.get("inputSchema"), dict):
+                    tool["inputSchema"] = row["inputSchema"]
+                out.append(tool)
+    return out
+
+
+def generated(i: int) -> dict[str, Any]:
+    # Hash-derived names: sequential ones (tool_1, tool_2) are one edit apart and rightly flagged as look-alikes.
+    name = "tool_" + hashlib.sha256(str(i).encode()).hexdigest()[:10]
+    return {"name": name, "description": f"Fetches record {i} from the store and returns it as JSON. "
+            "Supports filtering by date range and pagination via a cursor.",
+            "inputSchema": {"type": "object", "properties": {
+                "id": {"type": "string", "description": "Record id"},
+                "cursor": {"type": "string", "description": "Opaque pagination cursor"},
+                "limit": {"type": "integer", "default": 50, "description": "Maximum rows"}}}}
+
+
+def catalog(synthetic: bool) -> dict[str, list[dict[str, Any]]]:
+    base = [] if synthetic else real_tools()
+    servers: dict[str, list[dict[str, Any]]] = {}
+    n = 0
+    for s in range(SERVERS):
+        tools = []
+        for _ in range(PER_SERVER):
+            if base:
+                src = base[n % len(base)]
+                tool = dict(src, name=f"{src['name']}_{s:02d}x{s:02d}", description=f"{src['description']} (copy {n})")
+            else:
+                tool = generated(n)
+            tools.append(tool)
+            n += 1
+        servers[f"server{s:03d}"] = tools
+    return servers
+
+
+def run(servers: dict[str, list[dict[str, Any]]], scanner: Scanner) -> float:
+    names = {s: frozenset(t["name"] for t in tools) for s, tools in servers.items()}
+    start = time.perf_counter()
+    for server, tools in servers.items():
+        context = ScanContext(server, names)
+        for tool in tools:
+            scanner.scan_item("tools", tool, context)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--synthetic", action="store_true", help="generated tools only")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    servers = catalog(args.synthetic)
+    total = sum(len(t) for t in servers.values())
+    colds, warms, compiles = [], [], []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        scanner = Scanner()
+        compiles.append(time.perf_counter() - t0)
+        colds.append(run(servers, scanner))
+        warms.append(run(servers, scanner))
+    source = "generated" if args.synthetic or not real_tools() else "real benign corpus, copied per server"
+    print(f"{total} tools from {len(servers)} servers ({source}), median of {args.repeat}")
+    print(f"  compile rules : {1000 * statistics.median(compiles):8.1f} ms")
+    for label, times in (("cold scan    ", colds), ("warm re-scan ", warms)):
+        mid = statistics.median(times)
+        print(f"  {label} : {1000 * mid:8.1f} ms  ({1e6 * mid / total:.1f} us/tool)")
+
+
+if __name__ == "__main__":
+    main()

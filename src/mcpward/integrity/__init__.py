@@ -1,0 +1,1 @@
+"""Tool integrity: pinning definitions against rug pulls, and scanning metadata for poisoning."""

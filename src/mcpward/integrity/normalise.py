@@ -1,0 +1,233 @@
+"""Normalisation before rule matching: what a model reads, not what a human sees.
+
+A tool description can hide instructions from a reviewer in ways a model still reads: zero-width and
+bidi characters split or reorder words, Unicode tag characters carry invisible ASCII, ANSI escapes hide
+text in a terminal, and base64 / hex / URL-encoded runs or HTML comments carry a payload that a renderer
+drops. `normalise()` turns a field into plain NFKC text with the invisible characters removed (each
+reported), and lists the decoded payloads so the scanner can rescan them as extra "layers".
+
+Every decode is bounded: a run must be at least MIN_RUN long, a decoded text is capped at MAX_DECODED
+characters, at most MAX_DECODES payloads per field, and decoding goes at most MAX_DEPTH levels deep.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import unicodedata
+import urllib.parse
+from dataclasses import dataclass, field
+
+MIN_RUN = 24  # shorter base64/hex runs are ids and hashes, not sentences
+MAX_DECODED = 4096  # a payload longer than this is cut: enough for any instruction
+MAX_DECODES = 8  # per field and level
+MAX_DEPTH = 2  # base64 inside a comment is found; base64 inside base64 inside a comment is not
+
+# Zero-width, joiners, word joiner and invisible operators, BOM, soft hyphen, Mongolian vowel separator,
+# Hangul fillers: a reader never sees them, a tokenizer does.
+_ZERO_WIDTH = "\u00ad\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u115f\u1160\u3164\uffa0"
+# Bidi embedding, override and isolate controls (the Trojan Source characters) and marks.
+_BIDI = "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_INVISIBLE = re.compile(
+    "[" + _ZERO_WIDTH + _BIDI + "\U000e0000-\U000e007f\ufe00-\ufe0f\U000e0100-\U000e01ef]+"
+)
+_TAGS = re.compile("[\U000e0020-\U000e007e]+")
+# CSI (ESC [ ... final), OSC (ESC ] ... BEL or ST), other two-character escapes, and 8-bit CSI.
+_ANSI = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]{0,512}(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]"
+)
+# C0/C1 controls other than tab, newline and carriage return (ESC handled above).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f-\x9a\x9c-\x9f]+")
+_BASE64 = re.compile(rf"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{{{MIN_RUN},}}={{0,2}}")
+_HEX = re.compile(rf"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{{2}}){{{MIN_RUN // 2},}}(?![0-9A-Fa-f])")
+_HEX_ESCAPES = re.compile(r"(?:\\x[0-9A-Fa-f]{2}){8,}")
+_URL_ENCODED = re.compile(r"(?:[^\s%]{0,40}%[0-9A-Fa-f]{2}){4,}[^\s%]{0,40}")
+_HTML_COMMENT = re.compile(rf"<!--(.{{0,{MAX_DECODED}}}?)(?:-->|$)", re.S)
+_WORDS = re.compile(r"[A-Za-z]{2,}")
+# Anything normalisation would change or decode in ASCII text: controls and ESC, a comment, an escape,
+# a percent-encoding, or a run long enough to be base64/hex. Text without any is already normal.
+SUSPECT = re.compile(
+    rf"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|<!--|\\x[0-9A-Fa-f]{{2}}|%[0-9A-Fa-f]{{2}}|[A-Za-z0-9+/_-]{{{MIN_RUN},}}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Something normalisation found or removed: the scanner turns each into a finding."""
+
+    rule: str  # "invisible.zero-width", "invisible.bidi", "invisible.tags", "ansi.escape", "control"
+    start: int  # in the normalised text: where the removed characters were
+    end: int
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """A decoded payload to rescan; (start, end) is the encoded run in the normalised text."""
+
+    layer: str  # "base64" | "hex" | "url" | "html-comment" | "unicode-tags"
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(slots=True)
+class Normalised:
+    text: str
+    marks: list[Mark] = field(default_factory=list)
+    layers: list[Layer] = field(default_factory=list)
+
+
+def escape(text: str, limit: int = 120) -> str:
+    """Evidence for a report: clipped, with control and invisible characters made visible."""
+    clipped = text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    if clipped.isascii() and clipped.isprintable():
+        return clipped
+    out = []
+    for ch in clipped:
+        if ch in "\t\n" or (ch.isprintable() and not _INVISIBLE.match(ch)):
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _strip(text: str, pattern: re.Pattern[str], rule: str, marks: list[Mark]) -> str:
+    """Remove every match, recording where it was in the text that remains."""
+    parts: list[str] = []
+    pos = 0
+    out_len = 0
+    for m in pattern.finditer(text):
+        parts.append(text[pos : m.start()])
+        out_len += m.start() - pos
+        marks.append(Mark(rule, out_len, out_len, escape(m.group())))
+        pos = m.end()
+    if not parts:
+        return text
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def _invisible_rule(run: str) -> str:
+    if any(ch in _BIDI for ch in run):
+        return "invisible.bidi"
+    if any("\U000e0000" <= ch <= "\U000e007f" for ch in run):
+        return "invisible.tags"
+    if any("\ufe00" <= ch <= "\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef" for ch in run):
+        return "invisible.variation-selectors"
+    return "invisible.zero-width"
+
+
+def _emoji_glue(text: str, m: re.Match[str]) -> bool:
+    """One variation selector or joiner right after a symbol is how emoji are written ("\u26a0\ufe0f",
+    family emoji with ZWJ), not hidden content."""
+    run = m.group()
+    if len(run) > 2 or any(ch not in "\u200d\ufe0e\ufe0f" for ch in run) or m.start() == 0:
+        return False
+    before = text[m.start() - 1]
+    return not before.isascii() and not before.isalnum()
+
+
+def _readable(text: str) -> bool:
+    """A decoded payload worth rescanning: mostly printable, with some words in it."""
+    if not text:
+        return False
+    printable = sum(1 for ch in text if ch.isprintable() or ch in "\t\n\r")
+    return printable >= 0.9 * len(text) and len(_WORDS.findall(text)) >= 2
+
+
+def _decode_bytes(raw: bytes) -> str | None:
+    try:
+        text = raw[:MAX_DECODED].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if _readable(text) else None
+
+
+def _b64(run: str) -> str | None:
+    body = run.rstrip("=")
+    if not any(c.isdigit() or c in "+/" for c in body) and body.isalpha() and body.islower():
+        return None  # a long lower-case word is not base64 anyone wrote on purpose
+    alt = "-_" if ("-" in body or "_" in body) else None
+    padded = body + "=" * (-len(body) % 4)
+    try:
+        raw = base64.b64decode(padded, altchars=alt.encode() if alt else None, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return _decode_bytes(raw)
+
+
+def _decodes(text: str) -> list[Layer]:
+    """Encoded payloads in `text`, decoded one level."""
+    found: list[Layer] = []
+
+    def add(layer: str, m: re.Match[str], decoded: str | None, group: int = 0) -> None:
+        if decoded and len(found) < MAX_DECODES:
+            found.append(Layer(layer, m.start(group), m.end(group), decoded[:MAX_DECODED]))
+
+    for m in _HTML_COMMENT.finditer(text):
+        body = m.group(1).strip()
+        if body:
+            add("html-comment", m, body)
+    for m in _BASE64.finditer(text):
+        add("base64", m, _b64(m.group()))
+    for m in _HEX.finditer(text):
+        add("hex", m, _decode_bytes(bytes.fromhex(m.group())))
+    for m in _HEX_ESCAPES.finditer(text):
+        add("hex", m, _decode_bytes(bytes.fromhex(m.group().replace("\\x", ""))))
+    for m in _URL_ENCODED.finditer(text):
+        decoded = urllib.parse.unquote(m.group(), errors="strict") if "%" in m.group() else None
+        if decoded and decoded != m.group() and _readable(decoded):
+            add("url", m, decoded)
+    return found
+
+
+def _tags_payload(text: str) -> list[Layer]:
+    """Unicode tag characters spell invisible ASCII (U+E0041 is an invisible 'A')."""
+    out = []
+    for m in _TAGS.finditer(text):
+        ascii_text = "".join(chr(ord(ch) - 0xE0000) for ch in m.group())
+        if _readable(ascii_text):
+            out.append(Layer("unicode-tags", 0, 0, ascii_text[:MAX_DECODED]))
+    return out
+
+
+def normalise(raw: str, *, decode: bool = True) -> Normalised:
+    """NFKC text with invisible characters, ANSI escapes and stray controls removed (each a Mark), plus
+    the decoded payloads (html comments, base64, hex, URL-encoding, tag-character text) as layers."""
+    marks: list[Mark] = []
+    tag_layers = _tags_payload(raw) if not raw.isascii() and max(raw) >= "\U000e0000" else []
+    text = raw
+    if "\x1b" in text or "\x9b" in text:
+        text = _strip(text, _ANSI, "ansi.escape", marks)
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+        if _INVISIBLE.search(text):
+            parts: list[str] = []
+            pos = out_len = 0
+            for m in _INVISIBLE.finditer(text):
+                parts.append(text[pos : m.start()])
+                out_len += m.start() - pos
+                if not _emoji_glue(text, m):
+                    marks.append(Mark(_invisible_rule(m.group()), out_len, out_len, escape(m.group(), 40)))
+                pos = m.end()
+            parts.append(text[pos:])
+            text = "".join(parts)
+    if _CONTROL.search(text):
+        text = _strip(text, _CONTROL, "control", marks)
+    out = Normalised(text, marks)
+    if tag_layers:
+        out.layers.extend(tag_layers)
+    if decode and SUSPECT.search(text):
+        out.layers.extend(_decodes(text))
+    return out
+
+
+def nested(layer: Layer) -> list[Layer]:
+    """The next level: payloads inside a decoded payload, located at the outer payload's span."""
+    if MAX_DEPTH < 2:
+        return []
+    inner = normalise(layer.text).layers
+    return [Layer(f"{layer.layer}+{sub.layer}", layer.start, layer.end, sub.text) for sub in inner]

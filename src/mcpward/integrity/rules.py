@@ -1,0 +1,173 @@
+"""Loading the poisoning rules (data files under integrity/data/poisoning/*.toml) into one matcher.
+
+A rule file names its category and lists rules:
+
+    category = "concealment"
+    [[rule]]
+    id = "do-not-tell-user"          # the finding's rule is "poisoning.<category>.<id>"
+    severity = "high"                # low | medium | high
+    weight = 0.9                     # 0..1, its share of the combined score
+    scope = "text"                   # text (every field, default) | name (item and parameter names)
+    why = "asks the model to keep something from the user"
+    pattern = '''(?i)\\bdo not tell the user\\b'''
+
+Patterns are RE2 (linear time, no look-around, no back-references) and must be bounded: a gap is written
+`.{0,80}`, never `.*` or `.+`, so a rule cannot match across a whole description. All rules of a scope are
+compiled into one RE2 Set: a field is read once whatever the number of rules; the individual regex of a
+rule runs only on fields the Set says it matches (rare on benign text).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import re2  # type: ignore[import-untyped]
+
+SEVERITIES = {"none": 0, "low": 1, "medium": 2, "high": 3}
+SCOPES = ("text", "name")
+# `.*`, `.+`, `\S+`, `[^x]*`...: an unbounded repeat of a broad class lets a rule span a whole field.
+# Checked on a skeleton of the pattern: broad atoms (., \S, \W, \D, negated classes) become "N",
+# other escapes and classes "C", so a "." or "+" inside a class is not mistaken for a gap.
+_BROAD_ESCAPE = re.compile(r"\\[SWD]")
+_ESCAPE = re.compile(r"\\.")
+_CLASS = re.compile(r"\[(\^?)(?:\\.|[^\]\\])+\]")
+_UNBOUNDED = re.compile(r"[.N](?:[*+]|\{\d+,\})")
+
+
+def unbounded(pattern: str) -> bool:
+    """True when the pattern repeats a broad atom without an upper bound."""
+    classes = _CLASS.sub(lambda m: "N" if m.group(1) else "C", pattern.replace("\\[", "C").replace("\\]", "C"))
+    skeleton = _ESCAPE.sub("C", _BROAD_ESCAPE.sub("N", classes))
+    return bool(_UNBOUNDED.search(skeleton))
+
+
+class RuleError(ValueError):
+    """A rule file that cannot be used (named file and rule in the message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str  # full id: poisoning.<category>.<id>
+    category: str
+    severity: int  # a Severity value (kept as int here so this module does not import the scanner)
+    weight: float
+    scope: str
+    why: str
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    sets: dict[str, Any]  # scope -> compiled re2.Set (or None when the scope has no rules)
+    index: dict[str, tuple[int, ...]]  # scope -> rule indexes in Set order
+    regexes: tuple[Any, ...]  # per rule, its own compiled regex (for spans)
+
+    def any_match(self, scope: str, text: str) -> bool:
+        matcher = self.sets.get(scope)
+        return bool(matcher is not None and text and matcher.Match(text))
+
+    def match(self, scope: str, text: str) -> list[tuple[Rule, int, int]]:
+        """Every (rule, start, end) of the scope's rules in `text`, first match per rule and up to
+        three matches in all per rule (evidence, not a count)."""
+        matcher = self.sets.get(scope)
+        if matcher is None or not text:
+            return []
+        hits = matcher.Match(text)
+        if not hits:
+            return []
+        out: list[tuple[Rule, int, int]] = []
+        order = self.index[scope]
+        for i in sorted(hits):
+            n = order[i]
+            rule = self.rules[n]
+            for k, m in enumerate(self.regexes[n].finditer(text)):
+                if k == 3:
+                    break
+                out.append((rule, m.start(), m.end()))
+        return out
+
+
+def _options() -> Any:
+    options = re2.Options()
+    options.max_mem = 64 << 20
+    options.never_capture = False
+    options.log_errors = False
+    return options
+
+
+def _parse(path: Path, text: str) -> list[Rule]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RuleError(f"{path}: {exc}") from None
+    category = data.get("category")
+    if not isinstance(category, str) or not category:
+        raise RuleError(f"{path}: needs a top-level category")
+    out: list[Rule] = []
+    for n, raw in enumerate(data.get("rule", [])):
+        where = f"{path} rule #{n + 1}"
+        if not isinstance(raw, dict):
+            raise RuleError(f"{where}: not a table")
+        rid, pattern = raw.get("id"), raw.get("pattern")
+        if not isinstance(rid, str) or not isinstance(pattern, str):
+            raise RuleError(f"{where}: id and pattern are required strings")
+        severity = SEVERITIES.get(str(raw.get("severity", "medium")))
+        if severity is None:
+            raise RuleError(f"{where} ({rid}): severity must be one of {', '.join(SEVERITIES)}")
+        weight = raw.get("weight", 0.5)
+        if not isinstance(weight, int | float) or not 0 <= weight <= 1:
+            raise RuleError(f"{where} ({rid}): weight must be a number in 0..1")
+        scope = raw.get("scope", "text")
+        if scope not in SCOPES:
+            raise RuleError(f"{where} ({rid}): scope must be one of {', '.join(SCOPES)}")
+        if unbounded(pattern):
+            raise RuleError(f"{where} ({rid}): unbounded gap; write .{{0,80}} instead of .* or .+")
+        try:
+            re2.compile(pattern, _options())
+        except re2.error as exc:
+            raise RuleError(f"{where} ({rid}): not a valid RE2 pattern: {exc}") from None
+        cat = str(raw.get("category", category))
+        why = str(raw.get("why", ""))
+        out.append(Rule(f"poisoning.{cat}.{rid}", cat, severity, float(weight), scope, why, pattern))
+    return out
+
+
+def _sources(rules_dir: Path | None) -> list[tuple[Path, str]]:
+    if rules_dir is not None:
+        return [(p, p.read_text(encoding="utf-8")) for p in sorted(rules_dir.glob("*.toml"))]
+    base = resources.files("mcpward.integrity") / "data" / "poisoning"
+    files = sorted((f for f in base.iterdir() if f.name.endswith(".toml")), key=lambda f: f.name)
+    return [(Path(f.name), f.read_text(encoding="utf-8")) for f in files]
+
+
+def load(rules_dir: Path | None = None) -> RuleSet:
+    """Read and compile every *.toml rule file of `rules_dir` (default: the packaged rules)."""
+    rules: list[Rule] = []
+    for path, text in _sources(rules_dir):
+        rules.extend(_parse(path, text))
+    seen: set[str] = set()
+    for rule in rules:
+        if rule.id in seen:
+            raise RuleError(f"duplicate rule id {rule.id}")
+        seen.add(rule.id)
+    sets: dict[str, Any] = {}
+    index: dict[str, tuple[int, ...]] = {}
+    for scope in SCOPES:
+        members = [i for i, r in enumerate(rules) if r.scope == scope]
+        index[scope] = tuple(members)
+        if not members:
+            sets[scope] = None
+            continue
+        matcher = re2.Set.SearchSet(_options())
+        for i in members:
+            matcher.Add(rules[i].pattern)
+        matcher.Compile()
+        sets[scope] = matcher
+    regexes = tuple(re2.compile(r.pattern, _options()) for r in rules)
+    return RuleSet(tuple(rules), sets, index, regexes)

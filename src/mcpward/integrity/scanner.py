@@ -1,0 +1,248 @@
+"""The tool-poisoning scanner: every piece of metadata a model reads, normalised, matched, scored.
+
+`Scanner.scan_item(kind, item, context)` walks a listed tool, prompt or resource template (names,
+titles, descriptions, every parameter name, description, default, enum and example, nested schemas),
+normalises each string (`normalise.py`), matches the rule set (`rules.py`, data files by category) on
+the text and on decoded payloads, adds the shadowing checks (`shadowing.py`), and combines the findings
+into a score and a severity. HIGH means "hide": the default policy hides or holds such a tool.
+
+The part that does not depend on the rest of the catalog is cached by a content key, so re-scanning an
+unchanged definition costs one canonical serialisation and a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mcpward.integrity import normalise as norm
+from mcpward.integrity import rules as rules_mod
+from mcpward.integrity import shadowing
+from mcpward.integrity.model import EMPTY, Finding, Report, ScanContext, Severity
+from mcpward.integrity.walk import item_strings
+
+__all__ = ["Finding", "Report", "ScanContext", "Scanner", "Severity", "default_scanner", "item_strings"]
+
+LONG_TEXT = 4000  # characters in one field: the longest benign description in the eval corpora is 3,866
+MAX_STRINGS = 2000  # strings read from one item: a schema bigger than this is itself a finding
+CACHE_SIZE = 50_000  # content results kept (one per distinct definition)
+HIGH_SCORE = 0.8  # combined evidence that hides a tool on its own (three medium rules, or two strong ones)
+MEDIUM_SCORE = 0.5
+
+
+
+# Findings normalisation reports itself: (category, severity, weight) per Mark rule.
+_MARKS: dict[str, tuple[str, Severity, float]] = {
+    "invisible.zero-width": ("invisible-content", Severity.MEDIUM, 0.45),
+    "invisible.bidi": ("invisible-content", Severity.HIGH, 0.7),
+    "invisible.tags": ("invisible-content", Severity.HIGH, 0.9),
+    "invisible.variation-selectors": ("invisible-content", Severity.MEDIUM, 0.5),
+    "ansi.escape": ("invisible-content", Severity.MEDIUM, 0.5),
+    "control": ("invisible-content", Severity.LOW, 0.3),
+}
+
+
+def combine(findings: tuple[Finding, ...]) -> Report:
+    """Score = 1 - prod(1 - weight) over distinct rules, where a rule that matched in two different
+    places counts twice (never more: repetition is not independent evidence).
+    Severity = the highest finding, raised to HIGH when two categories reach MEDIUM or the evidence adds
+    up (score >= HIGH_SCORE), and to MEDIUM when the score reaches MEDIUM_SCORE."""
+    if not findings:
+        return EMPTY
+    best: dict[str, float] = {}
+    count: dict[str, int] = {}
+    spots: set[tuple[str, str, int]] = set()
+    for f in findings:
+        best[f.rule] = max(best.get(f.rule, 0.0), f.weight)
+        if (f.rule, f.field, f.start) not in spots:
+            spots.add((f.rule, f.field, f.start))
+            count[f.rule] = count.get(f.rule, 0) + 1
+    miss = 1.0
+    for rule, w in best.items():
+        miss *= (1.0 - w) ** min(count[rule], 2)
+    score = 1.0 - miss
+    severity = max(f.severity for f in findings)
+    medium_categories = {f.category for f in findings if f.severity >= Severity.MEDIUM}
+    if len(medium_categories) >= 2 or score >= HIGH_SCORE:
+        severity = Severity.HIGH
+    elif score >= MEDIUM_SCORE:
+        severity = max(severity, Severity.MEDIUM)
+    ordered = tuple(sorted(findings, key=lambda f: (-f.severity, f.field, f.start, f.rule)))
+    return Report(ordered, score, Severity(severity))
+
+
+
+# ---------------------------------------------------------------------------------------- the scanner
+
+_Content = tuple[tuple[Finding, ...], frozenset[str]]  # context-free findings, the item's word tokens
+
+
+def catalog_key(others: Mapping[str, frozenset[str]]) -> tuple[int, int]:
+    """An equal catalog gives an equal key, whatever object carries it, in O(servers): the name sets are
+    frozensets, which cache their hash. A hash, not the catalog itself, so a cache lookup never compares
+    two catalogs name by name; string hashing is randomised per process, so a collision cannot be aimed."""
+    try:
+        return len(others), hash(frozenset(others.items()))
+    except TypeError:  # plain sets as values
+        return len(others), hash(frozenset((k, frozenset(v)) for k, v in others.items()))
+
+
+class Scanner:
+    def __init__(self, rules_dir: Path | None = None) -> None:
+        self.rules = rules_mod.load(rules_dir)
+        self._shadow = shadowing.Shadowing()
+        self._cache: OrderedDict[bytes, _Content] = OrderedDict()
+        self._reports: OrderedDict[tuple[bytes, str, tuple[int, int]], Report] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- public
+
+    def scan_item(self, kind: str, item: Mapping[str, Any], context: ScanContext | None = None) -> Report:
+        """Scan one listed definition; kind is "tools" | "prompts" | "resourceTemplates"."""
+        key, (content, tokens) = self._content(kind, item)
+        if context is None:
+            return combine(content)
+        # The verdict for this definition in this catalog: a warm re-check of an unchanged list is a lookup.
+        catalog = catalog_key(context.others)
+        full = (key, context.server, catalog)
+        with self._lock:
+            hit = self._reports.get(full)
+            if hit is not None:
+                return hit
+        report = combine(content + self._shadow.context_findings(item, context, catalog, tokens))
+        with self._lock:
+            self._reports[full] = report
+            if len(self._reports) > CACHE_SIZE:
+                self._reports.popitem(last=False)
+        return report
+
+    def scan_instructions(self, text: str, context: ScanContext | None = None) -> Report:
+        """Scan a server's `instructions` (the initialize result's text for the model)."""
+        _, (content, _) = self._content("instructions", {"instructions": text})
+        extra = (self._shadow.text_findings("instructions", text, context, catalog_key(context.others))
+                 if context is not None else ())
+        return combine(content + extra)
+
+    # -- content part (cached)
+
+    def _content(self, kind: str, item: Mapping[str, Any]) -> tuple[bytes, _Content]:
+        try:
+            blob = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            blob = repr(item).encode()
+        key = hashlib.blake2b(kind.encode() + b"\0" + blob, digest_size=16).digest()
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return key, hit
+        if kind == "instructions":
+            strings: list[tuple[str, str, bool]] = [("instructions", str(item.get("instructions", "")), False)]
+        else:
+            strings = []
+            for n, entry in enumerate(item_strings(kind, item)):
+                if n >= MAX_STRINGS:
+                    break
+                strings.append(entry)
+        found: list[Finding] = []
+        if not self._quick_clean(strings):
+            for where, text, is_name in strings:
+                found.extend(self.scan_text(where, text, name=is_name))
+        if len(strings) >= MAX_STRINGS:
+            found.append(Finding("poisoning.excessive-length.schema-size", "excessive-length", Severity.MEDIUM,
+                                 "inputSchema", 0, 0, f"more than {MAX_STRINGS} strings", weight=0.4))
+        name = item.get("name")
+        if kind != "instructions" and isinstance(name, str):
+            found.extend(self._shadow.known_findings(name))
+        result = (tuple(found), shadowing.words(text for _, text, is_name in strings if not is_name))
+        with self._lock:
+            self._cache[key] = result
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return key, result
+
+    def _quick_clean(self, strings: list[tuple[str, str, bool]]) -> bool:
+        """True when the whole item certainly has no finding: plain ASCII with nothing to decode or strip
+        (so normalising changes nothing), no long field, and one RE2 Set pass over all its strings together
+        matches no rule. Most real definitions end here; anything else gets the per-field scan."""
+        joined = "\n\n".join(text for _, text, _ in strings)
+        if not joined.isascii() or norm.SUSPECT.search(joined):
+            return False
+        if any(len(text) > LONG_TEXT for _, text, _ in strings):
+            return False
+        if self.rules.any_match("text", joined):
+            return False
+        names = [text for _, text, is_name in strings if is_name]
+        return not any(self.rules.any_match("name", n) for n in names)
+
+    def scan_text(self, where: str, raw: str, *, name: bool = False) -> list[Finding]:
+        """Findings in one field: normalisation marks, rules on the text, rules on decoded payloads."""
+        if not raw:
+            return []
+        n = norm.normalise(raw)
+        out: list[Finding] = []
+        for mark in n.marks:
+            category, severity, weight = _MARKS[mark.rule]
+            out.append(Finding(f"poisoning.{mark.rule}", category, severity, where, mark.start, mark.end,
+                               mark.evidence, "ansi" if mark.rule.startswith("ansi") else "text", weight))
+        text = n.text
+        if name:
+            out.extend(self._match("name", where, text, "text", 0, 0))
+        out.extend(self._match("text", where, text, "text", 0, 0))
+        if len(text) > LONG_TEXT:
+            out.append(Finding("poisoning.excessive-length.long-field", "excessive-length", Severity.LOW, where,
+                               LONG_TEXT, len(text), f"{len(text)} characters", weight=0.25))
+        for layer in n.layers:
+            out.extend(self._layer(where, layer, out))
+        return out
+
+    def _match(self, scope: str, where: str, text: str, layer: str, start: int, end: int) -> list[Finding]:
+        """Rule hits; in a decoded layer the span is the encoded run's (start, end) in the field."""
+        found = []
+        for rule, s, e in self.rules.match(scope, text):
+            span = (s, e) if layer == "text" else (start, end)
+            found.append(Finding(rule.id, rule.category, Severity(rule.severity), where, span[0], span[1],
+                                 norm.escape(text[s:e]), layer, rule.weight))
+        return found
+
+    def _layer(self, where: str, layer: norm.Layer, so_far: list[Finding]) -> list[Finding]:
+        if layer.layer == "html-comment":
+            # The comment's text was already matched as part of the field; what matters is that
+            # instructions sit where a rendered description does not show them.
+            inside = [f for f in so_far if f.layer == "text" and f.severity >= Severity.MEDIUM
+                      and layer.start <= f.start < layer.end]
+            if inside:
+                return [Finding("poisoning.encoded-payload.instructions-in-comment", "encoded-payload", Severity.HIGH,
+                                where, layer.start, layer.end, norm.escape(layer.text), "html-comment", 0.8)]
+            return [Finding("poisoning.encoded-payload.html-comment", "encoded-payload", Severity.LOW, where,
+                            layer.start, layer.end, norm.escape(layer.text), "html-comment", 0.2)]
+        out = self._decoded(where, layer)
+        inner = norm.normalise(layer.text)
+        for sub in inner.layers:  # second level, no further
+            if sub.layer != "html-comment":
+                out.extend(self._decoded(where, norm.Layer(f"{layer.layer}+{sub.layer}", layer.start, layer.end,
+                                                           sub.text)))
+        return out
+
+    def _decoded(self, where: str, layer: norm.Layer) -> list[Finding]:
+        text = norm.normalise(layer.text, decode=False).text
+        hits = self._match("text", where, text, layer.layer, layer.start, layer.end)
+        if not hits:
+            return []
+        # Instructions nobody can read without decoding them are worse than the same words in the open.
+        hidden = Finding("poisoning.encoded-payload.hidden-instructions", "encoded-payload", Severity.HIGH, where,
+                         layer.start, layer.end, norm.escape(text), layer.layer, 0.8)
+        return [*hits, hidden]
+
+
+@lru_cache(maxsize=1)
+def default_scanner() -> Scanner:
+    """The process-wide scanner on the packaged rules (compiled once)."""
+    return Scanner()
