@@ -64,12 +64,18 @@ def fixture_server(*extra: str) -> list[str]:
 
 
 # The gateway-core tests check transparency, so they run every tool under the permit-all policy
-# unless a test sets a policy of its own; every other default guard stays on.
+# and show destructive tools without a first approval, unless a test sets those tables itself;
+# every other default guard (pinning and the poisoning scanner included) stays on.
 PERMIT_ALL = '\n[policy]\nbase = "permit-all"\n'
+NO_HOLD = '\n[integrity]\nhold_destructive = false\n'
 
 
 def with_policy(config_text: str) -> str:
-    return config_text if "[policy]" in config_text else config_text + PERMIT_ALL
+    if "[policy]" not in config_text:
+        config_text += PERMIT_ALL
+    if "[integrity]" not in config_text:
+        config_text += NO_HOLD
+    return config_text
 
 
 def toml_list(items: list[str]) -> str:

@@ -105,8 +105,9 @@ def write_gateway_config(path: Path, servers: dict[str, dict[str, Any]], **gatew
     for name, table in servers.items():
         table = {**table, "env": {**table.get("env", {}), TAG: str(path)}}
         lines += ["", f"[servers.{name}]", *(f"{k} = {_toml(v)}" for k, v in table.items())]
-    # Transparency tests: every tool callable; the other default guards stay on.
-    lines += ["", "[policy]", 'base = "permit-all"']
+    # Transparency tests: every tool callable and destructive ones shown without a first approval;
+    # the other default guards (pinning and the scanner included) stay on.
+    lines += ["", "[policy]", 'base = "permit-all"', "", "[integrity]", "hold_destructive = false"]
     path.write_text("\n".join(lines) + "\n")
     return path
 

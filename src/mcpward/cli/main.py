@@ -17,7 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from mcpward import __version__
+from mcpward.cli.evaluate import eval_command
 from mcpward.cli.policy import policy_app
+from mcpward.cli.scan import scan_command
+from mcpward.cli.tools import tools_app
 from mcpward.gateway import config as config_mod
 from mcpward.gateway.config import ConfigError, GatewayConfig
 from mcpward.guards.base import GuardChain
@@ -32,6 +35,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(policy_app, name="policy")
+app.add_typer(tools_app, name="tools")
+app.command("scan")(scan_command)
+app.command("eval")(eval_command)
 err = Console(stderr=True)
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to mcpward.toml.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details to stderr.")]

@@ -80,6 +80,7 @@ class GatewayConfig:
     # so every key is still checked and unknown keys are still refused.
     policy: dict[str, Any] = field(default_factory=dict)
     guards: dict[str, Any] = field(default_factory=dict)
+    integrity: dict[str, Any] = field(default_factory=dict)
     interceptors: list[dict[str, Any]] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path.cwd)  # relative paths in the config resolve from here
 
@@ -169,6 +170,7 @@ def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None 
     cfg = GatewayConfig(source=source)
     cfg.policy = top.get("policy", dict, {})
     cfg.guards = top.get("guards", dict, {})
+    cfg.integrity = top.get("integrity", dict, {})
     interceptors = top.get("interceptors", list, [])
     for i, item in enumerate(interceptors):
         if not isinstance(item, dict):

@@ -1,7 +1,9 @@
 """Builds the guard chain a config asks for, in the one order that keeps the guarantees.
 
-Order: policy, output guards, interceptors, argument guard. Request hooks run in that
-order and result hooks in reverse, so:
+Order: integrity, policy, output guards, interceptors, argument guard. Request hooks run in
+that order and result hooks in reverse, so:
+- a definition that is not trusted (changed since approval, flagged) is not there at all,
+  whatever the policy would say; its scan labels reach the policy as attributes;
 - the policy decides first, before any other guard spends time on a request;
 - everything the upstream receives has passed the argument guard, even params an
   interceptor rewrote;
@@ -61,11 +63,34 @@ def build_chain(cfg: GatewayConfig) -> GuardChain:
         if not isinstance(cfg.guards[section], dict):
             raise ConfigError(cfg.source, f"guards.{section}", "expected a table")
     guards: list[Guard | None] = []
+    guards += _integrity(cfg)
     guards += _policy(cfg)
     guards += _outputs(cfg)
     guards += _interceptors(cfg)
     guards += _arguments(cfg)
+    _connect_labels(guards)
     return GuardChain([g for g in guards if g is not None])
+
+
+def _integrity(cfg: GatewayConfig) -> list[Guard | None]:
+    from mcpward.integrity import guard as integrity
+    from mcpward.integrity.lock import LockError
+
+    try:
+        return [integrity.from_config(cfg)]
+    except LockError as exc:
+        raise ConfigError(cfg.source, "integrity", str(exc)) from None
+
+
+def _connect_labels(guards: list[Guard | None]) -> None:
+    """The scanner's risk labels become attributes the policy can decide on."""
+    from mcpward.integrity.guard import IntegrityGuard
+    from mcpward.policy.guard import PolicyGuard
+
+    scanners = [g for g in guards if isinstance(g, IntegrityGuard)]
+    for policy in (g for g in guards if isinstance(g, PolicyGuard)):
+        for scanner in scanners:
+            policy.add_label_provider(scanner.labels)
 
 
 def _policy(cfg: GatewayConfig) -> list[Guard | None]:

@@ -1,0 +1,273 @@
+"""What changed between a pinned definition and what a server lists now, and how much it matters.
+
+Severity, from least to most worrying:
+- cosmetic: only whitespace, case or punctuation changed;
+- edit: wording changed, nothing the scanner worries about;
+- new-parameters: the tool takes arguments it did not take before;
+- widened-schema: a constraint went away (enum, pattern, maxLength, const, format, a required
+  field, `additionalProperties: false`, a narrower type), or annotations now claim less safety;
+- new-instructions: the new text carries scanner findings the old one did not (hidden
+  instructions, concealment, exfiltration...), or the server's instructions changed.
+
+`score` ranks changes for review (0..1+); `diff` is a field-by-field, word-level diff a person reads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mcpward.integrity.scanner import Report, Scanner
+
+
+class ChangeSeverity(enum.IntEnum):
+    COSMETIC = 0
+    EDIT = 1
+    NEW_PARAMETERS = 2
+    WIDENED_SCHEMA = 3
+    NEW_INSTRUCTIONS = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+@dataclass(slots=True)
+class Change:
+    severity: ChangeSeverity
+    score: float
+    reasons: list[str] = field(default_factory=list)
+    diff: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"severity": self.severity.label, "score": round(self.score, 3), "reasons": self.reasons}
+
+
+CONSTRAINTS = ("enum", "const", "pattern", "maxLength", "maxItems", "maximum", "exclusiveMaximum", "format",
+               "minLength", "minimum", "exclusiveMinimum", "maxProperties", "propertyNames")
+SAFER_WHEN_TRUE = ("readOnlyHint", "idempotentHint")
+SAFER_WHEN_FALSE = ("destructiveHint", "openWorldHint")
+_WORD = re.compile(r"\w+", re.UNICODE)
+_FINDING_SCORE = {3: 1.0, 2: 0.7, 1: 0.5}  # Severity HIGH / MEDIUM / LOW of a new finding
+
+
+def classify(kind: str, old: Mapping[str, Any] | None, new: Mapping[str, Any], scanner: Scanner | None = None,
+             *, old_instructions: str | None = None, new_instructions: str | None = None) -> Change:
+    """Compare two pinned views (see fingerprint.pinned_view). `old=None` means a new definition."""
+    candidates: list[tuple[ChangeSeverity, float, str]] = []
+    if old is None:
+        candidates.append((ChangeSeverity.EDIT, 0.1, "new definition"))
+        old = {}
+    candidates += _text_changes(old, new)
+    if kind == "tools":
+        candidates += _schema_changes(old.get("inputSchema"), new.get("inputSchema"))
+        candidates += _annotation_changes(old.get("annotations"), new.get("annotations"))
+    elif kind == "prompts":
+        candidates += _prompt_argument_changes(old.get("arguments"), new.get("arguments"))
+    if (old_instructions or "") != (new_instructions or ""):
+        candidates.append((ChangeSeverity.NEW_INSTRUCTIONS, 0.6, "server instructions changed"))
+    if scanner is not None:
+        candidates += _new_findings(scanner, kind, old, new, old_instructions, new_instructions)
+    if not candidates:
+        return Change(ChangeSeverity.COSMETIC, 0.0, ["no change a model reads"], "")
+    candidates.sort(key=lambda c: (c[1], c[0]), reverse=True)
+    top_severity = max(c[0] for c in candidates)
+    score = candidates[0][1] + 0.05 * (len(candidates) - 1)
+    reasons = list(dict.fromkeys(c[2] for c in candidates))
+    text = render_diff(old, new)
+    if (old_instructions or "") != (new_instructions or ""):
+        text += render_diff({"instructions": old_instructions or ""}, {"instructions": new_instructions or ""})
+    return Change(top_severity, score, reasons, text)
+
+
+def _text_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[ChangeSeverity, float, str]]:
+    before, after = _strings(old), _strings(new)
+    out: list[tuple[ChangeSeverity, float, str]] = []
+    for path in sorted(set(before) | set(after)):
+        a, b = before.get(path, ""), after.get(path, "")
+        if a == b:
+            continue
+        if _fold(a) == _fold(b):
+            out.append((ChangeSeverity.COSMETIC, 0.02, f"{path}: whitespace, case or punctuation"))
+            continue
+        old_words = set(_WORD.findall(a.lower()))
+        new_words = _WORD.findall(b.lower())
+        novel = [w for w in new_words if w not in old_words]
+        novelty = len(novel) / max(len(new_words), 1)
+        out.append((ChangeSeverity.EDIT, 0.1 + 0.2 * novelty, f"{path}: text edited"))
+    return out
+
+
+def _fold(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def _strings(value: Any, path: str = "") -> dict[str, str]:
+    """Every string a model reads, by path (descriptions, titles, defaults, enum values...)."""
+    found: dict[str, str] = {}
+    if isinstance(value, str):
+        found[path or "."] = value
+    elif isinstance(value, Mapping):
+        for key, inner in value.items():
+            found.update(_strings(inner, f"{path}.{key}" if path else str(key)))
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            found.update(_strings(inner, f"{path}[{i}]"))
+    return found
+
+
+def _properties(schema: Any) -> dict[str, Any]:
+    if not isinstance(schema, Mapping):
+        return {}
+    props = schema.get("properties")
+    return dict(props) if isinstance(props, Mapping) else {}
+
+
+def _schema_changes(old: Any, new: Any, where: str = "inputSchema") -> list[tuple[ChangeSeverity, float, str]]:
+    out: list[tuple[ChangeSeverity, float, str]] = []
+    if not isinstance(new, Mapping):
+        return out
+    old = old if isinstance(old, Mapping) else {}
+    old_props, new_props = _properties(old), _properties(new)
+    added = sorted(set(new_props) - set(old_props))
+    if added:
+        score = min(0.35 + 0.05 * (len(added) - 1), 0.5)
+        out.append((ChangeSeverity.NEW_PARAMETERS, score, f"{where}: new parameters {', '.join(added)}"))
+    for key in CONSTRAINTS:
+        if key in old and key not in new:
+            out.append((ChangeSeverity.WIDENED_SCHEMA, 0.4, f"{where}: {key} removed"))
+    if old.get("additionalProperties") is False and new.get("additionalProperties") is not False:
+        out.append((ChangeSeverity.WIDENED_SCHEMA, 0.4, f"{where}: additionalProperties no longer false"))
+    dropped = set(_list(old.get("required"))) - set(_list(new.get("required")))
+    if dropped:
+        out.append((ChangeSeverity.WIDENED_SCHEMA, 0.4, f"{where}: no longer required: {', '.join(sorted(dropped))}"))
+    if _types(old) and _types(new) - _types(old):
+        out.append((ChangeSeverity.WIDENED_SCHEMA, 0.4, f"{where}: type widened"))
+    for name in sorted(set(old_props) & set(new_props)):
+        out += _schema_changes(old_props[name], new_props[name], f"{where}.{name}")
+    return out
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _types(schema: Mapping[str, Any]) -> set[str]:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {kind}
+    return {t for t in _list(kind) if isinstance(t, str)}
+
+
+def _annotation_changes(old: Any, new: Any) -> list[tuple[ChangeSeverity, float, str]]:
+    old = old if isinstance(old, Mapping) else {}
+    new = new if isinstance(new, Mapping) else {}
+    out: list[tuple[ChangeSeverity, float, str]] = []
+    for hint in SAFER_WHEN_TRUE:
+        if old.get(hint) is True and new.get(hint) is not True:
+            out.append((ChangeSeverity.WIDENED_SCHEMA, 0.45, f"annotations: {hint} no longer true"))
+    for hint in SAFER_WHEN_FALSE:
+        if old.get(hint) is False and new.get(hint) is not False:
+            out.append((ChangeSeverity.WIDENED_SCHEMA, 0.45, f"annotations: {hint} no longer false"))
+    return out
+
+
+def _prompt_argument_changes(old: Any, new: Any) -> list[tuple[ChangeSeverity, float, str]]:
+    def names(args: Any) -> set[str]:
+        return {a["name"] for a in _list(args) if isinstance(a, Mapping) and isinstance(a.get("name"), str)}
+
+    added = sorted(names(new) - names(old))
+    if not added:
+        return []
+    return [(ChangeSeverity.NEW_PARAMETERS, 0.35, f"arguments: new {', '.join(added)}")]
+
+
+def _new_findings(scanner: Scanner, kind: str, old: Mapping[str, Any], new: Mapping[str, Any],
+                  old_instructions: str | None, new_instructions: str | None,
+                  ) -> list[tuple[ChangeSeverity, float, str]]:
+    before = _finding_keys(scanner.scan_item(kind, old)) if old else set()
+    after = scanner.scan_item(kind, new)
+    reports = [(after, before)]
+    if new_instructions and new_instructions != old_instructions:
+        old_keys = _finding_keys(scanner.scan_instructions(old_instructions)) if old_instructions else set()
+        reports.append((scanner.scan_instructions(new_instructions), old_keys))
+    out: list[tuple[ChangeSeverity, float, str]] = []
+    for report, known in reports:
+        for finding in report.findings:
+            if (finding.rule, finding.field) in known:
+                continue
+            score = _FINDING_SCORE.get(int(finding.severity), 0.0)
+            if score:
+                out.append((ChangeSeverity.NEW_INSTRUCTIONS, score,
+                            f"{finding.field}: new {finding.category} ({finding.rule})"))
+    return out
+
+
+def _finding_keys(report: Report) -> set[tuple[str, str]]:
+    return {(f.rule, f.field) for f in report.findings}
+
+
+# --------------------------------------------------------------------------- diff
+def render_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """Field by field; long strings word by word with [-removed-] and {+added+} marks."""
+    before, after = _leaves(old), _leaves(new)
+    lines: list[str] = []
+    for path in sorted(set(before) | set(after)):
+        a, b = before.get(path), after.get(path)
+        if a == b:
+            continue
+        if a is None:
+            lines.append(f"+ {path}: {_show(b)}")
+        elif b is None:
+            lines.append(f"- {path}: {_show(a)}")
+        elif isinstance(a, str) and isinstance(b, str) and len(a) + len(b) > 80:
+            lines.append(f"~ {path}: {word_diff(a, b)}")
+        else:
+            lines.append(f"~ {path}: {_show(a)} -> {_show(b)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _leaves(value: Any, path: str = "") -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            found.update(_leaves(inner, f"{path}.{key}" if path else str(key)))
+    elif isinstance(value, list) and not all(isinstance(v, str | int | float | bool) for v in value):
+        for i, inner in enumerate(value):
+            found.update(_leaves(inner, f"{path}[{i}]"))
+    else:
+        found[path or "."] = value
+    return found
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else '"' + value + '"'
+    return _escape(text)
+
+
+def _escape(text: str) -> str:
+    # A diff is printed on a terminal: control characters must be visible, never interpreted.
+    return "".join(ch if ch.isprintable() or ch == " " else f"\\u{ord(ch):04x}" for ch in text)
+
+
+def word_diff(old: str, new: str) -> str:
+    a, b = list(_tokens(old)), list(_tokens(new))
+    out: list[str] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append("".join(a[i1:i2]))
+            continue
+        if i2 > i1:
+            out.append("[-" + "".join(a[i1:i2]) + "-]")
+        if j2 > j1:
+            out.append("{+" + "".join(b[j1:j2]) + "+}")
+    return _escape("".join(out))
+
+
+def _tokens(text: str) -> Iterator[str]:
+    yield from re.findall(r"\s+|\w+|[^\w\s]", text)

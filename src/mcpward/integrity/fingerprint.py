@@ -1,0 +1,70 @@
+"""Fingerprints: sha256 over canonical JSON of everything a model or a policy reads.
+
+A tool's fingerprint covers its own definition (the fields below, schemas whole, so nested
+descriptions, defaults and enums count), the server's instructions (the model reads them
+next to every tool) and the server's identity (what is launched, or which URL is called,
+and which environment names it is given). Key order and JSON whitespace never change a
+fingerprint; any change to a string a model reads does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from mcpward.gateway.config import ServerConfig
+
+# What a model or a policy reads, per list kind. Everything else (icons, `_meta`) is presentation.
+PINNED_FIELDS: dict[str, tuple[str, ...]] = {
+    "tools": ("name", "title", "description", "inputSchema", "outputSchema", "annotations"),
+    "prompts": ("name", "title", "description", "arguments"),
+    "resourceTemplates": ("uriTemplate", "name", "title", "description", "mimeType", "annotations"),
+}
+PINNED_KINDS = tuple(PINNED_FIELDS)
+
+
+def canonical(value: Any) -> bytes:
+    """Canonical JSON bytes: sorted keys, no insignificant whitespace, UTF-8."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+def digest(value: Any) -> str:
+    return "sha256:" + hashlib.sha256(canonical(value)).hexdigest()
+
+
+def pinned_view(kind: str, item: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The part of a listed item that is pinned, under the upstream's own `name` (the gateway's
+    namespacing must not change a pin)."""
+    view = {key: item[key] for key in PINNED_FIELDS[kind] if key in item}
+    view["uriTemplate" if kind == "resourceTemplates" else "name"] = name
+    return view
+
+
+@dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    """Who a server is, as far as the gateway can tell before it says anything."""
+
+    launch: dict[str, Any]  # command, args and env names, or URL and header names
+    digest: str
+
+    @classmethod
+    def of(cls, cfg: ServerConfig) -> ServerIdentity:
+        launch: dict[str, Any]
+        if cfg.command is not None:
+            launch = {"command": cfg.command, "args": list(cfg.args), "env": sorted(cfg.env)}
+        else:
+            launch = {"url": cfg.url, "headers": sorted(name.lower() for name in cfg.headers)}
+        return cls(launch, digest(launch))
+
+
+def instructions_digest(text: str | None) -> str:
+    return digest(text or "")
+
+
+def fingerprint(kind: str, view: Mapping[str, Any], identity: str, instructions: str) -> str:
+    """One definition's fingerprint, bound to its server's identity and instructions digests."""
+    return digest({"kind": kind, "definition": view, "server": identity, "instructions": instructions})

@@ -1,0 +1,277 @@
+"""`mcpward.lock` (approved pins) and `mcpward.pending.json` (definitions waiting for a person).
+
+Both are plain JSON with sorted keys and one field per line, so a lock file reviews and
+diffs like code. Each entry keeps the definition it pins, so a later change can be shown
+as a readable diff. Server instructions and launch identities are stored once per server,
+keyed by digest, because every entry of that server refers to them.
+
+Writers (the gateway pinning on first sight, `mcpward tools approve`) hold an exclusive
+`flock` on the directory while they read, change and atomically replace a file, so two
+writers never lose each other's entries. Readers need no lock: replacement is atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from mcpward.integrity.fingerprint import PINNED_KINDS
+
+FORMAT_VERSION = 1
+Status = Literal["approved", "revoked"]
+STATUSES = ("approved", "revoked")
+
+
+class LockError(Exception):
+    """A lock or pending file that cannot be read or trusted; the gateway refuses to start."""
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Entry:
+    """One pinned or pending definition."""
+
+    fingerprint: str
+    definition: dict[str, Any]
+    identity: str  # digest of the server's launch identity when seen
+    instructions: str  # digest of the server's instructions when seen
+    at: str = field(default_factory=now)
+    status: Status = "approved"  # lock entries only
+    by: str = ""  # "tofu" or the person who approved (lock entries)
+    risk: str = "none"  # scanner verdict when seen
+    findings: list[dict[str, Any]] = field(default_factory=list)  # pending: the scanner's evidence
+    reason: str = ""  # pending: new | changed | high-risk | revoked | destructive
+    change: dict[str, Any] = field(default_factory=dict)  # pending changes: severity, score, reasons
+    # Its JSON, made once: a lock file with thousands of pins is rewritten on every new pin.
+    # Whoever changes a field after creation sets it back to None.
+    cached: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.cached is not None:
+            return self.cached
+        out: dict[str, Any] = {"fingerprint": self.fingerprint, "definition": self.definition,
+                               "identity": self.identity, "instructions": self.instructions, "at": self.at,
+                               "risk": self.risk}
+        if self.reason:
+            out.update(reason=self.reason, findings=self.findings, change=self.change)
+        else:
+            out.update(status=self.status, by=self.by)
+        self.cached = out
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> Entry:
+        if not isinstance(raw, dict):
+            raise LockError(f"{where}: expected an object")
+        try:
+            entry = cls(fingerprint=_str(raw, "fingerprint"), definition=raw["definition"],
+                        identity=_str(raw, "identity"), instructions=_str(raw, "instructions"),
+                        at=_str(raw, "at"), risk=str(raw.get("risk", "none")),
+                        status=raw.get("status", "approved"), by=str(raw.get("by", "")),
+                        findings=list(raw.get("findings") or []), reason=str(raw.get("reason", "")),
+                        change=dict(raw.get("change") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LockError(f"{where}: {exc}") from None
+        if not isinstance(entry.definition, dict) or not entry.fingerprint.startswith("sha256:"):
+            raise LockError(f"{where}: malformed definition or fingerprint")
+        if entry.status not in STATUSES:
+            raise LockError(f"{where}: status must be one of {', '.join(STATUSES)}")
+        return entry
+
+
+def _str(raw: dict[str, Any], key: str) -> str:
+    value = raw[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key} must be a string")
+    return value
+
+
+@dataclass(slots=True)
+class ServerPins:
+    launch: dict[str, Any] = field(default_factory=dict)  # identity digest -> launch description
+    instructions: dict[str, str] = field(default_factory=dict)  # instructions digest -> text
+    entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in PINNED_KINDS})
+
+    def prune(self) -> None:
+        """Keep only the instructions and launch texts an entry still refers to."""
+        used_i = {e.instructions for kind in self.entries.values() for e in kind.values()}
+        used_l = {e.identity for kind in self.entries.values() for e in kind.values()}
+        self.instructions = {k: v for k, v in self.instructions.items() if k in used_i}
+        self.launch = {k: v for k, v in self.launch.items() if k in used_l}
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.entries.values())
+
+
+@dataclass(slots=True)
+class PinSet:
+    """The parsed content of a lock or pending file."""
+
+    servers: dict[str, ServerPins] = field(default_factory=dict)
+
+    def get(self, server: str, kind: str, name: str) -> Entry | None:
+        pins = self.servers.get(server)
+        return None if pins is None else pins.entries[kind].get(name)
+
+    def server(self, name: str) -> ServerPins:
+        return self.servers.setdefault(name, ServerPins())
+
+    def put(self, server: str, kind: str, name: str, entry: Entry, launch: dict[str, Any],
+            instructions_text: str) -> None:
+        pins = self.server(server)
+        pins.entries[kind][name] = entry
+        pins.launch[entry.identity] = launch
+        pins.instructions[entry.instructions] = instructions_text
+
+    def remove(self, server: str, kind: str, name: str) -> Entry | None:
+        pins = self.servers.get(server)
+        if pins is None:
+            return None
+        gone = pins.entries[kind].pop(name, None)
+        if pins.empty:
+            del self.servers[server]
+        return gone
+
+    def walk(self) -> Iterator[tuple[str, str, str, Entry]]:
+        for server in sorted(self.servers):
+            for kind in PINNED_KINDS:
+                for name, entry in sorted(self.servers[server].entries[kind].items()):
+                    yield server, kind, name, entry
+
+    def to_json(self) -> dict[str, Any]:
+        servers: dict[str, Any] = {}
+        for name, pins in self.servers.items():
+            pins.prune()
+            body: dict[str, Any] = {"launch": pins.launch, "instructions": pins.instructions}
+            for kind in PINNED_KINDS:
+                if pins.entries[kind]:
+                    body[kind] = {n: e.to_json() for n, e in pins.entries[kind].items()}
+            servers[name] = body
+        return {"version": FORMAT_VERSION, "servers": servers}
+
+    @classmethod
+    def from_json(cls, raw: Any, source: str) -> PinSet:
+        if not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION:
+            raise LockError(f"{source}: not a version {FORMAT_VERSION} mcpward pin file")
+        servers = raw.get("servers")
+        if not isinstance(servers, dict):
+            raise LockError(f"{source}: 'servers' must be an object")
+        out = cls()
+        for server, body in servers.items():
+            if not isinstance(body, dict):
+                raise LockError(f"{source}: servers.{server}: expected an object")
+            pins = out.server(server)
+            launch, texts = body.get("launch", {}), body.get("instructions", {})
+            if not isinstance(launch, dict) or not isinstance(texts, dict) \
+                    or not all(isinstance(t, str) for t in texts.values()):
+                raise LockError(f"{source}: servers.{server}: malformed launch or instructions")
+            pins.launch, pins.instructions = launch, texts
+            for kind in PINNED_KINDS:
+                items = body.get(kind, {})
+                if not isinstance(items, dict):
+                    raise LockError(f"{source}: servers.{server}.{kind}: expected an object")
+                for name, item in items.items():
+                    pins.entries[kind][name] = Entry.from_json(item, f"{source}: servers.{server}.{kind}.{name}")
+        return out
+
+
+class PinFile:
+    """One JSON pin file on disk, re-read only when it changed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self.pins = PinSet()
+
+    def _current_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def load(self) -> PinSet:
+        """Re-read when the file changed on disk; a broken file raises LockError."""
+        stamp = self._current_stamp()
+        if stamp == self._stamp and stamp is not None:
+            return self.pins
+        self.pins = self._read()
+        self._stamp = stamp
+        return self.pins
+
+    def changed_on_disk(self) -> bool:
+        return self._current_stamp() != self._stamp
+
+    def _read(self) -> PinSet:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return PinSet()
+        except OSError as exc:
+            raise LockError(f"{self.path}: cannot read: {exc.strerror}") from None
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise LockError(f"{self.path}: not valid JSON: {exc}") from None
+        return PinSet.from_json(raw, str(self.path))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[PinSet]:
+        """Read fresh under an exclusive lock, let the caller change it, write it back atomically."""
+        with _directory_lock(self.path.parent):
+            # Unchanged on disk since we read or wrote it: what we hold is current (no re-parse).
+            unchanged = self._stamp is not None and self._current_stamp() == self._stamp
+            pins = self.pins if unchanged else self._read()
+            yield pins
+            self._write(pins)
+            self.pins, self._stamp = pins, self._current_stamp()
+
+    def _write(self, pins: PinSet) -> None:
+        body = orjson.dumps(pins.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+_held: dict[Path, int] = {}  # directories this process holds the lock on (approve nests lock + pending)
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    key = directory.resolve()
+    if _held.get(key):
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _held[key] = 1
+        yield
+    finally:
+        _held.pop(key, None)
+        os.close(fd)  # closing releases the lock
