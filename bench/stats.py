@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of k successes in n trials."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+from mcpward.integrity.evaluation import wilson  # one implementation, shared with `mcpward eval`
 
 
 def pct(k: int, n: int, counts: bool = False) -> str:

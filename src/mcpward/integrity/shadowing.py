@@ -178,10 +178,16 @@ class Shadowing:
             if real == name:
                 # Same name on two servers: namespacing keeps them apart, but a reader may not.
                 sev, weight, rule = (Severity.LOW, 0.2, "shadowing.duplicate-name")
+            elif name in self.known:
+                return []  # see below: the well-known exact name is not the impersonator
             else:
                 sev, weight, rule = (Severity.HIGH, 0.7, "shadowing.folded-duplicate-name")
             return [Finding(rule, "shadowing", sev, "name", 0, len(name), escape(f"{name} ~ {owner}/{real}"),
                             weight=weight)]
+        if name in self.known:
+            # A lookalike pair is symmetric; when one side is a well-known tool's exact name, the other
+            # side is the impersonator, whichever server listed first.
+            return []
         if len(f) >= MIN_EDIT:
             for other in _candidates(f, index.near):
                 if one_edit_away(f, other) and index.folded[other][1] != server:
