@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mcpward import __version__
-from mcpward.audit import events as audit
 from mcpward.gateway.bridge import InputBridge
 from mcpward.gateway.catalog import Catalog, Entry
 from mcpward.gateway.config import GatewayConfig
@@ -21,7 +20,7 @@ from mcpward.gateway.listing import Lister
 from mcpward.gateway.peer import PeerError, local_error
 from mcpward.gateway.subscriptions import Subscriptions
 from mcpward.gateway.upstream import GATEWAY_INFO, Upstream, UpstreamEvents
-from mcpward.guards.base import Call, GuardChain, Refusal
+from mcpward.guards.base import Call, GuardChain, Refusal, audit_refusal
 from mcpward.protocol import jsonrpc
 from mcpward.protocol import versions as v
 from mcpward.protocol.jsonrpc import JsonObj, ProtocolError
@@ -115,7 +114,7 @@ class Gateway:
         entry = self.catalog.resolve("tools", exposed)
         if entry is not None and self.lister.definition("tools", entry.server, entry.name) is not None:
             return self.lister.schema(entry.server, entry.name)
-        await self.lister.refresh(system_context(), "tools")
+        await self.relist("tools")
         entry = self.catalog.resolve("tools", exposed)
         return self.lister.schema(entry.server, entry.name) if entry else None
 
@@ -216,7 +215,7 @@ class Gateway:
         try:
             await self.guards.request(call)
         except Refusal as refusal:
-            audit_refusal(call, refusal)
+            audit_refusal(call, refusal.rule)
             raise refusal.to_error() from None
 
     # ---------------------------------------------------------------- forwarding
@@ -242,7 +241,7 @@ class Gateway:
                 raise await self.guards.error(call, error) from None
             result = await self.guards.result(call, result)
         except Refusal as refusal:
-            audit_refusal(call, refusal)
+            audit_refusal(call, refusal.rule)
             if refusal.as_tool_error and method == "tools/call":
                 return refusal.to_tool_result()
             raise refusal.to_error() from None
@@ -330,11 +329,6 @@ class Gateway:
     async def roots_changed(self) -> None:
         await asyncio.gather(*(u.notify_sessions("notifications/roots/list_changed")
                                for u in self.upstreams.values()), return_exceptions=True)
-
-
-def audit_refusal(call: Call, refusal: Refusal) -> None:
-    audit.record("refusal", rule=refusal.rule, method=call.method, server=call.server, target=call.exposed,
-                 principal=call.ctx.principal.subject, transport=call.ctx.transport)
 
 
 CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list",

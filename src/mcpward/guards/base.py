@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mcpward.audit import events as audit
 from mcpward.gateway.context import RequestContext
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
@@ -72,6 +73,12 @@ class Refusal(Exception):
 
     def to_tool_result(self) -> JsonObj:
         return {"content": [{"type": "text", "text": f"refused by {self.rule}: {self.message}"}], "isError": True}
+
+
+def audit_refusal(call: Call, rule: str) -> None:
+    """The one audit record of a refused request, whoever refused it."""
+    audit.record("refusal", rule=rule, method=call.method, server=call.server, target=call.exposed,
+                 principal=call.ctx.principal.subject, transport=call.ctx.transport)
 
 
 class Answer(Exception):

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from mcpward.audit import events as audit
 from mcpward.gateway.config import GatewayConfig
-from mcpward.guards.base import Call, GatewayView, Guard, Listed, Refusal
+from mcpward.guards.base import Call, GatewayView, Guard, Listed, Refusal, audit_refusal
 from mcpward.integrity import fingerprint as fp
 from mcpward.integrity import pins
 from mcpward.integrity.lock import LockError, PinFile
-from mcpward.integrity.scanner import Report, ScanContext, Scanner, default_scanner
+from mcpward.integrity.scanner import Report, ScanContext, Scanner, catalog_key, default_scanner
 from mcpward.integrity.settings import IntegritySettings, read_settings
 from mcpward.integrity.shadowing import CatalogIndex
 from mcpward.protocol import jsonrpc
@@ -27,8 +27,7 @@ from mcpward.protocol.jsonrpc import JsonObj
 
 log = logging.getLogger("mcpward.integrity")
 KIND_OF_METHOD = {"tools/call": "tools", "prompts/get": "prompts"}
-RECHECK_SECONDS = 1.0
-MAX_CACHED_REPORTS = 100_000  # how often the hot path looks at the lock file's mtime
+RECHECK_SECONDS = 1.0  # how often the hot path looks at the lock file's mtime
 
 
 @dataclass(slots=True)
@@ -37,7 +36,7 @@ class Seen:
 
     view: dict[str, object]
     fingerprint: str
-    context: int  # which catalog the shadowing checks saw (other servers' names)
+    context: tuple[int, int]  # which catalog the shadowing checks saw (scanner.catalog_key)
     instructions: str | None
     report: Report
     verdict: pins.Verdict
@@ -58,8 +57,6 @@ class IntegrityGuard(Guard):
         self.judge = pins.Judge(cfg, settings, self.scanner, self.lock, self.pending, self.identities)
         self.seen: dict[tuple[str, str, str], Seen] = {}
         self.catalogs: dict[str, CatalogIndex] = {}  # kind -> every server's names, for shadowing checks
-        # (fingerprint, catalog key) -> scan: a warm re-list scans nothing.
-        self._reports: dict[tuple[str, int], Report] = {}
         self._gateway: GatewayView | None = None
         self._next_check = 0.0
 
@@ -77,7 +74,7 @@ class IntegrityGuard(Guard):
         instructions = fp.instructions_digest(text)
         identity = self.identities[server].digest
         context = ScanContext(server, dict(catalog.names), catalog)
-        context_key = hash(frozenset(catalog.names.items()))
+        context_key = catalog_key(catalog.names)
         batch = pins.Batch()
         for listed in items:
             view = fp.pinned_view(kind, listed.item, listed.name)
@@ -86,12 +83,7 @@ class IntegrityGuard(Guard):
             known = self.seen.get(key)
             if known is not None and known.fingerprint == print_ and known.context == context_key:
                 continue  # unchanged since the last list: nothing to scan or judge
-            report = self._reports.get((print_, context_key))
-            if report is None:
-                if len(self._reports) > MAX_CACHED_REPORTS:
-                    self._reports.clear()
-                report = self.scanner.scan_item(kind, view, context)
-                self._reports[(print_, context_key)] = report
+            report = self.scanner.scan_item(kind, view, context)  # cached there by content and catalog
             verdict = self.judge.decide(batch, server, kind, listed.name, view, print_, instructions, text, report)
             self.seen[key] = Seen(view, print_, context_key, text, report, verdict)
         self.judge.commit(batch)
@@ -121,8 +113,7 @@ class IntegrityGuard(Guard):
         if seen is None:
             # The server does not list it: to the client it does not exist (the same answer as a name no
             # server has), and a definition nobody has seen is never forwarded unchecked.
-            audit.record("refusal", rule="integrity.unlisted", method=call.method, server=call.server,
-                         target=call.exposed, principal=call.ctx.principal.subject, transport=call.ctx.transport)
+            audit_refusal(call, "integrity.unlisted")
             noun = "tool" if kind == "tools" else "prompt"
             raise jsonrpc.ProtocolError(jsonrpc.INVALID_PARAMS, f"unknown {noun}: {call.exposed}",
                                         {"rule": "integrity.unlisted"})

@@ -75,7 +75,7 @@ class Judge:
                instructions: str, instructions_text: str | None, report: Report) -> Verdict:
         entry = Entry(fingerprint=fingerprint, definition=view, identity=self.identity[server],
                       instructions=instructions, risk=report.severity.name.lower(),
-                      findings=[f for f in report.to_json().get("findings", [])][:20])
+                      findings=report.to_json()["findings"][:20])
         high = int(report.severity) >= self.settings.hide_at
         if not self.settings.pinning:
             if not high:
