@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, idempotently, on a fresh Debian machine:
-# a Python venv with mcpward and its test peers, and Node 22 with the MCP conformance
+# bubblewrap (the sandbox), a Python venv with mcpward and its test peers, and Node 22 with the MCP conformance
 # suite, the Inspector CLI and the reference servers (pinned in tools/package.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ PY=${PYTHON:-python3}
 missing=()
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v git >/dev/null 2>&1 || missing+=(git)
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)  # the default sandbox backend
 "$PY" -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     if [ "$(id -u)" = 0 ]; then

@@ -68,6 +68,7 @@ def fixture_server(*extra: str) -> list[str]:
 # every other default guard (pinning and the poisoning scanner included) stays on.
 PERMIT_ALL = '\n[policy]\nbase = "permit-all"\n'
 NO_HOLD = '\n[integrity]\nhold_destructive = false\n'
+SANDBOX_STATE = '\n[sandbox]\nstate_dir = "sandbox-state"\n'  # caches beside the test's config, not in $HOME
 
 
 def with_policy(config_text: str) -> str:
@@ -75,6 +76,8 @@ def with_policy(config_text: str) -> str:
         config_text += PERMIT_ALL
     if "[integrity]" not in config_text:
         config_text += NO_HOLD
+    if "[sandbox]" not in config_text:
+        config_text += SANDBOX_STATE
     return config_text
 
 

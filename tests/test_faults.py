@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from tests.conftest import FIXTURES, PYTHON, fixture_server, toml_list
 from tests.rawclient import RawStdioClient
@@ -36,10 +37,31 @@ def _text(reply: dict) -> str:  # type: ignore[type-arg]
     return str(reply["result"]["content"][0]["text"])
 
 
+def descendants(pid: int) -> set[int]:
+    """Host pids of every process under `pid` (a sandboxed server's own pid is 2 in its namespace)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
 async def test_crash_mid_call_is_an_error_then_restart(write_config) -> None:  # type: ignore[no-untyped-def]
     client = await _client(write_config)
     try:
-        first_pid = _text(await client.call("bad__pid"))
+        assert _text(await client.call("bad__pid"))
+        first = descendants(client.proc.pid)
         reply = await client.call("bad__crash")
         assert reply["error"]["code"] == -32001 and "went away" in reply["error"]["message"]
         assert _text(await client.call("good__test_simple_text"))
@@ -51,7 +73,7 @@ async def test_crash_mid_call_is_an_error_then_restart(write_config) -> None:  #
                 break
             assert reply["error"]["code"] == -32001 and time.monotonic() < deadline
             await asyncio.sleep(0.2)
-        assert _text(reply) != first_pid
+        assert descendants(client.proc.pid) - first  # a new process answers
     finally:
         await client.close()
 
@@ -111,14 +133,15 @@ async def test_oversized_upstream_frame_is_refused(write_config) -> None:  # typ
 
 async def test_gateway_exits_cleanly_and_stops_children(write_config) -> None:  # type: ignore[no-untyped-def]
     client = await _client(write_config)
-    pid = int(_text(await client.call("bad__pid")))
+    assert _text(await client.call("bad__pid"))
+    servers = descendants(client.proc.pid)
+    assert servers
     await client.close()
     assert client.proc.returncode == 0
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        try:
-            __import__("os").kill(pid, 0)
-        except ProcessLookupError:
+        alive = {p for p in servers if Path(f"/proc/{p}").exists()}
+        if not alive:
             return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"upstream {pid} outlived the gateway")
+    raise AssertionError(f"upstream processes {sorted(alive)} outlived the gateway")

@@ -501,7 +501,7 @@ if __name__ == "__main__":
 
 def test_connect_lists_real_servers_and_flags_poisoned_tools(tmp_path: Path) -> None:
     pytest.importorskip("mcpward.integrity.scanner", reason="the poisoning scanner is not in this build")
-    poisoned = write(tmp_path / "poisoned_server.py", POISONED_SERVER)
+    poisoned = write(tmp_path / "servers" / "poisoned_server.py", POISONED_SERVER)  # not in $HOME: sandboxed
     cfg = write(tmp_path / "project" / "mcp.json", mcp_json({
         "everything": {"command": sys.executable, "args": [str(FIXTURES / "everything_server.py")]},
         "notes": {"command": sys.executable, "args": [str(poisoned)]},

@@ -67,12 +67,24 @@ def everything() -> dict[str, Any]:
     return npm_server("server-everything", "stdio")
 
 
+def sandbox_owned(path: Path, server: str) -> Path:
+    """A directory a sandboxed server may write: a root gateway runs `server` as its own uid."""
+    if os.geteuid() == 0:
+        from mcpward.sandbox.settings import SandboxSettings
+
+        uid = SandboxSettings().uid_for(server)
+        for p in [path, *path.rglob("*")]:
+            os.lchown(p, uid, uid)
+    return path
+
+
 def filesystem(root: Path) -> dict[str, Any]:
-    return npm_server("server-filesystem", str(root))
+    return {**npm_server("server-filesystem", str(root)), "sandbox": {"rw": [str(root)]}}
 
 
 def memory(path: Path) -> dict[str, Any]:
-    return npm_server("server-memory", env={"MEMORY_FILE_PATH": str(path)})
+    return {**npm_server("server-memory", env={"MEMORY_FILE_PATH": str(path)}),
+            "sandbox": {"rw": [str(path.parent)]}}
 
 
 def time_server() -> dict[str, Any]:
@@ -80,7 +92,8 @@ def time_server() -> dict[str, Any]:
 
 
 def git_server(repo: Path) -> dict[str, Any]:
-    return {"command": str(BIN / "mcp-server-git"), "args": ["--repository", str(repo)]}
+    return {"command": str(BIN / "mcp-server-git"), "args": ["--repository", str(repo)],
+            "sandbox": {"rw": [str(repo)]}}
 
 
 def fixture_server() -> dict[str, Any]:
@@ -107,7 +120,8 @@ def write_gateway_config(path: Path, servers: dict[str, dict[str, Any]], **gatew
         lines += ["", f"[servers.{name}]", *(f"{k} = {_toml(v)}" for k, v in table.items())]
     # Transparency tests: every tool callable and destructive ones shown without a first approval;
     # the other default guards (pinning and the scanner included) stay on.
-    lines += ["", "[policy]", 'base = "permit-all"', "", "[integrity]", "hold_destructive = false"]
+    lines += ["", "[policy]", 'base = "permit-all"', "", "[integrity]", "hold_destructive = false",
+              "", "[sandbox]", f"state_dir = {_toml(str(path.parent / 'sandbox-state'))}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -31,6 +31,7 @@ from .conftest import (
     make_git_repo,
     memory,
     needs_node,
+    sandbox_owned,
     stdio_gateway,
     text_of,
     time_server,
@@ -41,12 +42,17 @@ pytestmark = [needs_node]
 SERVERS = ("everything", "filesystem", "memory", "time", "git")
 
 
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
 class Peers:
     def __init__(self, root: Path) -> None:
-        self.files = root / "files"
-        self.files.mkdir()
-        self.memory_file = root / "memory.jsonl"
-        self.repo = make_git_repo(root / "repo")
+        # Each server's directory is declared read-write in its sandbox and owned by its uid.
+        self.files = sandbox_owned(_mkdir(root / "files"), "filesystem")
+        self.memory_file = sandbox_owned(_mkdir(root / "memory"), "memory") / "memory.jsonl"
+        self.repo = sandbox_owned(make_git_repo(root / "repo"), "git")
         servers = {
             "everything": everything(),
             "filesystem": filesystem(self.files),

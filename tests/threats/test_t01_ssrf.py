@@ -22,9 +22,13 @@ RESOLVER_MAP = '{ "internal-api.example.com" = "127.0.0.1", "docs.example.com" =
 
 
 def recording_config(record: Path, arguments: str = "") -> str:
-    """Gateway config for the recording fixture; the permit-all policy keeps the policy out of the way."""
+    """Gateway config for the recording fixture; the permit-all policy keeps the policy out of the way.
+    The fixture runs sandboxed: its record file is the one path it may write (bound read-write)."""
+    record.touch()
+    record.chmod(0o666)
     return (f'[policy]\nbase = "permit-all"\n\n[servers.rec]\ncommand = "{PYTHON}"\n'
-            f'args = ["{FIXTURES / "recording_server.py"}", "--record", "{record}"]\n\n'
+            f'args = ["{FIXTURES / "recording_server.py"}", "--record", "{record}"]\n'
+            f'sandbox = {{ rw = ["{record}"] }}\n\n'
             f"[guards.arguments]\n{arguments}\n")
 
 

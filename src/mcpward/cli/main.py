@@ -17,9 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from mcpward import __version__
+from mcpward.cli.doctor import doctor_command
 from mcpward.cli.evaluate import eval_command
 from mcpward.cli.policy import policy_app
 from mcpward.cli.scan import scan_command
+from mcpward.cli.secret import secret_app
 from mcpward.cli.tools import tools_app
 from mcpward.gateway import config as config_mod
 from mcpward.gateway.config import ConfigError, GatewayConfig
@@ -36,6 +38,8 @@ app = typer.Typer(
 )
 app.add_typer(policy_app, name="policy")
 app.add_typer(tools_app, name="tools")
+app.add_typer(secret_app, name="secret")
+app.command("doctor")(doctor_command)
 app.command("scan")(scan_command)
 app.command("eval")(eval_command)
 err = Console(stderr=True)
@@ -67,9 +71,11 @@ def _load(path: Path) -> GatewayConfig:
 
 def _chain(cfg: GatewayConfig) -> GuardChain:
     from mcpward.guards.setup import build_chain, install_log_redaction
+    from mcpward.sandbox.launcher import make_launcher
 
     try:
         chain = build_chain(cfg)
+        make_launcher(cfg)  # the [sandbox] and [secrets] tables: refused here, before anything starts
     except ConfigError as exc:
         err.print(f"[bold red]config error[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

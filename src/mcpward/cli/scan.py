@@ -49,7 +49,7 @@ def scan_command(
     sarif: Annotated[str | None, typer.Option("--sarif", metavar="FILE|-",
                                               help="Write SARIF 2.1.0 to FILE ('-' for stdout).")] = None,
     connect: Annotated[bool, typer.Option(
-        "--connect", help="Also START each server (runs its code on this machine, no sandbox yet) and scan "
+        "--connect", help="Also START each server (its code runs in the default sandbox) and scan "
                           "the tools, prompts and resource templates it lists.")] = False,
     timeout: Annotated[float, typer.Option(help="--connect: seconds to wait for each server.")] = 30.0,
     known: Annotated[Path | None, typer.Option(
@@ -79,7 +79,8 @@ def scan_command(
     listed: dict[int, dict[str, int]] = {}
     if connect:
         err.print("[bold yellow]WARNING[/] --connect starts every configured server: their code runs on this "
-                  "machine with your user's rights (no sandbox yet). Only use it on configs you trust to run.",
+                  "machine, in the default sandbox (no network, read-only system, its own uid when root; "
+                  "`mcpward doctor` shows what that is here). Only use it on configs you trust to run.",
                   highlight=False, soft_wrap=True)
         more, listed, connect_notes = _run_connect(entries, timeout)
         # Errors and evidence from servers may quote a URL or a value with a credential in it.

@@ -55,6 +55,9 @@ class ServerConfig:
     priority: int = 0
     max_sessions: int = 8
     allow_private: bool = False
+    # Read by sandbox/settings.py: [servers.<name>.sandbox] and [servers.<name>.secrets].
+    sandbox: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, Any] = field(default_factory=dict)
     # Operator overrides per upstream tool name ([servers.<name>.tools.<tool>]).
     tools: dict[str, ToolOverride] = field(default_factory=dict)
 
@@ -81,6 +84,8 @@ class GatewayConfig:
     policy: dict[str, Any] = field(default_factory=dict)
     guards: dict[str, Any] = field(default_factory=dict)
     integrity: dict[str, Any] = field(default_factory=dict)
+    sandbox: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, Any] = field(default_factory=dict)
     interceptors: list[dict[str, Any]] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path.cwd)  # relative paths in the config resolve from here
 
@@ -171,6 +176,8 @@ def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None 
     cfg.policy = top.get("policy", dict, {})
     cfg.guards = top.get("guards", dict, {})
     cfg.integrity = top.get("integrity", dict, {})
+    cfg.sandbox = top.get("sandbox", dict, {})
+    cfg.secrets = top.get("secrets", dict, {})
     interceptors = top.get("interceptors", list, [])
     for i, item in enumerate(interceptors):
         if not isinstance(item, dict):
@@ -223,6 +230,8 @@ def _server(r: TableReader, name: str, default_start: str, default_timeout: floa
     server.max_in_flight = r.integer("max_in_flight", 32, 1, 10000)
     server.max_sessions = r.integer("max_sessions", 8, 1, 1000)
     server.priority = r.integer("priority", 0, -1000, 1000)
+    server.sandbox = r.get("sandbox", dict, {})
+    server.secrets = r.get("secrets", dict, {})
     if server.command is not None:
         if not server.command.strip():
             raise r.fail("command", "must not be empty")

@@ -25,6 +25,7 @@ from mcpward.protocol import jsonrpc
 from mcpward.protocol import versions as v
 from mcpward.protocol.jsonrpc import JsonObj, ProtocolError
 from mcpward.protocol.sealing import Sealer, is_sealed
+from mcpward.sandbox.launcher import Launcher, make_launcher
 from mcpward.transport.base import SendHints
 
 log = logging.getLogger("mcpward.gateway")
@@ -46,7 +47,8 @@ GATEWAY_CAPABILITIES: JsonObj = {
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, guards: GuardChain | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, guards: GuardChain | None = None,
+                 launcher: Launcher | None = None) -> None:
         self.cfg = cfg
         self.guards = guards or GuardChain()
         self.sealer = Sealer()
@@ -54,7 +56,8 @@ class Gateway:
         self.catalog = Catalog(cfg.servers, cfg.separator)
         self.subscriptions = Subscriptions()
         events = UpstreamEvents(list_changed=self._on_list_changed, resource_updated=self._on_resource_updated)
-        self.upstreams = {name: Upstream(scfg, cfg, events) for name, scfg in cfg.servers.items()}
+        self.launcher = launcher or make_launcher(cfg)
+        self.upstreams = {name: Upstream(scfg, cfg, events, self.launcher) for name, scfg in cfg.servers.items()}
         self.lister = Lister(self.upstreams, self.catalog, self.guards, self.sealer)
         self._tasks: set[asyncio.Task[None]] = set()
         self.guards.bind(self)

@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,7 +28,9 @@ from mcpward.protocol import jsonrpc
 from mcpward.protocol import versions as v
 from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.transport.base import LinkError, MessageLink, SendHints
-from mcpward.transport.stdio_link import StdioLink
+
+if TYPE_CHECKING:
+    from mcpward.sandbox.launcher import Launcher
 
 log = logging.getLogger("mcpward.upstream")
 GATEWAY_INFO = {"name": "mcpward", "version": __version__}
@@ -63,8 +65,14 @@ def owner_of(ctx: RequestContext) -> object:
 
 
 class Upstream:
-    def __init__(self, cfg: ServerConfig, gw: GatewayConfig, events: UpstreamEvents) -> None:
+    def __init__(self, cfg: ServerConfig, gw: GatewayConfig, events: UpstreamEvents,
+                 launcher: Launcher | None = None) -> None:
+        if launcher is None:
+            from mcpward.sandbox.launcher import make_launcher
+
+            launcher = make_launcher(gw)
         self.cfg = cfg
+        self.launcher = launcher
         self.gw = gw
         self.name = cfg.name
         self.events = events
@@ -86,14 +94,11 @@ class Upstream:
         self._legacy_subscribed: dict[str, set[str]] = {}  # session key -> uris
 
     # ----------------------------------------------------------------- lifecycle
-    def _make_link(self) -> MessageLink:
-        if self.cfg.command is not None:
-            return StdioLink(self.name, self.cfg.command, self.cfg.args, self.cfg.env, self.cfg.cwd,
-                             self.gw.max_message_bytes)
-        from mcpward.transport.http_link import HttpLink
-
-        assert self.cfg.url is not None
-        return HttpLink(self.cfg.url, self.cfg.headers, max_message_bytes=self.gw.max_message_bytes)
+    async def _open_link(self) -> MessageLink:
+        """A new connection to the server: secrets resolved, the process started in its sandbox."""
+        link = await self.launcher.link(self.cfg, self.gw.max_message_bytes)
+        await link.open()
+        return link
 
     @property
     def capabilities(self) -> JsonObj:
@@ -102,7 +107,7 @@ class Upstream:
 
     @property
     def describe(self) -> str:
-        return self._make_link().describe()
+        return self.launcher.describe(self.cfg)
 
     async def start(self) -> None:
         """Probe the era and keep the connection; errors are recorded, not raised."""
@@ -133,6 +138,8 @@ class Upstream:
                 self._failures += 1
                 self._next_attempt = time.monotonic() + min(MAX_BACKOFF, 0.25 * 2 ** self._failures)
                 self.error = str(exc)
+                if isinstance(exc, LinkError):  # why it could not start (a sandbox or secret problem, a crash)
+                    log.error("%s", exc)
                 raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable") from exc
 
     async def _check_address(self) -> None:
@@ -150,8 +157,7 @@ class Upstream:
 
     async def _probe(self) -> None:
         await self._check_address()
-        link = self._make_link()
-        await link.open()
+        link = await self._open_link()
         peer = self._attach(link, "modern", "modern")
         params = {"_meta": {v.META_VERSION: v.LATEST_MODERN, v.META_CAPABILITIES: {},
                             v.META_CLIENT_INFO: GATEWAY_INFO}}
@@ -259,9 +265,8 @@ class Upstream:
             self._evict_idle()
             link, self._spare = self._spare, None
             if link is None:
-                link = self._make_link()
                 try:
-                    await link.open()
+                    link = await self._open_link()
                 except LinkError as exc:
                     raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable") from exc
             peer = self._attach(link, key, "legacy")

@@ -10,6 +10,7 @@ import os
 import shlex
 import signal
 import sys
+from typing import Protocol
 
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
@@ -39,23 +40,62 @@ def die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+class Spawner(Protocol):
+    """How a stdio server's process comes to be: plainly here, or inside a sandbox (sandbox/)."""
+
+    def describe(self) -> str: ...
+
+    async def spawn(self, limit: int) -> asyncio.subprocess.Process:
+        """Start the process with stdin, stdout and stderr pipes; raise LinkError when it cannot."""
+        ...
+
+    async def cleanup(self) -> None:
+        """After the process is gone: release what spawning took (cgroups, proxies, files)."""
+        ...
+
+
+class PlainSpawner:
+    """The server runs as our child with a minimal environment, no isolation."""
+
+    def __init__(self, name: str, command: str, args: list[str], env: dict[str, str], cwd: str | None) -> None:
+        self.name, self.command, self.args, self.env, self.cwd = name, command, args, env, cwd
+
+    def describe(self) -> str:
+        return shlex.join([self.command, *self.args])
+
+    async def spawn(self, limit: int) -> asyncio.subprocess.Process:
+        try:
+            return await asyncio.create_subprocess_exec(
+                self.command,
+                *self.args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=minimal_env(self.env),
+                cwd=self.cwd,
+                limit=limit,
+                start_new_session=True,  # our signals, not the terminal's, end it
+                preexec_fn=die_with_parent,
+            )
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise LinkError(f"cannot start server {self.name!r}: {reason}") from None
+
+    async def cleanup(self) -> None:
+        return None
+
+
 class StdioLink(MessageLink):
     def __init__(
         self,
         name: str,
-        command: str,
-        args: list[str],
-        env: dict[str, str],
-        cwd: str | None,
+        spawner: Spawner,
         max_message_bytes: int,
         shutdown_grace: float = 2.0,
     ) -> None:
         super().__init__()
         self.name = name
-        self.command = command
-        self.args = args
-        self.env = env
-        self.cwd = cwd
+        self.spawner = spawner
         self.max_message_bytes = max_message_bytes
         self.shutdown_grace = shutdown_grace
         self._proc: asyncio.subprocess.Process | None = None
@@ -65,29 +105,11 @@ class StdioLink(MessageLink):
         self.junk_lines = 0
 
     def describe(self) -> str:
-        return shlex.join([self.command, *self.args])
-
-    def child_env(self) -> dict[str, str]:
-        return minimal_env(self.env)
+        return self.spawner.describe()
 
     async def open(self) -> None:
         log.info("spawning server %s: %s", self.name, self.describe())
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                self.command,
-                *self.args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=self.child_env(),
-                cwd=self.cwd,
-                limit=self.max_message_bytes + 1,
-                start_new_session=True,  # our signals, not the terminal's, end it
-                preexec_fn=die_with_parent,
-            )
-        except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise LinkError(f"cannot start server {self.name!r}: {reason}") from None
+        self._proc = await self.spawner.spawn(self.max_message_bytes + 1)
         self._tasks = [
             asyncio.create_task(self._pump_stdout(), name=f"{self.name}-stdout"),
             asyncio.create_task(self._pump_stderr(), name=f"{self.name}-stderr"),
@@ -169,6 +191,7 @@ class StdioLink(MessageLink):
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
+        await self.spawner.cleanup()
 
     async def _wait(self, proc: asyncio.subprocess.Process) -> bool:
         try:

@@ -1,0 +1,104 @@
+"""`mcpward doctor`: what isolation this machine offers, and what each configured server will get.
+
+It probes (bwrap, user namespaces, seccomp, Landlock, cgroups, container engines, root) and then
+plans every server exactly as a start would: backend, uid, binds, network, limits, and whether
+each declared secret resolves (never its value). Nothing is started. Exit 1 when a configured
+server would not start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _server_report(launcher: Any, name: str, caps: Any) -> dict[str, Any]:
+    from mcpward.sandbox.backends import choose_backend
+    from mcpward.sandbox.plan import PlanError, make_plan
+    from mcpward.sandbox.settings import describe_profile
+    from mcpward.secrets.refs import SecretError, parse_ref
+    from mcpward.transport.base import LinkError
+
+    server = launcher.cfg.servers[name]
+    report: dict[str, Any] = {"server": name, "problems": [], "warnings": []}
+    if server.command is None:
+        report.update(backend="remote", url=server.url)
+        return report
+    profile = launcher.settings.profile(name)
+    report.update(describe_profile(profile))
+    if profile.backend == "none":
+        report["warnings"].append("runs UNSANDBOXED on the host (backend = \"none\")")
+    else:
+        try:
+            report["backend"] = choose_backend(profile, caps)
+        except LinkError as exc:
+            report["problems"].append(str(exc))
+        try:
+            plan = make_plan(name, server.command, server.args, server.env, server.cwd, profile, launcher.settings,
+                             sensitive=launcher.sensitive)
+            report["uid"] = plan.uid
+            report["binds"] = [f"{b.path} ({'rw' if b.writable else 'ro'}, {b.why})" for b in plan.binds]
+            report["package_cache"] = str(plan.cache_dir) if plan.cache_dir else None
+        except PlanError as exc:
+            report["problems"].append(str(exc))
+    memory_ok = caps.cgroup_writable.get("memory", False)
+    report["limits_enforced_by"] = "cgroups + rlimits" if memory_ok else "rlimits only (no writable cgroup)"
+    status: dict[str, str] = {}
+    for decl in profile.secrets:
+        try:
+            launcher.secrets.resolve(parse_ref(decl.ref))
+            status[decl.name] = "resolves"
+        except SecretError as exc:
+            status[decl.name] = f"does not resolve: {exc.reason}"
+            report["problems"].append(f"secret {decl.name} ({decl.ref}) {exc.reason}")
+    report["secret_status"] = status
+    return report
+
+
+def doctor_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Path to mcpward.toml.")] = Path("mcpward.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show what isolation is available here and what each configured server will get."""
+    from mcpward.cli.main import _load
+    from mcpward.gateway.config import ConfigError, GatewayConfig
+    from mcpward.sandbox import probe
+    from mcpward.sandbox.launcher import Launcher
+
+    caps = probe.probe()
+    cfg = _load(config) if config.exists() else GatewayConfig(source="<no config>")
+    try:
+        launcher = Launcher(cfg)
+    except ConfigError as exc:
+        err.print(f"[bold red]config error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    servers = [_server_report(launcher, name, caps) for name in sorted(cfg.servers)]
+    host = [{"item": i, "value": v, "meaning": m} for i, v, m in probe.summary_rows(caps)]
+    failing = [s for s in servers if s["problems"]]
+    if as_json:
+        out.print_json(orjson.dumps({"host": host, "servers": servers}).decode())
+        raise typer.Exit(1 if failing else 0)
+    table = Table("item", "value", "meaning", title="isolation on this machine", title_justify="left")
+    for row in host:
+        table.add_row(escape(row["item"]), escape(row["value"]), escape(row["meaning"]))
+    out.print(table)
+    for s in servers:
+        head = f"[bold]{escape(s['server'])}[/]: backend {escape(str(s.get('backend', '?')))}"
+        out.print(head, highlight=False)
+        for key in ("uid", "network", "binds", "package_cache", "limits", "limits_enforced_by", "secret_status"):
+            if key in s and s[key] not in (None, [], {}):
+                out.print(f"  {key}: {escape(str(s[key]))}", highlight=False, soft_wrap=True)
+        for w in s["warnings"]:
+            out.print(f"  [yellow]warning[/] {escape(w)}", highlight=False, soft_wrap=True)
+        for p in s["problems"]:
+            out.print(f"  [bold red]will not start[/] {escape(p)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if failing else 0)

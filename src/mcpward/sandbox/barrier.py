@@ -1,0 +1,93 @@
+"""The work done between "sandbox built" and "server started", and after it ends.
+
+bwrap stops at `--block-fd` with the sandbox's pid known: the gateway moves that pid into the
+sandbox's cgroups (so nothing the server forks escapes them) and plants the egress proxy's
+listener in its network namespace, then lets it run. After exit: the proxy closes, the cgroups
+go, and what they counted (an OOM kill, a pids limit hit) is audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mcpward.audit import events
+from mcpward.sandbox.cgroups import CgroupError, CgroupLimits, CgroupSet
+from mcpward.sandbox.plan import SandboxPlan
+from mcpward.sandbox.settings import SandboxProfile
+from mcpward.transport.base import LinkError
+
+if TYPE_CHECKING:
+    from mcpward.sandbox.egress import EgressProxy
+    from mcpward.sandbox.egress_policy import EgressDecision, Resolver
+
+log = logging.getLogger("mcpward.sandbox")
+_warned_no_cgroups: set[str] = set()
+
+
+class Barrier:
+    def __init__(self, plan: SandboxPlan, profile: SandboxProfile, resolver: Resolver | None,
+                 on_decision: Callable[[EgressDecision], None], state_dir: Path) -> None:
+        self.plan, self.profile, self.state_dir = plan, profile, state_dir
+        self.resolver, self.on_decision = resolver, on_decision
+        self.proxy: EgressProxy | None = None
+        self._done = False
+        lim = plan.limits
+        self.cgroups = CgroupSet.create(plan.server, CgroupLimits(memory_bytes=lim.memory, pids=lim.pids, cpu=lim.cpu))
+        if self.cgroups is None and plan.server not in _warned_no_cgroups:
+            _warned_no_cgroups.add(plan.server)
+            log.warning("server %s: no writable cgroups (%s); limits fall back to rlimits",
+                        plan.server, CgroupSet.last_problem)
+
+    @property
+    def memory_in_cgroup(self) -> bool:
+        return self.cgroups is not None and "memory" in self.cgroups.groups
+
+    async def on_child(self, pid: int) -> None:
+        if self.cgroups is not None:
+            try:
+                self.cgroups.attach(pid)
+            except CgroupError as exc:
+                raise LinkError(f"server {self.plan.server!r}: cannot apply its resource limits: {exc}") from None
+        if self.plan.egress and self.resolver is not None:
+            from mcpward.sandbox.egress import EgressProxy
+            from mcpward.sandbox.egress_policy import parse_policy
+            from mcpward.sandbox.netns import PlantError, plant_listener
+
+            eg = self.profile.egress
+            policy = parse_policy(list(eg.allow), list(eg.allow_private), {k: list(v) for k, v in eg.resolve.items()})
+            try:
+                sock = plant_listener(pid)
+            except PlantError as exc:
+                raise LinkError(f"server {self.plan.server!r}: cannot set up its egress proxy: {exc}") from None
+            self.proxy = EgressProxy(self.plan.server, policy, self.resolver, self.on_decision)
+            await self.proxy.start(sock)
+        events.record("sandbox.started", server=self.plan.server, backend="bwrap", uid=self.plan.uid,
+                      cgroups=sorted(self.cgroups.groups) if self.cgroups else [],
+                      egress=list(self.profile.egress.allow), secrets=sorted(self.plan.files))
+
+    async def on_exit(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.proxy is not None:
+            await self.proxy.close()
+        if self.cgroups is not None:
+            stats = self.cgroups.stats()
+            await asyncio.to_thread(self.cgroups.remove)
+            if stats.get("oom_kill") or stats.get("pids_max_hits"):
+                events.record("sandbox.limit-hit", server=self.plan.server, **{
+                    k: v for k, v in stats.items() if k in ("oom_kill", "pids_max_hits", "memory_peak")})
+        if self.plan.cache_dir is not None:
+            from mcpward.sandbox import artifacts
+
+            try:
+                files = await asyncio.to_thread(artifacts.record, self.state_dir, self.plan.server, self.plan.cache_dir)
+            except (OSError, artifacts.ArtifactError) as exc:
+                log.warning("server %s: cannot record its package-cache manifest: %s", self.plan.server, exc)
+                files = -1
+        events.record("sandbox.stopped", server=self.plan.server,
+                      cache_files=files if self.plan.cache_dir is not None else None)

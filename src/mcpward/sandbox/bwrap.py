@@ -1,0 +1,235 @@
+"""The bubblewrap backend: the Linux default.
+
+What the measurements in our notes settled:
+- bwrap's own argv and environment are readable inside the sandbox (`/proc/1/cmdline`,
+  `/proc/1/environ`), so bwrap starts with an environment of just PATH and every flag, every
+  variable and every secret goes through file descriptors: `--args FD` (a memfd), secret files
+  with `--ro-bind-data FD`, binds with `--ro-bind-fd FD` (opened by the gateway, so a directory
+  the sandbox uid could not reach by path is still bound, and only what was checked is bound).
+- A root gateway runs bwrap as the server's dedicated uid: inside a user namespace that root
+  created, uid 0 is still host root for file permissions.
+- `--info-fd`/`--block-fd` are a barrier: the sandbox is built but the server has not started
+  while the gateway moves it into cgroups and plants the egress listener.
+- bwrap resolves bind sources by path, as the uid it runs as; a root gateway's runtimes often sit
+  under a directory only root may search (`/root/.pyenv`). So a root gateway holds bwrap at
+  `--userns-block-fd` and writes the user namespace's maps itself: the server's uid to itself, and
+  root to root, so bwrap's mount setup (full capabilities inside that namespace) may traverse
+  root-owned directories. The server then runs as its uid with every capability dropped, no new
+  privileges, nosuid mounts and a seccomp filter that refuses setns, unshare and new user
+  namespaces, so the root mapping is never reachable from inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shlex
+import signal
+from collections.abc import Awaitable, Callable
+
+from mcpward.sandbox import rlimits
+from mcpward.sandbox.paths import merged_usr_links, system_binds
+from mcpward.sandbox.plan import CACHE_DIR, SANDBOX_HOME, SECRETS_DIR, SandboxPlan
+from mcpward.transport.base import LinkError
+from mcpward.transport.stdio_link import die_with_parent
+
+log = logging.getLogger("mcpward.sandbox")
+BARRIER_TIMEOUT = 10.0
+_HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+class FdBag:
+    """File descriptors handed to bwrap: written memfds and O_PATH handles, closed after spawn."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def data(self, content: bytes, label: str = "mcpward") -> int:
+        fd = os.memfd_create(label, os.MFD_CLOEXEC)
+        self.fds.append(fd)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def path(self, path: str) -> int:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        self.fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+
+def build_args(plan: SandboxPlan, bag: FdBag, seccomp_bpf: bytes | None) -> list[str]:
+    """bwrap's flags for `plan`, passed through `--args`: namespaces, mounts, environment."""
+    uid = plan.uid if plan.uid is not None else os.geteuid()
+    gid = plan.uid if plan.uid is not None else os.getegid()
+    a = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+         "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv"]
+    if plan.uid is None:
+        # Unprivileged gateway: bwrap maps our uid and nests a second user namespace with
+        # max_user_namespaces=0. (A root gateway writes the maps itself, see _map_ids; the seccomp
+        # filter refuses new user namespaces either way.)
+        a.append("--disable-userns")
+    for path in system_binds():
+        a += ["--ro-bind", str(path), str(path)]
+    for link, target in merged_usr_links().items():
+        a += ["--symlink", target, link]
+    a += ["--proc", "/proc", "--dev", "/dev",
+          "--size", str(plan.limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp",
+          "--perms", "0700", "--dir", SANDBOX_HOME]
+    passwd = f"root:x:0:0::/nonexistent:/usr/sbin/nologin\nsandbox:x:{uid}:{gid}::{SANDBOX_HOME}:/usr/sbin/nologin\n"
+    group = f"root:x:0:\nsandbox:x:{gid}:\n"
+    for name, content in (("passwd", passwd.encode()), ("group", group.encode()), ("hosts", _HOSTS)):
+        a += ["--perms", "0444", "--ro-bind-data", str(bag.data(content, name)), f"/etc/{name}"]
+    if plan.files:
+        a += ["--perms", "0755", "--dir", SECRETS_DIR]
+        for name, secret in sorted(plan.files.items()):
+            a += ["--perms", "0400", "--ro-bind-data", str(bag.data(secret, "secret")), f"{SECRETS_DIR}/{name}"]
+    for bind in plan.binds:
+        flag = "--bind-fd" if bind.writable else "--ro-bind-fd"
+        a += [flag, str(bag.path(str(bind.path))), str(bind.path)]
+    if plan.cache_dir is not None:
+        a += ["--bind-fd", str(bag.path(str(plan.cache_dir))), CACHE_DIR]
+    if seccomp_bpf is not None:
+        a += ["--seccomp", str(bag.data(seccomp_bpf, "seccomp"))]
+    for key, value in sorted(plan.env.items()):
+        a += ["--setenv", key, value]
+    a += ["--chdir", plan.cwd]
+    return a  # the command itself follows `--` on bwrap's own argv (bwrap reads no command from --args)
+
+
+def _encode_args(args: list[str]) -> bytes:
+    for arg in args:
+        if "\0" in arg:
+            raise LinkError("a sandbox argument contains a NUL byte")
+    return b"".join(arg.encode() + b"\0" for arg in args)
+
+
+class BwrapSpawner:
+    """Spawns one sandboxed server per `spawn()`; `on_child` runs at the barrier, `on_exit` after."""
+
+    def __init__(self, plan: SandboxPlan, bwrap: str, seccomp_bpf: bytes | None,
+                 on_child: Callable[[int], Awaitable[None]], on_exit: Callable[[], Awaitable[None]],
+                 limits: rlimits.Rlimits) -> None:
+        self.plan, self.bwrap, self.seccomp_bpf = plan, bwrap, seccomp_bpf
+        self.on_child, self.on_exit, self.rlimits = on_child, on_exit, limits
+
+    def describe(self) -> str:
+        return f"[bwrap] {shlex.join(self.plan.argv)}"
+
+    def _preexec(self) -> None:
+        # Here rather than Popen's user=/group= (uvloop has neither): groups, gid, then uid, and the
+        # parent-death signal after them, because changing credentials clears it.
+        uid = self.plan.uid
+        if uid is not None:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+        die_with_parent()
+        rlimits.apply(self.rlimits)
+
+    async def spawn(self, limit: int) -> asyncio.subprocess.Process:
+        bag = FdBag()
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        proc: asyncio.subprocess.Process | None = None
+        try:
+            args_fd = bag.data(_encode_args(build_args(self.plan, bag, self.seccomp_bpf)), "bwrap-args")
+            barrier = ["--info-fd", str(info_w), "--block-fd", str(block_r)]
+            if self.plan.uid is not None:
+                # One pipe for both waits: bwrap's outer process reads the first byte (maps written),
+                # the sandbox reads the second (ready to exec) and closes it, so no descriptor of
+                # ours outlives the barrier inside the sandbox.
+                barrier += ["--userns-block-fd", str(block_r)]
+            proc = await asyncio.create_subprocess_exec(
+                self.bwrap, *barrier, "--args", str(args_fd), "--", *self.plan.argv,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={"PATH": "/usr/bin:/bin"}, cwd="/", limit=limit, start_new_session=True,
+                pass_fds=[*bag.fds, info_w, block_r], preexec_fn=self._preexec,
+            )
+            os.close(info_w)
+            os.close(block_r)
+            info_w = block_r = -1
+            bag.close()  # bwrap holds its own copies; closing ours keeps secrets out of the gateway's fd table
+            child = await self._child_pid(proc, info_r)
+            if self.plan.uid is not None:
+                _map_ids(child, self.plan.uid)
+                os.write(block_w, b"1")
+            await self.on_child(child)
+            try:
+                os.write(block_w, b"1")
+            except BrokenPipeError:
+                detail = await _stderr_of(proc)
+                raise LinkError(f"server {self.plan.server!r}: the sandbox ended before the server started: "
+                                f"{detail}") from None
+            return proc
+        except BaseException as exc:
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    await proc.wait()
+            await self.on_exit()
+            if isinstance(exc, (LinkError, asyncio.CancelledError)):
+                raise
+            if isinstance(exc, OSError):
+                raise LinkError(f"cannot start server {self.plan.server!r} in its sandbox: "
+                                f"{exc.strerror or exc}") from None
+            raise
+        finally:
+            bag.close()
+            for fd in (info_r, info_w, block_r, block_w):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    async def _child_pid(self, proc: asyncio.subprocess.Process, info_r: int) -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            raw = await asyncio.wait_for(loop.run_in_executor(None, _read_all, info_r), BARRIER_TIMEOUT)
+        except TimeoutError:
+            raise LinkError(f"server {self.plan.server!r}: the sandbox did not come up "
+                            f"in {BARRIER_TIMEOUT:.0f}s") from None
+        try:
+            pid = int(json.loads(raw)["child-pid"])
+        except (ValueError, KeyError, TypeError):
+            detail = await _stderr_of(proc)
+            raise LinkError(f"server {self.plan.server!r}: bwrap failed to build the sandbox: {detail}") from None
+        return pid
+
+    async def cleanup(self) -> None:
+        await self.on_exit()
+
+
+def _map_ids(pid: int, uid: int) -> None:
+    """The maps of the sandbox's user namespace (root gateway): the server's uid and root, each to itself."""
+    for kind in ("uid_map", "gid_map"):
+        with open(f"/proc/{pid}/{kind}", "w") as f:
+            f.write(f"0 0 1\n{uid} {uid} 1\n")
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _stderr_of(proc: asyncio.subprocess.Process) -> str:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(proc.wait(), 2.0)
+    if proc.stderr is None:
+        return "no detail"
+    with contextlib.suppress(Exception):
+        data = await asyncio.wait_for(proc.stderr.read(2000), 1.0)
+        return data.decode(errors="replace").strip() or f"exit code {proc.returncode}"
+    return f"exit code {proc.returncode}"

@@ -1,0 +1,215 @@
+"""From a server's config to a running, isolated process (or a remote link), with its secrets.
+
+One launcher per gateway. For each start it resolves the secrets the server declares (a secret
+that cannot be resolved stops that server, naming it; never an empty value), registers every
+value with the redactor, picks the backend, and wires the barrier work: cgroups and the egress
+proxy listener. Each start and refusal is audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mcpward.audit import events
+from mcpward.gateway.config import GatewayConfig, ServerConfig
+from mcpward.sandbox import probe, rlimits
+from mcpward.sandbox.backends import choose_backend, unsandboxed_spawner
+from mcpward.sandbox.paths import sensitive_paths
+from mcpward.sandbox.plan import PlanError, SandboxPlan, make_plan
+from mcpward.sandbox.settings import SandboxProfile, SandboxSettings, read_settings
+from mcpward.transport.base import LinkError, MessageLink
+from mcpward.transport.stdio_link import Spawner, StdioLink
+
+if TYPE_CHECKING:
+    from mcpward.sandbox.egress_policy import EgressDecision, Resolver
+    from mcpward.secrets import SecretResolver
+
+log = logging.getLogger("mcpward.sandbox")
+
+
+class Launcher:
+    def __init__(self, cfg: GatewayConfig, on_secret_values: Callable[[list[str]], Any] = lambda _v: None) -> None:
+        """Raises ConfigError for a bad [sandbox], [secrets] or per-server table."""
+        from mcpward.secrets import load_settings
+
+        self.cfg = cfg
+        self.settings: SandboxSettings = read_settings(cfg)
+        self.secret_settings = load_settings(cfg.secrets, cfg.source, cfg.base_dir)
+        self.on_secret_values = on_secret_values
+        self._secrets: SecretResolver | None = None
+        self._dns: Resolver | None = None
+        self.sensitive = sensitive_paths((self.settings.state_dir, *self._store_paths()))
+
+    def _store_paths(self) -> tuple[Path, ...]:
+        path = getattr(self.secret_settings, "path", None)
+        return (path,) if isinstance(path, Path) else ()
+
+    # ------------------------------------------------------------------ secrets
+    @property
+    def secrets(self) -> SecretResolver:
+        if self._secrets is None:
+            from mcpward.secrets import SecretResolver
+
+            self._secrets = SecretResolver(self.secret_settings)
+        return self._secrets
+
+    async def _resolve(self, server: ServerConfig, texts: dict[str, str],
+                       declared: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        """(texts with `${ref}` replaced, declared NAME -> value); LinkError names server and secret."""
+        from mcpward.secrets.refs import SecretError, find_refs, interpolate, parse_ref
+
+        def work() -> tuple[dict[str, str], dict[str, str]]:
+            values: dict[Any, str] = {}
+            try:
+                out_decl = {}
+                for name, ref_text in declared.items():
+                    ref = parse_ref(ref_text)
+                    out_decl[name] = values.setdefault(ref, self.secrets.resolve(ref))
+                out_texts = {}
+                for key, text in texts.items():
+                    refs = find_refs(text)
+                    for ref in refs:
+                        if ref not in values:
+                            values[ref] = self.secrets.resolve(ref)
+                    out_texts[key] = interpolate(text, values) if refs else text
+            except SecretError as exc:
+                events.record("sandbox.secret-unresolved", server=server.name, ref=str(exc.ref), reason=exc.reason)
+                raise LinkError(f"server {server.name!r} not started: secret {exc}") from None
+            self.on_secret_values(list(values.values()))
+            return out_texts, out_decl
+
+        return await asyncio.to_thread(work)
+
+    # ------------------------------------------------------------------ links
+    def describe(self, server: ServerConfig) -> str:
+        if server.command is None:
+            return server.url or ""
+        profile = self.settings.profile(server.name)
+        return f"[{profile.backend}] " + " ".join([server.command, *server.args])
+
+    async def link(self, server: ServerConfig, max_message_bytes: int) -> MessageLink:
+        """A link ready to `open()`: secrets resolved, sandbox planned."""
+        if server.command is None:
+            from mcpward.transport.http_link import HttpLink
+
+            headers, _ = await self._resolve(server, dict(server.headers), {})
+            assert server.url is not None
+            return HttpLink(server.url, headers, max_message_bytes=max_message_bytes)
+        spawner = await self._spawner(server)
+        return StdioLink(server.name, spawner, max_message_bytes)
+
+    async def _spawner(self, server: ServerConfig) -> Spawner:
+        assert server.command is not None
+        profile = self.settings.profile(server.name)
+        declared = {s.name: s.ref for s in profile.secrets}
+        env, values = await self._resolve(server, dict(server.env), declared)
+        files = {s.name: values[s.name].encode() for s in profile.secrets if s.deliver == "file"}
+        env_secrets = {s.name: values[s.name] for s in profile.secrets if s.deliver == "env"}
+        if profile.backend == "none":
+            return unsandboxed_spawner(server, env | env_secrets, files)
+        try:
+            plan = make_plan(server.name, server.command, server.args, env, server.cwd, profile, self.settings,
+                             sensitive=self.sensitive)
+        except PlanError as exc:
+            events.record("sandbox.refused", server=server.name, reason=str(exc))
+            raise LinkError(str(exc)) from None
+        await self._verify_artifacts(server.name, profile, plan)
+        plan.env.update(env_secrets)
+        plan.env.update({f"{name}_FILE": f"/run/secrets/{name}" for name in files})
+        plan.files = files
+        caps = probe.probe()
+        try:
+            backend = choose_backend(profile, caps)
+        except LinkError as exc:
+            events.record("sandbox.refused", server=server.name, reason=str(exc))
+            raise
+        if backend != "bwrap":
+            from mcpward.sandbox.containers import ContainerSpawner
+
+            assert profile.image is not None
+            if env_secrets:
+                raise LinkError(f"server {server.name!r}: a container backend takes secrets as files only "
+                                "(env values show in `inspect`); declare them with as = \"file\"")
+            return ContainerSpawner(backend, profile.image, plan, [server.command, *server.args])
+        return self._bwrap(plan, profile, caps)
+
+    async def _verify_artifacts(self, name: str, profile: SandboxProfile, plan: SandboxPlan) -> None:
+        from mcpward.sandbox import artifacts
+
+        def work() -> None:
+            artifacts.verify_pins(profile.verify, self.cfg.base_dir)
+            if plan.cache_dir is not None:
+                artifacts.verify(self.settings.state_dir, name, plan.cache_dir)
+
+        try:
+            await asyncio.to_thread(work)
+        except artifacts.ArtifactError as exc:
+            events.record("sandbox.artifact-changed", server=name, reason=str(exc))
+            raise LinkError(f"server {name!r} not started: {exc}; if the change is expected, delete "
+                            f"{artifacts.manifest_path(self.settings.state_dir, name)} (or update the pin)") from None
+
+    def _bwrap(self, plan: SandboxPlan, profile: SandboxProfile, caps: probe.HostCapabilities) -> Spawner:
+        from mcpward.sandbox.barrier import Barrier
+        from mcpward.sandbox.bwrap import BwrapSpawner
+        from mcpward.sandbox.seccomp import SeccompUnavailable, filter_bpf
+
+        try:
+            bpf = filter_bpf()
+        except SeccompUnavailable as exc:
+            events.record("sandbox.refused", server=plan.server, reason=f"seccomp unavailable: {exc}")
+            raise LinkError(f"server {plan.server!r} not started: seccomp is unavailable here ({exc})") from None
+        self._prepare_cache(plan)
+        barrier = Barrier(plan, profile, self._egress_resolver() if plan.egress else None, self._on_egress,
+                          self.settings.state_dir)
+        limits = rlimits.Rlimits(
+            nofile=plan.limits.nofile,
+            nproc=plan.limits.pids if plan.uid is not None else None,  # per uid: only a dedicated uid's count is ours
+            address_space=None if barrier.memory_in_cgroup else _address_space(plan),
+            file_size=plan.limits.file_size,
+        )
+        assert caps.bwrap is not None
+        return BwrapSpawner(plan, caps.bwrap, bpf, barrier.on_child, barrier.on_exit, limits)
+
+    def _prepare_cache(self, plan: SandboxPlan) -> None:
+        if plan.cache_dir is None:
+            return
+        try:
+            plan.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(plan.cache_dir, 0o700)
+            if plan.uid is not None:
+                os.chown(plan.cache_dir, plan.uid, plan.uid)
+        except OSError as exc:
+            raise LinkError(f"server {plan.server!r}: cannot prepare its package cache "
+                            f"{plan.cache_dir}: {exc.strerror}") from None
+
+    def _egress_resolver(self) -> Resolver:
+        if self._dns is None:
+            from mcpward.sandbox.egress_policy import Resolver
+
+            self._dns = Resolver()
+        return self._dns
+
+    @staticmethod
+    def _on_egress(decision: EgressDecision) -> None:
+        events.record("egress.allowed" if decision.allowed else "egress.refused", server=decision.server,
+                      host=decision.host, port=decision.port, method=decision.method, address=decision.address,
+                      rule=decision.rule, detail=decision.detail)
+
+
+def _address_space(plan: SandboxPlan) -> int | None:
+    """Without a memory cgroup, a ceiling on address space: generous, because runtimes such as Node
+    reserve far more than they use."""
+    return plan.limits.memory * 4 if plan.limits.memory is not None else None
+
+
+
+def make_launcher(cfg: GatewayConfig) -> Launcher:
+    """The gateway's launcher: every secret it resolves joins the output and log redactor's exact values."""
+    from mcpward.guards.output import redactor_for
+
+    return Launcher(cfg, redactor_for(cfg).add_exact)

@@ -1,0 +1,209 @@
+"""What a sandbox may see of the host's files, and what it never may.
+
+The system part is fixed: `/usr` and a handful of `/etc` files a runtime reads, read-only (never
+all of `/`: a read-only bind of `/` still lets a process `connect()` to every host unix socket,
+and a root gateway's `/root` would be readable). Everything else is declared per server, plus
+the command's own install root and the directories of script arguments (`auto_bind`).
+
+A declared path is refused when it is, contains or lies inside a sensitive path (credentials,
+sockets, kernel interfaces), so no config can hand a server `~/.ssh` or `docker.sock` (T10).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import os
+import pwd
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+# Directories no server gets, wholly or in part: kernel interfaces, runtime sockets, boot.
+FORBIDDEN_TREES = ("/proc", "/sys", "/dev", "/run", "/var/run", "/boot", "/var/lib/docker",
+                   "/var/lib/containers", "/var/lib/containerd", "/tmp/.X11-unix")
+# Files and directories that hold credentials: never bound, nor any directory containing them.
+SENSITIVE_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/sudoers.d", "/etc/ssh",
+                   "/etc/security", "/etc/mcpward", "/var/run/docker.sock", "/run/docker.sock")
+# Names that mark credentials wherever they appear (in any home directory).
+SENSITIVE_NAMES = frozenset({
+    ".ssh", ".aws", ".gnupg", ".kube", ".docker", ".azure", ".netrc", ".git-credentials", ".npmrc",
+    ".pypirc", ".password-store", ".vault-token", ".pgpass", ".terraform.d", ".config/gcloud", ".config/gh",
+    ".local/share/keyrings", ".config/mcpward", ".local/state/mcpward", "id_rsa", "id_ed25519",
+})
+# Always read-only in every sandbox: what dynamic linking, TLS and locale lookups need.
+SYSTEM_RO = ("/usr", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/ssl",
+             "/etc/ca-certificates", "/etc/alternatives", "/etc/localtime", "/etc/nsswitch.conf",
+             "/etc/mime.types")
+SCRIPT_SUFFIXES = (".py", ".js", ".mjs", ".cjs", ".ts")
+MERGED_USR = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
+
+
+class BindRefused(ValueError):
+    """A path the sandbox must not see; the message names the path and the rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    path: Path  # absolute, resolved; bound at the same path inside
+    writable: bool
+    why: str  # "declared", "command", "script", "cwd", "cache" (for doctor and errors)
+
+
+@functools.cache
+def _homes() -> tuple[Path, ...]:
+    homes = {Path(os.path.expanduser("~"))}
+    with contextlib.suppress(OSError):
+        homes.update(Path(p.pw_dir) for p in pwd.getpwall() if p.pw_dir not in ("", "/", "/nonexistent"))
+    return tuple(sorted(homes))
+
+
+def sensitive_paths(extra: tuple[Path, ...] = ()) -> list[Path]:
+    """Absolute sensitive paths on this host: fixed ones, credentials in every home, and `extra`
+    (the gateway's own secret store and state directory)."""
+    out = [Path(p) for p in SENSITIVE_FILES]
+    for home in _homes():
+        out.extend(home / name for name in SENSITIVE_NAMES)
+    out.extend(extra)
+    return out
+
+
+def check_bind(path: Path, sensitive: list[Path]) -> Path:
+    """The resolved path if it may be bound; BindRefused (naming the rule) if not."""
+    if not path.is_absolute():
+        raise BindRefused(f"{path}: bind paths must be absolute")
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise BindRefused(f"{path}: does not exist or cannot be resolved ({exc.__class__.__name__})") from None
+    if real == Path("/"):
+        raise BindRefused(f"{path}: binding / would expose every host file and socket")
+    for tree in FORBIDDEN_TREES:
+        if real == Path(tree) or Path(tree) in real.parents:
+            raise BindRefused(f"{path}: {tree} is never bound (kernel interfaces and host sockets)")
+    for parts in _name_windows(real):
+        if parts in SENSITIVE_NAMES:
+            raise BindRefused(f"{path}: lies in {parts!s}, which holds credentials")
+    if real in _homes() or real == Path("/home"):
+        raise BindRefused(f"{path}: a home directory is never bound whole (it is where credentials live); "
+                          "bind the project directory instead")
+    text = str(real)
+    for bad in sensitive:
+        other = str(bad)
+        if text == other or text.startswith(other + "/"):
+            raise BindRefused(f"{path}: lies in {bad}, which holds credentials")
+        if other.startswith(text + "/") and _exists(bad):
+            raise BindRefused(f"{path}: contains {bad}, which holds credentials; bind a narrower directory")
+    mode = real.stat().st_mode
+    if stat.S_ISSOCK(mode):
+        raise BindRefused(f"{path}: a unix socket is never bound (it reaches a host service)")
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise BindRefused(f"{path}: only regular files and directories are bound")
+    if stat.S_ISDIR(mode):
+        for child in SENSITIVE_NAMES:
+            if "/" not in child and _exists(real / child):
+                raise BindRefused(f"{path}: contains {child}, which holds credentials; bind a narrower directory")
+    return real
+
+
+def _name_windows(path: Path) -> set[str]:
+    """Each component, and each pair of adjacent components (for names like `.config/gh`)."""
+    parts = path.parts[1:]
+    return set(parts) | {f"{a}/{b}" for a, b in itertools.pairwise(parts)}
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return True  # cannot tell: assume the worst
+
+
+def system_binds() -> list[Path]:
+    return [Path(p) for p in SYSTEM_RO if os.path.exists(p)]
+
+
+def merged_usr_links() -> dict[str, str]:
+    """`/bin -> usr/bin` and friends, as on the host: symlinks where the host has them."""
+    links = {}
+    for name in MERGED_USR:
+        host = Path("/") / name
+        if host.is_symlink():
+            links[f"/{name}"] = os.readlink(host)
+    return links
+
+
+def resolve_command(command: str, path_env: str) -> Path | None:
+    if "/" in command:
+        p = Path(command)
+        return p if p.is_absolute() else Path.cwd() / p
+    found = shutil.which(command, path=path_env)
+    return Path(found) if found else None
+
+
+def install_root(executable: Path) -> Path | None:
+    """The directory a command needs beside itself, or None when it is part of the system (/usr).
+
+    A virtualenv's root (it holds site-packages), a Node package tree (the directory holding
+    `node_modules`), an install prefix (`<prefix>/bin/x` with `<prefix>/lib`, as pyenv, nvm or a
+    Node tarball lay out), or else the command's own directory.
+    """
+    path = Path(os.path.abspath(executable))
+    if path.parts[:2] == ("/", "usr") or Path(os.path.realpath(path)).parts[:2] == ("/", "usr"):
+        return None  # the system's own (`/bin/sh` is `/usr/bin/dash` on a merged-/usr host)
+    for parent in path.parents:
+        if (parent / "pyvenv.cfg").is_file():
+            return parent
+        if parent.name == "node_modules":
+            return parent.parent
+    if path.parent.name == "bin" and (path.parent.parent / "lib").is_dir() and path.parent.parent != Path("/"):
+        return path.parent.parent
+    return path.parent
+
+
+def shebang_interpreter(exe: Path) -> Path | None:
+    """The interpreter a `#!` script names (a console script's venv Python), when it is a path."""
+    try:
+        with open(exe, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    if not words or not words[0].startswith(b"/") or words[0].endswith(b"/env"):
+        return None
+    return Path(words[0].decode(errors="replace"))
+
+
+def auto_binds(command: str, args: list[str], cwd: str | None, path_env: str) -> list[Bind]:
+    """Read-only binds the server cannot run without: its command's install root (a symlinked
+    command brings its target's too), the directory of each script argument, each other file
+    argument (that file only), and its cwd."""
+    out: list[Bind] = []
+    exe = resolve_command(command, path_env)
+    if exe is not None:
+        interpreter = shebang_interpreter(exe)
+        candidates = {exe, exe.resolve()}
+        if interpreter is not None:
+            candidates |= {interpreter, interpreter.resolve()}
+        for candidate in candidates:
+            root = install_root(candidate)
+            if root is not None:
+                out.append(Bind(root, False, "command"))
+    base = Path(cwd) if cwd else Path.cwd()
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        p = Path(arg) if os.path.isabs(arg) else base / arg
+        if not p.is_file():
+            continue
+        if arg.endswith(SCRIPT_SUFFIXES):
+            out.append(Bind(p.resolve().parent, False, "script"))  # a script imports its neighbours
+        else:
+            out.append(Bind(p.resolve(), False, "argument"))  # a data file: that file only
+    if cwd is not None:
+        out.append(Bind(Path(cwd).resolve(), False, "cwd"))
+    return out
