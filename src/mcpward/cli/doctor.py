@@ -23,7 +23,7 @@ err = Console(stderr=True)
 
 def _server_report(launcher: Any, name: str, caps: Any) -> dict[str, Any]:
     from mcpward.sandbox.backends import choose_backend
-    from mcpward.sandbox.plan import PlanError, make_plan
+    from mcpward.sandbox.plan import PlanError
     from mcpward.sandbox.settings import describe_profile
     from mcpward.secrets.refs import SecretError, parse_ref
     from mcpward.transport.base import LinkError
@@ -43,8 +43,7 @@ def _server_report(launcher: Any, name: str, caps: Any) -> dict[str, Any]:
         except LinkError as exc:
             report["problems"].append(str(exc))
         try:
-            plan = make_plan(name, server.command, server.args, server.env, server.cwd, profile, launcher.settings,
-                             sensitive=launcher.sensitive)
+            plan = launcher.plan(server)
             report["uid"] = plan.uid
             report["binds"] = [f"{b.path} ({'rw' if b.writable else 'ro'}, {b.why})" for b in plan.binds]
             report["package_cache"] = str(plan.cache_dir) if plan.cache_dir else None

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -27,6 +27,9 @@ from mcpward.gateway import config as config_mod
 from mcpward.gateway.config import ConfigError, GatewayConfig
 from mcpward.guards.base import GuardChain
 from mcpward.transport.http_checks import is_loopback
+
+if TYPE_CHECKING:
+    from mcpward.sandbox.launcher import Launcher
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -69,18 +72,19 @@ def _load(path: Path) -> GatewayConfig:
         raise typer.Exit(2) from None
 
 
-def _chain(cfg: GatewayConfig) -> GuardChain:
+def _chain(cfg: GatewayConfig) -> tuple[GuardChain, Launcher]:
+    """The guard chain and the launcher: every table checked here, before anything starts."""
     from mcpward.guards.setup import build_chain, install_log_redaction
     from mcpward.sandbox.launcher import make_launcher
 
     try:
         chain = build_chain(cfg)
-        make_launcher(cfg)  # the [sandbox] and [secrets] tables: refused here, before anything starts
+        launcher = make_launcher(cfg)
     except ConfigError as exc:
         err.print(f"[bold red]config error[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     install_log_redaction(cfg)
-    return chain
+    return chain, launcher
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -109,7 +113,7 @@ def run(config: ConfigOpt = Path("mcpward.toml"), verbose: VerboseOpt = False) -
 
     cfg = _load(config)
     _logging(verbose)
-    chain = _chain(cfg)
+    chain, launcher = _chain(cfg)
 
     async def main() -> None:
         # A client ends us with SIGTERM after closing stdin: shut down the same orderly
@@ -118,7 +122,7 @@ def run(config: ConfigOpt = Path("mcpward.toml"), verbose: VerboseOpt = False) -
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stopping.set)
-        gateway = Gateway(cfg, chain)
+        gateway = Gateway(cfg, chain, launcher)
         try:
             for step in (gateway.start(), StdioFront(gateway).serve()):
                 work = asyncio.ensure_future(step)
@@ -161,8 +165,8 @@ def serve(
         err.print(f"[bold yellow]WARNING[/] listening on {cfg.http_host}: no authentication is configured, "
                   "so anyone who can reach this port can call every tool", highlight=False, soft_wrap=True)
     _logging(verbose)
-    chain = _chain(cfg)
-    uvicorn.run(HttpFront(Gateway(cfg, chain)), host=cfg.http_host, port=cfg.http_port, log_level="warning",
+    chain, launcher = _chain(cfg)
+    uvicorn.run(HttpFront(Gateway(cfg, chain, launcher)), host=cfg.http_host, port=cfg.http_port, log_level="warning",
                 lifespan="on", access_log=False)
 
 
@@ -179,8 +183,8 @@ def check(
         _logging(True)
     else:
         logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    chain = _chain(cfg)
-    report = run_async(_inspect(cfg, connect))
+    chain, launcher = _chain(cfg)
+    report = run_async(_inspect(cfg, connect, launcher))
     report["guards"] = [guard.name for guard in chain.guards]
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -190,11 +194,11 @@ def check(
         raise typer.Exit(1)
 
 
-async def _inspect(cfg: GatewayConfig, connect: bool) -> dict[str, Any]:
+async def _inspect(cfg: GatewayConfig, connect: bool, launcher: Launcher) -> dict[str, Any]:
     from mcpward.gateway.context import system_context
     from mcpward.gateway.core import Gateway
 
-    gateway = Gateway(cfg)
+    gateway = Gateway(cfg, launcher=launcher)
     servers: list[dict[str, Any]] = []
     try:
         for name, upstream in gateway.upstreams.items():

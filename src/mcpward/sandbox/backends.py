@@ -66,11 +66,8 @@ class UnsandboxedSpawner(PlainSpawner):
                     "whatever the gateway can and reach any network", self.name)
         events.record("sandbox.unsandboxed", server=self.name)
         if self.files:
-            self._dir = Path(tempfile.mkdtemp(prefix=f"mcpward-{self.name}-secrets-"))
-            for name, value in self.files.items():
-                path = self._dir / name
-                _write_private(path, value)
-                self.env[f"{name}_FILE"] = str(path)
+            self._dir = secret_dir(self.files)
+            self.env.update({f"{name}_FILE": str(self._dir / name) for name in self.files})
         try:
             return await super().spawn(limit)
         except LinkError:
@@ -84,12 +81,19 @@ class UnsandboxedSpawner(PlainSpawner):
             self._dir = None
 
 
-def _write_private(path: Path, value: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
-    try:
-        os.write(fd, value)
-    finally:
-        os.close(fd)
+def secret_dir(files: dict[str, bytes], owner: int | None = None) -> Path:
+    """A fresh 0700 directory of 0400 secret files, for backends that cannot take them by descriptor;
+    `owner`: the uid the server runs as (it must read them). The caller removes it when the server stops."""
+    directory = Path(tempfile.mkdtemp(prefix="mcpward-secrets-"))
+    for name, value in files.items():
+        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        try:
+            os.write(fd, value)
+        finally:
+            os.close(fd)
+        if owner is not None:
+            os.chown(directory / name, owner, owner)
+    return directory
 
 
 def unsandboxed_spawner(server: ServerConfig, env: dict[str, str], files: dict[str, bytes]) -> UnsandboxedSpawner:

@@ -54,16 +54,13 @@ class Barrier:
                 raise LinkError(f"server {self.plan.server!r}: cannot apply its resource limits: {exc}") from None
         if self.plan.egress and self.resolver is not None:
             from mcpward.sandbox.egress import EgressProxy
-            from mcpward.sandbox.egress_policy import parse_policy
             from mcpward.sandbox.netns import PlantError, plant_listener
 
-            eg = self.profile.egress
-            policy = parse_policy(list(eg.allow), list(eg.allow_private), {k: list(v) for k, v in eg.resolve.items()})
             try:
                 sock = plant_listener(pid)
             except PlantError as exc:
                 raise LinkError(f"server {self.plan.server!r}: cannot set up its egress proxy: {exc}") from None
-            self.proxy = EgressProxy(self.plan.server, policy, self.resolver, self.on_decision)
+            self.proxy = EgressProxy(self.plan.server, self.profile.egress.policy, self.resolver, self.on_decision)
             await self.proxy.start(sock)
         events.record("sandbox.started", server=self.plan.server, backend="bwrap", uid=self.plan.uid,
                       cgroups=sorted(self.cgroups.groups) if self.cgroups else [],

@@ -15,11 +15,11 @@ import os
 import secrets
 import shlex
 import shutil
-import tempfile
 from pathlib import Path
 
 from mcpward.audit import events
-from mcpward.sandbox.plan import CACHE_DIR, SECRETS_DIR, SandboxPlan
+from mcpward.sandbox.backends import secret_dir
+from mcpward.sandbox.plan import CACHE_DIR, SANDBOX_HOME, SECRETS_DIR, SandboxPlan
 from mcpward.transport.base import LinkError
 from mcpward.transport.stdio_link import die_with_parent
 
@@ -53,7 +53,7 @@ def container_args(engine: str, image: str, plan: SandboxPlan, argv: list[str], 
             a += ["-v", f"{secrets_dir / file}:{SECRETS_DIR}/{file}:ro"]
     for key in sorted(plan.env):
         a += ["-e", key]  # the value comes from the engine CLI's own environment, not from argv
-    a += ["-w", plan.cwd if plan.cwd != "/tmp/home" else "/tmp", image, *argv]
+    a += ["-w", plan.cwd if plan.cwd != SANDBOX_HOME else "/tmp", image, *argv]
     return a
 
 
@@ -71,13 +71,7 @@ class ContainerSpawner:
         if engine is None:
             raise LinkError(f"server {self.plan.server!r}: {self.engine} is not installed")
         if self.plan.files:
-            self._dir = Path(tempfile.mkdtemp(prefix="mcpward-secrets-"))
-            for name, value in self.plan.files.items():
-                fd = os.open(self._dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-                with contextlib.closing(_Fd(fd)):
-                    os.write(fd, value)
-                if self.plan.uid is not None:
-                    os.chown(self._dir / name, self.plan.uid, self.plan.uid)
+            self._dir = secret_dir(self.plan.files, self.plan.uid)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.plan.env}
         args = container_args(self.engine, self.image, self.plan, self.argv, self._dir, self.name)
         events.record("sandbox.started", server=self.plan.server, backend=self.engine, image=self.image,
@@ -106,10 +100,3 @@ class ContainerSpawner:
             self._dir = None
         events.record("sandbox.stopped", server=self.plan.server)
 
-
-class _Fd:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def close(self) -> None:
-        os.close(self.fd)

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcpward.audit import events
@@ -43,11 +42,14 @@ class Launcher:
         self.on_secret_values = on_secret_values
         self._secrets: SecretResolver | None = None
         self._dns: Resolver | None = None
-        self.sensitive = sensitive_paths((self.settings.state_dir, *self._store_paths()))
+        self.sensitive = sensitive_paths((self.settings.state_dir, self.secret_settings.path))
 
-    def _store_paths(self) -> tuple[Path, ...]:
-        path = getattr(self.secret_settings, "path", None)
-        return (path,) if isinstance(path, Path) else ()
+    def plan(self, server: ServerConfig, env: dict[str, str] | None = None) -> SandboxPlan:
+        """The server's sandbox as a start would build it (PlanError when it cannot be sandboxed);
+        `env`: its environment with secret references already resolved (default: as configured)."""
+        assert server.command is not None
+        return make_plan(server.name, server.command, server.args, server.env if env is None else env,
+                         server.cwd, self.settings.profile(server.name), self.settings, sensitive=self.sensitive)
 
     # ------------------------------------------------------------------ secrets
     @property
@@ -113,8 +115,7 @@ class Launcher:
         if profile.backend == "none":
             return unsandboxed_spawner(server, env | env_secrets, files)
         try:
-            plan = make_plan(server.name, server.command, server.args, env, server.cwd, profile, self.settings,
-                             sensitive=self.sensitive)
+            plan = self.plan(server, env)
         except PlanError as exc:
             events.record("sandbox.refused", server=server.name, reason=str(exc))
             raise LinkError(str(exc)) from None

@@ -49,7 +49,8 @@ class SandboxPlan:
 def make_plan(server: str, command: str, args: list[str], env: dict[str, str], cwd: str | None,
               profile: SandboxProfile, settings: SandboxSettings, *, sensitive: list[Path]) -> SandboxPlan:
     """Everything but secret values (the launcher adds those at each start)."""
-    exe = resolve_command(command, _search_path(command, cwd))
+    # A bare name is looked up on the gateway's PATH, as a plain spawn would; a path is used as given.
+    exe = resolve_command(command, os.environ.get("PATH", SYSTEM_PATH))
     if exe is None or not exe.is_file():
         raise PlanError(f"cannot start server {server!r}: No such file or directory: {command}")
     binds: list[Bind] = []
@@ -78,11 +79,6 @@ def make_plan(server: str, command: str, args: list[str], env: dict[str, str], c
     return SandboxPlan(server=server, argv=[str(exe), *args], env=base_env, binds=_dedupe(binds),
                        cwd=str(Path(cwd).resolve()) if cwd else SANDBOX_HOME, uid=uid,
                        limits=profile.limits, cache_dir=cache_dir, egress=profile.egress.enabled)
-
-
-def _search_path(command: str, cwd: str | None) -> str:
-    del cwd
-    return os.environ.get("PATH", SYSTEM_PATH) if "/" not in command else SYSTEM_PATH
 
 
 def _checked(server: str, path: Path, sensitive: list[Path]) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mcpward.gateway.config import ConfigError, GatewayConfig, ServerConfig, TableReader
+from mcpward.sandbox.egress_policy import EgressPolicy, parse_policy
 
 Backend = Literal["auto", "bwrap", "docker", "podman", "none"]
 BACKENDS = ("auto", "bwrap", "docker", "podman", "none")
@@ -38,13 +39,17 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Egress:
-    allow: tuple[str, ...] = ()
-    allow_private: tuple[str, ...] = ()
-    resolve: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """A server's egress allowlist, parsed and checked once, at load; each start serves this policy."""
+
+    policy: EgressPolicy = field(default_factory=EgressPolicy)
+
+    @property
+    def allow(self) -> tuple[str, ...]:
+        return self.policy.allow
 
     @property
     def enabled(self) -> bool:
-        return bool(self.allow)
+        return bool(self.policy.allow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +218,6 @@ def _limits(r: TableReader) -> Limits:
 
 
 def _egress(r: TableReader) -> Egress:
-    from mcpward.sandbox.egress_policy import parse_policy
-
     allow, private = r.strings("allow"), r.strings("allow_private")
     resolve_raw = r.get("resolve", dict, {})
     resolve: dict[str, list[str]] = {}
@@ -224,12 +227,11 @@ def _egress(r: TableReader) -> Egress:
             raise r.fail(f"resolve.{name}", "expected an address or a list of addresses")
         resolve[name] = list(addresses)
     try:
-        parse_policy(allow, private, resolve)
+        policy = parse_policy(allow, private, resolve)
     except ValueError as exc:
         raise r.fail("allow", str(exc)) from None
     r.reject_unknown()
-    return Egress(allow=tuple(allow), allow_private=tuple(private),
-                  resolve={k: tuple(v) for k, v in resolve.items()})
+    return Egress(policy)
 
 
 def _secrets(cfg: GatewayConfig, server: ServerConfig) -> tuple[SecretDecl, ...]:
