@@ -2,6 +2,8 @@
 # Installs what the demo and the tests need, idempotently, on a fresh Debian machine:
 # bubblewrap (the sandbox), a Python venv with mcpward and its test peers, and Node 22 with the MCP conformance
 # suite, the Inspector CLI and the reference servers (pinned in tools/package.json).
+# `--tests` also installs redis-server (the tests start their own on a loopback port, for the
+# multi-replica limits); the demo does not need it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,9 @@ missing=()
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)  # the default sandbox backend
+if [ "${1:-}" = "--tests" ]; then
+    [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+fi
 "$PY" -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     if [ "$(id -u)" = 0 ]; then

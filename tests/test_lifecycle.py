@@ -40,7 +40,8 @@ async def test_pagination_walks_every_server_with_an_opaque_cursor(write_config)
                 break
             assert cursor.startswith("mcpward1.")  # sealed: neither server index nor upstream cursor readable
             assert pages < 20
-        expected = [f"{s}__{t}" for s in ("one", "two") for t in ("echo", "crash", "hang", "flood", "huge", "pid")]
+        tools = ("echo", "crash", "hang", "flood", "huge", "pid", "remember", "recall", "fail", "slow")
+        expected = [f"{s}__{t}" for s in ("one", "two") for t in tools]
         assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))
         assert pages > 2
         reply = await client.request("tools/list", {"cursor": cursor or "mcpward1.e30.forged"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import httpx
 
+from tests.threats.identity_support import Keys, modern_call, reply_of
 from tests.threats.mcp_http import LEGACY_PUSHER, call
 
 CAPS = {"sampling": {}}
@@ -40,3 +41,18 @@ def test_gateway_request_state_cannot_be_forged_altered_or_replayed(serve_gatewa
 
         status, reply = call(http, url, "tools/call", {**params, "requestState": state, "inputResponses": answer}, CAPS)
         assert status == 400 and "requestState refused" in reply["error"]["message"]  # spent: no replay
+
+
+def test_request_state_is_bound_to_the_principal_it_was_issued_to(serve_gateway) -> None:  # type: ignore[no-untyped-def]
+    keys = Keys()
+    url = serve_gateway(LEGACY_PUSHER + keys.table())
+    params = {"name": "legacy__sample", "arguments": {"prompt": "2+2?"}}
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        required = reply_of(modern_call(http, url, "tools/call", params, keys.alice, caps=CAPS))["result"]
+        (key, _), = required["inputRequests"].items()
+        answer = {key: {"role": "assistant", "content": {"type": "text", "text": "4"}, "model": "m"}}
+        retry = {**params, "requestState": required["requestState"], "inputResponses": answer}
+        stolen = reply_of(modern_call(http, url, "tools/call", retry, keys.bob, caps=CAPS))
+        assert "another principal" in stolen["error"]["message"]
+        done = reply_of(modern_call(http, url, "tools/call", retry, keys.alice, caps=CAPS))
+        assert '"4"' in done["result"]["content"][0]["text"]

@@ -1,23 +1,71 @@
 """Audit events: one structured record per decision worth keeping.
 
-Until the hash-chained audit log lands, records go to the `mcpward.audit` logger as one
-JSON object per line, so they are machine-readable already and pass the log redactor.
+`record(event, **fields)` does two things:
+- logs one JSON object per line to the `mcpward.audit` logger (machine-readable, passes the log
+  redactor; tests and operators read it), and
+- appends the record to the installed `AuditLog` (the hash-chained SQLite log), if any, which
+  redacts and escapes every string before it is hashed and stored.
+
 Callers never put raw argument or result values here: names, rule ids, counts, hashes.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+if TYPE_CHECKING:
+    from mcpward.audit.store import AuditLog
+
 log = logging.getLogger("mcpward.audit")
+_installed: AuditLog | None = None
+_atexit_registered = False
+
+
+class AuditError(Exception):
+    """The audit log cannot be opened as configured (wrong key, unknown format, unwritable path)."""
+
+
+class AuditUnavailable(AuditError):
+    """Records could not be committed: the caller must fail closed (not acknowledge the request)."""
 
 
 def record(event: str, **fields: Any) -> None:
+    target = _installed
+    if target is not None:
+        target.append(event, fields)
     if not log.isEnabledFor(logging.INFO):
         return
     body = {"ts": round(time.time(), 3), "event": event, **fields}
     log.info("%s", orjson.dumps(body, default=str, option=orjson.OPT_SORT_KEYS).decode())
+
+
+def install(audit_log: AuditLog | None) -> None:
+    """Send every record from now on to `audit_log` as well (None: stop). The log is closed (flushed)
+    at interpreter exit if nobody closed it before."""
+    global _installed, _atexit_registered
+    _installed = audit_log
+    if audit_log is not None and not _atexit_registered:
+        atexit.register(_close_at_exit)
+        _atexit_registered = True
+
+
+def installed() -> AuditLog | None:
+    return _installed
+
+
+async def durable() -> None:
+    """Return once every record so far is committed; AuditUnavailable when it cannot be (fail closed)."""
+    target = _installed
+    if target is not None:
+        await target.durable()
+
+
+def _close_at_exit() -> None:
+    target = _installed
+    if target is not None:
+        target.close()

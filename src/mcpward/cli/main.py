@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mcpward import __version__
+from mcpward.cli.audit import audit_app
+from mcpward.cli.auth import auth_app
 from mcpward.cli.doctor import doctor_command
 from mcpward.cli.evaluate import eval_command
 from mcpward.cli.policy import policy_app
@@ -25,10 +27,11 @@ from mcpward.cli.secret import secret_app
 from mcpward.cli.tools import tools_app
 from mcpward.gateway import config as config_mod
 from mcpward.gateway.config import ConfigError, GatewayConfig
-from mcpward.guards.base import GuardChain
+from mcpward.guards.base import GuardChain, Listed
 from mcpward.transport.http_checks import is_loopback
 
 if TYPE_CHECKING:
+    from mcpward.gateway.assembly import Assembly
     from mcpward.sandbox.launcher import Launcher
 
 T = TypeVar("T")
@@ -42,6 +45,8 @@ app = typer.Typer(
 app.add_typer(policy_app, name="policy")
 app.add_typer(tools_app, name="tools")
 app.add_typer(secret_app, name="secret")
+app.add_typer(audit_app, name="audit")
+app.add_typer(auth_app, name="auth")
 app.command("doctor")(doctor_command)
 app.command("scan")(scan_command)
 app.command("eval")(eval_command)
@@ -87,6 +92,20 @@ def _chain(cfg: GatewayConfig) -> tuple[GuardChain, Launcher]:
     return chain, launcher
 
 
+def _assemble(cfg: GatewayConfig, front: str) -> Assembly:
+    """Everything the config asks for (guards, launcher, audit, limits, telemetry, authentication)."""
+    from mcpward.gateway.assembly import assemble
+    from mcpward.guards.setup import install_log_redaction
+
+    try:
+        parts = assemble(cfg, front=front)
+    except ConfigError as exc:
+        err.print(f"[bold red]config error[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    install_log_redaction(cfg)
+    return parts
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop when it is installed: it roughly halves the event loop's cost per message."""
     try:
@@ -108,12 +127,11 @@ def _logging(verbose: bool) -> None:
 @app.command()
 def run(config: ConfigOpt = Path("mcpward.toml"), verbose: VerboseOpt = False) -> None:
     """Serve MCP over stdio (what Claude Desktop and IDEs launch)."""
-    from mcpward.gateway.core import Gateway
     from mcpward.transport.stdio_front import StdioFront
 
     cfg = _load(config)
     _logging(verbose)
-    chain, launcher = _chain(cfg)
+    parts = _assemble(cfg, "stdio")
 
     async def main() -> None:
         # A client ends us with SIGTERM after closing stdin: shut down the same orderly
@@ -122,8 +140,9 @@ def run(config: ConfigOpt = Path("mcpward.toml"), verbose: VerboseOpt = False) -
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stopping.set)
-        gateway = Gateway(cfg, chain, launcher)
+        gateway = parts.gateway()
         try:
+            await parts.start()
             for step in (gateway.start(), StdioFront(gateway).serve()):
                 work = asyncio.ensure_future(step)
                 stop = asyncio.ensure_future(stopping.wait())
@@ -136,6 +155,7 @@ def run(config: ConfigOpt = Path("mcpward.toml"), verbose: VerboseOpt = False) -
                 work.result()
         finally:
             await gateway.stop()
+            await parts.stop()
 
     with contextlib.suppress(KeyboardInterrupt):
         run_async(main())
@@ -151,23 +171,27 @@ def serve(
     """Serve MCP over Streamable HTTP (default http://127.0.0.1:8811/mcp)."""
     import uvicorn
 
-    from mcpward.gateway.core import Gateway
     from mcpward.transport.http_front import HttpFront
 
     cfg = _load(config)
     cfg.http_host = host or cfg.http_host
     cfg.http_port = cfg.http_port if port is None else port
-    if not is_loopback(cfg.http_host):
-        if not cfg.allow_non_loopback:
-            err.print(f"[bold red]refused[/] binding {cfg.http_host} exposes every configured server to the "
-                      "network; set gateway.allow_non_loopback = true to do it anyway", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
-        err.print(f"[bold yellow]WARNING[/] listening on {cfg.http_host}: no authentication is configured, "
-                  "so anyone who can reach this port can call every tool", highlight=False, soft_wrap=True)
+    if not is_loopback(cfg.http_host) and not cfg.allow_non_loopback:
+        err.print(f"[bold red]refused[/] binding {cfg.http_host} exposes every configured server to the "
+                  "network; set gateway.allow_non_loopback = true to do it anyway", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     _logging(verbose)
-    chain, launcher = _chain(cfg)
-    uvicorn.run(HttpFront(Gateway(cfg, chain, launcher)), host=cfg.http_host, port=cfg.http_port, log_level="warning",
-                lifespan="on", access_log=False)
+    parts = _assemble(cfg, "http")
+    if parts.auth is None:
+        if not is_loopback(cfg.http_host):
+            err.print(f"[bold red]refused[/] listening on {cfg.http_host} without authentication: anyone who can "
+                      "reach the port could call every tool; configure [auth] (OAuth or API keys)",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        logging.getLogger("mcpward").warning(
+            "the HTTP front has no authentication: every local caller is 'anonymous' (configure [auth])")
+    uvicorn.run(HttpFront(parts.gateway(), parts=parts), host=cfg.http_host, port=cfg.http_port,
+                log_level="warning", lifespan="on", access_log=False)
 
 
 @app.command()
@@ -175,17 +199,29 @@ def check(
     config: ConfigOpt = Path("mcpward.toml"),
     connect: Annotated[bool, typer.Option(help="Start the servers and list what each exposes.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    principal: Annotated[list[str] | None, typer.Option(
+        help="A principal for the permission matrix, KIND:SUBJECT[:GROUP,...] (repeatable; default: the local "
+             "user, anonymous and every configured API key).")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Validate the config and print the effective setup."""
+    """Validate the config and print the effective setup: servers, guards, who may call what, isolation."""
+    from mcpward.cli import permissions
+
     cfg = _load(config)
     if verbose:
         _logging(True)
     else:
         logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    try:
+        principals = [permissions.parse_principal(p) for p in principal] if principal else \
+            permissions.default_principals(cfg)
+    except ValueError as exc:
+        err.print(f"[bold red]error[/] --principal {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     chain, launcher = _chain(cfg)
     report = run_async(_inspect(cfg, connect, launcher))
     report["guards"] = [guard.name for guard in chain.guards]
+    report["permissions"] = permissions.matrix(cfg, chain, report.pop("listed"), principals)
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -200,6 +236,7 @@ async def _inspect(cfg: GatewayConfig, connect: bool, launcher: Launcher) -> dic
 
     gateway = Gateway(cfg, launcher=launcher)
     servers: list[dict[str, Any]] = []
+    listed: dict[str, list[Listed]] = {}
     try:
         for name, upstream in gateway.upstreams.items():
             scfg = upstream.cfg
@@ -215,19 +252,29 @@ async def _inspect(cfg: GatewayConfig, connect: bool, launcher: Launcher) -> dic
             for kind in ("tools", "prompts", "resources"):
                 cursor = None
                 for _page in range(1000):  # every page, bounded
-                    listed = await gateway.lister.list(ctx, kind, {"cursor": cursor} if cursor else {})
-                    for item in listed[kind]:
+                    page = await gateway.lister.list(ctx, kind, {"cursor": cursor} if cursor else {})
+                    for item in page[kind]:
                         owner = _owner(gateway, kind, item)
                         for entry in servers:
                             if entry["name"] == owner:
                                 entry.setdefault(kind, []).append(item.get("name") or item.get("uri"))
-                    cursor = listed.get("nextCursor")
+                        if owner is not None:
+                            listed.setdefault(kind, []).append(Listed(owner, _upstream_name(gateway, kind, item),
+                                                                      item))
+                    cursor = page.get("nextCursor")
                     if cursor is None:
                         break
     finally:
         await gateway.stop()
     return {"config": cfg.source, "http": f"http://{cfg.http_host}:{cfg.http_port}{cfg.http_path}",
-            "separator": cfg.separator, "servers": servers}
+            "separator": cfg.separator, "servers": servers, "listed": listed}
+
+
+def _upstream_name(gateway: Any, kind: str, item: dict[str, Any]) -> str:
+    if kind == "resources":
+        return str(item.get("uri", ""))
+    entry = gateway.catalog.resolve(kind, item.get("name", ""))
+    return str(entry.name if entry else item.get("name", ""))
 
 
 def _owner(gateway: Any, kind: str, item: dict[str, Any]) -> str | None:
@@ -249,6 +296,18 @@ def _print_report(report: dict[str, Any]) -> None:
         table.add_row(s["name"], f"{s['transport']}: {s['target']}", str(s.get("era") or "-"), exposes, status)
     out.print(table)
     out.print(f"[bold]guards[/] {' -> '.join(report.get('guards') or ['none'])}", highlight=False, soft_wrap=True)
+    perms = report["permissions"]
+    iso = Table("server", "sandbox", "network", title="isolation")
+    for name, box in perms["isolation"].items():
+        iso.add_row(name, box["sandbox"], box["network"])
+    out.print(iso)
+    matrix = Table("kind", "name", *perms["principals"],
+                   title=f"permissions (policy {str(perms['policy_hash'] or 'none')[:16]})")
+    for row in perms["items"]:
+        cells = [("[green]allow[/]" if d["allowed"] else f"[red]deny[/] {d['rule']}")
+                 for d in (row["decisions"][p] for p in perms["principals"])]
+        matrix.add_row(row["kind"], row["name"], *cells)
+    out.print(matrix)
 
 
 def main() -> None:

@@ -47,6 +47,18 @@ def _setup(config: Path) -> tuple[GatewayConfig, IntegritySettings, PinFile, Pin
     return cfg, settings, lock, pending
 
 
+def _install_audit(cfg: GatewayConfig) -> None:
+    """Approvals and revocations are pin changes: they join the gateway's hash-chained audit log."""
+    from mcpward.audit.events import AuditError
+    from mcpward.audit.store import open_from_config
+
+    try:
+        audit.install(open_from_config(cfg))
+    except (ConfigError, AuditError) as exc:
+        err.print(f"[bold red]error[/] audit log: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 def _rows(lock: PinSet, pending: PinSet) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for server, kind, name, entry in lock.walk():
@@ -187,8 +199,9 @@ def approve_command(
 ) -> None:
     """Pin exactly the pending definition(s) the gateway saw; a running gateway shows them within a second."""
     _check_kind(kind)
-    _, _, lock, pending = _setup(config)
+    cfg, _, lock, pending = _setup(config)
     chosen = _targets(targets, kind, pending.pins)
+    _install_audit(cfg)
     person = _person()
     with lock.transaction() as pins, pending.transaction() as waiting:
         for server, name in chosen:
@@ -215,8 +228,9 @@ def revoke_command(
 ) -> None:
     """Withdraw approval: the definition is hidden (even in tofu mode) until approved again."""
     _check_kind(kind)
-    _, _, lock, _ = _setup(config)
+    cfg, _, lock, _ = _setup(config)
     chosen = _targets(targets, kind, lock.pins)
+    _install_audit(cfg)
     person = _person()
     with lock.transaction() as pins:
         for server, name in chosen:

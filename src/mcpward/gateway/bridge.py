@@ -66,7 +66,7 @@ class InputBridge:
 
         ctx.push_sink = sink
         task = asyncio.ensure_future(forward(ctx))
-        parked = Parked(call_id, ctx.principal.subject, request_digest(method, params), task)
+        parked = Parked(call_id, ctx.principal.key, request_digest(method, params), task)
         holder.append(parked)
         return await self._next(parked)
 
@@ -78,7 +78,7 @@ class InputBridge:
         parked = self._parked.get(str(state.get("call")))
         if parked is None:
             raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: unknown or already used")
-        if state.get("sub") != ctx.principal.subject or parked.principal != ctx.principal.subject:
+        if state.get("sub") != ctx.principal.key or parked.principal != ctx.principal.key:
             raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: issued to another principal")
         if state.get("r") != parked.round:
             raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: already used")

@@ -86,6 +86,11 @@ class GatewayConfig:
     integrity: dict[str, Any] = field(default_factory=dict)
     sandbox: dict[str, Any] = field(default_factory=dict)
     secrets: dict[str, Any] = field(default_factory=dict)
+    auth: dict[str, Any] = field(default_factory=dict)  # auth/settings.py
+    limits: dict[str, Any] = field(default_factory=dict)  # limits/settings.py
+    audit: dict[str, Any] = field(default_factory=dict)  # audit/settings.py
+    telemetry: dict[str, Any] = field(default_factory=dict)  # telemetry/settings.py
+    anomaly: dict[str, Any] = field(default_factory=dict)  # audit/anomaly.py
     interceptors: list[dict[str, Any]] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path.cwd)  # relative paths in the config resolve from here
 
@@ -178,6 +183,11 @@ def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None 
     cfg.integrity = top.get("integrity", dict, {})
     cfg.sandbox = top.get("sandbox", dict, {})
     cfg.secrets = top.get("secrets", dict, {})
+    cfg.auth = top.get("auth", dict, {})
+    cfg.limits = top.get("limits", dict, {})
+    cfg.audit = top.get("audit", dict, {})
+    cfg.telemetry = top.get("telemetry", dict, {})
+    cfg.anomaly = top.get("anomaly", dict, {})
     interceptors = top.get("interceptors", list, [])
     for i, item in enumerate(interceptors):
         if not isinstance(item, dict):

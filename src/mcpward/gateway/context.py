@@ -25,6 +25,12 @@ class Principal:
     claims: tuple[tuple[str, Any], ...] = ()
     groups: tuple[str, ...] = ()
 
+    @property
+    def key(self) -> str:
+        """One string per distinct principal (limits, sessions, audit): an API key called "alice"
+        and an OAuth subject "alice" are different parties."""
+        return f"{self.kind}:{self.subject}"
+
     @classmethod
     def local_user(cls) -> Principal:
         try:
@@ -36,6 +42,15 @@ class Principal:
     @classmethod
     def anonymous(cls) -> Principal:
         return cls(subject="anonymous", kind="anonymous")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSource:
+    """What the HTTP front knows of where a request came from."""
+
+    remote: str | None = None
+    user_agent: str | None = None
+    traceparent: str | None = None  # the W3C header, when the client sent one
 
 
 class ClientChannel(Protocol):
@@ -67,6 +82,12 @@ class RequestContext:
     forward_meta: JsonObj = field(default_factory=dict)
     progress_token: Any = None
     push_sink: PushSink | None = None
+    # Where the request came from (HTTP: the peer address and user agent), for the audit.
+    remote: str | None = None
+    user_agent: str | None = None
+    # The forwarded request as the guards saw it (mcpward.guards.base.Call), once routed: its
+    # notes (policy decision, redactions, flags) go into the request's audit record.
+    call: Any = None
 
     def has_capability(self, name: str) -> bool:
         return isinstance(self.capabilities.get(name), dict)

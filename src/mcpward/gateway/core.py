@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mcpward import __version__
+from mcpward.gateway.accounting import Accounting
 from mcpward.gateway.bridge import InputBridge
 from mcpward.gateway.catalog import Catalog, Entry
 from mcpward.gateway.config import GatewayConfig
@@ -61,6 +62,7 @@ class Gateway:
         self.lister = Lister(self.upstreams, self.catalog, self.guards, self.sealer)
         self._tasks: set[asyncio.Task[None]] = set()
         self.guards.bind(self)
+        self.accounting = Accounting(cfg, policy_hash=self.policy_hash)
         self._handlers: dict[str, Handler] = {
             "tools/list": lambda c, p: self.lister.list(c, "tools", p),
             "prompts/list": lambda c, p: self.lister.list(c, "prompts", p),
@@ -84,6 +86,14 @@ class Gateway:
     async def stop(self) -> None:
         await self.bridge.close()
         await asyncio.gather(*(u.stop() for u in self.upstreams.values()), return_exceptions=True)
+
+    def policy_hash(self) -> str | None:
+        for guard in self.guards.guards:
+            engine = getattr(guard, "engine", None)
+            if engine is not None:
+                found: str | None = getattr(engine, "policy_hash", None)
+                return found
+        return None
 
     def server_instructions(self, server: str) -> str | None:
         upstream = self.upstreams.get(server)
@@ -226,6 +236,7 @@ class Gateway:
                        target: str, exposed: str) -> JsonObj:
         upstream = self.upstreams[server]
         call = Call(ctx=ctx, method=method, params=params, server=server, target=target, exposed=exposed)
+        ctx.call = call  # the request's audit record reads what the guards noted
         if self.guards.empty:
             return await self._dispatch(ctx, upstream, call)
         call.definition = self.lister.definition(DEFINITION_KIND.get(method, ""), server, target)
@@ -236,11 +247,15 @@ class Gateway:
             try:
                 result = await self._dispatch(ctx, upstream, call)
             except PeerError as exc:
-                if exc.local:
-                    raise
                 code = exc.error.get("code")
                 error = ProtocolError(code if isinstance(code, int) else jsonrpc.INTERNAL_ERROR,
                                       str(exc.error.get("message", "")), exc.error.get("data"))
+                if exc.local:
+                    # The gateway's own failure (timeout, crashed upstream): error hooks observe it
+                    # (circuit breakers) but the client keeps the gateway's message.
+                    call.notes["gateway_error"] = True
+                    await self.guards.error(call, error)
+                    raise
                 raise await self.guards.error(call, error) from None
             result = await self.guards.result(call, result)
         except Refusal as refusal:

@@ -12,7 +12,9 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from mcpward.gateway.context import Principal, RequestContext
+from mcpward.audit.events import AuditUnavailable
+from mcpward.gateway.accounting import Ticket
+from mcpward.gateway.context import Principal, RequestContext, RequestSource
 from mcpward.gateway.core import Gateway
 from mcpward.gateway.peer import PeerError
 from mcpward.gateway.upstream import GATEWAY_INFO
@@ -52,6 +54,7 @@ class ClientConnection:
         self.write = write
         self.session_id = session_id or secrets.token_urlsafe(24)
         # The modern HTTP front shares one ClientConnection between unrelated stateless requests.
+        self.stateless = stateless
         self.connection_id = None if stateless else self.session_id
         self.initialized = False
         self.protocol_version = v.LATEST_LEGACY
@@ -82,29 +85,56 @@ class ClientConnection:
         elif method == "notifications/roots/list_changed":
             await self.gateway.roots_changed()
 
-    async def on_request(self, message: JsonObj, stream: Writer | None = None) -> JsonObj | None:
-        """Answer one request; None when it was cancelled (no response is due)."""
+    async def on_request(self, message: JsonObj, stream: Writer | None = None, principal: Principal | None = None,
+                         source: RequestSource | None = None) -> JsonObj | None:
+        """Answer one request; None when it was cancelled (no response is due).
+
+        `principal` and `source` are per request on the shared stateless (modern HTTP) connection;
+        otherwise the connection's own principal answers. The request's audit record is durable
+        before this returns, so whatever the client receives is on record.
+        """
         rid = message["id"]
+        who = principal or self.principal
+        ticket = self.gateway.accounting.begin(message, self.transport, None if self.stateless else self.session_id,
+                                               source.traceparent if source else None)
+        reply: JsonObj | None = None
         try:
-            return jsonrpc.result(rid, await self._answer(message, stream or self.write))
+            reply = jsonrpc.result(rid, await self._answer(message, stream or self.write, ticket, who, source))
         except ProtocolError as exc:
-            return exc.response(rid)
+            reply = exc.response(rid)
         except PeerError as exc:
-            return {"jsonrpc": "2.0", "id": rid, "error": exc.error}
+            reply = {"jsonrpc": "2.0", "id": rid, "error": exc.error}
         except asyncio.CancelledError:
-            if self.running.get(rid) is asyncio.current_task():
-                return None
-            raise
+            if self.running.get(rid) is not asyncio.current_task():
+                await self._account(ticket, None, who)
+                raise
         except Exception:
             log.exception("internal error answering %s", message.get("method"))
-            return jsonrpc.error(rid, jsonrpc.INTERNAL_ERROR, "internal error in the gateway")
+            reply = jsonrpc.error(rid, jsonrpc.INTERNAL_ERROR, "internal error in the gateway")
+        return await self._account(ticket, reply, who)
 
-    async def _answer(self, message: JsonObj, stream: Writer) -> JsonObj:
+    async def _account(self, ticket: Ticket, reply: JsonObj | None, who: Principal) -> JsonObj | None:
+        try:
+            await self.gateway.accounting.finish(ticket, reply, who.key, who.subject)
+        except AuditUnavailable as exc:
+            # Fail closed: an answer whose record cannot be kept is not given.
+            log.error("audit log unavailable; refusing to answer: %s", exc)
+            rid = ticket.request_id
+            return None if reply is None else jsonrpc.error(
+                rid, jsonrpc.INTERNAL_ERROR, "the audit log is unavailable; the request was not answered",
+                {"rule": "audit.unavailable"})
+        return reply
+
+    async def _answer(self, message: JsonObj, stream: Writer, ticket: Ticket, principal: Principal,
+                      source: RequestSource | None) -> JsonObj:
         method: str = message["method"]
         params: JsonObj = message.get("params") or {}
         if method == "initialize":
             return self._initialize(params)
-        ctx = self.context(message, stream)
+        ctx = self.context(message, stream, principal)
+        if source is not None:
+            ctx.remote, ctx.user_agent = source.remote, source.user_agent
+        self.gateway.accounting.attach(ticket, ctx)
         if method == "logging/setLevel" and ctx.era == "legacy":
             level = params.get("level")
             if level not in v.LOG_LEVELS:
@@ -130,13 +160,14 @@ class ClientConnection:
         return {"protocolVersion": self.protocol_version, "serverInfo": GATEWAY_INFO,
                 **self.gateway.server_result()}
 
-    def context(self, message: JsonObj, stream: Writer) -> RequestContext:
+    def context(self, message: JsonObj, stream: Writer, principal: Principal | None = None) -> RequestContext:
         params = message.get("params") or {}
         meta = params.get("_meta")
         meta = meta if isinstance(meta, dict) else {}
         forward = {k: val for k, val in meta.items() if k not in v.RESERVED_META and k != "progressToken"}
+        principal = principal or self.principal
         if v.META_VERSION in meta:
-            return self._modern_context(message, meta, forward, stream)
+            return self._modern_context(message, meta, forward, stream, principal)
         if not self.initialized:
             raise ProtocolError(
                 jsonrpc.INVALID_PARAMS,
@@ -144,13 +175,14 @@ class ClientConnection:
                 "(2026-07-28), or the session must start with initialize")
         return RequestContext(
             era="legacy", protocol_version=self.protocol_version, capabilities=self.capabilities,
-            client_info=self.client_info, principal=self.principal,
+            client_info=self.client_info, principal=principal,
             channel=RequestChannel(self, stream, can_ask=True), transport=self.transport,
             log_level=self.log_level,
             session_id=self.session_id, connection_id=self.connection_id, forward_meta=forward,
             progress_token=meta.get("progressToken"))
 
-    def _modern_context(self, message: JsonObj, meta: JsonObj, forward: JsonObj, stream: Writer) -> RequestContext:
+    def _modern_context(self, message: JsonObj, meta: JsonObj, forward: JsonObj, stream: Writer,
+                        principal: Principal) -> RequestContext:
         version = meta.get(v.META_VERSION)
         if version not in v.MODERN_VERSIONS:
             raise ProtocolError(jsonrpc.UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
@@ -164,7 +196,7 @@ class ClientConnection:
             raise ProtocolError(jsonrpc.INVALID_PARAMS, f"unknown log level: {level!r}")
         return RequestContext(
             era="modern", protocol_version=str(version), capabilities=caps,
-            client_info=info if isinstance(info, dict) else None, principal=self.principal,
+            client_info=info if isinstance(info, dict) else None, principal=principal,
             channel=RequestChannel(self, stream, can_ask=False), transport=self.transport,
             log_level=level,
             connection_id=self.connection_id, forward_meta=forward, progress_token=meta.get("progressToken"))

@@ -257,7 +257,7 @@ class Upstream:
         # log lines of a legacy server carry no request id, so sharing a session between two
         # clients could hand one client's sampling request to the other.
         key = "|".join((orjson.dumps(ctx.capabilities, option=orjson.OPT_SORT_KEYS).decode(),
-                        ctx.principal.subject, ctx.connection_id or "stateless"))
+                        ctx.principal.key, ctx.connection_id or "stateless"))
         async with self._lock:
             session = self._sessions.get(key)
             if session is not None:

@@ -77,6 +77,7 @@ class Refusal(Exception):
 
 def audit_refusal(call: Call, rule: str) -> None:
     """The one audit record of a refused request, whoever refused it."""
+    call.notes["refused"] = rule  # and the request's own record says it was denied, and by which rule
     audit.record("refusal", rule=rule, method=call.method, server=call.server, target=call.exposed,
                  principal=call.ctx.principal.subject, transport=call.ctx.transport)
 

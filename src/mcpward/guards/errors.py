@@ -57,7 +57,7 @@ class ErrorGuard(Guard):
     name = "errors"
 
     async def on_error(self, call: Call, error: jsonrpc.ProtocolError) -> jsonrpc.ProtocolError | None:
-        if error.code in KEEP_CODES:
+        if error.code in KEEP_CODES or call.notes.get("gateway_error"):
             return None
         cid = correlation_id()
         data = "" if error.data is None else orjson.dumps(error.data, default=str).decode()

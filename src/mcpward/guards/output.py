@@ -181,6 +181,7 @@ class _Pass:
     redacted: dict[str, int] = field(default_factory=dict)
     logged: dict[str, int] = field(default_factory=dict)
     markers: set[str] = field(default_factory=set)
+    found: set[str] = field(default_factory=set)  # "secret"/"pii": what kinds of data the result held
     neutralised: int = 0
     block: tuple[str, str] | None = None  # (rule, what)
 
@@ -271,6 +272,7 @@ class _Pass:
                 self.markers.add(det.id.removeprefix("injection-"))
                 continue
             mode = guard.secret_mode if det.kind in ("secret", "exact") else guard.pii_modes[det.category]
+            self.found.add("pii" if det.kind == "pii" else "secret")
             if mode == "redact":
                 keep.append(hit)
                 self.redacted[det.id] = self.redacted.get(det.id, 0) + 1
@@ -402,6 +404,9 @@ class OutputGuard(Guard):
         return result
 
     def _audit(self, call: Call, state: _Pass, truncated: dict[str, Any] | None, outcome: str) -> None:
+        # Facts for the request's own audit record (and the anomaly rules reading it).
+        call.notes["redactions"] = sum(state.redacted.values())
+        call.notes.setdefault("flags", []).extend(f"{kind}-in-result" for kind in sorted(state.found))
         fields: dict[str, Any] = {"method": call.method, "server": call.server, "target": call.exposed,
                                   "outcome": outcome}
         if state.redacted:

@@ -117,6 +117,8 @@ class IntegrityGuard(Guard):
             noun = "tool" if kind == "tools" else "prompt"
             raise jsonrpc.ProtocolError(jsonrpc.INVALID_PARAMS, f"unknown {noun}: {call.exposed}",
                                         {"rule": "integrity.unlisted"})
+        call.notes["pin"] = seen.verdict.state
+        call.notes["risk"] = sorted(seen.report.labels())
         if not seen.verdict.visible:
             raise Refusal(seen.verdict.rule, seen.verdict.message)
         return None

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcpward.gateway.context import Principal
+from mcpward.audit import events as audit
+from mcpward.auth import Authenticator, AuthFailure
+from mcpward.gateway.context import Principal, RequestSource
 from mcpward.gateway.core import Gateway
 from mcpward.gateway.downstream import ClientConnection
 from mcpward.protocol import jsonrpc
@@ -33,6 +36,9 @@ from mcpward.transport.http_checks import (
 )
 from mcpward.transport.sse import encode_comment, encode_event
 
+if TYPE_CHECKING:
+    from mcpward.gateway.assembly import Assembly
+
 log = logging.getLogger("mcpward.http")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -44,11 +50,15 @@ OUTBOX_LIMIT = 1000
 RETRY_MS = 1000
 SESSION_IDLE_SECONDS = 30 * 60
 MAX_SESSIONS = 1000
+ANONYMOUS = Principal.anonymous()
 
 
 class LegacySession:
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
+        # A session id is a handle, never authentication: every request on it must come from the
+        # principal that opened it (another principal's token with this id finds no session).
+        self.owner = conn.principal.key
         self.outbox: asyncio.Queue[JsonObj] = asyncio.Queue(OUTBOX_LIMIT)
         self.streaming = False
         self.events = EventStore()
@@ -64,10 +74,15 @@ class LegacySession:
 
 
 class HttpFront:
-    def __init__(self, gateway: Gateway, manage_gateway: bool = True) -> None:
+    def __init__(self, gateway: Gateway, manage_gateway: bool = True, parts: Assembly | None = None) -> None:
         self.gateway = gateway
         self.cfg = gateway.cfg
         self.manage_gateway = manage_gateway
+        self.parts = parts
+        self.auth: Authenticator | None = parts.auth if parts else None
+        telemetry = parts.telemetry if parts else None
+        self.metrics_path = telemetry.metrics_path if telemetry is not None else None
+        self.metrics = telemetry.render_metrics if telemetry is not None and self.metrics_path else None
         self.sessions: dict[str, LegacySession] = {}
         self.hosts = allowed_hosts(self.cfg)
         self.origins = allowed_origins(self.cfg)
@@ -93,6 +108,10 @@ class HttpFront:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.auth is not None:
+                    await self.auth.start()
+                if self.parts is not None:
+                    await self.parts.start()
                 if self.manage_gateway:
                     await self.gateway.start()
                 await send({"type": "lifespan.startup.complete"})
@@ -101,40 +120,88 @@ class HttpFront:
                     session.conn.close()
                 if self.manage_gateway:
                     await self.gateway.stop()
+                if self.auth is not None:
+                    await self.auth.close()
+                if self.parts is not None:
+                    await self.parts.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Field values lose surrounding whitespace (RFC 9110 5.5): h11 strips it, httptools does not.
         headers = {k.decode("latin-1").lower(): val.decode("latin-1").strip(" \t") for k, val in scope["headers"]}
-        if scope["path"] != self.cfg.http_path:
-            raise HttpRejection(404, None)
         host = headers.get("host", "")
         if host.lower() not in self.hosts:
             raise HttpRejection(421, None, text="Invalid Host header")
+        path, method = scope["path"], scope["method"]
+        if path != self.cfg.http_path:
+            await self._side_path(path, method, headers, send)
+            return
         origin = headers.get("origin")
         if origin is not None and origin.lower() not in self.origins:
             raise HttpRejection(403, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Origin not allowed"))
+        principal = await self._authenticate(headers, scope)
         version = headers.get("mcp-protocol-version")
         modern = version is not None and version not in v.LEGACY_VERSIONS
-        method = scope["method"]
+        client = scope.get("client")
+        source = RequestSource(remote=client[0] if client else None, user_agent=headers.get("user-agent"),
+                               traceparent=headers.get("traceparent"))
         if method == "POST":
-            await self._post(scope, receive, send, headers, modern)
+            await self._post(scope, receive, send, headers, modern, principal, source)
         elif method == "GET" and not modern:
-            await self._get(send, receive, headers)
+            await self._get(send, receive, headers, principal)
         elif method == "DELETE" and not modern:
-            session = self._session(headers)
+            session = self._session(headers, principal)
             del self.sessions[session.conn.session_id]
             session.conn.close()
             await _respond(send, 200, None)
         else:
             raise HttpRejection(405, None, headers=[(b"allow", b"POST" if modern else b"GET, POST, DELETE")])
 
-    def _session(self, headers: dict[str, str]) -> LegacySession:
+    async def _side_path(self, path: str, method: str, headers: dict[str, str], send: Send) -> None:
+        """Protected Resource Metadata (RFC 9728) and Prometheus metrics; anything else is 404."""
+        if self.auth is not None and path in self.auth.metadata_paths:
+            if method != "GET":
+                raise HttpRejection(405, None, headers=[(b"allow", b"GET")])
+            await _respond(send, 200, self.auth.metadata())
+            return
+        if self.metrics is not None and path == self.metrics_path:
+            if method != "GET":
+                raise HttpRejection(405, None, headers=[(b"allow", b"GET")])
+            await self._authenticate(headers, None)  # metrics name tools and servers: same door as MCP
+            body, content_type = self.metrics()
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        raise HttpRejection(404, None)
+
+    async def _authenticate(self, headers: dict[str, str], scope: Scope | None,
+                            method: str | None = None) -> Principal:
+        """The request's principal; no credentials or bad ones end here with 401/403 (RFC 6750, RFC 9728)."""
+        if self.auth is None:
+            return ANONYMOUS
+        try:
+            return await self.auth.authenticate(headers.get("authorization"), method)
+        except AuthFailure as failure:
+            client = scope.get("client") if scope else None
+            audit.record("auth.refused", rule=failure.reason, status=failure.status, error=failure.error or "missing",
+                         credential=failure.credential, token_id=failure.token_id,
+                         principal=failure.principal, method=method,
+                         source_ip=client[0] if client else None, user_agent=headers.get("user-agent"))
+            body: JsonObj = {"error": failure.error or "unauthorized", "error_description": failure.description}
+            raise HttpRejection(failure.status, body,
+                                headers=[(b"www-authenticate", failure.www_authenticate().encode())]) from None
+
+    def _session(self, headers: dict[str, str], principal: Principal) -> LegacySession:
         session_id = headers.get("mcp-session-id")
         if session_id is None:
             raise HttpRejection(400, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "missing Mcp-Session-Id"))
         session = self.sessions.get(session_id)
+        if session is not None and session.owner != principal.key:
+            audit.record("session.refused", reason="session belongs to another principal",
+                         principal=principal.key, session=_digest(session_id))
+            session = None
         if session is None:
             raise HttpRejection(404, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Session not found"))
         session.last_seen = time.monotonic()
@@ -167,7 +234,7 @@ class HttpFront:
                 return b"".join(chunks)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
-                    modern: bool) -> None:
+                    modern: bool, principal: Principal, source: RequestSource) -> None:
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise HttpRejection(415, jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
@@ -181,13 +248,17 @@ class HttpFront:
             kind = jsonrpc.classify(message)
         except jsonrpc.ProtocolError as exc:
             raise HttpRejection(400, exc.response(None)) from None
+        if kind is jsonrpc.Kind.REQUEST and self.auth is not None and self.auth.scoped(message["method"]):
+            # Step-up: this method needs scopes beyond the door's (403 insufficient_scope names them).
+            principal = await self._authenticate(headers, scope, message["method"])
         if modern:
-            await self._post_modern(scope, receive, send, headers, message, kind, wants_sse)
+            await self._post_modern(scope, receive, send, headers, message, kind, wants_sse, principal, source)
         else:
-            await self._post_legacy(receive, send, headers, message, kind, wants_sse)
+            await self._post_legacy(receive, send, headers, message, kind, wants_sse, principal, source)
 
     async def _post_modern(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
-                           message: JsonObj, kind: jsonrpc.Kind, wants_sse: bool) -> None:
+                           message: JsonObj, kind: jsonrpc.Kind, wants_sse: bool, principal: Principal,
+                           source: RequestSource) -> None:
         if kind is not jsonrpc.Kind.REQUEST:
             if kind is jsonrpc.Kind.RESPONSE:
                 raise HttpRejection(400, jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
@@ -207,11 +278,12 @@ class HttpFront:
             await _respond(send, 404, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
                                                     f"method not found: {method}"))
             return
-        await self._exchange(receive, send, lambda stream: self.modern.on_request(message, stream),
+        await self._exchange(receive, send, lambda stream: self.modern.on_request(message, stream, principal, source),
                              wants_sse, cancel_on_disconnect=True, status_table=True)
 
     async def _post_legacy(self, receive: Receive, send: Send, headers: dict[str, str],
-                           message: JsonObj, kind: jsonrpc.Kind, wants_sse: bool) -> None:
+                           message: JsonObj, kind: jsonrpc.Kind, wants_sse: bool, principal: Principal,
+                           source: RequestSource) -> None:
         if kind is jsonrpc.Kind.REQUEST and message["method"] == "initialize":
             self._make_room()
             session_id = secrets.token_urlsafe(24)
@@ -220,10 +292,10 @@ class HttpFront:
             async def to_get_stream(msg: JsonObj) -> None:
                 await holder[0].push(msg)
 
-            conn = ClientConnection(self.gateway, "http", Principal.anonymous(), to_get_stream, session_id)
+            conn = ClientConnection(self.gateway, "http", principal, to_get_stream, session_id)
             session = LegacySession(conn)
             holder.append(session)
-            reply = await conn.on_request(message)
+            reply = await conn.on_request(message, None, principal, source)
             if reply is not None and "result" in reply:
                 self.sessions[session_id] = session
                 await _respond(send, 200, reply, [(b"mcp-session-id", session_id.encode())])
@@ -234,7 +306,7 @@ class HttpFront:
         if "mcp-session-id" not in headers and params and v.META_VERSION in (params.get("_meta") or {}):
             raise HttpRejection(400, jsonrpc.error(message.get("id"), jsonrpc.HEADER_MISMATCH,
                                                    "MCP-Protocol-Version header is required"))
-        session = self._session(headers)
+        session = self._session(headers, principal)
         conn = session.conn
         if kind is jsonrpc.Kind.NOTIFICATION:
             await conn.on_notification(message)
@@ -251,7 +323,7 @@ class HttpFront:
             assert task is not None
             conn.running[rid] = task
             try:
-                return await conn.on_request(message, stream)
+                return await conn.on_request(message, stream, principal, source)
             finally:
                 conn.running.pop(rid, None)
 
@@ -330,10 +402,10 @@ class HttpFront:
                 # Modern HTTP: a closed stream is the cancellation.
                 task.cancel()
 
-    async def _get(self, send: Send, receive: Receive, headers: dict[str, str]) -> None:
+    async def _get(self, send: Send, receive: Receive, headers: dict[str, str], principal: Principal) -> None:
         if "text/event-stream" not in headers.get("accept", ""):
             raise HttpRejection(406, None, text="Accept must include text/event-stream")
-        session = self._session(headers)
+        session = self._session(headers, principal)
         last_event_id = headers.get("last-event-id")
         if last_event_id is not None:
             point = session.events.resume_point(last_event_id)
@@ -413,6 +485,10 @@ async def _next(queue: asyncio.Queue[Any], watcher: asyncio.Future[None]) -> Any
 async def _wait_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()[:16]
 
 
 def _event(message: JsonObj) -> bytes:

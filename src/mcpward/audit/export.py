@@ -1,0 +1,138 @@
+"""JSON lines: `export_jsonl` (a whole log, for archiving or another machine) and `Mirror`, the file the
+gateway appends each committed record to when `[audit] jsonl` is set (for log shippers).
+
+Line 1 is a header, `{"mcpward_audit": 1, "algorithm": ..., "key_fingerprint": ...}`; every other
+line is one record: `{"seq", "ts", "event", "fields", "prev", "hash"}`. `fields` is the stored body
+as it is (canonical JSON), so `mcpward audit verify` recomputes the same hashes from the file alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+import orjson
+
+from mcpward.audit.chain import FORMAT_VERSION, HEADER_KEY
+
+StoredRow = tuple[int, float, str, str, str, str]  # seq, ts, event, body, prev, hash
+SELECT_ALL = "SELECT seq, ts, event, body, prev, hash FROM records"
+TAIL_WINDOW = 1 << 20  # how far back from the end of a mirror we look for its last record
+
+
+def connect_ro(db: Path) -> sqlite3.Connection:
+    """Read-only: readers never take the write lock, and never create a file that is not there."""
+    return sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
+
+
+def header(algorithm: str, fingerprint: str) -> bytes:
+    return orjson.dumps({HEADER_KEY: int(FORMAT_VERSION), "algorithm": algorithm,
+                         "key_fingerprint": fingerprint}) + b"\n"
+
+
+def line(row: StoredRow) -> bytes:
+    """One record as a JSON line; the body is embedded as stored (it is canonical JSON already)."""
+    seq, ts, event, body, prev, digest = row
+    return b"".join((b'{"seq":', str(int(seq)).encode(), b',"ts":', orjson.dumps(float(ts)), b',"event":',
+                     orjson.dumps(event), b',"fields":', body.encode("utf-8"), b',"prev":', orjson.dumps(prev),
+                     b',"hash":', orjson.dumps(digest), b"}\n"))
+
+
+def export_jsonl(db: Path, out: Path | IO[bytes]) -> int:
+    """Write every record of the SQLite log `db` to `out` (a path, or a binary stream); returns the count.
+    Read in one transaction, so the export is a consistent prefix of a log that is still growing."""
+    conn = connect_ro(db)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        conn.execute("BEGIN")
+        rows = conn.execute(SELECT_ALL + " ORDER BY seq")
+        if isinstance(out, Path):
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                return _write_all(handle, meta, rows)
+        return _write_all(out, meta, rows)
+    finally:
+        conn.close()
+
+
+def _write_all(handle: IO[bytes], meta: dict[str, str], rows: Iterable[StoredRow]) -> int:
+    handle.write(header(meta.get("algorithm", "sha256"), meta.get("key_fingerprint", "")))
+    count = 0
+    for row in rows:
+        handle.write(line(row))
+        count += 1
+    handle.flush()
+    return count
+
+
+class Mirror:
+    """The JSONL mirror of one log. Each sync appends, under an exclusive lock on the file, every
+    committed record the file does not have yet: normally just the batch that was committed, and after
+    a crash, or when another process appended to the same log, whatever is missing, read from the
+    database. So the mirror is always the log's records in seq order, and a verifiable chain."""
+
+    def __init__(self, path: Path, algorithm: str, fingerprint: str, fsync: bool) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self._header = header(algorithm, fingerprint)
+        self._fsync = fsync
+        self._size = -1  # the file's size after our last write, and the last seq it then held
+        self._last = 0
+
+    def sync(self, db: sqlite3.Connection, rows: list[StoredRow]) -> None:
+        fd = self._fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(fd).st_size
+            last = self._last if size == self._size else self._read_last(size)
+            size = os.fstat(fd).st_size
+            parts: list[bytes] = [self._header] if size == 0 else []
+            if rows and rows[0][0] == last + 1:
+                parts += [line(r) for r in rows]
+                last = rows[-1][0]
+            elif not rows or rows[-1][0] > last:
+                for r in db.execute(SELECT_ALL + " WHERE seq > ? ORDER BY seq", (last,)):
+                    parts.append(line(r))
+                    last = r[0]
+            if parts:
+                _write(fd, b"".join(parts))
+                if self._fsync:
+                    os.fsync(fd)
+            self._size, self._last = os.fstat(fd).st_size, last
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _read_last(self, size: int) -> int:
+        """The last seq in the file. A partial last line (a crash mid-write) is cut off: its record is in
+        the database and is written again whole."""
+        if size == 0:
+            return 0
+        start = max(0, size - TAIL_WINDOW)
+        data = os.pread(self._fd, size - start, start)
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            os.ftruncate(self._fd, start + end)
+            data = data[:end]
+        for raw in reversed(data.splitlines()):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                obj = orjson.loads(raw)
+                if isinstance(obj, dict) and isinstance(obj.get("seq"), int):
+                    return int(obj["seq"])
+        return 0
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -1,0 +1,392 @@
+"""`AuditLog`: the hash-chained audit log in SQLite, with group commit and an optional JSONL mirror.
+
+The append path is on every tool call, so it only cleans the fields (redact, escape), serialises
+them once and queues; one `flush` per event-loop turn commits everything queued in one transaction.
+A reply waits on `durable()`, so it goes out only after its record is committed: a crash never
+loses an acknowledged record.
+
+Durability (`[audit] fsync`): "commit" runs SQLite in WAL mode with synchronous=NORMAL, so a
+committed transaction is in the WAL file and survives the process being killed; a power loss may
+lose the last transactions (the WAL is synced at checkpoints). "always" uses synchronous=FULL: the
+WAL is fsynced at every commit, so a committed record survives a power loss too, at the price of
+one fsync per batch on the event loop.
+
+Two processes may append to the same file (the gateway and `mcpward tools approve`): each
+transaction is `BEGIN IMMEDIATE` (the write lock) and reads the head inside it, so the chain stays
+one chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from mcpward.audit.chain import FORMAT_VERSION, GENESIS, Hasher
+from mcpward.audit.events import AuditError, AuditUnavailable
+from mcpward.audit.export import Mirror
+from mcpward.audit.settings import AuditSettings
+from mcpward.guards.log_redaction import escape
+
+if TYPE_CHECKING:
+    from mcpward.gateway.config import GatewayConfig
+    from mcpward.guards.redactor import Redactor
+
+# Not "mcpward.audit": that logger carries one JSON record per line, and readers parse it.
+log = logging.getLogger("mcpward.auditlog")
+Listener = Callable[[str, float, Mapping[str, Any]], None]
+MAX_PENDING = 100_000  # records held while the database refuses writes; beyond this the oldest are lost (logged)
+CACHE_MAX_ENTRIES = 8192
+CACHE_MAX_LENGTH = 512  # longer strings rarely repeat; caching them would only churn the cache
+RETRY_AFTER = 1.0  # seconds between write attempts while the database refuses them
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what orjson serialises as a number
+# No index on ts: each index is one more page written per commit (about +30 us); `audit search --since`
+# scans instead, which is fine for a command a person runs.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY, ts REAL NOT NULL, event TEXT NOT NULL, body TEXT NOT NULL,
+    prev TEXT NOT NULL, hash TEXT NOT NULL);
+"""
+
+
+class RedactWith:
+    """A `Redactor` as the log's `redact` callable, with what lets the log cache its results.
+
+    Most audit strings repeat (event names, servers, tools, rules, principals), and a scan costs
+    microseconds. A redaction depends only on the text and the redactor's state, which changes only
+    when exact secret values are added (`exact_count` grows). `generation()` says so: the log drops
+    its cache when it changes, so a string that was clean before a secret was known is checked again.
+    A `redact` callable without `generation` is called for every string (no cache: nothing proves
+    its results stay valid).
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+    def __call__(self, text: str) -> str:
+        out = self.redactor.redact(text)
+        return text if out is None else out
+
+    def generation(self) -> int:
+        return self.redactor.exact_count
+
+
+class AuditLog:
+    def __init__(self, settings: AuditSettings, key: bytes | None = None,
+                 redact: Callable[[str], str] | None = None) -> None:
+        self.settings = settings
+        self.path = settings.path
+        self._hasher = Hasher(key)
+        self._redact = redact
+        # Cleaned strings by their original: safe only when the redaction is known to be stable (see RedactWith).
+        self._generation: Callable[[], int] | None = getattr(redact, "generation", None)
+        self._cacheable = redact is None or self._generation is not None
+        self._generation_seen = self._generation() if self._generation is not None else 0
+        self._cache: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._queue: list[tuple[int, str, float, bytes]] = []  # (append number, event, ts, body)
+        self._appended = 0  # number of the last append
+        self._done = 0  # every append up to this number is committed (or was lost, and logged)
+        self._scheduled = False
+        self._flush_loop: asyncio.AbstractEventLoop | None = None  # where the scheduled flush will run
+        self._event: asyncio.Event | None = None  # set when that flush has run
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._error: str | None = None
+        self._retry_at = 0.0
+        self._closed = False
+        self.lost = 0  # records dropped after MAX_PENDING piled up behind a failing database
+        self._listeners: list[Listener] = []
+        self._db = self._open()
+        self._mirror: Mirror | None = None
+        if settings.jsonl is not None:
+            try:
+                self._mirror = Mirror(settings.jsonl, self._hasher.algorithm, self._hasher.fingerprint,
+                                      settings.fsync == "always")
+                self._mirror.sync(self._db, [])  # catch up on records committed while it was not written
+            except OSError as exc:
+                self._db.close()
+                raise AuditError(f"{settings.jsonl}: cannot write the JSONL mirror: {exc.strerror}") from None
+
+    # -------------------------------------------------------------------------------------------- opening
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 before SQLite sees it; SQLite gives its -wal and -shm files the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            db = sqlite3.connect(str(path), timeout=self.settings.lock_timeout, isolation_level=None,
+                                 check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise AuditError(f"{path}: cannot open the audit log: {_reason(exc)}") from None
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise AuditError(f"{path}: the file system does not support SQLite's WAL mode (got {mode})")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.settings.fsync == 'always' else 'NORMAL'}")
+            db.executescript(SCHEMA)
+            self._check_meta(db)
+        except sqlite3.Error as exc:
+            db.close()
+            raise AuditError(f"{path}: not a usable audit log: {_reason(exc)}") from None
+        except AuditError:
+            db.close()
+            raise
+        return db
+
+    def _check_meta(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if not meta:
+                db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                    ("format", FORMAT_VERSION), ("algorithm", self._hasher.algorithm),
+                    ("key_fingerprint", self._hasher.fingerprint), ("created", repr(time.time()))])
+                meta = {"format": FORMAT_VERSION, "algorithm": self._hasher.algorithm,
+                        "key_fingerprint": self._hasher.fingerprint}
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if meta.get("format") != FORMAT_VERSION:
+            raise AuditError(f"{self.path}: unknown audit log format {meta.get('format')!r:.20}")
+        if meta.get("algorithm") != self._hasher.algorithm:
+            raise AuditError(f"{self.path}: the log's chain is {meta.get('algorithm')!r:.20} but the configuration "
+                             f"{'sets' if self._hasher.key else 'has no'} [audit] key; start a new log file "
+                             "(audit.path) rather than mixing the two")
+        if meta.get("key_fingerprint", "") != self._hasher.fingerprint:
+            raise AuditError(f"{self.path}: key mismatch: the log was written with key fingerprint "
+                             f"{meta.get('key_fingerprint')}, the configured key has {self._hasher.fingerprint}")
+
+    # -------------------------------------------------------------------------------------------- appending
+
+    def subscribe(self, listener: Listener) -> None:
+        """`listener(event, ts, fields)` at append time, with the fields as they will be stored."""
+        self._listeners.append(listener)
+
+    def append(self, event: str, fields: Mapping[str, Any]) -> None:
+        """Queue one record (cheap, never blocks on disk); it is committed by the next flush."""
+        ts = time.time()
+        if self._generation is not None and self._generation() != self._generation_seen:
+            self._cache.clear()
+            self._generation_seen = self._generation()
+        get = self._cache.get
+        event = get(event) or self._text(event)
+        clean: dict[str, Any] = {}
+        # The common shapes inline (str keys; str, int, float, bool, None values): this runs on every call.
+        for k, v in fields.items():
+            key = (get(k) if type(k) is str else None) or self._key(k)
+            kind = type(v)
+            if kind is str:
+                clean[key] = get(v) or self._text(v)
+            elif v is None or kind is bool or kind is float or (kind is int and _INT_MIN <= v <= _INT_MAX):
+                clean[key] = v
+            else:
+                clean[key] = self._clean(v)
+        try:
+            body = orjson.dumps(clean, option=orjson.OPT_SORT_KEYS)
+        except (TypeError, orjson.JSONEncodeError):  # not reachable with cleaned values; never lose the record
+            body = orjson.dumps({"unserialisable": sorted(clean)}, option=orjson.OPT_SORT_KEYS)
+        with self._lock:
+            self._appended += 1
+            self._queue.append((self._appended, event, ts, body))
+            schedule = not self._scheduled
+            self._scheduled = True
+        for listener in self._listeners:
+            try:
+                listener(event, ts, clean)
+            except Exception:
+                log.exception("audit listener %r failed on a %s record", listener, event)
+        if schedule:
+            loop = asyncio._get_running_loop()
+            if loop is None:  # no event loop (a CLI command, a worker thread): commit now
+                self.flush()
+                return
+            try:
+                loop.call_soon(self.flush)
+            except RuntimeError:  # the loop is closing
+                self.flush()
+                return
+            self._flush_loop = loop
+
+    def _text(self, value: str) -> str:
+        hit = self._cache.get(value)
+        if hit is not None:
+            return hit
+        redact = self._redact
+        out = escape(value if redact is None else redact(value))
+        if self._cacheable and len(value) <= CACHE_MAX_LENGTH:
+            if len(self._cache) >= CACHE_MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[value] = out
+        return out
+
+    def _key(self, key: Any) -> str:
+        return self._text(key if isinstance(key, str) else str(key))
+
+    def _clean(self, value: Any) -> Any:
+        """JSON-native, every string redacted and escaped; so what is hashed reads back the same."""
+        if isinstance(value, str):
+            return self._text(value)
+        if value is None or isinstance(value, bool | float):
+            return value
+        if isinstance(value, int):
+            return value if _INT_MIN <= value <= _INT_MAX else self._text(str(value))
+        if isinstance(value, Mapping):
+            return {self._key(k): self._clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._clean(v) for v in value]
+        return self._text(str(value))
+
+    # -------------------------------------------------------------------------------------------- committing
+
+    def flush(self) -> None:
+        """Commit everything queued, in one transaction. A failure is logged and kept for `durable()`."""
+        try:
+            self._flush()
+        finally:
+            self._wake()
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            if not self._queue:
+                return
+            if self._error is not None and time.monotonic() < self._retry_at:
+                return  # still failing: do not stall the event loop on the lock timeout at every turn
+            batch, self._queue = self._queue, []
+            try:
+                rows = self._write(batch)
+            except (sqlite3.Error, OSError) as exc:
+                self._failed(batch, exc)
+                return
+            self._done = batch[-1][0]
+            if self._error is not None:
+                log.warning("audit log %s is writable again; %d records committed", self.path, len(rows))
+                self._error = None
+            if self._mirror is not None:
+                try:
+                    self._mirror.sync(self._db, rows)
+                except (sqlite3.Error, OSError) as exc:  # the database is the record; the mirror catches up later
+                    log.error("audit JSONL mirror %s: cannot write: %s", self._mirror.path, _reason(exc))
+
+    def _write(self, batch: list[tuple[int, str, float, bytes]]) -> list[tuple[int, float, str, str, str, str]]:
+        db, hasher = self._db, self._hasher
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            head = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (int(head[0]), str(head[1])) if head else (0, GENESIS)
+            rows = []
+            for _, event, ts, body in batch:
+                seq += 1
+                digest = hasher(prev, seq, ts, event, body)
+                rows.append((seq, ts, event, body.decode("utf-8"), prev, digest))
+                prev = digest
+            db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return rows
+
+    def _failed(self, batch: list[tuple[int, str, float, bytes]], exc: BaseException) -> None:
+        self._queue = batch + self._queue
+        overflow = len(self._queue) - MAX_PENDING
+        if overflow > 0:
+            self.lost += overflow
+            self._queue = self._queue[overflow:]
+            log.error("audit log %s: %d records lost: the database has refused writes for too long", self.path,
+                      overflow)
+        first = self._error is None
+        self._error = _reason(exc)
+        self._retry_at = time.monotonic() + RETRY_AFTER
+        if first:
+            log.error("audit log %s: cannot commit %d records: %s (requests that need them are refused)",
+                      self.path, len(self._queue), self._error)
+
+    def _wake(self) -> None:
+        """Release the `durable()` waiters of the flush that just ran (committed or failed, they check)."""
+        event, loop = self._event, self._event_loop
+        if event is None or loop is None:
+            return
+        self._event = None
+        if asyncio._get_running_loop() is loop:
+            event.set()
+        else:  # flushed from another thread, or with no loop: an Event belongs to its loop
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
+    async def durable(self) -> None:
+        """Return once everything appended before this call is committed; AuditUnavailable if it cannot be.
+
+        Group commit: when a flush is already scheduled on this loop (every append schedules one), wait for
+        it, so the records of every request that finished in this loop turn go out in one transaction.
+        """
+        target = self._appended
+        if self._done >= target:
+            return
+        loop = asyncio._get_running_loop()
+        if self._scheduled and loop is not None and self._flush_loop is loop:
+            if self._event is None:
+                self._event, self._event_loop = asyncio.Event(), loop
+            await self._event.wait()
+        if self._done < target:
+            self.flush()  # nothing was scheduled here, or the scheduled flush failed: one direct attempt
+        if self._done < target:
+            raise AuditUnavailable(f"audit log {self.path}: records not committed: "
+                                   f"{self._error or 'the write failed'}")
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        """Flush and close (idempotent); a failed final flush is logged with the count of records lost."""
+        if self._closed:
+            return
+        self._retry_at = 0.0  # one last attempt even while backing off
+        self.flush()
+        with self._lock:
+            self._closed = True
+            if self._queue:
+                log.error("audit log %s: closing with %d records not committed: %s", self.path, len(self._queue),
+                          self._error)
+            self._db.close()
+            if self._mirror is not None:
+                self._mirror.close()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def open_from_config(cfg: GatewayConfig, redactor: Redactor | None = None) -> AuditLog | None:
+    """The configured log, or None when `[audit] enabled = false`. ConfigError for a bad table or key,
+    AuditError for a file that cannot be used. `redactor` defaults to the config's output redactor."""
+    from mcpward.audit.settings import load_settings, resolve_key
+    from mcpward.gateway.assembly import secret_resolver
+    from mcpward.guards import output
+
+    settings = load_settings(cfg)
+    if not settings.enabled:
+        return None
+    key = resolve_key(settings, secret_resolver(cfg))
+    return AuditLog(settings, key, RedactWith(redactor or output.redactor_for(cfg)))
+
+
+def open_path(path: Path, key: bytes | None = None) -> AuditLog:
+    """A log at `path` with default settings (tests, tools)."""
+    return AuditLog(AuditSettings(path=path), key)

@@ -1,0 +1,93 @@
+"""Talking to the identity provider: address checks, size caps, no redirects, JSON only.
+
+The gateway reaches the IdP on its own behalf (metadata, JWKS, introspection). A URL from the
+config or from discovered metadata could point inside the network; unless the operator opted in
+with `allow_private`, each host is resolved and every address must be public before we connect.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from mcpward.auth.errors import Unavailable
+from mcpward.gateway.config import Resolver, is_address_literal, is_non_public_address, resolution_problem
+
+MAX_BODY = 1 << 20  # a JWKS or metadata document larger than this is not one we want to parse
+HOST_CHECK_SECONDS = 60.0
+
+
+class Fetcher:
+    def __init__(self, client: httpx.AsyncClient, *, allow_private: bool, resolver: Resolver,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client, self.allow_private, self.resolver, self.clock = client, allow_private, resolver, clock
+        self._checked: dict[tuple[str, int], float] = {}  # host -> until when its addresses were found public
+
+    async def check(self, url: str) -> None:
+        """Raise Unavailable unless `url` may be fetched (scheme and, without allow_private, addresses)."""
+        parts = urllib.parse.urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in ("https", "http") or not host:
+            raise Unavailable(f"identity provider URL {_show(url)} is not an absolute https URL")
+        if self.allow_private:
+            return
+        if parts.scheme != "https":
+            raise Unavailable(f"identity provider URL {_show(url)} is plain http; only https is allowed")
+        try:
+            port = parts.port or 443
+        except ValueError:
+            raise Unavailable(f"identity provider URL {_show(url)} has an invalid port") from None
+        if is_address_literal(host):
+            if is_non_public_address(host.strip("[]")):
+                raise Unavailable(f"identity provider address {host} is not public (allow_private is false)")
+            return
+        now = self.clock()
+        if self._checked.get((host, port), 0.0) > now:
+            return
+        # Resolving here and connecting by name leaves a DNS-rebinding window; the short cache keeps
+        # it as small as the check's cost allows.
+        problem = await resolution_problem(host, port, self.resolver)
+        if problem is not None:
+            raise Unavailable(f"identity provider refused: {problem}")
+        self._checked[(host, port)] = now + HOST_CHECK_SECONDS
+
+    async def get_json(self, url: str) -> Any:
+        await self.check(url)
+        return await self._send(self.client.build_request("GET", url, headers={"accept": "application/json"}), url)
+
+    async def post_form(self, url: str, form: dict[str, str], auth: tuple[str, str]) -> Any:
+        await self.check(url)
+        request = self.client.build_request("POST", url, data=form, headers={"accept": "application/json"})
+        return await self._send(request, url, httpx.BasicAuth(*auth))
+
+    async def _send(self, request: httpx.Request, url: str, auth: httpx.Auth | None = None) -> Any:
+        shown = _show(url)
+        try:
+            response = await self.client.send(request, stream=True, auth=auth)
+            try:
+                if response.status_code != 200:
+                    raise Unavailable(f"{shown} answered HTTP {response.status_code}")
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        raise Unavailable(f"{shown} sent more than {MAX_BODY} bytes")
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach {shown}: {type(exc).__name__}") from None
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise Unavailable(f"{shown} did not answer with JSON") from None
+
+
+def _show(url: str) -> str:
+    """The URL without query (an IdP URL carries no secret, but a query is not ours to log)."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))[:200]

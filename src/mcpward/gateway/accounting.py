@@ -1,0 +1,152 @@
+"""Accountability for one client request: its trace, its audit record, and durability before the reply.
+
+Every request a client sends ends as exactly one `request` audit record, written when the answer
+is known and committed before the answer leaves the gateway: a client never holds an answer whose
+record a crash could lose. What the guards decided along the way (policy rule and version, pin
+state, redaction counts, flags) comes from the notes they left on the routed call. Argument values
+are never stored: only a digest of their canonical JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from mcpward.audit import events
+from mcpward.gateway.context import RequestContext
+from mcpward.protocol.jsonrpc import JsonObj
+
+if TYPE_CHECKING:
+    from mcpward.gateway.config import GatewayConfig
+    from mcpward.telemetry import RequestTrace, Telemetry
+
+# Outcomes (ToolHive's audit vocabulary, plus cancellation).
+SUCCESS, DENIED, ERROR, APP_ERROR, CANCELLED = "success", "denied", "error", "application_error", "cancelled"
+ANNOTATION_LABELS = {"openWorldHint": "open-world", "readOnlyHint": "read-only", "destructiveHint": "destructive"}
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request in flight: when it started, its trace, and the context once it has one."""
+
+    method: str
+    request_id: Any
+    started: float
+    trace: RequestTrace | None
+    ctx: RequestContext | None = None
+
+
+class Accounting:
+    def __init__(self, cfg: GatewayConfig, telemetry: Telemetry | None = None,
+                 policy_hash: Callable[[], str | None] | None = None) -> None:
+        self.cfg = cfg
+        self.telemetry = telemetry
+        self.policy_hash = policy_hash or (lambda: None)
+
+    def begin(self, message: JsonObj, transport: str, session_id: str | None,
+              header_traceparent: str | None = None) -> Ticket:
+        method = str(message.get("method"))
+        trace = None
+        if self.telemetry is not None:
+            params = message.get("params")
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            meta = meta if isinstance(meta, dict) else {}
+            parent = meta.get("traceparent")
+            state = meta.get("tracestate")
+            target = params.get("name") if isinstance(params, dict) else None
+            trace = self.telemetry.request(
+                method, transport=transport, target=target if isinstance(target, str) else None, server=None,
+                session_id=session_id, request_id=message.get("id"), protocol_version=None,
+                traceparent=parent if isinstance(parent, str) else header_traceparent,
+                tracestate=state if isinstance(state, str) else None)
+        return Ticket(method, message.get("id"), time.perf_counter(), trace)
+
+    def attach(self, ticket: Ticket, ctx: RequestContext) -> None:
+        """The request has a context: upstream requests carry the trace onward in `_meta`."""
+        ticket.ctx = ctx
+        trace = ticket.trace
+        if trace is not None and trace.traceparent is not None:
+            ctx.forward_meta["traceparent"] = trace.traceparent
+            if trace.tracestate:
+                ctx.forward_meta["tracestate"] = trace.tracestate
+
+    async def finish(self, ticket: Ticket, reply: JsonObj | None, principal_key: str, subject: str) -> None:
+        """Writes the request's record and waits until it is durable (raises AuditUnavailable if it cannot be)."""
+        outcome, code, rule = _outcome(reply)
+        ctx, call = ticket.ctx, ticket.ctx.call if ticket.ctx is not None else None
+        notes: dict[str, Any] = call.notes if call is not None else {}
+        policy = notes.get("policy")
+        if notes.get("refused"):  # a guard refused it, maybe as a tool error the client sees as a result
+            outcome, rule = DENIED, notes["refused"]
+        fields: dict[str, Any] = {
+            "principal": principal_key, "subject": subject, "method": ticket.method, "outcome": outcome,
+            "duration_ms": round((time.perf_counter() - ticket.started) * 1000, 3),
+            "policy_hash": policy.get("hash") if isinstance(policy, dict) else self.policy_hash(),
+        }
+        if ctx is not None:
+            fields["transport"] = ctx.transport
+            client = ctx.client_info or {}
+            fields["client"] = client.get("name")
+            fields["client_version"] = client.get("version")
+            if ctx.remote:
+                fields["source_ip"] = ctx.remote
+            if ctx.user_agent:
+                fields["user_agent"] = ctx.user_agent
+            if ctx.session_id:
+                fields["session"] = hashlib.sha256(ctx.session_id.encode()).hexdigest()[:16]
+        if isinstance(ticket.request_id, (str, int)):
+            fields["request_id"] = ticket.request_id
+        if rule is not None:
+            fields["rule"] = rule
+        if code is not None:
+            fields["error_code"] = code
+        if call is not None:
+            fields.update(server=call.server, target=call.exposed)
+            self._call_facts(call, notes, fields)
+        events.record("request", **fields)
+        if ticket.trace is not None:
+            ticket.trace.set(**{k: fields[k] for k in ("server", "target", "rule") if fields.get(k) is not None})
+            ticket.trace.end(outcome, code)
+        await events.durable()
+
+    def _call_facts(self, call: Any, notes: dict[str, Any], fields: dict[str, Any]) -> None:
+        arguments = call.params.get("arguments") if call.method == "tools/call" else call.params.get("uri")
+        if arguments is not None:
+            fields["args_sha256"] = hashlib.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        labels = list(notes.get("risk") or ())
+        annotations = (call.definition or {}).get("annotations") if call.method == "tools/call" else None
+        override = self.cfg.servers[call.server].tools.get(call.target) if call.server in self.cfg.servers else None
+        merged = dict(annotations) if isinstance(annotations, dict) else {}
+        merged.update(override.annotations if override else {})
+        labels += [label for hint, label in ANNOTATION_LABELS.items() if merged.get(hint) is True]
+        if override is not None:
+            labels += override.labels
+        if labels:
+            fields["labels"] = sorted(set(labels))
+        flags = list(notes.get("flags") or ()) + list(notes.get("argument_flags") or ())
+        if flags:
+            fields["flags"] = sorted(set(flags))
+        if notes.get("redactions"):
+            fields["redactions"] = notes["redactions"]
+        if notes.get("pin"):
+            fields["pin"] = notes["pin"]
+
+
+def _outcome(reply: JsonObj | None) -> tuple[str, int | None, str | None]:
+    if reply is None:
+        return CANCELLED, None, None
+    error = reply.get("error")
+    if isinstance(error, dict):
+        code = error.get("code") if isinstance(error.get("code"), int) else None
+        data = error.get("data")
+        rule = data.get("rule") if isinstance(data, dict) and isinstance(data.get("rule"), str) else None
+        return (DENIED if rule is not None else ERROR), code, rule
+    result = reply.get("result")
+    if isinstance(result, dict) and result.get("isError") is True:
+        return APP_ERROR, None, None
+    return SUCCESS, None, None

@@ -1,0 +1,159 @@
+"""Everything one config asks for, built and checked before anything starts.
+
+The guard chain and the launcher, and around them the accountability parts: who is calling
+(authentication on HTTP), how much they may (limits, breakers, anomaly throttles), what is kept
+(the audit log) and what is measured (telemetry). Every table is read here, so a config error
+stops the gateway at start, never on the first request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mcpward.audit import events
+from mcpward.gateway.accounting import Accounting
+from mcpward.gateway.config import ConfigError, GatewayConfig
+from mcpward.guards.base import Guard, GuardChain
+
+if TYPE_CHECKING:
+    from mcpward.audit.anomaly import AnomalyDetector
+    from mcpward.audit.store import AuditLog
+    from mcpward.audit.webhook import Webhook
+    from mcpward.auth import Authenticator
+    from mcpward.gateway.core import Gateway
+    from mcpward.sandbox.launcher import Launcher
+    from mcpward.telemetry import Telemetry
+
+log = logging.getLogger("mcpward")
+
+
+@dataclass(slots=True)
+class Assembly:
+    cfg: GatewayConfig
+    chain: GuardChain
+    launcher: Launcher
+    redact: Callable[[str], str]
+    auth: Authenticator | None = None
+    telemetry: Telemetry | None = None
+    audit_log: AuditLog | None = None
+    anomaly: AnomalyDetector | None = None
+    webhook: Webhook | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def gateway(self) -> Gateway:
+        from mcpward.gateway.core import Gateway
+
+        gateway = Gateway(self.cfg, self.chain, self.launcher)
+        gateway.accounting = Accounting(self.cfg, self.telemetry, policy_hash=gateway.policy_hash)
+        return gateway
+
+    async def start(self) -> None:
+        if self.webhook is not None:
+            await self.webhook.start()
+
+    async def stop(self) -> None:
+        if self.webhook is not None:
+            await self.webhook.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
+        if self.audit_log is not None:
+            self.audit_log.close()
+            events.install(None)
+
+
+def secret_resolver(cfg: GatewayConfig) -> Callable[[str], str]:
+    """`resolve("secret:NAME")` -> the value, for settings that may hold references (raises SecretError)."""
+    from mcpward.secrets import SecretResolver, load_settings
+    from mcpward.secrets.refs import parse_ref
+
+    resolver: list[SecretResolver] = []
+
+    def resolve(text: str) -> str:
+        if not resolver:
+            resolver.append(SecretResolver(load_settings(cfg.secrets, cfg.source, cfg.base_dir)))
+        return resolver[0].resolve(parse_ref(text))
+
+    return resolve
+
+
+def assemble(cfg: GatewayConfig, *, front: str) -> Assembly:
+    """Build what `cfg` asks for; `front` is "stdio" or "http" (authentication is HTTP's). Raises ConfigError."""
+    from mcpward.guards import output
+    from mcpward.guards.setup import build_chain
+    from mcpward.sandbox.launcher import make_launcher
+
+    chain = build_chain(cfg)
+    launcher = make_launcher(cfg)
+    redactor = output.redactor_for(cfg)
+
+    def redact(text: str) -> str:
+        """Secret rules and the secret values the gateway holds: the log filter's redaction."""
+        return redactor.redact(text) or text
+
+    resolve = secret_resolver(cfg)
+    parts = Assembly(cfg, chain, launcher, redact)
+    _audit(parts, resolve)
+    _limits(parts, resolve)
+    _telemetry(parts, resolve)
+    if front == "http":
+        _auth(parts, resolve)
+    return parts
+
+
+def _audit(parts: Assembly, resolve: Callable[[str], str]) -> None:
+    from mcpward.audit import anomaly
+    from mcpward.audit.store import open_from_config
+
+    cfg = parts.cfg
+    parts.audit_log = open_from_config(cfg)
+    if parts.audit_log is not None:
+        events.install(parts.audit_log)
+    anomaly_settings = anomaly.load_settings(cfg, resolve)
+    if parts.audit_log is None:
+        if cfg.anomaly:
+            raise ConfigError(cfg.source, "anomaly", "anomaly rules read the audit stream: enable [audit]")
+        return
+    parts.webhook = anomaly.build_webhook(anomaly_settings)
+    parts.anomaly = anomaly.AnomalyDetector(anomaly_settings, parts.webhook)
+    if not parts.anomaly.active:
+        return
+    parts.audit_log.subscribe(parts.anomaly.observe)
+    _prepend(parts, [anomaly.AnomalyGuard(parts.anomaly)])
+
+
+def _limits(parts: Assembly, resolve: Callable[[str], str]) -> None:
+    """Rate limits, quotas and breakers go last: they count and spend only for a call every other
+    guard let through, so a request the policy refuses burns no budget, and the breaker's result
+    hook, the first to run on the way back, times the upstream and not the guards."""
+    from mcpward.limits import guards_from_config
+
+    guards = guards_from_config(parts.cfg, resolve)
+    if guards:
+        parts.chain = GuardChain([*parts.chain.guards, *guards])
+
+
+def _telemetry(parts: Assembly, resolve: Callable[[str], str]) -> None:
+    from mcpward.guards import output
+    from mcpward.telemetry import Telemetry, load_settings
+
+    settings = load_settings(parts.cfg, resolve)
+    if settings.traces or settings.metrics:
+        parts.telemetry = Telemetry(settings, redact=parts.redact, resolve=resolve)
+        output.redactor_for(parts.cfg).add_exact(parts.telemetry.header_values)
+
+
+def _auth(parts: Assembly, resolve: Callable[[str], str]) -> None:
+    from mcpward.auth import Authenticator, load_settings
+
+    settings = load_settings(parts.cfg)
+    if settings is not None:
+        parts.auth = Authenticator(settings, resolve_secret=resolve)
+
+
+def _prepend(parts: Assembly, guards: list[Guard]) -> None:
+    """An anomaly throttle decides first: a throttled principal costs no policy or scanning work."""
+    if guards:
+        parts.chain = GuardChain([*guards, *parts.chain.guards])

@@ -1,0 +1,286 @@
+"""The audit log's write side: settings, group commit, redaction, durability errors, the JSONL mirror."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcpward.audit import events
+from mcpward.audit.chain import GENESIS, Hasher, canonical, verify
+from mcpward.audit.events import AuditError, AuditUnavailable
+from mcpward.audit.settings import AuditSettings, load_settings, resolve_key
+from mcpward.audit.store import AuditLog, RedactWith, open_from_config
+from mcpward.gateway import config as config_mod
+from mcpward.gateway.config import ConfigError
+from mcpward.guards.redactor import Redactor
+
+KEY = b"k" * 32
+GH_TOKEN = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+
+
+def rows(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT seq, ts, event, body, prev, hash FROM records ORDER BY seq").fetchall()
+
+
+def cfg_with(tmp_path: Path, audit: dict[str, Any], **extra: Any) -> config_mod.GatewayConfig:
+    return config_mod.parse({"audit": audit, **extra}, str(tmp_path / "mcpward.toml"), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ settings
+
+
+def test_settings_defaults_and_paths(tmp_path: Path) -> None:
+    s = load_settings(cfg_with(tmp_path, {}))
+    assert s.enabled and s.fsync == "commit" and s.key_ref is None and s.jsonl is None
+    assert s.path == tmp_path / "mcpward-audit.sqlite"
+    s = load_settings(cfg_with(tmp_path, {"path": "logs/a.sqlite", "jsonl": "/var/tmp/x.jsonl", "fsync": "always",
+                                          "key": "env:AUDIT_KEY", "enabled": False}))
+    assert s.path == tmp_path / "logs" / "a.sqlite" and s.jsonl == Path("/var/tmp/x.jsonl")
+    assert (s.fsync, s.key_ref, s.enabled) == ("always", "env:AUDIT_KEY", False)
+
+
+@pytest.mark.parametrize(("table", "key", "words"), [
+    ({"fsync": "sometimes"}, "audit.fsync", "'commit' or 'always'"),
+    ({"pth": "x"}, "audit.pth", "unknown key"),
+    ({"enabled": "yes"}, "audit.enabled", "true or false"),
+    ({"key": "sk-live-123456"}, "audit.key", "not a secret reference"),
+    ({"path": "a.sqlite", "jsonl": "a.sqlite"}, "audit.jsonl", "different file"),
+    ({"path": ""}, "audit.path", "non-empty"),
+])
+def test_settings_errors_name_the_key(tmp_path: Path, table: dict[str, Any], key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg_with(tmp_path, table))
+    assert info.value.key == key and words in str(info.value)
+    assert "sk-live" not in str(info.value)
+
+
+def test_key_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIT_KEY_T", "a-long-enough-audit-key-value")
+    cfg = cfg_with(tmp_path, {"key": "env:AUDIT_KEY_T"})
+    s = load_settings(cfg)
+    from mcpward.audit.settings import config_key
+
+    assert config_key(cfg, s) == b"a-long-enough-audit-key-value"
+    monkeypatch.setenv("AUDIT_KEY_T", "short")
+    with pytest.raises(ConfigError, match="at least 16 bytes") as info:
+        config_key(cfg, s)
+    assert "short" not in str(info.value).replace("16 bytes", "")
+    monkeypatch.delenv("AUDIT_KEY_T")
+    with pytest.raises(ConfigError, match="cannot resolve the audit key"):
+        config_key(cfg, s)
+    assert resolve_key(AuditSettings(), lambda ref: "unused") is None
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def test_records_are_chained_and_file_is_private(tmp_path: Path) -> None:
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"))
+    log.append("refusal", {"rule": "policy.deny", "n": 1})
+    log.append("call", {"server": "s", "nested": {"b": [1, 2.5, None, True], "a": "x"}})
+    log.close()
+    got = rows(tmp_path / "a.sqlite")
+    assert [r[0] for r in got] == [1, 2] and got[0][4] == GENESIS and got[1][4] == got[0][5]
+    assert json.loads(got[1][3]) == {"nested": {"a": "x", "b": [1, 2.5, None, True]}, "server": "s"}
+    hasher = Hasher(None)
+    for seq, ts, event, body, prev, digest in got:
+        assert hasher(prev, seq, ts, event, body.encode()) == digest
+    for name in ("a.sqlite", "a.sqlite-wal", "a.sqlite-shm"):
+        path = tmp_path / name
+        if path.exists():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+    assert verify(tmp_path / "a.sqlite").ok
+
+
+def test_values_are_redacted_and_escaped_before_hashing(tmp_path: Path) -> None:
+    from mcpward.guards import output
+
+    redactor = output.redactor_for(config_mod.parse({}))
+    seen: list[tuple[str, dict[str, Any]]] = []
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"), redact=RedactWith(redactor))
+    log.subscribe(lambda event, ts, fields: seen.append((event, dict(fields))))
+    log.append("output", {"detail": f"token {GH_TOKEN}", "line": "a\r\nINFO forged", GH_TOKEN: 1,
+                          "deep": [{"x": ("\x1b[31m", GH_TOKEN)}], "big": 1 << 70, "path": Path("/p")})
+    log.close()
+    body = rows(tmp_path / "a.sqlite")[0][3]
+    assert GH_TOKEN not in body and "\x1b" not in body and "\r" not in body
+    fields = json.loads(body)
+    assert fields["detail"].startswith("token [REDACTED:") and fields["line"] == "a\\r\\nINFO forged"
+    assert fields["deep"] == [{"x": ["\\x1b[31m", fields["detail"][len("token "):]]}]
+    assert fields["big"] == str(1 << 70) and fields["path"] == "/p"
+    assert seen == [("output", fields)]  # listeners get exactly what is stored
+    assert verify(tmp_path / "a.sqlite").ok
+
+
+def test_redaction_cache_drops_when_a_secret_value_is_added(tmp_path: Path) -> None:
+    redactor = Redactor([])
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"), redact=RedactWith(redactor))
+    log.append("e", {"v": "value-held-by-gateway-42"})
+    redactor.add_exact(["value-held-by-gateway-42"])  # the gateway learns a secret after the string was cached
+    log.append("e", {"v": "value-held-by-gateway-42"})
+    log.close()
+    first, second = (json.loads(r[3])["v"] for r in rows(tmp_path / "a.sqlite"))
+    assert first == "value-held-by-gateway-42" and "value-held-by-gateway-42" not in second
+
+
+def test_an_unknown_redactor_is_never_cached(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def redact(text: str) -> str:
+        calls.append(text)
+        return text.replace("pw", "**")
+
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"), redact=redact)
+    for _ in range(3):
+        log.append("e", {"v": "pw"})
+    log.close()
+    assert calls.count("pw") == 3 and all(json.loads(r[3]) == {"v": "**"} for r in rows(tmp_path / "a.sqlite"))
+
+
+async def test_group_commit_one_transaction_per_loop_turn(tmp_path: Path) -> None:
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"))
+    commits: list[int] = []
+    write = log._write
+
+    def counting(batch: Any) -> Any:
+        commits.append(len(batch))
+        return write(batch)
+
+    log._write = counting  # type: ignore[method-assign]
+
+    async def call(i: int) -> None:
+        events_before = log.pending
+        log.append("call", {"i": i})
+        assert log.pending == events_before + 1  # queued, not yet written
+        await log.durable()
+
+    await asyncio.gather(*(call(i) for i in range(50)))
+    assert commits == [50]  # every request of the turn shares one commit
+    assert len(rows(tmp_path / "a.sqlite")) == 50
+    log.append("late", {})
+    await asyncio.sleep(0)  # the scheduled flush runs on the next turn
+    assert log.pending == 0 and commits[-1] == 1
+    log.close()
+
+
+async def test_two_writers_build_one_chain(tmp_path: Path) -> None:
+    a = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"))
+    b = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"))
+    for i in range(20):
+        (a if i % 3 else b).append("e", {"i": i})
+        await (a if i % 3 else b).durable()
+    a.close()
+    b.close()
+    report = verify(tmp_path / "a.sqlite")
+    assert report.ok and report.records == 20
+
+
+async def test_locked_database_makes_durable_raise(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "a.sqlite"
+    log = AuditLog(AuditSettings(path=path, lock_timeout=0.05))
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    with caplog.at_level(logging.ERROR, logger="mcpward.auditlog"):
+        log.append("call", {"i": 1})
+        with pytest.raises(AuditUnavailable, match="not committed: database is locked"):
+            await log.durable()
+    assert any("cannot commit 1 records" in r.getMessage() for r in caplog.records)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    log._retry_at = 0.0  # skip the back-off instead of sleeping a second
+    await log.durable()
+    assert [json.loads(r[3]) for r in rows(path)] == [{"i": 1}]
+    log.close()
+
+
+def test_open_refuses_a_key_mismatch(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite"
+    AuditLog(AuditSettings(path=path), KEY).close()
+    with pytest.raises(AuditError, match="key mismatch"):
+        AuditLog(AuditSettings(path=path), b"j" * 32)
+    with pytest.raises(AuditError, match="has no \\[audit\\] key"):
+        AuditLog(AuditSettings(path=path))
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all, really" * 10)
+    with pytest.raises(AuditError, match="not a usable audit log"):
+        AuditLog(AuditSettings(path=tmp_path / "junk.sqlite"))
+
+
+def test_keyed_chain_needs_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite"
+    log = AuditLog(AuditSettings(path=path), KEY)
+    log.append("e", {"a": 1})
+    log.close()
+    seq, ts, event, body, prev, digest = rows(path)[0]
+    assert Hasher(None)(prev, seq, ts, event, body.encode()) != digest
+    assert Hasher(KEY)(prev, seq, ts, event, body.encode()) == digest
+    assert verify(path, KEY).ok
+    report = verify(path)
+    assert not report.ok and "key needed" in (report.reason or "")
+
+
+# ------------------------------------------------------------------------------------------------ mirror
+
+
+def test_mirror_matches_the_database_and_catches_up(tmp_path: Path) -> None:
+    db, mirror = tmp_path / "a.sqlite", tmp_path / "a.jsonl"
+    log = AuditLog(AuditSettings(path=db, jsonl=mirror))
+    for i in range(5):
+        log.append("e", {"i": i})
+    log.close()
+    lines = mirror.read_bytes().splitlines()
+    assert len(lines) == 6 and json.loads(lines[0])["mcpward_audit"] == 1
+    assert stat.S_IMODE(mirror.stat().st_mode) == 0o600
+    # A crash mid-line, and records committed while the mirror was not written (another process).
+    mirror.write_bytes(b"\n".join(lines[:4]) + b"\n" + lines[4][:20])
+    other = AuditLog(AuditSettings(path=db))
+    other.append("e", {"i": 5})
+    other.close()
+    log = AuditLog(AuditSettings(path=db, jsonl=mirror))
+    log.append("e", {"i": 6})
+    log.close()
+    got = [json.loads(x) for x in mirror.read_bytes().splitlines()[1:]]
+    assert [r["seq"] for r in got] == list(range(1, 8)) and [r["fields"]["i"] for r in got] == list(range(7))
+    assert verify(mirror).ok and verify(mirror).head == verify(db).head
+
+
+# ------------------------------------------------------------------------------------------------ events
+
+
+async def test_record_logs_and_appends(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"))
+    events.install(log)
+    try:
+        assert events.installed() is log
+        with caplog.at_level(logging.INFO, logger="mcpward.audit"):
+            events.record("refusal", rule="r1", server="s")
+        await events.durable()
+    finally:
+        events.install(None)
+        log.close()
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mcpward.audit"]
+    assert logged[0]["event"] == "refusal" and logged[0]["rule"] == "r1"
+    assert [(r[2], json.loads(r[3])) for r in rows(tmp_path / "a.sqlite")] == [("refusal", {"rule": "r1",
+                                                                                           "server": "s"})]
+    await events.durable()  # nothing installed: a no-op
+
+
+def test_open_from_config(tmp_path: Path) -> None:
+    assert open_from_config(cfg_with(tmp_path, {"enabled": False})) is None
+    log = open_from_config(cfg_with(tmp_path, {"path": "x/audit.sqlite"}))
+    assert log is not None and log.path == tmp_path / "x" / "audit.sqlite"
+    log.append("e", {"t": f"leak {GH_TOKEN}"})
+    log.close()
+    assert GH_TOKEN not in rows(tmp_path / "x" / "audit.sqlite")[0][3]
+
+
+def test_canonical_round_trips_through_json() -> None:
+    fields = {"b": [1, 2.000001, "é\u2028"], "a": {"z": None, "y": -5}, "c": 1e300}
+    assert canonical(json.loads(canonical(fields))) == canonical(fields)

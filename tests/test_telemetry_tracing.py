@@ -1,0 +1,219 @@
+"""Spans and W3C trace context: the client's traceparent is the parent, the upstream gets the child."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from mcpward.telemetry import Telemetry, TelemetrySettings, parse_traceparent
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+CLIENT_TP = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+class Traced:
+    def __init__(self, tel: Telemetry, exporter: InMemorySpanExporter) -> None:
+        self.tel, self.exporter = tel, exporter
+
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        self.tel.flush()
+        return self.exporter.get_finished_spans()
+
+    def call(self, method: str = "tools/call", target: str | None = "search", **kw: Any) -> Any:
+        args: dict[str, Any] = {"transport": "http", "target": target, "server": "docs", "session_id": "sess-1",
+                                "request_id": 7, "protocol_version": "2025-11-25", "traceparent": None,
+                                "tracestate": None}
+        args.update(kw)
+        return self.tel.request(method, **args)
+
+
+@pytest.fixture
+def traced() -> Iterator[Traced]:
+    exporter = InMemorySpanExporter()
+    tel = Telemetry(TelemetrySettings(traces=True), redact=lambda t: t, span_exporter=exporter)
+    yield Traced(tel, exporter)
+    tel.shutdown()
+
+
+def test_span_has_the_clients_traceparent_as_parent_and_propagates_the_child(traced: Traced) -> None:
+    rt = traced.call(traceparent=CLIENT_TP, tracestate="vendor=abc")
+    assert rt.traceparent is not None and rt.traceparent != CLIENT_TP
+    rt.end("success")
+    (span,) = traced.spans()
+    assert span.parent is not None and span.parent.is_remote
+    assert f"{span.parent.trace_id:032x}" == TRACE_ID and f"{span.parent.span_id:016x}" == PARENT_ID
+    # What the upstream gets is this span's own context: same trace, the gateway span as parent.
+    assert rt.traceparent == f"00-{TRACE_ID}-{span.context.span_id:016x}-01"
+    assert rt.tracestate == "vendor=abc"
+    assert span.kind is SpanKind.SERVER and span.name == "tools/call search"
+
+
+def test_semconv_attributes(traced: Traced) -> None:
+    rt = traced.call(traceparent=CLIENT_TP)
+    rt.set(rule="policy.permit", upstream_id=3)
+    rt.end("success")
+    (span,) = traced.spans()
+    attrs: dict[str, Any] = dict(span.attributes or {})
+    assert attrs["mcp.method.name"] == "tools/call"
+    assert attrs["gen_ai.tool.name"] == "search" and attrs["gen_ai.operation.name"] == "execute_tool"
+    assert attrs["jsonrpc.request.id"] == "7" and attrs["mcp.protocol.version"] == "2025-11-25"
+    assert attrs["network.transport"] == "tcp" and attrs["mcpward.server"] == "docs"
+    assert attrs["mcpward.rule"] == "policy.permit" and attrs["mcpward.upstream.request_id"] == 3
+    # The session id is a bearer-ish secret: only a keyed hash of it is recorded.
+    assert "sess-1" not in str(attrs)
+    assert attrs["mcp.session.id"] == hashlib.sha256(b"sess-1").hexdigest()[:16]  # joins the audit record
+    assert "error.type" not in attrs and span.status.status_code is StatusCode.UNSET
+
+
+def test_errors_set_error_type_and_status(traced: Traced) -> None:
+    traced.call().end("error", -32602)
+    traced.call().end("application_error")
+    traced.call(method="resources/read", target="file:///tmp/x").end("denied")
+    by_type = {dict(s.attributes or {})["error.type"]: s for s in traced.spans()}
+    assert set(by_type) == {"-32602", "tool_error", "denied"}
+    assert dict(by_type["-32602"].attributes or {})["rpc.response.status_code"] == "-32602"
+    assert all(s.status.status_code is StatusCode.ERROR for s in by_type.values())
+    read = by_type["denied"]
+    assert read.name == "resources/read"  # a resource URI is never part of the span name
+    assert dict(read.attributes or {})["mcp.resource.uri"] == "file:///tmp/x"
+
+
+def test_no_client_context_starts_a_new_root(traced: Traced) -> None:
+    rt = traced.call()
+    rt.end("success")
+    (span,) = traced.spans()
+    assert span.parent is None
+    assert rt.traceparent == f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"
+
+
+@pytest.mark.parametrize("bad", [
+    "garbage", "", "00-" + "0" * 32 + f"-{PARENT_ID}-01", f"00-{TRACE_ID}-" + "0" * 16 + "-01",
+    f"ff-{TRACE_ID}-{PARENT_ID}-01", f"00-{TRACE_ID.upper()}-{PARENT_ID}-01", f"00-{TRACE_ID}-{PARENT_ID}-01-extra",
+    f"00-{TRACE_ID}-{PARENT_ID}", "x" * 10_000, f" 00-{TRACE_ID}-{PARENT_ID}-01",
+])
+def test_malformed_traceparent_is_ignored(traced: Traced, bad: str) -> None:
+    assert parse_traceparent(bad) is None
+    rt = traced.call(traceparent=bad, tracestate="vendor=abc")
+    rt.end("success")
+    (span,) = traced.spans()
+    assert span.parent is None and f"{span.context.trace_id:032x}" != TRACE_ID
+    assert rt.traceparent is not None and rt.traceparent != bad
+    assert rt.tracestate is None  # tracestate is only honoured next to a valid traceparent
+
+
+def test_future_version_traceparent_is_accepted() -> None:
+    assert parse_traceparent(f"01-{TRACE_ID}-{PARENT_ID}-01-whatever") == (int(TRACE_ID, 16), int(PARENT_ID, 16), 1)
+
+
+def test_traces_off_passes_the_clients_context_through_unchanged() -> None:
+    tel = Telemetry(TelemetrySettings(traces=False), redact=lambda t: t)
+    rt = tel.request("tools/call", transport="stdio", target="x", server=None, session_id=None, request_id=1,
+                     protocol_version=None, traceparent=CLIENT_TP, tracestate="a=1,b=2")
+    assert (rt.traceparent, rt.tracestate) == (CLIENT_TP, "a=1,b=2")
+    rt.end("success")
+    none = tel.request("tools/call", transport="stdio", target="x", server=None, session_id=None, request_id=2,
+                       protocol_version=None, traceparent="not-a-traceparent", tracestate="a=1")
+    assert (none.traceparent, none.tracestate) == (None, None)
+    bad_state = tel.request("ping", transport="stdio", target=None, server=None, session_id=None, request_id=3,
+                            protocol_version=None, traceparent=CLIENT_TP, tracestate="bad state\n")
+    assert (bad_state.traceparent, bad_state.tracestate) == (CLIENT_TP, None)
+    assert not tel.tracing
+
+
+def test_traces_on_without_any_exporter_is_pass_through() -> None:
+    # Nothing to export to: no spans are made, the client's context still travels.
+    tel = Telemetry(TelemetrySettings(traces=True, metrics=False), redact=lambda t: t)
+    assert not tel.tracing
+    rt = tel.request("ping", transport="http", target=None, server=None, session_id=None, request_id=1,
+                     protocol_version=None, traceparent=CLIENT_TP, tracestate=None)
+    assert rt.traceparent == CLIENT_TP
+
+
+def test_unsampled_client_is_respected_and_still_propagated(traced: Traced) -> None:
+    rt = traced.call(traceparent=f"00-{TRACE_ID}-{PARENT_ID}-00")
+    rt.set(rule="r")
+    rt.end("success")
+    assert traced.spans() == ()
+    assert rt.traceparent is not None and rt.traceparent.startswith(f"00-{TRACE_ID}-")
+    assert rt.traceparent.endswith("-00") and PARENT_ID not in rt.traceparent
+
+
+def test_sample_ratio_zero_records_no_root_spans() -> None:
+    exporter = InMemorySpanExporter()
+    tel = Telemetry(TelemetrySettings(traces=True, sample_ratio=0.0), redact=lambda t: t, span_exporter=exporter)
+    try:
+        for i in range(20):
+            tel.request("ping", transport="http", target=None, server=None, session_id=None, request_id=i,
+                        protocol_version=None, traceparent=None, tracestate=None).end("success")
+        tel.flush()
+        assert exporter.get_finished_spans() == ()
+    finally:
+        tel.shutdown()
+
+
+def test_end_twice_records_once_and_late_set_is_harmless(traced: Traced) -> None:
+    rt = traced.call()
+    rt.end("success")
+    rt.end("error", -1)
+    rt.set(rule="late")
+    (span,) = traced.spans()
+    assert "error.type" not in dict(span.attributes or {})
+
+
+def test_oversized_values_are_cut(traced: Traced) -> None:
+    rt = traced.call(target="t" * 100_000)
+    rt.set(note="n" * 100_000, weird=object())
+    rt.end("success")
+    (span,) = traced.spans()
+    attrs: dict[str, Any] = dict(span.attributes or {})
+    assert len(attrs["gen_ai.tool.name"]) == 4096 and len(attrs["mcpward.note"]) == 4096
+    assert isinstance(attrs["mcpward.weird"], str)
+
+
+def test_concurrent_requests_get_distinct_span_ids(traced: Traced) -> None:
+    out: list[str] = []
+
+    def work() -> None:
+        for _ in range(200):
+            rt = traced.call(traceparent=CLIENT_TP)
+            out.append(rt.traceparent or "")
+            rt.end("success")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(out)) == 800
+    assert len(traced.spans()) == 800
+
+
+def test_shutdown_is_bounded_when_the_collector_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    from mcpward.telemetry import tracing
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tracing, "SHUTDOWN_BOUND", 1.0)
+    with socket.socket() as listener:  # accepts into its backlog, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        tel = Telemetry(TelemetrySettings(traces=True, otlp_endpoint=f"http://127.0.0.1:{port}"),
+                        redact=lambda t: t)
+        tel.request("ping", transport="http", target=None, server=None, session_id=None, request_id=1,
+                    protocol_version=None, traceparent=None, tracestate=None).end("success")
+        started = time.monotonic()
+        tel.shutdown()
+        assert time.monotonic() - started < 3.0
+        assert not tel.tracing
