@@ -96,12 +96,17 @@ def percentile(sorted_values: list[int], q: float) -> float:
     return float(sorted_values[rank - 1])
 
 
+# The default per-principal bucket (100/min, burst 20) would refuse a benchmark's thousands of calls; the
+# bucket is sized never to refuse, so it still counts every call. Everything else is the default (audit on).
+UNLIMITED = '\n[limits]\nrate = 1000000\nburst = 1000000\n'
+
+
 def write_configs(out: Path, upstream_port: int) -> tuple[Path, Path]:
     stdio_cfg = out / "mcpward-stdio.toml"
-    stdio_cfg.write_text(f'[servers.raw]\ncommand = "{PY}"\nargs = ["{RAW}"]\nprefix = ""\n')
+    stdio_cfg.write_text(f'[servers.raw]\ncommand = "{PY}"\nargs = ["{RAW}"]\nprefix = ""\n' + UNLIMITED)
     http_cfg = out / "mcpward-http.toml"
     http_cfg.write_text(f'[servers.raw]\nurl = "http://127.0.0.1:{upstream_port}/mcp"\nallow_http = true\n'
-                        'allow_private = true\nprefix = ""\n')
+                        'allow_private = true\nprefix = ""\n' + UNLIMITED)
     return stdio_cfg, http_cfg
 
 

@@ -69,6 +69,9 @@ def fixture_server(*extra: str) -> list[str]:
 PERMIT_ALL = '\n[policy]\nbase = "permit-all"\n'
 NO_HOLD = '\n[integrity]\nhold_destructive = false\n'
 SANDBOX_STATE = '\n[sandbox]\nstate_dir = "sandbox-state"\n'  # caches beside the test's config, not in $HOME
+# The default bucket (100/min, burst 20) would throttle tests that are about something else, and
+# tests of failing tools would trip the default breakers; the limits tests set their own [limits].
+NO_RATE_LIMIT = '\n[limits]\nrate = 1000000\nburst = 100000\n\n[limits.breaker]\nenabled = false\n'
 
 
 def with_policy(config_text: str) -> str:
@@ -78,6 +81,8 @@ def with_policy(config_text: str) -> str:
         config_text += NO_HOLD
     if "[sandbox]" not in config_text:
         config_text += SANDBOX_STATE
+    if "[limits" not in config_text:
+        config_text += NO_RATE_LIMIT
     return config_text
 
 

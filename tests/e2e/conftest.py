@@ -121,7 +121,8 @@ def write_gateway_config(path: Path, servers: dict[str, dict[str, Any]], **gatew
     # Transparency tests: every tool callable and destructive ones shown without a first approval;
     # the other default guards (pinning and the scanner included) stay on.
     lines += ["", "[policy]", 'base = "permit-all"', "", "[integrity]", "hold_destructive = false",
-              "", "[sandbox]", f"state_dir = {_toml(str(path.parent / 'sandbox-state'))}"]
+              "", "[sandbox]", f"state_dir = {_toml(str(path.parent / 'sandbox-state'))}",
+              "", "[limits]", "rate = 1000000", "burst = 100000"]  # transparency, not the default bucket
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +28,11 @@ class Keys:
     def table(self) -> str:
         return (f'[auth.api_keys.alice]\nsha256 = "{key_digest(self.alice)}"\ngroups = ["staff"]\n\n'
                 f'[auth.api_keys.bob]\nsha256 = "{key_digest(self.bob)}"\n\n')
+
+
+def audit_bytes(config_dir: Path) -> bytes:
+    """Every byte of the audit database, its write-ahead log included (recent records live there)."""
+    return b"".join(p.read_bytes() for p in sorted(config_dir.glob("mcpward-audit.sqlite*")))
 
 
 def oauth_config(issuer: Issuer, extra: str = "") -> str:

@@ -11,6 +11,7 @@ redacted without the values. The client's result is redacted as well.
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import MCPWARD, free_port, stop, wait_port
+from tests.threats.identity_support import audit_bytes
 from tests.threats.test_t19_sensitive_output import AWS, GH, LEAKY, tool
 
 LINE_START = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: |^  \| ")
@@ -58,3 +60,10 @@ def test_nothing_secret_or_forged_reaches_the_log(verbose_gateway: tuple[str, Pa
     assert not any(line.startswith("2026-01-01 00:00:00,000") for line in lines)
     audit = [line for line in lines if " mcpward.audit: " in line]
     assert any('"redacted":{"aws-access-key-id":' in line for line in audit), audit
+    # The hash-chained audit log beside the config holds the same records, just as clean.
+    database = audit_bytes(log.parent)
+    for value in (AWS.encode(), GH.encode(), b"hunter2", b"postgres://admin", b"2026-01-01 00:00:00,000"):
+        assert value not in database, value
+    with sqlite3.connect(log.parent / "mcpward-audit.sqlite") as db:
+        outputs = [row[0] for row in db.execute("SELECT body FROM records WHERE event = 'output'")]
+    assert any('"aws-access-key-id":' in body for body in outputs), outputs

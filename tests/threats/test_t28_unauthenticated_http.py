@@ -20,7 +20,15 @@ from mcp.server.mcpserver import MCPServer
 
 from tests.fixtures.issuer import Issuer, running_issuer
 from tests.test_http_link import serve
-from tests.threats.identity_support import MEMO_SERVER, bearer, modern_call, oauth_config, reply_of, tool_text
+from tests.threats.identity_support import (
+    MEMO_SERVER,
+    audit_bytes,
+    bearer,
+    modern_call,
+    oauth_config,
+    reply_of,
+    tool_text,
+)
 
 
 @pytest.fixture
@@ -59,7 +67,7 @@ def test_no_token_gets_401_pointing_at_the_resource_metadata(serve_gateway, issu
             assert 'error="invalid_token"' in response.headers["www-authenticate"]
     refused = audit_rows(tmp_path, "auth.refused")
     assert len(refused) == 5 and any("auth.wrong_audience" in row for row in refused)
-    database = (tmp_path / "mcpward-audit.sqlite").read_bytes()
+    database = audit_bytes(tmp_path)
     assert good.encode() not in database and good.split(".")[2].encode() not in database
 
 

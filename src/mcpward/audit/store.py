@@ -106,6 +106,8 @@ class AuditLog:
         self._closed = False
         self.lost = 0  # records dropped after MAX_PENDING piled up behind a failing database
         self._listeners: list[Listener] = []
+        self._head: tuple[int, str] | None = None  # (seq, hash) after our last commit
+        self._head_version = -1
         self._db = self._open()
         self._mirror: Mirror | None = None
         if settings.jsonl is not None:
@@ -284,8 +286,13 @@ class AuditLog:
         db, hasher = self._db, self._hasher
         db.execute("BEGIN IMMEDIATE")
         try:
-            head = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (int(head[0]), str(head[1])) if head else (0, GENESIS)
+            # The head is read again only when another connection (another process) committed since
+            # our own last commit: `data_version` changes exactly then, and costs no disk read.
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            if self._head is None or version != self._head_version:
+                head = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+                self._head = (int(head[0]), str(head[1])) if head else (0, GENESIS)
+            seq, prev = self._head
             rows = []
             for _, event, ts, body in batch:
                 seq += 1
@@ -295,9 +302,12 @@ class AuditLog:
             db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
             db.execute("COMMIT")
         except BaseException:
+            self._head = None
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        self._head = (seq, prev)
+        self._head_version = version  # our own commit does not change our connection's data_version
         return rows
 
     def _failed(self, batch: list[tuple[int, str, float, bytes]], exc: BaseException) -> None:

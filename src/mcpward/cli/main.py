@@ -78,13 +78,15 @@ def _load(path: Path) -> GatewayConfig:
 
 
 def _chain(cfg: GatewayConfig) -> tuple[GuardChain, Launcher]:
-    """The guard chain and the launcher: every table checked here, before anything starts."""
+    """The guard chain and the launcher (for `check`): every table checked, nothing opened."""
+    from mcpward.gateway.assembly import validate
     from mcpward.guards.setup import build_chain, install_log_redaction
     from mcpward.sandbox.launcher import make_launcher
 
     try:
         chain = build_chain(cfg)
         launcher = make_launcher(cfg)
+        validate(cfg)
     except ConfigError as exc:
         err.print(f"[bold red]config error[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

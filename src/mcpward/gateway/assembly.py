@@ -103,6 +103,21 @@ def assemble(cfg: GatewayConfig, *, front: str) -> Assembly:
     return parts
 
 
+def validate(cfg: GatewayConfig) -> None:
+    """Read every accountability table without opening anything (for `mcpward check`); ConfigError if bad."""
+    from mcpward.audit import anomaly
+    from mcpward.audit import settings as audit_settings
+    from mcpward.auth import load_settings as auth_settings
+    from mcpward.limits import load_settings as limits_settings
+    from mcpward.telemetry import load_settings as telemetry_settings
+
+    audit_settings.load_settings(cfg)
+    anomaly.load_settings(cfg)
+    limits_settings(cfg)
+    telemetry_settings(cfg)
+    auth_settings(cfg)
+
+
 def _audit(parts: Assembly, resolve: Callable[[str], str]) -> None:
     from mcpward.audit import anomaly
     from mcpward.audit.store import open_from_config

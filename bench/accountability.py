@@ -1,0 +1,135 @@
+"""What authentication, limits and the audit log add per `tools/call` over HTTP, and audit records/s.
+
+    .venv/bin/python bench/accountability.py                  # 3 interleaved runs, 1,000 calls each
+    .venv/bin/python bench/accountability.py --runs 1 --calls 300
+
+Two gateways in front of the same raw stdio server (bench/raw_server.py), started alternately:
+- "off": no [auth], `[limits] enabled = false`, `[audit] enabled = false`, metrics off;
+- "on": an API key on every request, limits on (memory storage: the principal's bucket plus a
+  per-tool rate and a cost quota, all sized never to refuse), the audit log on (fsync "commit":
+  every reply waits for its record's commit), metrics on, the anomaly rules on.
+Per run: connect, 50 warm-up calls, N sequential timed calls on one keep-alive connection, then
+8 concurrent clients for a throughput burst (each call is one audit record, so calls/s of the
+"on" gateway is the audit log's sustained records/s under a real load). "added" = on - off,
+median over runs. Raw samples go to .bench-out/accountability-latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from clients import BenchError, HttpClient, Proc
+from latency import free_port, percentile, wait_port
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PY = sys.executable
+MCPWARD = str(Path(PY).parent / "mcpward")
+RAW = BENCH / "raw_server.py"
+KEY = "mcpw_benchbenchbenchbenchbenchbenchbenchbench0"  # a bench-only key; its digest goes in the config
+
+COMMON = f'[servers.raw]\ncommand = "{PY}"\nargs = ["{RAW}"]\nprefix = ""\n\n[policy]\nbase = "permit-all"\n\n' \
+         '[sandbox]\nstate_dir = "sandbox-state"\n\n'
+OFF = COMMON + '[limits]\nenabled = false\n\n[audit]\nenabled = false\n\n[telemetry]\nmetrics = false\n'
+
+
+def on_config() -> str:
+    from mcpward.auth.api_keys import key_digest
+
+    return COMMON + (f'[auth.api_keys.bench]\nsha256 = "{key_digest(KEY)}"\n\n'
+                     '[limits]\nrate = 1000000\nburst = 1000000\n\n'
+                     '[limits.tools."echo"]\nrate = 1000000\nburst = 1000000\ncost = 1\nbudget = 1000000000\n'
+                     'period = "day"\n\n[audit]\nfsync = "commit"\n')
+
+
+class AuthedClient(HttpClient):
+    def __init__(self, port: int, token: str | None) -> None:
+        super().__init__(port, "modern")
+        if token:
+            self.base["authorization"] = f"Bearer {token}"
+
+
+def one_run(name: str, config: Path, calls: int, token: str | None) -> dict[str, Any]:
+    port = free_port()
+    proc = Proc([MCPWARD, "serve", "-c", str(config), "--port", str(port)], config.parent / f"{name}.log", stdio=False)
+    try:
+        wait_port(proc, port, time.perf_counter() + 60)
+        client = AuthedClient(port, token)
+        client.connect()
+        for i in range(50):
+            client.call_ns(f"warm {i}")
+        samples = sorted(client.call_ns(f"call {i}") for i in range(calls))
+        client.close()
+        done, seconds = concurrent(port, token, clients=8, total=4000, budget=60.0)
+        return {"p50_us": percentile(samples, 50) / 1000, "p99_us": percentile(samples, 99) / 1000,
+                "calls_per_s": done / seconds, "samples_ns": samples}
+    finally:
+        proc.stop()
+
+
+def concurrent(port: int, token: str | None, clients: int, total: int, budget: float) -> tuple[int, float]:
+    conns = [AuthedClient(port, token) for _ in range(clients)]
+    for conn in conns:
+        conn.connect()
+    counts = [0] * clients
+    deadline = time.perf_counter() + budget
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            while counts[i] < total // clients and time.perf_counter() < deadline:
+                conns[i].call_ns(f"c{i}-{counts[i]}")
+                counts[i] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(budget + 10)
+    seconds = time.perf_counter() - t0
+    for conn in conns:
+        conn.close()
+    if errors:
+        raise BenchError(f"concurrent calls failed: {errors[0]}")
+    return sum(counts), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=1000)
+    args = parser.parse_args()
+    results: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory(prefix="mcpward-bench-") as tmp:
+        configs = {"off": Path(tmp) / "off.toml", "on": Path(tmp) / "on.toml"}
+        configs["off"].write_text(OFF)
+        configs["on"].write_text(on_config())
+        for run in range(args.runs):
+            for name in ("off", "on"):
+                result = one_run(name, configs[name], args.calls, KEY if name == "on" else None)
+                results[name].append(result)
+                print(f"run {run + 1} {name:>3}: p50 {result['p50_us']:7.1f} us  p99 {result['p99_us']:7.1f} us  "
+                      f"{result['calls_per_s']:7.0f} calls/s (8 clients)", flush=True)
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("p50_us", "p99_us", "calls_per_s")}
+           for name, rs in results.items()}
+    print(f"\nadded by auth + limits + audit: p50 {med['on']['p50_us'] - med['off']['p50_us']:+.1f} us, "
+          f"p99 {med['on']['p99_us'] - med['off']['p99_us']:+.1f} us per call (median of {args.runs} runs)")
+    print(f"audit records/s sustained by the 'on' gateway under 8 clients: {med['on']['calls_per_s']:.0f}")
+    out = ROOT / ".bench-out"
+    out.mkdir(exist_ok=True)
+    (out / "accountability-latest.json").write_text(json.dumps({"median": med, "runs": results}))
+
+
+if __name__ == "__main__":
+    main()
