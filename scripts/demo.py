@@ -23,6 +23,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from mcpward.auth.api_keys import key_digest, new_key
 from mcpward.transport.sse import SseParser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,7 @@ POISONED_TOOLS = [
 ]
 MODERN = "2026-07-28"
 DEMO_TOKEN = "demo-7f3a9c2e4b1d8f6a0e5c"
+DEMO_KEY = new_key()  # the demo client's API key, fresh each run; the config holds only its digest
 console = Console()
 
 
@@ -65,6 +67,17 @@ port = {port}
 
 [policy]
 base = "standard"                    # default-deny; destructive tools need an explicit permit
+
+[auth.api_keys.demo]                 # every HTTP request needs this key (the config holds only its digest)
+sha256 = "{key_digest(DEMO_KEY)}"
+
+[limits]                             # a script, not a person: the default is 100/min, burst 20
+rate = 600
+burst = 200
+
+[limits.tools."time__get_current_time"]   # a cost quota: 3 calls a day, then a hard cut
+budget = 3
+period = "day"
 
 [servers.time]
 command = "{BIN / 'mcp-server-time'}"
@@ -113,6 +126,7 @@ class Client:
         self.http = httpx.Client(timeout=30, trust_env=False)
         self.ids = 0
         self.session: str | None = None
+        self.last: httpx.Response | None = None
 
     def modern(self, method: str, params: dict[str, Any] | None = None, caps: dict[str, Any] | None = None,
                headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
@@ -142,12 +156,14 @@ class Client:
 
     def post(self, message: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         response = self._raw(message, headers)
+        self.last = response
         return response.status_code, parse(response)
 
     def _raw(self, message: dict[str, Any] | bytes, headers: dict[str, str]) -> httpx.Response:
         data = message if isinstance(message, bytes) else json.dumps(message).encode()
-        base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-        return self.http.post(self.url, content=data, headers={**base, **headers})
+        base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                "Authorization": f"Bearer {DEMO_KEY}"}
+        return self.http.post(self.url, content=data, headers={k: v for k, v in {**base, **headers}.items() if v})
 
     def _id(self) -> int:
         self.ids += 1
@@ -310,8 +326,41 @@ def guards(client: Client, config: Path) -> None:
     console.print(table)
     sandbox(client, int(client.url.rsplit(":", 1)[1].split("/")[0]))
     integrity(client, config)
-    console.print("Every refusal names its rule and is audited; see docs/security.md, docs/policy.md and "
-                  "docs/integrity.md.")
+    accountability(client, config)
+    console.print("Every refusal names its rule and is audited; see docs/security.md, docs/policy.md, "
+                  "docs/integrity.md and docs/audit.md.")
+
+
+def accountability(client: Client, config: Path) -> None:
+    console.rule("Identity, limits and the audit log")
+    table = Table("attempt", "what happened", "rule")
+    call = {"name": "everything__echo", "arguments": {"message": "hi"}}
+    for label, key in (("no API key", ""), ("a made-up API key", "mcpw_" + "x" * 43)):
+        status, reply = client.modern("tools/call", call, headers={"Authorization": f"Bearer {key}" if key else ""})
+        challenge = client.last.headers.get("www-authenticate", "")
+        table.add_row(label, f"HTTP {status}; WWW-Authenticate: {challenge[:70]}...", "auth")
+    allowed, reply = 0, {}
+    for _ in range(5):
+        _, reply = client.modern("tools/call", {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}})
+        if "error" in reply:
+            break
+        allowed += 1
+    error = reply.get("error", {})
+    table.add_row("keep calling a tool with a quota of 3 a day", f"{allowed} more allowed, then: "
+                  f"{error.get('message', 'not refused')[:60]}", rule(reply))
+    console.print(table)
+    verify = subprocess.run([str(BIN / "mcpward"), "audit", "verify", "-c", str(config)], capture_output=True,
+                            text=True, timeout=60)
+    console.print("[bold]mcpward audit verify[/]", highlight=False)
+    console.print(verify.stdout.strip(), highlight=False, markup=False)
+    found = subprocess.run([str(BIN / "mcpward"), "audit", "search", "-c", str(config), "--event", "anomaly.alert",
+                            "--json"], capture_output=True, text=True, timeout=60)
+    alerts = [json.loads(line) for line in found.stdout.splitlines() if line.strip()]
+    for alert in alerts[:3]:
+        fields = alert.get("fields", alert)
+        console.print(f"[yellow]anomaly alert[/] {fields.get('rule')}: {fields.get('detail')}", highlight=False)
+    if not alerts:
+        console.print("no anomaly alerts", highlight=False)
 
 
 def sandbox(client: Client, port: int) -> None:
