@@ -21,12 +21,11 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from clients import BenchError, HttpClient, Proc
+from clients import HttpClient, Proc, http_concurrent
 from latency import free_port, percentile, wait_port
 
 BENCH = Path(__file__).resolve().parent
@@ -50,59 +49,22 @@ def on_config() -> str:
                      'period = "day"\n\n[audit]\nfsync = "commit"\n')
 
 
-class AuthedClient(HttpClient):
-    def __init__(self, port: int, token: str | None) -> None:
-        super().__init__(port, "modern")
-        if token:
-            self.base["authorization"] = f"Bearer {token}"
-
-
 def one_run(name: str, config: Path, calls: int, token: str | None) -> dict[str, Any]:
     port = free_port()
     proc = Proc([MCPWARD, "serve", "-c", str(config), "--port", str(port)], config.parent / f"{name}.log", stdio=False)
     try:
         wait_port(proc, port, time.perf_counter() + 60)
-        client = AuthedClient(port, token)
+        client = HttpClient(port, "modern", token=token)
         client.connect()
         for i in range(50):
             client.call_ns(f"warm {i}")
         samples = sorted(client.call_ns(f"call {i}") for i in range(calls))
         client.close()
-        done, seconds = concurrent(port, token, clients=8, total=4000, budget=60.0)
+        done, seconds = http_concurrent(port, "modern", 8, 4000, time.perf_counter() + 60.0, token)
         return {"p50_us": percentile(samples, 50) / 1000, "p99_us": percentile(samples, 99) / 1000,
                 "calls_per_s": done / seconds, "samples_ns": samples}
     finally:
         proc.stop()
-
-
-def concurrent(port: int, token: str | None, clients: int, total: int, budget: float) -> tuple[int, float]:
-    conns = [AuthedClient(port, token) for _ in range(clients)]
-    for conn in conns:
-        conn.connect()
-    counts = [0] * clients
-    deadline = time.perf_counter() + budget
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            while counts[i] < total // clients and time.perf_counter() < deadline:
-                conns[i].call_ns(f"c{i}-{counts[i]}")
-                counts[i] += 1
-        except BaseException as exc:
-            errors.append(exc)
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(budget + 10)
-    seconds = time.perf_counter() - t0
-    for conn in conns:
-        conn.close()
-    if errors:
-        raise BenchError(f"concurrent calls failed: {errors[0]}")
-    return sum(counts), seconds
 
 
 def main() -> None:

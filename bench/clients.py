@@ -197,12 +197,14 @@ class StdioClient(_Client):
 class HttpClient(_Client):
     """One keep-alive Streamable HTTP connection (a legacy client keeps its session id)."""
 
-    def __init__(self, port: int, era: Era, timeout: float = 30.0) -> None:
+    def __init__(self, port: int, era: Era, timeout: float = 30.0, token: str | None = None) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         self.era = era
         self.session: str | None = None
         self.ids = itertools.count(1)
         self.base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        if token:
+            self.base["authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
         self.conn.close()
@@ -248,9 +250,10 @@ def _from_sse(body: bytes, rid: Any) -> JsonObj:
     raise BenchError(f"no reply for id {rid!r} in SSE body {body[:300]!r}")
 
 
-def http_concurrent(port: int, era: Era, clients: int, total: int, deadline: float) -> tuple[int, float]:
+def http_concurrent(port: int, era: Era, clients: int, total: int, deadline: float,
+                    token: str | None = None) -> tuple[int, float]:
     """`clients` threads, each with its own connection, share `total` calls; returns (completed, seconds)."""
-    conns = [HttpClient(port, era) for _ in range(clients)]
+    conns = [HttpClient(port, era, token=token) for _ in range(clients)]
     counts = [0] * clients
     errors: list[BaseException] = []
     try:

@@ -18,16 +18,11 @@ from mcpward.gateway.config import GatewayConfig
 from mcpward.gateway.context import Principal, RequestContext, SilentChannel
 from mcpward.guards.base import Call, Guard
 from mcpward.limits import LimitRefusal, guards_from_config
+from tests.conftest import free_port
 
 REDIS = "/usr/bin/redis-server"
 pytestmark = pytest.mark.skipif(shutil.which(REDIS) is None, reason="redis-server is not installed at /usr/bin")
 PASSWORD = "redis-test-password-4471"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from mcpward.auth.api_keys import key_digest, new_key
-from mcpward.transport.sse import SseParser
 from tests.conftest import FIXTURES, PYTHON
 from tests.fixtures.issuer import Issuer
-from tests.threats.mcp_http import MODERN
+from tests.threats.mcp_http import post, reply_of
 
 LEGACY_VERSION = "2025-11-25"
 # A stdio server with memory: `remember` keeps a note, `recall` returns every note it holds.
@@ -45,22 +43,8 @@ def bearer(token: str | None) -> dict[str, str]:
 
 
 def modern_call(http: httpx.Client, url: str, method: str, params: dict[str, Any], token: str | None,
-                rid: int = 1, caps: dict[str, Any] | None = None) -> httpx.Response:
-    body = {**params, "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
-                                "io.modelcontextprotocol/clientCapabilities": caps or {}}}
-    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-               "MCP-Protocol-Version": MODERN, "Mcp-Method": method, **bearer(token)}
-    if "name" in params:
-        headers["Mcp-Name"] = params["name"]
-    return http.post(url, json={"jsonrpc": "2.0", "id": rid, "method": method, "params": body}, headers=headers)
-
-
-def reply_of(response: httpx.Response, rid: int = 1) -> dict[str, Any]:
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
-        replies = [json.loads(e.data) for e in SseParser().feed(response.content) if e.data]
-        return next(r for r in replies if r.get("id") == rid and "method" not in r)
-    found: dict[str, Any] = response.json()
-    return found
+                rid: Any = 1, caps: dict[str, Any] | None = None) -> httpx.Response:
+    return post(http, url, method, params, caps, rid, bearer(token))
 
 
 def tool_text(response: httpx.Response, rid: int = 1) -> str:

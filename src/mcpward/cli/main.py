@@ -214,13 +214,13 @@ def check(
         _logging(True)
     else:
         logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    chain, launcher = _chain(cfg)  # validates every table, [auth] included, before its keys are read below
     try:
         principals = [permissions.parse_principal(p) for p in principal] if principal else \
             permissions.default_principals(cfg)
     except ValueError as exc:
         err.print(f"[bold red]error[/] --principal {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    chain, launcher = _chain(cfg)
     report = run_async(_inspect(cfg, connect, launcher))
     report["guards"] = [guard.name for guard in chain.guards]
     report["permissions"] = permissions.matrix(cfg, chain, report.pop("listed"), principals)

@@ -32,14 +32,12 @@ def parse_principal(text: str) -> Principal:
 
 def default_principals(cfg: GatewayConfig) -> list[Principal]:
     """The parties the config itself names: the local user (stdio), anonymous HTTP, each API key."""
-    found = [Principal.local_user(), Principal.anonymous()]
-    keys = cfg.auth.get("api_keys") if isinstance(cfg.auth, dict) else None
-    if isinstance(keys, dict):
-        for name, table in sorted(keys.items()):
-            groups = table.get("groups", []) if isinstance(table, dict) else []
-            found.append(Principal(subject=name, kind="api-key",
-                                   groups=tuple(g for g in groups if isinstance(g, str))))
-    return found
+    from mcpward.auth import load_settings
+
+    settings = load_settings(cfg)
+    keys = sorted(settings.api_keys, key=lambda k: k.name) if settings is not None else []
+    return [Principal.local_user(), Principal.anonymous(),
+            *(Principal(subject=k.name, kind="api-key", groups=tuple(k.groups)) for k in keys)]
 
 
 def matrix(cfg: GatewayConfig, chain: GuardChain, listed: dict[str, list[Listed]],

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from mcpward.audit import events
-from mcpward.gateway.context import RequestContext
+from mcpward.gateway.context import RequestContext, session_digest
 from mcpward.protocol.jsonrpc import JsonObj
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class Accounting:
             if ctx.user_agent:
                 fields["user_agent"] = ctx.user_agent
             if ctx.session_id:
-                fields["session"] = hashlib.sha256(ctx.session_id.encode()).hexdigest()[:16]
+                fields["session"] = session_digest(ctx.session_id)
         if isinstance(ticket.request_id, (str, int)):
             fields["request_id"] = ticket.request_id
         if rule is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,12 @@ class Principal:
     @classmethod
     def anonymous(cls) -> Principal:
         return cls(subject="anonymous", kind="anonymous")
+
+
+def session_digest(session_id: str) -> str:
+    """A session id is a bearer-ish handle: audit records, spans and refusals carry this digest of it
+    (sha256, 16 hex digits) instead, so they join up without storing the handle."""
+    return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

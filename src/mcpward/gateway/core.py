@@ -62,6 +62,7 @@ class Gateway:
         self.lister = Lister(self.upstreams, self.catalog, self.guards, self.sealer)
         self._tasks: set[asyncio.Task[None]] = set()
         self.guards.bind(self)
+        self._policy_guard: Any = next((g for g in self.guards.guards if hasattr(g, "engine")), None)
         self.accounting = Accounting(cfg, policy_hash=self.policy_hash)
         self._handlers: dict[str, Handler] = {
             "tools/list": lambda c, p: self.lister.list(c, "tools", p),
@@ -88,12 +89,11 @@ class Gateway:
         await asyncio.gather(*(u.stop() for u in self.upstreams.values()), return_exceptions=True)
 
     def policy_hash(self) -> str | None:
-        for guard in self.guards.guards:
-            engine = getattr(guard, "engine", None)
-            if engine is not None:
-                found: str | None = getattr(engine, "policy_hash", None)
-                return found
-        return None
+        """The version of the policy deciding now (its guard may swap engines on reload)."""
+        if self._policy_guard is None:
+            return None
+        found: str | None = getattr(self._policy_guard.engine, "policy_hash", None)
+        return found
 
     def server_instructions(self, server: str) -> str | None:
         upstream = self.upstreams.get(server)

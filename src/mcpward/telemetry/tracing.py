@@ -14,7 +14,6 @@ never forwarded. `tracestate` is only honoured next to a valid `traceparent`.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import re
 import threading
@@ -26,6 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags, TraceState
 
+from mcpward.gateway.context import session_digest
 from mcpward.secrets.refs import SecretError, find_refs
 from mcpward.telemetry.metrics import OtlpPusher, PrometheusCollector, Recorder, otlp_exporter
 from mcpward.telemetry.redaction import Redact, RedactingSpanExporter, default_redactor
@@ -240,13 +240,6 @@ class Telemetry:
             out.append(extra)
         return out
 
-    @staticmethod
-    def session_hash(session_id: str) -> str:
-        """A session id is a bearer-ish secret: spans carry this hash of it. It is the same hash as the
-        audit record's `session` field (sha256, 16 hex digits), so a span and its audit record join;
-        session ids are random, so the hash does not lead back to one."""
-        return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()[:16]
-
     def request(self, method: str, *, transport: str, target: str | None, server: str | None,
                 session_id: str | None, request_id: Any, protocol_version: str | None,
                 traceparent: str | None, tracestate: str | None) -> RequestTrace:
@@ -266,7 +259,7 @@ class Telemetry:
         if request_id is not None:
             attrs["jsonrpc.request.id"] = clean_value(str(request_id))
         if session_id:
-            attrs["mcp.session.id"] = self.session_hash(session_id)
+            attrs["mcp.session.id"] = session_digest(session_id)
         if protocol_version:
             attrs["mcp.protocol.version"] = clean_value(protocol_version)
         if server:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcpward.audit import events as audit
 from mcpward.auth import Authenticator, AuthFailure
-from mcpward.gateway.context import Principal, RequestSource
+from mcpward.gateway.context import Principal, RequestSource, session_digest
 from mcpward.gateway.core import Gateway
 from mcpward.gateway.downstream import ClientConnection
 from mcpward.protocol import jsonrpc
@@ -200,7 +199,7 @@ class HttpFront:
         session = self.sessions.get(session_id)
         if session is not None and session.owner != principal.key:
             audit.record("session.refused", reason="session belongs to another principal",
-                         principal=principal.key, session=_digest(session_id))
+                         principal=principal.key, session=session_digest(session_id))
             session = None
         if session is None:
             raise HttpRejection(404, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Session not found"))
@@ -485,10 +484,6 @@ async def _next(queue: asyncio.Queue[Any], watcher: asyncio.Future[None]) -> Any
 async def _wait_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-def _digest(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()[:16]
 
 
 def _event(message: JsonObj) -> bytes:
