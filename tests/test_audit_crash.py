@@ -1,9 +1,10 @@
 """Crash safety: a record acknowledged by `durable()` survives the process being SIGKILLed.
 
 A child appends records, awaiting `durable()` after each and printing its number only after that
-returns; the parent kills it mid-stream, several times over the same files. Every number printed is
-in the database, the chain verifies, and the JSONL mirror (cut mid-line by the kill, perhaps) is
-repaired on the next open and verifies with the same head.
+returns; the parent kills it mid-stream, several times over the same files. After the next open
+(which chains in what a killed process left in its journal) every number printed is in the
+database, the chain verifies, and the JSONL mirror (cut mid-line by the kill, perhaps) is repaired
+and verifies with the same head.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def test_acknowledged_records_survive_sigkill(tmp_path: Path) -> None:
     acknowledged: list[str] = []
     for round_, count in enumerate((150, 400, 250)):
         acknowledged += run_and_kill(db, mirror, round_, count)
+    # The next start chains in what the last killed process left in its journal (each round's start
+    # did the same for the round before) and repairs and completes the mirror.
+    AuditLog(AuditSettings(path=db, jsonl=mirror)).close()
     with sqlite3.connect(db) as conn:
         bodies = [json.loads(body) for (body,) in conn.execute("SELECT body FROM records")]
     stored = {f"{f['round']}:{f['i']}" for f in bodies}
@@ -74,6 +78,5 @@ def test_acknowledged_records_survive_sigkill(tmp_path: Path) -> None:
     assert missing == [] and len(acknowledged) >= 800
     report = verify(db)
     assert report.ok and report.records == len(stored)
-    AuditLog(AuditSettings(path=db, jsonl=mirror)).close()  # the next start repairs and completes the mirror
     mirrored = verify(mirror)
     assert mirrored.ok and mirrored.head == report.head and mirrored.records == report.records

@@ -16,7 +16,7 @@ from mcpward.audit import events
 from mcpward.audit.chain import GENESIS, Hasher, canonical, verify
 from mcpward.audit.events import AuditError, AuditUnavailable
 from mcpward.audit.settings import AuditSettings, load_settings, resolve_key
-from mcpward.audit.store import AuditLog, RedactWith, open_from_config
+from mcpward.audit.store import BATCH_DELAY, AuditLog, RedactWith, open_from_config
 from mcpward.gateway import config as config_mod
 from mcpward.gateway.config import ConfigError
 from mcpward.guards.redactor import Redactor
@@ -131,6 +131,22 @@ def test_redaction_cache_drops_when_a_secret_value_is_added(tmp_path: Path) -> N
     assert first == "value-held-by-gateway-42" and "value-held-by-gateway-42" not in second
 
 
+def test_gateway_digests_skip_the_redactor_and_nothing_else_does(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def redact(text: str) -> str:
+        calls.append(text)
+        return text.replace("ab" * 32, "**")
+
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"), redact=redact)
+    log.append("e", {"args_sha256": events.Digest("ab" * 32), "plain": "ab" * 32})
+    log.close()
+    assert json.loads(rows(tmp_path / "a.sqlite")[0][3]) == {"args_sha256": "ab" * 32, "plain": "**"}
+    assert calls.count("ab" * 32) == 1  # the plain string with the same text was scanned
+    with pytest.raises(ValueError, match="not a lowercase hex digest"):
+        events.Digest("ghp_not-a-digest")
+
+
 def test_an_unknown_redactor_is_never_cached(tmp_path: Path) -> None:
     calls: list[str] = []
 
@@ -145,22 +161,29 @@ def test_an_unknown_redactor_is_never_cached(tmp_path: Path) -> None:
     assert calls.count("pw") == 3 and all(json.loads(r[3]) == {"v": "**"} for r in rows(tmp_path / "a.sqlite"))
 
 
-async def test_group_commit_one_transaction_per_loop_turn(tmp_path: Path) -> None:
-    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"))
+def counted(log: AuditLog) -> list[int]:
+    """The size of every SQLite transaction `log` commits from now on."""
     commits: list[int] = []
     write = log._write
 
-    def counting(batch: Any) -> Any:
+    def counting(batch: Any, marker: str | None = None) -> Any:
         commits.append(len(batch))
-        return write(batch)
+        return write(batch, marker)
 
     log._write = counting  # type: ignore[method-assign]
+    return commits
+
+
+async def test_always_commits_once_per_loop_turn_before_replies(tmp_path: Path) -> None:
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite", fsync="always"))
+    commits = counted(log)
 
     async def call(i: int) -> None:
         events_before = log.pending
         log.append("call", {"i": i})
         assert log.pending == events_before + 1  # queued, not yet written
         await log.durable()
+        assert log.pending == 0  # committed before the reply may go out
 
     await asyncio.gather(*(call(i) for i in range(50)))
     assert commits == [50]  # every request of the turn shares one commit
@@ -168,7 +191,29 @@ async def test_group_commit_one_transaction_per_loop_turn(tmp_path: Path) -> Non
     log.append("late", {})
     await asyncio.sleep(0)  # the scheduled flush runs on the next turn
     assert log.pending == 0 and commits[-1] == 1
+    assert list(tmp_path.glob("a.sqlite-journal-*")) == []  # "always" has no journal: SQLite is synced itself
     log.close()
+
+
+async def test_commit_journals_each_record_and_batches_sqlite(tmp_path: Path) -> None:
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"))
+    commits = counted(log)
+
+    async def call(i: int) -> None:
+        log.append("call", {"i": i})
+        await log.durable()  # returns at once: the record is in the journal
+
+    await asyncio.gather(*(call(i) for i in range(50)))
+    [journal] = tmp_path.glob("a.sqlite-journal-*")
+    assert commits == [] and log.pending == 50 and rows(tmp_path / "a.sqlite") == []
+    assert len(journal.read_bytes().splitlines()) == 50 and stat.S_IMODE(journal.stat().st_mode) == 0o600
+    await asyncio.sleep(BATCH_DELAY * 5)  # the batch is committed off the reply path
+    assert commits == [50] and log.pending == 0 and len(rows(tmp_path / "a.sqlite")) == 50
+    assert journal.stat().st_size == 0  # emptied once everything in it is committed
+    log.close()
+    assert not journal.exists() and verify(tmp_path / "a.sqlite").records == 50
+    with sqlite3.connect(tmp_path / "a.sqlite") as db:  # its marker goes with it
+        assert db.execute("SELECT count(*) FROM meta WHERE key LIKE 'journal:%'").fetchone() == (0,)
 
 
 async def test_two_writers_build_one_chain(tmp_path: Path) -> None:
@@ -183,22 +228,34 @@ async def test_two_writers_build_one_chain(tmp_path: Path) -> None:
     assert report.ok and report.records == 20
 
 
-async def test_locked_database_makes_durable_raise(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("fsync", ["always", "commit"])
+async def test_locked_database_makes_durable_raise(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                   fsync: str) -> None:
     path = tmp_path / "a.sqlite"
-    log = AuditLog(AuditSettings(path=path, lock_timeout=0.05))
+    log = AuditLog(AuditSettings(path=path, lock_timeout=0.05, fsync=fsync))  # type: ignore[arg-type]
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     with caplog.at_level(logging.ERROR, logger="mcpward.auditlog"):
         log.append("call", {"i": 1})
+        if fsync == "commit":  # durable in the journal; the failure shows at its batch commit
+            await log.durable()
+            await asyncio.sleep(BATCH_DELAY * 5)
+            log.append("call", {"i": 2})  # from now on replies wait for SQLite again: refused while it fails
         with pytest.raises(AuditUnavailable, match="not committed: database is locked"):
             await log.durable()
-    assert any("cannot commit 1 records" in r.getMessage() for r in caplog.records)
+    assert any("cannot commit" in r.getMessage() for r in caplog.records)
     blocker.execute("ROLLBACK")
     blocker.close()
     log._retry_at = 0.0  # skip the back-off instead of sleeping a second
     await log.durable()
-    assert [json.loads(r[3]) for r in rows(path)] == [{"i": 1}]
+    expected = [{"i": 1}] if fsync == "always" else [{"i": 1}, {"i": 2}]
+    assert [json.loads(r[3]) for r in rows(path)] == expected
+    if fsync == "commit":  # writable again: the journal is back in use
+        log.append("call", {"i": 3})
+        await log.durable()
+        assert log.pending == 1
     log.close()
+    assert verify(path).ok
 
 
 def test_open_refuses_a_key_mismatch(tmp_path: Path) -> None:

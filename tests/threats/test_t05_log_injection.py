@@ -11,7 +11,6 @@ redacted without the values. The client's result is redacted as well.
 from __future__ import annotations
 
 import re
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.audit_reader import committed
 from tests.conftest import MCPWARD, free_port, stop, wait_port
 from tests.threats.identity_support import audit_bytes
 from tests.threats.test_t19_sensitive_output import AWS, GH, LEAKY, tool
@@ -64,6 +64,5 @@ def test_nothing_secret_or_forged_reaches_the_log(verbose_gateway: tuple[str, Pa
     database = audit_bytes(log.parent)
     for value in (AWS.encode(), GH.encode(), b"hunter2", b"postgres://admin", b"2026-01-01 00:00:00,000"):
         assert value not in database, value
-    with sqlite3.connect(log.parent / "mcpward-audit.sqlite") as db:
-        outputs = [row[0] for row in db.execute("SELECT body FROM records WHERE event = 'output'")]
+    outputs = committed(log.parent / "mcpward-audit.sqlite", "output")
     assert any('"aws-access-key-id":' in body for body in outputs), outputs

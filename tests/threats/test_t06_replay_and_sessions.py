@@ -8,11 +8,11 @@ Session ids are long random strings, never derived from the principal.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import httpx
 
+from tests.audit_reader import committed
 from tests.threats.identity_support import MEMO_SERVER, Keys, LegacyClient, reply_of
 
 
@@ -39,6 +39,5 @@ def test_a_session_id_is_not_authentication(serve_gateway, tmp_path: Path) -> No
         # Alice's session is intact, and only her one call ran.
         recall = alice.post("tools/call", {"name": "memo__recall", "arguments": {}})
         assert reply_of(recall, alice.rid)["result"]["content"][0]["text"] == "transfer 100"
-    with sqlite3.connect(tmp_path / "mcpward-audit.sqlite") as db:
-        refused = [row[0] for row in db.execute("SELECT body FROM records WHERE event = 'session.refused'")]
+    refused = committed(tmp_path / "mcpward-audit.sqlite", "session.refused", 3)
     assert len(refused) == 3 and all("api-key:bob" in row for row in refused)

@@ -7,7 +7,6 @@ of a decision carries. Editing the policy changes the printed matrix and the rec
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import orjson
 
+from tests.audit_reader import committed
 from tests.conftest import MCPWARD, with_policy
 from tests.threats.identity_support import Keys, modern_call, reply_of
 from tests.threats.test_t01_ssrf import recording_config
@@ -48,9 +48,8 @@ def decisions(report: dict[str, Any], who: str) -> dict[str, bool]:
     return {row["name"]: row["decisions"][who]["allowed"] for row in report["items"]}
 
 
-def recorded_hashes(config_dir: Path) -> set[str]:
-    with sqlite3.connect(config_dir / "mcpward-audit.sqlite") as db:
-        bodies = [orjson.loads(row[0]) for row in db.execute("SELECT body FROM records WHERE event = 'request'")]
+def recorded_hashes(config_dir: Path, calls: int) -> set[str]:
+    bodies = [orjson.loads(row) for row in committed(config_dir / "mcpward-audit.sqlite", "request", calls)]
     return {b["policy_hash"] for b in bodies if b.get("method") == "tools/call"}
 
 
@@ -71,7 +70,7 @@ def test_a_policy_edit_changes_the_matrix_and_the_recorded_hash(serve_gateway, t
     with httpx.Client(trust_env=False, timeout=30) as http:
         echo = {"name": "rec__echo", "arguments": {"text": "hi"}}
         assert "result" in reply_of(modern_call(http, url, "tools/call", echo, keys.alice))
-    assert recorded_hashes(tmp_path) == {before["policy_hash"]}
+    assert recorded_hashes(tmp_path, 1) == {before["policy_hash"]}
 
     policy.write_text(AFTER)
     after = check(path)
@@ -82,4 +81,4 @@ def test_a_policy_edit_changes_the_matrix_and_the_recorded_hash(serve_gateway, t
     with httpx.Client(trust_env=False, timeout=30) as http:
         run = {"name": "rec__run", "arguments": {"command": "make report"}}
         assert "result" in reply_of(modern_call(http, url, "tools/call", run, keys.alice))
-    assert after["policy_hash"] in recorded_hashes(tmp_path)
+    assert after["policy_hash"] in recorded_hashes(tmp_path, 2)

@@ -9,7 +9,6 @@ T29: six tool calls in under a second by one principal raise exactly one `rapid_
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tests.audit_reader import committed
 from tests.conftest import FIXTURES, PYTHON
 from tests.test_http_link import serve
 from tests.threats.identity_support import modern_call, reply_of
@@ -43,9 +43,8 @@ def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         yield base + "/hook", got
 
 
-def alerts(config_dir: Path) -> list[dict[str, Any]]:
-    with sqlite3.connect(config_dir / "mcpward-audit.sqlite") as db:
-        return [orjson.loads(row[0]) for row in db.execute("SELECT body FROM records WHERE event = 'anomaly.alert'")]
+def alerts(config_dir: Path, at_least: int = 0) -> list[dict[str, Any]]:
+    return [orjson.loads(row) for row in committed(config_dir / "mcpward-audit.sqlite", "anomaly.alert", at_least)]
 
 
 def wait_for(check: Any, timeout: float = 10.0) -> Any:
@@ -93,5 +92,5 @@ def test_t29_six_calls_in_a_second_raise_one_alert_and_throttle(serve_gateway, t
         throttled = reply_of(modern_call(http, url, "tools/call", {"name": "rec__echo", "arguments": {"text": "7"}},
                                          None, rid=7), 7)
         assert throttled["error"]["data"]["rule"] == "anomaly.rapid_calls", throttled
-    found = [a for a in alerts(tmp_path) if a["rule"] == "rapid_calls"]
+    found = [a for a in alerts(tmp_path, 1) if a["rule"] == "rapid_calls"]
     assert len(found) == 1 and found[0]["principal"] == "anonymous:anonymous"

@@ -9,7 +9,6 @@ client's token never reaches an upstream; every refusal is in the audit log, wit
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import httpx
 import pytest
 from mcp.server.mcpserver import MCPServer
 
+from tests.audit_reader import committed
 from tests.fixtures.issuer import Issuer, running_issuer
 from tests.test_http_link import serve
 from tests.threats.identity_support import (
@@ -37,9 +37,8 @@ def issuer() -> Iterator[Issuer]:
         yield found
 
 
-def audit_rows(config_dir: Path, event: str) -> list[str]:
-    with sqlite3.connect(config_dir / "mcpward-audit.sqlite") as db:
-        return [row[0] for row in db.execute("SELECT body FROM records WHERE event = ?", (event,))]
+def audit_rows(config_dir: Path, event: str, at_least: int) -> list[str]:
+    return committed(config_dir / "mcpward-audit.sqlite", event, at_least)
 
 
 def test_no_token_gets_401_pointing_at_the_resource_metadata(serve_gateway, issuer: Issuer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -65,7 +64,7 @@ def test_no_token_gets_401_pointing_at_the_resource_metadata(serve_gateway, issu
             response = modern_call(http, url, "tools/list", {}, bad)
             assert response.status_code == 401, response.text
             assert 'error="invalid_token"' in response.headers["www-authenticate"]
-    refused = audit_rows(tmp_path, "auth.refused")
+    refused = audit_rows(tmp_path, "auth.refused", 5)
     assert len(refused) == 5 and any("auth.wrong_audience" in row for row in refused)
     database = audit_bytes(tmp_path)
     assert good.encode() not in database and good.split(".")[2].encode() not in database

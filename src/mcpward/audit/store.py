@@ -1,15 +1,20 @@
-"""`AuditLog`: the hash-chained audit log in SQLite, with group commit and an optional JSONL mirror.
+"""`AuditLog`: the hash-chained audit log in SQLite, with a write-ahead journal, group commit and an
+optional JSONL mirror.
 
 The append path is on every tool call, so it only cleans the fields (redact, escape), serialises
-them once and queues; one `flush` per event-loop turn commits everything queued in one transaction.
-A reply waits on `durable()`, so it goes out only after its record is committed: a crash never
-loses an acknowledged record.
+them once and queues. A reply waits on `durable()`, so it goes out only after its record would
+survive a crash: a crash never loses an acknowledged record.
 
-Durability (`[audit] fsync`): "commit" runs SQLite in WAL mode with synchronous=NORMAL, so a
-committed transaction is in the WAL file and survives the process being killed; a power loss may
-lose the last transactions (the WAL is synced at checkpoints). "always" uses synchronous=FULL: the
-WAL is fsynced at every commit, so a committed record survives a power loss too, at the price of
-one fsync per batch on the event loop.
+Durability (`[audit] fsync`):
+- "commit" (default): each record is written to the journal (`journal.py`, one `write()`) as it is
+  appended, which is what surviving a killed process needs, and SQLite (WAL, synchronous=NORMAL)
+  gets the queued records in one transaction every BATCH_DELAY, off the reply path. A power loss
+  may lose the last records (neither file is synced per record). Records left in the journal of a
+  process that died are chained into the log when it is next opened.
+- "always": no journal; one `flush` per event-loop turn commits everything queued in one
+  transaction with synchronous=FULL (the WAL is fsynced at every commit), and the replies of that
+  turn wait for it: a record then survives a power loss too, at the price of one fsync per turn.
+Without a running event loop (a CLI command) every append is committed at once.
 
 Two processes may append to the same file (the gateway and `mcpward tools approve`): each
 transaction is `BEGIN IMMEDIATE` (the write lock) and reads the head inside it, so the chain stays
@@ -32,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from mcpward.audit.chain import FORMAT_VERSION, GENESIS, Hasher
-from mcpward.audit.events import AuditError, AuditUnavailable
+from mcpward.audit.events import AuditError, AuditUnavailable, Digest
 from mcpward.audit.export import Mirror
+from mcpward.audit.journal import META_PREFIX, Journal, journal_glob, orphans, read_entries, remove_unborn, token_of
 from mcpward.audit.settings import AuditSettings
 from mcpward.guards.log_redaction import escape
 
@@ -48,6 +54,9 @@ MAX_PENDING = 100_000  # records held while the database refuses writes; beyond 
 CACHE_MAX_ENTRIES = 8192
 CACHE_MAX_LENGTH = 512  # longer strings rarely repeat; caching them would only churn the cache
 RETRY_AFTER = 1.0  # seconds between write attempts while the database refuses them
+# How long journaled records wait for their SQLite batch: long enough to batch a busy gateway's
+# records (one transaction instead of one per request), short enough that `audit tail` keeps up.
+BATCH_DELAY = 0.02
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what orjson serialises as a number
 # No index on ts: each index is one more page written per commit (about +30 us); `audit search --since`
 # scans instead, which is fine for a command a person runs.
@@ -97,6 +106,9 @@ class AuditLog:
         self._queue: list[tuple[int, str, float, bytes]] = []  # (append number, event, ts, body)
         self._appended = 0  # number of the last append
         self._done = 0  # every append up to this number is committed (or was lost, and logged)
+        self._journal: Journal | None = None  # opened at the first append on an event loop ("commit" only)
+        self._journal_off: str | None = None if settings.fsync == "commit" else "fsync = always"
+        self._synced = 0  # every append up to this number is in the journal
         self._scheduled = False
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # where the scheduled flush will run
         self._event: asyncio.Event | None = None  # set when that flush has run
@@ -109,6 +121,11 @@ class AuditLog:
         self._head: tuple[int, str] | None = None  # (seq, hash) after our last commit
         self._head_version = -1
         self._db = self._open()
+        try:
+            self._recover()
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            self._db.close()
+            raise AuditError(f"{self.path}: cannot add the records of an unfinished journal: {_reason(exc)}") from None
         self._mirror: Mirror | None = None
         if settings.jsonl is not None:
             try:
@@ -170,6 +187,45 @@ class AuditLog:
             raise AuditError(f"{self.path}: key mismatch: the log was written with key fingerprint "
                              f"{meta.get('key_fingerprint')}, the configured key has {self._hasher.fingerprint}")
 
+    def _recover(self) -> None:
+        """Chain in what the journals of processes that died hold beyond their marker, then remove them."""
+        db = self._db
+        for path, token, fd in orphans(self.path):
+            try:
+                key = META_PREFIX + token
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                done = int(row[0]) if row else 0
+                todo = [(e.number, e.event, e.ts, e.body) for e in read_entries(path) if e.number > done]
+                if todo:
+                    self._write(todo, marker=key)
+                    log.warning("audit log %s: added %d records from the journal of a process that stopped without "
+                                "closing the log", self.path, len(todo))
+                path.unlink()
+            finally:
+                os.close(fd)
+        remove_unborn(self.path)
+        live = {META_PREFIX + token_of(p, self.path) for p in journal_glob(self.path)}
+        stale = [(k,) for (k,) in db.execute("SELECT key FROM meta WHERE key LIKE 'journal:%'") if k not in live]
+        if stale:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("DELETE FROM meta WHERE key = ?", stale)
+            db.execute("COMMIT")
+
+    def _close_journal(self) -> None:
+        journal, self._journal = self._journal, None
+        if journal is None:
+            return
+        if any(item[0] <= self._synced for item in self._queue):
+            journal.release()  # journaled records not committed: the next open adds them
+            log.error("audit log %s: journaled records not committed yet are left in %s for the next start",
+                      self.path, journal.path)
+            return
+        journal.close()
+        try:
+            self._db.execute("DELETE FROM meta WHERE key = ?", (journal.key,))
+        except sqlite3.Error as exc:  # a stale marker is removed by the next open
+            log.warning("audit log %s: cannot remove the journal marker: %s", self.path, _reason(exc))
+
     # -------------------------------------------------------------------------------------------- appending
 
     def subscribe(self, listener: Listener) -> None:
@@ -191,7 +247,9 @@ class AuditLog:
             kind = type(v)
             if kind is str:
                 clean[key] = get(v) or self._text(v)
-            elif v is None or kind is bool or kind is float or (kind is int and _INT_MIN <= v <= _INT_MAX):
+            # A Digest is computed by the gateway: hex only, nothing to redact or escape.
+            elif (kind is Digest or v is None or kind is bool or kind is float
+                  or (kind is int and _INT_MIN <= v <= _INT_MAX)):
                 clean[key] = v
             else:
                 clean[key] = self._clean(v)
@@ -199,9 +257,12 @@ class AuditLog:
             body = orjson.dumps(clean, option=orjson.OPT_SORT_KEYS)
         except (TypeError, orjson.JSONEncodeError):  # not reachable with cleaned values; never lose the record
             body = orjson.dumps({"unserialisable": sorted(clean)}, option=orjson.OPT_SORT_KEYS)
+        loop = asyncio._get_running_loop()
         with self._lock:
             self._appended += 1
-            self._queue.append((self._appended, event, ts, body))
+            number = self._appended
+            self._queue.append((number, event, ts, body))
+            journaled = loop is not None and self._journal_off is None and self._to_journal(number, event, ts, body)
             schedule = not self._scheduled
             self._scheduled = True
         for listener in self._listeners:
@@ -210,16 +271,33 @@ class AuditLog:
             except Exception:
                 log.exception("audit listener %r failed on a %s record", listener, event)
         if schedule:
-            loop = asyncio._get_running_loop()
             if loop is None:  # no event loop (a CLI command, a worker thread): commit now
                 self.flush()
                 return
             try:
-                loop.call_soon(self.flush)
+                if journaled:  # durable already: batch it with the records that follow
+                    loop.call_later(BATCH_DELAY, self.flush)
+                else:
+                    loop.call_soon(self.flush)
             except RuntimeError:  # the loop is closing
                 self.flush()
                 return
             self._flush_loop = loop
+
+    def _to_journal(self, number: int, event: str, ts: float, body: bytes) -> bool:
+        """Write one record to the journal (under the lock); False, and journaling off, if it cannot be."""
+        journal = self._journal
+        try:
+            if journal is None:
+                journal = self._journal = Journal(self.path)
+            journal.write(number, ts, event, body)
+        except OSError as exc:
+            self._journal_off = _reason(exc)
+            log.error("audit journal for %s: cannot write: %s; every reply now waits for its SQLite commit",
+                      self.path, self._journal_off)
+            return False
+        self._synced = number
+        return True
 
     def _text(self, value: str) -> str:
         hit = self._cache.get(value)
@@ -273,17 +351,30 @@ class AuditLog:
                 self._failed(batch, exc)
                 return
             self._done = batch[-1][0]
+            journal = self._journal
+            if journal is not None and journal.dirty and not self._queue:
+                try:
+                    journal.reset()  # everything in it is committed
+                except OSError as exc:
+                    log.error("audit journal %s: cannot truncate: %s", journal.path, _reason(exc))
             if self._error is not None:
                 log.warning("audit log %s is writable again; %d records committed", self.path, len(rows))
                 self._error = None
+                if self._journal_off == "the database refuses writes":
+                    self._journal_off = None
             if self._mirror is not None:
                 try:
                     self._mirror.sync(self._db, rows)
                 except (sqlite3.Error, OSError) as exc:  # the database is the record; the mirror catches up later
                     log.error("audit JSONL mirror %s: cannot write: %s", self._mirror.path, _reason(exc))
 
-    def _write(self, batch: list[tuple[int, str, float, bytes]]) -> list[tuple[int, float, str, str, str, str]]:
+    def _write(self, batch: list[tuple[int, str, float, bytes]],
+               marker: str | None = None) -> list[tuple[int, float, str, str, str, str]]:
+        """Chain and insert `batch` in one transaction, with the journal marker (`marker` = its meta key)
+        set to the batch's last number in the same transaction."""
         db, hasher = self._db, self._hasher
+        if marker is None and self._journal is not None:
+            marker = self._journal.key
         db.execute("BEGIN IMMEDIATE")
         try:
             # The head is read again only when another connection (another process) committed since
@@ -300,6 +391,8 @@ class AuditLog:
                 rows.append((seq, ts, event, body.decode("utf-8"), prev, digest))
                 prev = digest
             db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if marker is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (marker, str(batch[-1][0])))
             db.execute("COMMIT")
         except BaseException:
             self._head = None
@@ -312,12 +405,21 @@ class AuditLog:
 
     def _failed(self, batch: list[tuple[int, str, float, bytes]], exc: BaseException) -> None:
         self._queue = batch + self._queue
+        if self._journal_off is None:
+            # Replies go back to waiting for SQLite, so they are refused (fail closed) while it refuses writes.
+            self._journal_off = "the database refuses writes"
         overflow = len(self._queue) - MAX_PENDING
         if overflow > 0:
-            self.lost += overflow
-            self._queue = self._queue[overflow:]
-            log.error("audit log %s: %d records lost: the database has refused writes for too long", self.path,
-                      overflow)
+            # Journaled records stay (the journal is only emptied once they are committed); the oldest of
+            # the others go, each counted and logged.
+            journaled = [item for item in self._queue if item[0] <= self._synced]
+            others = self._queue[len(journaled):]
+            dropped = min(overflow, len(others))
+            self.lost += dropped
+            self._queue = journaled + others[dropped:]
+            if dropped:
+                log.error("audit log %s: %d records lost: the database has refused writes for too long", self.path,
+                          dropped)
         first = self._error is None
         self._error = _reason(exc)
         self._retry_at = time.monotonic() + RETRY_AFTER
@@ -344,16 +446,16 @@ class AuditLog:
         it, so the records of every request that finished in this loop turn go out in one transaction.
         """
         target = self._appended
-        if self._done >= target:
+        if self._done >= target or self._synced >= target:
             return
         loop = asyncio._get_running_loop()
         if self._scheduled and loop is not None and self._flush_loop is loop:
             if self._event is None:
                 self._event, self._event_loop = asyncio.Event(), loop
             await self._event.wait()
-        if self._done < target:
+        if self._done < target and self._synced < target:
             self.flush()  # nothing was scheduled here, or the scheduled flush failed: one direct attempt
-        if self._done < target:
+        if self._done < target and self._synced < target:
             raise AuditUnavailable(f"audit log {self.path}: records not committed: "
                                    f"{self._error or 'the write failed'}")
 
@@ -372,6 +474,7 @@ class AuditLog:
             if self._queue:
                 log.error("audit log %s: closing with %d records not committed: %s", self.path, len(self._queue),
                           self._error)
+            self._close_journal()
             self._db.close()
             if self._mirror is not None:
                 self._mirror.close()

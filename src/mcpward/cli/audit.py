@@ -1,7 +1,8 @@
 """`mcpward audit verify|tail|search|export`: check and read the hash-chained audit log.
 
 They read the SQLite file named by `[audit] path` (or `--file`), read-only, so they work next to a
-running gateway. `verify` exits 0 when the chain is intact, 1 when it is broken (naming the first
+running gateway, and warn when a gateway that died left records in its journal (the next start
+adds them; see audit/journal.py). `verify` exits 0 when the chain is intact, 1 when it is broken (naming the first
 bad record), 2 for a usage or config problem.
 """
 
@@ -66,7 +67,18 @@ def _source(config: Path | None, file: Path | None) -> Path:
         path = settings.path
     if not path.is_file():
         raise _fail(f"no audit log at {path}")
+    _warn_unfinished(path)
     return path
+
+
+def _warn_unfinished(path: Path) -> None:
+    """Acknowledged records a gateway that died left in its journal are not in the chain yet: say so."""
+    from mcpward.audit.journal import unfinished
+
+    for journal, lines in unfinished(path):
+        err.print(f"[yellow]warning[/] {markup_escape(str(journal))}: the journal of a process that stopped without "
+                  f"closing the log holds {lines} records; the next start of the gateway adds the ones not yet in "
+                  "the chain", highlight=False, soft_wrap=True)
 
 
 def _key(config: Path | None, file: Path | None, key_ref: str | None) -> bytes | None:

@@ -98,7 +98,7 @@ class Accounting:
             if ctx.user_agent:
                 fields["user_agent"] = ctx.user_agent
             if ctx.session_id:
-                fields["session"] = session_digest(ctx.session_id)
+                fields["session"] = events.Digest(session_digest(ctx.session_id))
         if isinstance(ticket.request_id, (str, int)):
             fields["request_id"] = ticket.request_id
         if rule is not None:
@@ -117,7 +117,8 @@ class Accounting:
     def _call_facts(self, call: Any, notes: dict[str, Any], fields: dict[str, Any]) -> None:
         arguments = call.params.get("arguments") if call.method == "tools/call" else call.params.get("uri")
         if arguments is not None:
-            fields["args_sha256"] = hashlib.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            digest = hashlib.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            fields["args_sha256"] = events.Digest(digest)
         labels = list(notes.get("risk") or ())
         annotations = (call.definition or {}).get("annotations") if call.method == "tools/call" else None
         override = self.cfg.servers[call.server].tools.get(call.target) if call.server in self.cfg.servers else None
