@@ -23,8 +23,9 @@ DEFAULT_PATH = "mcpward-audit.sqlite"
 class AuditSettings:
     enabled: bool = True
     path: Path = Path(DEFAULT_PATH)
-    # "commit": WAL + synchronous=NORMAL, a committed record survives a process crash (SIGKILL) but a
-    # power loss may take the last transactions; "always": synchronous=FULL, survives power loss too.
+    # "commit": each record is in the write-ahead journal before its reply (survives a process crash,
+    # SIGKILL) and reaches SQLite (WAL, synchronous=NORMAL) in batches; a power loss may take the last
+    # records. "always": a synchronous=FULL commit before the reply, survives power loss too.
     fsync: FsyncPolicy = "commit"
     key_ref: str | None = None  # a secret reference; the value is resolved by `resolve_key`, never stored here
     jsonl: Path | None = None  # a JSON-lines mirror of every committed record, for log shippers
