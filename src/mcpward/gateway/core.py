@@ -56,7 +56,8 @@ class Gateway:
         self.bridge = InputBridge(self.sealer)
         self.catalog = Catalog(cfg.servers, cfg.separator)
         self.subscriptions = Subscriptions()
-        events = UpstreamEvents(list_changed=self._on_list_changed, resource_updated=self._on_resource_updated)
+        events = UpstreamEvents(list_changed=self._on_list_changed, resource_updated=self._on_resource_updated,
+                                screen=self.guards.message if self.guards.watches_messages else None)
         self.launcher = launcher or make_launcher(cfg)
         self.upstreams = {name: Upstream(scfg, cfg, events, self.launcher) for name, scfg in cfg.servers.items()}
         self.lister = Lister(self.upstreams, self.catalog, self.guards, self.sealer)

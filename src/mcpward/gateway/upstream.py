@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from mcpward import __version__
 from mcpward.gateway.config import GatewayConfig, ServerConfig, resolution_problem
 from mcpward.gateway.context import RequestContext
 from mcpward.gateway.peer import Peer, PeerError, local_error
+from mcpward.guards.base import Refusal
 from mcpward.protocol import jsonrpc
 from mcpward.protocol import versions as v
 from mcpward.protocol.jsonrpc import JsonObj
@@ -45,6 +46,9 @@ class UpstreamEvents:
 
     list_changed: Callable[[str, str], None] = lambda _server, _kind: None
     resource_updated: Callable[[str, JsonObj], None] = lambda _server, _params: None
+    # A request or notification from this server on its way to a client passes the guards' `on_message`
+    # (None: nothing watches them). May raise Refusal.
+    screen: Callable[[RequestContext, str, str, JsonObj], Awaitable[JsonObj]] | None = None
 
 
 @dataclass(slots=True)
@@ -379,6 +383,12 @@ class Upstream:
             raise local_error(jsonrpc.MISSING_REQUIRED_CLIENT_CAPABILITY,
                               f"the client did not declare the {capability!r} capability",
                               {"requiredCapabilities": {capability: {}}})
+        if self.events.screen is not None:  # what the server asks reaches a model or a person: guard it
+            try:
+                params = await self.events.screen(ctx, self.name, method, params)
+            except Refusal as refusal:
+                error = refusal.to_error()
+                raise local_error(error.code, error.message, error.data) from None
         if ctx.channel.can_ask:
             return await ctx.channel.ask(method, params, self.cfg.timeout)
         if ctx.push_sink is not None:
@@ -426,17 +436,29 @@ class Upstream:
             if entry is not None:
                 progress_ctx, original = entry
                 out = dict(params, progressToken=original)
-                self._background(progress_ctx.channel.notify(jsonrpc.notification(method, out)))
+                self._background(self._deliver(progress_ctx, method, out, None))
         elif method == "notifications/message":
             owner = self._owner(session)
             if owner is not None and v.log_level_allows(owner.log_level, params.get("level")):
-                self._background(owner.channel.notify(message))
+                self._background(self._deliver(owner, method, params, message))
         elif method.endswith("/list_changed"):
             self.events.list_changed(self.name, method.split("/")[1])
         elif method == "notifications/resources/updated":
             self.events.resource_updated(self.name, params)
         elif method not in ("notifications/cancelled", "notifications/subscriptions/acknowledged"):
             log.debug("server %s sent %s; not forwarded", self.name, method)
+
+    async def _deliver(self, ctx: RequestContext, method: str, params: JsonObj, unchanged: JsonObj | None) -> None:
+        """A notification to the client, through the guards' `on_message` (a refusal drops it; the guard audits)."""
+        if self.events.screen is not None:
+            try:
+                screened = await self.events.screen(ctx, self.name, method, params)
+            except Refusal:
+                return
+            if screened is not params:
+                unchanged = None
+            params = screened
+        await ctx.channel.notify(unchanged if unchanged is not None else jsonrpc.notification(method, params))
 
     # ------------------------------------------------------------- session-wide
     async def set_log_level(self, level: str) -> None:

@@ -11,6 +11,11 @@ A guard overrides only the hooks it needs:
 - `on_list(call, kind, items)`: for `tools/list`, `prompts/list`, `resources/list`
   and `resources/templates/list`, each item with the server and upstream name it came
   from. Return None or the items to show (filtering makes the list `cacheScope: private`).
+- `on_message(ctx, server, method, params)`: a server sends a client something that is not a
+  result: a server->client request (`sampling/createMessage`, `elicitation/create`) or a
+  notification (`notifications/message`, `notifications/progress`). Return None or new params;
+  raise `Refusal` to stop it (a request is then answered to the server with the refusal, a
+  notification is dropped).
 - `on_published(server, kind, items)`: a server listed these items (for a client's list or
   the gateway's own refresh), before any client-facing filtering. Synchronous: it records
   facts (pins, scans) that later hooks decide on.
@@ -120,6 +125,9 @@ class Guard:
     async def on_list(self, call: Call, kind: str, items: list[Listed]) -> list[Listed] | None:
         return None
 
+    async def on_message(self, ctx: RequestContext, server: str, method: str, params: JsonObj) -> JsonObj | None:
+        return None
+
 
 def _overrides(guard: Guard, hook: str) -> bool:
     return getattr(type(guard), hook) is not getattr(Guard, hook)
@@ -133,6 +141,7 @@ class GuardChain:
         self._list = [g for g in self.guards if _overrides(g, "on_list")]
         self._error = [g for g in self.guards if _overrides(g, "on_error")]
         self._published = [g for g in self.guards if _overrides(g, "on_published")]
+        self._message = [g for g in self.guards if _overrides(g, "on_message")]
         self._position = {id(g): i for i, g in enumerate(self.guards)}
 
     @property
@@ -181,6 +190,18 @@ class GuardChain:
             if replaced is not None:
                 error = replaced
         return error
+
+    @property
+    def watches_messages(self) -> bool:
+        return bool(self._message)
+
+    async def message(self, ctx: RequestContext, server: str, method: str, params: JsonObj) -> JsonObj:
+        """A server's request or notification on its way to a client; outbound, so in reverse like results."""
+        for guard in reversed(self._message):
+            replaced = await guard.on_message(ctx, server, method, params)
+            if replaced is not None:
+                params = replaced
+        return params
 
     async def listing(self, call: Call, kind: str, items: list[Listed]) -> tuple[list[Listed], bool]:
         """Returns the items and whether any guard changed them."""
