@@ -37,7 +37,8 @@ RUN_BUDGET_S = 180.0  # hard cap on one (target, era, run); the watchdog kills t
 LABELS = {
     "direct": "direct (raw server)",
     "asyncio": "bare asyncio pass-through (floor)",
-    "mcpward": "**mcpward**",
+    "mcpward": "**mcpward** (defaults: every guard, the audit log, limits, metrics)",
+    "mcpward-core": "**mcpward** core (optional guards, audit log, limits and metrics off)",
     "mcpward-stdio-up": "**mcpward** (HTTP front → stdio upstream)",
     "sdk": "SDK proxy (`mcp` 2.3.0 Server + Client)",
     "fastmcp": "fastmcp 4.1.2 `create_proxy` (default: fresh backend client per request)",
@@ -98,12 +99,21 @@ def percentile(sorted_values: list[int], q: float) -> float:
 
 # The default per-principal bucket (100/min, burst 20) would refuse a benchmark's thousands of calls; the
 # bucket is sized never to refuse, so it still counts every call. Everything else is the default (audit on).
-UNLIMITED = '\n[limits]\nrate = 1000000\nburst = 1000000\n'
+# Every default guard stays on (the audit log, pinning, the argument and output guards, limits); the
+# policy permits the echo tool (the default base refuses every call), and the bucket never refuses.
+UNLIMITED = '\n[policy]\nbase = "permit-all"\n\n[limits]\nrate = 1000000\nburst = 1000000\n'
+# The gateway core alone, as the peers are (they have no guards): what can be turned off is. The
+# policy guard stays (the product has no "no policy" mode); permit-all makes it a cached decision.
+CORE = ('\n[policy]\nbase = "permit-all"\n\n[guards.output]\nenabled = false\n\n[guards.secrets]\n'
+        'enabled = false\n\n[guards.pii]\nenabled = false\n\n[guards.arguments]\n'
+        'enabled = false\n\n[guards.errors]\nenabled = false\n\n[integrity]\nmode = "off"\n\n[audit]\n'
+        'enabled = false\n\n[limits]\nenabled = false\n\n[telemetry]\nmetrics = false\n')
 
 
 def write_configs(out: Path, upstream_port: int) -> tuple[Path, Path]:
     stdio_cfg = out / "mcpward-stdio.toml"
     stdio_cfg.write_text(f'[servers.raw]\ncommand = "{PY}"\nargs = ["{RAW}"]\nprefix = ""\n' + UNLIMITED)
+    (out / "mcpward-core.toml").write_text(f'[servers.raw]\ncommand = "{PY}"\nargs = ["{RAW}"]\nprefix = ""\n' + CORE)
     http_cfg = out / "mcpward-http.toml"
     http_cfg.write_text(f'[servers.raw]\nurl = "http://127.0.0.1:{upstream_port}/mcp"\nallow_http = true\n'
                         'allow_private = true\nprefix = ""\n' + UNLIMITED)
@@ -117,6 +127,7 @@ def build_targets(args: argparse.Namespace, stdio_cfg: Path, http_cfg: Path, ups
         "direct": [PY, RAW],
         "asyncio": [PY, str(BENCH / "asyncio_proxy.py"), *up],
         "mcpward": [MCPWARD, "run", "-c", str(stdio_cfg)],
+        "mcpward-core": [MCPWARD, "run", "-c", str(stdio_cfg.with_name("mcpward-core.toml"))],
         "sdk": [PY, str(BENCH / "sdk_proxy.py"), *up],
         "fastmcp": [fpy, str(BENCH / "fastmcp_proxy.py"), *up],
         "fastmcp-reuse": [fpy, str(BENCH / "fastmcp_proxy.py"), "--reuse", *up],
@@ -248,16 +259,17 @@ def verdict(rows: list[dict[str, Any]], goal_us: float = 150.0) -> list[str]:
     out: list[str] = []
     for era in ("modern", "legacy"):
         find = {r["target"]: r for r in rows if r["transport"] == "stdio" and r["era"] == era and "added_p50_us" in r}
-        if "mcpward" not in find:
-            continue
-        added = find["mcpward"]["added_p50_us"]
-        line = (f"- stdio {era}: mcpward adds {added:+.0f} µs at p50: goal ≤ {goal_us:.0f} µs "
-                f"{'**met**' if added <= goal_us else '**not met**'}")
-        if "asyncio" in find:
-            floor = find["asyncio"]["added_p50_us"]
-            line += (f"; the bare asyncio floor adds {floor:+.0f} µs in this run "
-                     f"(mcpward minus floor: {added - floor:+.0f} µs)")
-        out.append(line + ".")
+        for key, name in (("mcpward-core", "mcpward core"), ("mcpward", "mcpward with defaults")):
+            if key not in find:
+                continue
+            added = find[key]["added_p50_us"]
+            line = (f"- stdio {era}: {name} adds {added:+.0f} µs at p50: goal ≤ {goal_us:.0f} µs "
+                    f"{'**met**' if added <= goal_us else '**not met**'}")
+            if "asyncio" in find:
+                floor = find["asyncio"]["added_p50_us"]
+                line += (f"; the bare asyncio floor adds {floor:+.0f} µs in this run "
+                         f"({name} minus floor: {added - floor:+.0f} µs)")
+            out.append(line + ".")
     return out
 
 

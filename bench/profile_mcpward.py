@@ -30,15 +30,20 @@ def main() -> int:
     p.add_argument("--era", choices=("modern", "legacy"), default="modern")
     p.add_argument("--calls", type=int, default=3000)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--core", action="store_true", help="The core-only config (optional guards, audit, limits off).")
     p.add_argument("--out", type=Path, default=ROOT / ".bench-out")
     args = p.parse_args()
     era: Era = args.era
     out: Path = args.out
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    prof = out / f"profile-{args.front}-{args.upstream}-{args.era}.prof"
+    prof = out / f"profile-{args.front}-{args.upstream}-{args.era}{'-core' if args.core else ''}.prof"
     up_port = free_port()
     stdio_cfg, http_cfg = write_configs(out, up_port)
     cfg = stdio_cfg if args.upstream == "stdio" else http_cfg
+    if args.core:
+        if args.upstream != "stdio":
+            p.error("--core profiles the stdio upstream config")
+        cfg = stdio_cfg.with_name("mcpward-core.toml")
     upstream = None
     if args.upstream == "http":
         upstream = Proc([PY, RAW, "--http", str(up_port)], out / "logs" / "profile-upstream.stderr", False)

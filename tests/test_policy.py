@@ -511,3 +511,13 @@ async def test_subscribing_is_decided_as_reading(tmp_path: Path) -> None:
             with pytest.raises(Refusal) as refused:
                 await guard.on_request(call)
             assert refused.value.rule == DEFAULT_DENY
+
+
+def test_the_local_clock_cache_matches_localtime_across_minutes_and_hours() -> None:
+    import time as _time
+
+    from mcpward.policy.entities import local_clock
+
+    for ts in (0.0, 1_700_000_000.5, 1_700_003_599.999, 1_700_003_600.0, 1_711_846_799.0, 1_711_846_800.0):
+        local = _time.localtime(ts)
+        assert local_clock(ts) == (local.tm_hour, local.tm_wday), ts

@@ -80,17 +80,32 @@ class Facts:
     def key(self, fields: tuple[str, ...]) -> tuple[Any, ...]:
         """The values of some context fields (never `now`), without building the whole context."""
         if "hour" in fields or "weekday" in fields:
-            local = time.localtime(time.time() if self.at is None else self.at)
-            clock = {"hour": local.tm_hour, "weekday": local.tm_wday}
+            hour, weekday = local_clock(time.time() if self.at is None else self.at)
+            clock = {"hour": hour, "weekday": weekday}
             return tuple(clock[f] if f in clock else getattr(self, f) for f in fields)
         return tuple(getattr(self, f) for f in fields)
 
     def context(self) -> dict[str, Any]:
         now = time.time() if self.at is None else self.at
-        local = time.localtime(now)
-        return {"now": int(now), "hour": local.tm_hour, "weekday": local.tm_wday, "transport": self.transport,
+        hour, weekday = local_clock(now)
+        return {"now": int(now), "hour": hour, "weekday": weekday, "transport": self.transport,
                 "client": self.client, "client_version": self.client_version, "era": self.era,
                 "protocol_version": self.protocol_version, "listing": self.listing}
+
+
+_clock: tuple[int, int, int] = (-1, 0, 0)  # (minute since the epoch, local hour, local weekday)
+
+
+def local_clock(now: float) -> tuple[int, int]:
+    """Local (hour, weekday) at `now`, worked out once per minute instead of on every request (glibc's
+    `localtime` checks the zone file when TZ is unset). Zone offsets and DST changes fall on whole
+    minutes, so a minute's answer holds for all of it."""
+    global _clock
+    minute = int(now // 60)
+    if _clock[0] != minute:
+        local = time.localtime(minute * 60)
+        _clock = (minute, local.tm_hour, local.tm_wday)
+    return _clock[1], _clock[2]
 
 
 def effective_annotations(claimed: Any, override: Mapping[str, bool]) -> dict[str, bool]:
