@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 # Outcomes (ToolHive's audit vocabulary, plus cancellation).
 SUCCESS, DENIED, ERROR, APP_ERROR, CANCELLED = "success", "denied", "error", "application_error", "cancelled"
+LABEL_CACHE_ENTRIES = 4096
 ANNOTATION_LABELS = {"openWorldHint": "open-world", "readOnlyHint": "read-only", "destructiveHint": "destructive"}
 
 
@@ -47,6 +48,9 @@ class Accounting:
         self.cfg = cfg
         self.telemetry = telemetry
         self.policy_hash = policy_hash or (lambda: None)
+        # (server, target, method, id(definition)) -> (the definition, its labels); the definition is kept so
+        # an id reused by a new object after the old one is gone never returns stale labels.
+        self._labels: dict[tuple[Any, ...], tuple[Any, tuple[str, ...]]] = {}
 
     def begin(self, message: JsonObj, transport: str, session_id: str | None,
               header_traceparent: str | None = None) -> Ticket:
@@ -119,16 +123,12 @@ class Accounting:
         if arguments is not None:
             digest = hashlib.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)).hexdigest()
             fields["args_sha256"] = events.Digest(digest)
-        labels = list(notes.get("risk") or ())
-        annotations = (call.definition or {}).get("annotations") if call.method == "tools/call" else None
-        override = self.cfg.servers[call.server].tools.get(call.target) if call.server in self.cfg.servers else None
-        merged = dict(annotations) if isinstance(annotations, dict) else {}
-        merged.update(override.annotations if override else {})
-        labels += [label for hint, label in ANNOTATION_LABELS.items() if merged.get(hint) is True]
-        if override is not None:
-            labels += override.labels
-        if labels:
-            fields["labels"] = sorted(set(labels))
+        static = self._static_labels(call)
+        risk = notes.get("risk")
+        if risk:
+            fields["labels"] = sorted({*risk, *static})
+        elif static:
+            fields["labels"] = list(static)
         flags = list(notes.get("flags") or ()) + list(notes.get("argument_flags") or ())
         if flags:
             fields["flags"] = sorted(set(flags))
@@ -136,6 +136,26 @@ class Accounting:
             fields["redactions"] = notes["redactions"]
         if notes.get("pin"):
             fields["pin"] = notes["pin"]
+
+    def _static_labels(self, call: Any) -> tuple[str, ...]:
+        """Labels from declared annotations and the operator's overrides: fixed for one definition, so
+        worked out once per (server, target, definition object) rather than on every call."""
+        key = (call.server, call.target, call.method, id(call.definition))
+        hit = self._labels.get(key)
+        if hit is not None and hit[0] is call.definition:
+            return hit[1]
+        annotations = (call.definition or {}).get("annotations") if call.method == "tools/call" else None
+        override = self.cfg.servers[call.server].tools.get(call.target) if call.server in self.cfg.servers else None
+        merged = dict(annotations) if isinstance(annotations, dict) else {}
+        merged.update(override.annotations if override else {})
+        labels = [label for hint, label in ANNOTATION_LABELS.items() if merged.get(hint) is True]
+        if override is not None:
+            labels += override.labels
+        found = tuple(sorted(set(labels)))
+        if len(self._labels) >= LABEL_CACHE_ENTRIES:
+            self._labels.clear()
+        self._labels[key] = (call.definition, found)
+        return found
 
 
 def _outcome(reply: JsonObj | None) -> tuple[str, int | None, str | None]:
