@@ -88,6 +88,7 @@ class Gateway:
     async def stop(self) -> None:
         await self.bridge.close()
         await asyncio.gather(*(u.stop() for u in self.upstreams.values()), return_exceptions=True)
+        await self.launcher.aclose()  # idle warm sandbox slots: their stubs and cgroups
 
     def policy_hash(self) -> str | None:
         """The version of the policy deciding now (its guard may swap engines on reload)."""

@@ -4,6 +4,10 @@ bwrap stops at `--block-fd` with the sandbox's pid known: the gateway moves that
 sandbox's cgroups (so nothing the server forks escapes them) and plants the egress proxy's
 listener in its network namespace, then lets it run. After exit: the proxy closes, the cgroups
 go, and what they counted (an OOM kill, a pids limit hit) is audited.
+
+With a warm slot (sandbox/warm.py) the groups already exist and bwrap was started from inside
+them, so the sandbox is born a member; the barrier checks that it is listed in every group and
+migrates it only if it is not. Either way the server never runs outside its groups.
 """
 
 from __future__ import annotations
@@ -23,20 +27,27 @@ from mcpward.transport.base import LinkError
 if TYPE_CHECKING:
     from mcpward.sandbox.egress import EgressProxy
     from mcpward.sandbox.egress_policy import EgressDecision, Resolver
+    from mcpward.sandbox.warm import WarmSlot
 
 log = logging.getLogger("mcpward.sandbox")
 _warned_no_cgroups: set[str] = set()
 
 
+def cgroup_limits(plan: SandboxPlan) -> CgroupLimits:
+    lim = plan.limits
+    return CgroupLimits(memory_bytes=lim.memory, pids=lim.pids, cpu=lim.cpu)
+
+
 class Barrier:
     def __init__(self, plan: SandboxPlan, profile: SandboxProfile, resolver: Resolver | None,
-                 on_decision: Callable[[EgressDecision], None], state_dir: Path) -> None:
+                 on_decision: Callable[[EgressDecision], None], state_dir: Path,
+                 warm: WarmSlot | None = None) -> None:
         self.plan, self.profile, self.state_dir = plan, profile, state_dir
         self.resolver, self.on_decision = resolver, on_decision
         self.proxy: EgressProxy | None = None
         self._done = False
-        lim = plan.limits
-        self.cgroups = CgroupSet.create(plan.server, CgroupLimits(memory_bytes=lim.memory, pids=lim.pids, cpu=lim.cpu))
+        self.warm = warm
+        self.cgroups = warm.cgroups if warm is not None else CgroupSet.create(plan.server, cgroup_limits(plan))
         if self.cgroups is None and plan.server not in _warned_no_cgroups:
             _warned_no_cgroups.add(plan.server)
             log.warning("server %s: no writable cgroups (%s); limits fall back to rlimits",
@@ -47,7 +58,7 @@ class Barrier:
         return self.cgroups is not None and "memory" in self.cgroups.groups
 
     async def on_child(self, pid: int) -> None:
-        if self.cgroups is not None:
+        if self.cgroups is not None and not (self.warm is not None and self.warm.launched and self.cgroups.holds(pid)):
             try:
                 self.cgroups.attach(pid)
             except CgroupError as exc:
@@ -63,6 +74,7 @@ class Barrier:
             self.proxy = EgressProxy(self.plan.server, self.profile.egress.policy, self.resolver, self.on_decision)
             await self.proxy.start(sock)
         events.record("sandbox.started", server=self.plan.server, backend="bwrap", uid=self.plan.uid,
+                      warm=self.warm is not None and self.warm.launched,
                       cgroups=sorted(self.cgroups.groups) if self.cgroups else [],
                       egress=list(self.profile.egress.allow), secrets=sorted(self.plan.files))
 
@@ -70,6 +82,8 @@ class Barrier:
         if self._done:
             return
         self._done = True
+        if self.warm is not None and not self.warm.used:
+            await self.warm.discard()  # taken but never launched: its stub must not idle on
         if self.proxy is not None:
             await self.proxy.close()
         if self.cgroups is not None:

@@ -29,12 +29,17 @@ import os
 import shlex
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from mcpward.sandbox import rlimits
+from mcpward.sandbox.cgroups import CgroupError
 from mcpward.sandbox.paths import merged_usr_links, system_binds
 from mcpward.sandbox.plan import CACHE_DIR, SANDBOX_HOME, SECRETS_DIR, SandboxPlan
 from mcpward.transport.base import LinkError
 from mcpward.transport.stdio_link import die_with_parent
+
+if TYPE_CHECKING:
+    from mcpward.sandbox.warm import WarmSlot
 
 log = logging.getLogger("mcpward.sandbox")
 BARRIER_TIMEOUT = 10.0
@@ -115,13 +120,20 @@ def _encode_args(args: list[str]) -> bytes:
 
 
 class BwrapSpawner:
-    """Spawns one sandboxed server per `spawn()`; `on_child` runs at the barrier, `on_exit` after."""
+    """Spawns one sandboxed server per `spawn()`; `on_child` runs at the barrier, `on_exit` after.
+
+    `warm`: a slot whose stub, already inside the server's cgroups, execs bwrap (sandbox/warm.py);
+    when it does not fit this start, it is released and bwrap is spawned directly. `on_started`
+    runs once the server is released from the barrier (the launcher prepares the next slot there).
+    """
 
     def __init__(self, plan: SandboxPlan, bwrap: str, seccomp_bpf: bytes | None,
                  on_child: Callable[[int], Awaitable[None]], on_exit: Callable[[], Awaitable[None]],
-                 limits: rlimits.Rlimits) -> None:
+                 limits: rlimits.Rlimits, warm: WarmSlot | None = None,
+                 on_started: Callable[[], None] | None = None) -> None:
         self.plan, self.bwrap, self.seccomp_bpf = plan, bwrap, seccomp_bpf
         self.on_child, self.on_exit, self.rlimits = on_child, on_exit, limits
+        self.warm, self.on_started = warm, on_started
 
     def describe(self) -> str:
         return f"[bwrap] {shlex.join(self.plan.argv)}"
@@ -150,12 +162,16 @@ class BwrapSpawner:
                 # the sandbox reads the second (ready to exec) and closes it, so no descriptor of
                 # ours outlives the barrier inside the sandbox.
                 barrier += ["--userns-block-fd", str(block_r)]
-            proc = await asyncio.create_subprocess_exec(
-                self.bwrap, *barrier, "--args", str(args_fd), "--", *self.plan.argv,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env={"PATH": "/usr/bin:/bin"}, cwd="/", limit=limit, start_new_session=True,
-                pass_fds=[*bag.fds, info_w, block_r], preexec_fn=self._preexec,
-            )
+            argv = [*barrier, "--args", str(args_fd), "--", *self.plan.argv]
+            fds = [*bag.fds, info_w, block_r]
+            proc = await self._warm_launch(argv, fds, limit)
+            if proc is None:
+                proc = await asyncio.create_subprocess_exec(
+                    self.bwrap, *argv,
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    env={"PATH": "/usr/bin:/bin"}, cwd="/", limit=limit, start_new_session=True,
+                    pass_fds=fds, preexec_fn=self._preexec,
+                )
             os.close(info_w)
             os.close(block_r)
             info_w = block_r = -1
@@ -171,6 +187,8 @@ class BwrapSpawner:
                 detail = await _stderr_of(proc)
                 raise LinkError(f"server {self.plan.server!r}: the sandbox ended before the server started: "
                                 f"{detail}") from None
+            if self.on_started is not None:
+                self.on_started()
             return proc
         except BaseException as exc:
             if proc is not None and proc.returncode is None:
@@ -191,6 +209,22 @@ class BwrapSpawner:
                 if fd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(fd)
+
+    async def _warm_launch(self, argv: list[str], fds: list[int], limit: int) -> asyncio.subprocess.Process | None:
+        """bwrap started by the warm slot's stub (inside the cgroups already), or None: spawn it directly."""
+        slot, self.warm = self.warm, None
+        if slot is None:
+            return None
+        if slot.fits(limit):
+            try:
+                return slot.launch(self.bwrap, argv, fds)
+            except (OSError, ValueError) as exc:
+                log.info("server %s: warm slot not used (%s)", self.plan.server, exc)
+        try:
+            await slot.release()
+        except CgroupError as exc:
+            raise LinkError(f"server {self.plan.server!r}: cannot apply its resource limits: {exc}") from None
+        return None
 
     async def _child_pid(self, proc: asyncio.subprocess.Process, info_r: int) -> int:
         loop = asyncio.get_running_loop()

@@ -416,6 +416,13 @@ class CgroupSet:
         for directory in self._directories():
             _write(directory / "cgroup.procs", str(pid))
 
+    def holds(self, pid: int) -> bool:
+        """Is `pid` listed in every group? (A child is born in its parent's groups; this checks it, cheaply: no
+        migration, so no wait on the kernel's cgroup_threadgroup_rwsem.)"""
+        if self.removed or not self.groups:
+            return False
+        return all(pid in _pids(directory) for directory in self._directories())
+
     def stats(self) -> dict[str, int]:
         """Counters worth reporting after a run; keys appear only when the kernel provides them."""
         out: dict[str, int] = {}
@@ -458,6 +465,18 @@ class CgroupSet:
             if "usage_usec" in cpu:
                 out["cpu_usage_usec"] = cpu["usage_usec"]
         return out
+
+    def remove_members(self) -> None:
+        """Kill every member and wait until the groups are empty (they stay, for the next member)."""
+        self._kill_all(time.monotonic() + _REMOVE_TIMEOUT_S)
+
+    def set_pids_max(self, pids: int) -> None:
+        """Rewrite the pids limit (a warm slot's is one higher while its launcher process is a member)."""
+        if "pids" not in self.groups:
+            raise CgroupError("this cgroup set has no pids group")
+        if isinstance(pids, bool) or not isinstance(pids, int) or pids < 1:
+            raise CgroupError(f"not a pids limit: {pids!r}")
+        _write(self.groups["pids"] / "pids.max", str(pids))
 
     def remove(self) -> None:
         """Kill whatever is still inside, then delete the groups. Idempotent; never raises (logs what is left)."""

@@ -4,6 +4,11 @@ One launcher per gateway. For each start it resolves the secrets the server decl
 that cannot be resolved stops that server, naming it; never an empty value), registers every
 value with the redactor, picks the backend, and wires the barrier work: cgroups and the egress
 proxy listener. Each start and refusal is audited.
+
+After a sandboxed server's first start, the launcher keeps one warm slot ready for its next one
+(sandbox/warm.py: cgroups created and a launcher stub already inside them), so a restart or a
+new session's process pays no cgroup set-up on its spawn path. `[sandbox] warm = false` turns
+this off; `aclose()` discards idle slots.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from mcpward.sandbox.backends import choose_backend, unsandboxed_spawner
 from mcpward.sandbox.paths import sensitive_paths
 from mcpward.sandbox.plan import PlanError, SandboxPlan, make_plan
 from mcpward.sandbox.settings import SandboxProfile, SandboxSettings, read_settings
+from mcpward.sandbox.warm import SlotKey, WarmPool
 from mcpward.transport.base import LinkError, MessageLink
 from mcpward.transport.stdio_link import Spawner, StdioLink
 
@@ -43,6 +49,13 @@ class Launcher:
         self._secrets: SecretResolver | None = None
         self._dns: Resolver | None = None
         self.sensitive = sensitive_paths((self.settings.state_dir, self.secret_settings.path))
+        self.warm: WarmPool | None = WarmPool() if self.settings.warm else None
+
+    async def aclose(self) -> None:
+        """Discard the idle warm slots (their stubs and cgroups); starts after this take the cold path."""
+        if self.warm is not None:
+            pool, self.warm = self.warm, None
+            await pool.close()
 
     def plan(self, server: ServerConfig, env: dict[str, str] | None = None) -> SandboxPlan:
         """The server's sandbox as a start would build it (PlanError when it cannot be sandboxed);
@@ -102,10 +115,10 @@ class Launcher:
             headers, _ = await self._resolve(server, dict(server.headers), {})
             assert server.url is not None
             return HttpLink(server.url, headers, max_message_bytes=max_message_bytes)
-        spawner = await self._spawner(server)
+        spawner = await self._spawner(server, max_message_bytes + 1)
         return StdioLink(server.name, spawner, max_message_bytes)
 
-    async def _spawner(self, server: ServerConfig) -> Spawner:
+    async def _spawner(self, server: ServerConfig, stream_limit: int) -> Spawner:
         assert server.command is not None
         profile = self.settings.profile(server.name)
         declared = {s.name: s.ref for s in profile.secrets}
@@ -137,7 +150,7 @@ class Launcher:
                 raise LinkError(f"server {server.name!r}: a container backend takes secrets as files only "
                                 "(env values show in `inspect`); declare them with as = \"file\"")
             return ContainerSpawner(backend, profile.image, plan, [server.command, *server.args])
-        return self._bwrap(plan, profile, caps)
+        return self._bwrap(plan, profile, caps, stream_limit)
 
     async def _verify_artifacts(self, name: str, profile: SandboxProfile, plan: SandboxPlan) -> None:
         from mcpward.sandbox import artifacts
@@ -154,8 +167,9 @@ class Launcher:
             raise LinkError(f"server {name!r} not started: {exc}; if the change is expected, delete "
                             f"{artifacts.manifest_path(self.settings.state_dir, name)} (or update the pin)") from None
 
-    def _bwrap(self, plan: SandboxPlan, profile: SandboxProfile, caps: probe.HostCapabilities) -> Spawner:
-        from mcpward.sandbox.barrier import Barrier
+    def _bwrap(self, plan: SandboxPlan, profile: SandboxProfile, caps: probe.HostCapabilities,
+               stream_limit: int) -> Spawner:
+        from mcpward.sandbox.barrier import Barrier, cgroup_limits
         from mcpward.sandbox.bwrap import BwrapSpawner
         from mcpward.sandbox.seccomp import SeccompUnavailable, filter_bpf
 
@@ -165,16 +179,22 @@ class Launcher:
             events.record("sandbox.refused", server=plan.server, reason=f"seccomp unavailable: {exc}")
             raise LinkError(f"server {plan.server!r} not started: seccomp is unavailable here ({exc})") from None
         self._prepare_cache(plan)
+        key = SlotKey(plan.server, plan.uid, cgroup_limits(plan), _rlimits(plan, memory_in_cgroup=True), stream_limit)
+        slot = self.warm.take(key) if self.warm is not None else None
         barrier = Barrier(plan, profile, self._egress_resolver() if plan.egress else None, self._on_egress,
-                          self.settings.state_dir)
-        limits = rlimits.Rlimits(
-            nofile=plan.limits.nofile,
-            nproc=plan.limits.pids if plan.uid is not None else None,  # per uid: only a dedicated uid's count is ours
-            address_space=None if barrier.memory_in_cgroup else _address_space(plan),
-            file_size=plan.limits.file_size,
-        )
+                          self.settings.state_dir, warm=slot)
+        limits = _rlimits(plan, memory_in_cgroup=barrier.memory_in_cgroup)
         assert caps.bwrap is not None
-        return BwrapSpawner(plan, caps.bwrap, bpf, barrier.on_child, barrier.on_exit, limits)
+        on_started = None
+        if self.warm is not None and barrier.cgroups is not None:
+            # Only where cgroups work as configured: a slot's whole point is to be inside them already.
+            pool = self.warm
+
+            def on_started() -> None:
+                pool.refill(key)
+
+        return BwrapSpawner(plan, caps.bwrap, bpf, barrier.on_child, barrier.on_exit, limits, warm=slot,
+                            on_started=on_started)
 
     def _prepare_cache(self, plan: SandboxPlan) -> None:
         if plan.cache_dir is None:
@@ -200,6 +220,15 @@ class Launcher:
         events.record("egress.allowed" if decision.allowed else "egress.refused", server=decision.server,
                       host=decision.host, port=decision.port, method=decision.method, address=decision.address,
                       rule=decision.rule, detail=decision.detail)
+
+
+def _rlimits(plan: SandboxPlan, memory_in_cgroup: bool) -> rlimits.Rlimits:
+    return rlimits.Rlimits(
+        nofile=plan.limits.nofile,
+        nproc=plan.limits.pids if plan.uid is not None else None,  # per uid: only a dedicated uid's count is ours
+        address_space=None if memory_in_cgroup else _address_space(plan),
+        file_size=plan.limits.file_size,
+    )
 
 
 def _address_space(plan: SandboxPlan) -> int | None:

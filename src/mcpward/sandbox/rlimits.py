@@ -15,7 +15,7 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 
-__all__ = ["Rlimits", "apply"]
+__all__ = ["Rlimits", "apply", "settings"]
 
 _INF = resource.RLIM_INFINITY
 _CPU_GRACE_S = 1  # soft limit -> SIGXCPU (a recognisable exit), hard one second later -> SIGKILL
@@ -56,16 +56,22 @@ def _lower(kind: int, soft: int, hard: int | None = None) -> None:
     resource.setrlimit(kind, (soft, hard))
 
 
+def settings(limits: Rlimits) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for each limit to set, in the order apply() sets them."""
+    out = [(resource.RLIMIT_NOFILE, limits.nofile, limits.nofile), (resource.RLIMIT_CORE, limits.core, limits.core)]
+    if limits.nproc is not None:
+        out.append((resource.RLIMIT_NPROC, limits.nproc, limits.nproc))
+    if limits.address_space is not None:
+        out.append((resource.RLIMIT_AS, limits.address_space, limits.address_space))
+    if limits.file_size is not None:
+        out.append((resource.RLIMIT_FSIZE, limits.file_size, limits.file_size))
+    if limits.cpu_seconds is not None:
+        out.append((resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + _CPU_GRACE_S))
+    return out
+
+
 def apply(limits: Rlimits) -> None:
     """Set the limits on the calling process. Raises OSError/ValueError from setrlimit (in preexec_fn this aborts the
     spawn, which is the fail-closed outcome we want)."""
-    _lower(resource.RLIMIT_NOFILE, limits.nofile)
-    _lower(resource.RLIMIT_CORE, limits.core)
-    if limits.nproc is not None:
-        _lower(resource.RLIMIT_NPROC, limits.nproc)
-    if limits.address_space is not None:
-        _lower(resource.RLIMIT_AS, limits.address_space)
-    if limits.file_size is not None:
-        _lower(resource.RLIMIT_FSIZE, limits.file_size)
-    if limits.cpu_seconds is not None:
-        _lower(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + _CPU_GRACE_S)
+    for kind, soft, hard in settings(limits):
+        _lower(kind, soft, hard)

@@ -86,6 +86,7 @@ class SandboxSettings:
     state_dir: Path = field(default_factory=lambda: Path("~/.local/state/mcpward").expanduser())
     uid_base: int = DEFAULT_UID_BASE
     profiles: dict[str, SandboxProfile] = field(default_factory=dict)
+    warm: bool = True  # keep a warm slot (cgroups plus a stub inside them) per server after its first start
 
     def profile(self, server: str) -> SandboxProfile:
         return self.profiles.get(server) or SandboxProfile(backend=self.backend)
@@ -122,6 +123,7 @@ def read_settings(cfg: GatewayConfig) -> SandboxSettings:
     strict = r.get("strict", bool, False)
     state_dir = _path(cfg.base_dir, r.get("state_dir", str, "~/.local/state/mcpward"))
     uid_base = r.integer("uid_base", DEFAULT_UID_BASE, 1000, (1 << 31) - UID_SPAN - 1)
+    warm = r.get("warm", bool, True)
     r.reject_unknown()
     profiles: dict[str, SandboxProfile] = {}
     for name, server in cfg.servers.items():
@@ -136,7 +138,7 @@ def read_settings(cfg: GatewayConfig) -> SandboxSettings:
                               "backend 'none' is refused: [sandbox] strict = true")
         profiles[name] = profile
     settings = SandboxSettings(backend=backend, strict=strict, state_dir=state_dir, uid_base=uid_base,
-                               profiles=profiles)
+                               profiles=profiles, warm=warm)
     _check_uids(cfg, settings)
     return settings
 
