@@ -19,6 +19,7 @@ import collections
 import json
 import os
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -161,21 +162,26 @@ async def benign(rows: list[dict[str, Any]], guard: ArgumentGuard) -> BenignResu
     return hits, len(rows), rules, which
 
 
-async def cost(rows: list[dict[str, Any]], guard: ArgumentGuard) -> float:
-    """Mean microseconds per benign call (DNS answers come from the static map, warm cache)."""
+async def cost(rows: list[dict[str, Any]], guard: ArgumentGuard, passes: int = 7) -> float:
+    """Median over `passes` of the mean CPU microseconds per benign call (process time, so other work
+    on a shared machine counts less; DNS answers come from the static map, warm cache)."""
     for row in rows:
         await refused(guard, row["arguments"], row["server_name"], row["tool_name"])
-    start = time.perf_counter()
-    for row in rows:
-        await refused(guard, row["arguments"], row["server_name"], row["tool_name"])
-    return (time.perf_counter() - start) / len(rows) * 1e6
+    means = []
+    for _ in range(passes):
+        start = time.process_time()
+        for row in rows:
+            await refused(guard, row["arguments"], row["server_name"], row["tool_name"])
+        means.append((time.process_time() - start) / len(rows) * 1e6)
+    return statistics.median(means)
 
 
 async def run() -> str:
     attack_rows, benign_rows = load(PAYLOADS), load(BENIGN)
     table, examples, groups = await attacks(attack_rows)
     default = await benign(benign_rows, guard_with())
-    tuned = await benign(benign_rows, guard_with(max_string=65536, url_schemes=("http", "https", "data")))
+    # What the content kind buys: the same calls when file bodies get no larger limit than any string.
+    flat = await benign(benign_rows, guard_with(max_content=ArgumentSettings().max_string))
     micros = await cost(benign_rows, guard_with())
     lines = [
         "## Argument guard", "",
@@ -189,6 +195,14 @@ async def run() -> str:
         "`sensitive_file_path (roots declared)`: the same rows with `roots = [\"/srv/data\"]`, where any absolute path "
         "outside the root is refused as well; the corpus README calls these rows relevant for roots rules.", "",
         "Misses (first few of each):", "", *examples, "",
+        "The `command_injection` rows still passed are plain commands: listing a directory, printing the working "
+        "directory or the system name, sleeping, locating a program, downloading a file. A parameter whose purpose "
+        "is to run commands runs exactly these for real (the benign calls below locate programs and list "
+        "directories in `command` parameters), so the screen does not refuse them; what may call such a tool at "
+        "all is the policy's decision, and what the command can reach is the sandbox's. Refused beyond shell "
+        "structure: reconnaissance and account commands, listing the user-profile root (every account's home), "
+        "program names built from wildcards, braces or variables, string literals repeated thousands of times "
+        "(overflow probes), metadata targets and ambiguous IP encodings in URLs, sensitive paths.", "",
         "`ssrf_url (outside host)`: rows whose target is a public attacker, redirector or reference host "
         f"({', '.join(sorted(OUTSIDE_HOSTS))}); an internal-target screen is not meant to refuse them, and those "
         "refused were refused for their scheme. A public redirector that bounces to an internal address is out of "
@@ -196,15 +210,26 @@ async def run() -> str:
         "### Real benign calls refused", "",
         "| configuration | calls refused / calls | rate [95% CI] | by rule |", "|---|---|---|---|",
         _benign_row("defaults", default),
-        _benign_row("`max_string = 65536`, `url_schemes = [\"http\", \"https\", \"data\"]`", tuned), "",
-        "Benign calls refused with the defaults:", "", *(f"- {w}" for w in default[3]), "",
+        _benign_row(f"`max_content = {ArgumentSettings().max_string}` (file bodies get no larger limit)", flat), "",
+        "Benign calls refused with the defaults:", "", *(f"- {w}" for w in default[3] or ["none"]), "",
+        f"With the defaults, strings over `max_string` ({ArgumentSettings().max_string} bytes) are allowed only in "
+        f"content-kind parameters (file and message bodies: `content`, `body`, `text`, ...), up to `max_content` "
+        f"({ArgumentSettings().max_content} bytes) and within `max_total`; the second row shows the calls that "
+        "limit would refuse without the content kind.", "",
         "The benign file has no tool schemas, so schema validation is not exercised here, and the static DNS map "
         "answers every name with a public address, so `args.url.unresolvable` cannot occur here (a deployment "
         "refuses URLs whose host does not resolve; scheme-less values such as `owner/repo` are never resolved).", "",
-        f"Mean guard cost over these real calls: {micros:.1f} us per call (warm schema-less path, static DNS map, "
-        "this machine).", "",
+        f"Mean guard cost over these real calls: {micros:.1f} us CPU per call (median of 7 passes; warm schema-less "
+        f"path, static DNS map; load average {_load()} on this machine while measuring).", "",
     ]
     return "\n".join(lines)
+
+
+def _load() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "unknown"
 
 
 def _benign_row(label: str, result: BenignResult) -> str:

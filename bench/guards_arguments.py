@@ -44,6 +44,8 @@ TYPICAL = {
 COMMAND = {"command": "git status 2>&1 | head -20 && ls -la /srv/data/reports", "timeout_ms": 5000,
            "notes": TYPICAL["notes"], "tags": TYPICAL["tags"]}
 TEXT_ONLY = {"title": "Quarterly report", "body": TYPICAL["notes"] * 2, "tags": TYPICAL["tags"], "count": 3}
+# A file write over max_string: allowed because `content` is a content-kind parameter (max_content).
+FILE_WRITE = {"path": "/srv/data/reports/summary.md", "content": ("## Findings\n" + TYPICAL["notes"] + "\n") * 24}
 
 
 def call_for(arguments: dict[str, Any], schema: dict[str, Any] | None) -> Call:
@@ -71,6 +73,7 @@ async def run(iterations: int) -> None:
         ("typical: same, no schema (never listed)", TYPICAL, None),
         ("command + text, no schema", COMMAND, None),
         ("text only, no schema", TEXT_ONLY, None),
+        ("file write: path + 12 KB content, no schema", FILE_WRITE, None),
     ]
     print(f"{'call':44} {'bytes':>6} {'median us':>10} {'p99 us':>8}")
     for label, arguments, schema in shapes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mcpward.guards.param_kinds import kind_from_description, kind_from_name, schema_kinds
@@ -14,7 +16,9 @@ from mcpward.guards.param_kinds import kind_from_description, kind_from_name, sc
     ("image_path", "path"), ("directory", "path"), ("outputDir", "path"), ("cwd", "path"), ("url_file", "path"),
     ("command", "command"), ("cmd", "command"), ("shell", "command"), ("commandLine", "command"),
     ("code", "code"), ("script", "code"), ("python_code", "code"), ("sql_query", "code"), ("expression", "code"),
-    ("query", None), ("text", None), ("content", None), ("file_hash", None), ("country_code", None),
+    ("text", "content"), ("content", "content"), ("file_content", "content"), ("body", "content"),
+    ("newText", "content"), ("content_path", "path"), ("content_type", None),
+    ("query", None), ("file_hash", None), ("country_code", None),
     ("statusCode", None), ("filePattern", None), ("max_length", None), ("", None),
 ])
 def test_kind_from_name(name: str, kind: str | None) -> None:
@@ -25,7 +29,10 @@ def test_kind_from_name(name: str, kind: str | None) -> None:
     ("The URL to fetch", "url"), ("Web address of the page", "url"), ("Path to the file to read", "path"),
     ("The directory to list", "path"), ("Absolute path of the report", "path"), ("Shell command to run", "command"),
     ("Command to execute in the sandbox", "command"), ("Python code to run", "code"), ("A SQL statement", "code"),
-    ("Text content to write to the file", None), ("The user's question", None), ("Country code, e.g. US", None),
+    ("Text content to write to the file", "content"), ("Body of the e-mail", "content"),
+    ("The user's question", None), ("Country code, e.g. US", None),
+    # a url/path phrase anywhere outweighs a content phrase: the screens stay on
+    ("Content to write to the file at the given URL", "url"), ("Contents of the file at this path to read", "path"),
     ("The URL of the file to download", "url"), ("Path to a file listing URLs", "path"),
 ])
 def test_kind_from_description(text: str, kind: str | None) -> None:
@@ -42,7 +49,16 @@ def test_schema_kinds_walk_nested_properties_and_arrays() -> None:
     }}
     kinds = schema_kinds(schema)
     assert kinds == {("target",): "url", ("files",): "path", ("files", "where"): "path", ("links",): "url",
-                     ("note",): "url"}
+                     ("note",): "url", ("files", "content"): "content"}
+
+
+def test_schema_content_annotations_make_content() -> None:
+    schema = {"type": "object", "properties": {
+        "blob": {"type": "string", "contentEncoding": "base64"},
+        "page": {"type": "string", "contentMediaType": "text/html"},
+        "link": {"type": "string", "format": "uri", "contentMediaType": "text/html"},  # format wins
+    }}
+    assert schema_kinds(schema) == {("blob",): "content", ("page",): "content", ("link",): "url"}
 
 
 def test_schema_kinds_is_bounded() -> None:
@@ -50,3 +66,16 @@ def test_schema_kinds_is_bounded() -> None:
     for i in range(500):
         deep = {"type": "object", "properties": {f"url{i}": deep}}
     assert len(schema_kinds(deep)) <= 13  # depth-capped walk
+
+
+def test_operators_may_declare_content_and_nothing_unknown(tmp_path: Path) -> None:
+    from mcpward.gateway import config as config_mod
+    from mcpward.gateway.config import ConfigError
+
+    def parse(kind: str) -> config_mod.GatewayConfig:
+        table = {"servers": {"files": {"command": "true", "tools": {"put": {"params": {"payload": kind}}}}}}
+        return config_mod.parse(table, str(tmp_path / "mcpward.toml"), tmp_path)
+
+    assert parse("content").servers["files"].tools["put"].param_kinds == {"payload": "content"}
+    with pytest.raises(ConfigError, match="unknown parameter kind 'blob'"):
+        parse("blob")

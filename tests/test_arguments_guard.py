@@ -17,7 +17,7 @@ from mcpward.gateway.config import ConfigError
 from mcpward.gateway.context import system_context
 from mcpward.guards import arguments as arguments_module
 from mcpward.guards.arguments import ArgumentGuard, from_config
-from mcpward.guards.arguments_config import ArgumentSettings
+from mcpward.guards.arguments_config import ArgumentSettings, parse
 from mcpward.guards.base import Call, Refusal
 from mcpward.guards.url_screen import static_resolver
 
@@ -116,9 +116,11 @@ def test_operator_param_kinds_come_from_server_tool_overrides() -> None:
 
 # ------------------------------------------------------------------ limits
 @pytest.mark.parametrize(("name", "limit", "rule", "make"), [
-    ("max_string", 8192, "args.limit.string", lambda n: {"text": "a" * n}),
+    ("max_string", 8192, "args.limit.string", lambda n: {"note": "a" * n}),
     # bytes, not characters: 'é' is two bytes in UTF-8
-    ("max_string", 8192, "args.limit.string", lambda n: {"text": "é" * (n // 2) + "a" * (n % 2)}),
+    ("max_string", 8192, "args.limit.string", lambda n: {"note": "é" * (n // 2) + "a" * (n % 2)}),
+    # a content-kind parameter (a file or message body) has its own, larger limit
+    ("max_content", 131072, "args.limit.string", lambda n: {"content": "a" * n}),
     ("max_string", 8192, "args.limit.string", lambda n: {"k" * n: 1}),  # object keys count too
     ("max_items", 1000, "args.limit.items", lambda n: {"list": list(range(n))}),
     ("max_items", 1000, "args.limit.items", lambda n: {"map": {str(i): i for i in range(n)}}),
@@ -254,3 +256,55 @@ async def test_typical_call_passes_and_returns_none() -> None:
     call = make_call({"url": "https://docs.example.com/a?b=c", "max_length": 5000}, definition={"inputSchema": schema})
     assert await guard().on_request(call) is None
     assert call.params["arguments"]["url"] == "https://docs.example.com/a?b=c"
+
+
+# ------------------------------------------------------------------ content-kind string limit
+async def test_a_file_body_over_max_string_is_allowed_but_not_in_other_parameters() -> None:
+    body = "line of a report\n" * 700  # ~12 KB: a real file write
+    g = guard()
+    assert await rule_of(g, {"path": "/srv/data/report.md", "content": body}) is None
+    assert await rule_of(g, {"message": {"body": body}}) is None  # nested: the nearest name decides
+    for name in ("title", "url", "command", "query", "path"):
+        found = await refusal(g, {name: body})
+        assert found is not None and found.rule == "args.limit.string", name
+        assert "(max_string)" in found.message and f"arguments.{name}" in found.message
+
+
+async def test_content_kind_from_schema_annotations_and_operator_overrides() -> None:
+    big = "QUJD" * 3000  # 12 KB of base64
+    definition = {"name": "tool", "inputSchema": {"type": "object", "properties": {
+        "blob": {"type": "string", "contentEncoding": "base64"}, "label": {"type": "string"}}}}
+    g = guard()
+    assert await rule_of(g, {"blob": big}, definition=definition) is None
+    assert await rule_of(g, {"label": big}, definition=definition) == "args.limit.string"
+    # the operator can say `payload` is content (and that `content` is not)
+    g = guard(param_kinds={("srv", "tool"): {"payload": "content", "content": "text"}})
+    assert await rule_of(g, {"payload": big}) is None
+    assert await rule_of(g, {"content": big}) == "args.limit.string"
+
+
+async def test_content_stays_bounded_by_max_content_and_max_total() -> None:
+    found = await refusal(guard(), {"content": "a" * 200_000})
+    assert found is not None and found.rule == "args.limit.string" and "(max_content)" in found.message
+    # a larger max_content does not lift the total: a flood of arguments is still refused
+    g = guard(max_content=1_000_000)
+    assert await rule_of(g, {"content": "a" * 300_000}) == "args.limit.total"
+    assert await rule_of(g, {"content": "a" * 100_000, "body": "b" * 100_000, "text": "c" * 100_000}) \
+        == "args.limit.total"
+    # max_content below max_string never makes content stricter than any other string
+    assert await rule_of(guard(max_content=100), {"content": "a" * 8000}) is None
+
+
+async def test_oversized_strings_in_log_mode_are_flagged_and_screened() -> None:
+    call = make_call({"title": "x" * 9000, "url": "http://169.254.169.254/"})
+    await guard(mode="log").on_request(call)
+    assert call.notes["argument_flags"] == ["args.limit.string", "args.url.non-public"]
+
+
+def test_max_content_is_configurable() -> None:
+    settings = parse(cfg_with({"max_content": 65536}))
+    assert settings is not None and settings.max_content == 65536
+    with pytest.raises(ConfigError, match="max_content"):
+        parse(cfg_with({"max_content": 0}))
+    with pytest.raises(ConfigError, match="max_content"):
+        parse(cfg_with({"max_content": "big"}))

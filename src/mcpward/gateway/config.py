@@ -266,7 +266,7 @@ def _server(r: TableReader, name: str, default_start: str, default_timeout: floa
     return server
 
 
-PARAM_KINDS = ("url", "path", "command", "code", "text")
+PARAM_KINDS = ("url", "path", "command", "code", "text", "content")
 
 
 def _tool_override(r: TableReader) -> ToolOverride:

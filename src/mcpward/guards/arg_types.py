@@ -6,8 +6,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["url", "path", "command", "code", "text"]
-KINDS: tuple[Kind, ...] = ("url", "path", "command", "code", "text")
+# `content` is text that is a document or file body (`content`, `body`, `text`, ...): screened like
+# text, but measured against its own, larger string limit (`max_content`).
+Kind = Literal["url", "path", "command", "code", "content", "text"]
+KINDS: tuple[Kind, ...] = ("url", "path", "command", "code", "content", "text")
 
 
 @dataclass(frozen=True, slots=True)

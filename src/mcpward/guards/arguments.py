@@ -4,7 +4,8 @@ For `tools/call` (and the string arguments of `prompts/get`), in this order:
 
 1. shape and limits in one walk: nesting depth, items per array/object, bytes per string and per
    object key (UTF-8), then the serialised total; every string and key also passes the character
-   screen (bidi, invisible, control);
+   screen (bidi, invisible, control). A string over `max_string` but within `max_content` is held
+   until the kinds are known: only a content-kind parameter (a file or message body) may be that big;
 2. the tool's own `inputSchema` (strict, cached, no remote `$ref`); a tool never listed has no
    schema and gets only the generic checks (the guard never goes looking for one);
 3. each string by the kind of its parameter (operator override > schema format > name >
@@ -40,6 +41,7 @@ log = logging.getLogger("mcpward.guards.arguments")
 PathParts = tuple[str | int, ...]
 Names = tuple[str, ...]
 _NO_SCHEMA = CompiledTool()
+_LOOSE: frozenset[Kind] = frozenset({"text", "content"})  # prose: a Markdown fence is fine
 
 
 class _Findings:
@@ -69,7 +71,7 @@ class ArgumentGuard(Guard):
         self.urls = UrlScreen(resolver, schemes=s.url_schemes, allow_private=s.allow_private_urls,
                               resolve_timeout=s.resolve_timeout, cache_seconds=s.dns_cache_seconds)
         self.paths = PathScreen(s.sensitive_patterns)
-        self.commands = CommandScreen(self.paths, shell_chaining=s.shell_chaining)
+        self.commands = CommandScreen(self.paths, shell_chaining=s.shell_chaining, urls=self.urls)
         self.backticks = BacktickScreen(max_run=s.max_backtick_run)
         self.schemas = SchemaCache(max_schema_bytes=s.max_schema_bytes, additional_properties=s.additional_properties)
         self._name_kinds: dict[str, Kind | None] = {}
@@ -95,22 +97,27 @@ class ArgumentGuard(Guard):
         if not isinstance(arguments, dict):
             found.add(Finding("args.schema.mismatch", "must be an object"), ())
             return
-        strings, backticks = self._walk(arguments, found)
+        oversized: list[tuple[PathParts, Names, int]] = []
+        strings, backticks = self._walk(arguments, found, oversized)
         self._total(arguments, found)
         compiled = _NO_SCHEMA
-        if call.method == "tools/call":
-            schema = call.definition.get("inputSchema") if call.definition else None
-            if schema is not None:
-                compiled = self.schemas.get(call.server or "", call.target or "", schema)
-                finding = self.schemas.validate(compiled, arguments)
-                if finding is not None:
-                    found.add(finding, None, detail_first=True)
+        schema = call.definition.get("inputSchema") if call.method == "tools/call" and call.definition else None
+        if schema is not None:
+            compiled = self.schemas.get(call.server or "", call.target or "", schema)
+        if oversized:  # only content may exceed max_string (up to max_content): judged by kind now
+            self._oversized(call, compiled, oversized, found)
+        if schema is not None:
+            finding = self.schemas.validate(compiled, arguments)
+            if finding is not None:
+                found.add(finding, None, detail_first=True)
         await self._screen_kinds(call, strings, compiled, found, backticks)
 
     # ------------------------------------------------------------ limits + characters
-    def _walk(self, arguments: dict[str, Any], found: _Findings) -> tuple[list[tuple[PathParts, Names, str]], bool]:
+    def _walk(self, arguments: dict[str, Any], found: _Findings,
+              oversized: list[tuple[PathParts, Names, int]]) -> tuple[list[tuple[PathParts, Names, str]], bool]:
         """One pass (iterative: no recursion limit to hit): depth, items, string and key sizes, then
-        characters. Returns the string values with their paths, and whether any has a backtick."""
+        characters. Returns the string values with their paths, and whether any has a backtick.
+        Strings over `max_string` but within the content limit go to `oversized` (judged by kind later)."""
         s = self.settings
         max_depth, max_items, limit = s.max_depth, s.max_items, s.max_string
         strings: list[tuple[PathParts, Names, str]] = []
@@ -134,27 +141,38 @@ class ArgumentGuard(Guard):
                     keys.append((path, key))
                     if len(key) * 4 > limit:
                         self._size(key, path, found, key=True)
-                    self._child(item, (*path, key), (*names, key), depth, strings, stack, found)
+                    self._child(item, (*path, key), (*names, key), depth, strings, stack, found, oversized)
             else:
                 for index, item in enumerate(value):
-                    self._child(item, (*path, index), names, depth, strings, stack, found)
+                    self._child(item, (*path, index), names, depth, strings, stack, found, oversized)
         return strings, self._characters(keys, strings, found)
 
     def _child(self, item: Any, path: PathParts, names: Names, depth: int, strings: list[tuple[PathParts, Names, str]],
-               stack: list[tuple[Any, PathParts, Names, int]], found: _Findings) -> None:
+               stack: list[tuple[Any, PathParts, Names, int]], found: _Findings,
+               oversized: list[tuple[PathParts, Names, int]]) -> None:
         if isinstance(item, str):
             if len(item) * 4 > self.settings.max_string:  # only then can the UTF-8 size exceed the limit
-                self._size(item, path, found, key=False)
+                size = self._size(item, path, found, key=False)
+                if size > self.settings.max_string:
+                    oversized.append((path, names, size))
             strings.append((path, names, item))
         elif isinstance(item, (dict, list)):
             stack.append((item, path, names, depth + 1))
 
-    def _size(self, value: str, path: PathParts, found: _Findings, key: bool) -> None:
-        limit = self.settings.max_string
+    def _size(self, value: str, path: PathParts, found: _Findings, key: bool) -> int:
+        """The UTF-8 size; refuses here what is over every limit that could apply (keys: max_string;
+        values: the content limit too). A value between the two is returned for the kind check."""
+        s = self.settings
         size = len(value.encode("utf-8", "surrogatepass"))
-        if size > limit:
-            what = "has a key of" if key else "is"
-            found.add(Finding("args.limit.string", f"{what} {size} bytes; the limit is {limit} (max_string)"), path)
+        if key and size > s.max_string:
+            found.add(Finding("args.limit.string",
+                              f"has a key of {size} bytes; the limit is {s.max_string} (max_string)"), path)
+        elif not key and size > s.content_limit:
+            found.add(Finding("args.limit.string",
+                              f"is {size} bytes; the limit is {s.max_string} (max_string), "
+                              f"{s.content_limit} for content parameters (max_content)"), path)
+            return 0  # already reported (log mode goes on): not judged again by kind
+        return size
 
     @staticmethod
     def _characters(keys: list[tuple[PathParts, str]], strings: list[tuple[PathParts, Names, str]],
@@ -209,6 +227,16 @@ class ArgumentGuard(Guard):
             self._name_kinds[name] = kind_from_name(name)
         return self._name_kinds[name] or "text"
 
+    def _oversized(self, call: Call, compiled: CompiledTool, oversized: list[tuple[PathParts, Names, int]],
+                   found: _Findings) -> None:
+        tool = (call.server or "", call.target or "")
+        overrides = self.settings.param_kinds.get(tool) if self.settings.param_kinds else None
+        described = _prompt_kinds(call.definition) if call.method == "prompts/get" else None
+        for path, names, size in oversized:
+            if self._kind(names, compiled, overrides, described) != "content":
+                found.add(Finding("args.limit.string",
+                                  f"is {size} bytes; the limit is {self.settings.max_string} (max_string)"), path)
+
     async def _screen_kinds(self, call: Call, strings: list[tuple[PathParts, Names, str]], compiled: CompiledTool,
                             found: _Findings, backticks: bool = True) -> None:
         s = self.settings
@@ -229,7 +257,7 @@ class ArgumentGuard(Guard):
                 if len(memo) > 20_000:
                     memo.clear()
                 memo[key] = (compiled, kind)
-            finding = self.backticks.screen(value, strict=kind != "text") if backticks else None
+            finding = self.backticks.screen(value, strict=kind not in _LOOSE) if backticks else None
             if finding is None and kind == "url":
                 finding = await self.urls.check(value, s.allow_private_for(call.server))
             elif finding is None and kind == "path":

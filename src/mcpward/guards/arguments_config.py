@@ -25,6 +25,9 @@ class ArgumentSettings:
     mode: str = "block"
     modes: dict[str, str] = field(default_factory=dict)  # family -> mode
     max_string: int = 8192
+    # Content-kind parameters (file and message bodies) only; still bounded by max_total. 128 KiB: a
+    # large source file or document, well under the total so one body cannot be the whole request.
+    max_content: int = 131072
     max_items: int = 1000
     max_depth: int = 15
     max_total: int = 262144
@@ -43,6 +46,11 @@ class ArgumentSettings:
     servers: dict[str, ServerArguments] = field(default_factory=dict)
     # (server, upstream tool) -> argument name or dotted path -> kind, from [servers.<s>.tools.<t>] params.
     param_kinds: dict[tuple[str, str], dict[str, Kind]] = field(default_factory=dict)
+
+    @property
+    def content_limit(self) -> int:
+        """Bytes a content-kind string may have: never less than what every string may have."""
+        return max(self.max_string, self.max_content)
 
     def mode_for(self, family: str) -> str:
         return self.modes.get(family, self.mode)
@@ -92,6 +100,7 @@ def parse(cfg: GatewayConfig) -> ArgumentSettings | None:
             raise r.fail(f"modes.{family}", f"must be one of {', '.join(MODES)}, got {mode!r}")
     s.modes = modes
     s.max_string = r.integer("max_string", s.max_string, 1, 64 * 1024 * 1024)
+    s.max_content = r.integer("max_content", s.max_content, 1, 256 * 1024 * 1024)
     s.max_items = r.integer("max_items", s.max_items, 1, 10_000_000)
     s.max_depth = r.integer("max_depth", s.max_depth, 1, 200)
     s.max_total = r.integer("max_total", s.max_total, 16, 256 * 1024 * 1024)

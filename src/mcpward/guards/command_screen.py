@@ -14,7 +14,14 @@ redirections, substitutions), so `python3 -c "import a; print(1)"` is one plain 
   function prefix `() {`, template syntax (`{{`, `{%`, `<%`) outside quotes;
 - a quoted first word holding operators (`';id;'`, `"|id|"`: a fragment that closes the server's
   quotes), an escaped newline `\\n` outside quotes;
-- reconnaissance and account commands (`id`, `whoami`, `ifconfig`, `net user`, `reg add`, ...);
+- reconnaissance and account commands (`id`, `whoami`, `ifconfig`, `net user`, `reg add`, ...), and
+  listing the user-profile root itself (`ls /home/*`, `dir C:\\Users`): account discovery;
+- a program name built from wildcards, braces or variables (`/???/c?t`, `{ls,-la}`, `$x`, `c$@at`):
+  the shell decides at run time what runs, which is how filters on command names are evaded;
+- a string literal repeated thousands of times (`"A"x5000`, `'A'*5000`): a buffer-overflow or
+  resource-exhaustion probe, not a task;
+- a URL whose host is a cloud metadata address or name, or an ambiguous IP encoding (`0x7f000001`),
+  and `gopher:`/`dict:` URLs (raw bytes to internal services); `curl localhost:3000` stays allowed;
 - any path in it that the path screen calls sensitive (`cat /etc/passwd`, `type C:\\WINNT\\...`);
 - the code-execution constructs below (they run commands from inside code).
 
@@ -35,6 +42,7 @@ import re2  # type: ignore[import-untyped]
 
 from mcpward.guards.arg_types import Finding
 from mcpward.guards.path_screen import PathScreen, decode, normalise
+from mcpward.guards.url_screen import UrlScreen
 
 _INTERPRETERS = frozenset({
     "sh", "bash", "zsh", "dash", "ksh", "csh", "tcsh", "fish", "ash", "busybox", "python", "python2", "python3",
@@ -53,9 +61,29 @@ _PREFIX_WORDS = frozenset({"sudo", "env", "nohup", "time", "command", "builtin",
 _ENCODED_OPERATORS = re.compile(r"%(?:0a|0d|3b|7c|26|60|24%28|24%7b)", re.IGNORECASE)
 _NEWLINE_COMMAND = re.compile(r"[\r\n][ \t]*\S")
 _WINDOWS_VARIABLE = re.compile(r"%[A-Za-z_][A-Za-z0-9_()]*%")
+_DOUBLE_QUOTED_SPECIAL = re.compile(r'[\\"`$]')
 _PLAIN = re.compile(r"([^\\'\"`$;&|\n<>(){}#\s]+)|([ \t\r]+)")
 _SHELLSHOCK = re.compile(r"\(\s*\)\s*\{")
 _HARMLESS_DEVICES = frozenset({"/dev/null", "/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/zero", "/dev/urandom"})
+# The program name is chosen by the shell at run time: globs (`/???/c?t`, `/bin/c[a]t`), brace
+# expansion (`{ls,-la}`), expansions spliced into a word (`c$@at`, `$x`). `[`/`[[` are `test`, `{`/`}` group.
+_OBFUSCATED_NAME = re.compile(r"[*?\[\]{}]|(?<=.)\$|^\$(?![A-Za-z_][A-Za-z0-9_]*/)", re.DOTALL)
+_GROUPING_WORDS = frozenset({"[", "[[", "{", "}", "]", "]]"})
+_NAME_SPECIALS = frozenset("*?[]{}$")  # a set test first: the regex runs only on the rare names with one
+_WORD_OPERATOR_CHARS = frozenset(";|&\n")
+# A string literal repeated >= 1000 times (Perl `x`, Python/Ruby `*`, JS `.repeat`): filler for an
+# overflow or exhaustion probe. Searched only when a quote or `repeat(` is there at all.
+_FILLER = re.compile(r"""["'][^"'\n0-9]{1,16}["']\s*[x*]\s*\d{4,}|\.repeat\(\s*\d{4,}\s*\)""")
+# The user-profile root itself (every account's home), not a path below it. Searched only when one
+# of its names occurs (cheap substring tests first: this runs on every command).
+_PROFILES = re.compile(r"""(?:^|(?<=[\s"'=(]))(?:[A-Za-z]:)?[\\/]+(?:home|users|documents and settings)[\\/]*\*?"""
+                       r"""(?=$|[\s"';|&)<>])""", re.IGNORECASE)
+_RAW_WHAT = {
+    "filler": "repeats a string literal thousands of times (a buffer-overflow or resource probe)",
+    "profiles": "lists the user-profile root, i.e. every account's home (account discovery)",
+}
+# Schemes whose only use from a command line is sending raw bytes to an internal service.
+_RAW_BYTE_SCHEMES = re.compile(r"(?i)(?<![A-Za-z0-9+.-])(gopher|dict):/")
 _PATH_TOKEN = re.compile(r"""(?:^|(?<=[\s"'=<>|;&(,]))((?:[A-Za-z]:)?[\\/][^\s"'|;&<>(),]*|~[^\s"'|;&<>(),]*)""")
 # Constructs that run OS commands or reach interpreter internals from code or templates. One RE2
 # automaton: linear time, and ~70x faster than `re` trying each alternative at every position.
@@ -145,6 +173,7 @@ class _Shell:
                 self.problem = "contains a backtick command substitution"
             elif ch == "$":
                 self._dollar(i)
+                word.append("$")  # kept: a program name spliced from an expansion is refused later
             elif ch in ";&|\n" and not (ch == "&" and text[i + 1: i + 2] == ">"):
                 end_word()
                 op = ch
@@ -193,20 +222,28 @@ class _Shell:
         return self
 
     def _quoted(self, start: int) -> int:
-        quote, text, i = self.text[start], self.text, start + 1
-        while i < len(text):
+        """Index of the closing quote, or -1. Jumps between the characters that matter (the
+        common case, a quoted argument, costs one search instead of a step per character)."""
+        text = self.text
+        if text[start] == "'":
+            return text.find("'", start + 1)  # nothing is special inside single quotes
+        i = start + 1
+        while True:
+            special = _DOUBLE_QUOTED_SPECIAL.search(text, i)
+            if special is None:
+                return -1
+            i = special.start()
             ch = text[i]
-            if quote == '"' and ch == "\\":
+            if ch == "\\":
                 i += 2
                 continue
-            if ch == quote:
+            if ch == '"':
                 return i
-            if quote == '"' and ch == "`":
+            if ch == "`":
                 self.problem = "contains a backtick command substitution"
-            elif quote == '"' and ch == "$":
+            else:
                 self._dollar(i)
             i += 1
-        return -1
 
     def _dollar(self, i: int) -> None:
         nxt = self.text[i + 1: i + 4]
@@ -233,9 +270,21 @@ def _command_word(words: list[str]) -> str:
 
 
 class CommandScreen:
-    def __init__(self, paths: PathScreen, shell_chaining: bool = True) -> None:
+    def __init__(self, paths: PathScreen, shell_chaining: bool = True, urls: UrlScreen | None = None) -> None:
         self.paths = paths
         self.shell_chaining = shell_chaining
+        # Only its DNS-free host checks are used here: a command line is never resolved.
+        self.urls = urls or UrlScreen()
+
+    def _urls(self, value: str) -> Finding | None:
+        """URLs inside a command line: metadata targets, ambiguous IP encodings and raw-byte schemes.
+        Loopback and private hosts stay allowed (`curl localhost:3000/health` is everyday work; the
+        sandbox's egress rules decide what a command may reach), and nothing is resolved."""
+        raw = _RAW_BYTE_SCHEMES.search(value) if ":/" in value else None
+        if raw is not None:
+            return Finding("args.url.scheme", f"contains a {raw.group(1).lower()}: URL (raw bytes to a service)")
+        found = self.urls.literal_targets(value)
+        return None if found is None else Finding(found.rule, f"contains a URL whose {found.message}")
 
     def _sensitive_paths(self, value: str) -> str | None:
         for match in _PATH_TOKEN.finditer(value):
@@ -258,7 +307,9 @@ class CommandScreen:
 
     def check_command(self, value: str) -> Finding | None:
         problem = self._command_problem(value)
-        return Finding("args.command.injection", problem) if problem else None
+        if problem:
+            return Finding("args.command.injection", problem)
+        return self._urls(value)
 
     def _command_problem(self, value: str) -> str | None:
         if _NEWLINE_COMMAND.search(value.strip()):
@@ -283,8 +334,11 @@ class CommandScreen:
         for index, segment in enumerate(shell.segments):
             word = _command_word(segment)
             name = word.replace("\\", "/").rsplit("/", 1)[-1].lower()
-            if any(c in word for c in ";|&\n") or "\\n" in word:
+            if not _WORD_OPERATOR_CHARS.isdisjoint(word) or "\\n" in word:
                 return "has shell operators inside its command name (a quoted injection fragment)"
+            if (not _NAME_SPECIALS.isdisjoint(word) and word not in _GROUPING_WORDS
+                    and _OBFUSCATED_NAME.search(word)):
+                return "builds its program name from wildcards, braces or variables (an obfuscated command)"
             if name in _RECON:
                 return f"runs the reconnaissance or account command {name}"
             if name in _NETWORK_SHELLS:
@@ -293,4 +347,9 @@ class CommandScreen:
                 return f"pipes into the interpreter {name}"
             if name in ("eval", "iex", "invoke-expression"):
                 return f"runs {name}"
+        if ("'" in value or '"' in value or "repeat(" in value) and _FILLER.search(value):
+            return _RAW_WHAT["filler"]
+        low = value.lower()
+        if ("home" in low or "users" in low or "settings" in low) and _PROFILES.search(value):
+            return _RAW_WHAT["profiles"]
         return self.code_constructs(value) or self._sensitive_paths(value)

@@ -1,15 +1,19 @@
-"""What kind of value a parameter holds: url, path, command, code or text.
+"""What kind of value a parameter holds: url, path, command, code, content or text.
 
 The kind decides which screen runs on a string (a URL is resolved, a path is checked for
 traversal, a command is parsed like a shell would). Sources, strongest first:
 
 1. the operator: `[servers.<s>.tools.<t>] params = { name = "url" }`;
-2. the schema's `format` (`uri`, `iri`, `uri-reference`, `iri-reference`, `url` -> url);
+2. the schema's `format` (`uri`, `iri`, `uri-reference`, `iri-reference`, `url` -> url), and
+   `contentMediaType`/`contentEncoding` (-> content: the value is a document or file body);
 3. the parameter's name, by its last word (`file_url` is a URL, `url_file` a path; the head
    noun of an English compound comes last): `repo_path`, `filePath`, `sourceUrls`, `cmd`;
 4. the schema's `description`, by the first strong phrase in it ("The URL of the file" -> url).
 
-Everything else is text, which still gets the generic checks (limits, Unicode, backticks).
+Content (a file or message body: `content`, `body`, `text`, `file_content`, ...) is screened like
+text but gets the larger `max_content` string limit: writing a 20 KB file is ordinary work, a 20 KB
+URL or command is not. Everything else is text, which still gets the generic checks (limits,
+Unicode, backticks).
 Names are split on `_`, `-`, `.`, spaces and camelCase.
 """
 
@@ -39,6 +43,9 @@ _LAST: dict[str, Kind] = {
     "command": "command", "commands": "command", "cmd": "command", "cmdline": "command", "shell": "command",
     "code": "code", "script": "code", "snippet": "code", "expression": "code", "expr": "code", "sql": "code",
     "eval": "code", "program": "code",
+    # Bodies of files, documents and messages. (`data`: inline payloads such as base64 file data.)
+    "content": "content", "contents": "content", "body": "content", "text": "content", "data": "content",
+    "markdown": "content", "html": "content", "patch": "content", "diff": "content",
 }
 # `country_code` or `status_code` name an identifier, not source code.
 _CODE_QUALIFIERS = frozenset({
@@ -58,6 +65,13 @@ _DESCRIPTION = re.compile(
     r"|(?P<command>\b(?:shell commands?|command lines?|commands? to (?:run|execute)|bash|powershell)\b)"
     r"|(?P<code>\b(?:source code|(?:python|javascript|js|ruby|php|sql) (?:code|script|query|statement)s?"
     r"|code to (?:run|execute|evaluate)|scripts? to (?:run|execute)|expression to evaluate|sql)\b)",
+    re.IGNORECASE,
+)
+# Content phrases count only when no url/path/command/code phrase is present anywhere: a body
+# "to write to the file at the given URL" must stay a URL.
+_CONTENT_DESCRIPTION = re.compile(
+    r"\b(?:(?:file |document |page )?contents? (?:to (?:write|save|append|upload)|of the (?:file|document|page))"
+    r"|(?:text|markdown|html) to (?:write|save|append|insert)|body of the)\b",
     re.IGNORECASE,
 )
 
@@ -84,7 +98,7 @@ def kind_from_name(name: str) -> Kind | None:
 def kind_from_description(description: str) -> Kind | None:
     match = _DESCRIPTION.search(description[:500])
     if match is None or match.lastgroup is None:
-        return None
+        return "content" if _CONTENT_DESCRIPTION.search(description[:500]) else None
     kind: Kind = match.lastgroup  # type: ignore[assignment]
     return kind
 
@@ -94,6 +108,8 @@ def kind_from_schema(prop: dict[str, Any], name: str) -> Kind | None:
     fmt = prop.get("format")
     if isinstance(fmt, str) and fmt in _FORMATS:
         return _FORMATS[fmt]
+    if "contentMediaType" in prop or "contentEncoding" in prop:  # the schema says: an encoded document
+        return "content"
     by_name = kind_from_name(name)
     if by_name is not None:
         return by_name

@@ -65,6 +65,11 @@ _FIRST_AUTHORITY = re.compile(r"[/?#]")
 _HOST_CHARS = re.compile(r"^[a-z0-9_.-]+$")
 _NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
 _V4_IN_NAME = re.compile(r"(?:^|[.-])((?:\d{1,3}[.-]){3}\d{1,3})$")
+# Bare metadata targets in free text (no scheme): dotted quads and dotted metadata names. The regex
+# runs only when a hint is present (`literal_targets`): the leading octets of ip_forms' metadata
+# networks (169.254/16, 100.100.100.200, 192.0.0.192) or a metadata name part.
+_BARE_TARGET = re.compile(r"(?<![\w.-])(\d{1,3}(?:\.\d{1,3}){3}|metadata(?:\.[a-z0-9-]+)+"
+                          r"|instance-data(?:\.[a-z0-9-]+)*)(?![\w-]|\.\w)", re.IGNORECASE)
 _HEX_IN_NAME = re.compile(r"(?:^|[.-])([0-9a-f]{8})$")
 MAX_HOSTS = 16
 
@@ -198,6 +203,28 @@ class UrlScreen:
         if len(names) > MAX_HOSTS:
             return Finding("args.url.malformed", f"names more than {MAX_HOSTS} different hosts")
         return await self._resolve_all(names, allow)
+
+    def literal_targets(self, text: str) -> Finding | None:
+        """DNS-free checks of the targets written inside free text such as a command line: URLs
+        (`curl http://0x7f000001/`) and bare addresses or names (`wget 169.254.169.254/latest`).
+        Refused: cloud metadata addresses and names in any spelling, and ambiguous IP encodings.
+        Loopback and private targets and malformed authorities (`http://$HOST:$PORT/`) are left
+        alone: in a command they are ordinary work, and the sandbox's egress rules govern them."""
+        if ":/" in text or ":\\" in text:
+            for match in _EMBEDDED.finditer(text):
+                end = _URL_END.search(text, match.end())
+                rest = text[match.end(1) + 1: end.start() if end else len(text)]
+                found = self._literal_hosts(rest, set(), allow=True)
+                if found is not None and found.rule != "args.url.malformed":
+                    return found
+        low = text.lower()
+        if ("169.254." in low or "metadata" in low or "100.100.100." in low or "192.0.0." in low
+                or "instance-data" in low):
+            for bare in _BARE_TARGET.finditer(text):
+                found, _ = self._literal_cached(bare.group(1), True, False)
+                if found is not None and found.rule == "args.url.non-public":
+                    return found
+        return None
 
     def _check_scheme(self, scheme: str) -> Finding | None:
         if scheme in DANGEROUS_SCHEMES and scheme not in self.schemes:
