@@ -213,7 +213,7 @@ async def run() -> str:
         _benign_row(f"`max_content = {ArgumentSettings().max_string}` (file bodies get no larger limit)", flat), "",
         "Benign calls refused with the defaults:", "", *(f"- {w}" for w in default[3] or ["none"]), "",
         f"With the defaults, strings over `max_string` ({ArgumentSettings().max_string} bytes) are allowed only in "
-        f"content-kind parameters (file and message bodies: `content`, `body`, `text`, ...), up to `max_content` "
+        f"content-kind parameters (file and message bodies: `content`, `body`, `markdown`, ...), up to `max_content` "
         f"({ArgumentSettings().max_content} bytes) and within `max_total`; the second row shows the calls that "
         "limit would refuse without the content kind.", "",
         "The benign file has no tool schemas, so schema validation is not exercised here, and the static DNS map "

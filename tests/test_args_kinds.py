@@ -16,8 +16,8 @@ from mcpward.guards.param_kinds import kind_from_description, kind_from_name, sc
     ("image_path", "path"), ("directory", "path"), ("outputDir", "path"), ("cwd", "path"), ("url_file", "path"),
     ("command", "command"), ("cmd", "command"), ("shell", "command"), ("commandLine", "command"),
     ("code", "code"), ("script", "code"), ("python_code", "code"), ("sql_query", "code"), ("expression", "code"),
-    ("text", "content"), ("content", "content"), ("file_content", "content"), ("body", "content"),
-    ("newText", "content"), ("content_path", "path"), ("content_type", None),
+    ("text", None), ("data", None), ("content", "content"), ("file_content", "content"), ("body", "content"),
+    ("newText", None), ("content_path", "path"), ("content_type", None),
     ("query", None), ("file_hash", None), ("country_code", None),
     ("statusCode", None), ("filePattern", None), ("max_length", None), ("", None),
 ])

@@ -10,7 +10,7 @@ traversal, a command is parsed like a shell would). Sources, strongest first:
    noun of an English compound comes last): `repo_path`, `filePath`, `sourceUrls`, `cmd`;
 4. the schema's `description`, by the first strong phrase in it ("The URL of the file" -> url).
 
-Content (a file or message body: `content`, `body`, `text`, `file_content`, ...) is screened like
+Content (a file or message body: `content`, `body`, `file_content`, `markdown`, ...) is screened like
 text but gets the larger `max_content` string limit: writing a 20 KB file is ordinary work, a 20 KB
 URL or command is not. Everything else is text, which still gets the generic checks (limits,
 Unicode, backticks).
@@ -43,8 +43,9 @@ _LAST: dict[str, Kind] = {
     "command": "command", "commands": "command", "cmd": "command", "cmdline": "command", "shell": "command",
     "code": "code", "script": "code", "snippet": "code", "expression": "code", "expr": "code", "sql": "code",
     "eval": "code", "program": "code",
-    # Bodies of files, documents and messages. (`data`: inline payloads such as base64 file data.)
-    "content": "content", "contents": "content", "body": "content", "text": "content", "data": "content",
+    # Bodies of files, documents and messages. Not `text` or `data`: they name every kind of string, and
+    # the larger limit must stay with values that are plainly a document.
+    "content": "content", "contents": "content", "body": "content",
     "markdown": "content", "html": "content", "patch": "content", "diff": "content",
 }
 # `country_code` or `status_code` name an identifier, not source code.
