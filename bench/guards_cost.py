@@ -12,9 +12,9 @@ hooks) is measured the same way.
 Part 2, throughput: redaction of multi-MB text, (a) the real LiveMCPBench tool outputs from
 ../shared/eval (read at run time, repeated to the size asked), (b) a synthetic application log
 (seeded, so every run scans the same bytes). Secret redaction alone (the rule set plus exact values,
-what detect-secrets does), the full output scan (secrets, PII, markers) and the whole guard on one
-huge text block. detect-secrets 1.5.0 scans the same text in the same run (its default plugins, via
-`SecretsCollection.scan_file`).
+what detect-secrets does), the full output scan (secrets, PII, markers and, in the same pass, control
+and invisible characters) and the whole guard on one huge text block. detect-secrets 1.5.0 scans
+the same text in the same run (its default plugins, via `SecretsCollection.scan_file`).
 
 CPU time (process_time) is reported next to wall time: the bench machine is shared, and CPU time
 is what the guard itself costs.
@@ -41,8 +41,8 @@ import orjson
 from mcpward.gateway.config import parse
 from mcpward.gateway.context import system_context
 from mcpward.guards import output
-from mcpward.guards.base import Call, GuardChain
-from mcpward.guards.redactor import SECRETS, encode, splice
+from mcpward.guards.base import Call, GuardChain, Listed
+from mcpward.guards.redactor import CONTROL, SECRETS, Hit, encode, neutralise_bytes, splice
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = Path(os.environ.get("MCPWARD_EVAL", ROOT.parent / "shared" / "eval"))
@@ -121,6 +121,8 @@ def synthetic_log(target: int, seed: int = 7) -> str:
 
 # ------------------------------------------------------------------------------------------ timing
 
+BATCH = 500  # calls per CPU-time sample
+
 
 def throughput(fn: Callable[[], object], nbytes: int, runs: int) -> tuple[float, float]:
     """(wall MB/s, CPU MB/s), best of `runs` after one warm-up run."""
@@ -134,20 +136,31 @@ def throughput(fn: Callable[[], object], nbytes: int, runs: int) -> tuple[float,
     return nbytes / wall / 1e6, nbytes / cpu / 1e6
 
 
-async def per_call(hook: Callable[[dict[str, Any]], Any], result: dict[str, Any], n: int) -> tuple[float, float]:
-    """(median, p99) microseconds of one awaited call, each on a fresh copy of `result` (as the gateway
-    parses a fresh result per request; the guards may change it in place). Copies are made untimed."""
+async def per_call(hook: Callable[[dict[str, Any]], Any], result: dict[str, Any], n: int) -> tuple[float, float, float]:
+    """(median, p99, CPU) microseconds of one awaited call, each on a fresh copy of `result` (as the gateway
+    parses a fresh result per request; the guards may change it in place). Copies are made untimed.
+
+    Median and p99 are wall time per call. CPU is the median, over batches of BATCH calls, of the
+    process CPU time per call: on a shared machine a call that is preempted costs wall time but no
+    CPU time, so this is the figure that says what the guards themselves cost.
+    """
     copies = [orjson.loads(orjson.dumps(result)) for _ in range(n + 500)]
     for i in range(500):
         await hook(copies[i])
     samples = []
+    batches = []
+    cpu = time.process_time_ns()
     for i in range(500, n + 500):
         arg = copies[i]
         t = time.perf_counter_ns()
         await hook(arg)
         samples.append((time.perf_counter_ns() - t) / 1000)
+        if (i - 499) % BATCH == 0:
+            now = time.process_time_ns()
+            batches.append((now - cpu) / BATCH / 1000)
+            cpu = time.process_time_ns()
     samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.99)]
+    return statistics.median(samples), samples[int(len(samples) * 0.99)], statistics.median(batches or [0.0])
 
 
 def detect_secrets_rate(text: str) -> float | None:
@@ -177,7 +190,7 @@ async def latency_part(calls: int) -> list[str]:
     guard = output.from_config(cfg)
     assert guard is not None
     ctx = system_context()
-    rows = ["| 1 KiB result | output guard, median | p99 |", "|---|---|---|"]
+    rows = ["| 1 KiB result | output guard, median | p99 | CPU per call |", "|---|---|---|---|"]
     for label, result in typical_results().items():
         call = Call(ctx=ctx, method="tools/call", params={"name": "t", "arguments": {}}, server="bench",
                     target="t", exposed="bench__t")
@@ -185,22 +198,30 @@ async def latency_part(calls: int) -> list[str]:
         async def hook(fresh: dict[str, Any], call: Call = call) -> Any:
             return await guard.on_result(call, fresh)
 
-        med, p99 = await per_call(hook, result, calls)
-        rows.append(f"| {label} | {med:.1f} us | {p99:.1f} us |")
+        med, p99, cpu = await per_call(hook, result, calls)
+        rows.append(f"| {label} | {med:.1f} us | {p99:.1f} us | {cpu:.1f} us |")
     try:
         from mcpward.guards.setup import build_chain
     except ImportError:
         return rows
-    # permit-all so the timed call is allowed (the policy is still evaluated on every call).
+    # permit-all so the timed call is allowed (the policy is still evaluated on every call). The
+    # integrity guard (on by default) pins in a temporary lock file and must have seen the tool listed,
+    # as the gateway's list refresh does before any call.
+    tmp = tempfile.TemporaryDirectory()
     chain: GuardChain = build_chain(parse({"servers": {"bench": {"command": "unused"}},
-                                           "policy": {"base": "permit-all"}}))
+                                           "policy": {"base": "permit-all"}},
+                                          str(Path(tmp.name) / "mcpward.toml"), Path(tmp.name)))
+    tool = {"name": "bench__t", "description": "Reads a file of the project and returns its text.",
+            "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+            "annotations": {"readOnlyHint": True}}
+    chain.published("bench", "tools", [Listed("bench", "t", tool)])
     names = ", ".join(type(g).__name__ for g in chain.guards) or "empty"
     rows.append("")
     rows.append(f"Whole chain from `setup.build_chain` with `[policy] base = \"permit-all\"` ({names}), "
                 "request and result hooks:")
     rows.append("")
-    rows.append("| 1 KiB result | chain, median | p99 |")
-    rows.append("|---|---|---|")
+    rows.append("| 1 KiB result | chain, median | p99 | CPU per call |")
+    rows.append("|---|---|---|---|")
     for label, result in typical_results().items():
         async def full(fresh: dict[str, Any]) -> Any:
             call = Call(ctx=ctx, method="tools/call", params={"name": "t", "arguments": {"path": "README.md"}},
@@ -208,8 +229,9 @@ async def latency_part(calls: int) -> list[str]:
             await chain.request(call)
             return await chain.result(call, fresh)
 
-        med, p99 = await per_call(full, result, calls)
-        rows.append(f"| {label} | {med:.1f} us | {p99:.1f} us |")
+        med, p99, cpu = await per_call(full, result, calls)
+        rows.append(f"| {label} | {med:.1f} us | {p99:.1f} us | {cpu:.1f} us |")
+    tmp.cleanup()
     return rows
 
 
@@ -223,8 +245,15 @@ def throughput_part(megabytes: float, runs: int, with_ds: bool) -> list[str]:
     ctx = system_context()
     call = Call(ctx=ctx, method="tools/call", params={}, server="bench", target="t", exposed="bench__t")
     target = int(megabytes * 1e6)
-    rows = ["| text | secret redaction | output scan (secrets, PII, markers) | whole output guard | "
-            "detect-secrets 1.5.0 | mcpward secrets / detect-secrets |", "|---|---|---|---|---|---|"]
+
+    def redacts(hit: Hit) -> bool:
+        det = hit.detector
+        mode = guard.secret_mode if det.kind in ("secret", "exact") else guard.pii_modes.get(det.category, "")
+        return mode == "redact"
+
+    rows = ["| text | secret redaction | output scan (secrets, PII, markers, control characters) | "
+            "whole output guard | detect-secrets 1.5.0 | mcpward secrets / detect-secrets |",
+            "|---|---|---|---|---|---|"]
     for label, text in (("LiveMCPBench tool outputs", real_outputs(target)), ("synthetic application log",
                                                                                synthetic_log(target))):
         data = encode(text)
@@ -235,8 +264,15 @@ def throughput_part(megabytes: float, runs: int, with_ds: bool) -> list[str]:
             return splice(data, hits) if hits else None
 
         def full_scan(data: bytes = data) -> object:
+            # As the guard scans: the same pass reports control/invisible characters; only then is
+            # the text neutralised and scanned again. Only findings whose mode is `redact` are
+            # replaced: log-only ones (e-mail, phone, IP by default) are counted, the text is kept.
             hits = redactor.scan(data, guard.profile, None, guard.log_limits)
-            return splice(data, hits) if hits else None
+            if hits and hits[0].detector is CONTROL:
+                data = neutralise_bytes(data)[0]
+                hits = redactor.scan(data, guard.plain_profile, None, guard.log_limits)
+            keep = [h for h in hits if redacts(h)]
+            return splice(data, keep) if keep else None
 
         result = {"content": [{"type": "text", "text": text}]}
 

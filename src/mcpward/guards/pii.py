@@ -12,10 +12,15 @@ Kinds and why they are found the way they are:
 - phone: a formatted number (international "+..." or a national form with separators/parentheses)
   that `phonenumbers` says is valid, in the number's own country for "+" numbers and in the
   configured regions otherwise. Bare digit runs are not phone numbers here (ids, timestamps).
+  Lower confidence, own rule id `pii-phone-country`: a number right after a word that names a
+  country and a phone label ("my Japanese number is 090-...", "CN mobile: 138..."), valid in that
+  country's numbering plan (the text says whose number it is, so `phone_regions` need not list it).
 - ip: every syntactically valid IPv4/IPv6 address (public and private: a private address maps an
-  internal network, a public one may identify a person), except the unspecified "::" and IPv6
-  candidates without a single decimal digit (C++ `a::b` scopes). Part of a longer dotted run
-  (`1.2.3.4.5`) is a version number, not an address.
+  internal network, a public one may identify a person), except IPv6 candidates without a single
+  decimal digit (C++ `a::b` scopes). Part of a longer dotted run (`1.2.3.4.5`) is a version number,
+  not an address. The unspecified address "::" alone is found only right after an address label
+  (`src=::`, `ipv6 ::`; own rule id `pii-ip-unspecified`): bare, it is more often a C++ scope, a
+  Haskell type annotation or a reStructuredText literal marker.
 
 Defaults: card, ssn, iban redact; email, phone, ip only log (audit), because they are common in
 legitimate output (`git log`, server logs, contact tools). Per tool, `allow_pii` lists kinds the tool
@@ -32,6 +37,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import phonenumbers
@@ -232,6 +238,73 @@ def _email_check(data: bytes, m0: int, m1: int, s: int, e: int) -> tuple[int, in
     return (start, e) if valid_email(data[start:e].decode("ascii", "replace")) else None
 
 
+def _load_country_words() -> dict[str, str]:
+    """Lower-case country names and adjectives -> ISO region (data/phone_countries.txt)."""
+    words: dict[str, str] = {}
+    text = resources.files("mcpward.guards").joinpath("data/phone_countries.txt").read_text("utf-8")
+    for line in text.splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) >= 2:
+            for word in parts[1:]:
+                words[word] = parts[0]
+    return words
+
+
+COUNTRY_WORDS = _load_country_words()
+# Words between the country and the label that say nothing about whose number it is.
+_PHONE_WORDS = frozenset({"phone", "mobile", "cell", "cellphone", "telephone", "landline", "contact", "home",
+                          "work", "office", "business", "personal", "private", "fax", "whatsapp"})
+
+
+def _region_of(word: bytes) -> str | None:
+    """The region a word names: a listed name/adjective (any case) or an upper-case ISO code ("CN")."""
+    text = word.decode("ascii", "replace")
+    if len(text) == 2:
+        # Only upper case: "in", "it", "me", "no" are words, "IN", "IT" are codes.
+        return text if text.isupper() and text in phonenumbers.SUPPORTED_REGIONS else None
+    return COUNTRY_WORDS.get(text.lower())
+
+
+@functools.lru_cache(maxsize=4096)
+def valid_phone_in(text: str, region: str) -> bool:
+    try:
+        return bool(phonenumbers.is_valid_number(phonenumbers.parse(text, region)))
+    except phonenumbers.NumberParseException:
+        return False
+
+
+def _country_phone(data: bytes, m0: int, m1: int, s: int, e: int) -> bool:
+    """The match is `<label> <number>`; the country is the nearest word before the label that is not
+    itself a phone word ("my Japanese mobile number" -> Japanese); the number must be valid there."""
+    raw = data[s:e]
+    digits = len(raw.translate(None, _NOT_DIGITS))
+    if not 7 <= digits <= 15 or not _standalone(data, s, e, b""):
+        return False
+    words = data[max(0, m0 - 48):m0].split()
+    for word in reversed(words[-3:]):
+        word = word.strip(b"'\"(,:")
+        if word.lower() in _PHONE_WORD_BYTES:
+            continue
+        region = _region_of(word)
+        return region is not None and valid_phone_in(raw.decode("ascii"), region)
+    return False
+
+
+_PHONE_WORD_BYTES = frozenset(w.encode() for w in _PHONE_WORDS)
+
+
+def _unspecified_ip(data: bytes, m0: int, m1: int, s: int, e: int) -> bool:
+    """`::` after an address label: not glued to an address character; written as an assignment
+    (`src=::`, `bind: ::`), or after a space and followed by no word (`ipv6 ::` ends the phrase;
+    `host :: String` is a Haskell type annotation, `ip::tcp` a C++ scope)."""
+    if e < len(data) and (_word(data[e]) or data[e] in b":.%-"):
+        return False
+    if data[m0:s].rstrip().endswith((b"=", b":")):
+        return True
+    rest = data[e:e + 16].lstrip(b" \t")
+    return not rest or not (_word(rest[0]) or rest[0] in b"[(")
+
+
 def detectors(phone_regions: tuple[str, ...] = ("US",)) -> list[Detector]:
     """The PII candidates, in priority order (a card beats a phone reading of the same digits)."""
 
@@ -258,6 +331,10 @@ def detectors(phone_regions: tuple[str, ...] = ("US",)) -> list[Detector]:
                  r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
                  r"\.(?:[A-Za-z]{2,24}|xn--[A-Za-z0-9-]+)\b",
                  _email_check, "e-mail address"),
+        Detector("pii-phone-country", "pii", "phone",
+                 r"(?i:\b(?:number|phone|mobile|cell(?:phone)?|telephone|tel|landline)(?:\s+(?:is|no\.?|number))?"
+                 r"\s*[:=#.]?\s*)(\+?\d[\d .()-]{5,20}\d)\b",
+                 accept(_country_phone), "phone number labelled with its country (lower confidence)"),
         Detector("pii-phone", "pii", "phone",
                  r"\+[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){2,5}"
                  r"|\(\d{2,4}\) ?\d{3,4}[ .-]?\d{3,4}"
@@ -272,6 +349,10 @@ def detectors(phone_regions: tuple[str, ...] = ("US",)) -> list[Detector]:
         Detector("pii-ipv6", "pii", "ip",
                  r"::(?:[0-9A-Fa-f]{1,4}:)*(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*)?",
                  _ipv6_compressed, "IPv6 address written with ::"),
+        Detector("pii-ip-unspecified", "pii", "ip",
+                 r"(?i:\b(?:ipv6|ip|address|addr|src|dst|source|destination|bind|listen|host|gateway)\b)"
+                 r"(?:[ \t]+|[ \t]*[:=][ \t]*)(::)",
+                 accept(_unspecified_ip), "the unspecified IPv6 address after an address label"),
     ]
 
 

@@ -209,6 +209,8 @@ class Redactor:
                 dets = [d for d in self.detectors if profile.includes(d)]
                 if self._exact is not None:
                     dets.insert(0, self._exact)
+                if CONTROL.kind in profile.kinds:
+                    dets.insert(0, CONTROL)
                 program = _compile(dets)
                 self._programs = {**self._programs, profile.name: program}
         return program
@@ -220,11 +222,15 @@ class Redactor:
         `allow` drops detectors (e.g. PII kinds a tool may return) before their check runs.
         `limits` caps the findings per category: once a category has that many, the scan goes on
         with a program without it (for findings that are only counted, dense logs stay cheap).
+        A profile with the "control" kind stops at the first control or invisible character and
+        returns only that hit (`CONTROL`): the caller neutralises the text and scans it again.
+        That check rides on the same DFA pass instead of costing a pass of its own.
         """
         program = self.program(profile)
         find = program.find._regexp.Match
         which = program.which._set.Match
         detectors, each = program.detectors, program.each
+        control = CONTROL.kind in profile.kinds
         hits: list[Hit] = []
         counts: dict[str, int] = {}
         pos, end = 0, len(data)
@@ -237,6 +243,8 @@ class Redactor:
             matched = which(data[m0:m1])
             index = min(matched) if matched else -1
             det = detectors[index] if index >= 0 else None
+            if det is CONTROL:
+                return [Hit(CONTROL, m0, m1)]
             if det is not None and (allow is None or allow(det)):
                 s, e = m0, m1
                 regex = each[index]
@@ -256,6 +264,10 @@ class Redactor:
             if det is not None and span is not None and span[0] < span[1]:
                 hits.append(Hit(det, span[0], span[1]))
                 pos = max(m1, span[1]) if m1 > m0 else _next_char(data, m0)
+                if control and needs_neutralising(data[m0:pos]):
+                    # The finding covered a control character the scan would otherwise step over
+                    # (a marker or a logged finding keeps its text, so it must be neutralised).
+                    return [Hit(CONTROL, m0, pos)]
                 if limits is not None and det.category in limits:
                     counts[det.category] = counts.get(det.category, 0) + 1
                     if counts[det.category] >= limits[det.category]:
@@ -265,7 +277,14 @@ class Redactor:
                         detectors, each = program.detectors, program.each
             else:
                 rejects += 1
-                pos = m1 if rejects > MAX_REJECTS and m1 > m0 else _next_char(data, m0)
+                if rejects > MAX_REJECTS and m1 > m0:
+                    if control and needs_neutralising(data[m0:m1]):
+                        return [Hit(CONTROL, m0, m1)]
+                    pos = m1
+                else:
+                    pos = m0 + 1
+                    if pos < end and data[pos] >= 0x80:
+                        pos = _next_char(data, m0)
         return _propagate(data, hits) if hits else hits
 
     def scan_texts(self, texts: Sequence[bytes], pairs: Sequence[bool], profile: Profile,
@@ -344,6 +363,8 @@ def _propagate(data: bytes, hits: list[Hit]) -> list[Hit]:
         return hits
     extra: list[Hit] = []
     for value, det in values.items():
+        if data.count(value) < 2:
+            continue  # only where it was found (the common case, one C-speed check)
         at = data.find(value)
         while at >= 0:
             end = at + len(value)
@@ -402,6 +423,15 @@ _CLASS = ("".join(f"\\x{{{c:x}}}" for c in sorted(_REPLACE)) + "\\x{e0000}-\\x{e
 _NEUTRALISE = re2.compile("\\x1b\\[[0-?]*[ -/]*[@-~]|\\x1b\\][^\\x07\\x1b]*(?:\\x07|\\x1b\\\\)|\\x1b[@-Z\\\\-_]"
                           "|\\x{9b}[0-?]*[ -/]*[@-~]|[" + _CLASS + "]")
 _SUSPECT = re2.compile("[" + _CLASS + "]")
+
+
+# The same characters as UTF-8 byte sequences for the matcher's Latin-1 DFA (profile kind "control"):
+# the output guard's one scan finds them too, and neutralises only when it did. The last two
+# alternatives are the tags U+E0000-E007F and the variation selectors U+E0100-E01EF.
+CONTROL = Detector("control-character", "control", "control",
+                   "|".join("".join(f"\\x{b:02x}" for b in chr(c).encode()) for c in sorted(_REPLACE))
+                   + "|\\xf3\\xa0[\\x80\\x81\\x84-\\x86][\\x80-\\xbf]|\\xf3\\xa0\\x87[\\x80-\\xaf]",
+                   description="a control or invisible character")
 _ASCII_OK = bytes(b for b in range(0x80) if (b >= 0x20 and b != 0x7F) or b in (0x09, 0x0A, 0x0D))
 
 
@@ -529,8 +559,16 @@ def _field(obj: Any, key: str, out: list[Slot]) -> None:
 
 
 def _blocks(blocks: Any, out: list[Slot]) -> None:
-    for block in _items(blocks):
-        _block(block, out)
+    if not isinstance(blocks, list):
+        return
+    for block in blocks:
+        if isinstance(block, dict):
+            if block.get("type") == "text":  # the common case, inline: this runs on every result
+                text = block.get("text")
+                if isinstance(text, str):
+                    out.append(Slot(block, "text", text))
+            else:
+                _block(block, out)
 
 
 def _block(block: dict[str, Any], out: list[Slot]) -> None:

@@ -196,10 +196,16 @@ _DUMMY_WORDS = ("example", "sample", "dummy", "012345", "123456", "234567", "345
                 "765432", "654321", "abcdef", "bcdefg")
 
 
+_BINARY = frozenset("01_-")
+
+
 def is_dummy(value: str) -> bool:
     """Documentation-style values: EXAMPLE in the token, counting runs, only 0s and 1s."""
     low = value.lower()
-    return any(w in low for w in _DUMMY_WORDS) or set(value) <= set("01_-")
+    for word in _DUMMY_WORDS:  # a plain loop: half the cost of any() over a generator, on every token found
+        if word in low:
+            return True
+    return set(value) <= _BINARY
 
 
 def _not_dummy(data: bytes, m0: int, m1: int, s: int, e: int) -> bool:

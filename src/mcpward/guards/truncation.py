@@ -1,0 +1,158 @@
+"""The size cap on results: truncate to a byte budget with an explicit marker, keeping a valid result.
+
+Runs after redaction, so a cut can never leave half a secret behind. Text is cut at whole characters
+so that its JSON form fits the budget.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from mcpward.guards.redactor import Slot, collect_value, encode
+from mcpward.protocol.jsonrpc import JsonObj
+
+_RESERVE = 512  # bytes kept free for the marker and the note
+
+
+def size_of(value: Any) -> int:
+    return len(orjson.dumps(value))
+
+
+def fit_text(text: str, max_json_bytes: int) -> str:
+    """The longest prefix of `text` whose JSON string form fits in `max_json_bytes` (whole characters)."""
+    if max_json_bytes <= 2:
+        return ""
+    raw = encode(text)
+    cut = min(len(raw), max_json_bytes)
+    while cut > 0:
+        piece = raw[:cut].decode("utf-8", "ignore")
+        size = size_of(piece)
+        if size <= max_json_bytes:
+            return piece
+        cut = min(cut - 1, cut * max_json_bytes // size)  # escapes made it bigger: shrink in proportion
+    return ""
+
+
+def cap(method: str, result: JsonObj, limit: int, output_schema: bool,
+        original: int | None = None) -> tuple[JsonObj, dict[str, Any]] | None:
+    """Truncate a result to `limit` serialised bytes; None when it fits. Always a valid result of its kind.
+
+    `original` is the size before the guard shortened overlong strings ahead of the scan (reported
+    in the marker instead of the already shortened size).
+    """
+    size = size_of(result)
+    if size <= limit:
+        return None
+    size = max(size, original or 0)
+    budget = max(limit - _RESERVE, 0)
+    info: dict[str, Any] = {"from_bytes": size, "limit": limit}
+    if method == "tools/call":
+        out, dropped = _cap_tool(result, budget, output_schema, info)
+        out["content"].append({"type": "text", "text": _marker(size, limit, dropped, info)})
+        return out, info
+    if method == "resources/read":
+        items, dropped = _cap_items(result.get("contents"), budget, "text", info)
+        return {**result, "contents": items}, info
+    if method == "prompts/get":
+        raw = result.get("messages")
+        messages: list[Any] = raw if isinstance(raw, list) else []
+        kept: list[Any] = []
+        remaining = budget
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            one = isinstance(content, dict)
+            blocks, _ = _cap_items([content] if one else content, remaining, "text", info)
+            remaining -= size_of(blocks)
+            if blocks:
+                kept.append({**message, "content": blocks[0] if one else blocks})
+            if remaining <= 0:
+                break
+        return {**result, "messages": kept}, info
+    return None
+
+
+def _marker(size: int, limit: int, dropped: int, info: dict[str, Any]) -> str:
+    text = f"[mcpward: result truncated from {size:,} to at most {limit:,} bytes"
+    if dropped:
+        text += f"; {dropped} content block(s) left out"
+    if info.get("structured") == "withheld":
+        text += "; structuredContent withheld"
+    elif info.get("structured") == "shortened":
+        text += "; long strings in structuredContent shortened"
+    return text + "]"
+
+
+def _cap_tool(result: JsonObj, budget: int, output_schema: bool, info: dict[str, Any]) -> tuple[JsonObj, int]:
+    out = {k: v for k, v in result.items() if k not in ("content", "structuredContent")}
+    structured = result.get("structuredContent")
+    remaining = budget
+    if structured is not None:
+        sc_size = size_of(structured)
+        if sc_size > budget // 2:
+            # Shorten its longest strings first: the value keeps its shape (and usually its schema).
+            structured = _shorten_strings(structured, sc_size - budget // 2)
+            sc_size = size_of(structured)
+            info["structured"] = "shortened"
+        if sc_size <= budget // 2:
+            out["structuredContent"] = structured
+            remaining -= sc_size
+        else:
+            info["structured"] = "withheld"
+            if output_schema:
+                # A client validates structuredContent against the tool's outputSchema unless the
+                # result is an error: a withheld one is reported as one instead of failing there.
+                out["isError"] = True
+            else:
+                out["structuredContent"] = {"mcpward_truncated": f"structuredContent of {sc_size:,} bytes withheld: "
+                                                                  f"over the result size limit"}
+    content = result.get("content")
+    blocks, dropped = _cap_items(content if isinstance(content, list) else [], remaining, "text", info)
+    out["content"] = blocks
+    return out, dropped
+
+
+def _shorten_strings(value: Any, excess: int) -> Any:
+    """A copy of `value` with its longest strings cut until about `excess` bytes are gone."""
+    copy = orjson.loads(orjson.dumps(value))
+    slots: list[Slot] = []
+    holder = {"v": copy}
+    collect_value(holder, "v", slots)
+    for slot in sorted((s for s in slots if not s.is_key), key=lambda s: -len(s.text)):
+        if excess <= 0:
+            break
+        size = size_of(slot.text)
+        keep = max(size - excess - 32, 0)
+        new = fit_text(slot.text, keep) + "[mcpward: truncated]"
+        excess -= size - size_of(new)
+        slot.container[slot.key] = new
+    return holder["v"]
+
+
+def _cap_items(items: Any, budget: int, key: str, info: dict[str, Any]) -> tuple[list[Any], int]:
+    """Keep items in order while they fit; cut the first text that does not; leave the rest out."""
+    kept: list[Any] = []
+    dropped = 0
+    remaining = budget
+    for item in items if isinstance(items, list) else ():
+        size = size_of(item) + 1
+        if size <= remaining:
+            kept.append(item)
+            remaining -= size
+            continue
+        text = item.get(key) if isinstance(item, dict) else None
+        overhead = size - size_of(text) if isinstance(text, str) else 0
+        if isinstance(text, str) and remaining - overhead > 64:
+            suffix = "\n[mcpward: truncated]" if key == "text" else ""
+            kept.append({**item, key: fit_text(text, remaining - overhead - len(suffix) - 2) + suffix})
+            info["cut"] = info.get("cut", 0) + 1
+            remaining = 0
+        else:
+            dropped += 1
+    if dropped:
+        info["dropped"] = info.get("dropped", 0) + dropped
+    return kept, dropped
+
+
+# ------------------------------------------------------------------------------------------ config
