@@ -60,12 +60,17 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class ScanContext:
-    """What the rest of the catalog looks like, for the cross-server checks."""
+    """What the rest of the catalog looks like, for the cross-server checks.
+
+    A context is a snapshot: `others` must not change while the context is used (the scanner computes the
+    catalog's key once per context; build a new context when a list changes, as the gateway does)."""
 
     server: str  # the scanned item's server
     others: Mapping[str, frozenset[str]]  # other server name -> its upstream tool/prompt names
     # A prepared `shadowing.CatalogIndex` of `others`, kept by a long-lived caller; None: built per catalog.
     index: Any = field(default=None, compare=False)
+    # The scanner's key of `others`, filled on first use (scanner.catalog_key; not part of the value).
+    key: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 EMPTY = Report((), 0.0, Severity.NONE)

@@ -12,7 +12,6 @@ characters, at most MAX_DECODES payloads per field, and decoding goes at most MA
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 import unicodedata
@@ -45,11 +44,42 @@ _HEX_ESCAPES = re.compile(r"(?:\\x[0-9A-Fa-f]{2}){8,}")
 _URL_ENCODED = re.compile(r"(?:[^\s%]{0,40}%[0-9A-Fa-f]{2}){4,}[^\s%]{0,40}")
 _HTML_COMMENT = re.compile(rf"<!--(.{{0,{MAX_DECODED}}}?)(?:-->|$)", re.S)
 _WORDS = re.compile(r"[A-Za-z]{2,}")
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 # Anything normalisation would change or decode in ASCII text: controls and ESC, a comment, an escape,
 # a percent-encoding, or a run long enough to be base64/hex. Text without any is already normal.
 SUSPECT = re.compile(
     rf"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|<!--|\\x[0-9A-Fa-f]{{2}}|%[0-9A-Fa-f]{{2}}|[A-Za-z0-9+/_-]{{{MIN_RUN},}}"
 )
+
+
+# The same test without a regex walking every letter: a byte table marks controls "c" and base64/hex
+# characters "a" (anything else, every byte of a non-ASCII character included, becomes a space), so a
+# long run is a substring search. SUSPECT stays the definition; `suspect` is checked against it in tests.
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+_RUN_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
+_MARKS_TABLE = bytes(
+    ord("c") if b in _CONTROL_BYTES else ord("a") if b in _RUN_BYTES else ord(" ") for b in range(256)
+)
+_LONG_RUN = b"a" * MIN_RUN
+_HEX_ESCAPE = re.compile(r"\\x[0-9A-Fa-f]{2}")
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def _marked(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass").translate(_MARKS_TABLE)
+
+
+def suspect(text: str) -> bool:
+    """`SUSPECT.search(text) is not None`, at C speed: something normalising would strip or decode."""
+    if "<!--" in text or ("\\x" in text and _HEX_ESCAPE.search(text)) or ("%" in text and _PERCENT.search(text)):
+        return True
+    marked = _marked(text)
+    return b"c" in marked or _LONG_RUN in marked
+
+
+def plain(text: str) -> bool:
+    """ASCII that normalising leaves as it is and in which there is nothing to decode."""
+    return text.isascii() and not suspect(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +178,15 @@ def _decode_bytes(raw: bytes) -> str | None:
 
 def _b64(run: str) -> str | None:
     body = run.rstrip("=")
-    if not any(c.isdigit() or c in "+/" for c in body) and body.isalpha() and body.islower():
+    if body.isalpha() and body.islower():
         return None  # a long lower-case word is not base64 anyone wrote on purpose
-    alt = "-_" if ("-" in body or "_" in body) else None
-    padded = body + "=" * (-len(body) % 4)
+    if len(body) % 4 == 1:
+        return None  # no base64 has this length (the decoder would refuse it): skip raising and catching
+    data = (body + "=" * (-len(body) % 4)).encode("ascii")
+    if "-" in body or "_" in body:
+        data = data.translate(_URLSAFE)  # the URL-safe alphabet, as b64decode(altchars="-_") reads it
     try:
-        raw = base64.b64decode(padded, altchars=alt.encode() if alt else None, validate=True)
+        raw = binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
         return None
     return _decode_bytes(raw)
@@ -167,20 +200,26 @@ def _decodes(text: str) -> list[Layer]:
         if decoded and len(found) < MAX_DECODES:
             found.append(Layer(layer, m.start(group), m.end(group), decoded[:MAX_DECODED]))
 
-    for m in _HTML_COMMENT.finditer(text):
-        body = m.group(1).strip()
-        if body:
-            add("html-comment", m, body)
-    for m in _BASE64.finditer(text):
-        add("base64", m, _b64(m.group()))
-    for m in _HEX.finditer(text):
-        add("hex", m, _decode_bytes(bytes.fromhex(m.group())))
-    for m in _HEX_ESCAPES.finditer(text):
-        add("hex", m, _decode_bytes(bytes.fromhex(m.group().replace("\\x", ""))))
-    for m in _URL_ENCODED.finditer(text):
-        decoded = urllib.parse.unquote(m.group(), errors="strict") if "%" in m.group() else None
-        if decoded and decoded != m.group() and _readable(decoded):
-            add("url", m, decoded)
+    # Each pattern runs only when the text holds what it cannot match without (most text holds none):
+    # a cheap substring or run test instead of five regex scans per field.
+    if "<!--" in text:
+        for m in _HTML_COMMENT.finditer(text):
+            body = m.group(1).strip()
+            if body:
+                add("html-comment", m, body)
+    if _LONG_RUN in _marked(text):
+        for m in _BASE64.finditer(text):
+            add("base64", m, _b64(m.group()))
+        for m in _HEX.finditer(text):
+            add("hex", m, _decode_bytes(bytes.fromhex(m.group())))
+    if "\\x" in text:
+        for m in _HEX_ESCAPES.finditer(text):
+            add("hex", m, _decode_bytes(bytes.fromhex(m.group().replace("\\x", ""))))
+    if "%" in text:
+        for m in _URL_ENCODED.finditer(text):
+            decoded = urllib.parse.unquote(m.group(), errors="strict") if "%" in m.group() else None
+            if decoded and decoded != m.group() and _readable(decoded):
+                add("url", m, decoded)
     return found
 
 
@@ -220,7 +259,7 @@ def normalise(raw: str, *, decode: bool = True) -> Normalised:
     out = Normalised(text, marks)
     if tag_layers:
         out.layers.extend(tag_layers)
-    if decode and SUSPECT.search(text):
+    if decode and suspect(text):
         out.layers.extend(_decodes(text))
     return out
 

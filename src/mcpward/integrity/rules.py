@@ -15,6 +15,12 @@ Patterns are RE2 (linear time, no look-around, no back-references) and must be b
 `.{0,80}`, never `.*` or `.+`, so a rule cannot match across a whole description. All rules of a scope are
 compiled into one RE2 Set: a field is read once whatever the number of rules; the individual regex of a
 rule runs only on fields the Set says it matches (rare on benign text).
+
+The Sets are compiled in multi-line mode, so `^` and `$` also match at line ends. That makes them a superset
+filter (a Set hit that the rule's own regex does not confirm yields no finding) which stays sound when the
+strings of a whole item are joined with newlines and matched in one pass (`maybe`): a rule that matches a
+field alone also matches the joined text. Rules anchored with `\\A`/`\\z` (or that turn multi-line off) would
+break that; a scope holding one is matched field by field instead.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ _BROAD_ESCAPE = re.compile(r"\\[SWD]")
 _ESCAPE = re.compile(r"\\.")
 _CLASS = re.compile(r"\[(\^?)(?:\\.|[^\]\\])+\]")
 _UNBOUNDED = re.compile(r"[.N](?:[*+]|\{\d+,\})")
+# Text-absolute anchors and a flag group that turns multi-line off: a joined match could miss such a rule.
+_NOT_JOINABLE = re.compile(r"\\[Az]|\(\?[a-zA-Z]*-[a-zA-Z]*m")
 
 
 def unbounded(pattern: str) -> bool:
@@ -67,10 +75,21 @@ class RuleSet:
     sets: dict[str, Any]  # scope -> compiled re2.Set (or None when the scope has no rules)
     index: dict[str, tuple[int, ...]]  # scope -> rule indexes in Set order
     regexes: tuple[Any, ...]  # per rule, its own compiled regex (for spans)
+    joinable: dict[str, bool]  # scope -> a joined pass over many strings finds every rule a single one would
 
     def any_match(self, scope: str, text: str) -> bool:
+        """Whether some rule of the scope may match `text` (a superset: `match` confirms)."""
         matcher = self.sets.get(scope)
         return bool(matcher is not None and text and matcher.Match(text))
+
+    def maybe(self, scope: str, texts: list[str]) -> bool:
+        """Whether some rule of the scope may match one of `texts`; False means none does. One Set pass
+        over the texts joined by blank lines when the scope allows it, else one pass per text."""
+        if self.sets.get(scope) is None:
+            return False
+        if self.joinable[scope]:
+            return self.any_match(scope, "\n\n".join(texts))
+        return any(self.any_match(scope, t) for t in texts)
 
     def match(self, scope: str, text: str) -> list[tuple[Rule, int, int]]:
         """Every (rule, start, end) of the scope's rules in `text`, first match per rule and up to
@@ -158,16 +177,18 @@ def load(rules_dir: Path | None = None) -> RuleSet:
         seen.add(rule.id)
     sets: dict[str, Any] = {}
     index: dict[str, tuple[int, ...]] = {}
+    joinable: dict[str, bool] = {}
     for scope in SCOPES:
         members = [i for i, r in enumerate(rules) if r.scope == scope]
         index[scope] = tuple(members)
+        joinable[scope] = not any(_NOT_JOINABLE.search(rules[i].pattern) for i in members)
         if not members:
             sets[scope] = None
             continue
         matcher = re2.Set.SearchSet(_options())
         for i in members:
-            matcher.Add(rules[i].pattern)
+            matcher.Add("(?m)" + rules[i].pattern)
         matcher.Compile()
         sets[scope] = matcher
     regexes = tuple(re2.compile(r.pattern, _options()) for r in rules)
-    return RuleSet(tuple(rules), sets, index, regexes)
+    return RuleSet(tuple(rules), sets, index, regexes, joinable)

@@ -33,6 +33,7 @@ __all__ = ["Finding", "Report", "ScanContext", "Scanner", "Severity", "default_s
 LONG_TEXT = 4000  # characters in one field: the longest benign description in the eval corpora is 3,866
 MAX_STRINGS = 2000  # strings read from one item: a schema bigger than this is itself a finding
 CACHE_SIZE = 50_000  # content results kept (one per distinct definition)
+STRING_CACHE = 200_000  # strings remembered as clean, and words of strings (each; cleared when full)
 HIGH_SCORE = 0.8  # combined evidence that hides a tool on its own (three medium rules, or two strong ones)
 MEDIUM_SCORE = 0.5
 
@@ -94,6 +95,15 @@ def catalog_key(others: Mapping[str, frozenset[str]]) -> tuple[int, int]:
         return len(others), hash(frozenset((k, frozenset(v)) for k, v in others.items()))
 
 
+def context_key(context: ScanContext) -> tuple[int, int]:
+    """`catalog_key` of the context's catalog, computed once per context (a context is a snapshot)."""
+    key: tuple[int, int] | None = context.key
+    if key is None:
+        key = catalog_key(context.others)
+        object.__setattr__(context, "key", key)  # a cache on a frozen value, not a change of it
+    return key
+
+
 class Scanner:
     def __init__(self, rules_dir: Path | None = None) -> None:
         self.rules = rules_mod.load(rules_dir)
@@ -101,6 +111,11 @@ class Scanner:
         self._cache: OrderedDict[bytes, _Content] = OrderedDict()
         self._reports: OrderedDict[tuple[bytes, str, tuple[int, int]], Report] = OrderedDict()
         self._lock = threading.Lock()
+        # Per string, across items (descriptions and schemas repeat across servers and versions): strings
+        # whose scan found nothing, per scope (False: text rules; True: a name, text and name rules), and
+        # the words of each string.
+        self._clean: dict[bool, set[str]] = {False: set(), True: set()}
+        self._words: dict[str, frozenset[str]] = {}
 
     # -- public
 
@@ -110,7 +125,7 @@ class Scanner:
         if context is None:
             return combine(content)
         # The verdict for this definition in this catalog: a warm re-check of an unchanged list is a lookup.
-        catalog = catalog_key(context.others)
+        catalog = context_key(context)
         full = (key, context.server, catalog)
         with self._lock:
             hit = self._reports.get(full)
@@ -126,7 +141,7 @@ class Scanner:
     def scan_instructions(self, text: str, context: ScanContext | None = None) -> Report:
         """Scan a server's `instructions` (the initialize result's text for the model)."""
         _, (content, _) = self._content("instructions", {"instructions": text})
-        extra = (self._shadow.text_findings("instructions", text, context, catalog_key(context.others))
+        extra = (self._shadow.text_findings("instructions", text, context, context_key(context))
                  if context is not None else ())
         return combine(content + extra)
 
@@ -151,42 +166,97 @@ class Scanner:
                 if n >= MAX_STRINGS:
                     break
                 strings.append(entry)
-        found: list[Finding] = []
-        if not self._quick_clean(strings):
-            for where, text, is_name in strings:
-                found.extend(self.scan_text(where, text, name=is_name))
+        seen: dict[str, str] = {}  # non-ASCII text -> its normalised form, shared with the words below
+        found = self._scan_strings(strings, seen)
         if len(strings) >= MAX_STRINGS:
             found.append(Finding("poisoning.excessive-length.schema-size", "excessive-length", Severity.MEDIUM,
                                  "inputSchema", 0, 0, f"more than {MAX_STRINGS} strings", weight=0.4))
         name = item.get("name")
         if kind != "instructions" and isinstance(name, str):
             found.extend(self._shadow.known_findings(name))
-        result = (tuple(found), shadowing.words(text for _, text, is_name in strings if not is_name))
+        result = (tuple(found), self._item_words([text for _, text, is_name in strings if not is_name], seen))
         with self._lock:
             self._cache[key] = result
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return key, result
 
-    def _quick_clean(self, strings: list[tuple[str, str, bool]]) -> bool:
-        """True when the whole item certainly has no finding: plain ASCII with nothing to decode or strip
-        (so normalising changes nothing), no long field, and one RE2 Set pass over all its strings together
-        matches no rule. Most real definitions end here; anything else gets the per-field scan."""
-        joined = "\n\n".join(text for _, text, _ in strings)
-        if not joined.isascii() or norm.SUSPECT.search(joined):
-            return False
-        if any(len(text) > LONG_TEXT for _, text, _ in strings):
-            return False
-        if self.rules.any_match("text", joined):
-            return False
-        names = [text for _, text, is_name in strings if is_name]
-        return not any(self.rules.any_match("name", n) for n in names)
+    def _item_words(self, texts: list[str], seen: dict[str, str]) -> frozenset[str]:
+        """`shadowing.words` of the item's texts, cached per text (descriptions and schemas repeat)."""
+        cache = self._words
+        parts = []
+        for text in texts:
+            got = cache.get(text)
+            if got is None:
+                normal = seen.get(text)
+                got = shadowing.field_words(text) if normal is None else shadowing.text_words(normal)
+                if len(cache) >= STRING_CACHE:
+                    cache.clear()  # a bound, not an LRU: refilling costs one tokenising per text
+                cache[text] = got
+            parts.append(got)
+        return frozenset().union(*parts)
+
+    def _scan_strings(self, strings: list[tuple[str, str, bool]], seen: dict[str, str]) -> list[Finding]:
+        """Findings in every string of one item, field by field, exactly as `scan_text` on each would give,
+        with the work that finds nothing done once per item rather than once per field:
+        - a string already found clean (in any item) is skipped: a field's findings depend on its text
+          and scope alone;
+        - plain ASCII with nothing to strip or decode (`normalise.plain`, a byte-table test) is already
+          normal; only the other fields are normalised;
+        - one RE2 Set pass over the joined normalised texts (and one over the names) says whether any rule
+          can match any field (see `RuleSet.maybe`); only then are fields matched one by one.
+        Most real definitions end after those passes with no finding. `seen` gets the normalised form of
+        each non-ASCII text normalised here (the item's words need it too)."""
+        clean = self._clean
+        todo = [entry for entry in strings if entry[1] and entry[1] not in clean[entry[2]]]
+        if not todo:
+            return []
+        texts = [text for _, text, _ in todo]
+        normed: list[norm.Normalised | None] | None = None
+        plain = [norm.plain(text) for text in texts]
+        if not all(plain):
+            normed = [None if ok else norm.normalise(text) for text, ok in zip(texts, plain, strict=True)]
+            for text, n in zip(texts, normed, strict=True):
+                if n is not None and not text.isascii():
+                    seen[text] = n.text
+            texts = [text if n is None else n.text for text, n in zip(texts, normed, strict=True)]
+        text_hit = self.rules.maybe("text", texts)
+        name_hit = self.rules.maybe("name", [text for text, (_, _, is_name) in zip(texts, todo, strict=True)
+                                             if is_name])
+        if not (text_hit or name_hit or any(len(text) > LONG_TEXT for text in texts)
+                or (normed is not None and any(n is not None and (n.marks or n.layers) for n in normed))):
+            self._remember_clean(todo)
+            return []
+        found: list[Finding] = []
+        quiet: list[tuple[str, str, bool]] = []
+        for i, entry in enumerate(todo):
+            where, raw, is_name = entry
+            n = normed[i] if normed is not None else None
+            field = self._field(where, n if n is not None else norm.Normalised(raw), is_name and name_hit, text_hit)
+            if field:
+                found.extend(field)
+            else:
+                quiet.append(entry)
+        self._remember_clean(quiet)
+        return found
+
+    def _remember_clean(self, entries: list[tuple[str, str, bool]]) -> None:
+        clean = self._clean
+        if len(clean[False]) + len(clean[True]) + len(entries) > STRING_CACHE:
+            clean[False].clear()  # a bound, not an LRU: refilling costs one scan per string
+            clean[True].clear()
+        for _, text, is_name in entries:
+            clean[is_name].add(text)
 
     def scan_text(self, where: str, raw: str, *, name: bool = False) -> list[Finding]:
         """Findings in one field: normalisation marks, rules on the text, rules on decoded payloads."""
         if not raw:
             return []
-        n = norm.normalise(raw)
+        return self._field(where, norm.normalise(raw), name, True)
+
+    def _field(self, where: str, n: norm.Normalised, name: bool, text_rules: bool) -> list[Finding]:
+        """One field's findings from its normalised form; `name`/`text_rules` False when a joined pass
+        already showed that no rule of that scope matches."""
         out: list[Finding] = []
         for mark in n.marks:
             category, severity, weight = _MARKS[mark.rule]
@@ -195,7 +265,8 @@ class Scanner:
         text = n.text
         if name:
             out.extend(self._match("name", where, text, "text", 0, 0))
-        out.extend(self._match("text", where, text, "text", 0, 0))
+        if text_rules:
+            out.extend(self._match("text", where, text, "text", 0, 0))
         if len(text) > LONG_TEXT:
             out.append(Finding("poisoning.excessive-length.long-field", "excessive-length", Severity.LOW, where,
                                LONG_TEXT, len(text), f"{len(text)} characters", weight=0.25))

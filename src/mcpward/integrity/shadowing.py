@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import repeat
 from typing import Any
 
 from mcpward.integrity.model import Finding, ScanContext, Severity
@@ -44,9 +45,12 @@ _GENERIC = frozenset({
 _WORD_SPLIT = re.compile(r"[_\-.\s]+|(?<=[a-z0-9])(?=[A-Z])")
 
 
+_COMPOUND = re.compile(r"[_\-.0-9]|[a-z][A-Z]")
+
+
 def _compound(name: str) -> bool:
     """A name with separators, digits or camelCase: it cannot be an ordinary word in a sentence."""
-    return bool(re.search(r"[_\-.0-9]|[a-z][A-Z]", name))
+    return bool(_COMPOUND.search(name))
 
 
 def _load_known() -> frozenset[str]:
@@ -58,7 +62,7 @@ def _load_known() -> frozenset[str]:
 class _Index:
     owner: dict[str, str] = field(default_factory=dict)  # lower-case tool name -> server
     folded: dict[str, tuple[str, str]] = field(default_factory=dict)  # fold(name) -> (name, server)
-    near: dict[str, list[str]] = field(default_factory=dict)  # deletion neighbourhood -> folded names
+    look: Lookalikes = field(default_factory=lambda: Lookalikes())  # one-edit pairs among the folded names
     compound: set[str] = field(default_factory=set)  # lower-case names that count anywhere as a word
     plain: set[str] = field(default_factory=set)  # lower-case names that count only quoted or before "tool"
     servers: dict[str, str] = field(default_factory=dict)  # lower-case server name -> server
@@ -70,16 +74,16 @@ class _Index:
             (self.compound if _compound(server) else self.plain).add(server.lower())
         new_folded = []
         for name in names:
-            self.owner.setdefault(name.lower(), server)
+            lower = name.lower()
+            self.owner.setdefault(lower, server)
             f = fold(name)
             if f not in self.folded:
                 self.folded[f] = (name, server)
                 new_folded.append(f)
-            if len(name) < MIN_MENTION or name.lower() in _GENERIC:
+            if len(name) < MIN_MENTION or lower in _GENERIC:
                 continue
-            (self.compound if _compound(name) else self.plain).add(name.lower())
-        for key, found in _neighbourhood(new_folded).items():
-            self.near.setdefault(key, []).extend(found)
+            (self.compound if _compound(name) else self.plain).add(lower)
+        self.look.add(new_folded)
 
 
 class CatalogIndex:
@@ -110,7 +114,8 @@ class Shadowing:
     def __init__(self) -> None:
         self.known = _load_known()
         self._known_folded = {fold(n): n for n in self.known}
-        self._known_near = _neighbourhood(self._known_folded)
+        self._known_look = Lookalikes()
+        self._known_look.add(self._known_folded)
         self._indexes: OrderedDict[tuple[int, int], _Index] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -120,13 +125,14 @@ class Shadowing:
         f = fold(name)
         if name in self.known or len(f) < MIN_EDIT:
             return []
-        for other in _candidates(f, self._known_near):
-            if one_edit_away(f, other):
-                real = self._known_folded[other]
-                sev, weight = (Severity.MEDIUM, 0.45) if _typo(f, other) else (Severity.LOW, 0.25)
-                return [Finding("shadowing.known-tool-lookalike", "shadowing", sev, "name", 0,
-                                len(name), escape(f"{name} ~ {real}"), weight=weight)]
-        return []
+        near = self._known_look.neighbours(f)
+        if not near:
+            return []
+        other = near[0]
+        real = self._known_folded[other]
+        sev, weight = (Severity.MEDIUM, 0.45) if _typo(f, other) else (Severity.LOW, 0.25)
+        return [Finding("shadowing.known-tool-lookalike", "shadowing", sev, "name", 0,
+                        len(name), escape(f"{name} ~ {real}"), weight=weight)]
 
     # -- with the catalog
 
@@ -189,13 +195,16 @@ class Shadowing:
             # side is the impersonator, whichever server listed first.
             return []
         if len(f) >= MIN_EDIT:
-            for other in _candidates(f, index.near):
-                if one_edit_away(f, other) and index.folded[other][1] != server:
+            for other in index.look.neighbours(f):
+                if index.folded[other][1] != server:
                     real, owner = index.folded[other]
                     return [Finding("shadowing.one-edit-name", "shadowing", Severity.HIGH, "name", 0, len(name),
                                     escape(f"{name} ~ {owner}/{real}"), weight=0.7)]
         # Another server's name with an "enhanced"/"best"/"v2" qualifier around it.
         words = [w.lower() for w in _WORD_SPLIT.split(name) if w]
+        if len(words) < 2 or not (_QUALIFIERS.match(words[0]) or _QUALIFIERS.match(words[-1])):
+            # Every split leaves a qualifier at the start or at the end: without one, nothing to find.
+            return []
         for i in range(len(words)):
             for j in range(i + 1, len(words) + 1):
                 if (i, j) == (0, len(words)):
@@ -240,11 +249,36 @@ _TOKEN = re.compile(r"[A-Za-z0-9][\w.-]{2,80}")
 
 
 def words(texts: Iterable[str]) -> frozenset[str]:
-    """Lower-case word-like tokens of the texts: what a mention of another server's name could be."""
-    joined = "\n".join(texts)
-    if not joined.isascii():
-        joined = normalise(joined, decode=False).text
-    return frozenset(w.rstrip(".-") for w in _TOKEN.findall(joined.lower()))
+    """Lower-case word-like tokens of the texts (a superset of them), each read as `_mentions` reads it:
+    what a mention of another server's name could be. An item none of whose words is a catalog name
+    mentions none, so its fields are not read again."""
+    return frozenset().union(*map(field_words, texts))
+
+
+def field_words(text: str) -> frozenset[str]:
+    """`words` of one field: ASCII as it is, anything else normalised (as `_mentions` reads it)."""
+    return text_words(text if text.isascii() else normalise(text, decode=False).text)
+
+
+def text_words(text: str) -> frozenset[str]:
+    """The words of one text as it is (normalised already, or plain ASCII).
+
+    For ASCII, by string methods rather than the regex: every maximal run of token characters holds one
+    `_TOKEN` (the run from its first letter or digit) when it is at most 81 characters long, so the run's
+    stripped form is that token; runs too short to be a token are kept too, which only makes the set a
+    superset (it is a prefilter: `_mentions` reads the text again with the regex). A longer run, which
+    the regex cuts into several tokens, sends the text to the regex."""
+    if text.isascii():
+        runs = text.encode("ascii").lower().translate(_SEPARATORS).decode("ascii").split()
+        if not runs or max(map(len, runs)) <= _TOKEN_MAX:
+            return frozenset(map(str.rstrip, map(str.lstrip, runs, repeat("_.-")), repeat(".-")))
+    return frozenset(map(str.rstrip, _TOKEN.findall(text.lower()), repeat(".-")))
+
+
+_TOKEN_MAX = 81  # the longest match of _TOKEN
+# Bytes that are not token characters (ASCII letters, digits, "_", ".", "-") become spaces.
+_SEPARATORS = bytes(c if c < 128 and (chr(c).isalnum() or chr(c) in "_.-") else 32 for c in range(256))
+
 _NAMED_AFTER = re.compile(r"\s+(?:tool|function|server|mcp)\b", re.I)
 
 
@@ -254,22 +288,114 @@ def _named(text: str, start: int, end: int) -> bool:
     return quoted or bool(_NAMED_AFTER.match(text, end))
 
 
-def _neighbourhood(names: Iterable[str]) -> dict[str, list[str]]:
-    """Every name and every one-character deletion of it -> the names: two strings one edit apart always
-    share a key, so the one-edit check looks at a handful of candidates, not the whole catalog."""
-    near: dict[str, list[str]] = {}
-    for f in names:
-        near.setdefault(f, []).append(f)
-        for i in range(len(f)):
-            near.setdefault(f[:i] + f[i + 1:], []).append(f)
-    return near
+MIN_INDEXED = MIN_EDIT - 1  # a name one edit away from a checked name is at least this long
+BIG_GROUP = 48  # bucket size above which a bucket is searched through its own deletion index
+_Bucket = str  # kind letter, length (as a character), what the names filed there share
 
 
-def _candidates(f: str, near: Mapping[str, list[str]]) -> set[str]:
-    out: set[str] = set(near.get(f, ()))
-    for i in range(len(f)):
-        out.update(near.get(f[:i] + f[i + 1:], ()))
-    return out
+def _bucket_keys(f: str) -> tuple[_Bucket, ...]:
+    """The buckets a name is filed under (`_FILED` gives its role in each): two names one edit apart
+    always share a bucket in which one of them is filed in the role the other looks for (`_WANTED`).
+
+    Equal lengths: a substitution leaves the characters at even positions equal or those at odd positions
+    equal (E, O); a swap of two neighbours leaves the multiset of characters equal (M). Lengths n and
+    n + 1, m = n // 2: a deletion from the longer name at p >= m keeps the shorter's first m characters,
+    one at p < m its last n - m; so a name is filed under its own first half and second half (P, S, as the
+    shorter) and under the first m and last n - m characters of the name one shorter (as the longer).
+    Seven buckets a name instead of one per character as a deletion neighbourhood needs, and names that
+    differ in two places (copies of a tool with a numbered suffix) share none of the equal-length ones.
+    Keys are strings (a kind letter, the length as a character, the shared part): not tracked by the
+    garbage collector, which a tuple per key kept busy."""
+    n = len(f)
+    h, m = n // 2, (n - 1) // 2
+    size, shorter = chr(n), chr(n - 1) if n else ""
+    # M is an order-free sum of character hashes (summed in C, cheaper than sorting): equal multisets
+    # always give equal sums, and a rare unequal pair with the same sum only costs one comparison.
+    return ("E" + size + f[0::2], "O" + size + f[1::2], "M" + size + str(sum(map(hash, f))),
+            "P" + size + f[:h], "S" + size + f[h:], "P" + shorter + f[:m], "S" + shorter + f[m + 1 :])
+
+
+_FILED = (0, 0, 0, 0, 0, 1, 1)  # role of a name in each of its buckets (1: as the longer of a pair)
+_WANTED = (0, 0, 0, 1, 1, 0, 0)  # which role's names a name pairs with in each of its buckets
+
+
+def _deletions(f: str) -> list[str]:
+    """The name and each one-character deletion of it: two names one edit apart share one of these."""
+    return [f, *[f[:i] + f[i + 1 :] for i in range(len(f))]]
+
+
+class Lookalikes:
+    """Pairs of names one edit apart (`names.one_edit_away`), kept as names are added.
+
+    Each name is filed under seven buckets (`_bucket_keys`) and compared with the names already there that
+    could pair with it, so after `add` every indexed name's neighbours are known and looking them up is
+    one dictionary read. A bucket that grows past BIG_GROUP gets a deletion index of its own, so a hostile
+    list of look-alike names costs what a deletion neighbourhood costs, never a comparison of every pair."""
+
+    def __init__(self) -> None:
+        # Per role, bucket -> its names: a bare string while it holds one (most do; a string costs the
+        # garbage collector nothing), a list from the second name on.
+        self._buckets: tuple[dict[_Bucket, str | list[str]], dict[_Bucket, str | list[str]]] = ({}, {})
+        self._big: dict[tuple[int, _Bucket], dict[str, list[str]]] = {}
+        self._indexed: set[str] = set()
+        self._mates: dict[str, set[str]] = {}
+
+    def add(self, names: Iterable[str]) -> None:
+        for f in names:
+            if len(f) < MIN_INDEXED or f in self._indexed:
+                continue
+            keys = _bucket_keys(f)
+            for other in self._candidates(f, keys):
+                if one_edit_away(f, other):
+                    self._mates.setdefault(f, set()).add(other)
+                    self._mates.setdefault(other, set()).add(f)
+            self._indexed.add(f)
+            for key, role in zip(keys, _FILED, strict=True):
+                buckets = self._buckets[role]
+                held = buckets.get(key)
+                if held is None:
+                    buckets[key] = f
+                    continue
+                if isinstance(held, str):
+                    held = buckets[key] = [held]
+                held.append(f)
+                big = self._big.get((role, key)) if self._big else None
+                if big is not None:
+                    for d in _deletions(f):
+                        big.setdefault(d, []).append(f)
+                elif len(held) > BIG_GROUP:
+                    big = self._big[(role, key)] = {}
+                    for g in held:
+                        for d in _deletions(g):
+                            big.setdefault(d, []).append(g)
+
+    def _candidates(self, f: str, keys: tuple[_Bucket, ...]) -> list[str]:
+        """Indexed names that share a bucket with `f` in the role that pairs with f's (equal-length
+        buckets: the same role; P and S: the other one); in a big bucket, those sharing a deletion."""
+        out: list[str] = []
+        deletions: list[str] | None = None
+        for key, wanted in zip(keys, _WANTED, strict=True):
+            held = self._buckets[wanted].get(key)
+            if held is None:
+                continue
+            big = self._big.get((wanted, key)) if self._big else None
+            if big is None:
+                if isinstance(held, str):
+                    out.append(held)
+                else:
+                    out.extend(held)
+                continue
+            if deletions is None:
+                deletions = _deletions(f)
+            for d in deletions:
+                out.extend(big.get(d, ()))
+        return [g for g in set(out) if g != f] if out else out
+
+    def neighbours(self, f: str) -> list[str]:
+        """Indexed names one edit away from `f`, sorted (so a report names the same one every time)."""
+        if f in self._indexed:
+            return sorted(self._mates.get(f, ()))
+        return sorted(g for g in self._candidates(f, _bucket_keys(f)) if one_edit_away(f, g))
 
 
 def _typo(a: str, b: str) -> bool:
