@@ -341,3 +341,19 @@ def test_open_from_config(tmp_path: Path) -> None:
 def test_canonical_round_trips_through_json() -> None:
     fields = {"b": [1, 2.000001, "é\u2028"], "a": {"z": None, "y": -5}, "c": 1e300}
     assert canonical(json.loads(canonical(fields))) == canonical(fields)
+
+
+def test_a_record_is_wanted_only_where_it_would_go(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    events.install(None)
+    with caplog.at_level(logging.INFO, logger="mcpward.audit"):
+        assert events.wanted("refusal") and not events.wanted("request")  # request lines are DEBUG
+    with caplog.at_level(logging.DEBUG, logger="mcpward.audit"):
+        assert events.wanted("request")
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"))
+    events.install(log)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mcpward.audit"):
+            assert events.wanted("request")  # the audit log takes every record
+    finally:
+        events.install(None)
+        log.close()

@@ -66,6 +66,12 @@ def record(event: str, **fields: Any) -> None:
     log.log(level, "%s", orjson.dumps(body, default=str, option=orjson.OPT_SORT_KEYS).decode())
 
 
+def wanted(event: str) -> bool:
+    """Whether a record of `event` would go anywhere (an audit log, or a log line at its level): lets
+    a caller skip building a record nobody reads."""
+    return _installed is not None or log.isEnabledFor(logging.DEBUG if event in QUIET_EVENTS else logging.INFO)
+
+
 def install(audit_log: AuditLog | None) -> None:
     """Send every record from now on to `audit_log` as well (None: stop). The log is closed (flushed)
     at interpreter exit if nobody closed it before."""

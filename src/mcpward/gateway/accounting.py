@@ -81,6 +81,8 @@ class Accounting:
 
     async def finish(self, ticket: Ticket, reply: JsonObj | None, principal_key: str, subject: str) -> None:
         """Writes the request's record and waits until it is durable (raises AuditUnavailable if it cannot be)."""
+        if ticket.trace is None and not events.wanted("request"):
+            return  # no audit log, no trace, request lines not logged: nobody would read the record
         outcome, code, rule = _outcome(reply)
         ctx, call = ticket.ctx, ticket.ctx.call if ticket.ctx is not None else None
         notes: dict[str, Any] = call.notes if call is not None else {}
