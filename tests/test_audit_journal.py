@@ -60,6 +60,20 @@ def markers(path: Path) -> list[str]:
         return [k for (k,) in db.execute("SELECT key FROM meta WHERE key LIKE 'journal:%'")]
 
 
+async def journaled(log: AuditLog, numbers: range) -> None:
+    """Append one record per number, each acknowledged (in the journal) before the next."""
+    for i in numbers:
+        log.append("call", {"i": i})
+        await log.durable()
+
+
+def crash(log: AuditLog) -> None:
+    """What a SIGKILL leaves: the journal's lock goes with the process, nothing else runs."""
+    assert log._journal is not None
+    log._journal.release()
+    log._db.close()
+
+
 def kill_after_ack(path: Path, committed: int, journaled: int) -> None:
     proc = subprocess.Popen([PYTHON, "-c", CHILD, str(path), str(committed), str(journaled)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -92,19 +106,14 @@ def test_a_killed_process_journal_is_chained_in_at_the_next_open(tmp_path: Path,
 async def test_records_committed_before_the_crash_are_not_added_twice(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite"
     log = AuditLog(AuditSettings(path=path))
-    for i in range(5):
-        log.append("call", {"i": i})
-        await log.durable()
+    await journaled(log, range(5))
     assert log._journal is not None
     log._journal.reset = lambda: None  # type: ignore[method-assign]  # as if killed between commit and truncate
     log.flush()
-    for i in range(5, 8):
-        log.append("call", {"i": i})
-        await log.durable()
+    await journaled(log, range(5, 8))
     journal = log._journal.path
     assert len(journal.read_bytes().splitlines()) == 8 and len(bodies(path)) == 5
-    log._journal.release()  # the crash: the lock goes with the process, nothing else runs
-    log._db.close()
+    crash(log)
     AuditLog(AuditSettings(path=path)).close()
     assert [b["i"] for b in bodies(path)] == list(range(8))
     assert verify(path).ok and not journal.exists() and markers(path) == []
@@ -113,15 +122,12 @@ async def test_records_committed_before_the_crash_are_not_added_twice(tmp_path: 
 async def test_a_torn_last_line_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "audit.sqlite"
     log = AuditLog(AuditSettings(path=path))
-    for i in range(2):
-        log.append("call", {"i": i})
-        await log.durable()
+    await journaled(log, range(2))
     assert log._journal is not None
     journal = log._journal.path
     with journal.open("ab") as f:
         f.write(b'[3,1.5,"call"]\t{"i":')  # power lost mid-write: never acknowledged
-    log._journal.release()
-    log._db.close()
+    crash(log)
     with caplog.at_level(logging.WARNING, logger="mcpward.auditlog"):
         AuditLog(AuditSettings(path=path)).close()
     assert [b["i"] for b in bodies(path)] == [0, 1] and verify(path).ok
@@ -131,9 +137,7 @@ async def test_a_torn_last_line_is_ignored(tmp_path: Path, caplog: pytest.LogCap
 async def test_a_live_journal_is_left_to_its_owner(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite"
     owner = AuditLog(AuditSettings(path=path))
-    for i in range(4):
-        owner.append("call", {"i": i})
-        await owner.durable()
+    await journaled(owner, range(4))
     other = AuditLog(AuditSettings(path=path))  # opening recovers orphans only: this one is locked
     assert bodies(path) == [] and len(list(tmp_path.glob("audit.sqlite-journal-*"))) == 1
     other.append("cli", {"approve": "x"})  # another writer meanwhile, with its own journal

@@ -21,14 +21,12 @@ from mcpward.guards.redactor import (
     Detector,
     Profile,
     Redactor,
-    apply,
-    collect,
-    collect_error,
     encode,
     needs_neutralising,
     neutralise,
     splice,
 )
+from mcpward.guards.result_strings import apply, collect, collect_error
 
 
 def body(n: int, alphabet: str = "Zq8Xw3Rt7Yp2Lm9Kd4Vb6Nc5Hj1Gf0Ts") -> str:

@@ -436,11 +436,11 @@ class Upstream:
             if entry is not None:
                 progress_ctx, original = entry
                 out = dict(params, progressToken=original)
-                self._background(self._deliver(progress_ctx, method, out, None))
+                self._background(self._deliver(progress_ctx, method, out))
         elif method == "notifications/message":
             owner = self._owner(session)
             if owner is not None and v.log_level_allows(owner.log_level, params.get("level")):
-                self._background(self._deliver(owner, method, params, message))
+                self._background(self._deliver(owner, method, params))
         elif method.endswith("/list_changed"):
             self.events.list_changed(self.name, method.split("/")[1])
         elif method == "notifications/resources/updated":
@@ -448,17 +448,14 @@ class Upstream:
         elif method not in ("notifications/cancelled", "notifications/subscriptions/acknowledged"):
             log.debug("server %s sent %s; not forwarded", self.name, method)
 
-    async def _deliver(self, ctx: RequestContext, method: str, params: JsonObj, unchanged: JsonObj | None) -> None:
+    async def _deliver(self, ctx: RequestContext, method: str, params: JsonObj) -> None:
         """A notification to the client, through the guards' `on_message` (a refusal drops it; the guard audits)."""
         if self.events.screen is not None:
             try:
-                screened = await self.events.screen(ctx, self.name, method, params)
+                params = await self.events.screen(ctx, self.name, method, params)
             except Refusal:
                 return
-            if screened is not params:
-                unchanged = None
-            params = screened
-        await ctx.channel.notify(unchanged if unchanged is not None else jsonrpc.notification(method, params))
+        await ctx.channel.notify(jsonrpc.notification(method, params))
 
     # ------------------------------------------------------------- session-wide
     async def set_log_level(self, level: str) -> None:

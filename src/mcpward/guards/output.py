@@ -1,6 +1,6 @@
 """The output guard: everything a result passes after the call and before the client, in one walk.
 
-For every string that reaches a model (see `redactor.collect`), in this order:
+For every string that reaches a model (see `result_strings.collect`), in this order:
 1. neutralise terminal escapes and invisible characters (so they cannot hide text from a human
    reviewer, steer a terminal, or split a secret so the rules miss it);
 2. one RE2 pass finds secrets, PII and prompt-injection markers; secrets and PII are redacted,
@@ -39,11 +39,6 @@ from mcpward.guards.redactor import (
     Hit,
     Profile,
     Redactor,
-    Slot,
-    apply,
-    collect,
-    collect_error,
-    collect_value,
     encode,
     join,
     needs_neutralising,
@@ -51,6 +46,7 @@ from mcpward.guards.redactor import (
     splice,
     split_hits,
 )
+from mcpward.guards.result_strings import Slot, apply, collect, collect_error, collect_value
 from mcpward.guards.truncation import cap, size_of
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
@@ -433,16 +429,7 @@ class OutputGuard(Guard):
             call.notes["redactions"] = call.notes.get("redactions", 0) + sum(state.redacted.values())
         fields: dict[str, Any] = {"method": method, "server": server, "outcome": outcome,
                                   "principal": ctx.principal.key}
-        if state.redacted:
-            fields["redacted"] = state.redacted
-        if state.logged:
-            fields["detected"] = state.logged
-        if state.markers:
-            fields["injection"] = sorted(state.markers)
-            fields["injection_mode"] = self.injection
-        if state.neutralised:
-            fields["neutralised"] = state.neutralised
-        audit.record("output", **fields)
+        audit.record("output", **fields, **self._found(state))
 
     def _flag(self, method: str, result: JsonObj, markers: list[str]) -> JsonObj:
         notice = ("[mcpward] This result contains text that looks like instructions to the AI model ("
@@ -470,19 +457,24 @@ class OutputGuard(Guard):
         call.notes["redactions"] = sum(state.redacted.values())
         call.notes.setdefault("flags", []).extend(f"{kind}-in-result" for kind in sorted(state.found))
         fields: dict[str, Any] = {"method": call.method, "server": call.server, "target": call.exposed,
-                                  "outcome": outcome}
-        if state.redacted:
-            fields["redacted"] = state.redacted
-        if state.logged:
-            fields["detected"] = state.logged
-        if state.markers:
-            fields["injection"] = sorted(state.markers)
-            fields["injection_mode"] = self.injection
-        if state.neutralised:
-            fields["neutralised"] = state.neutralised
+                                  "outcome": outcome, **self._found(state)}
         if truncated:
             fields["truncated"] = truncated
         audit.record("output", **fields)
+
+    def _found(self, state: _Pass) -> dict[str, Any]:
+        """What an output record says was found (counts per rule, never a value)."""
+        found: dict[str, Any] = {}
+        if state.redacted:
+            found["redacted"] = state.redacted
+        if state.logged:
+            found["detected"] = state.logged
+        if state.markers:
+            found["injection"] = sorted(state.markers)
+            found["injection_mode"] = self.injection
+        if state.neutralised:
+            found["neutralised"] = state.neutralised
+        return found
 
 
 def _has_output_schema(definition: JsonObj | None) -> bool:

@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from mcpward.guards.redactor import Slot, collect_value, encode
+from mcpward.guards.redactor import encode
+from mcpward.guards.result_strings import Slot, collect_value
 from mcpward.protocol.jsonrpc import JsonObj
 
 _RESERVE = 512  # bytes kept free for the marker and the note
