@@ -189,6 +189,24 @@ def test_arguments_labels_and_context_decide(tmp_path: Path) -> None:
     assert allowed(engine, tool("write", WRITES), facts=noon)
 
 
+def test_a_remembered_decision_follows_changed_labels_and_claims(tmp_path: Path) -> None:
+    # Decisions are cached on a key of what the entity holds, not on the entity's JSON: a label that
+    # appears later (the scanner re-judged the tool) or a changed claim must still change the answer.
+    engine = make_engine(tmp_path, policy={"files": ["p.cedar"]}, files={"p.cedar": FORBID_ETC})
+    risky: set[str] = set()
+    engine.builder.label_providers.append(lambda s, kind, name: risky if name == "post" else ())
+    noon = Facts(at=_at(12))
+    assert allowed(engine, tool("post", READ_ONLY), facts=noon)
+    assert allowed(engine, tool("post", READ_ONLY), facts=noon)  # now from the cache
+    risky.add("exfil")
+    assert engine.decide(ALICE, "call_tool", tool("post", READ_ONLY), noon).rule == "team.no-exfil"
+    risky.clear()
+    assert allowed(engine, tool("post", READ_ONLY), facts=noon)
+    std = make_engine(tmp_path / "std")
+    assert allowed(std, tool("rm", READ_ONLY))
+    assert not allowed(std, tool("rm", DESTROYS))  # same name, the claim changed: decided again
+
+
 def _at(hour: int) -> float:
     import datetime as dt
 

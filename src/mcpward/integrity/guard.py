@@ -40,6 +40,21 @@ class Seen:
     instructions: str | None
     report: Report
     verdict: pins.Verdict
+    # The policy's labels for this definition, worked out once per pin state (asked on every call).
+    _labels: tuple[str, list[str]] | None = None
+    _risk: tuple[str, ...] | None = None
+
+    def risk(self) -> tuple[str, ...]:
+        """The scanner's labels, for the request's audit record (the report never changes)."""
+        if self._risk is None:
+            self._risk = tuple(sorted(self.report.labels()))
+        return self._risk
+
+    def policy_labels(self) -> list[str]:
+        state = self.verdict.state
+        if self._labels is None or self._labels[0] != state:
+            self._labels = (state, sorted(self.report.labels() | {f"pin:{state}"}))
+        return self._labels[1]
 
 
 class IntegrityGuard(Guard):
@@ -118,7 +133,7 @@ class IntegrityGuard(Guard):
             raise jsonrpc.ProtocolError(jsonrpc.INVALID_PARAMS, f"unknown {noun}: {call.exposed}",
                                         {"rule": "integrity.unlisted"})
         call.notes["pin"] = seen.verdict.state
-        call.notes["risk"] = sorted(seen.report.labels())
+        call.notes["risk"] = seen.risk()
         if not seen.verdict.visible:
             raise Refusal(seen.verdict.rule, seen.verdict.message)
         return None
@@ -129,7 +144,7 @@ class IntegrityGuard(Guard):
         seen = self.seen.get((kind, server, name))
         if seen is None:
             return []
-        return sorted(seen.report.labels() | {f"pin:{seen.verdict.state}"})
+        return seen.policy_labels()
 
     # --------------------------------------------------------- lock reloading
     def _lock_changed(self) -> None:

@@ -82,12 +82,28 @@ class PolicyEngine:
         results: list[Decision | None] = [None] * len(requests)
         pending: list[tuple[int, tuple[Any, ...] | None, str, Target, bytes]] = []
         with_args = self.bundle.reads_resource_tags
+        builder, cache = self.builder, self._cache
         for i, (action, target) in enumerate(requests):
-            r_json = orjson.dumps(self.builder.resource(target, with_args))
-            key = None
-            if ctx_key is not None and len(r_json) <= CACHEABLE_RESOURCE_BYTES:
+            key: tuple[Any, ...] | None = None
+            labels = None
+            if target.type == "Server":
+                resource_key: tuple[Any, ...] | None = ("Server", target.id)
+            elif with_args and target.arguments:
+                resource_key = None  # arguments are part of the entity: keyed by its JSON below
+            else:
+                labels = builder.labels(target)
+                resource_key = builder.resource_key(target, labels)
+            if ctx_key is not None and resource_key is not None:
+                # The common case keys on a tuple, so a repeated call builds no entity JSON at all.
+                key = (p_json, action, resource_key, ctx_key)
+                hit = cache.get(key)
+                if hit is not None:
+                    results[i] = hit
+                    continue
+            r_json = orjson.dumps(builder.resource(target, with_args, labels))
+            if ctx_key is not None and resource_key is None and len(r_json) <= CACHEABLE_RESOURCE_BYTES:
                 key = (p_json, action, r_json, ctx_key)
-                hit = self._cache.get(key)
+                hit = cache.get(key)
                 if hit is not None:
                     results[i] = hit
                     continue

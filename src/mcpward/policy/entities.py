@@ -43,7 +43,9 @@ LabelProvider = Callable[[str, str, str], Iterable[str]]
 KIND_OF_TYPE = {"Tool": "tools", "Prompt": "prompts", "Resource": "resources"}
 
 
-@dataclass(frozen=True, slots=True)
+# Target and Facts are built on every request: plain slotted classes, because a frozen dataclass's
+# __init__ costs three times as much. Treat them as read-only all the same.
+@dataclass(slots=True)
 class Target:
     """What a decision is about, as the client sees it."""
 
@@ -57,7 +59,7 @@ class Target:
     labels: tuple[str, ...] = ()  # extra labels (explain and policy tests stand in for the scanner with these)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Facts:
     """The request's circumstances: the Cedar context."""
 
@@ -216,19 +218,32 @@ class EntityBuilder:
         return effective_annotations(target.claimed, override.annotations if override is not None else {})
 
     def labels(self, target: Target) -> list[str]:
-        found: set[str] = set(target.labels)
         override = self.override(target)
+        kind = "resourceTemplates" if target.template else KIND_OF_TYPE.get(target.type, "")
+        providers = self.label_providers
+        if not target.labels and (override is None or not override.labels) and len(providers) == 1:
+            return sorted(providers[0](target.server, kind, target.name))  # the usual case: the scanner's alone
+        found: set[str] = set(target.labels)
         if override is not None:
             found.update(override.labels)
-        kind = "resourceTemplates" if target.template else KIND_OF_TYPE.get(target.type, "")
-        for provider in self.label_providers:
+        for provider in providers:
             found.update(provider(target.server, kind, target.name))
         return sorted(found)
 
-    def resource(self, target: Target, with_arguments: bool) -> JsonObj:
+    def resource_key(self, target: Target, labels: list[str]) -> tuple[Any, ...]:
+        """Everything `resource(target, False)` reads that can differ between calls, as a hashable key
+        (the operator's overrides come from the config, which is fixed for this builder's life)."""
+        claimed = target.claimed
+        hints = (tuple(v if isinstance(v := claimed.get(h), bool) else None for h in ANNOTATION_HINTS)
+                 if isinstance(claimed, dict) else None)
+        return (target.type, target.id, target.server, target.name, target.template, hints, *labels)
+
+    def resource(self, target: Target, with_arguments: bool, labels: list[str] | None = None) -> JsonObj:
         if target.type == "Server":
             return self.server(target.id)
-        attrs: dict[str, Any] = {"server": target.server, "name": target.name, "labels": self.labels(target)}
+        if labels is None:
+            labels = self.labels(target)
+        attrs: dict[str, Any] = {"server": target.server, "name": target.name, "labels": labels}
         if target.type == "Tool":
             hints = self.annotations(target)
             attrs.update(hints)
