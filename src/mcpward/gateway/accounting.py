@@ -13,11 +13,13 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from mcpward.audit import events
+from mcpward.gateway import after_reply
 from mcpward.gateway.context import RequestContext, session_digest
 from mcpward.protocol.jsonrpc import JsonObj
 
@@ -115,9 +117,10 @@ class Accounting:
             fields.update(server=call.server, target=call.exposed)
             self._call_facts(call, notes, fields)
         events.record("request", **fields)
-        if ticket.trace is not None:
-            ticket.trace.set(**{k: fields[k] for k in ("server", "target", "rule") if fields.get(k) is not None})
-            ticket.trace.end(outcome, code)
+        trace = ticket.trace
+        if trace is not None:
+            trace.set(**{k: fields[k] for k in ("server", "target", "rule") if fields.get(k) is not None})
+            after_reply.defer(partial(trace.end, outcome, code, time.perf_counter()))  # timed now, recorded later
         await events.durable()
 
     def _call_facts(self, call: Any, notes: dict[str, Any], fields: dict[str, Any]) -> None:

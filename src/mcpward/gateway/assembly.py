@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from mcpward.audit import events
+from mcpward.gateway import after_reply
 from mcpward.gateway.accounting import Accounting
 from mcpward.gateway.config import ConfigError, GatewayConfig
 from mcpward.guards.base import Guard, GuardChain
@@ -55,6 +57,7 @@ class Assembly:
             await self.webhook.start()
 
     async def stop(self) -> None:
+        after_reply.run()  # anomaly alerts and metrics still owed go out while the log is open
         if self.webhook is not None:
             await self.webhook.close()
         if self.telemetry is not None:
@@ -135,7 +138,10 @@ def _audit(parts: Assembly, resolve: Callable[[str], str]) -> None:
     parts.anomaly = anomaly.AnomalyDetector(anomaly_settings, parts.webhook)
     if not parts.anomaly.active:
         return
-    parts.audit_log.subscribe(parts.anomaly.observe)
+    observe = parts.anomaly.observe
+    # The rules read each record after the reply is written (gateway/after_reply.py): a throttle
+    # they set applies from the next request on, as before, without the current one waiting for it.
+    parts.audit_log.subscribe(lambda event, ts, fields: after_reply.defer(partial(observe, event, ts, fields)))
     _prepend(parts, [anomaly.AnomalyGuard(parts.anomaly)])
 
 

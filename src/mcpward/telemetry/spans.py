@@ -106,14 +106,14 @@ class LeanSpan:
         if attrs is not None and (key in attrs or len(attrs) < MAX_ATTRIBUTES):
             attrs[key] = clean_value(value)
 
-    def end(self) -> None:
+    def end(self, end_ns: int | None = None) -> None:
         attrs, self.attributes = self.attributes, None  # ends once
         if attrs is None:
             return
         tracer = self._tracer
         readable = ReadableSpan(name=self.name, context=self.context, parent=self.parent, resource=tracer.resource,
                                 attributes=attrs, kind=SpanKind.SERVER, status=self.status,
-                                start_time=self.start_ns, end_time=time.time_ns(),
+                                start_time=self.start_ns, end_time=time.time_ns() if end_ns is None else end_ns,
                                 instrumentation_scope=tracer.scope)
         for processor in tracer.processors:
             processor.on_end(readable)

@@ -110,14 +110,16 @@ class RequestTrace:
         if isinstance(rule, str):
             self.rule = rule
 
-    def end(self, outcome: str, error_code: int | None = None) -> None:
+    def end(self, outcome: str, error_code: int | None = None, at: float | None = None) -> None:
+        """Records the request; `at` is when it ended (time.perf_counter(); default now), so the
+        caller may record it later than it ended."""
         self.error_type = _error_type(outcome, error_code)
         rec, self._rec = self._rec, None  # a second end() records nothing
         if rec is None:
             return
         target = self.target if self.method in _NAMED_TARGET else None
-        rec.record(time.perf_counter() - self._start, self.method, target, self.net, self.version,
-                   outcome if outcome in OUTCOMES else "error", self.error_type, self.rule)
+        rec.record((time.perf_counter() if at is None else at) - self._start, self.method, target, self.net,
+                   self.version, outcome if outcome in OUTCOMES else "error", self.error_type, self.rule)
 
 
 def _error_type(outcome: str, error_code: int | None) -> str | None:
@@ -162,8 +164,8 @@ class SpanTrace(RequestTrace):
                 continue
             span.set_attribute(_ALIASES.get(key) or (key if "." in key else f"mcpward.{key}"), value)
 
-    def end(self, outcome: str, error_code: int | None = None) -> None:
-        super().end(outcome, error_code)
+    def end(self, outcome: str, error_code: int | None = None, at: float | None = None) -> None:
+        super().end(outcome, error_code, at)
         span = self.span
         if span.recording:
             if self.error_type is not None:
@@ -171,7 +173,7 @@ class SpanTrace(RequestTrace):
                 if error_code is not None:
                     span.set_attribute("rpc.response.status_code", str(error_code))
                 span.status = Status(StatusCode.ERROR, outcome if outcome in OUTCOMES else "error")
-            span.end()
+            span.end(None if at is None else time.time_ns() - int((time.perf_counter() - at) * 1e9))
 
 
 class Telemetry:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcpward.audit import events as audit
 from mcpward.auth import Authenticator, AuthFailure
+from mcpward.gateway import after_reply
 from mcpward.gateway.context import Principal, RequestSource, session_digest
 from mcpward.gateway.core import Gateway
 from mcpward.gateway.downstream import ClientConnection
@@ -102,6 +103,8 @@ class HttpFront:
             await self._http(scope, receive, send)
         except HttpRejection as rej:
             await _respond(send, rej.status, rej.body, rej.headers)
+        finally:
+            after_reply.run()  # the response is written: now the bookkeeping it did not wait for
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

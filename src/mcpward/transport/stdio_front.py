@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any, BinaryIO
 
+from mcpward.gateway import after_reply
 from mcpward.gateway.context import Principal
 from mcpward.gateway.core import Gateway
 from mcpward.gateway.downstream import ClientConnection
@@ -86,3 +87,4 @@ class StdioFront:
             self.conn.running.pop(message["id"], None)
         if reply is not None:
             await self.write(reply)
+        after_reply.run()  # the reply is written: now the bookkeeping it did not wait for
