@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import sqlite3
@@ -145,6 +146,8 @@ def test_gateway_digests_skip_the_redactor_and_nothing_else_does(tmp_path: Path)
     assert calls.count("ab" * 32) == 1  # the plain string with the same text was scanned
     with pytest.raises(ValueError, match="not a lowercase hex digest"):
         events.Digest("ghp_not-a-digest")
+    computed = events.Digest.sha256(b'{"a":1}')
+    assert isinstance(computed, events.Digest) and computed == hashlib.sha256(b'{"a":1}').hexdigest()
 
 
 def test_an_unknown_redactor_is_never_cached(tmp_path: Path) -> None:

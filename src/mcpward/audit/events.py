@@ -12,6 +12,7 @@ Callers never put raw argument or result values here: names, rule ids, counts, h
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import re
 import time
@@ -39,6 +40,11 @@ class Digest(str):
         if not _HEX.fullmatch(value):
             raise ValueError("Digest: not a lowercase hex digest")
         return super().__new__(cls, value)
+
+    @classmethod
+    def sha256(cls, data: bytes) -> Digest:
+        """The sha256 of `data` (hex by construction, so not checked again: this runs on every call)."""
+        return str.__new__(cls, hashlib.sha256(data).hexdigest())
 
 
 class AuditError(Exception):

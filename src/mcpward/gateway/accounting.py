@@ -9,7 +9,6 @@ are never stored: only a digest of their canonical JSON.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,8 +125,7 @@ class Accounting:
     def _call_facts(self, call: Any, notes: dict[str, Any], fields: dict[str, Any]) -> None:
         arguments = call.params.get("arguments") if call.method == "tools/call" else call.params.get("uri")
         if arguments is not None:
-            digest = hashlib.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)).hexdigest()
-            fields["args_sha256"] = events.Digest(digest)
+            fields["args_sha256"] = events.Digest.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS))
         static = self._static_labels(call)
         risk = notes.get("risk")
         if risk:
