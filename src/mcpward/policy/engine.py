@@ -6,8 +6,9 @@ error denies (fail closed); a permit that fails to evaluate only failed to allow
 
 Hot path: the policy set and the static entities (actions, servers) are parsed once; a batch of
 requests costs one Cedar call; and decisions are cached on everything they depend on (the
-principal's and resource's entity JSON, the action, and exactly the context fields the policies
-read), so a repeated call costs a dictionary lookup unless a policy reads the clock.
+principal's entity JSON, a key of what the resource entity holds or its JSON when arguments are
+part of it, the action, and exactly the context fields the policies read), so a repeated call
+costs a dictionary lookup unless a policy reads the clock.
 """
 
 from __future__ import annotations
