@@ -7,7 +7,8 @@ Part 1, latency: the default output guards (one OutputGuard: neutralising, secre
 markers, size cap; the error guard has no result hook) on typical ~1 KiB `tools/call` results,
 called in-process as the gateway calls them; median and p99 of many calls after a warm-up. When
 `mcpward.guards.setup.build_chain` is importable, the whole default chain (request and result
-hooks) is measured the same way.
+hooks) is measured the same way, each call carrying the tool's listed definition as the gateway sets
+it (`call.definition`: the argument guard validates against its inputSchema on every call).
 
 Part 2, throughput: redaction of multi-MB text, (a) the real LiveMCPBench tool outputs from
 ../shared/eval (read at run time, repeated to the size asked), (b) a synthetic application log
@@ -211,21 +212,25 @@ async def latency_part(calls: int) -> list[str]:
     chain: GuardChain = build_chain(parse({"servers": {"bench": {"command": "unused"}},
                                            "policy": {"base": "permit-all"}},
                                           str(Path(tmp.name) / "mcpward.toml"), Path(tmp.name)))
-    tool = {"name": "bench__t", "description": "Reads a file of the project and returns its text.",
-            "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
-            "annotations": {"readOnlyHint": True}}
-    chain.published("bench", "tools", [Listed("bench", "t", tool)])
+    # The upstream's own definition, as listed; the gateway passes this one object as `call.definition`
+    # on every call (so the argument guard validates the arguments against its inputSchema each time).
+    upstream = {"name": "t", "description": "Reads a file of the project and returns its text.",
+                "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+                "annotations": {"readOnlyHint": True}}
+    chain.published("bench", "tools", [Listed("bench", "t", {**upstream, "name": "bench__t"})])
     names = ", ".join(type(g).__name__ for g in chain.guards) or "empty"
     rows.append("")
     rows.append(f"Whole chain from `setup.build_chain` with `[policy] base = \"permit-all\"` ({names}), "
-                "request and result hooks:")
+                "request and result hooks; each call carries the tool's listed definition as the gateway "
+                "passes it (`call.definition`: the arguments are validated against its inputSchema), "
+                "arguments `{\"path\": \"README.md\"}`:")
     rows.append("")
     rows.append("| 1 KiB result | chain, median | p99 | CPU per call |")
     rows.append("|---|---|---|---|")
     for label, result in typical_results().items():
         async def full(fresh: dict[str, Any]) -> Any:
             call = Call(ctx=ctx, method="tools/call", params={"name": "t", "arguments": {"path": "README.md"}},
-                        server="bench", target="t", exposed="bench__t")
+                        server="bench", target="t", exposed="bench__t", definition=upstream)
             await chain.request(call)
             return await chain.result(call, fresh)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mcpward.guards.path_screen import PathScreen, decode, load_patterns
+from mcpward.guards.path_screen import PathScreen, decode, load_patterns, normalise
 from tests.test_arguments_guard import guard, rule_of
 
 SCREEN = PathScreen()
@@ -99,3 +99,21 @@ async def test_guard_roots_global_and_per_server() -> None:
     assert await rule_of(g, {"path": "/home/ann/x"}) == "args.path.outside-roots"
     assert await rule_of(g, {"path": "/home/ann/x"}, server="wide") is None
     assert await rule_of(g, {"path": "/srv/data/x"}, server="wide") == "args.path.outside-roots"
+
+
+def test_normalise_agrees_with_normpath_on_every_short_path() -> None:
+    # `normalise` skips `posixpath.normpath` for paths it would not change: check that on every
+    # string of up to 6 characters from the characters that matter.
+    import itertools
+    import posixpath
+
+    for length in range(1, 7):
+        for chars in itertools.product("/.a\\ ", repeat=length):
+            raw = "".join(chars)
+            path = raw.replace("\\", "/").strip()
+            if not path:
+                continue
+            expected = posixpath.normpath(path)
+            if path.startswith("//"):
+                expected = "/" + expected.lstrip("/")
+            assert normalise(raw) == expected, raw

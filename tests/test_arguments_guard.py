@@ -246,8 +246,11 @@ async def test_an_internal_failure_refuses_the_call(monkeypatch: pytest.MonkeyPa
     def boom(value: str) -> None:
         raise RuntimeError("bug")
 
+    # Both character screens: a flat call takes the one-pass screen, a nested one the full walk.
+    monkeypatch.setattr(arguments_module, "clean_fast", boom)
     monkeypatch.setattr(arguments_module, "screen_characters", boom)
     assert await rule_of(guard(), {"text": "x"}) == "args.internal"
+    assert await rule_of(guard(), {"nested": {"text": "x\u200b"}}) == "args.internal"
 
 
 async def test_typical_call_passes_and_returns_none() -> None:
@@ -308,3 +311,51 @@ def test_max_content_is_configurable() -> None:
         parse(cfg_with({"max_content": 0}))
     with pytest.raises(ConfigError, match="max_content"):
         parse(cfg_with({"max_content": "big"}))
+
+
+FLAT_CASES: list[dict[str, Any]] = [
+    {"path": "README.md"},
+    {"path": "README.md", "n": 3, "ok": True, "none": None, "ratio": 0.5},
+    {"query": "a `b` c", "cmd": "ls"},
+    {"text": "tab\tand\nnewline\rreturn"},
+    {"text": "non\u00a0breaking space"},  # non-printable but allowed: the full walk decides
+    {"text": "zero\u200bwidth"},
+    {"text": "Persian \u0645\u200c\u06cc"},
+    {"k\u200bey": "value"},
+    {"big": "x" * 8192},  # over max_string / 4 characters: measured by the full walk
+    {"big": "\u00e9" * 2050},
+    {"": ""},
+    {},
+]
+
+
+@pytest.mark.parametrize("arguments", FLAT_CASES)
+def test_the_flat_fast_path_returns_what_the_full_walk_returns(arguments: dict[str, Any]) -> None:
+    g = guard(mode="log")
+    call = make_call(arguments)
+    flat = g._flat(arguments)
+    found = arguments_module._Findings(g, call)
+    oversized: list[Any] = []
+    walked = g._walk(arguments, found, oversized)
+    if flat is not None:  # taken only where the full walk has nothing to report
+        assert flat == walked
+        assert not oversized and "argument_flags" not in call.notes
+
+
+def test_the_flat_fast_path_leaves_nested_and_limit_cases_to_the_full_walk() -> None:
+    assert guard()._flat({"a": {"b": "c"}}) is None
+    assert guard()._flat({"a": ["b"]}) is None
+    assert guard(max_items=1)._flat({"a": 1, "b": 2}) is None
+    assert guard(max_depth=0)._flat({"a": 1}) is None
+
+
+async def test_refusals_on_flat_calls_are_the_full_walks() -> None:
+    assert await rule_of(guard(), {"text": "zero\u200bwidth"}) == "args.unicode.invisible"
+    assert await rule_of(guard(), {"k\u202eey": "v"}) == "args.unicode.bidi"
+    assert await rule_of(guard(max_depth=0), {"a": 1}) == "args.limit.depth"
+    assert await rule_of(guard(max_items=1), {"a": 1, "b": 2}) == "args.limit.items"
+    assert await rule_of(guard(), {"path": "a" * 9000}) == "args.limit.string"
+    assert await rule_of(guard(), {"path": "../etc/passwd"}) == "args.path.traversal"
+    assert await rule_of(guard(), {"path": "php://filter/resource=x"}) == "args.url.scheme"
+    assert await rule_of(guard(), {"path": "http://inside.example.com/x"}) == "args.url.non-public"
+    assert await rule_of(guard(), {"text": "a ```` b"}) == "args.backticks"

@@ -334,3 +334,57 @@ async def test_markers_in_a_sampling_request_follow_the_injection_mode() -> None
         await guard(secrets={"mode": "block"}).on_message(system_context(), "s", "elicitation/create",
                                                           {"message": f"confirm key {AWS}", "requestedSchema": {}})
     assert caught.value.rule.startswith("secrets.")
+
+
+async def test_redactions_of_a_server_message_and_the_result_of_one_request_add_up() -> None:
+    # A server's log line during the request is redacted (on_message) before the result is (on_result):
+    # the request's own record must count both, not only the result's.
+    g = guard()
+    c = call()
+    c.ctx.call = c  # the gateway binds a request's context to its call
+    message = await g.on_message(c.ctx, "s", "notifications/message", {"level": "info", "data": f"key {AWS}"})
+    assert message is not None
+    in_message = json.dumps(message).count("[REDACTED:")
+    assert in_message >= 1 and c.notes["redactions"] == in_message
+    out = await run(g, {"content": [{"type": "text", "text": f"token {GH} at {DSN}"}]}, c)
+    assert out is not None
+    in_result = text_of(out).count("[REDACTED:")
+    assert in_result >= 2 and sum(out["_meta"]["mcpward/output"]["redacted"].values()) == in_result
+    assert c.notes["redactions"] == in_message + in_result
+
+
+@pytest.mark.parametrize("text", ["plain words " * 40, "\x1b[31m" * 300, "\u0001" * 700, '"\\' * 500, ""])
+@pytest.mark.parametrize("extra", [{}, {"isError": False}, {"isError": True}])
+def test_the_size_shortcut_never_lets_an_oversized_result_through(text: str, extra: dict[str, Any]) -> None:
+    # `_fits` lets the cap skip serialising a one-text-block result: only when the real size is within the limit.
+    result = {"content": [{"type": "text", "text": text}], **extra}
+    block = output._one_text_block(result)
+    assert block is not None
+    size = len(orjson.dumps(result))
+    for limit in (size - 1, size, size + 1, 6 * len(text) + 96, 6 * len(text) + 95):
+        if output._fits(result, block, -1, limit):
+            assert size <= limit
+    structured = {"rows": [text[:50]] * 3}
+    with_sc = {**result, "structuredContent": structured}
+    sc_bytes = len(orjson.dumps(structured))
+    size = len(orjson.dumps(with_sc))
+    for limit in (size - 1, size, 6 * len(text) + 96 + sc_bytes):
+        if output._fits(with_sc, block, sc_bytes, limit):
+            assert size <= limit
+    assert not output._fits(with_sc, block, -1, 10**9)  # structuredContent of unknown size: measure it
+    assert not output._fits({**result, "_meta": {"x": 1}}, block, -1, 10**9)
+    assert not output._fits({"content": [{**block, "annotations": {}}]}, {**block, "annotations": {}}, -1, 10**9)
+
+
+async def test_one_text_block_results_are_capped_and_redacted_like_any_result() -> None:
+    g = guard(output={"max_result_bytes": 2048})
+    # 600 escape characters serialise to 3,600 bytes although the text is only 600 characters long.
+    out = await run(g, {"content": [{"type": "text", "text": "a\u0001" * 600}], "isError": False})
+    assert out is not None and len(orjson.dumps(out)) <= 2048
+    assert "truncated" in out["_meta"]["mcpward/output"]
+    out = await run(g, {"content": [{"type": "text", "text": "\u00e9" * 1500}]})  # not ASCII: measured
+    assert out is not None and "truncated" in out["_meta"]["mcpward/output"]
+    small = {"content": [{"type": "text", "text": "caf\u00e9 ok"}], "isError": False}
+    assert await run(g, small) is None
+    out = await run(g, {"content": [{"type": "text", "text": f"key {AWS}"}]})
+    assert out is not None and AWS not in text_of(out) and out["_meta"]["mcpward/output"]["redacted"]

@@ -33,7 +33,7 @@ from mcpward.guards.command_screen import CommandScreen
 from mcpward.guards.param_kinds import kind_from_description, kind_from_name
 from mcpward.guards.path_screen import PathScreen, url_scheme
 from mcpward.guards.schema_check import CompiledTool, SchemaCache
-from mcpward.guards.text_screen import BacktickScreen, screen_characters
+from mcpward.guards.text_screen import BacktickScreen, clean_fast, screen_characters
 from mcpward.guards.url_screen import Resolver, UrlScreen, static_resolver
 from mcpward.protocol.jsonrpc import JsonObj
 
@@ -75,7 +75,8 @@ class ArgumentGuard(Guard):
         self.backticks = BacktickScreen(max_run=s.max_backtick_run)
         self.schemas = SchemaCache(max_schema_bytes=s.max_schema_bytes, additional_properties=s.additional_properties)
         self._name_kinds: dict[str, Kind | None] = {}
-        self._kind_memo: dict[tuple[Any, ...], tuple[CompiledTool, Kind]] = {}
+        # (method, server, tool) -> (the compiled schema the kinds came from, parameter name path -> kind)
+        self._kind_memo: dict[tuple[str, str, str], tuple[CompiledTool, dict[Names, Kind]]] = {}
 
     async def on_request(self, call: Call) -> JsonObj | None:
         if call.method not in ("tools/call", "prompts/get"):
@@ -98,10 +99,12 @@ class ArgumentGuard(Guard):
             found.add(Finding("args.schema.mismatch", "must be an object"), ())
             return
         oversized: list[tuple[PathParts, Names, int]] = []
-        strings, backticks = self._walk(arguments, found, oversized)
+        flat = self._flat(arguments)
+        strings, backticks = flat if flat is not None else self._walk(arguments, found, oversized)
         self._total(arguments, found)
         compiled = _NO_SCHEMA
-        schema = call.definition.get("inputSchema") if call.method == "tools/call" and call.definition else None
+        definition = call.definition
+        schema = definition.get("inputSchema") if definition and call.method == "tools/call" else None
         if schema is not None:
             compiled = self.schemas.get(call.server or "", call.target or "", schema)
         if oversized:  # only content may exceed max_string (up to max_content): judged by kind now
@@ -110,14 +113,89 @@ class ArgumentGuard(Guard):
             finding = self.schemas.validate(compiled, arguments)
             if finding is not None:
                 found.add(finding, None, detail_first=True)
-        await self._screen_kinds(call, strings, compiled, found, backticks)
+        if not strings:
+            return
+        # Each string by the kind of its parameter (inline: one coroutine less on every call).
+        s = self.settings
+        tool = (call.server or "", call.target or "")
+        overrides = s.param_kinds.get(tool) if s.param_kinds else None
+        described = _prompt_kinds(definition) if call.method == "prompts/get" else None
+        # Kinds per (tool, parameter path) are remembered with the compiled schema they came from
+        # (prompts are classified afresh: their kinds come from the definition passed with the call).
+        known: dict[Names, Kind] | None = None
+        if described is None:
+            entry = self._kind_memo.get((call.method, *tool))
+            if entry is None or entry[0] is not compiled:
+                if len(self._kind_memo) > 256:
+                    self._kind_memo.clear()
+                entry = self._kind_memo[(call.method, *tool)] = (compiled, {})
+            known = entry[1]
+        for path, names, value in strings:
+            if not value:
+                continue
+            kind = known.get(names) if known is not None else None
+            if kind is None:
+                kind = self._kind(names, compiled, overrides, described)
+                if known is not None:
+                    if len(known) > 1024:
+                        known.clear()
+                    known[names] = kind
+            finding = self.backticks.screen(value, strict=kind not in _LOOSE) if backticks else None
+            if finding is not None or kind in _LOOSE:
+                pass
+            elif kind == "path":
+                if "://" in value and url_scheme(value) in ("http", "https"):
+                    # some file tools read URLs too: then it is a URL
+                    finding = await self.urls.check(value, s.allow_private_for(call.server))
+                else:
+                    finding = self._path(value, call.server)
+            elif kind == "url":
+                finding = await self.urls.check(value, s.allow_private_for(call.server))
+            elif kind == "command":
+                finding = self.commands.check_command(value)
+            elif kind == "code":
+                finding = self.commands.check_code(value)
+            if finding is not None:
+                found.add(finding, path)
 
     # ------------------------------------------------------------ limits + characters
+    def _flat(self, arguments: dict[str, Any]) -> tuple[list[tuple[PathParts, Names, str]], bool] | None:
+        """The common call, `{"name": "value", "n": 3}`: no nesting, every key and string well within
+        `max_string`, no character to look at twice. Returns what `_walk` returns for it (it would
+        find nothing), or None for anything else, which then takes the full walk from the start."""
+        s = self.settings
+        if len(arguments) > s.max_items or s.max_depth < 1:
+            return None
+        limit = s.max_string
+        strings: list[tuple[PathParts, Names, str]] = []
+        texts: list[str] = []
+        for key, item in arguments.items():
+            if type(key) is not str or len(key) * 4 > limit:
+                return None
+            texts.append(key)
+            if isinstance(item, str):
+                if len(item) * 4 > limit:
+                    return None
+                texts.append(item)
+                child = (key,)
+                strings.append((child, child, item))
+            elif isinstance(item, (dict, list)):
+                return None
+        # A space between the parts: the test is per character, and a printable joiner lets a short
+        # call take `clean_fast`'s one-loop path (a newline would send it to the byte table).
+        joined = " ".join(texts)
+        if not clean_fast(joined):  # "look closer": the full walk screens each string
+            return None
+        return strings, "`" in joined
+
     def _walk(self, arguments: dict[str, Any], found: _Findings,
               oversized: list[tuple[PathParts, Names, int]]) -> tuple[list[tuple[PathParts, Names, str]], bool]:
         """One pass (iterative: no recursion limit to hit): depth, items, string and key sizes, then
         characters. Returns the string values with their paths, and whether any has a backtick.
-        Strings over `max_string` but within the content limit go to `oversized` (judged by kind later)."""
+        Strings over `max_string` but within the content limit go to `oversized` (judged by kind later).
+
+        This runs on every call, so the per-item work is inline (no helper call per value), and a
+        value's name path is the same tuple as its path while no array lies on the way (no copy)."""
         s = self.settings
         max_depth, max_items, limit = s.max_depth, s.max_items, s.max_string
         strings: list[tuple[PathParts, Names, str]] = []
@@ -136,28 +214,40 @@ class ArgumentGuard(Guard):
                 found.add(Finding("args.limit.items",
                                   f"has {len(value)} {what}; the limit is {max_items} (max_items)"), path)
             if is_dict:
+                same = names is path  # no array index on the way: the name path is the path
                 for key, item in value.items():
                     key = str(key)
                     keys.append((path, key))
                     if len(key) * 4 > limit:
                         self._size(key, path, found, key=True)
-                    self._child(item, (*path, key), (*names, key), depth, strings, stack, found, oversized)
+                    text = isinstance(item, str)
+                    if text or isinstance(item, (dict, list)):
+                        child = (*path, key)
+                        # With no index on the way the path is all names: the same tuple serves as both.
+                        named: Names = child if same else (*names, key)  # type: ignore[assignment]
+                        if not text:
+                            stack.append((item, child, named, depth + 1))
+                        else:
+                            if len(item) * 4 > limit:
+                                self._string(item, child, named, found, oversized)
+                            strings.append((child, named, item))
             else:
                 for index, item in enumerate(value):
-                    self._child(item, (*path, index), names, depth, strings, stack, found, oversized)
+                    if isinstance(item, str):
+                        child = (*path, index)
+                        if len(item) * 4 > limit:
+                            self._string(item, child, names, found, oversized)
+                        strings.append((child, names, item))
+                    elif isinstance(item, (dict, list)):
+                        stack.append((item, (*path, index), names, depth + 1))
         return strings, self._characters(keys, strings, found)
 
-    def _child(self, item: Any, path: PathParts, names: Names, depth: int, strings: list[tuple[PathParts, Names, str]],
-               stack: list[tuple[Any, PathParts, Names, int]], found: _Findings,
-               oversized: list[tuple[PathParts, Names, int]]) -> None:
-        if isinstance(item, str):
-            if len(item) * 4 > self.settings.max_string:  # only then can the UTF-8 size exceed the limit
-                size = self._size(item, path, found, key=False)
-                if size > self.settings.max_string:
-                    oversized.append((path, names, size))
-            strings.append((path, names, item))
-        elif isinstance(item, (dict, list)):
-            stack.append((item, path, names, depth + 1))
+    def _string(self, item: str, path: PathParts, names: Names, found: _Findings,
+                oversized: list[tuple[PathParts, Names, int]]) -> None:
+        """A string that may be over `max_string` (only then can its UTF-8 size exceed the limit)."""
+        size = self._size(item, path, found, key=False)
+        if size > self.settings.max_string:
+            oversized.append((path, names, size))
 
     def _size(self, value: str, path: PathParts, found: _Findings, key: bool) -> int:
         """The UTF-8 size; refuses here what is over every limit that could apply (keys: max_string;
@@ -237,42 +327,9 @@ class ArgumentGuard(Guard):
                 found.add(Finding("args.limit.string",
                                   f"is {size} bytes; the limit is {self.settings.max_string} (max_string)"), path)
 
-    async def _screen_kinds(self, call: Call, strings: list[tuple[PathParts, Names, str]], compiled: CompiledTool,
-                            found: _Findings, backticks: bool = True) -> None:
-        s = self.settings
-        tool = (call.server or "", call.target or "")
-        overrides = s.param_kinds.get(tool) if s.param_kinds else None
-        described = _prompt_kinds(call.definition) if call.method == "prompts/get" else None
-        memo = self._kind_memo
-        for path, names, value in strings:
-            if not value:
-                continue
-            # Kinds per (tool, parameter path) are remembered with the compiled schema they came from.
-            key = (call.method, *tool, names)
-            hit = memo.get(key)
-            if hit is not None and hit[0] is compiled and described is None:
-                kind = hit[1]
-            else:
-                kind = self._kind(names, compiled, overrides, described)
-                if len(memo) > 20_000:
-                    memo.clear()
-                memo[key] = (compiled, kind)
-            finding = self.backticks.screen(value, strict=kind not in _LOOSE) if backticks else None
-            if finding is None and kind == "url":
-                finding = await self.urls.check(value, s.allow_private_for(call.server))
-            elif finding is None and kind == "path":
-                finding = await self._path(value, call.server)
-            elif finding is None and kind == "command":
-                finding = self.commands.check_command(value)
-            elif finding is None and kind == "code":
-                finding = self.commands.check_code(value)
-            if finding is not None:
-                found.add(finding, path)
-
-    async def _path(self, value: str, server: str | None) -> Finding | None:
+    def _path(self, value: str, server: str | None) -> Finding | None:
+        """A path-kind value that is not an http(s) URL (the caller sends those to the URL screen)."""
         scheme = url_scheme(value)
-        if scheme in ("http", "https"):  # some file tools read URLs too: then it is a URL
-            return await self.urls.check(value, self.settings.allow_private_for(server))
         if scheme is not None and scheme != "file":
             return Finding("args.url.scheme", f"is a {scheme}:// URL or stream wrapper, not a path")
         return self.paths.check(value, self.settings.roots_for(server))

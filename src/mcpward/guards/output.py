@@ -23,7 +23,7 @@ record per result that was changed or flagged, with counts per rule and never a 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -171,19 +171,34 @@ class _Scope:
     max_bytes: int
 
 
-@dataclass(slots=True)
 class _Pass:
     """One result: its strings, what was found in them, and the replacements to write back."""
 
-    guard: OutputGuard
-    scope: _Scope
-    redacted: dict[str, int] = field(default_factory=dict)
-    logged: dict[str, int] = field(default_factory=dict)
-    markers: set[str] = field(default_factory=set)
-    found: set[str] = field(default_factory=set)  # "secret"/"pii": what kinds of data the result held
-    neutralised: int = 0
-    block: tuple[str, str] | None = None  # (rule, what)
-    shortened: bool = False  # a string longer than the cap allows was cut before the scan
+    __slots__ = (
+        "block",
+        "found",
+        "guard",
+        "logged",
+        "markers",
+        "neutralised",
+        "redacted",
+        "scope",
+        "shortened",
+        "structured_bytes",
+    )
+
+    def __init__(self, guard: OutputGuard, scope: _Scope) -> None:
+        # Built on every result: plain assignments of literals (a dataclass calls a factory per field).
+        self.guard = guard
+        self.scope = scope
+        self.redacted: dict[str, int] = {}
+        self.logged: dict[str, int] = {}
+        self.markers: set[str] = set()
+        self.found: set[str] = set()  # "secret"/"pii": what kinds of data the result held
+        self.neutralised = 0
+        self.block: tuple[str, str] | None = None  # (rule, what)
+        self.shortened = False  # a string longer than the cap allows was cut before the scan
+        self.structured_bytes = -1  # serialised size of structuredContent, when `json_clean` measured it
 
     def allow(self, det: Detector) -> bool:
         return det.kind != "pii" or det.category not in self.scope.allow_pii
@@ -195,6 +210,8 @@ class _Pass:
         the "control" kind when neutralising is on): only then are the strings neutralised and
         scanned again, so clean text is read once, by one DFA pass.
         """
+        if len(slots) == 1:
+            return self._run_one(slots[0].text, max_chars)
         replaced: dict[int, str] = {}
         texts = [slot.text for slot in slots]
         if max_chars is not None:
@@ -248,6 +265,29 @@ class _Pass:
                 replaced[i] = splice(data if single else data[starts[i]:starts[i] + lengths[i]], keep)
         return replaced
 
+    def _run_one(self, text: str, max_chars: int | None) -> dict[int, str]:
+        """`run` for one string (most results are one text block): the same steps, no joining."""
+        replaced: dict[int, str] = {}
+        if max_chars is not None and len(text) > max_chars:
+            text = replaced[0] = text[:max_chars]  # see `run`: only what may survive the cut is scanned
+            self.shortened = True
+        data = encode(text)
+        guard = self.guard
+        hits = self._scan(data, guard.profile)
+        if hits and hits[0].detector is CONTROL:
+            if needs_neutralising(data):
+                cleaned, count = neutralise_bytes(data)
+                if count:
+                    data = cleaned
+                    replaced[0] = cleaned.decode("utf-8", "surrogatepass")
+                    self.neutralised += count
+            hits = self._scan(data, guard.plain_profile)
+        if hits:
+            keep = self._sort(hits)
+            if keep:
+                replaced[0] = splice(data, keep)
+        return replaced
+
     def json_clean(self, value: Any) -> bool:
         """True when one scan of `value` serialised finds nothing (so its strings need no walk).
 
@@ -260,6 +300,7 @@ class _Pass:
             data = orjson.dumps(value)
         except TypeError:
             return False
+        self.structured_bytes = len(data)
         if b"\\" in data or not self.guard.redactor.exact_json_safe:
             return False  # an escape sequence (\n, \", \u001b...): walk the strings instead
         return not self._scan(data, self.guard.profile)
@@ -339,9 +380,16 @@ class OutputGuard(Guard):
         # The result is this request's own fresh object: strings are replaced in place.
         scope = self._scope(call)
         state = _Pass(self, scope)
-        structured = result.get("structuredContent") if call.method == "tools/call" else None
-        clean = structured is not None and not isinstance(structured, str) and state.json_clean(structured)
-        slots = collect(call.method, result, structured=not clean)
+        tool = call.method == "tools/call"
+        block = _one_text_block(result) if tool else None
+        clean = False
+        if block is not None and "structuredContent" not in result:
+            # The common result, one text block: its one slot, without the general walk.
+            slots = [Slot(block, "text", block["text"])]
+        else:
+            structured = result.get("structuredContent") if tool else None
+            clean = structured is not None and not isinstance(structured, str) and state.json_clean(structured)
+            slots = collect(call.method, result, structured=not clean)
         capped = call.method in CAPPED_METHODS
         max_chars = scope.max_bytes + _SCAN_MARGIN if capped else None
         replaced = state.run(slots, max_chars) if slots else {}
@@ -364,7 +412,8 @@ class OutputGuard(Guard):
             current = self._flag(call.method, current, sorted(state.markers))
             meta["injection"] = {"markers": sorted(state.markers), "mode": self.injection}
         truncated = None
-        if capped:
+        if capped and not (current is result and not replaced and block is not None
+                           and _fits(result, block, state.structured_bytes if clean else -1, scope.max_bytes)):
             cut = cap(call.method, current, scope.max_bytes, _has_output_schema(call.definition), original)
             if cut is not None:
                 current, truncated = cut
@@ -453,8 +502,9 @@ class OutputGuard(Guard):
         return result
 
     def _audit(self, call: Call, state: _Pass, truncated: dict[str, Any] | None, outcome: str) -> None:
-        # Facts for the request's own audit record (and the anomaly rules reading it).
-        call.notes["redactions"] = sum(state.redacted.values())
+        # Facts for the request's own audit record (and the anomaly rules reading it). Added to, not
+        # set: a server message during this request (`on_message`) may already have counted some.
+        call.notes["redactions"] = call.notes.get("redactions", 0) + sum(state.redacted.values())
         call.notes.setdefault("flags", []).extend(f"{kind}-in-result" for kind in sorted(state.found))
         fields: dict[str, Any] = {"method": call.method, "server": call.server, "target": call.exposed,
                                   "outcome": outcome, **self._found(state)}
@@ -475,6 +525,45 @@ class OutputGuard(Guard):
         if state.neutralised:
             found["neutralised"] = state.neutralised
         return found
+
+
+# The serialised form of a one-text-block tool result around its text and structuredContent:
+# `{"content":[{"type":"text","text":""}],"structuredContent":,"isError":false}` is 76 bytes.
+_ONE_TEXT_FRAME = 96
+# Bytes one character of ASCII text can take in JSON at most (`\u001b`).
+_MAX_ASCII_ESCAPE = 6
+
+
+def _one_text_block(result: JsonObj) -> dict[str, Any] | None:
+    """The text block of `{"content": [{"type": "text", "text": "..."}], ...}`, else None."""
+    content = result.get("content")
+    if type(content) is not list or len(content) != 1:
+        return None
+    block = content[0]
+    if type(block) is not dict or block.get("type") != "text" or type(block.get("text")) is not str:
+        return None
+    return block
+
+
+def _fits(result: JsonObj, block: dict[str, Any], structured_bytes: int, limit: int) -> bool:
+    """True when the result certainly serialises within `limit` bytes, so the cap need not serialise
+    it: a one-text-block result with nothing else but `isError` (and `structuredContent` whose
+    serialised size is known), with ASCII text, each character at most 6 bytes of JSON. False
+    means "measure it" (the cap serialises the result)."""
+    if len(block) != 2:
+        return False
+    extra = len(result) - 1
+    if "isError" in result:
+        if type(result["isError"]) is not bool:
+            return False
+        extra -= 1
+    if structured_bytes >= 0 and "structuredContent" in result:
+        extra -= 1
+    else:
+        structured_bytes = 0
+    text = block["text"]
+    return extra == 0 and text.isascii() and \
+        _ONE_TEXT_FRAME + structured_bytes + _MAX_ASCII_ESCAPE * len(text) <= limit
 
 
 def _has_output_schema(definition: JsonObj | None) -> bool:

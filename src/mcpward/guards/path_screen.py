@@ -27,9 +27,10 @@ import posixpath
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import re2  # type: ignore[import-untyped]
 
@@ -46,6 +47,7 @@ _BASE64 = re.compile(r"^[A-Za-z0-9+/]{8,}={0,2}$")
 _DRIVE = re.compile(r"^[a-zA-Z]:/")
 _SLASH_DRIVE = re.compile(r"^/?([a-zA-Z]):/?")  # `/C:\x`, `c:x` (drive-relative) -> `c:/x`
 _URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
+_UNANCHORED = re2._Anchor.UNANCHORED
 
 
 def _overlong(match: re.Match[bytes]) -> bytes:
@@ -80,6 +82,9 @@ def normalise(decoded: str) -> str:
         path = path[7:]
     if not path:
         return path
+    if "//" not in path and "/." not in path and path[0] != "." and path[-1] != "/":
+        # No empty, "." or ".." part and no trailing slash: `normpath` would return it unchanged.
+        return path
     unc = path.startswith("//")
     path = posixpath.normpath(path)
     return "/" + path.lstrip("/") if unc else path
@@ -108,13 +113,27 @@ def default_patterns() -> list[str]:
 
 def url_scheme(value: str) -> str | None:
     """The scheme of a `scheme://...` value (a URL or a stream wrapper such as php://), else None."""
+    if "://" not in value:  # the pattern cannot match without it (the common case: a plain path)
+        return None
     match = _URL_SCHEME.match(value.strip())
     return match.group(1).lower() if match else None
+
+
+def _search(regex: Any) -> Callable[[bytes], bool]:
+    """Whether `regex` matches anywhere in UTF-8 bytes: one call into the compiled RE2 program."""
+    match = regex._regexp.Match
+
+    def search(data: bytes) -> bool:
+        return bool(match(_UNANCHORED, data, 0, len(data))[0][0] >= 0)
+
+    return search
 
 
 def _for_matching(normalised: str) -> str:
     """Lower case, and any drive letter as `c:` so one pattern covers every drive."""
     lowered = normalised.lower()
+    if ":" not in lowered[1:3]:  # a drive letter's colon is the 2nd or (after a slash) the 3rd character
+        return lowered
     return _SLASH_DRIVE.sub("c:/", lowered, count=1) if _SLASH_DRIVE.match(lowered) else lowered
 
 
@@ -124,24 +143,30 @@ class PathScreen:
         sensitive = [p for p in self.patterns if not p.startswith("!")]
         exceptions = [p[1:] for p in self.patterns if p.startswith("!")]
         self._one = [(p, re.compile(_pattern_regex(p))) for p in sensitive]
-        # One linear-time automaton answers "any sensitive pattern?" in a single pass.
-        self._any = re2.compile("|".join(f"(?:{_pattern_regex(p)})" for p in sensitive)) if sensitive else None
-        self._except = re2.compile("|".join(f"(?:{_pattern_regex(p)})" for p in exceptions)) if exceptions else None
+        # One linear-time automaton answers "any sensitive pattern?" in a single pass. It is called
+        # through its compiled program on UTF-8 bytes (what the `re2` wrapper does for a str, minus
+        # the character-offset bookkeeping a yes/no answer does not need).
+        self._any = _search(re2.compile("|".join(f"(?:{_pattern_regex(p)})" for p in sensitive))) \
+            if sensitive else None
+        self._except = _search(re2.compile("|".join(f"(?:{_pattern_regex(p)})" for p in exceptions))) \
+            if exceptions else None
 
     @staticmethod
     def traversal(value: str, decoded: str) -> Finding | None:
         if "\x00" in decoded:
             return Finding("args.path.traversal", "contains a null byte (it truncates the path in C code)")
-        if _DOTS_SEGMENT.search(decoded.replace("\\", "/")):
+        # The substring tests are what each pattern cannot match without (a C-speed screen, exact):
+        # a dots segment needs "..", an encoded one ".." or "2e2e" (case-insensitive).
+        if ".." in decoded and _DOTS_SEGMENT.search(decoded.replace("\\", "/")):
             return Finding("args.path.traversal", "contains a '..' segment (after decoding)")
-        if _STRIPPED_PERCENT.search(value):
+        if (".." in value or "2e2e" in value.lower()) and _STRIPPED_PERCENT.search(value):
             return Finding("args.path.traversal", "contains an encoded '../' with the '%' left out")
         return None
 
     @staticmethod
     def unbase64(value: str) -> str | None:
         """The text a base64-looking value decodes to (LFI filters decode it), else None."""
-        if not (_BASE64.match(value) and len(value) % 4 == 0):
+        if len(value) < 8 or len(value) % 4 or not _BASE64.match(value):
             return None
         try:
             text = base64.b64decode(value, validate=True).decode("utf-8")
@@ -153,9 +178,11 @@ class PathScreen:
         if self._any is None or not normalised:
             return None
         lowered = _for_matching(normalised)
-        if self._any.search(lowered) is None:
+        # Encoded as the `re2` wrapper encodes a str (strict UTF-8: a lone surrogate raises as before).
+        data = lowered.encode("utf-8")
+        if not self._any(data):
             return None
-        if self._except is not None and self._except.search(lowered):
+        if self._except is not None and self._except(data):
             return None
         for pattern, regex in self._one:
             if regex.search(lowered):
@@ -172,13 +199,18 @@ class PathScreen:
         return Finding("args.path.outside-roots", "is an absolute path outside the declared roots")
 
     def check(self, value: str, roots: tuple[str, ...] = ()) -> Finding | None:
-        decoded = decode(value)
-        found = self.traversal(value, decoded)
-        if found:
-            return found
+        # The substring tests in front of `decode`, `traversal` and `unbase64` are their own first
+        # tests, repeated here so a plain path does not pay for the calls (this runs on every path).
+        plain = value.isascii() and "%" not in value and "0x" not in value.lower()
+        decoded = value if plain else decode(value)
+        if "\x00" in decoded or ".." in decoded or not plain or "2e2e" in value.lower():
+            found = self.traversal(value, decoded)
+            if found:
+                return found
         normalised = normalise(decoded)
         found = self.sensitive(normalised) or self.outside_roots(normalised, roots)
-        if found is None and (inner := self.unbase64(value)) is not None:
+        if found is None and len(value) >= 8 and not len(value) % 4 \
+                and (inner := self.unbase64(value)) is not None:
             found = self.check(inner, roots)
             if found is not None:
                 return Finding(found.rule, f"is base64 for a path that {found.message}")

@@ -157,6 +157,8 @@ class SchemaCache:
         if compiled.error is not None:
             return compiled.error
         assert compiled.validator is not None
+        if compiled.validator.is_valid(arguments):  # the common case: no error objects to build
+            return None
         for error in compiled.validator.iter_errors(arguments):
             return Finding("args.schema.mismatch", f"{where(error.instance_path)}: {str(error.message)[:200]}")
         return None

@@ -54,6 +54,8 @@ def clean_fast(value: str) -> bool:
 
     Every forbidden character is non-printable (Cc, Cf, Cs), so printable text is clean; ASCII text
     is checked byte-wise. False means "look closer", not "refused" (a tab or NBSP is non-printable)."""
+    if len(value) < 128 and value.isprintable():  # short values: one C loop, no copy
+        return True
     if value.isascii():
         return not value.encode("ascii").translate(None, _ASCII_OK)
     return value.replace("\n", " ").replace("\t", " ").replace("\r", " ").isprintable()
