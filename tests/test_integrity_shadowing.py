@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from typing import Any
 
 import pytest
 
+from mcpward.integrity import names as names_mod
 from mcpward.integrity import shadowing
 from mcpward.integrity.names import _SEPARATORS, fold, one_edit_away
 from mcpward.integrity.scanner import Report, ScanContext, Scanner, Severity, default_scanner
@@ -153,21 +155,76 @@ def _names(rnd: random.Random) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("big_group", [shadowing.BIG_GROUP, 2])
+@pytest.mark.parametrize("big_group", [names_mod.BIG_GROUP, 2])
 def test_lookalike_index_finds_exactly_the_one_edit_pairs(big_group: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # big_group=2 sends every crowded bucket through its deletion index (the path hostile lists take).
-    monkeypatch.setattr(shadowing, "BIG_GROUP", big_group)
+    monkeypatch.setattr(names_mod, "BIG_GROUP", big_group)
     rnd = random.Random(big_group)
     for _ in range(30):
         names = _names(rnd)
-        look = shadowing.Lookalikes()
+        look = names_mod.Lookalikes()
         look.add(names[: len(names) // 2])  # added in two steps, as servers list one after another
         look.add(names[len(names) // 2:])
-        indexed = [n for n in names if len(n) >= shadowing.MIN_INDEXED]
+        indexed = [n for n in names if len(n) >= names_mod.MIN_INDEXED]
         strangers = ["".join(rnd.choice("abc") for _ in range(rnd.randint(4, 9))) for _ in range(20)]
         for query in names + strangers:
             # one_edit_away itself is checked against the definition above
             assert look.neighbours(query) == sorted(n for n in indexed if one_edit_away(query, n)), query
+
+
+def test_affix_prefilter_never_drops_a_one_edit_pair() -> None:
+    # `may_pair` gates the well-known-tools check: False must mean that no indexed name is one edit away.
+    rnd = random.Random(11)
+    for _ in range(40):
+        names = _names(rnd)
+        indexed = [n for n in names if len(n) >= names_mod.MIN_INDEXED]
+        keys = shadowing.affix_keys(indexed)
+        queries = names + ["".join(rnd.choice("abc") for _ in range(rnd.randint(6, 9))) for _ in range(40)]
+        for query in queries:
+            if len(query) >= shadowing.MIN_EDIT and any(one_edit_away(query, n) for n in indexed):
+                assert shadowing.may_pair(query, keys), query
+    # every single edit of a 6- and a 7-letter name, the swap of the middle pair included
+    for base in ("abcdef", "abcdefg", "abcdefgh", "abcdefghi", "abcdefghijklm", "abcdefghijklmn"):
+        keys = shadowing.affix_keys([base])
+        edits = {base[:i] + c + base[i + 1:] for i in range(len(base)) for c in "xyz"}
+        edits |= {base[:i] + base[i + 1] + base[i] + base[i + 2:] for i in range(len(base) - 1)}
+        edits |= {base[:i] + c + base[i:] for i in range(len(base) + 1) for c in "xy"}
+        edits |= {base[:i] + base[i + 1:] for i in range(len(base))}
+        for edit in edits:
+            if len(edit) >= shadowing.MIN_EDIT:
+                assert shadowing.may_pair(edit, keys), edit
+    assert not shadowing.may_pair("zzzzzzzz", shadowing.affix_keys(["abcdefgh"]))
+
+
+def test_qualifier_test_agrees_with_the_qualifier_pattern() -> None:
+    # The qualifier check was a regex; the set lookup and digit tests that replace it must say the same.
+    pattern = re.compile(
+        r"^(?:enhanced|advanced|improved|better|best|premium|pro|plus|super|ultra|ultimate|secure|safe|official|"
+        r"new|optimi[sz]ed|fast|faster|smart|v\d+|\d+|real|true|fixed|updated|turbo|max)$")
+    words = ["pro", "v2", "v", "2", "v02x", "\u0662", "v\u0663", "\u00b2", "optimised", "optimized", "optimixed",
+             "best1", "", "max", "maxi", "x2", "V2", "12345678901"]
+    rnd = random.Random(3)
+    alphabet = "v0123456789aeprox\u0661\u00b2"
+    words += ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 5))) for _ in range(3000)]
+    for word in words:
+        assert shadowing._qualifier(word) == bool(pattern.match(word)), repr(word)
+
+
+def test_name_words_agree_with_the_word_split_pattern() -> None:
+    rnd = random.Random(4)
+    pool = [*"abcXYZ019_-. \t\n\x1c\x1f", "\u00e9", "\u00c9", "\u0130", "\u2003"]
+    for _ in range(20000):
+        name = "".join(rnd.choice(pool) for _ in range(rnd.randint(0, 16)))
+        expected = [w.lower() for w in shadowing._WORD_SPLIT.split(name) if w]
+        assert shadowing._name_words(name) == expected, repr(name)
+
+
+def test_compound_test_agrees_with_its_pattern() -> None:
+    rnd = random.Random(6)
+    pool = [*"abcXYZ09_-. ", "\u00e9", "\u00c9"]
+    for _ in range(20000):
+        name = "".join(rnd.choice(pool) for _ in range(rnd.randint(0, 10)))
+        assert shadowing._compound(name) == bool(shadowing._COMPOUND.search(name)), repr(name)
 
 
 def test_numbered_copies_are_not_lookalikes_but_a_typo_is() -> None:

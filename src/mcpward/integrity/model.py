@@ -71,6 +71,8 @@ class ScanContext:
     index: Any = field(default=None, compare=False)
     # The scanner's key of `others`, filled on first use (scanner.catalog_key; not part of the value).
     key: Any = field(default=None, init=False, repr=False, compare=False)
+    # (shadowing checker, its index of `others`), filled on first use: one lookup per context, not per item.
+    prepared: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 EMPTY = Report((), 0.0, Severity.NONE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from operator import ne
 
 _SEPARATORS = re.compile(r"[\s_\-.]+")
@@ -10,13 +11,13 @@ _SEPARATORS = re.compile(r"[\s_\-.]+")
 
 # What `_SEPARATORS` matches in ASCII (`\s` there: space, \t \n \v \f \r and \x1c-\x1f), deleted by
 # a byte table: folding runs for every name of every catalog, and a regex substitution is the slow way.
-_ASCII_SEPARATORS = b" \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f_-."
+ASCII_SEPARATORS = b" \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f_-."
 
 
 def fold(name: str) -> str:
     """Case and separators do not make two names different to a reader (`read_file` vs `readFile`)."""
     if name.isascii():
-        return name.encode("ascii").translate(None, _ASCII_SEPARATORS).decode("ascii").lower()
+        return name.encode("ascii").translate(None, ASCII_SEPARATORS).decode("ascii").lower()
     return _SEPARATORS.sub("", name).lower()
 
 
@@ -49,12 +50,219 @@ def within_one_edit(a: str, b: str) -> bool:
         i = diff.index(True)
         return bool(diff[i + 1]) and a[i] == b[i + 1] and a[i + 1] == b[i]
     short, long = (a, b) if la < lb else (b, a)
-    i = 0
-    while i < len(short) and short[i] == long[i]:
-        i += 1
+    # The first difference (map over the shorter length, in C), then the rest must line up after it.
+    diff = list(map(ne, short, long))
+    i = diff.index(True) if True in diff else len(short)
     return short[i:] == long[i + 1:]
 
 
 def one_edit_away(a: str, b: str) -> bool:
     """Different names that are one edit apart: the typosquat signal (equal names are not)."""
     return a != b and within_one_edit(a, b)
+
+
+MIN_INDEXED = 5  # shadowing.MIN_EDIT - 1: a name one edit away from a checked name is at least this long
+BIG_GROUP = 48  # bucket size above which a bucket is searched through its own deletion index
+_Bucket = str  # kind letter, length (as a character), what the names filed there share
+
+
+def _bucket_keys(f: str) -> tuple[_Bucket, ...]:
+    """The buckets a name is filed under (`_FILED` gives its role in each): two names one edit apart
+    always share a bucket in which one of them is filed in the role the other looks for (`_WANTED`).
+
+    Equal lengths: a substitution leaves the characters at even positions equal or those at odd positions
+    equal (E, O); a swap of two neighbours leaves the multiset of characters equal (M). Lengths n and
+    n + 1, m = n // 2: a deletion from the longer name at p >= m keeps the shorter's first m characters,
+    one at p < m its last n - m; so a name is filed under its own first half and second half (P, S, as the
+    shorter) and under the first m and last n - m characters of the name one shorter (as the longer).
+    Seven buckets a name instead of one per character as a deletion neighbourhood needs, and names that
+    differ in two places (copies of a tool with a numbered suffix) share none of the equal-length ones.
+    Keys are strings (a kind letter, the length as a character, the shared part): not tracked by the
+    garbage collector, which a tuple per key kept busy."""
+    n = len(f)
+    h, m = n // 2, (n - 1) // 2
+    prefixes = _PREFIXES.get(n)
+    if prefixes is None:
+        size, shorter = chr(n), chr(n - 1) if n else ""
+        prefixes = _PREFIXES[n] = ("E" + size, "O" + size, "M" + size, "P" + size, "S" + size, "P" + shorter,
+                                   "S" + shorter)
+    e, o, mm, p, s, p1, s1 = prefixes
+    # M is an order-free sum of a fixed weight per UTF-8 byte, all in C (a byte table, then sum() over
+    # small integers): equal character multisets have equal byte multisets, so equal sums; a rare unequal
+    # pair with the same sum only costs one comparison. (Character hashes, used before, overflowed into
+    # big integers and cost more than the rest of the keys.)
+    weights = sum(f.encode("utf-8", "surrogatepass").translate(_BYTE_WEIGHTS))
+    return (e + f[0::2], o + f[1::2], mm + str(weights), p + f[:h], s + f[h:], p1 + f[:m], s1 + f[m + 1 :])
+
+
+_PREFIXES: dict[int, tuple[str, str, str, str, str, str, str]] = {}  # name length -> its bucket key prefixes
+
+
+
+# A fixed permutation of the byte values (multiplying by an odd number modulo 256): weights spread over
+# 0..255, where letters alone would crowd a few sums.
+_BYTE_WEIGHTS = bytes((i * 167 + 91) % 256 for i in range(256))
+_NONE4 = [None, None, None, None]
+_FILED = (0, 0, 0, 0, 0, 1, 1)  # role of a name in each of its buckets (1: as the longer of a pair)
+_WANTED = (0, 0, 0, 1, 1, 0, 0)  # which role's names a name pairs with in each of its buckets
+
+
+def _deletions(f: str) -> list[str]:
+    """The name and each one-character deletion of it: two names one edit apart share one of these."""
+    return [f, *[f[:i] + f[i + 1 :] for i in range(len(f))]]
+
+
+class Lookalikes:
+    """Pairs of names one edit apart (`names.one_edit_away`), kept as names are added.
+
+    Each name is filed under seven buckets (`_bucket_keys`) and compared with the names already there that
+    could pair with it, so after `add` every indexed name's neighbours are known and looking them up is
+    one dictionary read. A bucket that grows past BIG_GROUP gets a deletion index of its own, so a hostile
+    list of look-alike names costs what a deletion neighbourhood costs, never a comparison of every pair."""
+
+    def __init__(self) -> None:
+        # Per role, bucket -> its names: a bare string while it holds one (most do; a string costs the
+        # garbage collector nothing), a list from the second name on.
+        self._buckets: tuple[dict[_Bucket, str | list[str]], dict[_Bucket, str | list[str]]] = ({}, {})
+        self._big: dict[tuple[int, _Bucket], dict[str, list[str]]] = {}
+        self._indexed: set[str] = set()
+        self._mates: dict[str, set[str]] = {}
+
+    def add(self, names: Iterable[str]) -> None:
+        b0, b1 = self._buckets
+        indexed = self._indexed
+        for f in names:
+            if len(f) < MIN_INDEXED or f in indexed:
+                continue
+            keys = _bucket_keys(f)
+            if self._big:
+                self._add_checked(f, keys)
+                continue
+            # No crowded bucket yet (the usual case): one dictionary operation per bucket both files f and
+            # returns what was there, its candidates (see `_add_checked` for the general path). Buckets 0-2
+            # pair within role 0, 3-4 are filed as role 0 and pair with role 1, 5-6 the other way round.
+            # Written out bucket by bucket: a loop over (dict, key) pairs cost more than the filing.
+            k0, k1, k2, k3, k4, k5, k6 = keys
+            found = [b1.get(k3), b1.get(k4), b0.get(k5), b0.get(k6)]
+            crowded = False
+            held = b0.setdefault(k0, f)
+            if held is not f:
+                found.append(held)
+                crowded = self._join(b0, k0, held, f) or crowded
+            held = b0.setdefault(k1, f)
+            if held is not f:
+                found.append(held)
+                crowded = self._join(b0, k1, held, f) or crowded
+            held = b0.setdefault(k2, f)
+            if held is not f:
+                found.append(held)
+                crowded = self._join(b0, k2, held, f) or crowded
+            held = b0.setdefault(k3, f)
+            if held is not f:
+                crowded = self._join(b0, k3, held, f) or crowded
+            held = b0.setdefault(k4, f)
+            if held is not f:
+                crowded = self._join(b0, k4, held, f) or crowded
+            held = b1.setdefault(k5, f)
+            if held is not f:
+                crowded = self._join(b1, k5, held, f) or crowded
+            held = b1.setdefault(k6, f)
+            if held is not f:
+                crowded = self._join(b1, k6, held, f) or crowded
+            if found != _NONE4:
+                self._pair(f, found)
+            indexed.add(f)
+            if crowded:
+                self._crowd()
+
+    @staticmethod
+    def _join(buckets: dict[_Bucket, str | list[str]], key: _Bucket, held: str | list[str], f: str) -> bool:
+        """Add f to a bucket that held something; True when the bucket is now crowded."""
+        if isinstance(held, str):
+            buckets[key] = [held, f]
+            return False
+        held.append(f)
+        return len(held) > BIG_GROUP
+
+    def _pair(self, f: str, found: list[str | list[str] | None]) -> None:
+        """Record f's mates among the bucket contents `found` (names, lists of names, or None)."""
+        candidates: set[str] = set()
+        for held in found:
+            if held is None:
+                continue
+            if isinstance(held, str):
+                candidates.add(held)
+            else:
+                candidates.update(held)
+        candidates.discard(f)
+        for other in candidates:
+            if one_edit_away(f, other):
+                self._mates.setdefault(f, set()).add(other)
+                self._mates.setdefault(other, set()).add(f)
+
+    def _crowd(self) -> None:
+        """Give every bucket past BIG_GROUP its deletion index (from then on `_add_checked` files names)."""
+        for role, buckets in enumerate(self._buckets):
+            for key, held in buckets.items():
+                if not isinstance(held, str) and len(held) > BIG_GROUP and (role, key) not in self._big:
+                    big = self._big[(role, key)] = {}
+                    for g in held:
+                        for d in _deletions(g):
+                            big.setdefault(d, []).append(g)
+
+    def _add_checked(self, f: str, keys: tuple[_Bucket, ...]) -> None:
+        """Index one name when some bucket is crowded: candidates from a crowded bucket come through its
+        deletion index, and a bucket that grows past BIG_GROUP gets one."""
+        for other in self._candidates(f, keys):
+            if one_edit_away(f, other):
+                self._mates.setdefault(f, set()).add(other)
+                self._mates.setdefault(other, set()).add(f)
+        self._indexed.add(f)
+        for i, key in enumerate(keys):  # not zip(..., strict=True): its keyword parsing cost more
+            role = _FILED[i]
+            buckets = self._buckets[role]
+            held = buckets.get(key)
+            if held is None:
+                buckets[key] = f
+                continue
+            if isinstance(held, str):
+                held = buckets[key] = [held]
+            held.append(f)
+            big = self._big.get((role, key))
+            if big is not None:
+                for d in _deletions(f):
+                    big.setdefault(d, []).append(f)
+            elif len(held) > BIG_GROUP:
+                big = self._big[(role, key)] = {}
+                for g in held:
+                    for d in _deletions(g):
+                        big.setdefault(d, []).append(g)
+
+    def _candidates(self, f: str, keys: tuple[_Bucket, ...]) -> list[str]:
+        """Indexed names that share a bucket with `f` in the role that pairs with f's (equal-length
+        buckets: the same role; P and S: the other one); in a big bucket, those sharing a deletion."""
+        out: list[str] = []
+        deletions: list[str] | None = None
+        for i, key in enumerate(keys):
+            wanted = _WANTED[i]
+            held = self._buckets[wanted].get(key)
+            if held is None:
+                continue
+            big = self._big.get((wanted, key)) if self._big else None
+            if big is None:
+                if isinstance(held, str):
+                    out.append(held)
+                else:
+                    out.extend(held)
+                continue
+            if deletions is None:
+                deletions = _deletions(f)
+            for d in deletions:
+                out.extend(big.get(d, ()))
+        return [g for g in set(out) if g != f] if out else out
+
+    def neighbours(self, f: str) -> list[str]:
+        """Indexed names one edit away from `f`, sorted (so a report names the same one every time)."""
+        if f in self._indexed:
+            return sorted(self._mates.get(f, ()))
+        return sorted(g for g in self._candidates(f, _bucket_keys(f)) if one_edit_away(f, g))

@@ -61,8 +61,27 @@ _MARKS_TABLE = bytes(
     ord("c") if b in _CONTROL_BYTES else ord("a") if b in _RUN_BYTES else ord(" ") for b in range(256)
 )
 _LONG_RUN = b"a" * MIN_RUN
+_HEX_TABLE = bytes(ord("a") if bytes([b]) in b"0123456789ABCDEFabcdef" else ord(" ") for b in range(256))
 _HEX_ESCAPE = re.compile(r"\\x[0-9A-Fa-f]{2}")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+# Cheap necessary tests run before the two str regexes, which cost ~180 instructions a character on
+# non-ASCII text: the UTF-8 forms of every _INVISIBLE character (a byte pattern that skips most bytes
+# by their first one), and _CONTROL's characters, all below U+00A0, kept by a Latin-1 encoding.
+_INVISIBLE_BYTES = re.compile(
+    rb"\xc2\xad|\xd8\x9c|\xe1(?:\x85[\x9f\xa0]|\xa0\x8e)|\xe2(?:\x80[\x8b-\x8f\xaa-\xae]|\x81[\xa0-\xa4\xa6-\xa9])"
+    rb"|\xe3\x85\xa4|\xef(?:\xb8[\x80-\x8f]|\xbb\xbf|\xbe\xa0)|\xf3\xa0[\x80-\x87]"
+)
+_CONTROL_MARKS = bytes(
+    ord("c") if b <= 0x08 or b in (0x0B, 0x0C) or 0x0E <= b <= 0x1A or 0x1C <= b <= 0x1F or 0x7F <= b <= 0x9A
+    or 0x9C <= b <= 0x9F else ord(" ") for b in range(256)
+)
+
+
+def _has_control(text: str) -> bool:
+    """`_CONTROL.search(text)` is not None (what it matches survives a Latin-1 encoding as itself)."""
+    return text.encode("latin-1", "ignore").translate(_CONTROL_MARKS).find(b"c") >= 0
 
 
 def _marked(text: str) -> bytes:
@@ -74,12 +93,20 @@ def suspect(text: str) -> bool:
     if "<!--" in text or ("\\x" in text and _HEX_ESCAPE.search(text)) or ("%" in text and _PERCENT.search(text)):
         return True
     marked = _marked(text)
-    return b"c" in marked or _LONG_RUN in marked
+    # find(), not `in`: bytes.__contains__ first tries its operand as an int and builds a TypeError
+    # message before it searches, which cost more than the search on every field.
+    return marked.find(b"c") >= 0 or marked.find(_LONG_RUN) >= 0
 
 
 def plain(text: str) -> bool:
-    """ASCII that normalising leaves as it is and in which there is nothing to decode."""
-    return text.isascii() and not suspect(text)
+    """ASCII that normalising leaves as it is and in which there is nothing to decode (`suspect`
+    written out: this runs for every new string of every item)."""
+    if not text.isascii() or "<!--" in text:
+        return False
+    if ("\\x" in text and _HEX_ESCAPE.search(text)) or ("%" in text and _PERCENT.search(text)):
+        return False
+    marked = text.encode("ascii").translate(_MARKS_TABLE)
+    return marked.find(b"c") < 0 and marked.find(_LONG_RUN) < 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,15 +191,28 @@ def _readable(text: str) -> bool:
     """A decoded payload worth rescanning: mostly printable, with some words in it."""
     if not text:
         return False
-    printable = sum(1 for ch in text if ch.isprintable() or ch in "\t\n\r")
+    if text.isascii() and text.isprintable():
+        printable = len(text)  # the common case, without a loop over every character
+    else:
+        printable = sum(1 for ch in text if ch.isprintable() or ch in "\t\n\r")
     return printable >= 0.9 * len(text) and len(_WORDS.findall(text)) >= 2
 
 
 def _decode_bytes(raw: bytes) -> str | None:
-    try:
-        text = raw[:MAX_DECODED].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    raw = raw[:MAX_DECODED]
+    if raw.isascii():
+        text = raw.decode("ascii")
+    else:
+        # Most runs that look like base64 are identifiers whose bytes are not UTF-8: decoding with
+        # replacement says so without raising. A U+FFFD there is the decoder's unless the bytes spell one.
+        text = raw.decode("utf-8", "replace")
+        if "\ufffd" in text:
+            if b"\xef\xbf\xbd" not in raw:
+                return None
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
     return text if _readable(text) else None
 
 
@@ -192,35 +232,55 @@ def _b64(run: str) -> str | None:
     return _decode_bytes(raw)
 
 
-def _decodes(text: str) -> list[Layer]:
-    """Encoded payloads in `text`, decoded one level."""
+def _decodes(text: str, marked: bytes | None = None) -> list[Layer]:
+    """Encoded payloads in `text`, decoded one level (`marked`: `_marked(text)` of an ASCII text without
+    a control character, when the caller made it already)."""
     found: list[Layer] = []
-
-    def add(layer: str, m: re.Match[str], decoded: str | None, group: int = 0) -> None:
-        if decoded and len(found) < MAX_DECODES:
-            found.append(Layer(layer, m.start(group), m.end(group), decoded[:MAX_DECODED]))
-
     # Each pattern runs only when the text holds what it cannot match without (most text holds none):
     # a cheap substring or run test instead of five regex scans per field.
     if "<!--" in text:
         for m in _HTML_COMMENT.finditer(text):
             body = m.group(1).strip()
             if body:
-                add("html-comment", m, body)
-    if _LONG_RUN in _marked(text):
-        for m in _BASE64.finditer(text):
-            add("base64", m, _b64(m.group()))
-        for m in _HEX.finditer(text):
-            add("hex", m, _decode_bytes(bytes.fromhex(m.group())))
+                _add(found, "html-comment", m, body)
+    runs_only = marked is not None  # ASCII without controls: its marks are run bytes "a" and spaces
+    if marked is None:
+        marked = _marked(text)
+    if marked.find(_LONG_RUN) >= 0:
+        if runs_only:
+            # A _BASE64 match is then a whole run of at least MIN_RUN marks and up to two "=" after it:
+            # the runs are found in the marks, not by the regex trying every position.
+            start = marked.find(_LONG_RUN)
+            while start >= 0:
+                end = marked.find(b" ", start)
+                end = len(text) if end < 0 else end
+                stop = end + 2 if text.startswith("==", end) else end + 1 if text.startswith("=", end) else end
+                decoded = _b64(text[start:stop])
+                if decoded and len(found) < MAX_DECODES:
+                    found.append(Layer("base64", start, stop, decoded[:MAX_DECODED]))
+                start = marked.find(_LONG_RUN, end)
+        else:
+            for m in _BASE64.finditer(text):
+                _add(found, "base64", m, _b64(m.group()))
+        # A hex run is a run of 24 hex digits at least: looked for in a byte table first (long names and
+        # identifiers make most base64-length runs, and few of them are hex).
+        if text.encode("utf-8", "surrogatepass").translate(_HEX_TABLE).find(_LONG_RUN) >= 0:
+            for m in _HEX.finditer(text):
+                _add(found, "hex", m, _decode_bytes(bytes.fromhex(m.group())))
     if "\\x" in text:
         for m in _HEX_ESCAPES.finditer(text):
-            add("hex", m, _decode_bytes(bytes.fromhex(m.group().replace("\\x", ""))))
+            _add(found, "hex", m, _decode_bytes(bytes.fromhex(m.group().replace("\\x", ""))))
     if "%" in text:
         for m in _URL_ENCODED.finditer(text):
             decoded = urllib.parse.unquote(m.group(), errors="strict") if "%" in m.group() else None
             if decoded and decoded != m.group() and _readable(decoded):
-                add("url", m, decoded)
+                _add(found, "url", m, decoded)
     return found
+
+
+def _add(found: list[Layer], layer: str, m: re.Match[str], decoded: str | None) -> None:
+    if decoded and len(found) < MAX_DECODES:
+        found.append(Layer(layer, m.start(), m.end(), decoded[:MAX_DECODED]))
 
 
 def _tags_payload(text: str) -> list[Layer]:
@@ -236,14 +296,22 @@ def _tags_payload(text: str) -> list[Layer]:
 def normalise(raw: str, *, decode: bool = True) -> Normalised:
     """NFKC text with invisible characters, ANSI escapes and stray controls removed (each a Mark), plus
     the decoded payloads (html comments, base64, hex, URL-encoding, tag-character text) as layers."""
+    if raw.isascii():
+        marked = _marked(raw)
+        if marked.find(b"c") < 0:
+            # ASCII without a control character or ESC (the byte table marks both): nothing to fold, strip
+            # or reveal. `_decodes` finds nothing where `suspect` is False, so it needs no gate here.
+            return Normalised(raw, [], _decodes(raw, marked) if decode else [])
     marks: list[Mark] = []
-    tag_layers = _tags_payload(raw) if not raw.isascii() and max(raw) >= "\U000e0000" else []
+    # Tag characters are astral: a text without a surrogate pair in UTF-16 has none (cheaper than max()).
+    tag_layers = (_tags_payload(raw) if len(raw.encode("utf-16-le", "surrogatepass")) > 2 * len(raw)
+                  and max(raw) >= "\U000e0000" else [])
     text = raw
     if "\x1b" in text or "\x9b" in text:
         text = _strip(text, _ANSI, "ansi.escape", marks)
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text)
-        if _INVISIBLE.search(text):
+        if _INVISIBLE_BYTES.search(text.encode("utf-8", "surrogatepass")) and _INVISIBLE.search(text):
             parts: list[str] = []
             pos = out_len = 0
             for m in _INVISIBLE.finditer(text):
@@ -254,7 +322,7 @@ def normalise(raw: str, *, decode: bool = True) -> Normalised:
                 pos = m.end()
             parts.append(text[pos:])
             text = "".join(parts)
-    if _CONTROL.search(text):
+    if _has_control(text):
         text = _strip(text, _CONTROL, "control", marks)
     out = Normalised(text, marks)
     if tag_layers:

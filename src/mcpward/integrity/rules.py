@@ -76,6 +76,9 @@ class RuleSet:
     index: dict[str, tuple[int, ...]]  # scope -> rule indexes in Set order
     regexes: tuple[Any, ...]  # per rule, its own compiled regex (for spans)
     joinable: dict[str, bool]  # scope -> a joined pass over many strings finds every rule a single one would
+    # scope -> the compiled set under the re2 module's Python wrapper (its Match takes UTF-8 bytes), when the
+    # wrapper exposes it: the prefilter runs for every new item, and the wrapper adds two Python calls.
+    raw: dict[str, Any]
 
     def any_match(self, scope: str, text: str) -> bool:
         """Whether some rule of the scope may match `text` (a superset: `match` confirms)."""
@@ -85,10 +88,16 @@ class RuleSet:
     def maybe(self, scope: str, texts: list[str]) -> bool:
         """Whether some rule of the scope may match one of `texts`; False means none does. One Set pass
         over the texts joined by blank lines when the scope allows it, else one pass per text."""
-        if self.sets.get(scope) is None:
+        matcher = self.sets.get(scope)
+        if matcher is None:
             return False
         if self.joinable[scope]:
-            return self.any_match(scope, "\n\n".join(texts))
+            joined = texts[0] if len(texts) == 1 else "\n\n".join(texts)
+            if not joined:
+                return False
+            raw = self.raw.get(scope)
+            # The same call the wrapper makes (UTF-8, strict), without the wrapper's two Python frames.
+            return bool(raw.Match(joined.encode("utf-8")) if raw is not None else matcher.Match(joined))
         return any(self.any_match(scope, t) for t in texts)
 
     def match(self, scope: str, text: str) -> list[tuple[Rule, int, int]]:
@@ -191,4 +200,5 @@ def load(rules_dir: Path | None = None) -> RuleSet:
         matcher.Compile()
         sets[scope] = matcher
     regexes = tuple(re2.compile(r.pattern, _options()) for r in rules)
-    return RuleSet(tuple(rules), sets, index, regexes, joinable)
+    raw = {scope: getattr(matcher, "_set", None) for scope, matcher in sets.items() if matcher is not None}
+    return RuleSet(tuple(rules), sets, index, regexes, joinable, {k: v for k, v in raw.items() if v is not None})

@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,14 @@ from mcpward.integrity import normalise as norm
 from mcpward.integrity import rules as rules_mod
 from mcpward.integrity import shadowing
 from mcpward.integrity.model import EMPTY, Finding, Report, ScanContext, Severity
-from mcpward.integrity.walk import item_strings
+from mcpward.integrity.walk import SCHEMAS, argument_strings, item_strings, schema_strings, top_strings
 
 __all__ = ["Finding", "Report", "ScanContext", "Scanner", "Severity", "default_scanner", "item_strings"]
 
 LONG_TEXT = 4000  # characters in one field: the longest benign description in the eval corpora is 3,866
 MAX_STRINGS = 2000  # strings read from one item: a schema bigger than this is itself a finding
 CACHE_SIZE = 50_000  # content results kept (one per distinct definition)
+PART_BYTES = 32 << 20  # schema JSON kept as keys of the schema cache
 STRING_CACHE = 200_000  # strings remembered as clean, and words of strings (each; cleared when full)
 HIGH_SCORE = 0.8  # combined evidence that hides a tool on its own (three medium rules, or two strong ones)
 MEDIUM_SCORE = 0.5
@@ -82,7 +84,18 @@ def combine(findings: tuple[Finding, ...]) -> Report:
 
 # ---------------------------------------------------------------------------------------- the scanner
 
-_Content = tuple[tuple[Finding, ...], frozenset[str]]  # context-free findings, the item's word tokens
+_Words = tuple[tuple[str, ...], ...]  # an item's word tokens, in parts (their union is what counts)
+_Content = tuple[tuple[Finding, ...], _Words]  # context-free findings, the item's words
+_Part = tuple[tuple[Finding, ...], tuple[str, ...], int]  # one schema: its findings, its words, its strings
+_Strings = list[tuple[str, str, bool]]
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def _digest(data: bytes) -> bytes:
+    """A content key: SHA-256 cut to 128 bits (collisions out of reach, so a crafted definition cannot
+    borrow another's cached verdict); OpenSSL's SHA-256 beats blake2b here, where the CPU has SHA
+    instructions."""
+    return hashlib.sha256(data).digest()[:16]
 
 
 def catalog_key(others: Mapping[str, frozenset[str]]) -> tuple[int, int]:
@@ -109,13 +122,15 @@ class Scanner:
         self.rules = rules_mod.load(rules_dir)
         self._shadow = shadowing.Shadowing()
         self._cache: OrderedDict[bytes, _Content] = OrderedDict()
+        self._parts: dict[bytes, _Part] = {}  # one schema's part of the content, by its canonical JSON
+        self._parts_bytes = 0  # size of those keys: schemas can be large, so the bound is on bytes too
         self._reports: OrderedDict[tuple[bytes, str, tuple[int, int]], Report] = OrderedDict()
         self._lock = threading.Lock()
         # Per string, across items (descriptions and schemas repeat across servers and versions): strings
         # whose scan found nothing, per scope (False: text rules; True: a name, text and name rules), and
         # the words of each string.
         self._clean: dict[bool, set[str]] = {False: set(), True: set()}
-        self._words: dict[str, frozenset[str]] = {}
+        self._words: dict[str, tuple[str, ...]] = {}
 
     # -- public
 
@@ -125,7 +140,9 @@ class Scanner:
         if context is None:
             return combine(content)
         # The verdict for this definition in this catalog: a warm re-check of an unchanged list is a lookup.
-        catalog = context_key(context)
+        catalog = context.key
+        if catalog is None:
+            catalog = context_key(context)
         full = (key, context.server, catalog)
         with self._lock:
             hit = self._reports.get(full)
@@ -149,17 +166,91 @@ class Scanner:
 
     def _content(self, kind: str, item: Mapping[str, Any]) -> tuple[bytes, _Content]:
         try:
-            blob = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+            blob = orjson.dumps(item, option=_SORTED)
         except TypeError:
             blob = repr(item).encode()
-        key = hashlib.blake2b(kind.encode() + b"\0" + blob, digest_size=16).digest()
+        key = _digest(kind.encode() + b"\0" + blob)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return key, hit
+        result = self._fresh(kind, item)
+        with self._lock:
+            self._cache[key] = result
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return key, result
+
+    @staticmethod
+    def _schema_keys(item: Mapping[str, Any]) -> list[tuple[bytes, str]] | None:
+        """(part key, schema key) of each schema of the item: the part key is the schema key and the
+        schema's canonical JSON (schemas repeat across tools, servers and versions; an exact key, no
+        digest to compute); None when one cannot be serialised."""
+        out = []
+        for name in SCHEMAS:
+            schema = item.get(name)
+            if schema is not None:
+                try:
+                    out.append((name.encode() + b"\0" + orjson.dumps(schema, option=_SORTED), name))
+                except TypeError:
+                    return None
+        return out
+
+    def _fresh(self, kind: str, item: Mapping[str, Any]) -> _Content:
+        """The content part of an item not seen before. Its schemas' parts come from their own cache when
+        the same schema was scanned before; an item too big for that is walked whole (`_walked`)."""
+        schemas = self._schema_keys(item) if kind != "instructions" else None
+        if schemas is None:
+            return self._walked(kind, item)
+        top, args = top_strings(item), argument_strings(item)
+        parts = []
+        count = len(top) + len(args)
+        for pkey, schema in schemas:
+            part = self._schema_part(pkey, schema, item[schema])
+            parts.append(part)
+            count += part[2]
+        if count >= MAX_STRINGS:
+            return self._walked(kind, item)
+        # Findings in walk order (the item's fields, each schema, the arguments), as `_walked` gives them.
+        seen: dict[str, str] = {}
+        found = self._scan_strings(top, seen)
+        words = [self._text_words(text, seen) for _, text, is_name in top if not is_name]
+        for part in parts:
+            found.extend(part[0])
+            words.append(part[1])
+        if args:
+            found.extend(self._scan_strings(args, seen))
+            words.extend(self._text_words(text, seen) for _, text, is_name in args if not is_name)
+        name = item.get("name")
+        if isinstance(name, str):
+            found.extend(self._shadow.known_findings(name))
+        return tuple(found), tuple(filter(None, words))
+
+    def _schema_part(self, pkey: bytes, name: str, schema: Any) -> _Part:
+        with self._lock:
+            hit = self._parts.get(pkey)
+        if hit is not None:
+            return hit
+        strings = schema_strings(name, schema)
+        if len(strings) >= MAX_STRINGS:
+            return (), (), len(strings)  # the caller walks the item whole
+        seen: dict[str, str] = {}
+        part = (tuple(self._scan_strings(strings, seen)),
+                self._item_words([text for _, text, is_name in strings if not is_name], seen), len(strings))
+        with self._lock:
+            self._parts_bytes += len(pkey)
+            if len(self._parts) >= CACHE_SIZE or self._parts_bytes > PART_BYTES:
+                self._parts.clear()  # a bound, not an LRU: a miss costs one walk and scan of a schema
+                self._parts_bytes = len(pkey)
+            self._parts[pkey] = part
+        return part
+
+    def _walked(self, kind: str, item: Mapping[str, Any]) -> _Content:
+        """The content part read field by field from the whole walk (instructions, items whose schemas
+        cannot be serialised, and items with MAX_STRINGS strings or more)."""
         if kind == "instructions":
-            strings: list[tuple[str, str, bool]] = [("instructions", str(item.get("instructions", "")), False)]
+            strings: _Strings = [("instructions", str(item.get("instructions", "")), False)]
         else:
             strings = []
             for n, entry in enumerate(item_strings(kind, item)):
@@ -174,27 +265,24 @@ class Scanner:
         name = item.get("name")
         if kind != "instructions" and isinstance(name, str):
             found.extend(self._shadow.known_findings(name))
-        result = (tuple(found), self._item_words([text for _, text, is_name in strings if not is_name], seen))
-        with self._lock:
-            self._cache[key] = result
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        return key, result
+        return tuple(found), (self._item_words([text for _, text, is_name in strings if not is_name], seen),)
 
-    def _item_words(self, texts: list[str], seen: dict[str, str]) -> frozenset[str]:
-        """`shadowing.words` of the item's texts, cached per text (descriptions and schemas repeat)."""
+    def _text_words(self, text: str, seen: dict[str, str]) -> tuple[str, ...]:
+        """`shadowing.field_words` of one text, cached (descriptions and schemas repeat)."""
         cache = self._words
-        parts = []
-        for text in texts:
-            got = cache.get(text)
-            if got is None:
-                normal = seen.get(text)
-                got = shadowing.field_words(text) if normal is None else shadowing.text_words(normal)
-                if len(cache) >= STRING_CACHE:
-                    cache.clear()  # a bound, not an LRU: refilling costs one tokenising per text
-                cache[text] = got
-            parts.append(got)
-        return frozenset().union(*parts)
+        got = cache.get(text)
+        if got is None:
+            normal = seen.get(text)
+            got = shadowing.field_words(text) if normal is None else shadowing.text_words(normal)
+            if len(cache) >= STRING_CACHE:
+                cache.clear()  # a bound, not an LRU: refilling costs one tokenising per text
+            cache[text] = got
+        return got
+
+    def _item_words(self, texts: list[str], seen: dict[str, str]) -> tuple[str, ...]:
+        """`shadowing.words` of the item's texts (repeats included), cached per text."""
+        parts = [self._text_words(text, seen) for text in texts]
+        return parts[0] if len(parts) == 1 else tuple(chain.from_iterable(parts))
 
     def _scan_strings(self, strings: list[tuple[str, str, bool]], seen: dict[str, str]) -> list[Finding]:
         """Findings in every string of one item, field by field, exactly as `scan_text` on each would give,
@@ -211,27 +299,34 @@ class Scanner:
         todo = [entry for entry in strings if entry[1] and entry[1] not in clean[entry[2]]]
         if not todo:
             return []
-        texts = [text for _, text, _ in todo]
-        normed: list[norm.Normalised | None] | None = None
-        plain = [norm.plain(text) for text in texts]
-        if not all(plain):
-            normed = [None if ok else norm.normalise(text) for text, ok in zip(texts, plain, strict=True)]
-            for text, n in zip(texts, normed, strict=True):
-                if n is not None and not text.isascii():
-                    seen[text] = n.text
-            texts = [text if n is None else n.text for text, n in zip(texts, normed, strict=True)]
+        texts: list[str] = []  # each field as the rules read it
+        names: list[str] = []
+        normed: dict[int, norm.Normalised] | None = None  # fields that were not plain, by position in todo
+        odd = False  # something normalising found (a mark or a payload), or a field too long
+        for i, (_, text, is_name) in enumerate(todo):
+            if not norm.plain(text):
+                normal = norm.normalise(text)
+                if normed is None:
+                    normed = {}
+                normed[i] = normal
+                if not text.isascii():
+                    seen[text] = normal.text
+                odd = odd or bool(normal.marks or normal.layers)
+                text = normal.text
+            texts.append(text)
+            if is_name:
+                names.append(text)
+            odd = odd or len(text) > LONG_TEXT
         text_hit = self.rules.maybe("text", texts)
-        name_hit = self.rules.maybe("name", [text for text, (_, _, is_name) in zip(texts, todo, strict=True)
-                                             if is_name])
-        if not (text_hit or name_hit or any(len(text) > LONG_TEXT for text in texts)
-                or (normed is not None and any(n is not None and (n.marks or n.layers) for n in normed))):
+        name_hit = bool(names) and self.rules.maybe("name", names)
+        if not (text_hit or name_hit or odd):
             self._remember_clean(todo)
             return []
         found: list[Finding] = []
         quiet: list[tuple[str, str, bool]] = []
         for i, entry in enumerate(todo):
             where, raw, is_name = entry
-            n = normed[i] if normed is not None else None
+            n = normed.get(i) if normed is not None else None
             field = self._field(where, n if n is not None else norm.Normalised(raw), is_name and name_hit, text_hit)
             if field:
                 found.extend(field)

@@ -23,17 +23,26 @@ from itertools import repeat
 from typing import Any
 
 from mcpward.integrity.model import Finding, ScanContext, Severity
-from mcpward.integrity.names import fold, one_edit_away
+from mcpward.integrity.names import ASCII_SEPARATORS, MIN_INDEXED, Lookalikes, fold
 from mcpward.integrity.normalise import escape, normalise
 from mcpward.integrity.walk import item_strings
 
 MIN_MENTION = 4  # shorter names ("ls", "get") are words, not references
 MIN_EDIT = 6  # folded length below which one edit is too easy to hit by chance
-# Qualifiers an impersonating tool puts around the real name.
-_QUALIFIERS = re.compile(
-    r"^(?:enhanced|advanced|improved|better|best|premium|pro|plus|super|ultra|ultimate|secure|safe|official|new|"
-    r"optimi[sz]ed|fast|faster|smart|v\d+|\d+|real|true|fixed|updated|turbo|max)$"
-)
+# Qualifiers an impersonating tool puts around the real name: these words, a number, or v and a number.
+_QUALIFIER_WORDS = frozenset({
+    "enhanced", "advanced", "improved", "better", "best", "premium", "pro", "plus", "super", "ultra", "ultimate",
+    "secure", "safe", "official", "new", "optimised", "optimized", "fast", "faster", "smart", "real", "true",
+    "fixed", "updated", "turbo", "max",
+})
+
+
+def _qualifier(word: str) -> bool:
+    """A set lookup and digit tests, not a regex per word (this runs for every name of every scan);
+    isdecimal() is exactly what \\d matches in a str pattern (category Nd)."""
+    return word in _QUALIFIER_WORDS or word.isdecimal() or (word[:1] == "v" and word[1:].isdecimal())
+
+
 # Plain words too common to be a reference even when quoted (tool names that are English verbs/nouns).
 _GENERIC = frozenset({
     "search", "fetch", "query", "read", "write", "list", "get", "set", "run", "open", "close", "create", "delete",
@@ -45,12 +54,38 @@ _GENERIC = frozenset({
 _WORD_SPLIT = re.compile(r"[_\-.\s]+|(?<=[a-z0-9])(?=[A-Z])")
 
 
+# ASCII separators of _WORD_SPLIT (`[_\-.\s]`, \s holding \t \n \v \f \r and \x1c-\x1f) made spaces.
+_SPLIT_TO_SPACE = bytes.maketrans(b"_-.\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f", b" " * 12)
+
+
+def _name_words(name: str) -> list[str]:
+    """`_WORD_SPLIT` pieces of a name, lower-cased, empty ones dropped. An ASCII name without capitals has
+    no camel-case boundary, so its pieces are what `split()` leaves once the separators are spaces
+    (string methods; the regex, with its look-behind tried at every position, cost more than the rest
+    of the name checks)."""
+    if name.isascii():
+        spaced = name.encode("ascii").translate(_SPLIT_TO_SPACE).decode("ascii")
+        if spaced.islower() or spaced.lower() == spaced:
+            return spaced.split()
+    return [w.lower() for w in _WORD_SPLIT.split(name) if w]
+
+
 _COMPOUND = re.compile(r"[_\-.0-9]|[a-z][A-Z]")
 
 
 def _compound(name: str) -> bool:
-    """A name with separators, digits or camelCase: it cannot be an ordinary word in a sentence."""
+    """A name with separators, digits or camelCase: it cannot be an ordinary word in a sentence.
+    (ASCII by a byte table first: this runs for every name of every catalog.)"""
+    if name.isascii():
+        if name.encode("ascii").translate(None, _NOT_COMPOUND_BYTES):
+            return True  # a separator or a digit
+        if name.lower() == name or name.upper() == name:
+            return False  # no lower-case letter before a capital without both
     return bool(_COMPOUND.search(name))
+
+
+# Every byte but "_", "-", "." and digits (what `translate` deletes, leaving those that make a compound).
+_NOT_COMPOUND_BYTES = bytes(b for b in range(256) if bytes([b]) not in b"_-.0123456789")
 
 
 def _load_known() -> frozenset[str]:
@@ -66,23 +101,28 @@ class _Index:
     compound: set[str] = field(default_factory=set)  # lower-case names that count anywhere as a word
     plain: set[str] = field(default_factory=set)  # lower-case names that count only quoted or before "tool"
     servers: dict[str, str] = field(default_factory=dict)  # lower-case server name -> server
+    mentionable: set[str] = field(default_factory=set)  # compound | plain: one lookup for the prefilter
 
     def add(self, server: str, names: Iterable[str]) -> None:
         """Add one server's names (first come keeps a folded name: the order is the catalog's)."""
         if len(server) >= MIN_MENTION and server.lower() not in _GENERIC:
             self.servers[server.lower()] = server
             (self.compound if _compound(server) else self.plain).add(server.lower())
+            self.mentionable.add(server.lower())
         new_folded = []
         for name in names:
             lower = name.lower()
             self.owner.setdefault(lower, server)
-            f = fold(name)
+            # fold() written out for ASCII names (every name of every catalog passes here)
+            f = (name.encode("ascii").translate(None, ASCII_SEPARATORS).decode("ascii").lower() if name.isascii()
+                 else fold(name))
             if f not in self.folded:
                 self.folded[f] = (name, server)
                 new_folded.append(f)
             if len(name) < MIN_MENTION or lower in _GENERIC:
                 continue
             (self.compound if _compound(name) else self.plain).add(lower)
+            self.mentionable.add(lower)
         self.look.add(new_folded)
 
 
@@ -116,6 +156,7 @@ class Shadowing:
         self._known_folded = {fold(n): n for n in self.known}
         self._known_look = Lookalikes()
         self._known_look.add(self._known_folded)
+        self._known_affixes = affix_keys(f for f in self._known_folded if len(f) >= MIN_INDEXED)
         self._indexes: OrderedDict[tuple[int, int], _Index] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -123,7 +164,7 @@ class Shadowing:
 
     def known_findings(self, name: str) -> list[Finding]:
         f = fold(name)
-        if name in self.known or len(f) < MIN_EDIT:
+        if name in self.known or len(f) < MIN_EDIT or not may_pair(f, self._known_affixes):
             return []
         near = self._known_look.neighbours(f)
         if not near:
@@ -152,18 +193,33 @@ class Shadowing:
                 self._indexes.popitem(last=False)
         return index
 
+    def _catalog(self, context: ScanContext, key: tuple[int, int]) -> _Index:
+        """The index the context's checks read: the caller's CatalogIndex, else the one prepared for this
+        catalog (remembered on the context, which is a snapshot, so a list of items looks it up once)."""
+        if isinstance(context.index, CatalogIndex):
+            return context.index.index
+        prepared = context.prepared
+        if prepared is not None and prepared[0] is self:
+            index: _Index = prepared[1]
+            return index
+        index = self._index(context.others, key)
+        object.__setattr__(context, "prepared", (self, index))  # a cache on a frozen value, as `key` is
+        return index
+
     def context_findings(self, item: Mapping[str, Any], context: ScanContext, key: tuple[int, int],
-                         words: frozenset[str]) -> tuple[Finding, ...]:
-        """Look-alike names and mentions; `words` is the item's token set (see `words()`), so an item that
-        names nothing of the catalog is decided by set operations without walking it again."""
+                         words: tuple[tuple[str, ...], ...]) -> tuple[Finding, ...]:
+        """Look-alike names and mentions; `words` is the item's token set in parts (see `words()`; parts
+        are not merged, schemas repeat), so an item that names nothing of the catalog is decided by set
+        operations without walking it again."""
         if len(context.others) <= (context.server in context.others):
             return ()
-        index = context.index.index if isinstance(context.index, CatalogIndex) else self._index(context.others, key)
+        index = self._catalog(context, key)
         out: list[Finding] = []
         name = item.get("name")
         if isinstance(name, str):
             out.extend(self._name_findings(name, index, context.server))
-        if words.isdisjoint(index.compound) and words.isdisjoint(index.plain):
+        mentionable = index.mentionable
+        if all(map(mentionable.isdisjoint, words)):
             return tuple(out)
         for where, text, is_name in item_strings("tools", item):
             if not is_name and where != "name":
@@ -173,8 +229,7 @@ class Shadowing:
     def text_findings(self, where: str, text: str, context: ScanContext, key: tuple[int, int]) -> tuple[Finding, ...]:
         if len(context.others) <= (context.server in context.others):
             return ()
-        index = context.index.index if isinstance(context.index, CatalogIndex) else self._index(context.others, key)
-        return tuple(self._mentions(where, text, index, context.server))
+        return tuple(self._mentions(where, text, self._catalog(context, key), context.server))
 
     def _name_findings(self, name: str, index: _Index, server: str) -> list[Finding]:
         f = fold(name)
@@ -201,8 +256,8 @@ class Shadowing:
                     return [Finding("shadowing.one-edit-name", "shadowing", Severity.HIGH, "name", 0, len(name),
                                     escape(f"{name} ~ {owner}/{real}"), weight=0.7)]
         # Another server's name with an "enhanced"/"best"/"v2" qualifier around it.
-        words = [w.lower() for w in _WORD_SPLIT.split(name) if w]
-        if len(words) < 2 or not (_QUALIFIERS.match(words[0]) or _QUALIFIERS.match(words[-1])):
+        words = _name_words(name)
+        if len(words) < 2 or not (_qualifier(words[0]) or _qualifier(words[-1])):
             # Every split leaves a qualifier at the start or at the end: without one, nothing to find.
             return []
         for i in range(len(words)):
@@ -211,7 +266,7 @@ class Shadowing:
                     continue
                 core = "".join(words[i:j])
                 rest = words[:i] + words[j:]
-                if len(core) >= MIN_EDIT and core in index.folded and all(_QUALIFIERS.match(w) for w in rest):
+                if len(core) >= MIN_EDIT and core in index.folded and all(map(_qualifier, rest)):
                     real, owner = index.folded[core]
                     if owner != server:
                         return [Finding("shadowing.qualified-name", "shadowing", Severity.HIGH, "name", 0, len(name),
@@ -223,7 +278,7 @@ class Shadowing:
         alternation to compile per catalog; cost is linear in the text whatever the catalog size)."""
         text = raw if raw.isascii() else normalise(raw, decode=False).text
         words = {w.rstrip(".-").lower() for w in _TOKEN.findall(text)}
-        if words.isdisjoint(index.compound) and words.isdisjoint(index.plain):
+        if words.isdisjoint(index.mentionable):
             return []  # the common case, decided by two C-level set operations
         out: list[Finding] = []
         seen: set[str] = set()
@@ -255,13 +310,14 @@ def words(texts: Iterable[str]) -> frozenset[str]:
     return frozenset().union(*map(field_words, texts))
 
 
-def field_words(text: str) -> frozenset[str]:
+def field_words(text: str) -> tuple[str, ...]:
     """`words` of one field: ASCII as it is, anything else normalised (as `_mentions` reads it)."""
     return text_words(text if text.isascii() else normalise(text, decode=False).text)
 
 
-def text_words(text: str) -> frozenset[str]:
-    """The words of one text as it is (normalised already, or plain ASCII).
+def text_words(text: str) -> tuple[str, ...]:
+    """The words of one text as it is (normalised already, or plain ASCII), repeats included: a tuple is
+    cheaper to build than a set, and the prefilter only asks whether a catalog name is among them.
 
     For ASCII, by string methods rather than the regex: every maximal run of token characters holds one
     `_TOKEN` (the run from its first letter or digit) when it is at most 81 characters long, so the run's
@@ -269,15 +325,28 @@ def text_words(text: str) -> frozenset[str]:
     superset (it is a prefilter: `_mentions` reads the text again with the regex). A longer run, which
     the regex cuts into several tokens, sends the text to the regex."""
     if text.isascii():
-        runs = text.encode("ascii").lower().translate(_SEPARATORS).decode("ascii").split()
-        if not runs or max(map(len, runs)) <= _TOKEN_MAX:
-            return frozenset(map(str.rstrip, map(str.lstrip, runs, repeat("_.-")), repeat(".-")))
-    return frozenset(map(str.rstrip, _TOKEN.findall(text.lower()), repeat(".-")))
+        raw = text.encode("ascii")
+        # A run longer than a token: found as a substring of the run marks (not by measuring every run).
+        if len(raw) <= _TOKEN_MAX or raw.translate(_RUN_MARKS).find(_LONG_TOKEN_RUN) < 0:
+            # Each run stripped as the token is (no "_", "." or "-" in front, no "." or "-" behind) by
+            # replacing those next to a space until none is left: a few passes over the bytes instead of
+            # two method calls per word.
+            spaced = b" " + raw.lower().translate(_SEPARATORS) + b" "
+            size = -1
+            while size != len(spaced):
+                size = len(spaced)
+                spaced = (spaced.replace(b". ", b" ").replace(b"- ", b" ").replace(b" _", b" ").replace(b" .", b" ")
+                          .replace(b" -", b" "))
+            return tuple(spaced.decode("ascii").split())
+    return tuple(map(str.rstrip, _TOKEN.findall(text.lower()), repeat(".-")))
 
 
 _TOKEN_MAX = 81  # the longest match of _TOKEN
 # Bytes that are not token characters (ASCII letters, digits, "_", ".", "-") become spaces.
 _SEPARATORS = bytes(c if c < 128 and (chr(c).isalnum() or chr(c) in "_.-") else 32 for c in range(256))
+# Token characters marked "a", the rest " ": a run longer than _TOKEN_MAX is then a substring.
+_RUN_MARKS = bytes(97 if c < 128 and (chr(c).isalnum() or chr(c) in "_.-") else 32 for c in range(256))
+_LONG_TOKEN_RUN = b"a" * (_TOKEN_MAX + 1)
 
 _NAMED_AFTER = re.compile(r"\s+(?:tool|function|server|mcp)\b", re.I)
 
@@ -288,114 +357,30 @@ def _named(text: str, start: int, end: int) -> bool:
     return quoted or bool(_NAMED_AFTER.match(text, end))
 
 
-MIN_INDEXED = MIN_EDIT - 1  # a name one edit away from a checked name is at least this long
-BIG_GROUP = 48  # bucket size above which a bucket is searched through its own deletion index
-_Bucket = str  # kind letter, length (as a character), what the names filed there share
+def affix_keys(names: Iterable[str]) -> frozenset[str]:
+    """Keys that a name of at least MIN_EDIT characters one edit away from one of `names` (each at least
+    MIN_INDEXED long) shares with it; see `may_pair`."""
+    keys: set[str] = set()
+    for g in names:
+        n = len(g)
+        for size in (n - 1, n, n + 1):
+            if size >= MIN_EDIT:
+                k = (size - 1) // 2
+                keys.update(("p" + chr(size) + g[:k], "s" + chr(size) + g[-k:]))
+    return frozenset(keys)
 
 
-def _bucket_keys(f: str) -> tuple[_Bucket, ...]:
-    """The buckets a name is filed under (`_FILED` gives its role in each): two names one edit apart
-    always share a bucket in which one of them is filed in the role the other looks for (`_WANTED`).
+def may_pair(f: str, keys: frozenset[str]) -> bool:
+    """False when no name of `affix_keys` is one edit away from `f` (len(f) >= MIN_EDIT); True says maybe.
 
-    Equal lengths: a substitution leaves the characters at even positions equal or those at odd positions
-    equal (E, O); a swap of two neighbours leaves the multiset of characters equal (M). Lengths n and
-    n + 1, m = n // 2: a deletion from the longer name at p >= m keeps the shorter's first m characters,
-    one at p < m its last n - m; so a name is filed under its own first half and second half (P, S, as the
-    shorter) and under the first m and last n - m characters of the name one shorter (as the longer).
-    Seven buckets a name instead of one per character as a deletion neighbourhood needs, and names that
-    differ in two places (copies of a tool with a numbered suffix) share none of the equal-length ones.
-    Keys are strings (a kind letter, the length as a character, the shared part): not tracked by the
-    garbage collector, which a tuple per key kept busy."""
-    n = len(f)
-    h, m = n // 2, (n - 1) // 2
-    size, shorter = chr(n), chr(n - 1) if n else ""
-    # M is an order-free sum of character hashes (summed in C, cheaper than sorting): equal multisets
-    # always give equal sums, and a rare unequal pair with the same sum only costs one comparison.
-    return ("E" + size + f[0::2], "O" + size + f[1::2], "M" + size + str(sum(map(hash, f))),
-            "P" + size + f[:h], "S" + size + f[h:], "P" + shorter + f[:m], "S" + shorter + f[m + 1 :])
-
-
-_FILED = (0, 0, 0, 0, 0, 1, 1)  # role of a name in each of its buckets (1: as the longer of a pair)
-_WANTED = (0, 0, 0, 1, 1, 0, 0)  # which role's names a name pairs with in each of its buckets
-
-
-def _deletions(f: str) -> list[str]:
-    """The name and each one-character deletion of it: two names one edit apart share one of these."""
-    return [f, *[f[:i] + f[i + 1 :] for i in range(len(f))]]
-
-
-class Lookalikes:
-    """Pairs of names one edit apart (`names.one_edit_away`), kept as names are added.
-
-    Each name is filed under seven buckets (`_bucket_keys`) and compared with the names already there that
-    could pair with it, so after `add` every indexed name's neighbours are known and looking them up is
-    one dictionary read. A bucket that grows past BIG_GROUP gets a deletion index of its own, so a hostile
-    list of look-alike names costs what a deletion neighbourhood costs, never a comparison of every pair."""
-
-    def __init__(self) -> None:
-        # Per role, bucket -> its names: a bare string while it holds one (most do; a string costs the
-        # garbage collector nothing), a list from the second name on.
-        self._buckets: tuple[dict[_Bucket, str | list[str]], dict[_Bucket, str | list[str]]] = ({}, {})
-        self._big: dict[tuple[int, _Bucket], dict[str, list[str]]] = {}
-        self._indexed: set[str] = set()
-        self._mates: dict[str, set[str]] = {}
-
-    def add(self, names: Iterable[str]) -> None:
-        for f in names:
-            if len(f) < MIN_INDEXED or f in self._indexed:
-                continue
-            keys = _bucket_keys(f)
-            for other in self._candidates(f, keys):
-                if one_edit_away(f, other):
-                    self._mates.setdefault(f, set()).add(other)
-                    self._mates.setdefault(other, set()).add(f)
-            self._indexed.add(f)
-            for key, role in zip(keys, _FILED, strict=True):
-                buckets = self._buckets[role]
-                held = buckets.get(key)
-                if held is None:
-                    buckets[key] = f
-                    continue
-                if isinstance(held, str):
-                    held = buckets[key] = [held]
-                held.append(f)
-                big = self._big.get((role, key)) if self._big else None
-                if big is not None:
-                    for d in _deletions(f):
-                        big.setdefault(d, []).append(f)
-                elif len(held) > BIG_GROUP:
-                    big = self._big[(role, key)] = {}
-                    for g in held:
-                        for d in _deletions(g):
-                            big.setdefault(d, []).append(g)
-
-    def _candidates(self, f: str, keys: tuple[_Bucket, ...]) -> list[str]:
-        """Indexed names that share a bucket with `f` in the role that pairs with f's (equal-length
-        buckets: the same role; P and S: the other one); in a big bucket, those sharing a deletion."""
-        out: list[str] = []
-        deletions: list[str] | None = None
-        for key, wanted in zip(keys, _WANTED, strict=True):
-            held = self._buckets[wanted].get(key)
-            if held is None:
-                continue
-            big = self._big.get((wanted, key)) if self._big else None
-            if big is None:
-                if isinstance(held, str):
-                    out.append(held)
-                else:
-                    out.extend(held)
-                continue
-            if deletions is None:
-                deletions = _deletions(f)
-            for d in deletions:
-                out.extend(big.get(d, ()))
-        return [g for g in set(out) if g != f] if out else out
-
-    def neighbours(self, f: str) -> list[str]:
-        """Indexed names one edit away from `f`, sorted (so a report names the same one every time)."""
-        if f in self._indexed:
-            return sorted(self._mates.get(f, ()))
-        return sorted(g for g in self._candidates(f, _bucket_keys(f)) if one_edit_away(f, g))
+    Two names one edit apart, of lengths L (f's) and L or L +- 1, share their first k = (L - 1) // 2
+    characters or their last k: an edit that leaves the first k alone keeps them; a substitution or swap
+    that touches them (positions <= k) leaves the last k, which start at L - k >= k + 1; an insertion or
+    deletion at position p < k leaves the shorter's tail from p on, at least L - 1 - p >= k characters.
+    Two set lookups instead of seven bucket keys for a name that pairs with nothing."""
+    size = len(f)
+    k = (size - 1) // 2
+    return "p" + chr(size) + f[:k] in keys or "s" + chr(size) + f[-k:] in keys
 
 
 def _typo(a: str, b: str) -> bool:

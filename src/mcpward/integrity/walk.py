@@ -65,28 +65,57 @@ def _values(value: Any, path: str, depth: int, out: Out) -> None:
             _values(v, f"{path}.{k}", depth + 1, out)
 
 
-def item_strings(kind: str, item: Mapping[str, Any]) -> Iterator[tuple[str, str, bool]]:
-    """(field, text, is_name) for every string of a listed item that a model or policy reads."""
-    for key in ("name", "title", "description", "uriTemplate", "uri", "mimeType"):
-        value = item.get(key)
-        if isinstance(value, str):
-            yield key, value, key == "name"
+SCHEMAS = ("inputSchema", "outputSchema")
+
+
+_TOP = {"name": True, "title": False, "description": False, "uriTemplate": False, "uri": False, "mimeType": False}
+
+
+def top_strings(item: Mapping[str, Any]) -> Out:
+    """The item's own fields (names, titles, descriptions, templates), before its schemas, in the item's
+    key order (a verdict does not depend on the order of fields: reports sort their findings)."""
+    out: Out = []
+    top = _TOP
+    # Over the item's own keys (three or four, usually), not a lookup per field it might have.
+    for key, value in item.items():
+        is_name = top.get(key)
+        if is_name is not None and isinstance(value, str):
+            out.append((key, value, is_name))
     annotations = item.get("annotations")
     if isinstance(annotations, Mapping) and isinstance(annotations.get("title"), str):
-        yield "annotations.title", annotations["title"], False
-    for key in ("inputSchema", "outputSchema"):
-        schema = item.get(key)
-        if schema is not None:
-            found: Out = []
-            _schema_strings(schema, key, 0, found)
-            yield from found
+        out.append(("annotations.title", annotations["title"], False))
+    return out
+
+
+def schema_strings(key: str, schema: Any) -> Out:
+    """The strings of one schema of an item (`key`: inputSchema or outputSchema), in walk order."""
+    found: Out = []
+    _schema_strings(schema, key, 0, found)
+    return found
+
+
+def argument_strings(item: Mapping[str, Any]) -> Out:
+    """A prompt's arguments: name, title and description of each."""
+    out: Out = []
     arguments = item.get("arguments")
     if isinstance(arguments, list):  # prompts
         for i, arg in enumerate(arguments):
             if isinstance(arg, Mapping):
                 where = f"arguments[{i}]"
                 if isinstance(arg.get("name"), str):
-                    yield f"{where}.name", arg["name"], True
+                    out.append((f"{where}.name", arg["name"], True))
                 for key in ("title", "description"):
                     if isinstance(arg.get(key), str):
-                        yield f"{where}.{key}", arg[key], False
+                        out.append((f"{where}.{key}", arg[key], False))
+    return out
+
+
+def item_strings(kind: str, item: Mapping[str, Any]) -> Iterator[tuple[str, str, bool]]:
+    """(field, text, is_name) for every string of a listed item that a model or policy reads: the
+    item's own fields, then each schema, then a prompt's arguments (the scanner relies on this order)."""
+    yield from top_strings(item)
+    for key in SCHEMAS:
+        schema = item.get(key)
+        if schema is not None:
+            yield from schema_strings(key, schema)
+    yield from argument_strings(item)
