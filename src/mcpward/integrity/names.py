@@ -139,36 +139,17 @@ class Lookalikes:
                 self._add_checked(f, keys)
                 continue
             # No crowded bucket yet (the usual case): one dictionary operation per bucket both files f and
-            # returns what was there, its candidates (see `_add_checked` for the general path). Buckets 0-2
-            # pair within role 0, 3-4 are filed as role 0 and pair with role 1, 5-6 the other way round.
-            # Written out bucket by bucket: a loop over (dict, key) pairs cost more than the filing.
-            k0, k1, k2, k3, k4, k5, k6 = keys
-            found = [b1.get(k3), b1.get(k4), b0.get(k5), b0.get(k6)]
+            # returns what was there, its candidates (see `_add_checked` for the general path). Buckets
+            # whose role pairs with the other one (`_WANTED`) are read there first.
+            found = [b1.get(keys[3]), b1.get(keys[4]), b0.get(keys[5]), b0.get(keys[6])]
             crowded = False
-            held = b0.setdefault(k0, f)
-            if held is not f:
-                found.append(held)
-                crowded = self._join(b0, k0, held, f) or crowded
-            held = b0.setdefault(k1, f)
-            if held is not f:
-                found.append(held)
-                crowded = self._join(b0, k1, held, f) or crowded
-            held = b0.setdefault(k2, f)
-            if held is not f:
-                found.append(held)
-                crowded = self._join(b0, k2, held, f) or crowded
-            held = b0.setdefault(k3, f)
-            if held is not f:
-                crowded = self._join(b0, k3, held, f) or crowded
-            held = b0.setdefault(k4, f)
-            if held is not f:
-                crowded = self._join(b0, k4, held, f) or crowded
-            held = b1.setdefault(k5, f)
-            if held is not f:
-                crowded = self._join(b1, k5, held, f) or crowded
-            held = b1.setdefault(k6, f)
-            if held is not f:
-                crowded = self._join(b1, k6, held, f) or crowded
+            for i, key in enumerate(keys):
+                buckets = b1 if _FILED[i] else b0
+                held = buckets.setdefault(key, f)
+                if held is not f:
+                    if i < 3:  # equal-length buckets pair within their own role
+                        found.append(held)
+                    crowded = self._join(buckets, key, held, f) or crowded
             if found != _NONE4:
                 self._pair(f, found)
             indexed.add(f)
