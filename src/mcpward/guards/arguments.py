@@ -144,11 +144,11 @@ class ArgumentGuard(Guard):
             if finding is not None or kind in _LOOSE:
                 pass
             elif kind == "path":
-                if "://" in value and url_scheme(value) in ("http", "https"):
-                    # some file tools read URLs too: then it is a URL
+                scheme = url_scheme(value)
+                if scheme in ("http", "https"):  # some file tools read URLs too: then it is a URL
                     finding = await self.urls.check(value, s.allow_private_for(call.server))
                 else:
-                    finding = self._path(value, call.server)
+                    finding = self._path(value, scheme, call.server)
             elif kind == "url":
                 finding = await self.urls.check(value, s.allow_private_for(call.server))
             elif kind == "command":
@@ -327,9 +327,8 @@ class ArgumentGuard(Guard):
                 found.add(Finding("args.limit.string",
                                   f"is {size} bytes; the limit is {self.settings.max_string} (max_string)"), path)
 
-    def _path(self, value: str, server: str | None) -> Finding | None:
+    def _path(self, value: str, scheme: str | None, server: str | None) -> Finding | None:
         """A path-kind value that is not an http(s) URL (the caller sends those to the URL screen)."""
-        scheme = url_scheme(value)
         if scheme is not None and scheme != "file":
             return Finding("args.url.scheme", f"is a {scheme}:// URL or stream wrapper, not a path")
         return self.paths.check(value, self.settings.roots_for(server))

@@ -221,28 +221,21 @@ class _Pass:
                     # (with a margin, so a secret across the cut is still found whole).
                     texts[i] = replaced[i] = text[:max_chars]
                     self.shortened = True
-        single = len(texts) == 1
-        pairs: list[bool] = []
-        if not single:
-            last = len(slots) - 1
-            pairs = [slot.is_key and i < last and slots[i + 1].container is slot.container
-                     and slots[i + 1].key == slot.key for i, slot in enumerate(slots)]
+        last = len(slots) - 1
+        pairs = [slot.is_key and i < last and slots[i + 1].container is slot.container
+                 and slots[i + 1].key == slot.key for i, slot in enumerate(slots)]
         encoded: list[bytes] | None = None
-        if single:
-            data, starts = encode(texts[0]), [0]
-            lengths = [len(data)]
+        joined, starts = join(texts, pairs)
+        if joined.isascii():  # one encode; byte offsets are character offsets
+            data, lengths = joined.encode(), [len(t) for t in texts]
         else:
-            joined, starts = join(texts, pairs)
-            if joined.isascii():  # one encode; byte offsets are character offsets
-                data, lengths = joined.encode(), [len(t) for t in texts]
-            else:
-                encoded = [encode(t) for t in texts]
-                data, starts = join(encoded, pairs)
-                lengths = [len(b) for b in encoded]
+            encoded = [encode(t) for t in texts]
+            data, starts = join(encoded, pairs)
+            lengths = [len(b) for b in encoded]
         hits = self._scan(data, self.guard.profile)
         if hits and hits[0].detector is CONTROL:
             if encoded is None:
-                encoded = [data] if single else [data[s:s + n] for s, n in zip(starts, lengths, strict=True)]
+                encoded = [data[s:s + n] for s, n in zip(starts, lengths, strict=True)]
             for i, raw in enumerate(encoded):
                 if needs_neutralising(raw):
                     cleaned, count = neutralise_bytes(raw)
@@ -250,23 +243,19 @@ class _Pass:
                         encoded[i] = cleaned
                         replaced[i] = cleaned.decode("utf-8", "surrogatepass")
                         self.neutralised += count
-            if single:
-                data, lengths = encoded[0], [len(encoded[0])]
-            else:
-                data, starts = join(encoded, pairs)
-                lengths = [len(b) for b in encoded]
+            data, starts = join(encoded, pairs)
+            lengths = [len(b) for b in encoded]
             hits = self._scan(data, self.guard.plain_profile)
         if not hits:
             return replaced
-        found = [hits] if single else split_hits(hits, starts, lengths)
-        for i, mine in enumerate(found):
+        for i, mine in enumerate(split_hits(hits, starts, lengths)):
             keep = self._sort(mine) if mine else None
             if keep:
-                replaced[i] = splice(data if single else data[starts[i]:starts[i] + lengths[i]], keep)
+                replaced[i] = splice(data[starts[i]:starts[i] + lengths[i]], keep)
         return replaced
 
     def _run_one(self, text: str, max_chars: int | None) -> dict[int, str]:
-        """`run` for one string (most results are one text block): the same steps, no joining."""
+        """`run` for one string (most results are one text block): the same steps, nothing to join."""
         replaced: dict[int, str] = {}
         if max_chars is not None and len(text) > max_chars:
             text = replaced[0] = text[:max_chars]  # see `run`: only what may survive the cut is scanned

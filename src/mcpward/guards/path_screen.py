@@ -27,14 +27,14 @@ import posixpath
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import re2  # type: ignore[import-untyped]
 
 from mcpward.guards.arg_types import Finding
+from mcpward.guards.redactor import bytes_search
 
 _PERCENT_U = re.compile(r"%u([0-9a-fA-F]{4})")
 _HEX_SPELLED = re.compile(r"0x(2e|2f|5c)", re.IGNORECASE)
@@ -47,7 +47,6 @@ _BASE64 = re.compile(r"^[A-Za-z0-9+/]{8,}={0,2}$")
 _DRIVE = re.compile(r"^[a-zA-Z]:/")
 _SLASH_DRIVE = re.compile(r"^/?([a-zA-Z]):/?")  # `/C:\x`, `c:x` (drive-relative) -> `c:/x`
 _URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
-_UNANCHORED = re2._Anchor.UNANCHORED
 
 
 def _overlong(match: re.Match[bytes]) -> bytes:
@@ -119,16 +118,6 @@ def url_scheme(value: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def _search(regex: Any) -> Callable[[bytes], bool]:
-    """Whether `regex` matches anywhere in UTF-8 bytes: one call into the compiled RE2 program."""
-    match = regex._regexp.Match
-
-    def search(data: bytes) -> bool:
-        return bool(match(_UNANCHORED, data, 0, len(data))[0][0] >= 0)
-
-    return search
-
-
 def _for_matching(normalised: str) -> str:
     """Lower case, and any drive letter as `c:` so one pattern covers every drive."""
     lowered = normalised.lower()
@@ -143,12 +132,10 @@ class PathScreen:
         sensitive = [p for p in self.patterns if not p.startswith("!")]
         exceptions = [p[1:] for p in self.patterns if p.startswith("!")]
         self._one = [(p, re.compile(_pattern_regex(p))) for p in sensitive]
-        # One linear-time automaton answers "any sensitive pattern?" in a single pass. It is called
-        # through its compiled program on UTF-8 bytes (what the `re2` wrapper does for a str, minus
-        # the character-offset bookkeeping a yes/no answer does not need).
-        self._any = _search(re2.compile("|".join(f"(?:{_pattern_regex(p)})" for p in sensitive))) \
+        # One linear-time automaton answers "any sensitive pattern?" in a single pass (on UTF-8 bytes).
+        self._any = bytes_search(re2.compile("|".join(f"(?:{_pattern_regex(p)})" for p in sensitive))) \
             if sensitive else None
-        self._except = _search(re2.compile("|".join(f"(?:{_pattern_regex(p)})" for p in exceptions))) \
+        self._except = bytes_search(re2.compile("|".join(f"(?:{_pattern_regex(p)})" for p in exceptions))) \
             if exceptions else None
 
     @staticmethod
@@ -199,18 +186,13 @@ class PathScreen:
         return Finding("args.path.outside-roots", "is an absolute path outside the declared roots")
 
     def check(self, value: str, roots: tuple[str, ...] = ()) -> Finding | None:
-        # The substring tests in front of `decode`, `traversal` and `unbase64` are their own first
-        # tests, repeated here so a plain path does not pay for the calls (this runs on every path).
-        plain = value.isascii() and "%" not in value and "0x" not in value.lower()
-        decoded = value if plain else decode(value)
-        if "\x00" in decoded or ".." in decoded or not plain or "2e2e" in value.lower():
-            found = self.traversal(value, decoded)
-            if found:
-                return found
+        decoded = decode(value)
+        found = self.traversal(value, decoded)
+        if found:
+            return found
         normalised = normalise(decoded)
         found = self.sensitive(normalised) or self.outside_roots(normalised, roots)
-        if found is None and len(value) >= 8 and not len(value) % 4 \
-                and (inner := self.unbase64(value)) is not None:
+        if found is None and (inner := self.unbase64(value)) is not None:
             found = self.check(inner, roots)
             if found is not None:
                 return Finding(found.rule, f"is base64 for a path that {found.message}")
