@@ -53,7 +53,7 @@ class Seen:
     def policy_labels(self) -> list[str]:
         state = self.verdict.state
         if self._labels is None or self._labels[0] != state:
-            self._labels = (state, sorted(self.report.labels() | {f"pin:{state}"}))
+            self._labels = (state, sorted((*self.risk(), f"pin:{state}")))
         return self._labels[1]
 
 

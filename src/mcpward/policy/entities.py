@@ -218,15 +218,12 @@ class EntityBuilder:
         return effective_annotations(target.claimed, override.annotations if override is not None else {})
 
     def labels(self, target: Target) -> list[str]:
-        override = self.override(target)
-        kind = "resourceTemplates" if target.template else KIND_OF_TYPE.get(target.type, "")
-        providers = self.label_providers
-        if not target.labels and (override is None or not override.labels) and len(providers) == 1:
-            return sorted(providers[0](target.server, kind, target.name))  # the usual case: the scanner's alone
         found: set[str] = set(target.labels)
+        override = self.override(target)
         if override is not None:
             found.update(override.labels)
-        for provider in providers:
+        kind = "resourceTemplates" if target.template else KIND_OF_TYPE.get(target.type, "")
+        for provider in self.label_providers:
             found.update(provider(target.server, kind, target.name))
         return sorted(found)
 
