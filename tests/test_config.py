@@ -33,6 +33,23 @@ from tests.conftest import MCPWARD
         ('[gateway]\nstart = "sometimes"\n', "gateway.start", "'eager' or 'lazy'"),
         ("[servers]\na = 1\n", "servers.a", "expected a table"),
         ("unknown_top = 1\n", "unknown_top", "unknown key"),
+        # Per-principal credentials: who, what kind of credential, and never a shared secret beside them.
+        ('[servers.a]\ncommand = "x"\n[servers.a.principals.alice]\n', "servers.a.principals.\"alice\"",
+         "expected a principal such as"),
+        ('[servers.a]\ncommand = "x"\n[servers.a.principals."anonymous:anonymous"]\n',
+         'servers.a.principals."anonymous:anonymous"', "expected a principal such as"),
+        ('[servers.a]\ncommand = "x"\n[servers.a.principals."api-key:ci"]\nheaders = { A = "b" }\n',
+         'servers.a.principals."api-key:ci".headers', "headers are for remote"),
+        ('[servers.a]\nurl = "https://example.com/mcp"\n[servers.a.principals."oauth:bob"]\nenv = { A = "b" }\n',
+         'servers.a.principals."oauth:bob".env', "a remote (url) server takes headers"),
+        ('[servers.a]\ncommand = "x"\n[servers.a.principals."api-key:ci"]\ntokn = "b"\n',
+         'servers.a.principals."api-key:ci".tokn', "unknown key"),
+        ('[servers.a]\ncommand = "x"\nenv = { T = "${secret:t}" }\n[servers.a.principals."api-key:ci"]\n',
+         "servers.a.env.T", "every principal would share it"),
+        ('[servers.a]\ncommand = "x"\nsecrets = { T = "secret:t" }\n[servers.a.principals."api-key:ci"]\n',
+         "servers.a.secrets", "every principal would share it"),
+        ('[servers.a]\nurl = "https://example.com/mcp"\nheaders = { Authorization = "Bearer ${env:T}" }\n'
+         '[servers.a.principals."oauth:bob"]\n', "servers.a.headers.Authorization", "every principal would share it"),
     ],
 )
 def test_config_errors_name_key_and_problem(text: str, key: str, problem: str) -> None:
@@ -71,3 +88,47 @@ def test_serve_refuses_non_loopback_bind(write_config) -> None:  # type: ignore[
     proc = subprocess.run([MCPWARD, "serve", "-c", str(path), "--host", "0.0.0.0", "--port", "1"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "allow_non_loopback" in proc.stderr
+
+
+def test_per_principal_credentials_add_to_the_servers_own_settings() -> None:
+    cfg = config.parse(__import__("tomllib").loads(
+        '[servers.gh]\ncommand = "x"\nenv = { LOG = "debug" }\n'
+        '[servers.gh.principals."api-key:ci"]\nenv = { TOKEN = "${secret:ci_token}" }\n'
+        '[servers.gh.principals."api-key:ci".secrets]\nKEY = "secret:ci_key"\n'
+        '[servers.gh.principals."oauth:alice"]\nenv = { TOKEN_FILE_HINT = "none" }\n'), "c.toml")
+    server = cfg.servers["gh"]
+    ci = server.for_principal("api-key:ci")
+    assert ci is not None and ci.principal == "api-key:ci" and ci.start == "lazy" and not ci.principals
+    assert ci.env == {"LOG": "debug", "TOKEN": "${secret:ci_token}"}
+    alice = server.for_principal("oauth:alice")
+    assert alice is not None and "TOKEN" not in alice.env  # never another principal's
+    assert server.for_principal("api-key:other") is None
+    assert server.env == {"LOG": "debug"}  # the server's own settings are unchanged
+
+    from mcpward.sandbox.settings import read_settings
+
+    profile = read_settings(cfg).profile("gh")
+    assert [(d.name, d.ref, d.deliver) for d in profile.principal_secrets["api-key:ci"]] == [
+        ("KEY", "secret:ci_key", "file")]
+    assert profile.principal_secrets["oauth:alice"] == () and profile.secrets == ()
+
+
+def test_a_principals_secret_is_checked_like_a_servers() -> None:
+    from mcpward.sandbox.settings import read_settings
+
+    cfg = config.parse(__import__("tomllib").loads(
+        '[servers.gh]\ncommand = "x"\n[servers.gh.principals."api-key:ci"]\nenv = { KEY = "v" }\n'
+        '[servers.gh.principals."api-key:ci".secrets]\nKEY = "secret:k"\n'), "c.toml")
+    with pytest.raises(ConfigError) as info:
+        read_settings(cfg)
+    assert info.value.key == 'servers.gh.principals."api-key:ci".secrets.KEY'
+    assert "also set in env" in info.value.problem
+
+
+def test_literal_per_principal_credentials_are_redacted_like_the_servers() -> None:
+    from mcpward.guards.setup import held_secrets
+
+    cfg = config.parse(__import__("tomllib").loads(
+        '[servers.gh]\nurl = "https://example.com/mcp"\n'
+        '[servers.gh.principals."api-key:ci".headers]\nAuthorization = "Bearer literal-ci-credential"\n'), "c.toml")
+    assert "literal-ci-credential" in held_secrets(cfg)

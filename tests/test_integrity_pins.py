@@ -11,7 +11,7 @@ import pytest
 
 from mcpward.gateway import config as config_mod
 from mcpward.gateway.config import ConfigError, GatewayConfig
-from mcpward.gateway.context import system_context
+from mcpward.gateway.context import Principal, system_context
 from mcpward.guards.base import Call, Listed, Refusal
 from mcpward.guards.setup import build_chain
 from mcpward.integrity import fingerprint as fp
@@ -157,7 +157,7 @@ class View:
     def server_instructions(self, server: str) -> str | None:
         return self.instructions
 
-    async def relist(self, kind: str) -> None:
+    async def relist(self, kind: str, principal: Principal | None = None) -> None:
         self.relisted.append(kind)
 
 

@@ -244,7 +244,10 @@ async def _inspect(cfg: GatewayConfig, connect: bool, launcher: Launcher) -> dic
             scfg = upstream.cfg
             entry: dict[str, Any] = {"name": name, "transport": scfg.transport, "target": upstream.describe,
                                      "prefix": scfg.prefix, "start": scfg.start}
-            if connect:
+            if upstream.per_principal:
+                # Only a principal's own credentials reach this server; the check has none to use.
+                entry["credentials"] = sorted(scfg.principals)
+            elif connect:
                 await upstream.start()
                 entry["era"] = upstream.era
                 entry["error"] = upstream.error if upstream.era is None else None
@@ -295,6 +298,8 @@ def _print_report(report: dict[str, Any]) -> None:
     for s in report["servers"]:
         exposes = ", ".join(f"{len(s.get(k, []))} {k}" for k in ("tools", "prompts", "resources"))
         status = f"[red]{s['error']}[/]" if s.get("error") else "[green]ok[/]"
+        if s.get("credentials"):
+            status = "per-principal credentials: " + ", ".join(s["credentials"]) + " (not started by the check)"
         table.add_row(s["name"], f"{s['transport']}: {s['target']}", str(s.get("era") or "-"), exposes, status)
     out.print(table)
     out.print(f"[bold]guards[/] {' -> '.join(report.get('guards') or ['none'])}", highlight=False, soft_wrap=True)

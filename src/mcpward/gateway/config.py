@@ -9,7 +9,7 @@ import socket
 import tomllib
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +17,8 @@ StartMode = Literal["eager", "lazy"]
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+# A principal key as the gateway forms it (context.Principal.key): kind, a colon, the subject.
+PRINCIPAL_KEY = re.compile(r"^(local-user|api-key|oauth):[^\x00-\x1f\x7f]{1,256}$")
 
 
 class ConfigError(Exception):
@@ -40,6 +42,16 @@ class ToolOverride:
 
 
 @dataclass(slots=True)
+class PrincipalCredentials:
+    """What one principal's own connection to a server adds to the server's settings
+    ([servers.<name>.principals."<kind>:<subject>"])."""
+
+    env: dict[str, str] = field(default_factory=dict)  # stdio servers
+    headers: dict[str, str] = field(default_factory=dict)  # remote servers
+    secrets: dict[str, Any] = field(default_factory=dict)  # stdio servers; read by sandbox/settings.py
+
+
+@dataclass(slots=True)
 class ServerConfig:
     name: str
     prefix: str
@@ -60,10 +72,23 @@ class ServerConfig:
     secrets: dict[str, Any] = field(default_factory=dict)
     # Operator overrides per upstream tool name ([servers.<name>.tools.<tool>]).
     tools: dict[str, ToolOverride] = field(default_factory=dict)
+    # Per-principal credentials: when set, each listed principal gets its own connection with its
+    # own credentials, and any other principal is refused (never handed someone else's).
+    principals: dict[str, PrincipalCredentials] = field(default_factory=dict)
+    principal: str | None = None  # on a config made by for_principal(): whose connection this is
 
     @property
     def transport(self) -> Literal["stdio", "http"]:
         return "stdio" if self.command is not None else "http"
+
+    def for_principal(self, key: str) -> ServerConfig | None:
+        """This server as one principal's own connection sees it, or None when the principal has no
+        credentials here. Started on demand: a principal's process is not kept alive after a crash."""
+        creds = self.principals.get(key)
+        if creds is None:
+            return None
+        return replace(self, env={**self.env, **creds.env}, headers={**self.headers, **creds.headers},
+                       principals={}, principal=key, start="lazy")
 
 
 @dataclass(slots=True)
@@ -262,8 +287,55 @@ def _server(r: TableReader, name: str, default_start: str, default_timeout: floa
         if not isinstance(table, dict):
             raise r.fail(f"tools.{tool}", "expected a table")
         server.tools[tool] = _tool_override(TableReader(r.source, r.key(f"tools.{tool}"), table))
+    for key, table in r.get("principals", dict, {}).items():
+        server.principals[key] = _principal_credentials(r, server, key, table)
+    if server.principals:
+        _no_shared_secrets(r, server)
     r.reject_unknown()
     return server
+
+
+def _principal_credentials(r: TableReader, server: ServerConfig, key: str, table: Any) -> PrincipalCredentials:
+    name = f'principals."{key}"'
+    if not PRINCIPAL_KEY.match(key):
+        raise r.fail(name, "expected a principal such as \"api-key:ci\", \"oauth:alice\" or \"local-user:alice\"")
+    if not isinstance(table, dict):
+        raise r.fail(name, "expected a table with the principal's own env and secrets (stdio) or headers (remote)")
+    p = TableReader(r.source, r.key(name), table)
+    creds = PrincipalCredentials()
+    if server.command is not None:
+        creds.env = p.string_map("env")
+        for var in creds.env:
+            if not ENV_NAME.match(var):
+                raise p.fail(f"env.{var}", "not a valid environment variable name")
+        creds.secrets = p.get("secrets", dict, {})
+        if "headers" in table:
+            raise p.fail("headers", "headers are for remote (url) servers; a stdio server takes env and secrets")
+    else:
+        creds.headers = p.string_map("headers")
+        for field_name in ("env", "secrets"):
+            if field_name in table:
+                raise p.fail(field_name, "a remote (url) server takes headers; env and secrets are for stdio servers")
+    p.reject_unknown()
+    return creds
+
+
+def _no_shared_secrets(r: TableReader, server: ServerConfig) -> None:
+    """With per-principal credentials, a secret in the server's own settings would reach every
+    principal's connection: it is refused, so no credential is shared by accident."""
+    from mcpward.secrets.refs import SecretRefError, find_refs
+
+    why = "with per-principal credentials, secrets go in each principals table (here every principal would share it)"
+    if server.secrets:
+        raise r.fail("secrets", why)
+    for table_name, values in (("env", server.env), ("headers", server.headers)):
+        for var, text in values.items():
+            try:
+                shared = bool(find_refs(text))
+            except SecretRefError:
+                shared = True
+            if shared:
+                raise r.fail(f"{table_name}.{var}", why)
 
 
 PARAM_KINDS = ("url", "path", "command", "code", "text", "content")

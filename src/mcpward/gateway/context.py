@@ -112,9 +112,11 @@ class SilentChannel:
         raise RuntimeError("the gateway's own requests cannot ask a client")
 
 
-def system_context() -> RequestContext:
+def system_context(principal: Principal | None = None) -> RequestContext:
+    """The gateway's own requests (listing to learn schemas and pin definitions): as itself, or on
+    behalf of `principal` for a server where only a principal's own credentials reach."""
     from mcpward.protocol.versions import LATEST_MODERN
 
     return RequestContext(era="modern", protocol_version=LATEST_MODERN, capabilities={}, client_info=None,
-                          principal=Principal(subject="mcpward", kind="anonymous"), channel=SilentChannel(),
-                          transport="stdio")
+                          principal=principal or Principal(subject="mcpward", kind="anonymous"),
+                          channel=SilentChannel(), transport="stdio")

@@ -7,6 +7,7 @@ call `Gateway.handle`; everything here is transport-agnostic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,7 +17,7 @@ from mcpward.gateway.accounting import Accounting
 from mcpward.gateway.bridge import InputBridge
 from mcpward.gateway.catalog import Catalog, Entry
 from mcpward.gateway.config import GatewayConfig
-from mcpward.gateway.context import RequestContext, system_context
+from mcpward.gateway.context import Principal, RequestContext, system_context
 from mcpward.gateway.listing import Lister
 from mcpward.gateway.peer import PeerError, local_error
 from mcpward.gateway.subscriptions import Subscriptions
@@ -102,8 +103,13 @@ class Gateway:
         text = None if upstream is None else upstream.info.get("instructions")
         return text if isinstance(text, str) else None
 
-    async def relist(self, kind: str) -> None:
+    async def relist(self, kind: str, principal: Principal | None = None) -> None:
+        """List `kind` again from every server; servers with per-principal credentials only when a
+        principal is given, and then as that principal (the gateway has no credentials of its own there)."""
         await self.lister.refresh(system_context(), kind)
+        own = [name for name, upstream in self.upstreams.items() if upstream.per_principal]
+        if principal is not None and own:
+            await self.lister.refresh(system_context(principal), kind, own)
 
     def instructions(self) -> str | None:
         parts = []
@@ -124,12 +130,12 @@ class Gateway:
     def serves(self, method: str, era: str) -> bool:
         return method in self._handlers and not (era == "modern" and method in LEGACY_ONLY)
 
-    async def tool_schema(self, exposed: str) -> Any:
+    async def tool_schema(self, exposed: str, principal: Principal | None = None) -> Any:
         """The input schema of an exposed tool (for header checks), listing once if unknown."""
         entry = self.catalog.resolve("tools", exposed)
         if entry is not None and self.lister.definition("tools", entry.server, entry.name) is not None:
             return self.lister.schema(entry.server, entry.name)
-        await self.relist("tools")
+        await self.relist("tools", principal)
         entry = self.catalog.resolve("tools", exposed)
         return self.lister.schema(entry.server, entry.name) if entry else None
 
@@ -208,8 +214,19 @@ class Gateway:
         server = await self._server_for_uri(ctx, uri)
         await self._check_subscription(ctx, server, uri)
         first = self.subscriptions.add_resource(ctx.session_id, server, uri)
+        upstream = self.upstreams[server]
+        if upstream.per_principal:  # each principal's own connection subscribes to what it asked for
+            first, uris = True, {uri}
+        else:
+            uris = self.subscriptions.uris_for(server)
         if first:
-            await self.upstreams[server].subscribe(ctx, self.subscriptions.uris_for(server))
+            try:
+                await upstream.subscribe(ctx, uris)
+            except Refusal as refusal:
+                self.subscriptions.remove_resource(ctx.session_id, uri)
+                audit_refusal(Call(ctx=ctx, method="resources/subscribe", params=params, server=server,
+                                   target=uri, exposed=uri), refusal.rule)
+                raise refusal.to_error() from None
         return {}
 
     async def _unsubscribe(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
@@ -218,7 +235,8 @@ class Gateway:
             raise ProtocolError(jsonrpc.INVALID_PARAMS, "resources/unsubscribe needs a 'uri' and a legacy session")
         server = self.subscriptions.remove_resource(ctx.session_id, uri)
         if server is not None and uri not in self.subscriptions.uris_for(server):
-            await self.upstreams[server].unsubscribe(ctx, uri, self.subscriptions.uris_for(server))
+            with contextlib.suppress(Refusal):  # nothing was subscribed for a principal without credentials
+                await self.upstreams[server].unsubscribe(ctx, uri, self.subscriptions.uris_for(server))
         return {}
 
     async def _check_subscription(self, ctx: RequestContext, server: str, uri: str) -> None:
@@ -240,7 +258,11 @@ class Gateway:
         call = Call(ctx=ctx, method=method, params=params, server=server, target=target, exposed=exposed)
         ctx.call = call  # the request's audit record reads what the guards noted
         if self.guards.empty:
-            return await self._dispatch(ctx, upstream, call)
+            try:
+                return await self._dispatch(ctx, upstream, call)
+            except Refusal as refusal:  # a server with per-principal credentials has none for this one
+                audit_refusal(call, refusal.rule)
+                raise refusal.to_error() from None
         call.definition = self.lister.definition(DEFINITION_KIND.get(method, ""), server, target)
         try:
             answered = await self.guards.request(call)
@@ -274,9 +296,7 @@ class Gateway:
             return await self.bridge.resume(ctx, method, params)
         needs_bridge = (ctx.era == "modern" and not ctx.channel.can_ask
                         and method in ("tools/call", "prompts/get", "resources/read"))
-        if needs_bridge:
-            await upstream.ensure()
-        if needs_bridge and upstream.era == "legacy":
+        if needs_bridge and await upstream.era_for(ctx) == "legacy":
             async def forward(c: RequestContext) -> JsonObj:
                 return await upstream.call(c, method, params, hints)
 
@@ -344,7 +364,8 @@ class Gateway:
             self.subscriptions.remove_listener(listener)
 
     async def set_log_level(self, level: str) -> None:
-        await asyncio.gather(*(u.set_log_level(level) for u in self.upstreams.values() if u.era == "legacy"))
+        await asyncio.gather(*(u.set_log_level(level) for u in self.upstreams.values()
+                               if u.era == "legacy" or u.per_principal))
 
     async def roots_changed(self) -> None:
         await asyncio.gather(*(u.notify_sessions("notifications/roots/list_changed")

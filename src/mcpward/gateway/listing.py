@@ -15,7 +15,7 @@ from mcpward.gateway.catalog import Catalog
 from mcpward.gateway.context import RequestContext
 from mcpward.gateway.peer import PeerError
 from mcpward.gateway.upstream import Upstream
-from mcpward.guards.base import Call, GuardChain, Listed
+from mcpward.guards.base import Call, GuardChain, Listed, Refusal
 from mcpward.protocol import headers, jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj, ProtocolError
 from mcpward.protocol.sealing import Sealer, SealError
@@ -72,6 +72,8 @@ class Lister:
         except PeerError as exc:
             log.warning("server %s: %s failed: %s", server, METHODS[kind], exc)
             return None
+        except Refusal:
+            return None  # per-principal credentials, none for this principal: it sees nothing of this server
 
     async def list(self, ctx: RequestContext, kind: str, params: JsonObj) -> JsonObj:
         start, upstream_cursor = self._cursor(params)

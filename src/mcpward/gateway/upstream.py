@@ -4,6 +4,10 @@ Modern (2026-07-28) upstreams are stateless, so one connection serves every clie
 Legacy upstreams fix capabilities per session at `initialize`, so the gateway keeps
 one session per distinct client capability set: an upstream never sees a
 capability the client did not declare (no capability laundering).
+
+A server with per-principal credentials has no connection of its own: each listed
+principal gets a child Upstream (its own process or HTTP connection, its own
+credentials, its own probe); anyone else is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ GATEWAY_INFO = {"name": "mcpward", "version": __version__}
 PUSH_CAPABILITY = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
 MAX_BACKOFF = 30.0
 LISTEN_TIMEOUT = 365 * 24 * 3600.0
+UNBOUND_RULE = "credentials.per-principal"
 
 
 @dataclass(slots=True)
@@ -96,6 +101,9 @@ class Upstream:
         self._tasks: set[asyncio.Task[None]] = set()
         self._resource_uris: set[str] = set()
         self._legacy_subscribed: dict[str, set[str]] = {}  # session key -> uris
+        # Per-principal credentials: one child Upstream per principal that has used this server,
+        # each with its own connections made with its own credentials (None: one shared set).
+        self._children: dict[str, Upstream] | None = {} if cfg.principals else None
 
     # ----------------------------------------------------------------- lifecycle
     async def _open_link(self) -> MessageLink:
@@ -113,8 +121,38 @@ class Upstream:
     def describe(self) -> str:
         return self.launcher.describe(self.cfg)
 
+    @property
+    def per_principal(self) -> bool:
+        return self._children is not None
+
+    def _for(self, ctx: RequestContext) -> Upstream:
+        """The upstream that serves `ctx`'s principal: this one, or that principal's own child.
+
+        A principal without credentials here is refused: it never borrows another's connection,
+        and the gateway's own requests (startup, re-listing) have none either."""
+        if self._children is None:
+            return self
+        key = ctx.principal.key
+        child = self._children.get(key)
+        if child is None:
+            cfg = self.cfg.for_principal(key)
+            if cfg is None:
+                raise Refusal(UNBOUND_RULE, f"server {self.name!r} has no credentials for {key}")
+            child = self._children[key] = Upstream(cfg, self.gw, self.events, self.launcher)
+        return child
+
+    async def era_for(self, ctx: RequestContext) -> v.Era | None:
+        """The era of the server as `ctx` reaches it (probing it first if needed)."""
+        target = self._for(ctx)
+        await target.ensure()
+        return target.era
+
     async def start(self) -> None:
         """Probe the era and keep the connection; errors are recorded, not raised."""
+        if self._children is not None:
+            log.info("server %s has per-principal credentials: each principal's connection starts on its "
+                     "first request", self.name)
+            return
         try:
             await self.ensure(any_session=True)
         except PeerError as exc:
@@ -244,10 +282,14 @@ class Upstream:
         sessions, self._sessions = list(self._sessions.values()), {}
         links = [s.peer.link for s in sessions] + ([self._spare] if self._spare else [])
         self._spare = None
-        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+        children = list((self._children or {}).values())
+        await asyncio.gather(*(link.close() for link in links), *(c.stop() for c in children),
+                             return_exceptions=True)
 
     async def capabilities_for(self, ctx: RequestContext) -> JsonObj:
         """The server's capabilities as seen by this client (legacy: its session's answer)."""
+        if self._children is not None:
+            return await self._for(ctx).capabilities_for(ctx)
         session = await self._session_for(ctx)
         caps = session.info.get("capabilities")
         return caps if isinstance(caps, dict) else {}
@@ -310,6 +352,8 @@ class Upstream:
     async def call(self, ctx: RequestContext, method: str, params: JsonObj,
                    hints: SendHints | None = None) -> JsonObj:
         """Forward one request for `ctx`, bridging eras; returns the result object."""
+        if self._children is not None:
+            return await self._for(ctx).call(ctx, method, params, hints)
         deadline = time.monotonic() + self.cfg.timeout
         try:
             if self._slots.locked():  # only a full server pays for a timed wait
@@ -460,6 +504,8 @@ class Upstream:
     # ------------------------------------------------------------- session-wide
     async def set_log_level(self, level: str) -> None:
         """Legacy `logging/setLevel` reaches every live legacy session that offers logging."""
+        for child in list((self._children or {}).values()):
+            await child.set_log_level(level)
         for session in list(self._sessions.values()):
             caps = session.info.get("capabilities") or {}
             if session.era == "legacy" and "logging" in caps:
@@ -467,6 +513,8 @@ class Upstream:
                     await session.peer.request("logging/setLevel", {"level": level}, self.cfg.timeout)
 
     async def notify_sessions(self, method: str, params: JsonObj | None = None) -> None:
+        for child in list((self._children or {}).values()):
+            await child.notify_sessions(method, params)
         for session in list(self._sessions.values()):
             if session.era == "legacy":
                 with contextlib.suppress(LinkError):
@@ -475,6 +523,12 @@ class Upstream:
     # ------------------------------------------------------------ subscriptions
     async def subscribe(self, ctx: RequestContext, all_uris: set[str]) -> None:
         """Make sure the upstream tells us about changes to every URI in `all_uris`."""
+        if self._children is not None:
+            # `all_uris` is what this principal asked for now: its connection watches that and what it
+            # already watched, never other principals' URIs.
+            target = self._for(ctx)
+            await target.subscribe(ctx, target._resource_uris | all_uris)
+            return
         await self.ensure()
         self._resource_uris = set(all_uris)
         if self.era == "modern":
@@ -487,6 +541,10 @@ class Upstream:
             done.add(wanted)
 
     async def unsubscribe(self, ctx: RequestContext, uri: str, all_uris: set[str]) -> None:
+        if self._children is not None:
+            target = self._for(ctx)
+            await target.unsubscribe(ctx, uri, target._resource_uris - {uri})
+            return
         self._resource_uris = set(all_uris)
         if self.era == "modern":
             self._relisten()

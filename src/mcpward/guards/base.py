@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mcpward.audit import events as audit
-from mcpward.gateway.context import RequestContext
+from mcpward.gateway.context import Principal, RequestContext
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
 
@@ -101,7 +101,7 @@ class GatewayView(Protocol):
 
     def server_instructions(self, server: str) -> str | None: ...
 
-    async def relist(self, kind: str) -> None: ...
+    async def relist(self, kind: str, principal: Principal | None = None) -> None: ...
 
 
 class Guard:

@@ -34,16 +34,17 @@ def held_secrets(cfg: GatewayConfig) -> list[str]:
     """
     found: set[str] = set()
     for server in cfg.servers.values():
-        for name, value in server.env.items():
-            if SECRET_NAME.search(name):
+        owners = [server, *(server.for_principal(key) for key in server.principals)]
+        for env in (owner.env for owner in owners if owner is not None):
+            found.update(value for name, value in env.items() if SECRET_NAME.search(name))
+        for headers in (owner.headers for owner in owners if owner is not None):
+            for name, value in headers.items():
+                if name.lower() in PLAIN_HEADERS:
+                    continue
                 found.add(value)
-        for name, value in server.headers.items():
-            if name.lower() in PLAIN_HEADERS:
-                continue
-            found.add(value)
-            scheme, _, credential = value.partition(" ")
-            if credential and scheme.isalpha():
-                found.add(credential.strip())
+                scheme, _, credential = value.partition(" ")
+                if credential and scheme.isalpha():
+                    found.add(credential.strip())
     return sorted(v for v in found if len(v) >= MIN_SECRET_LENGTH)
 
 

@@ -123,7 +123,9 @@ class IntegrityGuard(Guard):
         key = (kind, call.server, call.target)
         seen = self.seen.get(key)
         if seen is None and self._gateway is not None:
-            await self._gateway.relist(kind)  # called by a name the gateway never listed: list it now
+            # Called by a name the gateway never listed: list it now (as the caller, for a server
+            # that only a principal's own credentials reach).
+            await self._gateway.relist(kind, call.ctx.principal)
             seen = self.seen.get(key)
         if seen is None:
             # The server does not list it: to the client it does not exist (the same answer as a name no

@@ -25,6 +25,9 @@ async def _learn(cfg: GatewayConfig, kind: str, server: str, name: str) -> dict[
     gateway = Gateway(dataclasses.replace(cfg, servers={server: cfg.servers[server]}))
     try:
         upstream = gateway.upstreams[server]
+        if upstream.per_principal:
+            raise ConnectionError(f"server {server} has per-principal credentials: the gateway has none of its "
+                                  "own to list it with")
         await upstream.start()
         if upstream.era is None:
             raise ConnectionError(f"server {server} did not start: {upstream.error}")

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mcpward.audit import events
@@ -93,7 +94,9 @@ class Launcher:
                             values[ref] = self.secrets.resolve(ref)
                     out_texts[key] = interpolate(text, values) if refs else text
             except SecretError as exc:
-                events.record("sandbox.secret-unresolved", server=server.name, ref=str(exc.ref), reason=exc.reason)
+                whose = {"principal": server.principal} if server.principal else {}
+                events.record("sandbox.secret-unresolved", server=server.name, ref=str(exc.ref), reason=exc.reason,
+                              **whose)
                 raise LinkError(f"server {server.name!r} not started: secret {exc}") from None
             self.on_secret_values(list(values.values()))
             return out_texts, out_decl
@@ -121,6 +124,8 @@ class Launcher:
     async def _spawner(self, server: ServerConfig, stream_limit: int) -> Spawner:
         assert server.command is not None
         profile = self.settings.profile(server.name)
+        if server.principal is not None:  # one principal's own process: its secrets, nobody else's
+            profile = replace(profile, secrets=profile.principal_secrets.get(server.principal, ()))
         declared = {s.name: s.ref for s in profile.secrets}
         env, values = await self._resolve(server, dict(server.env), declared)
         files = {s.name: values[s.name].encode() for s in profile.secrets if s.deliver == "file"}

@@ -74,6 +74,8 @@ class SandboxProfile:
     limits: Limits = field(default_factory=Limits)
     egress: Egress = field(default_factory=Egress)
     secrets: tuple[SecretDecl, ...] = ()
+    # Per-principal credentials: principal key -> what that principal's own process gets.
+    principal_secrets: dict[str, tuple[SecretDecl, ...]] = field(default_factory=dict)
     verify: dict[str, str] = field(default_factory=dict)  # path -> "sha256:<hex>", checked before each start
 
 
@@ -193,7 +195,12 @@ def _profile(cfg: GatewayConfig, server: ServerConfig, default_backend: str) -> 
     profile = SandboxProfile(
         verify=verify, backend=backend, acknowledge_unsandboxed=acknowledge, image=image, ro=ro, rw=rw,
         auto_bind=r.get("auto_bind", bool, True), cache=r.get("cache", bool, True), run_as=run_as,
-        limits=limits, egress=egress, secrets=_secrets(cfg, server),
+        limits=limits, egress=egress,
+        secrets=_secrets(cfg, f"servers.{server.name}.secrets", server.secrets, server.env),
+        principal_secrets={
+            key: _secrets(cfg, f'servers.{server.name}.principals."{key}".secrets', creds.secrets,
+                          {**server.env, **creds.env})
+            for key, creds in server.principals.items()},
     )
     r.reject_unknown()
     return profile
@@ -236,12 +243,13 @@ def _egress(r: TableReader) -> Egress:
     return Egress(policy)
 
 
-def _secrets(cfg: GatewayConfig, server: ServerConfig) -> tuple[SecretDecl, ...]:
+def _secrets(cfg: GatewayConfig, prefix: str, table: dict[str, Any], env: dict[str, str]) -> tuple[SecretDecl, ...]:
+    """The secrets declared in `table` (at `prefix` in the config) for a process whose env is `env`."""
     from mcpward.secrets.refs import SecretRefError, parse_ref
 
     out: list[SecretDecl] = []
-    for name, value in server.secrets.items():
-        key = f"servers.{server.name}.secrets.{name}"
+    for name, value in table.items():
+        key = f"{prefix}.{name}"
         if not SECRET_NAME.match(name):
             raise ConfigError(cfg.source, key, "a secret name must match [A-Za-z_][A-Za-z0-9_]{0,127}")
         if isinstance(value, str):
@@ -259,7 +267,7 @@ def _secrets(cfg: GatewayConfig, server: ServerConfig) -> tuple[SecretDecl, ...]
             parse_ref(ref)
         except SecretRefError as exc:
             raise ConfigError(cfg.source, key, str(exc)) from None
-        if name in server.env:
+        if name in env:
             raise ConfigError(cfg.source, key, f"also set in env; a secret is declared once (env.{name})")
         out.append(SecretDecl(name=name, ref=ref, deliver=deliver))  # type: ignore[arg-type]
     return tuple(out)
@@ -277,4 +285,7 @@ def describe_profile(profile: SandboxProfile) -> dict[str, Any]:
         "limits": {"memory": lim.memory, "pids": lim.pids, "cpu": lim.cpu, "nofile": lim.nofile,
                    "file_size": lim.file_size, "tmp_size": lim.tmp_size},
         "secrets": {s.name: f"{s.ref} as {s.deliver}" for s in profile.secrets},
+        **({"principal_secrets": {key: {s.name: f"{s.ref} as {s.deliver}" for s in decls}
+                                  for key, decls in profile.principal_secrets.items()}}
+           if profile.principal_secrets else {}),
     }

@@ -6,6 +6,7 @@ import ipaddress
 from typing import Any
 
 from mcpward.gateway.config import GatewayConfig
+from mcpward.gateway.context import Principal
 from mcpward.gateway.core import Gateway
 from mcpward.protocol import headers as h
 from mcpward.protocol import jsonrpc
@@ -63,7 +64,8 @@ def allowed_origins(cfg: GatewayConfig) -> set[str]:
 
 
 async def check_modern_headers(gateway: Gateway, message: JsonObj, headers: dict[str, str],
-                               raw_headers: list[tuple[bytes, bytes]]) -> JsonObj | None:
+                               raw_headers: list[tuple[bytes, bytes]],
+                               principal: Principal | None = None) -> JsonObj | None:
     """The 2026-07-28 validation ladder; returns an error reply or None."""
     rid = message.get("id")
     params = message.get("params") or {}
@@ -96,13 +98,13 @@ async def check_modern_headers(gateway: Gateway, message: JsonObj, headers: dict
         return jsonrpc.error(rid, jsonrpc.UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
                              {"supported": list(v.MODERN_VERSIONS), "requested": meta.get(v.META_VERSION)})
     if method == "tools/call" and isinstance(params.get("name"), str):
-        return await _check_param_headers(gateway, rid, params, headers)
+        return await _check_param_headers(gateway, rid, params, headers, principal)
     return None
 
 
 async def _check_param_headers(gateway: Gateway, rid: Any, params: JsonObj,
-                               headers: dict[str, str]) -> JsonObj | None:
-    schema = await gateway.tool_schema(params["name"])
+                               headers: dict[str, str], principal: Principal | None) -> JsonObj | None:
+    schema = await gateway.tool_schema(params["name"], principal)
     for name, path in (h.header_params(schema) or {}).items():
         body_value = h.extract(params.get("arguments"), path)
         raw = headers.get(f"mcp-param-{name}")

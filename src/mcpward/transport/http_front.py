@@ -271,7 +271,7 @@ class HttpFront:
                                                        {"supported": list(v.MODERN_VERSIONS)}))
             await _respond(send, 202, None)
             return
-        rejection = await check_modern_headers(self.gateway, message, headers, scope["headers"])
+        rejection = await check_modern_headers(self.gateway, message, headers, scope["headers"], principal)
         if rejection is not None:
             await _respond(send, status_for(rejection), rejection)
             return
