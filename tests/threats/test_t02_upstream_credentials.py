@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 from mcpward.auth.api_keys import key_digest, new_key
 from tests.audit_reader import committed
@@ -109,13 +109,15 @@ def test_each_principal_reaches_a_stdio_server_with_only_its_own_credential(
 
 @pytest.fixture
 def auth_recording_upstream() -> Iterator[tuple[str, list[str | None]]]:
-    """A real SDK server over Streamable HTTP that keeps the Authorization header of every request."""
+    """A real SDK server over Streamable HTTP that keeps the Authorization header of every request;
+    its `whoami` tool answers with the digest of the header its own call came with."""
     seen: list[str | None] = []
     mcp = MCPServer("remote")
 
     @mcp.tool()
-    async def whoami() -> str:
-        return "answered"
+    async def whoami(ctx: Context) -> str:
+        found = (ctx.headers or {}).get("authorization")
+        return "none" if found is None else digest(found)
 
     inner = mcp.streamable_http_app(host="127.0.0.1")
 
@@ -143,11 +145,38 @@ def test_each_principal_reaches_a_remote_server_with_only_its_own_header(
     with httpx.Client(trust_env=False, timeout=30) as http:
         assert not seen, "the gateway must not reach a per-principal server without a principal"
         for name in ("alice", "bob", "alice"):
-            before = len(seen)
-            assert tool_text(modern_call(http, url, "tools/call", WHOAMI, keys[name])) == "answered"
-            assert seen[before:], "the upstream was never called"
-            assert set(seen[before:]) == {f"Bearer {people.upstream[name]}"}, seen[before:]
-        before = len(seen)
+            answer = tool_text(modern_call(http, url, "tools/call", WHOAMI, keys[name]))
+            assert answer == digest(f"Bearer {people.upstream[name]}")
         assert refused_rule(modern_call(http, url, "tools/call", WHOAMI, keys["carol"])) == RULE
         assert "vault__whoami" not in listed(http, url, keys["carol"])
-        assert len(seen) == before  # carol's requests never reached the server at all
+    # Every request the server got (calls, lists, probes, listen streams) came with alice's or bob's.
+    assert seen and set(seen) == {f"Bearer {people.upstream[n]}" for n in ("alice", "bob")}, set(seen)
+
+
+async def test_over_stdio_the_local_user_is_the_principal_that_holds_credentials(
+        write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`mcpward run` serves the local OS user: a server bound to another user's credentials refuses it,
+    one bound to this user's reaches the server with them."""
+    import getpass
+
+    from tests.rawclient import RawStdioClient
+
+    me = f"local-user:{getpass.getuser()}"
+    token = tmp_path / "mine.token"
+    token.write_text("upstream-token-of-the-local-user")
+    token.chmod(0o600)
+    server = f'command = "{PYTHON}"\nargs = ["{FIXTURES / "credential_server.py"}"]\n'
+    config = write_config(f'[servers.mine]\n{server}[servers.mine.principals."{me}".secrets]\n'
+                          f'TOKEN = "file:{token}"\n'
+                          f'[servers.theirs]\n{server}[servers.theirs.principals."local-user:someone-else".env]\n'
+                          'TOKEN = "theirs"\n')
+    client = await RawStdioClient.start(config)
+    try:
+        mine = await client.call("mine__whoami")
+        assert mine["result"]["content"][0]["text"].split()[1] == digest("upstream-token-of-the-local-user")
+        theirs = await client.call("theirs__whoami")
+        assert theirs["error"]["data"]["rule"] == RULE, theirs
+        names = [t["name"] for t in (await client.request("tools/list"))["result"]["tools"]]
+        assert "mine__whoami" in names and "theirs__whoami" not in names
+    finally:
+        await client.close()

@@ -257,12 +257,12 @@ class Gateway:
         upstream = self.upstreams[server]
         call = Call(ctx=ctx, method=method, params=params, server=server, target=target, exposed=exposed)
         ctx.call = call  # the request's audit record reads what the guards noted
+        if upstream.refuses(ctx):  # per-principal credentials, none for this principal: first, whatever it asks
+            refusal = upstream.unbound(ctx.principal.key)
+            audit_refusal(call, refusal.rule)
+            raise refusal.to_error()
         if self.guards.empty:
-            try:
-                return await self._dispatch(ctx, upstream, call)
-            except Refusal as refusal:  # a server with per-principal credentials has none for this one
-                audit_refusal(call, refusal.rule)
-                raise refusal.to_error() from None
+            return await self._dispatch(ctx, upstream, call)
         call.definition = self.lister.definition(DEFINITION_KIND.get(method, ""), server, target)
         try:
             answered = await self.guards.request(call)

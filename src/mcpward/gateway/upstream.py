@@ -137,9 +137,16 @@ class Upstream:
         if child is None:
             cfg = self.cfg.for_principal(key)
             if cfg is None:
-                raise Refusal(UNBOUND_RULE, f"server {self.name!r} has no credentials for {key}")
+                raise self.unbound(key)
             child = self._children[key] = Upstream(cfg, self.gw, self.events, self.launcher)
         return child
+
+    def unbound(self, principal_key: str) -> Refusal:
+        return Refusal(UNBOUND_RULE, f"server {self.name!r} has no credentials for {principal_key}")
+
+    def refuses(self, ctx: RequestContext) -> bool:
+        """Whether this server has per-principal credentials and none for `ctx`'s principal."""
+        return self._children is not None and ctx.principal.key not in self.cfg.principals
 
     async def era_for(self, ctx: RequestContext) -> v.Era | None:
         """The era of the server as `ctx` reaches it (probing it first if needed)."""
