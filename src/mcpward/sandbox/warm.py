@@ -8,8 +8,8 @@ free. So after a server's first start the gateway prepares the next one off the 
 
 1. create the server's groups and write their limits (pids one higher: the launcher that becomes
    bwrap's monitor process is a member too, so the server keeps exactly its configured count);
-2. start a small stub (`python -I -S -c STUB`) as root; it sets the server's rlimits and
-   die-with-parent itself and reports ready on a SEQPACKET socket. It drops to the server's uid
+2. start a small stub (`python -I -S -c STUB`) as root; it sets die-with-parent itself (and the
+   server's rlimits just before it execs bwrap) and reports ready on a SEQPACKET socket. It drops to the server's uid
    only when it is used (an idle stub under that uid would count against the uid's RLIMIT_NPROC
    while the server's current process runs), then arms the parent-death signal again (changing
    credentials clears it) and execs bwrap;
@@ -64,12 +64,6 @@ def die_with_parent():
     if libc.prctl(1, 9) != 0 or os.getppid() != parent:
         os._exit(125)
 die_with_parent()
-for spec in sys.argv[4:]:  # "resource:soft:hard", only ever lowered (as rlimits.apply does)
-    kind, soft, hard = (int(x) for x in spec.split(":"))
-    cur = resource.getrlimit(kind)[1]
-    if cur != resource.RLIM_INFINITY:
-        soft, hard = min(soft, cur), min(hard, cur)
-    resource.setrlimit(kind, (soft, hard))
 ctl = socket.socket(fileno=ctl_fd)
 ctl.sendall(b"R")
 msg, fds, _f, _a = socket.recv_fds(ctl, 65536, 256)
@@ -97,6 +91,14 @@ for target in sorted(set(targets)):
     os.closerange(low, target)
     low = target + 1
 os.closerange(low, 1 << 20)
+# The rlimits come last: the descriptors above were numbered by the gateway, which may hold more than
+# the server's RLIMIT_NOFILE allows, and a lowered limit would refuse to place them (EINVAL).
+for spec in sys.argv[4:]:  # "resource:soft:hard", only ever lowered (as rlimits.apply does)
+    kind, soft, hard = (int(x) for x in spec.split(":"))
+    cur = resource.getrlimit(kind)[1]
+    if cur != resource.RLIM_INFINITY:
+        soft, hard = min(soft, cur), min(hard, cur)
+    resource.setrlimit(kind, (soft, hard))
 try:
     os.execve(exe, [exe, *argv], {"PATH": "/usr/bin:/bin"})
 except OSError as exc:
