@@ -73,6 +73,16 @@ class PolicyEngine:
         return self.bundle.hash
 
     def decide(self, principal: Principal, action: str, target: Target, facts: Facts) -> Decision:
+        # Every forwarded request comes here: a remembered decision is found without the batch
+        # machinery of decide_many (the same key it would build; a miss goes there).
+        if self._cache_on is not None and target.type != "Server" and not (
+                target.arguments and self.bundle.reads_resource_tags):
+            builder = self.builder
+            resource_key = builder.resource_key(target, builder.labels(target))
+            hit = self._cache.get((self._principal_json(principal), action, resource_key,
+                                   facts.key(self._cache_on)))
+            if hit is not None:
+                return hit
         return self.decide_many(principal, [(action, target)], facts)[0]
 
     def decide_many(self, principal: Principal, requests: Sequence[tuple[str, Target]],

@@ -231,8 +231,13 @@ class EntityBuilder:
         """Everything `resource(target, False)` reads that can differ between calls, as a hashable key
         (the operator's overrides come from the config, which is fixed for this builder's life)."""
         claimed = target.claimed
-        hints = (tuple(v if isinstance(v := claimed.get(h), bool) else None for h in ANNOTATION_HINTS)
-                 if isinstance(claimed, dict) else None)
+        hints = None
+        if isinstance(claimed, dict):
+            # Spelled out (the four of ANNOTATION_HINTS): this runs on every call.
+            ro, de, idem, ow = (claimed.get("readOnlyHint"), claimed.get("destructiveHint"),
+                                claimed.get("idempotentHint"), claimed.get("openWorldHint"))
+            hints = (ro if ro is True or ro is False else None, de if de is True or de is False else None,
+                     idem if idem is True or idem is False else None, ow if ow is True or ow is False else None)
         return (target.type, target.id, target.server, target.name, target.template, hints, *labels)
 
     def resource(self, target: Target, with_arguments: bool, labels: list[str] | None = None) -> JsonObj:
