@@ -87,11 +87,13 @@ def _bucket_keys(f: str) -> tuple[_Bucket, ...]:
         prefixes = _PREFIXES[n] = ("E" + size, "O" + size, "M" + size, "P" + size, "S" + size, "P" + shorter,
                                    "S" + shorter)
     e, o, mm, p, s, p1, s1 = prefixes
-    # M is an order-free sum of a fixed weight per UTF-8 byte, all in C (a byte table, then sum() over
+    # M is an order-free pair of sums of fixed weights per UTF-8 byte, all in C (byte tables, then sum() over
     # small integers): equal character multisets have equal byte multisets, so equal sums; a rare unequal
-    # pair with the same sum only costs one comparison. (Character hashes, used before, overflowed into
-    # big integers and cost more than the rest of the keys.)
-    weights = sum(f.encode("utf-8", "surrogatepass").translate(_BYTE_WEIGHTS))
+    # pair with the same sums only costs one comparison. Two tables, not one: over a narrow alphabet (names
+    # with hex suffixes) the sums of one table crowd a few buckets. (Character hashes, used before,
+    # overflowed into big integers and cost more than the rest of the keys.)
+    raw = f.encode("utf-8", "surrogatepass")
+    weights = sum(raw.translate(_BYTE_WEIGHTS)) << 20 | sum(raw.translate(_BYTE_WEIGHTS_2))
     return (e + f[0::2], o + f[1::2], mm + str(weights), p + f[:h], s + f[h:], p1 + f[:m], s1 + f[m + 1 :])
 
 
@@ -102,6 +104,7 @@ _PREFIXES: dict[int, tuple[str, str, str, str, str, str, str]] = {}  # name leng
 # A fixed permutation of the byte values (multiplying by an odd number modulo 256): weights spread over
 # 0..255, where letters alone would crowd a few sums.
 _BYTE_WEIGHTS = bytes((i * 167 + 91) % 256 for i in range(256))
+_BYTE_WEIGHTS_2 = bytes((i * 101 + 29) % 256 for i in range(256))
 _NONE4 = [None, None, None, None]
 _FILED = (0, 0, 0, 0, 0, 1, 1)  # role of a name in each of its buckets (1: as the longer of a pair)
 _WANTED = (0, 0, 0, 1, 1, 0, 0)  # which role's names a name pairs with in each of its buckets
@@ -117,14 +120,18 @@ class Lookalikes:
 
     Each name is filed under seven buckets (`_bucket_keys`) and compared with the names already there that
     could pair with it, so after `add` every indexed name's neighbours are known and looking them up is
-    one dictionary read. A bucket that grows past BIG_GROUP gets a deletion index of its own, so a hostile
-    list of look-alike names costs what a deletion neighbourhood costs, never a comparison of every pair."""
+    one dictionary read. A bucket read while it holds more than BIG_GROUP names is searched through a
+    deletion index of its own (built when first needed, extended with the names filed since), so a hostile
+    list of look-alike names costs what a deletion neighbourhood costs, never a comparison of every pair;
+    a crowded bucket that nothing reads (names of a length no other name pairs with) costs nothing more."""
 
     def __init__(self) -> None:
         # Per role, bucket -> its names: a bare string while it holds one (most do; a string costs the
         # garbage collector nothing), a list from the second name on.
         self._buckets: tuple[dict[_Bucket, str | list[str]], dict[_Bucket, str | list[str]]] = ({}, {})
-        self._big: dict[tuple[int, _Bucket], dict[str, list[str]]] = {}
+        # id of a crowded bucket's list -> (the list, its deletion index, how many of its names are in it);
+        # a bucket's list is never replaced or dropped (and is held here too), so its id stays its own
+        self._big: dict[int, tuple[list[str], dict[str, list[str]], list[int]]] = {}
         self._indexed: set[str] = set()
         self._mates: dict[str, set[str]] = {}
 
@@ -135,112 +142,74 @@ class Lookalikes:
             if len(f) < MIN_INDEXED or f in indexed:
                 continue
             keys = _bucket_keys(f)
-            if self._big:
-                self._add_checked(f, keys)
-                continue
-            # No crowded bucket yet (the usual case): one dictionary operation per bucket both files f and
-            # returns what was there, its candidates (see `_add_checked` for the general path). Buckets
-            # whose role pairs with the other one (`_WANTED`) are read there first.
-            found = [b1.get(keys[3]), b1.get(keys[4]), b0.get(keys[5]), b0.get(keys[6])]
-            crowded = False
-            for i, key in enumerate(keys):
-                buckets = b1 if _FILED[i] else b0
+            # One dictionary operation per bucket both files f and returns what was there, its candidates.
+            # Buckets whose role pairs with the other one (`_WANTED`) are read first.
+            e, o, mm, p, s, p1, s1 = keys
+            found = [b1.get(p), b1.get(s), b0.get(p1), b0.get(s1)]
+            for key in (e, o, mm):  # equal-length buckets pair within their own role
+                held = b0.setdefault(key, f)
+                if held is not f:
+                    if isinstance(held, str):
+                        held = b0[key] = [held, f]
+                    else:
+                        held.append(f)
+                    found.append(held)
+            for buckets, key in ((b0, p), (b0, s), (b1, p1), (b1, s1)):  # `_FILED` written out
                 held = buckets.setdefault(key, f)
                 if held is not f:
-                    if i < 3:  # equal-length buckets pair within their own role
-                        found.append(held)
-                    crowded = self._join(buckets, key, held, f) or crowded
+                    if isinstance(held, str):
+                        buckets[key] = [held, f]
+                    else:
+                        held.append(f)
             if found != _NONE4:
-                self._pair(f, found)
+                self._pair(f, self._from(f, found))
             indexed.add(f)
-            if crowded:
-                self._crowd()
 
-    @staticmethod
-    def _join(buckets: dict[_Bucket, str | list[str]], key: _Bucket, held: str | list[str], f: str) -> bool:
-        """Add f to a bucket that held something; True when the bucket is now crowded."""
-        if isinstance(held, str):
-            buckets[key] = [held, f]
-            return False
-        held.append(f)
-        return len(held) > BIG_GROUP
-
-    def _pair(self, f: str, found: list[str | list[str] | None]) -> None:
-        """Record f's mates among the bucket contents `found` (names, lists of names, or None)."""
+    def _from(self, f: str, found: list[str | list[str] | None]) -> set[str]:
+        """The names in the bucket contents `found` (names, lists of names, or None) that may pair with f:
+        all of a small bucket, those sharing a deletion with f in a crowded one."""
         candidates: set[str] = set()
+        deletions: list[str] | None = None
         for held in found:
             if held is None:
                 continue
             if isinstance(held, str):
                 candidates.add(held)
-            else:
+            elif len(held) <= BIG_GROUP:
                 candidates.update(held)
+            else:
+                if deletions is None:
+                    deletions = _deletions(f)
+                index = self._deletion_index(held)
+                for d in deletions:
+                    got = index.get(d)
+                    if got is not None:
+                        candidates.update(got)
         candidates.discard(f)
+        return candidates
+
+    def _deletion_index(self, held: list[str]) -> dict[str, list[str]]:
+        """The deletion index of a crowded bucket, brought up to date with the names filed since."""
+        entry = self._big.get(id(held))
+        if entry is None:
+            entry = self._big[id(held)] = (held, {}, [0])
+        index, done = entry[1], entry[2]
+        for g in held[done[0]:]:
+            for d in _deletions(g):
+                index.setdefault(d, []).append(g)
+        done[0] = len(held)
+        return index
+
+    def _pair(self, f: str, candidates: set[str]) -> None:
         for other in candidates:
             if one_edit_away(f, other):
                 self._mates.setdefault(f, set()).add(other)
                 self._mates.setdefault(other, set()).add(f)
 
-    def _crowd(self) -> None:
-        """Give every bucket past BIG_GROUP its deletion index (from then on `_add_checked` files names)."""
-        for role, buckets in enumerate(self._buckets):
-            for key, held in buckets.items():
-                if not isinstance(held, str) and len(held) > BIG_GROUP and (role, key) not in self._big:
-                    big = self._big[(role, key)] = {}
-                    for g in held:
-                        for d in _deletions(g):
-                            big.setdefault(d, []).append(g)
-
-    def _add_checked(self, f: str, keys: tuple[_Bucket, ...]) -> None:
-        """Index one name when some bucket is crowded: candidates from a crowded bucket come through its
-        deletion index, and a bucket that grows past BIG_GROUP gets one."""
-        for other in self._candidates(f, keys):
-            if one_edit_away(f, other):
-                self._mates.setdefault(f, set()).add(other)
-                self._mates.setdefault(other, set()).add(f)
-        self._indexed.add(f)
-        for i, key in enumerate(keys):  # not zip(..., strict=True): its keyword parsing cost more
-            role = _FILED[i]
-            buckets = self._buckets[role]
-            held = buckets.get(key)
-            if held is None:
-                buckets[key] = f
-                continue
-            if isinstance(held, str):
-                held = buckets[key] = [held]
-            held.append(f)
-            big = self._big.get((role, key))
-            if big is not None:
-                for d in _deletions(f):
-                    big.setdefault(d, []).append(f)
-            elif len(held) > BIG_GROUP:
-                big = self._big[(role, key)] = {}
-                for g in held:
-                    for d in _deletions(g):
-                        big.setdefault(d, []).append(g)
-
-    def _candidates(self, f: str, keys: tuple[_Bucket, ...]) -> list[str]:
+    def _candidates(self, f: str, keys: tuple[_Bucket, ...]) -> set[str]:
         """Indexed names that share a bucket with `f` in the role that pairs with f's (equal-length
-        buckets: the same role; P and S: the other one); in a big bucket, those sharing a deletion."""
-        out: list[str] = []
-        deletions: list[str] | None = None
-        for i, key in enumerate(keys):
-            wanted = _WANTED[i]
-            held = self._buckets[wanted].get(key)
-            if held is None:
-                continue
-            big = self._big.get((wanted, key)) if self._big else None
-            if big is None:
-                if isinstance(held, str):
-                    out.append(held)
-                else:
-                    out.extend(held)
-                continue
-            if deletions is None:
-                deletions = _deletions(f)
-            for d in deletions:
-                out.extend(big.get(d, ()))
-        return [g for g in set(out) if g != f] if out else out
+        buckets: the same role; P and S: the other one); in a crowded bucket, those sharing a deletion."""
+        return self._from(f, [self._buckets[_WANTED[i]].get(key) for i, key in enumerate(keys)])
 
     def neighbours(self, f: str) -> list[str]:
         """Indexed names one edit away from `f`, sorted (so a report names the same one every time)."""

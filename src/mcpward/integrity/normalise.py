@@ -109,6 +109,23 @@ def plain(text: str) -> bool:
     return marked.find(b"c") < 0 and marked.find(_LONG_RUN) < 0
 
 
+def unless_plain(text: str) -> Normalised | None:
+    """None when `plain(text)`, else `normalise(text)`: the scanner's test and normalisation in one pass
+    over an ASCII text (tool names with a long identifier run are not plain, and only their runs need
+    decoding)."""
+    if not text.isascii() or "<!--" in text:
+        return normalise(text)
+    if ("\\x" in text and _HEX_ESCAPE.search(text)) or ("%" in text and _PERCENT.search(text)):
+        return normalise(text)
+    marked = text.encode("ascii").translate(_MARKS_TABLE)
+    if marked.find(b"c") >= 0:
+        return normalise(text)
+    if marked.find(_LONG_RUN) < 0:
+        return None
+    # ASCII without a control character: what `normalise` returns for it, from the marks made here.
+    return Normalised(text, [], _decodes(text, marked))
+
+
 @dataclass(frozen=True, slots=True)
 class Mark:
     """Something normalisation found or removed: the scanner turns each into a finding."""

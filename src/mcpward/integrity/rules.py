@@ -16,6 +16,11 @@ Patterns are RE2 (linear time, no look-around, no back-references) and must be b
 compiled into one RE2 Set: a field is read once whatever the number of rules; the individual regex of a
 rule runs only on fields the Set says it matches (rare on benign text).
 
+A scope's rules are split into Sets of at most SET_RULES rules each: RE2 builds its matcher state as it reads
+text it has not seen, and the states of one Set over all rules combine the partial matches of every rule,
+so two Sets of half the rules build fewer states between them (callgrind: about a fifth fewer instructions
+on the benign corpus) for one more pass over the text.
+
 The Sets are compiled in multi-line mode, so `^` and `$` also match at line ends. That makes them a superset
 filter (a Set hit that the rule's own regex does not confirm yields no finding) which stays sound when the
 strings of a whole item are joined with newlines and matched in one pass (`maybe`): a rule that matches a
@@ -69,50 +74,55 @@ class Rule:
     pattern: str
 
 
+SET_RULES = 32  # rules per RE2 Set (see above)
+
+
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     rules: tuple[Rule, ...]
-    sets: dict[str, Any]  # scope -> compiled re2.Set (or None when the scope has no rules)
-    index: dict[str, tuple[int, ...]]  # scope -> rule indexes in Set order
+    # scope -> its Sets, each with the rule indexes in its order. A Set is the compiled set under the re2
+    # module's Python wrapper when the wrapper exposes it, else the wrapper's Set (both match UTF-8 bytes):
+    # the prefilter runs for every new item, and the wrapper adds two Python calls.
+    sets: dict[str, tuple[tuple[Any, tuple[int, ...]], ...]]
     regexes: tuple[Any, ...]  # per rule, its own compiled regex (for spans)
     joinable: dict[str, bool]  # scope -> a joined pass over many strings finds every rule a single one would
-    # scope -> the compiled set under the re2 module's Python wrapper (its Match takes UTF-8 bytes), when the
-    # wrapper exposes it: the prefilter runs for every new item, and the wrapper adds two Python calls.
-    raw: dict[str, Any]
 
     def any_match(self, scope: str, text: str) -> bool:
         """Whether some rule of the scope may match `text` (a superset: `match` confirms)."""
-        matcher = self.sets.get(scope)
-        return bool(matcher is not None and text and matcher.Match(text))
+        if not text:
+            return False
+        data = text.encode("utf-8")
+        return any(matcher.Match(data) for matcher, _ in self.sets.get(scope, ()))
 
     def maybe(self, scope: str, texts: list[str]) -> bool:
-        """Whether some rule of the scope may match one of `texts`; False means none does. One Set pass
-        over the texts joined by blank lines when the scope allows it, else one pass per text."""
-        matcher = self.sets.get(scope)
-        if matcher is None:
+        """Whether some rule of the scope may match one of `texts`; False means none does. One pass of each
+        Set over the texts joined by blank lines when the scope allows it, else passes per text."""
+        parts = self.sets.get(scope)
+        if not parts:
             return False
         if self.joinable[scope]:
             joined = texts[0] if len(texts) == 1 else "\n\n".join(texts)
             if not joined:
                 return False
-            raw = self.raw.get(scope)
-            # The same call the wrapper makes (UTF-8, strict), without the wrapper's two Python frames.
-            return bool(raw.Match(joined.encode("utf-8")) if raw is not None else matcher.Match(joined))
+            data = joined.encode("utf-8")
+            for matcher, _ in parts:  # noqa: SIM110 - a loop, not any() over a generator: this runs per item
+                if matcher.Match(data):
+                    return True
+            return False
         return any(self.any_match(scope, t) for t in texts)
 
     def match(self, scope: str, text: str) -> list[tuple[Rule, int, int]]:
         """Every (rule, start, end) of the scope's rules in `text`, first match per rule and up to
         three matches in all per rule (evidence, not a count)."""
-        matcher = self.sets.get(scope)
-        if matcher is None or not text:
+        parts = self.sets.get(scope)
+        if not parts or not text:
             return []
-        hits = matcher.Match(text)
-        if not hits:
-            return []
+        data = text.encode("utf-8")
+        found: list[int] = []
+        for matcher, order in parts:
+            found.extend(order[i] for i in matcher.Match(data) or ())
         out: list[tuple[Rule, int, int]] = []
-        order = self.index[scope]
-        for i in sorted(hits):
-            n = order[i]
+        for n in sorted(found):
             rule = self.rules[n]
             for k, m in enumerate(self.regexes[n].finditer(text)):
                 if k == 3:
@@ -184,21 +194,20 @@ def load(rules_dir: Path | None = None) -> RuleSet:
         if rule.id in seen:
             raise RuleError(f"duplicate rule id {rule.id}")
         seen.add(rule.id)
-    sets: dict[str, Any] = {}
-    index: dict[str, tuple[int, ...]] = {}
+    sets: dict[str, tuple[tuple[Any, tuple[int, ...]], ...]] = {}
     joinable: dict[str, bool] = {}
     for scope in SCOPES:
         members = [i for i, r in enumerate(rules) if r.scope == scope]
-        index[scope] = tuple(members)
         joinable[scope] = not any(_NOT_JOINABLE.search(rules[i].pattern) for i in members)
-        if not members:
-            sets[scope] = None
-            continue
-        matcher = re2.Set.SearchSet(_options())
-        for i in members:
-            matcher.Add("(?m)" + rules[i].pattern)
-        matcher.Compile()
-        sets[scope] = matcher
+        count = -(-len(members) // SET_RULES)  # parts of at most SET_RULES rules, as even as can be
+        parts = []
+        for k in range(count):
+            order = tuple(members[k * len(members) // count : (k + 1) * len(members) // count])
+            matcher = re2.Set.SearchSet(_options())
+            for i in order:
+                matcher.Add("(?m)" + rules[i].pattern)
+            matcher.Compile()
+            parts.append((getattr(matcher, "_set", matcher), order))
+        sets[scope] = tuple(parts)
     regexes = tuple(re2.compile(r.pattern, _options()) for r in rules)
-    raw = {scope: getattr(matcher, "_set", None) for scope, matcher in sets.items() if matcher is not None}
-    return RuleSet(tuple(rules), sets, index, regexes, joinable, {k: v for k, v in raw.items() if v is not None})
+    return RuleSet(tuple(rules), sets, regexes, joinable)

@@ -82,7 +82,9 @@ def top_strings(item: Mapping[str, Any]) -> Out:
         if is_name is not None and isinstance(value, str):
             out.append((key, value, is_name))
     annotations = item.get("annotations")
-    if isinstance(annotations, Mapping) and isinstance(annotations.get("title"), str):
+    # `is not None` first: an isinstance test against the Mapping ABC is slow when it fails, and most
+    # items have no annotations.
+    if annotations is not None and isinstance(annotations, Mapping) and isinstance(annotations.get("title"), str):
         out.append(("annotations.title", annotations["title"], False))
     return out
 
