@@ -7,11 +7,12 @@ Two gateways in front of the same raw stdio server (bench/raw_server.py), starte
 - "off": no [auth], `[limits] enabled = false`, `[audit] enabled = false`, metrics off;
 - "on": an API key on every request, limits on (memory storage: the principal's bucket plus a
   per-tool rate and a cost quota, all sized never to refuse), the audit log on (fsync "commit":
-  every reply waits for its record's commit), metrics on, the anomaly rules on.
+  every reply waits for its record to be written to the journal), metrics on, the anomaly rules on.
 Per run: connect, 50 warm-up calls, N sequential timed calls on one keep-alive connection, then
 8 concurrent clients for a throughput burst (each call is one audit record, so calls/s of the
 "on" gateway is the audit log's sustained records/s under a real load). "added" = on - off,
-median over runs. Raw samples go to .bench-out/accountability-latest.json.
+median over runs; "gateway CPU" is the gateway process's on-CPU time per timed call (/proc schedstat),
+the steadier measure on a shared VM. Raw samples go to .bench-out/accountability-latest.json.
 """
 
 from __future__ import annotations
@@ -58,13 +59,24 @@ def one_run(name: str, config: Path, calls: int, token: str | None) -> dict[str,
         client.connect()
         for i in range(50):
             client.call_ns(f"warm {i}")
+        cpu_before = proc.cpu_ns()
         samples = sorted(client.call_ns(f"call {i}") for i in range(calls))
+        # The gateway's own CPU per call over the timed calls (all its threads, /proc schedstat): on a
+        # shared VM this moves less than latency does, and every us of it is latency on one CPU.
+        cpu_us = (proc.cpu_ns() - cpu_before) / calls / 1000
         client.close()
         done, seconds = http_concurrent(port, "modern", 8, 4000, time.perf_counter() + 60.0, token)
         return {"p50_us": percentile(samples, 50) / 1000, "p99_us": percentile(samples, 99) / 1000,
-                "calls_per_s": done / seconds, "samples_ns": samples}
+                "cpu_us": cpu_us, "calls_per_s": done / seconds, "samples_ns": samples}
     finally:
         proc.stop()
+
+
+def _load() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
 
 
 def main() -> None:
@@ -82,11 +94,17 @@ def main() -> None:
                 result = one_run(name, configs[name], args.calls, KEY if name == "on" else None)
                 results[name].append(result)
                 print(f"run {run + 1} {name:>3}: p50 {result['p50_us']:7.1f} us  p99 {result['p99_us']:7.1f} us  "
-                      f"{result['calls_per_s']:7.0f} calls/s (8 clients)", flush=True)
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("p50_us", "p99_us", "calls_per_s")}
+                      f"gateway CPU {result['cpu_us']:6.1f} us/call  {result['calls_per_s']:7.0f} calls/s "
+                      f"(8 clients)  load {_load()}", flush=True)
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("p50_us", "p99_us", "cpu_us", "calls_per_s")}
            for name, rs in results.items()}
+    # Paired differences (each "on" run against the "off" run just before it): their spread says how
+    # far one median can be trusted on a VM whose speed moves between runs.
+    paired = [on["cpu_us"] - off["cpu_us"] for off, on in zip(results["off"], results["on"], strict=True)]
     print(f"\nadded by auth + limits + audit: p50 {med['on']['p50_us'] - med['off']['p50_us']:+.1f} us, "
           f"p99 {med['on']['p99_us'] - med['off']['p99_us']:+.1f} us per call (median of {args.runs} runs)")
+    print(f"gateway CPU added per call: {statistics.median(paired):+.1f} us (median of paired runs; "
+          f"per run: {', '.join(f'{d:+.0f}' for d in paired)})")
     print(f"audit records/s sustained by the 'on' gateway under 8 clients: {med['on']['calls_per_s']:.0f}")
     out = ROOT / ".bench-out"
     out.mkdir(exist_ok=True)

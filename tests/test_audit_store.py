@@ -150,6 +150,52 @@ def test_gateway_digests_skip_the_redactor_and_nothing_else_does(tmp_path: Path)
     assert isinstance(computed, events.Digest) and computed == hashlib.sha256(b'{"a":1}').hexdigest()
 
 
+def test_made_values_skip_the_cleaning_and_fields_never_do(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def redact(text: str) -> str:
+        calls.append(text)
+        return text.replace(GH_TOKEN, "[gone]")
+
+    seen: list[dict[str, Any]] = []
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"), redact=redact)
+    log.subscribe(lambda event, ts, fields: seen.append(dict(fields)))
+    log.append("request", {"user_agent": f"x {GH_TOKEN}\r\n", "principal": "api-key:a"},
+               {"outcome": "success", "duration_ms": 0.5, "request_id": 7, "big": 1 << 70,
+                "args_sha256": events.Digest("ab" * 32), "odd": ["a\nb"]})
+    log.close()
+    body = rows(tmp_path / "a.sqlite")[0][3]
+    assert json.loads(body) == {"user_agent": "x [gone]\\r\\n", "principal": "api-key:a", "outcome": "success",
+                                "duration_ms": 0.5, "request_id": 7, "big": str(1 << 70), "args_sha256": "ab" * 32,
+                                "odd": ["a\\nb"]}
+    assert body == canonical(json.loads(body)).decode()  # one canonical body, whichever part a key came from
+    # The gateway's own scalars were never scanned; every peer-written string was, and so was
+    # anything in `made` that is not a plain scalar (a list, an over-wide integer).
+    assert "success" not in calls and "ab" * 32 not in calls
+    assert f"x {GH_TOKEN}\r\n" in calls and "a\nb" in calls and str(1 << 70) in calls
+    assert seen == [json.loads(body)]
+    assert verify(tmp_path / "a.sqlite").ok
+
+
+async def test_settled_says_when_durable_would_not_wait(tmp_path: Path) -> None:
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite", fsync="always"))
+    events.install(log)
+    try:
+        assert events.settled()
+        events.record_parts("request", {"principal": "p"}, {"outcome": "success"})
+        assert not events.settled()  # "always": not durable until the turn's commit
+        await events.durable()
+        assert events.settled() and log.settled()
+    finally:
+        events.install(None)
+        log.close()
+    journaled = AuditLog(AuditSettings(path=tmp_path / "b.sqlite"))
+    journaled.append("request", {"principal": "p"})  # no event loop here: committed at once
+    assert journaled.settled()
+    journaled.close()
+    assert events.settled()  # nothing installed: nothing to wait for
+
+
 def test_an_unknown_redactor_is_never_cached(tmp_path: Path) -> None:
     calls: list[str] = []
 

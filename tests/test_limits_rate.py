@@ -149,6 +149,28 @@ async def test_tool_refusal_does_not_use_up_the_principals_bucket() -> None:
     assert (await run(guard, 20, subject="alice", tool="fast"))[0] == 11  # 12 - the one that went
 
 
+async def test_every_limit_of_a_request_sees_one_clock_reading() -> None:
+    class CountingClock(FakeClock):
+        reads = 0
+
+        def __call__(self) -> float:
+            self.reads += 1
+            return self.now
+
+    clock = CountingClock()
+    table = {"rate": 7, "burst": 5,  # two principal windows (5 per 43 s and 7 per minute)
+             "tools": {"paid__*": {"rate": 3, "burst": 3, "cost": 2, "budget": 5, "period": "day"}}}
+    guard = limits_guard(table, clock)
+    await run(guard, 1, subject="alice", tool="paid__x")  # prepares the checks
+    clock.reads = 0
+    admitted, refused = await run(guard, 3, subject="alice", tool="paid__x")
+    # Two more fit the budget of 5 at cost 2; the third is refused by the quota with the time left
+    # measured from the same reading its tests used.
+    assert admitted == 1 and [r.rule for r in refused] == ["limits.quota", "limits.quota"]
+    assert clock.reads == 3  # four windows and a quota, tested and spent: one reading per request
+    assert refused[0].retry_after == pytest.approx(86400, abs=0.11)
+
+
 @pytest.mark.parametrize(("budget", "cost"), [(1000, 5), (100, 7), (10, 10), (9, 1)])
 async def test_quota_hard_cut_admits_exactly_floor_of_budget_over_cost(budget: int, cost: int) -> None:
     clock = FakeClock()

@@ -72,6 +72,21 @@ def record(event: str, **fields: Any) -> None:
     log.log(level, "%s", orjson.dumps(body, default=str, option=orjson.OPT_SORT_KEYS).decode())
 
 
+def record_parts(event: str, fields: dict[str, Any], made: dict[str, Any]) -> None:
+    """`record` for a caller that keeps apart what the gateway produced itself (`made`: its own
+    vocabulary, clock readings, counts and digests, under literal keys) from every string a client,
+    an upstream or an operator wrote (`fields`). The log cleans `fields` only: `made` holds nothing
+    a redaction or an escape could change. A key in both is a bug; `made` wins."""
+    target = _installed
+    if target is not None:
+        target.append(event, fields, made)
+    level = logging.DEBUG if event in QUIET_EVENTS else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    body = {"ts": round(time.time(), 3), "event": event, **fields, **made}
+    log.log(level, "%s", orjson.dumps(body, default=str, option=orjson.OPT_SORT_KEYS).decode())
+
+
 def wanted(event: str) -> bool:
     """Whether a record of `event` would go anywhere (an audit log, or a log line at its level): lets
     a caller skip building a record nobody reads."""
@@ -90,6 +105,13 @@ def install(audit_log: AuditLog | None) -> None:
 
 def installed() -> AuditLog | None:
     return _installed
+
+
+def settled() -> bool:
+    """Whether every record so far is already durable (journaled or committed), so `durable()` would
+    return at once: lets the per-request path skip awaiting it."""
+    target = _installed
+    return target is None or target.settled()
 
 
 async def durable() -> None:

@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 SUCCESS, DENIED, ERROR, APP_ERROR, CANCELLED = "success", "denied", "error", "application_error", "cancelled"
 LABEL_CACHE_ENTRIES = 4096
 ANNOTATION_LABELS = {"openWorldHint": "open-world", "readOnlyHint": "read-only", "destructiveHint": "destructive"}
+# Methods the gateway knows by name: one of these in a record is the gateway's own vocabulary; any
+# other method string is whatever the client sent, and is cleaned like every peer-written string.
+KNOWN_METHODS = frozenset({
+    "initialize", "ping", "server/discover", "tools/list", "tools/call", "prompts/list", "prompts/get",
+    "resources/list", "resources/templates/list", "resources/read", "resources/subscribe",
+    "resources/unsubscribe", "completion/complete", "logging/setLevel", "subscriptions/listen",
+})
 
 
 @dataclass(slots=True)
@@ -82,21 +89,34 @@ class Accounting:
 
     async def finish(self, ticket: Ticket, reply: JsonObj | None, principal_key: str, subject: str) -> None:
         """Writes the request's record and waits until it is durable (raises AuditUnavailable if it cannot be)."""
-        if ticket.trace is None and not events.wanted("request"):
+        trace = ticket.trace
+        if trace is None and not events.wanted("request"):
             return  # no audit log, no trace, request lines not logged: nobody would read the record
+        ended = time.perf_counter()  # one clock read: the record's duration and the trace's end
         outcome, code, rule = _outcome(reply)
-        ctx, call = ticket.ctx, ticket.ctx.call if ticket.ctx is not None else None
+        ctx = ticket.ctx
+        call = ctx.call if ctx is not None else None
         notes: dict[str, Any] = call.notes if call is not None else {}
-        policy = notes.get("policy")
         if notes.get("refused"):  # a guard refused it, maybe as a tool error the client sees as a result
             outcome, rule = DENIED, notes["refused"]
-        fields: dict[str, Any] = {
-            "principal": principal_key, "subject": subject, "method": ticket.method, "outcome": outcome,
-            "duration_ms": round((time.perf_counter() - ticket.started) * 1000, 3),
+        policy = notes.get("policy")
+        method = ticket.method
+        # The record in two parts (see AuditLog.append): `made` holds what the gateway produced itself
+        # (its own vocabulary, clock, counts and digests), stored as is; `fields` holds every string a
+        # client, an upstream or an operator wrote, which the log redacts and escapes.
+        made: dict[str, Any] = {
+            # Whole microseconds over 1000: the same value as round(ms, 3) up to ties, without its decimal
+            # conversion (a measurable part of a record's cost).
+            "outcome": outcome, "duration_ms": round((ended - ticket.started) * 1_000_000) / 1000,
             "policy_hash": policy.get("hash") if isinstance(policy, dict) else self.policy_hash(),
         }
+        fields: dict[str, Any] = {"principal": principal_key, "subject": subject}
+        if method in KNOWN_METHODS:
+            made["method"] = method
+        else:
+            fields["method"] = method
         if ctx is not None:
-            fields["transport"] = ctx.transport
+            made["transport"] = ctx.transport
             client = ctx.client_info or {}
             fields["client"] = client.get("name")
             fields["client_version"] = client.get("version")
@@ -105,40 +125,47 @@ class Accounting:
             if ctx.user_agent:
                 fields["user_agent"] = ctx.user_agent
             if ctx.session_id:
-                fields["session"] = events.Digest(session_digest(ctx.session_id))
-        if isinstance(ticket.request_id, (str, int)):
-            fields["request_id"] = ticket.request_id
+                made["session"] = events.Digest(session_digest(ctx.session_id))
+        request_id = ticket.request_id
+        if isinstance(request_id, str):
+            fields["request_id"] = request_id
+        elif isinstance(request_id, int):
+            made["request_id"] = request_id  # a number: nothing to redact (the log checks its range)
         if rule is not None:
             fields["rule"] = rule
         if code is not None:
-            fields["error_code"] = code
+            made["error_code"] = code
         if call is not None:
-            fields.update(server=call.server, target=call.exposed)
-            self._call_facts(call, notes, fields)
-        events.record("request", **fields)
-        trace = ticket.trace
+            fields["server"] = call.server
+            fields["target"] = call.exposed
+            self._call_facts(call, notes, fields, made)
+        events.record_parts("request", fields, made)
         if trace is not None:
-            trace.set(**{k: fields[k] for k in ("server", "target", "rule") if fields.get(k) is not None})
-            after_reply.defer(partial(trace.end, outcome, code, time.perf_counter()))  # timed now, recorded later
-        await events.durable()
+            trace.set(server=call.server if call is not None else None, target=fields.get("target"), rule=rule)
+            after_reply.defer(partial(trace.end, outcome, code, ended))  # timed now, recorded later
+        if not events.settled():  # journaled already, the usual case: no wait, not even a coroutine
+            await events.durable()
 
-    def _call_facts(self, call: Any, notes: dict[str, Any], fields: dict[str, Any]) -> None:
+    def _call_facts(self, call: Any, notes: dict[str, Any], fields: dict[str, Any], made: dict[str, Any]) -> None:
         arguments = call.params.get("arguments") if call.method == "tools/call" else call.params.get("uri")
         if arguments is not None:
-            fields["args_sha256"] = events.Digest.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS))
+            made["args_sha256"] = events.Digest.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS))
         static = self._static_labels(call)
         risk = notes.get("risk")
         if risk:
             fields["labels"] = sorted({*risk, *static})
         elif static:
             fields["labels"] = list(static)
-        flags = list(notes.get("flags") or ()) + list(notes.get("argument_flags") or ())
-        if flags:
-            fields["flags"] = sorted(set(flags))
-        if notes.get("redactions"):
-            fields["redactions"] = notes["redactions"]
-        if notes.get("pin"):
-            fields["pin"] = notes["pin"]
+        flags = notes.get("flags")
+        argument_flags = notes.get("argument_flags")
+        if flags or argument_flags:
+            fields["flags"] = sorted({*(flags or ()), *(argument_flags or ())})
+        redactions = notes.get("redactions")
+        if redactions:
+            made["redactions"] = redactions
+        pin = notes.get("pin")
+        if pin:
+            fields["pin"] = pin
 
     def _static_labels(self, call: Any) -> tuple[str, ...]:
         """Labels from declared annotations and the operator's overrides: fixed for one definition, so

@@ -43,7 +43,7 @@ def p99(latencies: list[float]) -> float:
 
 
 class Breaker:
-    __slots__ = ("_errors", "_samples", "_slow", "clock", "generation", "open_until", "probe_deadline",
+    __slots__ = ("_errors", "_samples", "_slow", "_ticket", "clock", "generation", "open_until", "probe_deadline",
                  "settings", "state", "tool")
 
     def __init__(self, tool: str, settings: BreakerSettings, clock: Callable[[], float] = time.monotonic) -> None:
@@ -59,6 +59,7 @@ class Breaker:
         self._samples: deque[tuple[float, float, bool]] = deque()  # (when, latency, error)
         self._errors = 0
         self._slow = 0  # samples slower than p99_seconds: p99 > limit iff too many of these
+        self._ticket = Ticket(0, False)  # every closed-state call of this generation gets this same one
 
     def blocked(self) -> LimitRefusal | None:
         """The refusal `admit` would raise now, without changing anything (no probe is handed out):
@@ -70,7 +71,7 @@ class Breaker:
     def admit(self) -> Ticket:
         """A ticket for a call that may go, or LimitRefusal while the breaker is open."""
         if self.state == "closed":
-            return Ticket(self.generation, False)
+            return self._ticket
         now = self.clock()
         refused = self._refusal(now)
         if refused is not None:
@@ -135,6 +136,7 @@ class Breaker:
     def _change(self, state: State) -> None:
         self.state = state
         self.generation += 1
+        self._ticket = Ticket(self.generation, False)
         self.probe_deadline = 0.0
         self._samples.clear()
         self._errors = self._slow = 0
