@@ -62,17 +62,10 @@ QUIET_EVENTS = frozenset({"request"})
 
 
 def record(event: str, **fields: Any) -> None:
-    target = _installed
-    if target is not None:
-        target.append(event, fields)
-    level = logging.DEBUG if event in QUIET_EVENTS else logging.INFO
-    if not log.isEnabledFor(level):
-        return
-    body = {"ts": round(time.time(), 3), "event": event, **fields}
-    log.log(level, "%s", orjson.dumps(body, default=str, option=orjson.OPT_SORT_KEYS).decode())
+    record_parts(event, fields, None)
 
 
-def record_parts(event: str, fields: dict[str, Any], made: dict[str, Any]) -> None:
+def record_parts(event: str, fields: dict[str, Any], made: dict[str, Any] | None) -> None:
     """`record` for a caller that keeps apart what the gateway produced itself (`made`: its own
     vocabulary, clock readings, counts and digests, under literal keys) from every string a client,
     an upstream or an operator wrote (`fields`). The log cleans `fields` only: `made` holds nothing
@@ -83,7 +76,7 @@ def record_parts(event: str, fields: dict[str, Any], made: dict[str, Any]) -> No
     level = logging.DEBUG if event in QUIET_EVENTS else logging.INFO
     if not log.isEnabledFor(level):
         return
-    body = {"ts": round(time.time(), 3), "event": event, **fields, **made}
+    body = {"ts": round(time.time(), 3), "event": event, **fields, **(made or {})}
     log.log(level, "%s", orjson.dumps(body, default=str, option=orjson.OPT_SORT_KEYS).decode())
 
 

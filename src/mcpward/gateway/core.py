@@ -364,8 +364,7 @@ class Gateway:
             self.subscriptions.remove_listener(listener)
 
     async def set_log_level(self, level: str) -> None:
-        await asyncio.gather(*(u.set_log_level(level) for u in self.upstreams.values()
-                               if u.era == "legacy" or u.per_principal))
+        await asyncio.gather(*(u.set_log_level(level) for u in self.upstreams.values()))  # legacy sessions only
 
     async def roots_changed(self) -> None:
         await asyncio.gather(*(u.notify_sessions("notifications/roots/list_changed")

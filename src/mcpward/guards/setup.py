@@ -34,10 +34,10 @@ def held_secrets(cfg: GatewayConfig) -> list[str]:
     """
     found: set[str] = set()
     for server in cfg.servers.values():
-        owners = [server, *(server.for_principal(key) for key in server.principals)]
-        for env in (owner.env for owner in owners if owner is not None):
+        # The server's own credentials and each principal's.
+        for env in [server.env, *(creds.env for creds in server.principals.values())]:
             found.update(value for name, value in env.items() if SECRET_NAME.search(name))
-        for headers in (owner.headers for owner in owners if owner is not None):
+        for headers in [server.headers, *(creds.headers for creds in server.principals.values())]:
             for name, value in headers.items():
                 if name.lower() in PLAIN_HEADERS:
                     continue

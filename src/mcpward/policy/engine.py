@@ -75,15 +75,24 @@ class PolicyEngine:
     def decide(self, principal: Principal, action: str, target: Target, facts: Facts) -> Decision:
         # Every forwarded request comes here: a remembered decision is found without the batch
         # machinery of decide_many (the same key it would build; a miss goes there).
-        if self._cache_on is not None and target.type != "Server" and not (
-                target.arguments and self.bundle.reads_resource_tags):
-            builder = self.builder
-            resource_key = builder.resource_key(target, builder.labels(target))
-            hit = self._cache.get((self._principal_json(principal), action, resource_key,
-                                   facts.key(self._cache_on)))
-            if hit is not None:
-                return hit
+        if self._cache_on is not None:
+            resource_key, _labels = self._resource_key(target, self.bundle.reads_resource_tags)
+            if resource_key is not None:
+                hit = self._cache.get((self._principal_json(principal), action, resource_key,
+                                       facts.key(self._cache_on)))
+                if hit is not None:
+                    return hit
         return self.decide_many(principal, [(action, target)], facts)[0]
+
+    def _resource_key(self, target: Target, with_args: bool) -> tuple[tuple[Any, ...] | None, list[str] | None]:
+        """(the resource's part of a cache key, its labels). No key when the call's arguments are part of
+        the entity: such a decision is keyed by the entity's JSON instead."""
+        if target.type == "Server":
+            return ("Server", target.id), None
+        if with_args and target.arguments:
+            return None, None
+        labels = self.builder.labels(target)
+        return self.builder.resource_key(target, labels), labels
 
     def decide_many(self, principal: Principal, requests: Sequence[tuple[str, Target]],
                     facts: Facts) -> list[Decision]:
@@ -96,14 +105,7 @@ class PolicyEngine:
         builder, cache = self.builder, self._cache
         for i, (action, target) in enumerate(requests):
             key: tuple[Any, ...] | None = None
-            labels = None
-            if target.type == "Server":
-                resource_key: tuple[Any, ...] | None = ("Server", target.id)
-            elif with_args and target.arguments:
-                resource_key = None  # arguments are part of the entity: keyed by its JSON below
-            else:
-                labels = builder.labels(target)
-                resource_key = builder.resource_key(target, labels)
+            resource_key, labels = self._resource_key(target, with_args)
             if ctx_key is not None and resource_key is not None:
                 # The common case keys on a tuple, so a repeated call builds no entity JSON at all.
                 key = (p_json, action, resource_key, ctx_key)
