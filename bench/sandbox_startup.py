@@ -7,8 +7,8 @@ barrier: everything a real start does), sends one JSON-RPC request and waits for
 stops it. Three variants, interleaved (plain, bwrap cold, bwrap warm, plain, ...) so machine noise
 hits them alike:
 - plain: `backend = "none"`;
-- bwrap cold: `[sandbox] warm = false`, so every start creates its cgroups and migrates the
-  sandbox into them at the barrier (a server's first start always goes this way);
+- bwrap cold: `[sandbox] warm = false`, so every start creates its cgroups and its forked
+  child joins them before it execs bwrap (a server's first start always goes this way);
 - bwrap warm: the default; after a start the launcher prepares a warm slot (cgroups plus a stub
   already inside them) for the next one, so this measures restarts and further sessions.
 A pause between runs lets the previous run's clean-up and the slot refill finish first (both run

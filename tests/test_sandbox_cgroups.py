@@ -199,6 +199,40 @@ def test_attach_refuses_bad_pids(writable: dict[str, tuple[bool, str]], made: li
         cg.attach(2**22 + 12345)  # above pid_max: the kernel refuses it, and we say so
 
 
+def test_a_child_joins_its_groups_itself_and_its_children_are_born_inside(
+        writable: dict[str, tuple[bool, str]], made: list[CgroupSet]) -> None:
+    need(writable, "pids", "memory")
+    cg = create(made, "selfjoin", CgroupLimits(pids=8, memory_bytes=64 * 1024 * 1024))
+    files = cg.join_files()
+    assert len(files) == len(set(cg.groups.values()))  # one file per directory (v2 shares one)
+    proc = subprocess.Popen([sys.executable, "-c", "import os, sys, time; pid = os.fork()\n"
+                             "if pid == 0: time.sleep(30)\nprint(pid, flush=True); sys.stdin.read()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: cgroups.join_self(files))
+    try:
+        assert proc.stdout is not None
+        grandchild = int(proc.stdout.readline())
+        assert cg.holds(proc.pid) and cg.holds(grandchild)
+        assert not cg.holds(os.getpid())  # only the child moved, not the process that forked it
+    finally:
+        proc.kill()
+        proc.wait()
+        cg.remove()  # kills the grandchild too
+    with pytest.raises(cgroups.CgroupError, match="already removed"):
+        cg.join_files()
+
+
+def test_joining_a_removed_group_fails_with_the_file_named(writable: dict[str, tuple[bool, str]],
+                                                          made: list[CgroupSet]) -> None:
+    need(writable, "pids")
+    cg = create(made, "gone", CgroupLimits(pids=8))
+    files = cg.join_files()
+    cg.remove()
+    with pytest.raises(OSError) as caught:
+        cgroups.join_self(files)
+    assert caught.value.filename == files[0]
+
+
 def test_unavailable_controller_gives_none_with_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cgroups, "_discover", dict)
     assert CgroupSet.create("x", CgroupLimits(memory_bytes=64 * MiB, pids=10)) is None

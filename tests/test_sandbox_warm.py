@@ -20,6 +20,7 @@ from mcpward.gateway.config import parse
 from mcpward.sandbox import cgroups, probe, warm
 from mcpward.sandbox.bwrap import BwrapSpawner
 from mcpward.sandbox.launcher import Launcher
+from mcpward.transport.base import LinkError
 
 pytestmark = pytest.mark.timeout(120)
 STREAM_LIMIT = (1 << 20) + 1
@@ -223,14 +224,16 @@ async def test_a_slot_that_does_not_fit_falls_back_cold_with_exact_limits(tmp_pa
         spawner, proc = await spawn(launch, "echo")
         await finish(spawner, proc)
         await ready_slot(launch)
-        # A different stream limit than the slot was made for: the stub must go, the groups stay, pids back to 40.
+        # A different stream limit than the slot was made for: the stub must go, the groups stay with pids at 41
+        # (the cold start's bwrap joins them before it execs, so its monitor is a member as the stub was).
         spawner = await launch._spawner(launch.cfg.servers["echo"], STREAM_LIMIT)
         assert isinstance(spawner, BwrapSpawner) and spawner.warm is not None
         stub_pid = spawner.warm.proc.pid
         proc = await spawner.spawn(STREAM_LIMIT + 1)
         groups = spawner.on_child.__self__.cgroups  # type: ignore[attr-defined]
-        assert int((groups.groups["pids"] / "pids.max").read_text()) == 40
+        assert int((groups.groups["pids"] / "pids.max").read_text()) == 41
         assert proc.pid != stub_pid
+        assert groups.holds(proc.pid), "the cold start's bwrap must be born inside the groups"
         assert not Path(f"/proc/{stub_pid}").exists() or "Z" in Path(f"/proc/{stub_pid}/stat").read_text().split()[2]
         assert await finish(spawner, proc) == (0, "hi\n")
     finally:
@@ -269,8 +272,45 @@ async def test_an_idle_stub_waits_as_root_inside_its_groups(tmp_path: Path) -> N
         status = Path(f"/proc/{pid}/status").read_text()
         # idle, it stays root (not counted against the server uid's RLIMIT_NPROC); it drops at launch
         assert next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:] == ["0"] * 4
-        assert int((slot.cgroups.groups["pids"] / "pids.max").read_text()) == 17
+        # the key carries the groups' own limits (barrier.cgroup_limits already counts bwrap's monitor)
+        assert int((slot.cgroups.groups["pids"] / "pids.max").read_text()) == 16
     finally:
         await slot.discard()
     assert not any(d.exists() for d in slot.cgroups.groups.values())
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] != 77  # the gateway's own limits are untouched
+
+
+async def test_a_cold_start_is_born_inside_its_groups(tmp_path: Path) -> None:
+    """The cold path: bwrap's forked child joins the groups before it execs, so no migration is needed."""
+    launch = launcher(tmp_path, {"echo": python_server("import sys; print('hi', flush=True); sys.stdin.read()",
+                                                       pids=40)}, warm_on=False)
+    spawner = await launch._spawner(launch.cfg.servers["echo"], STREAM_LIMIT)
+    assert isinstance(spawner, BwrapSpawner) and spawner.warm is None and spawner.join
+    groups = spawner.on_child.__self__.cgroups  # type: ignore[attr-defined]
+    attached: list[int] = []
+    original = groups.attach
+    groups.attach = lambda pid: (attached.append(pid), original(pid))  # type: ignore[method-assign]
+    proc = await spawner.spawn(STREAM_LIMIT)
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"hi\n"
+        assert groups.holds(proc.pid)  # bwrap's monitor
+        members = set(cgroups._pids(groups.groups["pids"]))
+        assert len(members) >= 2 and proc.pid in members  # the monitor and the sandbox, nothing else of ours
+        assert os.getpid() not in members
+        assert attached == []  # nothing had to be moved
+        assert int((groups.groups["pids"] / "pids.max").read_text()) == 41  # the server keeps its 40
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        await finish(spawner, proc)
+
+
+async def test_a_cold_start_that_cannot_join_its_groups_does_not_start(tmp_path: Path) -> None:
+    launch = launcher(tmp_path, {"echo": python_server("print('ran')")}, warm_on=False)
+    spawner = await launch._spawner(launch.cfg.servers["echo"], STREAM_LIMIT)
+    assert isinstance(spawner, BwrapSpawner)
+    groups = spawner.on_child.__self__.cgroups  # type: ignore[attr-defined]
+    groups.remove()  # the groups vanish between planning and the start
+    with pytest.raises(LinkError, match=r"cannot join its cgroup /sys/fs/cgroup/.*: No such file or directory"):
+        await spawner.spawn(STREAM_LIMIT)

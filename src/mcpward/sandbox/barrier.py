@@ -1,13 +1,13 @@
 """The work done between "sandbox built" and "server started", and after it ends.
 
-bwrap stops at `--block-fd` with the sandbox's pid known: the gateway moves that pid into the
-sandbox's cgroups (so nothing the server forks escapes them) and plants the egress proxy's
+bwrap stops at `--block-fd` with the sandbox's pid known: the gateway checks that pid is in the
+sandbox's cgroups (so nothing the server forks escapes them), moving it only if it is not, and plants the egress proxy's
 listener in its network namespace, then lets it run. After exit: the proxy closes, the cgroups
 go, and what they counted (an OOM kill, a pids limit hit) is audited.
 
-With a warm slot (sandbox/warm.py) the groups already exist and bwrap was started from inside
-them, so the sandbox is born a member; the barrier checks that it is listed in every group and
-migrates it only if it is not. Either way the server never runs outside its groups.
+bwrap is started from inside the groups: on a cold start the forked child joins them before it
+execs bwrap (sandbox/cgroups.py says why that is fast), with a warm slot (sandbox/warm.py) its
+stub was already inside. Either way the server never runs outside its groups.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ _warned_no_cgroups: set[str] = set()
 
 
 def cgroup_limits(plan: SandboxPlan) -> CgroupLimits:
+    """The groups' limits: the pids limit is one higher than configured, because bwrap's monitor process is a member
+    too (it starts inside the groups, cold or warm), so the server keeps exactly its configured count."""
     lim = plan.limits
-    return CgroupLimits(memory_bytes=lim.memory, pids=lim.pids, cpu=lim.cpu)
+    return CgroupLimits(memory_bytes=lim.memory, pids=lim.pids + 1 if lim.pids is not None else None, cpu=lim.cpu)
 
 
 class Barrier:
@@ -58,7 +60,9 @@ class Barrier:
         return self.cgroups is not None and "memory" in self.cgroups.groups
 
     async def on_child(self, pid: int) -> None:
-        if self.cgroups is not None and not (self.warm is not None and self.warm.launched and self.cgroups.holds(pid)):
+        # bwrap started inside the groups (its child joined them, or a warm slot's stub was inside), so the sandbox
+        # was born a member; the move, which waits on the kernel's slow global lock, is only for when it was not.
+        if self.cgroups is not None and not self.cgroups.holds(pid):
             try:
                 self.cgroups.attach(pid)
             except CgroupError as exc:

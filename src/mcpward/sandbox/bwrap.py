@@ -28,10 +28,10 @@ import logging
 import os
 import shlex
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from mcpward.sandbox import rlimits
+from mcpward.sandbox import cgroups, rlimits
 from mcpward.sandbox.cgroups import CgroupError
 from mcpward.sandbox.paths import merged_usr_links, system_binds
 from mcpward.sandbox.plan import CACHE_DIR, SANDBOX_HOME, SECRETS_DIR, SandboxPlan
@@ -130,15 +130,24 @@ class BwrapSpawner:
     def __init__(self, plan: SandboxPlan, bwrap: str, seccomp_bpf: bytes | None,
                  on_child: Callable[[int], Awaitable[None]], on_exit: Callable[[], Awaitable[None]],
                  limits: rlimits.Rlimits, warm: WarmSlot | None = None,
-                 on_started: Callable[[], None] | None = None) -> None:
+                 on_started: Callable[[], None] | None = None, join: Sequence[str] = ()) -> None:
         self.plan, self.bwrap, self.seccomp_bpf = plan, bwrap, seccomp_bpf
         self.on_child, self.on_exit, self.rlimits = on_child, on_exit, limits
         self.warm, self.on_started = warm, on_started
+        self.join = tuple(join)  # cgroup files a cold start's child writes "0" to before it execs bwrap
 
     def describe(self) -> str:
         return f"[bwrap] {shlex.join(self.plan.argv)}"
 
     def _preexec(self) -> None:
+        # The cgroups first, while still the gateway's user (sandbox/cgroups.py: joining by itself skips the
+        # kernel's slow global lock). A child that cannot join never execs bwrap: the reason goes to its stderr,
+        # which the spawn reports.
+        try:
+            cgroups.join_self(self.join)
+        except OSError as exc:
+            os.write(2, f"cannot join its cgroup {exc.filename}: {exc.strerror}".encode(errors="replace"))
+            os._exit(126)
         # Here rather than Popen's user=/group= (uvloop has neither): groups, gid, then uid, and the
         # parent-death signal after them, because changing credentials clears it.
         uid = self.plan.uid

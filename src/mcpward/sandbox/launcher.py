@@ -199,7 +199,7 @@ class Launcher:
                 pool.refill(key)
 
         return BwrapSpawner(plan, caps.bwrap, bpf, barrier.on_child, barrier.on_exit, limits, warm=slot,
-                            on_started=on_started)
+                            on_started=on_started, join=barrier.cgroups.join_files() if barrier.cgroups else ())
 
     def _prepare_cache(self, plan: SandboxPlan) -> None:
         if plan.cache_dir is None:

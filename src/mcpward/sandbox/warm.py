@@ -1,19 +1,18 @@
 """Warm slots: a server's cgroups, created and configured, with a launcher process already inside them.
 
-Why: on cgroup v1 a process can only enter a group by migration (a write to `cgroup.procs`), and each
-migration burst waits for an RCU grace period on this kernel's `cgroup_threadgroup_rwsem` (measured
-5-16 ms on our 2-vCPU VMs, whichever controller comes first). cgroup v2 avoids it with
-CLONE_INTO_CGROUP; v1 has nothing like it. A child, however, is born in its parent's groups for
-free. So after a server's first start the gateway prepares the next one off the spawn path:
+Why: every cold start forks the gateway (its preexec work: joining the cgroups, credentials, rlimits)
+and creates and configures the server's groups on the spawn path. A warm slot does both ahead of
+time, so after a server's first start the gateway prepares the next one off the spawn path:
 
-1. create the server's groups and write their limits (pids one higher: the launcher that becomes
-   bwrap's monitor process is a member too, so the server keeps exactly its configured count);
-2. start a small stub (`python -I -S -c STUB`) as root; it sets die-with-parent itself (and the
-   server's rlimits just before it execs bwrap) and reports ready on a SEQPACKET socket. It drops to the server's uid
-   only when it is used (an idle stub under that uid would count against the uid's RLIMIT_NPROC
-   while the server's current process runs), then arms the parent-death signal again (changing
-   credentials clears it) and execs bwrap;
-3. migrate the stub into the groups (the slow part, in a worker thread) and check it is listed.
+1. create the server's groups and write their limits (pids one higher than configured, as for a cold
+   start: the launcher that becomes bwrap's monitor process is a member too);
+2. start a small stub (`python -I -S -c STUB`) as root, without a preexec_fn (so CPython can vfork);
+   it sets die-with-parent itself, joins the groups by writing "0" to each group's file (the fast,
+   self-only migration: sandbox/cgroups.py), and reports ready on a SEQPACKET socket. It drops to
+   the server's uid only when it is used (an idle stub under that uid would count against the uid's
+   RLIMIT_NPROC while the server's current process runs), then arms the parent-death signal again
+   (changing credentials clears it), sets the server's rlimits and execs bwrap;
+3. check the stub is listed in every group.
 
 A start takes the slot: the gateway sends bwrap's argv and descriptors (SCM_RIGHTS) to the stub,
 which puts each descriptor at the number the flags name and execs bwrap. bwrap's monitor and the
@@ -52,9 +51,10 @@ MAX_PAYLOAD = 60_000  # a SEQPACKET datagram must fit the socket buffer; a longe
 
 # The stub. Runs with -I -S (no site, no environment, no user paths). It imports everything while still root:
 # the interpreter may live where only root may search (/root/.pyenv). argv: the uid to drop to (-1: keep ours),
-# the control socket's descriptor, the gateway's pid, then the rlimits. It applies the parent-death signal and
-# the rlimits itself, so the gateway spawns it without a preexec_fn: CPython can then use vfork, and the
-# event loop is not held for a full fork of the gateway's address space.
+# the control socket's descriptor, the gateway's pid, the cgroup files to join (one per line), then the
+# rlimits. It applies the parent-death signal and the rlimits itself, so the gateway spawns it without a
+# preexec_fn: CPython can then use vfork, and the event loop is not held for a full fork of the gateway's
+# address space.
 STUB = r"""
 import ctypes, fcntl, os, resource, socket, sys
 uid, ctl_fd, parent = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -64,6 +64,10 @@ def die_with_parent():
     if libc.prctl(1, 9) != 0 or os.getppid() != parent:
         os._exit(125)
 die_with_parent()
+for path in filter(None, sys.argv[4].split("\n")):  # join the groups: "0" is this process (sandbox/cgroups.py)
+    fd = os.open(path, os.O_WRONLY)
+    os.write(fd, b"0")
+    os.close(fd)
 ctl = socket.socket(fileno=ctl_fd)
 ctl.sendall(b"R")
 msg, fds, _f, _a = socket.recv_fds(ctl, 65536, 256)
@@ -93,7 +97,7 @@ for target in sorted(set(targets)):
 os.closerange(low, 1 << 20)
 # The rlimits come last: the descriptors above were numbered by the gateway, which may hold more than
 # the server's RLIMIT_NOFILE allows, and a lowered limit would refuse to place them (EINVAL).
-for spec in sys.argv[4:]:  # "resource:soft:hard", only ever lowered (as rlimits.apply does)
+for spec in sys.argv[5:]:  # "resource:soft:hard", only ever lowered (as rlimits.apply does)
     kind, soft, hard = (int(x) for x in spec.split(":"))
     cur = resource.getrlimit(kind)[1]
     if cur != resource.RLIM_INFINITY:
@@ -149,8 +153,7 @@ class WarmSlot:
         return self.proc
 
     async def release(self) -> None:
-        """Not used after all (a cold start follows in the same groups): stop the stub and put the pids limit
-        back to the configured value, since no launcher process will be a member."""
+        """Not used after all (a cold start follows in the same groups, its bwrap joining them as the stub did)."""
         self.used = True
         with contextlib.suppress(OSError):
             self.ctl.close()
@@ -161,8 +164,6 @@ class WarmSlot:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.proc.wait(), 5.0)
         await asyncio.to_thread(self.cgroups.remove_members)
-        if self.key.cgroup_limits.pids is not None:
-            await asyncio.to_thread(self.cgroups.set_pids_max, self.key.cgroup_limits.pids)
 
     async def discard(self) -> None:
         """Kill the stub and remove its groups (idempotent)."""
@@ -264,10 +265,7 @@ def _at_exit() -> None:
 
 async def make_slot(key: SlotKey) -> WarmSlot:
     """Groups plus a stub inside them; raises (and leaves nothing behind) when any step fails."""
-    lim = key.cgroup_limits
-    warm_limits = CgroupLimits(memory_bytes=lim.memory_bytes, cpu=lim.cpu,
-                               pids=lim.pids + 1 if lim.pids is not None else None)
-    cg = await asyncio.to_thread(CgroupSet.create, key.server, warm_limits)
+    cg = await asyncio.to_thread(CgroupSet.create, key.server, key.cgroup_limits)
     if cg is None:
         raise CgroupError(CgroupSet.last_problem or "cgroups unavailable")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -276,7 +274,8 @@ async def make_slot(key: SlotKey) -> WarmSlot:
         os.set_inheritable(theirs.fileno(), True)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-I", "-S", "-c", STUB, str(-1 if key.uid is None else key.uid), str(theirs.fileno()),
-            str(os.getpid()), *(f"{kind}:{soft}:{hard}" for kind, soft, hard in rlimits.settings(key.rlimits)),
+            str(os.getpid()), "\n".join(cg.join_files()),
+            *(f"{kind}:{soft}:{hard}" for kind, soft, hard in rlimits.settings(key.rlimits)),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={"PATH": "/usr/bin:/bin"}, cwd="/", limit=key.stream_limit, start_new_session=True,
             pass_fds=[theirs.fileno()],
@@ -287,7 +286,6 @@ async def make_slot(key: SlotKey) -> WarmSlot:
         ready = await asyncio.wait_for(loop.sock_recv(ours, 1), READY_TIMEOUT)
         if ready != b"R":
             raise OSError(f"the stub did not come up (exit code {await _code(proc)})")
-        await asyncio.to_thread(cg.attach, proc.pid)
         if not cg.holds(proc.pid):
             raise CgroupError(f"stub {proc.pid} is not listed in its groups after the move")
         ours.setblocking(True)
