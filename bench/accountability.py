@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/accountability.py                  # 3 interleaved runs, 1,000 calls each
     .venv/bin/python bench/accountability.py --runs 1 --calls 300
+    .venv/bin/python bench/accountability.py --blocks 40             # both gateways up at once, alternating blocks
 
 Two gateways in front of the same raw stdio server (bench/raw_server.py), started alternately:
 - "off": no [auth], `[limits] enabled = false`, `[audit] enabled = false`, metrics off;
@@ -13,6 +14,12 @@ Per run: connect, 50 warm-up calls, N sequential timed calls on one keep-alive c
 "on" gateway is the audit log's sustained records/s under a real load). "added" = on - off,
 median over runs; "gateway CPU" is the gateway process's on-CPU time per timed call (/proc schedstat),
 the steadier measure on a shared VM. Raw samples go to .bench-out/accountability-latest.json.
+
+`--blocks N`: this VM's speed moves by up to 2x over seconds, more than the difference measured, so
+runs minutes apart cannot settle it. This mode starts both gateways once, warms both, then
+alternates N pairs of short blocks (`--block-calls`, default 200 sequential calls; the order inside
+each pair alternates too) and reports the median and quartiles of the per-pair differences of p50
+latency and gateway CPU: each pair sees the same machine within about half a second.
 """
 
 from __future__ import annotations
@@ -72,6 +79,47 @@ def one_run(name: str, config: Path, calls: int, token: str | None) -> dict[str,
         proc.stop()
 
 
+def _start(name: str, config: Path, token: str | None) -> tuple[Proc, HttpClient]:
+    port = free_port()
+    proc = Proc([MCPWARD, "serve", "-c", str(config), "--port", str(port)], config.parent / f"{name}.log", stdio=False)
+    wait_port(proc, port, time.perf_counter() + 60)
+    client = HttpClient(port, "modern", token=token)
+    client.connect()
+    for i in range(200):
+        client.call_ns(f"warm {i}")
+    return proc, client
+
+
+def blocks(configs: dict[str, Path], pairs: int, calls: int) -> None:
+    started: dict[str, tuple[Proc, HttpClient]] = {}
+    try:
+        for name in ("off", "on"):
+            started[name] = _start(name, configs[name], KEY if name == "on" else None)
+        diffs: dict[str, list[float]] = {"p50_us": [], "cpu_us": []}
+        for pair in range(pairs):
+            one: dict[str, dict[str, float]] = {}
+            for name in (("off", "on") if pair % 2 == 0 else ("on", "off")):
+                proc, client = started[name]
+                cpu_before = proc.cpu_ns()
+                samples = sorted(client.call_ns(f"call {i}") for i in range(calls))
+                one[name] = {"p50_us": percentile(samples, 50) / 1000,
+                             "cpu_us": (proc.cpu_ns() - cpu_before) / calls / 1000}
+            for key in diffs:
+                diffs[key].append(one["on"][key] - one["off"][key])
+        load = _load()
+    finally:
+        for proc, client in started.values():
+            client.close()
+            proc.stop()
+    for key, label in (("p50_us", "p50 latency"), ("cpu_us", "gateway CPU per call")):
+        q1, q2, q3 = statistics.quantiles(diffs[key], n=4)
+        print(f"added {label}: median {q2:+.1f} us, quartiles {q1:+.1f} .. {q3:+.1f} us "
+              f"({pairs} pairs of {calls} calls; load {load})")
+    out = ROOT / ".bench-out"
+    out.mkdir(exist_ok=True)
+    (out / "accountability-blocks-latest.json").write_text(json.dumps(diffs))
+
+
 def _load() -> str:
     try:
         return Path("/proc/loadavg").read_text().split()[0]
@@ -83,12 +131,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--blocks", type=int, default=0, help="pairs of alternating blocks, both gateways up")
+    parser.add_argument("--block-calls", type=int, default=200)
     args = parser.parse_args()
     results: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory(prefix="mcpward-bench-") as tmp:
         configs = {"off": Path(tmp) / "off.toml", "on": Path(tmp) / "on.toml"}
         configs["off"].write_text(OFF)
         configs["on"].write_text(on_config())
+        if args.blocks:
+            blocks(configs, args.blocks, args.block_calls)
+            return
         for run in range(args.runs):
             for name in ("off", "on"):
                 result = one_run(name, configs[name], args.calls, KEY if name == "on" else None)
