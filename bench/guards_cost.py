@@ -18,7 +18,8 @@ and invisible characters) and the whole guard on one huge text block. detect-sec
 the same text in the same run (its default plugins, via `SecretsCollection.scan_file`).
 
 CPU time (process_time) is reported next to wall time: the bench machine is shared, and CPU time
-is what the guard itself costs.
+is what the guard itself costs. Throughput figures are medians of `--runs` interleaved runs (each
+run times every figure once), with the CPU range and the load average at the runs' starts.
 """
 
 from __future__ import annotations
@@ -125,16 +126,18 @@ def synthetic_log(target: int, seed: int = 7) -> str:
 BATCH = 500  # calls per CPU-time sample
 
 
-def throughput(fn: Callable[[], object], nbytes: int, runs: int) -> tuple[float, float]:
-    """(wall MB/s, CPU MB/s), best of `runs` after one warm-up run."""
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call."""
+    w, c = time.perf_counter(), time.process_time()
     fn()
-    wall = cpu = float("inf")
-    for _ in range(runs):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        wall = min(wall, time.perf_counter() - w)
-        cpu = min(cpu, time.process_time() - c)
-    return nbytes / wall / 1e6, nbytes / cpu / 1e6
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def rate_cell(nbytes: int, samples: list[tuple[float, float]]) -> str:
+    """Median wall MB/s, then CPU MB/s as median (min-max) over the runs."""
+    wall = statistics.median(nbytes / w / 1e6 for w, _ in samples)
+    cpu = sorted(nbytes / c / 1e6 for _, c in samples)
+    return f"{wall:,.0f} MB/s (CPU {statistics.median(cpu):,.0f}, {cpu[0]:,.0f}-{cpu[-1]:,.0f})"
 
 
 async def per_call(hook: Callable[[dict[str, Any]], Any], result: dict[str, Any], n: int) -> tuple[float, float, float]:
@@ -256,13 +259,10 @@ def throughput_part(megabytes: float, runs: int, with_ds: bool) -> list[str]:
         mode = guard.secret_mode if det.kind in ("secret", "exact") else guard.pii_modes.get(det.category, "")
         return mode == "redact"
 
-    rows = ["| text | secret redaction | output scan (secrets, PII, markers, control characters) | "
-            "whole output guard | detect-secrets 1.5.0 | mcpward secrets / detect-secrets |",
-            "|---|---|---|---|---|---|"]
-    for label, text in (("LiveMCPBench tool outputs", real_outputs(target)), ("synthetic application log",
-                                                                               synthetic_log(target))):
+    texts = (("LiveMCPBench tool outputs", real_outputs(target)), ("synthetic application log", synthetic_log(target)))
+    figures: list[tuple[str, int, dict[str, Callable[[], object]]]] = []
+    for label, text in texts:
         data = encode(text)
-        n = len(data)
 
         def secrets_only(data: bytes = data) -> object:
             hits = redactor.scan(data, SECRETS)
@@ -284,14 +284,31 @@ def throughput_part(megabytes: float, runs: int, with_ds: bool) -> list[str]:
         def whole(result: dict[str, Any] = result) -> object:
             return asyncio.run(big.on_result(call, result))
 
-        s_wall, s_cpu = throughput(secrets_only, n, runs)
-        f_wall, f_cpu = throughput(full_scan, n, runs)
-        g_wall, g_cpu = throughput(whole, n, runs)
+        figures.append((label, len(data), {"secrets": secrets_only, "scan": full_scan, "guard": whole}))
+    # Interleaved: every run times each figure once, so a burst of load on the shared machine
+    # slows all figures of that run alike instead of one figure's every sample.
+    samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for _, _, fns in figures:
+        for fn in fns.values():
+            fn()  # warm-up (compiles the profile's program, fills the DFA cache)
+    loads = []
+    for _ in range(runs):
+        loads.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
+        for label, _, fns in figures:
+            for name, fn in fns.items():
+                samples.setdefault((label, name), []).append(timed(fn))
+    rows = [f"Median of {runs} interleaved runs (load average {min(loads):.2f}-{max(loads):.2f} at their starts).",
+            "",
+            "| text | secret redaction | output scan (secrets, PII, markers, control characters) | "
+            "whole output guard | detect-secrets 1.5.0 | mcpward secrets / detect-secrets |",
+            "|---|---|---|---|---|---|"]
+    for (label, n, _), (_, text) in zip(figures, texts, strict=True):
         ds = detect_secrets_rate(text) if with_ds else None
-        ratio = f"{s_wall / ds:,.0f}x" if ds else "n/a"
+        secrets_wall = statistics.median(n / w / 1e6 for w, _ in samples[(label, "secrets")])
+        ratio = f"{secrets_wall / ds:,.0f}x" if ds else "n/a"
         ds_cell = f"{ds:.2f} MB/s" if ds else "not run"
-        rows.append(f"| {label}, {n / 1e6:.1f} MB | {s_wall:,.0f} MB/s (CPU {s_cpu:,.0f}) | {f_wall:,.0f} MB/s "
-                    f"(CPU {f_cpu:,.0f}) | {g_wall:,.0f} MB/s (CPU {g_cpu:,.0f}) | {ds_cell} | {ratio} |")
+        cells = " | ".join(rate_cell(n, samples[(label, name)]) for name in ("secrets", "scan", "guard"))
+        rows.append(f"| {label}, {n / 1e6:.1f} MB | {cells} | {ds_cell} | {ratio} |")
     return rows
 
 
@@ -304,7 +321,8 @@ def _settings(cfg: Any) -> tuple[Any, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=float, default=4.0, help="size of each multi-MB text (default 4)")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per throughput figure (best is kept)")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="interleaved timed runs per throughput figure (the median is reported)")
     parser.add_argument("--calls", type=int, default=20000, help="timed calls per latency figure")
     parser.add_argument("--skip-detect-secrets", action="store_true")
     args = parser.parse_args()
