@@ -104,3 +104,30 @@ async def test_the_reply_waits_for_its_record(tmp_path: Path) -> None:
     finally:
         events.install(None)
         log.close()
+
+
+async def test_metrics_alone_get_the_request_without_a_record_being_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from mcpward.gateway import after_reply
+    from mcpward.telemetry import Telemetry
+    from mcpward.telemetry.settings import TelemetrySettings
+
+    events.install(None)
+    monkeypatch.setattr(events.log, "isEnabledFor", lambda level: level > logging.INFO)  # request lines not logged
+    built: list[str] = []
+    monkeypatch.setattr(events, "record_parts", lambda event, *a: built.append(event))
+    telemetry = Telemetry(TelemetrySettings(metrics=True, traces=False), redact=lambda t: t)
+    acct = Accounting(config_mod.parse({}), telemetry)
+    message = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "raw__rm", "arguments": {}}}
+    ticket = acct.begin(message, "http", None)
+    ctx = context()
+    acct.attach(ticket, ctx)
+    ctx.call = Call(ctx, "tools/call", message["params"], server="raw", target="rm", exposed="raw__rm")
+    ctx.call.notes["refused"] = "policy.forbid-destructive"
+    await acct.finish(ticket, {"jsonrpc": "2.0", "id": 7, "result": {"content": [], "isError": True}}, "anon", "anon")
+    after_reply.run()
+    assert built == []  # nobody reads a request record: none is made
+    text = telemetry.render_metrics()[0].decode()
+    assert 'mcpward_refusals_total{mcpward_rule="policy.forbid-destructive"} 1.0' in text
+    assert 'gen_ai_tool_name="raw__rm"' in text

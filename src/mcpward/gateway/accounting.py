@@ -90,7 +90,8 @@ class Accounting:
     async def finish(self, ticket: Ticket, reply: JsonObj | None, principal_key: str, subject: str) -> None:
         """Writes the request's record and waits until it is durable (raises AuditUnavailable if it cannot be)."""
         trace = ticket.trace
-        if trace is None and not events.wanted("request"):
+        wanted = events.wanted("request")
+        if trace is None and not wanted:
             return  # no audit log, no trace, request lines not logged: nobody would read the record
         ended = time.perf_counter()  # one clock read: the record's duration and the trace's end
         outcome, code, rule = _outcome(reply)
@@ -99,6 +100,21 @@ class Accounting:
         notes: dict[str, Any] = call.notes if call is not None else {}
         if notes.get("refused"):  # a guard refused it, maybe as a tool error the client sees as a result
             outcome, rule = DENIED, notes["refused"]
+        if wanted:
+            self._record(ticket, ended, outcome, code, rule, principal_key, subject)
+        if trace is not None:
+            trace.set(server=call.server if call is not None else None,
+                      target=call.exposed if call is not None else None, rule=rule)
+            after_reply.defer(partial(trace.end, outcome, code, ended))  # timed now, recorded later
+        if wanted and not events.settled():  # journaled already, the usual case: no wait, not even a coroutine
+            await events.durable()
+
+    def _record(self, ticket: Ticket, ended: float, outcome: str, code: int | None, rule: str | None,
+                principal_key: str, subject: str) -> None:
+        """The request's audit record; only built when something reads it (metrics alone do not)."""
+        ctx = ticket.ctx
+        call = ctx.call if ctx is not None else None
+        notes: dict[str, Any] = call.notes if call is not None else {}
         policy = notes.get("policy")
         method = ticket.method
         # The record in two parts (see AuditLog.append): `made` holds what the gateway produced itself
@@ -140,11 +156,6 @@ class Accounting:
             fields["target"] = call.exposed
             self._call_facts(call, notes, fields, made)
         events.record_parts("request", fields, made)
-        if trace is not None:
-            trace.set(server=call.server if call is not None else None, target=fields.get("target"), rule=rule)
-            after_reply.defer(partial(trace.end, outcome, code, ended))  # timed now, recorded later
-        if not events.settled():  # journaled already, the usual case: no wait, not even a coroutine
-            await events.durable()
 
     def _call_facts(self, call: Any, notes: dict[str, Any], fields: dict[str, Any], made: dict[str, Any]) -> None:
         arguments = call.params.get("arguments") if call.method == "tools/call" else call.params.get("uri")
