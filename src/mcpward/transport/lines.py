@@ -1,31 +1,48 @@
-"""Newline-delimited JSON framing over asyncio streams, with a hard frame cap.
+"""Newline-delimited JSON framing with a hard frame cap, sans-IO.
 
-Both the stdio front and stdio upstreams use this. An oversized frame is
-consumed and reported (with the request id when it can be seen cheaply), so one
-bad message never wedges the stream or silently disappears.
+Both the stdio front and stdio upstreams use this. The caller hands in whatever
+bytes its pipe delivered and gets the complete frames back at once, so a chunk
+holding many lines costs one call, not one event-loop wake-up per line.
+
+An oversized frame is consumed and reported (with the request id when it can be
+seen cheaply), so one bad message never wedges the stream or silently
+disappears. The rules match what `asyncio.StreamReader.readuntil` with a limit
+of `max_bytes + 1` did before this splitter replaced it:
+- a line whose body (before its newline) exceeds `max_bytes + 1` is dropped while
+  it streams in, keeping only its first bytes for the id probe; its size is the
+  line's length including the newline;
+- otherwise the line is stripped of ASCII whitespace; a blank line is skipped, a
+  stripped line over `max_bytes` is reported with its stripped size;
+- at EOF an unterminated last line is a frame as it is (no size check: the
+  decoder refuses an oversized one with the same message), or, if it was being
+  dropped, an oversized report of the bytes dropped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TypeAlias
 
 _ID_PROBE = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,200}")')
+PROBE_BYTES = 4096  # how much of an oversized frame the id probe looks at
 
 
 @dataclass(slots=True)
-class Frame:
-    data: bytes
-    oversized: bool = False
-    size: int = 0
+class Oversized:
+    """A frame over the cap, already dropped: its size and, if visible early on, its id."""
+
+    size: int
     probed_id: str | int | None = None
+
+
+# What the splitter yields: a frame's bytes (stripped, never empty), or an oversized report.
+Item: TypeAlias = bytes | Oversized
 
 
 def probe_id(head: bytes) -> str | int | None:
     """Best-effort id from the first bytes of a frame too large to parse."""
-    match = _ID_PROBE.search(head[:4096])
+    match = _ID_PROBE.search(head[:PROBE_BYTES])
     if not match:
         return None
     raw = match.group(1)
@@ -34,37 +51,77 @@ def probe_id(head: bytes) -> str | int | None:
     return int(raw)
 
 
-async def read_frames(reader: asyncio.StreamReader, max_bytes: int) -> AsyncIterator[Frame]:
-    """Yield one Frame per line until EOF; blank lines are skipped."""
-    while True:
-        try:
-            line = await reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial.strip():
-                yield Frame(exc.partial.strip(), size=len(exc.partial))
+class LineSplitter:
+    """Cuts a byte stream into frames. Memory stays bounded: at most one line of
+    `max_bytes + 1` bytes plus the chunk being split is ever held."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._limit = max_bytes + 1  # the longest line body kept whole (StreamReader's old limit)
+        self._partial = bytearray()  # the start of a line whose newline has not arrived yet
+        self._head: bytes | None = None  # while dropping an overlong line: its first bytes, for the probe
+        self._dropped = 0  # while dropping: bytes dropped so far
+
+    def feed(self, data: bytes) -> list[Item]:
+        """The frames that `data` completes, in order."""
+        out: list[Item] = []
+        start = 0
+        if self._head is not None or self._partial:
+            end = data.find(b"\n")
+            if end < 0:
+                self._keep(data)
+                return out
+            start = end + 1
+            if self._head is not None:
+                self._keep(data[:end])
+                out.append(Oversized(self._dropped + 1, probe_id(self._head)))  # + 1: the newline
+                self._head, self._dropped = None, 0
+            else:
+                self._partial += data[:end]
+                line = bytes(self._partial)
+                self._partial = bytearray()
+                self._line(line, out)
+        find = data.find
+        while (end := find(b"\n", start)) >= 0:
+            self._line(data[start:end], out)
+            start = end + 1
+        if start < len(data):
+            self._keep(data[start:])
+        return out
+
+    def feed_eof(self) -> list[Item]:
+        """What is left when the stream ends: an unterminated last line, if any."""
+        if self._head is not None:
+            item: Item = Oversized(self._dropped, probe_id(self._head))
+            self._head, self._dropped = None, 0
+            return [item]
+        stripped = bytes(self._partial).strip()
+        self._partial = bytearray()
+        return [stripped] if stripped else []
+
+    def _line(self, line: bytes, out: list[Item]) -> None:
+        """One complete line, without its newline."""
+        if len(line) > self._limit:
+            out.append(Oversized(len(line) + 1, probe_id(line)))
             return
-        except asyncio.LimitOverrunError as exc:
-            head = await reader.readexactly(exc.consumed)
-            size = len(head) + await _discard_line(reader)
-            yield Frame(b"", oversized=True, size=size, probed_id=probe_id(head))
-            continue
-        stripped = line.strip()
+        stripped = line.strip()  # the same object when there is nothing to strip: no copy
         if not stripped:
-            continue
-        if len(stripped) > max_bytes:
-            yield Frame(b"", oversized=True, size=len(stripped), probed_id=probe_id(stripped))
-            continue
-        yield Frame(stripped, size=len(stripped))
+            return
+        if len(stripped) > self.max_bytes:
+            out.append(Oversized(len(stripped), probe_id(stripped)))
+            return
+        out.append(stripped)
 
-
-async def _discard_line(reader: asyncio.StreamReader) -> int:
-    """Drop the rest of an overlong line; return how many bytes were dropped."""
-    dropped = 0
-    while True:
-        try:
-            chunk = await reader.readuntil(b"\n")
-            return dropped + len(chunk)
-        except asyncio.LimitOverrunError as exc:
-            dropped += len(await reader.readexactly(exc.consumed))
-        except asyncio.IncompleteReadError as exc:
-            return dropped + len(exc.partial)
+    def _keep(self, rest: bytes) -> None:
+        """Bytes with no newline yet: buffer them, or drop them once the line is over the cap."""
+        if self._head is not None:
+            self._dropped += len(rest)
+            if len(self._head) < PROBE_BYTES:  # the probe sees the same bytes however the line was cut
+                self._head += rest[:PROBE_BYTES - len(self._head)]
+            return
+        self._partial += rest
+        if len(self._partial) > self._limit:
+            # Over the cap and still no newline: stop buffering, keep only what the probe needs.
+            self._head = bytes(self._partial[:PROBE_BYTES])
+            self._dropped = len(self._partial)
+            self._partial = bytearray()

@@ -1,4 +1,18 @@
-"""The stdio front: what Claude Desktop and IDEs launch. One client, both eras."""
+"""The stdio front: what Claude Desktop and IDEs launch. One client, both eras.
+
+Callback-driven, because every coroutine hop costs an event-loop iteration on the
+hot path: stdin's protocol splits each chunk into frames and dispatches them right
+in `data_received`. A request starts its task there; anything whose handling must
+finish before the next frame is looked at (notifications such as
+notifications/cancelled or notifications/initialized, responses to our own
+requests, error replies) runs as a "held" task, and the frames after it wait in a
+backlog until it is done, so the order is the one a loop awaiting each frame gives.
+
+Flow control: reading stops while a held task runs (the backlog never holds more
+than one chunk) and while MAX_IN_FLIGHT requests are running, so a flood cannot
+grow memory without bound. Writes go straight to the pipe while it is not full; a
+full pipe makes writers queue and wait for it, in order.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +20,9 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Any, BinaryIO
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, BinaryIO, cast
 
 from mcpward.gateway import after_reply
 from mcpward.gateway.context import Principal
@@ -14,71 +30,229 @@ from mcpward.gateway.core import Gateway
 from mcpward.gateway.downstream import ClientConnection
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
-from mcpward.transport.lines import read_frames
+from mcpward.transport.lines import Item, LineSplitter
 
 log = logging.getLogger("mcpward.stdio")
+
+# Requests running at once before stdin is paused. High, because a running request may be
+# waiting for the client's answer to a sampling or elicitation request, which arrives on stdin.
+MAX_IN_FLIGHT = 1024
+
+
+class _Stdin(asyncio.Protocol):
+    """stdin's protocol: hands every chunk and the end of input to the front."""
+
+    def __init__(self, front: StdioFront) -> None:
+        self.front = front
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A read pipe's transport (uvloop's does not subclass asyncio.ReadTransport, so no isinstance).
+        self.front._reading = cast(asyncio.ReadTransport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.front._feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front._input_ended(exc)
+
+
+class _Stdout(asyncio.Protocol):
+    """stdout's protocol: tracks whether the pipe is full (paused) or gone, for drain()."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.lost = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.paused = False
+        self._wake(exc or ConnectionResetError("Connection lost"))
+
+    def _wake(self, exc: Exception | None) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+        self._waiters.clear()
+
+    async def drain(self) -> None:
+        """Wait until the pipe has room (as StreamWriter.drain does); raise once the reader is gone."""
+        if self.lost:
+            raise ConnectionResetError("Connection lost")
+        if not self.paused:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
 
 
 class StdioFront:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.max_bytes = gateway.cfg.max_message_bytes
-        self._writer: asyncio.StreamWriter | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # writers queue here only while the pipe is full
+        self._queued_writers = 0
+        self._pipe: asyncio.WriteTransport | None = None
+        self._out = _Stdout()
         self.conn = ClientConnection(gateway, "stdio", Principal.local_user(), self.write)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Reading side, driven by _Stdin's callbacks.
+        self._reading: asyncio.ReadTransport | None = None
+        self._lines = LineSplitter(self.max_bytes)
+        self._backlog: deque[Item] = deque()
+        self._held: asyncio.Task[None] | None = None  # a frame the next frames wait for
+        self._paused = False
+        self._eof = False
+        self._failure: BaseException | None = None  # why input ended, if not plain EOF
+        self._ended: asyncio.Future[None] | None = None
+        # serve() sets the loop; tasks are made with it directly, since asyncio.ensure_future looks the loop
+        # up on every call, and that lookup costs a getpid() system call.
+        self._loop: asyncio.AbstractEventLoop
 
     async def write(self, message: JsonObj) -> None:
-        assert self._writer is not None
-        async with self._lock:
-            self._writer.write(jsonrpc.encode(message) + b"\n")
-            await self._writer.drain()
+        data = jsonrpc.encode(message) + b"\n"
+        out = self._out
+        if not self._queued_writers and not out.paused and not out.lost:
+            assert self._pipe is not None
+            self._pipe.write(data)  # the pipe has room and nobody is queued: nothing to wait for
+            return
+        self._queued_writers += 1
+        try:
+            async with self._lock:
+                assert self._pipe is not None
+                self._pipe.write(data)
+                await out.drain()
+        finally:
+            self._queued_writers -= 1
 
     async def serve(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=self.max_bytes + 1)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin or sys.stdin.buffer)
+        self._loop = loop = asyncio.get_running_loop()
+        self._ended = loop.create_future()
         out = stdout or os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, out)
-        self._writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        # Output first: a frame can be dispatched, and answered, as soon as input is connected.
+        self._pipe, _ = await loop.connect_write_pipe(lambda: self._out, out)
+        await loop.connect_read_pipe(lambda: _Stdin(self), stdin or sys.stdin.buffer)
         try:
-            async for frame in read_frames(reader, self.max_bytes):
-                if frame.oversized:
-                    await self.write(jsonrpc.error(frame.probed_id, jsonrpc.INVALID_REQUEST,
-                                                   f"message of {frame.size} bytes exceeds the "
-                                                   f"{self.max_bytes}-byte limit"))
-                    continue
-                await self._on_frame(frame.data)
+            await self._ended
         finally:
             self.conn.close()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _on_frame(self, data: bytes) -> None:
+    # ---------------------------------------------------------------- reading
+    def _feed(self, data: bytes) -> None:
+        items = self._lines.feed(data)
+        if self._backlog or self._held is not None or self._paused:
+            self._backlog.extend(items)
+            self._run_backlog()
+            return
+        for i, item in enumerate(items):  # the usual case: dispatch straight from the chunk
+            self._dispatch(item)
+            if self._held is not None or len(self._tasks) >= MAX_IN_FLIGHT:
+                self._backlog.extend(items[i + 1:])
+                self._run_backlog()
+                return
+
+    def _input_ended(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._paused = False  # a closed transport is neither paused nor resumable
+        if exc is not None and self._failure is None:
+            self._failure = exc  # a read error: like the stream reader before, stop at once and raise it
+        self._backlog.extend(self._lines.feed_eof())
+        self._run_backlog()
+
+    def _run_backlog(self) -> None:
+        """Dispatch waiting frames while nothing blocks them; pause or resume stdin to match."""
+        backlog = self._backlog
+        while backlog and self._held is None and len(self._tasks) < MAX_IN_FLIGHT and self._failure is None:
+            self._dispatch(backlog.popleft())
+        blocked = bool(backlog) or self._held is not None or len(self._tasks) >= MAX_IN_FLIGHT
+        if self._eof:
+            if (not backlog or self._failure is not None) and self._held is None:
+                self._finish()
+        elif blocked and not self._paused:
+            assert self._reading is not None
+            self._reading.pause_reading()
+            self._paused = True
+        elif not blocked and self._paused:
+            assert self._reading is not None
+            self._reading.resume_reading()
+            self._paused = False
+
+    def _finish(self) -> None:
+        """Input is over and every frame of it dispatched: serve() returns (or raises why)."""
+        ended = self._ended
+        if ended is None or ended.done():
+            return
+        if self._failure is not None:
+            ended.set_exception(self._failure)
+        else:
+            ended.set_result(None)
+
+    # ------------------------------------------------------------ dispatching
+    def _dispatch(self, item: Item) -> None:
+        if not isinstance(item, bytes):
+            self._hold(self.write(jsonrpc.error(item.probed_id, jsonrpc.INVALID_REQUEST,
+                                                f"message of {item.size} bytes exceeds the "
+                                                f"{self.max_bytes}-byte limit")))
+            return
         message: JsonObj | None = None
         try:
-            message = jsonrpc.decode(data, self.max_bytes)
+            message = jsonrpc.decode(item, self.max_bytes)
             kind = jsonrpc.classify(message)
         except jsonrpc.ProtocolError as exc:
             # A parsed but invalid message is answered under its own id when it has a usable one.
             candidate = message.get("id") if message is not None else None
             rid = candidate if isinstance(candidate, (str, int)) and not isinstance(candidate, bool) else None
-            await self.write(exc.response(rid))
+            self._hold(self.write(exc.response(rid)))
             return
         if kind is jsonrpc.Kind.RESPONSE:
-            await self.conn.on_response(message)
+            self._hold(self.conn.on_response(message))
         elif kind is jsonrpc.Kind.NOTIFICATION:
-            await self.conn.on_notification(message)
+            self._hold(self.conn.on_notification(message))
         else:
             rid = message["id"]
             if rid in self.conn.running:
-                await self.write(jsonrpc.error(rid, jsonrpc.INVALID_REQUEST, f"request id {rid!r} is already in use"))
+                self._hold(self.write(jsonrpc.error(rid, jsonrpc.INVALID_REQUEST,
+                                                    f"request id {rid!r} is already in use")))
                 return
-            task = asyncio.ensure_future(self._answer(message))
+            task = self._loop.create_task(self._answer(message))
             self.conn.running[rid] = task
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._request_done)
+
+    def _hold(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run `step` before any later frame is dispatched."""
+        task = self._loop.create_task(step)
+        self._held = task
+        self._tasks.add(task)
+        task.add_done_callback(self._held_done)
+
+    def _held_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._held is task:
+            self._held = None
+        if not task.cancelled() and (exc := task.exception()) is not None and self._failure is None:
+            # As when a loop awaited each frame: a failed step (stdout gone) ends serve() with its error.
+            self._failure = exc
+            self._eof = True
+        self._run_backlog()
+
+    def _request_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if self._paused or self._backlog:  # maybe it was the one over MAX_IN_FLIGHT
+            self._run_backlog()
 
     async def _answer(self, message: JsonObj) -> None:
         try:

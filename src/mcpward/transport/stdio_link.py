@@ -10,12 +10,13 @@ import os
 import shlex
 import signal
 import sys
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol, SupportsIndex
 
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.transport.base import LinkError, MessageLink, SendHints
-from mcpward.transport.lines import read_frames
+from mcpward.transport.lines import Item, LineSplitter
 
 log = logging.getLogger("mcpward.upstream")
 
@@ -24,6 +25,9 @@ log = logging.getLogger("mcpward.upstream")
 # unless its config declares them.
 INHERITED_ENV = ("PATH", "HOME", "LOGNAME", "USER", "SHELL", "TERM", "LANG", "LC_ALL", "TZ")
 PR_SET_PDEATHSIG = 1
+# Whether a server's stdout is read by a tap in its pipe protocol (see _Tap); tests switch it off to run the
+# plain stream-reading path, which is also what runs when the process's protocol is not asyncio's own.
+TAP_PIPE = True
 
 
 def minimal_env(extra: dict[str, str]) -> dict[str, str]:
@@ -85,6 +89,67 @@ class PlainSpawner:
         return None
 
 
+class _Tap(asyncio.StreamReader):
+    """Takes the place of a server's stdout StreamReader inside asyncio's pipe protocol, which calls
+    feed_data, feed_eof and set_exception on it. Each chunk is split and its messages delivered right
+    where the pipe hands it over, instead of being buffered for a task to wake up and read: that saves
+    an event-loop iteration and a task step per reply. Nothing is buffered, so nothing needs pausing:
+    the pipe is read no faster than its messages are handled."""
+
+    def __init__(self, deliver: Callable[[Item], None], lines: LineSplitter) -> None:
+        super().__init__()
+        self._deliver = deliver
+        self._lines = lines
+        # Why stdout ended ("exited" or "stdout failed: ..."), or the error a delivery raised.
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:  # the pipe gives bytes; the signature is the base's
+        if self.ended.done():  # stopped: the link is closing, or a delivery failed
+            return
+        try:
+            for item in self._lines.feed(data if isinstance(data, bytes) else bytes(data)):
+                self._deliver(item)
+        except Exception as exc:  # the pump raises it, as it did when it read and delivered itself
+            self.ended.set_exception(exc)
+
+    def feed_eof(self) -> None:
+        if self.ended.done():
+            return
+        try:
+            for item in self._lines.feed_eof():
+                self._deliver(item)
+        except Exception as exc:
+            self.ended.set_exception(exc)
+            return
+        self.ended.set_result("exited")
+
+    def set_exception(self, exc: BaseException) -> None:
+        if self.ended.done():
+            return
+        if isinstance(exc, ConnectionError):
+            self.ended.set_result(f"stdout failed: {exc}")
+        else:
+            self.ended.set_exception(exc)
+
+    def stop(self) -> None:
+        if not self.ended.done():
+            self.ended.cancel()
+
+
+def _tap(proc: asyncio.subprocess.Process, stdout: asyncio.StreamReader, deliver: Callable[[Item], None],
+         lines: LineSplitter) -> _Tap | None:
+    """Put a _Tap in place of `stdout`, which must be empty, in the process's pipe protocol; None where
+    that protocol is not asyncio's own or the stream has ended (the stream then stays, read in chunks)."""
+    protocol = getattr(proc, "_protocol", None)  # where asyncio's Process keeps it (there is no public accessor)
+    if type(protocol) is not asyncio.subprocess.SubprocessStreamProtocol or protocol.stdout is not stdout:
+        return None
+    if stdout.at_eof() or stdout.exception() is not None:
+        return None  # the protocol has already reported the end to `stdout`; it would never reach the tap
+    tap = _Tap(deliver, lines)
+    protocol.stdout = tap
+    return tap
+
+
 class StdioLink(MessageLink):
     def __init__(
         self,
@@ -100,7 +165,8 @@ class StdioLink(MessageLink):
         self.shutdown_grace = shutdown_grace
         self._proc: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._write_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()  # senders queue here only while the pipe holds unsent data
+        self._queued_writers = 0
         self._closing = False
         self.junk_lines = 0
 
@@ -120,46 +186,80 @@ class StdioLink(MessageLink):
         if proc is None or proc.stdin is None or proc.returncode is not None or self._closing:
             raise LinkError(f"server {self.name!r} is not running")
         data = jsonrpc.encode(message) + b"\n"
-        async with self._write_lock:
+        stdin = proc.stdin
+        if not self._queued_writers and not stdin.is_closing() and not stdin.transport.get_write_buffer_size():
+            # The pipe is empty and nobody waits for it, so there is nothing to drain: skip the lock.
+            # A write that leaves data behind makes the next sender wait for the pipe instead.
             try:
-                proc.stdin.write(data)
-                await proc.stdin.drain()
+                stdin.write(data)
             except (ConnectionError, RuntimeError) as exc:
                 raise LinkError(f"server {self.name!r} closed its input: {exc}") from None
+            return
+        self._queued_writers += 1
+        try:
+            async with self._write_lock:
+                try:
+                    stdin.write(data)
+                    await stdin.drain()
+                except (ConnectionError, RuntimeError) as exc:
+                    raise LinkError(f"server {self.name!r} closed its input: {exc}") from None
+        finally:
+            self._queued_writers -= 1
 
     async def _pump_stdout(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
+        stdout = self._proc.stdout
+        lines = LineSplitter(self.max_message_bytes)
         reason = "exited"
+        tap: _Tap | None = None
+        tapping = TAP_PIPE
         try:
-            async for frame in read_frames(self._proc.stdout, self.max_message_bytes):
-                if frame.oversized:
-                    log.error(
-                        "server %s sent a %d-byte message over the %d-byte limit; dropped",
-                        self.name, frame.size, self.max_message_bytes,
-                    )
-                    if frame.probed_id is not None:
-                        self.on_message(jsonrpc.gateway_error(
-                            frame.probed_id, jsonrpc.INTERNAL_ERROR,
-                            f"upstream message exceeded the {self.max_message_bytes}-byte limit",
-                        ))
-                    continue
-                try:
-                    message = jsonrpc.decode(frame.data, self.max_message_bytes)
-                except jsonrpc.ProtocolError as exc:
-                    # stdout must carry only MCP; a stray print is the server's bug, not fatal.
-                    # Counted, and logged sparingly: a flooding server must not flood our logs.
-                    self.junk_lines += 1
-                    if self.junk_lines <= 5 or self.junk_lines % 1000 == 0:
-                        log.warning("server %s wrote a non-JSON-RPC line to stdout (%s); %d so far",
-                                    self.name, exc.message, self.junk_lines)
-                    continue
-                self.on_message(message)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            # Everything the stream holds, split here: one wake-up per chunk, not per message. The stream
+            # pauses the pipe while more than its limit waits unread.
+            while data := await stdout.read(sys.maxsize):
+                for item in lines.feed(data):
+                    self._deliver(item)
+                if tapping:  # the stream is empty now: from here on, the pipe's chunks can skip it
+                    tapping = False
+                    tap = _tap(self._proc, stdout, self._deliver, lines)
+                    if tap is not None:
+                        reason = await tap.ended
+                        return
+            for item in lines.feed_eof():
+                self._deliver(item)
+        except ConnectionError as exc:
             reason = f"stdout failed: {exc}"
         finally:
+            if tap is not None:
+                tap.stop()  # cancelled (close): deliver nothing more, as a cancelled pump would
             if not self._closing:
                 code = await self._proc.wait()
                 self.on_closed(f"{reason} (exit code {code})")
+
+    def _deliver(self, item: Item) -> None:
+        """One frame from the server's stdout: a message goes on, anything else is reported."""
+        if not isinstance(item, bytes):
+            log.error(
+                "server %s sent a %d-byte message over the %d-byte limit; dropped",
+                self.name, item.size, self.max_message_bytes,
+            )
+            if item.probed_id is not None:
+                self.on_message(jsonrpc.gateway_error(
+                    item.probed_id, jsonrpc.INTERNAL_ERROR,
+                    f"upstream message exceeded the {self.max_message_bytes}-byte limit",
+                ))
+            return
+        try:
+            message = jsonrpc.decode(item, self.max_message_bytes)
+        except jsonrpc.ProtocolError as exc:
+            # stdout must carry only MCP; a stray print is the server's bug, not fatal.
+            # Counted, and logged sparingly: a flooding server must not flood our logs.
+            self.junk_lines += 1
+            if self.junk_lines <= 5 or self.junk_lines % 1000 == 0:
+                log.warning("server %s wrote a non-JSON-RPC line to stdout (%s); %d so far",
+                            self.name, exc.message, self.junk_lines)
+            return
+        self.on_message(message)
 
     async def _pump_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
