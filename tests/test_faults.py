@@ -131,6 +131,23 @@ async def test_oversized_upstream_frame_is_refused(write_config) -> None:  # typ
         await client.close()
 
 
+async def test_a_reply_the_gateway_cannot_use_is_an_error_at_once(write_config) -> None:  # type: ignore[no-untyped-def]
+    # Not the 2 s timeout: the request is answered when its broken reply arrives, and says why.
+    client = await _client(write_config)
+    try:
+        reply = await client.call("bad__malformed")
+        assert reply["error"]["code"] == -32603
+        assert "server 'bad' sent a reply that is not valid JSON" in reply["error"]["message"]
+        assert "surrogate" in reply["error"]["message"]
+        reply = await client.call("bad__shapeless")
+        assert reply["error"]["code"] == -32603
+        assert reply["error"]["message"] == ("server 'bad' sent an invalid reply "
+                                             "(not a request, notification or response)")
+        assert _text(await client.call("bad__echo", {"text": "still here"})) == "still here"
+    finally:
+        await client.close()
+
+
 async def test_gateway_exits_cleanly_and_stops_children(write_config) -> None:  # type: ignore[no-untyped-def]
     client = await _client(write_config)
     assert _text(await client.call("bad__pid"))

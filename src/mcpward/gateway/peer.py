@@ -126,6 +126,12 @@ class Peer:
             kind = jsonrpc.classify(message)
         except jsonrpc.ProtocolError as exc:
             log.warning("server %s sent an invalid message: %s", self.name, exc.message)
+            # An invalid reply to a request of ours answers it with an error now, not at its timeout.
+            rid = message.get("id")
+            future = self._pending.get(rid) if isinstance(rid, (int, str)) and not isinstance(rid, bool) else None
+            if future is not None and not future.done():
+                future.set_result(jsonrpc.gateway_error(
+                    rid, jsonrpc.INTERNAL_ERROR, f"server {self.name!r} sent an invalid reply ({exc.message})"))
             return
         if kind is jsonrpc.Kind.RESPONSE:
             future = self._pending.get(message["id"])

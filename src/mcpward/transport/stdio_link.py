@@ -16,7 +16,7 @@ from typing import Protocol, SupportsIndex
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.transport.base import LinkError, MessageLink, SendHints
-from mcpward.transport.lines import Item, LineSplitter
+from mcpward.transport.lines import PROBE_BYTES, Item, LineSplitter, probe_id
 
 log = logging.getLogger("mcpward.upstream")
 
@@ -258,6 +258,14 @@ class StdioLink(MessageLink):
             if self.junk_lines <= 5 or self.junk_lines % 1000 == 0:
                 log.warning("server %s wrote a non-JSON-RPC line to stdout (%s); %d so far",
                             self.name, exc.message, self.junk_lines)
+            # A reply we cannot parse (e.g. a lone surrogate escape, which Python's json writes) would leave
+            # its request waiting for the timeout: when the line looks like JSON-RPC and its id is visible,
+            # that request is answered now (a pending id only; any other id is ignored, as for oversized).
+            rid = probe_id(item) if item.startswith(b"{") and b'"jsonrpc"' in item[:PROBE_BYTES] else None
+            if rid is not None:
+                self.on_message(jsonrpc.gateway_error(
+                    rid, jsonrpc.INTERNAL_ERROR, f"server {self.name!r} sent a reply that is not valid JSON "
+                    f"({exc.message})"))
             return
         self.on_message(message)
 
