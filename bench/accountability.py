@@ -57,15 +57,25 @@ def on_config() -> str:
                      'period = "day"\n\n[audit]\nfsync = "commit"\n')
 
 
-def one_run(name: str, config: Path, calls: int, token: str | None) -> dict[str, Any]:
+def _start(name: str, config: Path, token: str | None, warmup: int) -> tuple[Proc, HttpClient, int]:
+    """A gateway serving `config`, connected and warmed up; (its process, a client, its port)."""
     port = free_port()
     proc = Proc([MCPWARD, "serve", "-c", str(config), "--port", str(port)], config.parent / f"{name}.log", stdio=False)
     try:
         wait_port(proc, port, time.perf_counter() + 60)
         client = HttpClient(port, "modern", token=token)
         client.connect()
-        for i in range(50):
+        for i in range(warmup):
             client.call_ns(f"warm {i}")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, client, port
+
+
+def one_run(name: str, config: Path, calls: int, token: str | None) -> dict[str, Any]:
+    proc, client, port = _start(name, config, token, warmup=50)
+    try:
         cpu_before = proc.cpu_ns()
         samples = sorted(client.call_ns(f"call {i}") for i in range(calls))
         # The gateway's own CPU per call over the timed calls (all its threads, /proc schedstat): on a
@@ -79,22 +89,12 @@ def one_run(name: str, config: Path, calls: int, token: str | None) -> dict[str,
         proc.stop()
 
 
-def _start(name: str, config: Path, token: str | None) -> tuple[Proc, HttpClient]:
-    port = free_port()
-    proc = Proc([MCPWARD, "serve", "-c", str(config), "--port", str(port)], config.parent / f"{name}.log", stdio=False)
-    wait_port(proc, port, time.perf_counter() + 60)
-    client = HttpClient(port, "modern", token=token)
-    client.connect()
-    for i in range(200):
-        client.call_ns(f"warm {i}")
-    return proc, client
-
-
 def blocks(configs: dict[str, Path], pairs: int, calls: int) -> None:
     started: dict[str, tuple[Proc, HttpClient]] = {}
     try:
         for name in ("off", "on"):
-            started[name] = _start(name, configs[name], KEY if name == "on" else None)
+            proc, client, _port = _start(name, configs[name], KEY if name == "on" else None, warmup=200)
+            started[name] = proc, client
         diffs: dict[str, list[float]] = {"p50_us": [], "cpu_us": []}
         for pair in range(pairs):
             one: dict[str, dict[str, float]] = {}

@@ -1,8 +1,8 @@
 """The work done between "sandbox built" and "server started", and after it ends.
 
 bwrap stops at `--block-fd` with the sandbox's pid known: the gateway checks that pid is in the
-sandbox's cgroups (so nothing the server forks escapes them), moving it only if it is not, and plants the egress proxy's
-listener in its network namespace, then lets it run. After exit: the proxy closes, the cgroups
+sandbox's cgroups (so nothing the server forks escapes them), moving it only if it is not, plants
+the egress proxy's listener in its network namespace, then lets it run. After exit: the proxy closes, the cgroups
 go, and what they counted (an OOM kill, a pids limit hit) is audited.
 
 bwrap is started from inside the groups: on a cold start the forked child joins them before it

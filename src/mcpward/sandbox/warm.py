@@ -287,7 +287,7 @@ async def make_slot(key: SlotKey) -> WarmSlot:
         if ready != b"R":
             raise OSError(f"the stub did not come up (exit code {await _code(proc)})")
         if not cg.holds(proc.pid):
-            raise CgroupError(f"stub {proc.pid} is not listed in its groups after the move")
+            raise CgroupError(f"stub {proc.pid} is not listed in its groups after joining them")
         ours.setblocking(True)
         return WarmSlot(key, cg, proc, ours, loop)
     except BaseException:
