@@ -192,6 +192,7 @@ async def link_factory() -> AsyncIterator[Any]:
     links: list[HttpLink] = []
 
     async def make(url: str, **kwargs: Any) -> tuple[HttpLink, Inbox]:
+        kwargs.setdefault("loopback_ok", True)  # the test servers listen on 127.0.0.1
         link = HttpLink(url, kwargs.pop("headers", {}), **kwargs)
         inbox = Inbox(link)
         await link.open()

@@ -36,6 +36,7 @@ from mcpward.gateway.config import (
     resolution_problem,
     system_resolver,
 )
+from mcpward.transport.vetted_dial import PinningUnavailable, dial_refusal, pinned_transport
 
 log = logging.getLogger("mcpward.anomaly")
 
@@ -118,6 +119,7 @@ class Webhook:
         self.queue_size = queue_size
         self.instance = instance or default_instance()
         self.resolver = resolver
+        self.allow_private = allow_private
         parts = urllib.parse.urlsplit(url)
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -178,8 +180,15 @@ class Webhook:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
-        # No proxies from the environment (alerts go where the config says) and no redirects.
-        self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False,
+        # No proxies from the environment (alerts go where the config says) and no redirects. Every
+        # connection dials the address it resolved and vetted (transport/vetted_dial.py): the check in
+        # `_attempt` gives the clear early reason, this one closes the DNS-rebinding window after it.
+        # A loopback URL (allowed without opting in) may reach loopback, as `check_webhook_url` says.
+        try:
+            transport = pinned_transport(allow_private=self.allow_private, resolver=self.resolver, loopback_ok=True)
+        except PinningUnavailable as exc:
+            raise WebhookError(f"webhook {self.origin}: {exc}") from None
+        self._client = httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=False,
                                          timeout=httpx.Timeout(self.timeout))
         self._task = asyncio.create_task(self._run(), name="mcpward-anomaly-webhook")
         if self._queue:
@@ -259,6 +268,9 @@ class Webhook:
         except TimeoutError:
             return f"no answer within {self.timeout:g} s", True
         except httpx.HTTPError as exc:
+            refusal = dial_refusal(exc)
+            if refusal is not None:  # the connect-time address rule: it names host, address and rule
+                return str(refusal), False
             detail = str(exc).replace(self.url, self.origin)[:200]
             return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__, True
         if 200 <= status < 300:

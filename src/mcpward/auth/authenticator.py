@@ -31,6 +31,7 @@ from mcpward.auth.metadata import metadata_document, metadata_paths, metadata_ur
 from mcpward.auth.settings import TOKEN_CACHE_SECONDS, AuthSettings
 from mcpward.gateway.config import Resolver, system_resolver
 from mcpward.gateway.context import Principal
+from mcpward.transport.vetted_dial import PinningUnavailable, pinned_transport
 
 log = logging.getLogger("mcpward.auth")
 # RFC 6750 s2.1 b64token.
@@ -105,8 +106,17 @@ class Authenticator:
             if self._client is not None:
                 return
             oauth = self.settings.oauth
+            transport = self._transport
+            if transport is None:
+                # Every connection to the IdP dials the address it resolved and vetted (no second lookup
+                # for a rebinding DNS answer to slip into); Fetcher.check only gives the early, clear error.
+                try:
+                    transport = pinned_transport(allow_private=bool(oauth and oauth.allow_private),
+                                                 resolver=self._resolver)
+                except PinningUnavailable as exc:
+                    raise AuthSetupError(f"{self.settings.source}: auth: {exc}") from None
             client = httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(5.0), follow_redirects=False,
-                                       transport=self._transport, headers={"user-agent": "mcpward-auth"})
+                                       transport=transport, headers={"user-agent": "mcpward-auth"})
             try:
                 if oauth is not None:
                     fetcher = Fetcher(client, allow_private=oauth.allow_private, resolver=self._resolver)

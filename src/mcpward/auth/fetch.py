@@ -2,7 +2,9 @@
 
 The gateway reaches the IdP on its own behalf (metadata, JWKS, introspection). A URL from the
 config or from discovered metadata could point inside the network; unless the operator opted in
-with `allow_private`, each host is resolved and every address must be public before we connect.
+with `allow_private`, every address must be public. `check` says so early and clearly; the
+client's transport (transport/vetted_dial.py) enforces it at every connect, dialling the very
+address it vetted, so a DNS answer that changes after `check` cannot redirect the request.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import orjson
 
 from mcpward.auth.errors import Unavailable
 from mcpward.gateway.config import Resolver, is_address_literal, is_non_public_address, resolution_problem
+from mcpward.transport.vetted_dial import dial_refusal
 
 MAX_BODY = 1 << 20  # a JWKS or metadata document larger than this is not one we want to parse
 HOST_CHECK_SECONDS = 60.0
@@ -49,8 +52,8 @@ class Fetcher:
         now = self.clock()
         if self._checked.get((host, port), 0.0) > now:
             return
-        # Resolving here and connecting by name leaves a DNS-rebinding window; the short cache keeps
-        # it as small as the check's cost allows.
+        # An early, clear refusal. A name that rebinds after this check is caught at connect time
+        # by the pinned transport, so a short cache costs no safety.
         problem = await resolution_problem(host, port, self.resolver)
         if problem is not None:
             raise Unavailable(f"identity provider refused: {problem}")
@@ -80,6 +83,9 @@ class Fetcher:
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:
+            refusal = dial_refusal(exc)
+            if refusal is not None:  # the connect-time address rule: its text names host, address and rule
+                raise Unavailable(f"identity provider refused: {refusal}") from None
             raise Unavailable(f"cannot reach {shown}: {type(exc).__name__}") from None
         try:
             return orjson.loads(body)

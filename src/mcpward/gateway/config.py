@@ -433,10 +433,12 @@ async def resolution_problem(host: str, port: int, resolver: Resolver = system_r
 
 
 def is_non_public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not ip.is_global
+    # The egress proxy's test, which the connection itself applies too (transport/vetted_dial.py): so
+    # the config check, the probe check and the connect agree (IPv4 inside NAT64, 6to4 and Teredo forms,
+    # metadata addresses that are globally routable).
+    from mcpward.sandbox.egress_policy import classify_address
+
+    return classify_address(ipaddress.ip_address(address.split("%")[0]))[0] is not None
 
 
 def _is_non_public(host: str) -> bool:

@@ -194,8 +194,9 @@ class Upstream:
     async def _check_address(self) -> None:
         """A remote server's name must not resolve to a non-public address unless allowed.
 
-        Checked before any connection is made. (httpx resolves again when it connects;
-        pinning the vetted address belongs to the egress proxy.)
+        Checked before any connection is made, for a clear probe error. It is not the guard
+        against DNS rebinding: the link's transport (transport/vetted_dial.py) resolves again at
+        every connect, vets that answer and dials exactly the address it vetted.
         """
         if self.cfg.url is None or self.cfg.allow_private:
             return

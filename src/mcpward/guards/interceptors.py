@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import httpcore
 import httpx
 import orjson
 
@@ -45,6 +46,7 @@ from mcpward.gateway.config import (
 from mcpward.guards.base import Answer, Call, Guard, Refusal
 from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.transport.stdio_link import die_with_parent, minimal_env
+from mcpward.transport.vetted_dial import PinningUnavailable, check_pinning, pinned_transport
 
 log = logging.getLogger("mcpward.interceptors")
 
@@ -195,21 +197,34 @@ async def _drain(stream: asyncio.StreamReader, keep: int) -> bytes:
 
 
 class SharedClient:
-    """One httpx client for every http interceptor of a chain, made on first use (inside the loop)."""
+    """The httpx clients of a chain's http interceptors, made on first use (inside the loop): one per
+    address rule (allow_private or not) and resolver, so production has at most two.
 
-    def __init__(self) -> None:
-        self._client: httpx.AsyncClient | None = None
+    Each dials only addresses it resolved and vetted at connect time (transport/vetted_dial.py): the
+    check in `HttpRunner._vet` is the early, clear error, not the only guard against DNS rebinding.
+    `network` is for tests: the backend that really dials (e.g. one that records instead).
+    """
 
-    def get(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def __init__(self, network: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self._clients: dict[tuple[bool, Resolver], httpx.AsyncClient] = {}
+        self._network = network
+
+    def get(self, allow_private: bool = False, resolver: Resolver = system_resolver) -> httpx.AsyncClient:
+        client = self._clients.get((allow_private, resolver))
+        if client is None:
+            # A hook at a loopback URL is allowed without opting in (check_url's loopback_ok): such a host
+            # may reach loopback addresses, and nothing else that is not public.
+            transport = pinned_transport(allow_private=allow_private, resolver=resolver, loopback_ok=True,
+                                         inner=self._network)
             # No proxies from the environment (hook traffic must go where the config says) and no redirects.
-            self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
-        return self._client
+            client = httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=False)
+            self._clients[(allow_private, resolver)] = client
+        return client
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
 
 
 class HttpRunner:
@@ -218,10 +233,12 @@ class HttpRunner:
     def __init__(self, url: str, timeout: float, client: SharedClient, vet_names: bool,
                  resolver: Resolver = system_resolver) -> None:
         self.url, self.timeout, self.client, self.resolver = url, timeout, client, resolver
+        self.allow_private = not vet_names
         parts = urllib.parse.urlsplit(url)
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        # Literal addresses were checked at load; a name is checked on every call before connecting.
+        # Literal addresses were checked at load; a name is checked on every call before connecting
+        # (early and clearly), and again by the client's transport at connect time.
         self.vet = vet_names and not is_address_literal(self.host) and not is_loopback_host(self.host)
 
     async def run(self, payload: bytes) -> bytes:
@@ -242,8 +259,9 @@ class HttpRunner:
 
     async def _post(self, payload: bytes) -> bytes:
         headers = {"content-type": "application/json", "accept": "application/json"}
-        async with self.client.get().stream("POST", self.url, content=payload, headers=headers,
-                                            timeout=self.timeout) as response:
+        client = self.client.get(self.allow_private, self.resolver)
+        async with client.stream("POST", self.url, content=payload, headers=headers,
+                                 timeout=self.timeout) as response:
             if response.is_redirect:
                 raise HookFailure(f"answered HTTP {response.status_code} (a redirect; redirects are not followed)")
             if not response.is_success:
@@ -437,6 +455,10 @@ def from_config(cfg: GatewayConfig) -> list[Guard]:
             runner = ExecRunner(_command(r, cfg.base_dir), cfg.base_dir, scope.label, scope.timeout)
         else:
             url, allow_private = _url(r)
+            try:
+                check_pinning()
+            except PinningUnavailable as exc:
+                raise r.fail("url", str(exc)) from None
             runner = HttpRunner(url, scope.timeout, client, vet_names=not allow_private)
         r.reject_unknown()
         cls = {(True, False): BeforeInterceptor, (False, True): AfterInterceptor}.get((scope.before, scope.after),

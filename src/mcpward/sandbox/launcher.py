@@ -117,7 +117,9 @@ class Launcher:
 
             headers, _ = await self._resolve(server, dict(server.headers), {})
             assert server.url is not None
-            return HttpLink(server.url, headers, max_message_bytes=max_message_bytes)
+            # Its client dials only vetted addresses: public ones, unless this server opts in (allow_private).
+            return HttpLink(server.url, headers, max_message_bytes=max_message_bytes,
+                            allow_private=server.allow_private)
         spawner = await self._spawner(server, max_message_bytes + 1)
         return StdioLink(server.name, spawner, max_message_bytes)
 

@@ -20,12 +20,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from mcpward.gateway.config import Resolver, system_resolver
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.headers import encode_value
 from mcpward.protocol.jsonrpc import JsonObj, RequestId
 from mcpward.protocol.versions import META_VERSION
 from mcpward.transport.base import LinkError, MessageLink, SendHints
 from mcpward.transport.sse import SseLimitError, SseParser
+from mcpward.transport.vetted_dial import PinningUnavailable, dial_refusal, pinned_transport
 
 log = logging.getLogger("mcpward.upstream")
 
@@ -55,9 +57,17 @@ class _Exchange:
 
 class HttpLink(MessageLink):
     def __init__(self, url: str, headers: dict[str, str], *, client: httpx.AsyncClient | None = None,
-                 max_message_bytes: int = 4 * 1024 * 1024, connect_timeout: float = 10.0) -> None:
+                 max_message_bytes: int = 4 * 1024 * 1024, connect_timeout: float = 10.0,
+                 allow_private: bool = False, loopback_ok: bool = False,
+                 resolver: Resolver = system_resolver) -> None:
+        """`allow_private`, `loopback_ok` and `resolver` shape the link's own client (read at `open()`):
+        every connection dials an address resolved once and, without allow_private, found public.
+        `loopback_ok`: a URL whose host itself names this machine (127.0.0.1, localhost) may reach
+        loopback without allow_private (off by default: the gateway's config makes a server opt in).
+        An injected `client` is used as it is."""
         super().__init__()
         self.url = url
+        self.allow_private, self.loopback_ok, self.resolver = allow_private, loopback_ok, resolver
         self.max_message_bytes = max_message_bytes
         self._static_headers = dict(headers)
         self._client = client
@@ -82,9 +92,15 @@ class HttpLink(MessageLink):
         if urlsplit(self.url).scheme not in ("http", "https"):
             raise LinkError(f"not an http(s) URL: {self.describe()}")
         if self._client is None:
+            try:
+                transport = pinned_transport(allow_private=self.allow_private, resolver=self.resolver,
+                                             loopback_ok=self.loopback_ok)
+            except PinningUnavailable as exc:
+                raise LinkError(f"cannot connect to {self.describe()}: {exc}") from None
             # No redirects (a 3xx could carry our credentials elsewhere) and no proxy
             # settings from the environment (they could reroute upstream traffic).
-            self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=self._timeout)
+            self._client = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False,
+                                             timeout=self._timeout)
 
     async def send(self, message: JsonObj, hints: SendHints | None = None) -> None:
         if self._closed or self._client is None:
@@ -181,9 +197,16 @@ class HttpLink(MessageLink):
                     raise  # a legacy stream with an event id can be resumed; others cannot
             await self._resume_post_stream(ex)
         except Exception as exc:  # anything at all: the waiter above must get an answer
-            # Only the exception's kind: its text can quote the URL.
-            log.warning("POST to %s failed: %s", self.describe(), type(exc).__name__)
-            self._fail(ex, f"upstream request failed ({type(exc).__name__})", transport=type(exc).__name__)
+            refusal = dial_refusal(exc)
+            if refusal is not None:
+                # Our own refusal: its text names the host, the address and the rule, never the URL.
+                # The client learns the rule only, not the address inside the network.
+                log.warning("POST to %s refused: %s", self.describe(), refusal)
+                self._fail(ex, f"upstream connection refused by rule {refusal.rule}", transport=type(exc).__name__)
+            else:
+                # Only the exception's kind: its text can quote the URL.
+                log.warning("POST to %s failed: %s", self.describe(), type(exc).__name__)
+                self._fail(ex, f"upstream request failed ({type(exc).__name__})", transport=type(exc).__name__)
         finally:
             if ex.request_id is not None and self._inflight.get(ex.request_id) is ex:
                 del self._inflight[ex.request_id]
@@ -288,7 +311,8 @@ class HttpLink(MessageLink):
             try:
                 status = await self._get_stream(ex)
             except Exception as exc:
-                log.info("GET stream to %s dropped: %s", self.describe(), type(exc).__name__)
+                refusal = dial_refusal(exc)
+                log.info("GET stream to %s dropped: %s", self.describe(), refusal or type(exc).__name__)
                 status = 200  # a dropped connection is worth another try
             if status == 404 and session is not None:
                 self._session_expired(session)
