@@ -4,10 +4,11 @@ Groups are created *under the cgroup the gateway itself runs in* (read from /pro
 place in the tree, so that whatever limits and accounting apply to the gateway also apply to its sandboxes, and so that
 a delegated v2 subtree (systemd `Delegate=yes`) is used as intended.
 
-- v1 (root only, in practice): one directory per controller, `<mount>/<our path>/mcpward-<name>-<random>`.
+- v1 (root only, in practice): one directory per controller, `<mount>/<our path>/mcpward-<name>-<pid>-<random>`
+  (`pid`: the gateway's, see LEAF).
   memory.limit_in_bytes plus memory.memsw.limit_in_bytes (the same value: no escaping the limit into swap), pids.max,
   cpu.cfs_quota_us/cfs_period_us.
-- v2: one directory `<our cgroup>/mcpward-<name>-<random>` with memory.max, memory.swap.max=0, memory.oom.group=1,
+- v2: one directory `<our cgroup>/mcpward-<name>-<pid>-<random>` with memory.max, memory.swap.max=0, memory.oom.group=1,
   pids.max and cpu.max. The controllers must be enabled in our cgroup's cgroup.subtree_control; v2 forbids that while
   our cgroup holds processes (unless it is the root), so when the gateway is alone there it moves itself into a leaf
   `mcpward-gateway` first, the usual arrangement inside a delegated unit.
@@ -42,6 +43,7 @@ __all__ = [
     "CgroupError",
     "CgroupLimits",
     "CgroupSet",
+    "group_bases",
     "hierarchy_kind",
     "join_self",
     "writable_controllers",
@@ -57,6 +59,9 @@ _MIN_CPU_QUOTA_US = 1_000  # the kernel's lower bound for cfs_quota_us / cpu.max
 _MIN_MEMORY = 4 * 1024 * 1024  # below this not even bwrap starts; a smaller value is a config mistake
 _REMOVE_TIMEOUT_S = 5.0
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+# A sandbox's group: mcpward-<server>-<gateway pid>-<random>. The pid names the gateway that made it, so
+# a later gateway can tell the groups a killed one left behind (sandbox/cgroup_sweep.py).
+LEAF = re.compile(r"mcpward-[A-Za-z0-9_.-]{1,40}-([0-9]{1,10})-[0-9a-f]{8}")
 
 
 class CgroupError(RuntimeError):
@@ -164,6 +169,11 @@ def hierarchy_kind() -> Literal["v2", "v1", "hybrid", "none"]:
     if kinds:
         return "hybrid"
     return "none"
+
+
+def group_bases() -> set[Path]:
+    """The directories this process creates its sandboxes' groups in (one per v1 controller, or the v2 one)."""
+    return {place.base for place in _discover().values()}
 
 
 def _discover() -> dict[str, _Place]:
@@ -340,7 +350,7 @@ class CgroupSet:
         """
         cls.last_problem = None
         safe = _SAFE_NAME.sub("_", name)[:40] or "sandbox"
-        leaf = f"{_PREFIX}{safe}-{secrets.token_hex(4)}"
+        leaf = f"{_PREFIX}{safe}-{os.getpid()}-{secrets.token_hex(4)}"
         made = cls(name=safe, limits=limits)
         try:
             made._build(leaf)

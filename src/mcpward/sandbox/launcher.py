@@ -51,6 +51,7 @@ class Launcher:
         self._dns: Resolver | None = None
         self.sensitive = sensitive_paths((self.settings.state_dir, self.secret_settings.path))
         self.warm: WarmPool | None = WarmPool() if self.settings.warm else None
+        self._swept = False  # the groups a killed gateway left behind: removed before the first sandbox
 
     async def aclose(self) -> None:
         """Discard the idle warm slots (their stubs and cgroups); starts after this take the cold path."""
@@ -157,7 +158,17 @@ class Launcher:
                 raise LinkError(f"server {server.name!r}: a container backend takes secrets as files only "
                                 "(env values show in `inspect`); declare them with as = \"file\"")
             return ContainerSpawner(backend, profile.image, plan, [server.command, *server.args])
+        if not self._swept:
+            self._swept = True
+            await self._sweep_cgroups()
         return self._bwrap(plan, profile, caps, stream_limit)
+
+    async def _sweep_cgroups(self) -> None:
+        from mcpward.sandbox import cgroup_sweep
+
+        removed, left = await asyncio.to_thread(cgroup_sweep.sweep)
+        if removed or left:
+            events.record("sandbox.cgroups-swept", removed=[str(p) for p in removed], left=[str(p) for p in left])
 
     async def _verify_artifacts(self, name: str, profile: SandboxProfile, plan: SandboxPlan) -> None:
         from mcpward.sandbox import artifacts
