@@ -5,8 +5,8 @@
 
 Part 1, latency: the default output guards (one OutputGuard: neutralising, secrets, PII, injection
 markers, size cap; the error guard has no result hook) on typical ~1 KiB `tools/call` results,
-called in-process as the gateway calls them; median and p99 of many calls after a warm-up. When
-`mcpward.guards.setup.build_chain` is importable, the whole default chain (request and result
+called in-process as the gateway calls them; median and p99 of many calls after a warm-up. Then
+the whole default chain from `mcpward.guards.setup.build_chain` (request and result
 hooks) is measured the same way, each call carrying the tool's listed definition as the gateway sets
 it (`call.definition`: the argument guard validates against its inputSchema on every call).
 
@@ -186,6 +186,33 @@ def detect_secrets_rate(text: str) -> float | None:
         os.unlink(name)
 
 
+# The upstream's own definition, as listed; the gateway passes this one object as `call.definition`
+# on every call (so the argument guard validates the arguments against its inputSchema each time).
+UPSTREAM_TOOL = {"name": "t", "description": "Reads a file of the project and returns its text.",
+                 "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+                 "annotations": {"readOnlyHint": True}}
+
+
+def default_chain() -> tuple[tempfile.TemporaryDirectory[str], GuardChain, dict[str, Any]]:
+    """Every default guard, as `mcpward run` builds them, with `[policy] base = "permit-all"` so the timed
+    call is allowed (the policy is still evaluated on every call). The integrity guard (on by default)
+    pins in a temporary lock file (the caller cleans it up) and has seen the tool listed, as the
+    gateway's list refresh does before any call."""
+    from mcpward.guards.setup import build_chain
+
+    tmp = tempfile.TemporaryDirectory()
+    chain = build_chain(parse({"servers": {"bench": {"command": "unused"}}, "policy": {"base": "permit-all"}},
+                              str(Path(tmp.name) / "mcpward.toml"), Path(tmp.name)))
+    chain.published("bench", "tools", [Listed("bench", "t", {**UPSTREAM_TOOL, "name": "bench__t"})])
+    return tmp, chain, UPSTREAM_TOOL
+
+
+def chain_call(ctx: Any) -> Call:
+    """A fresh `tools/call` as the gateway builds one per request."""
+    return Call(ctx=ctx, method="tools/call", params={"name": "t", "arguments": {"path": "README.md"}},
+                server="bench", target="t", exposed="bench__t", definition=UPSTREAM_TOOL)
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -204,23 +231,7 @@ async def latency_part(calls: int) -> list[str]:
 
         med, p99, cpu = await per_call(hook, result, calls)
         rows.append(f"| {label} | {med:.1f} us | {p99:.1f} us | {cpu:.1f} us |")
-    try:
-        from mcpward.guards.setup import build_chain
-    except ImportError:
-        return rows
-    # permit-all so the timed call is allowed (the policy is still evaluated on every call). The
-    # integrity guard (on by default) pins in a temporary lock file and must have seen the tool listed,
-    # as the gateway's list refresh does before any call.
-    tmp = tempfile.TemporaryDirectory()
-    chain: GuardChain = build_chain(parse({"servers": {"bench": {"command": "unused"}},
-                                           "policy": {"base": "permit-all"}},
-                                          str(Path(tmp.name) / "mcpward.toml"), Path(tmp.name)))
-    # The upstream's own definition, as listed; the gateway passes this one object as `call.definition`
-    # on every call (so the argument guard validates the arguments against its inputSchema each time).
-    upstream = {"name": "t", "description": "Reads a file of the project and returns its text.",
-                "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
-                "annotations": {"readOnlyHint": True}}
-    chain.published("bench", "tools", [Listed("bench", "t", {**upstream, "name": "bench__t"})])
+    tmp, chain, _ = default_chain()
     names = ", ".join(type(g).__name__ for g in chain.guards) or "empty"
     rows.append("")
     rows.append(f"Whole chain from `setup.build_chain` with `[policy] base = \"permit-all\"` ({names}), "
@@ -232,8 +243,7 @@ async def latency_part(calls: int) -> list[str]:
     rows.append("|---|---|---|---|")
     for label, result in typical_results().items():
         async def full(fresh: dict[str, Any]) -> Any:
-            call = Call(ctx=ctx, method="tools/call", params={"name": "t", "arguments": {"path": "README.md"}},
-                        server="bench", target="t", exposed="bench__t", definition=upstream)
+            call = chain_call(ctx)
             await chain.request(call)
             return await chain.result(call, fresh)
 
