@@ -131,6 +131,16 @@ def raw_app(script: Script) -> Starlette:
                 yield sse({**progress, "params": {"progressToken": "t", "progress": 1}})
             elif method == "resumable":
                 yield encode_event(b"", "p1", retry=10)  # priming event, then the server hangs up
+            elif method in ("undecodable", "shapeless"):
+                # The reply, unusable (a lone surrogate escape strict parsers refuse; no result or error),
+                # then a stream that stays open: the request must not wait for its end.
+                bad = (b'{"jsonrpc": "2.0", "id": %d, "result": {"text": "\\ud800"}}' % rid
+                       if method == "undecodable" else orjson.dumps({"jsonrpc": "2.0", "id": rid}))
+                yield encode_event(bad)
+                try:
+                    await asyncio.sleep(30)
+                finally:
+                    script.disconnected.set()
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
@@ -423,6 +433,19 @@ async def test_error_cases(raw: tuple[str, Script], link_factory: Any) -> None:
 
     await link.send(modern(4, "resumable"))  # modern streams are never resumed
     assert (await inbox.next())["error"]["code"] == UPSTREAM_UNAVAILABLE
+
+
+@pytest.mark.parametrize(("method", "why"), [("undecodable", "parse error"),
+                                            ("shapeless", "not a request, notification or response")])
+async def test_an_unusable_reply_on_a_stream_answers_at_once(raw: tuple[str, Script], link_factory: Any,
+                                                             method: str, why: str) -> None:
+    url, _ = raw
+    link, inbox = await link_factory(url)
+    await link.send(modern(5, method))
+    error = await inbox.next(timeout=2.0)  # the stream stays open for 30 s: this is not its end
+    assert error["id"] == 5 and error["error"]["code"] == INTERNAL_ERROR
+    message = error["error"]["message"]
+    assert message.startswith("upstream sent an unusable reply (") and why in message
 
 
 async def test_legacy_get_stream_resumes(raw: tuple[str, Script], link_factory: Any) -> None:
