@@ -6,6 +6,7 @@ reason, where no controller is writable here).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -91,6 +92,22 @@ def test_sweep_removes_what_a_killed_gateway_left_and_spares_members(bases: set[
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.02)
+
+
+def test_doctor_reports_what_a_killed_gateway_left(bases: set[Path], tmp_path: Path) -> None:
+    from tests.conftest import MCPWARD
+
+    gone = dead_pid()
+    left = [make(base, f"mcpward-leftover-{gone}-89abcdef") for base in bases]  # an hour old
+    try:
+        doctor = subprocess.run([MCPWARD, "doctor", "--json", "-c", str(tmp_path / "none.toml")],
+                                capture_output=True, text=True, timeout=60)
+        rows = {row["item"]: row for row in json.loads(doctor.stdout)["host"]}
+        assert int(rows["stale cgroups"]["value"]) >= len(left), rows["stale cgroups"]
+        assert "gone" in rows["stale cgroups"]["meaning"]
+    finally:
+        for directory in left:
+            directory.rmdir()
 
 
 def test_sweep_leaves_this_gateways_own_groups(bases: set[Path]) -> None:

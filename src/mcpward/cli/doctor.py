@@ -63,6 +63,18 @@ def _server_report(launcher: Any, name: str, caps: Any) -> dict[str, Any]:
     return report
 
 
+def _stale_cgroups_row() -> dict[str, str]:
+    from mcpward.sandbox import cgroup_sweep, cgroups
+
+    try:
+        left = cgroup_sweep.stale(cgroups.group_bases())
+    except OSError as exc:
+        return {"item": "stale cgroups", "value": "unknown", "meaning": f"cannot list cgroups: {exc.strerror}"}
+    meaning = ("left by gateways that are gone; the next gateway removes them before its first sandbox"
+               if left else "none left by a killed gateway")
+    return {"item": "stale cgroups", "value": str(len(left)), "meaning": meaning}
+
+
 def doctor_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="Path to mcpward.toml.")] = Path("mcpward.toml"),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -82,6 +94,7 @@ def doctor_command(
         raise typer.Exit(2) from None
     servers = [_server_report(launcher, name, caps) for name in sorted(cfg.servers)]
     host = [{"item": i, "value": v, "meaning": m} for i, v, m in probe.summary_rows(caps)]
+    host.append(_stale_cgroups_row())
     failing = [s for s in servers if s["problems"]]
     if as_json:
         out.print_json(orjson.dumps({"host": host, "servers": servers}).decode())
