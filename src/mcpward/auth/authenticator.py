@@ -10,6 +10,7 @@ holds only a short hash prefix, enough to correlate a replay).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import re
@@ -28,7 +29,7 @@ from mcpward.auth.introspection import Introspector
 from mcpward.auth.jwks import JwksCache
 from mcpward.auth.jwt_bearer import JwtValidator, Verified, looks_like_jwt
 from mcpward.auth.metadata import metadata_document, metadata_paths, metadata_url
-from mcpward.auth.settings import TOKEN_CACHE_SECONDS, AuthSettings
+from mcpward.auth.settings import TOKEN_CACHE_SECONDS, ApiKey, AuthSettings
 from mcpward.gateway.config import Resolver, system_resolver
 from mcpward.gateway.context import Principal
 from mcpward.transport.vetted_dial import PinningUnavailable, pinned_transport
@@ -233,6 +234,13 @@ class Authenticator:
                            resource_metadata=self.resource_metadata, credential=credential,
                            token_id=digest[:6].hex() if digest else None,
                            principal=principal.key if principal else None)
+
+    def replace_api_keys(self, keys: tuple[ApiKey, ...]) -> None:
+        """Use `keys` from now on (a reload). Every remembered verification is dropped too, so a removed
+        key stops working at once rather than when its cache entry expires."""
+        self._api_keys = ApiKeyStore(keys)
+        self.settings = dataclasses.replace(self.settings, api_keys=keys)
+        self._cache.clear()
 
     def scoped(self, method: str) -> bool:
         """Whether `method` needs scopes beyond those every request needs (step-up)."""

@@ -192,8 +192,21 @@ def serve(
             raise typer.Exit(2)
         logging.getLogger("mcpward").warning(
             "the HTTP front has no authentication: every local caller is 'anonymous' (configure [auth])")
-    uvicorn.run(HttpFront(parts.gateway(), parts=parts), host=cfg.http_host, port=cfg.http_port,
-                log_level="warning", lifespan="on", access_log=False)
+    server = uvicorn.Server(uvicorn.Config(HttpFront(parts.gateway(), parts=parts), host=cfg.http_host,
+                                           port=cfg.http_port, log_level="warning", lifespan="on", access_log=False))
+
+    async def main() -> None:
+        from mcpward.auth.reload import reload_api_keys
+
+        # SIGHUP reloads the API keys (auth/reload.py): a revoked key stops working without a restart.
+        # (Without a handler, SIGHUP would end the gateway.)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_api_keys, config, parts.auth)
+        await server.serve()
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C after a graceful shutdown (as uvicorn.run does)
+        run_async(main())
+    if not server.started:
+        raise typer.Exit(3)  # uvicorn's own exit code for a failed start (port taken, lifespan error)
 
 
 @app.command()

@@ -1,0 +1,104 @@
+"""SIGHUP reloads a running gateway's API keys: a removed key stops working at once, a new one works,
+and a config that cannot be used leaves the keys in force as they were (loudly, and audited)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mcpward.auth.api_keys import key_digest, new_key
+from tests.audit_reader import committed
+from tests.conftest import MCPWARD, free_port, stop, wait_port, with_policy
+from tests.threats.mcp_http import post
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def keys_table(**keys: str) -> str:
+    return "".join(f'[auth.api_keys.{name}]\nsha256 = "{key_digest(key)}"\n\n' for name, key in keys.items())
+
+
+class Gateway:
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.path = tmp / "mcpward.toml"
+        self.dir = tmp
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.log = tmp / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write(self, auth: str) -> None:
+        self.path.write_text(f"[gateway]\nport = {self.port}\n" + with_policy(auth))
+
+    def start(self) -> None:
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([MCPWARD, "serve", "-c", str(self.path)], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_port(self.port, self.proc)
+
+    def hangup(self, until: Callable[[], bool]) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not until():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.05)
+
+    def status(self, key: str) -> int:
+        with httpx.Client(timeout=10) as http:
+            return post(http, self.url, "tools/list", {}, headers={"Authorization": f"Bearer {key}"}).status_code
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path)
+    yield gw
+    if gw.proc is not None:
+        stop(gw.proc)
+
+
+def test_sighup_puts_the_new_keys_in_force(gateway: Gateway) -> None:
+    alice, bob, carol = new_key(), new_key(), new_key()
+    gateway.write(keys_table(alice=alice, bob=bob))
+    gateway.start()
+    assert (gateway.status(alice), gateway.status(bob), gateway.status(carol)) == (200, 200, 401)
+
+    gateway.write(keys_table(bob=bob, carol=carol))  # alice's key leaked: revoked, carol added
+    gateway.hangup(lambda: gateway.status(carol) == 200)
+    # At once, although alice's key was verified (and remembered) a moment ago.
+    assert (gateway.status(alice), gateway.status(bob)) == (401, 200)
+    reloaded = committed(gateway.dir / "mcpward-audit.sqlite", "auth.keys-reloaded")
+    assert len(reloaded) == 1 and '"removed":["alice"]' in reloaded[0] and '"added":["carol"]' in reloaded[0]
+    assert key_digest(alice) not in reloaded[0]
+
+
+def test_a_config_that_cannot_be_used_keeps_the_keys_in_force(gateway: Gateway) -> None:
+    alice = new_key()
+    gateway.write(keys_table(alice=alice))
+    gateway.start()
+    gateway.path.write_text(gateway.path.read_text() + "\n[auth.api_keys.broken]\nsha256 = \"not-a-digest\"\n")
+    gateway.hangup(lambda: "reload refused" in gateway.log.read_text())
+    assert gateway.status(alice) == 200  # still in force, and the gateway still runs
+    failed = committed(gateway.dir / "mcpward-audit.sqlite", "auth.reload-failed")
+    assert len(failed) == 1 and "auth.api_keys.broken" in failed[0]
+
+
+def test_removing_the_last_key_revokes_it(gateway: Gateway) -> None:
+    alice = new_key()
+    gateway.write(keys_table(alice=alice))
+    gateway.start()
+    assert gateway.status(alice) == 200
+    gateway.path.write_text(f"[gateway]\nport = {gateway.port}\n" + with_policy(""))  # [auth] gone too
+    gateway.hangup(lambda: gateway.status(alice) == 401)
+    assert "every request with a key is refused until one is added" in gateway.log.read_text()
+    with httpx.Client(timeout=10) as http:  # authentication stays on: no key is no entry either
+        assert post(http, gateway.url, "tools/list", {}).status_code == 401
+    removed = committed(gateway.dir / "mcpward-audit.sqlite", "auth.keys-reloaded")
+    assert len(removed) == 1 and "\"removed\":[\"alice\"]" in removed[0]
