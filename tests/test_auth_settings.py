@@ -28,9 +28,14 @@ def error(auth: dict[str, Any], gateway: dict[str, Any] | None = None) -> Config
     return info.value
 
 
-def test_absent_or_empty_auth_means_no_authentication() -> None:
+def test_absent_auth_means_no_authentication() -> None:
     assert load_settings(parse({}, "gw.toml")) is None
-    assert load({}) is None
+
+
+def test_an_empty_auth_table_is_an_error_not_auth_off() -> None:
+    # Writing [auth] says authentication is wanted; a table that accepts nobody is a mistake to report.
+    exc = error({})
+    assert exc.key == "auth.oauth" and "accepts no credential" in exc.problem
 
 
 def test_full_oauth_table_parses() -> None:

@@ -67,8 +67,9 @@ class AuthSettings:
 
 
 def load_settings(cfg: GatewayConfig) -> AuthSettings | None:
-    """None when `[auth]` is absent or empty: the front does not authenticate."""
-    if not cfg.auth:
+    """None when there is no `[auth]` table: the front does not authenticate. An empty `[auth]` is an
+    error like any other that accepts nobody: writing the table says authentication is wanted."""
+    if cfg.auth is None:
         return None
     r = TableReader(cfg.source, "auth", cfg.auth)
     resource = _resource(r, cfg)

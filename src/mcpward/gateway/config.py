@@ -111,7 +111,7 @@ class GatewayConfig:
     integrity: dict[str, Any] = field(default_factory=dict)
     sandbox: dict[str, Any] = field(default_factory=dict)
     secrets: dict[str, Any] = field(default_factory=dict)
-    auth: dict[str, Any] = field(default_factory=dict)  # auth/settings.py
+    auth: dict[str, Any] | None = None  # auth/settings.py; None: no [auth] table (an empty one is an error there)
     limits: dict[str, Any] = field(default_factory=dict)  # limits/settings.py
     audit: dict[str, Any] = field(default_factory=dict)  # audit/settings.py
     telemetry: dict[str, Any] = field(default_factory=dict)  # telemetry/settings.py
@@ -208,7 +208,7 @@ def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None 
     cfg.integrity = top.get("integrity", dict, {})
     cfg.sandbox = top.get("sandbox", dict, {})
     cfg.secrets = top.get("secrets", dict, {})
-    cfg.auth = top.get("auth", dict, {})
+    cfg.auth = top.get("auth", dict, None)
     cfg.limits = top.get("limits", dict, {})
     cfg.audit = top.get("audit", dict, {})
     cfg.telemetry = top.get("telemetry", dict, {})
