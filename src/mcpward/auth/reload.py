@@ -15,6 +15,7 @@ at run time, so every request with a key is then refused until one is added.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -30,8 +31,10 @@ log = logging.getLogger("mcpward.auth")
 def reload_api_keys(path: Path, auth: Authenticator | None) -> bool:
     """Read `path` again and put its API keys in force. Returns whether they were applied."""
     if auth is None:
-        log.warning("reload: [auth] was not configured at start; adding authentication needs a restart")
-        events.record("auth.reload-failed", reason="no [auth] at start")
+        with contextlib.suppress(ConfigError):  # a config that does not load is reported by the policy reload
+            if config_mod.load(path).auth is not None:
+                log.warning("reload: [auth] was added to %s; authentication starts at the next restart", path)
+                events.record("auth.reload-failed", reason="[auth] was not configured at start; it needs a restart")
         return False
     old = auth.settings
     try:

@@ -192,15 +192,24 @@ def serve(
             raise typer.Exit(2)
         logging.getLogger("mcpward").warning(
             "the HTTP front has no authentication: every local caller is 'anonymous' (configure [auth])")
-    server = uvicorn.Server(uvicorn.Config(HttpFront(parts.gateway(), parts=parts), host=cfg.http_host,
+    gateway = parts.gateway()
+    server = uvicorn.Server(uvicorn.Config(HttpFront(gateway, parts=parts), host=cfg.http_host,
                                            port=cfg.http_port, log_level="warning", lifespan="on", access_log=False))
 
-    async def main() -> None:
+    def on_hangup() -> None:
+        # SIGHUP reloads the API keys and the policy (auth/reload.py, policy/reload.py): a revoked key
+        # or a changed rule applies without a restart. (Without a handler, SIGHUP would end the gateway.)
         from mcpward.auth.reload import reload_api_keys
+        from mcpward.policy.guard import PolicyGuard
+        from mcpward.policy.reload import reload_policy
 
-        # SIGHUP reloads the API keys (auth/reload.py): a revoked key stops working without a restart.
-        # (Without a handler, SIGHUP would end the gateway.)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_api_keys, config, parts.auth)
+        reload_api_keys(config, parts.auth)
+        for guard in parts.chain.guards:
+            if isinstance(guard, PolicyGuard) and reload_policy(config, parts.cfg, guard):
+                gateway.lists_changed()  # lists are filtered by the policy: clients should list again
+
+    async def main() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hangup)
         await server.serve()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C after a graceful shutdown (as uvicorn.run does)

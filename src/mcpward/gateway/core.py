@@ -91,6 +91,11 @@ class Gateway:
         await asyncio.gather(*(u.stop() for u in self.upstreams.values()), return_exceptions=True)
         await self.launcher.aclose()  # idle warm sandbox slots: their stubs and cgroups
 
+    def lists_changed(self, kinds: tuple[str, ...] = ("tools", "prompts", "resources")) -> None:
+        """Tell listening clients to list again (the policy that filters lists was reloaded)."""
+        for kind in kinds:
+            self.subscriptions.broadcast(jsonrpc.notification(f"notifications/{kind}/list_changed"), list_kind=kind)
+
     def policy_hash(self) -> str | None:
         """The version of the policy deciding now (its guard may swap engines on reload)."""
         if self._policy_guard is None:

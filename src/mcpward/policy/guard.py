@@ -41,6 +41,12 @@ class PolicyGuard(Guard):
         """Risk labels from elsewhere (the integrity scanner): `provider(server, kind, name) -> labels`."""
         self.engine.builder.label_providers.append(provider)
 
+    def replace(self, engine: PolicyEngine, mode: Mode) -> None:
+        """Decide with `engine` from the next request on (a reload). The risk-label providers move
+        over: the integrity scanner's labels keep feeding the new policy."""
+        engine.builder.label_providers[:] = self.engine.builder.label_providers
+        self.engine, self.mode = engine, mode
+
     async def on_request(self, call: Call) -> JsonObj | None:
         principal = call.ctx.principal
         action = METHOD_ACTIONS.get(call.method)

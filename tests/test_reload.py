@@ -1,5 +1,6 @@
-"""SIGHUP reloads a running gateway's API keys: a removed key stops working at once, a new one works,
-and a config that cannot be used leaves the keys in force as they were (loudly, and audited)."""
+"""SIGHUP reloads a running gateway's API keys and policy: a removed key stops working at once, a new
+one works, a changed rule decides the next call, and a config or policy that cannot be used leaves
+what is in force as it was (loudly, and audited)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 
 from mcpward.auth.api_keys import key_digest, new_key
 from tests.audit_reader import committed
-from tests.conftest import MCPWARD, free_port, stop, wait_port, with_policy
-from tests.threats.mcp_http import post
+from tests.conftest import FIXTURES, MCPWARD, PYTHON, free_port, stop, wait_port, with_policy
+from tests.threats.identity_support import LegacyClient
+from tests.threats.mcp_http import post, reply_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -102,3 +104,63 @@ def test_removing_the_last_key_revokes_it(gateway: Gateway) -> None:
         assert post(http, gateway.url, "tools/list", {}).status_code == 401
     removed = committed(gateway.dir / "mcpward-audit.sqlite", "auth.keys-reloaded")
     assert len(removed) == 1 and "\"removed\":[\"alice\"]" in removed[0]
+
+
+# ------------------------------------------------------------------------------ the policy
+FAULT = f'[servers.fault]\ncommand = "{PYTHON}"\nargs = ["{FIXTURES / "fault_server.py"}"]\n'
+PERMIT = '@id("team.all")\npermit (principal, action, resource);\n'
+NO_ECHO = ('@id("team.no-echo")\nforbid (principal, action == Action::"call_tool", resource)\n'
+           'when { resource.name == "echo" };\n')
+
+
+def echo(gateway: Gateway) -> dict:  # type: ignore[type-arg]
+    with httpx.Client(timeout=30) as http:
+        return reply_of(post(http, gateway.url, "tools/call", {"name": "fault__echo", "arguments": {"text": "hi"}}))
+
+
+def start_with_team_policy(gateway: Gateway) -> Path:
+    """The fault server behind a policy of one file that permits everything; returns that file."""
+    rules = gateway.dir / "team.cedar"
+    rules.write_text(PERMIT)
+    gateway.path.write_text(f"[gateway]\nport = {gateway.port}\n" + with_policy(
+        FAULT + '[policy]\nbase = "none"\nfiles = ["team.cedar"]\n'))
+    gateway.start()
+    return rules
+
+
+def test_sighup_reloads_the_policy_and_keeps_it_when_the_new_one_is_broken(gateway: Gateway) -> None:
+    rules = start_with_team_policy(gateway)
+    assert "result" in echo(gateway)
+
+    rules.write_text(PERMIT + NO_ECHO)
+    gateway.hangup(lambda: "policy reloaded" in gateway.log.read_text())
+    refused = echo(gateway)
+    assert "team.no-echo" in str(refused), refused
+    reloaded = committed(gateway.dir / "mcpward-audit.sqlite", "policy.reloaded")
+    assert len(reloaded) == 1 and '"mode":"enforce"' in reloaded[0]
+
+    rules.write_text(PERMIT + "forbid (principal, action, resource) when { resource.nosuch == 1 };\n")
+    gateway.hangup(lambda: "policy reload refused" in gateway.log.read_text())
+    assert "team.no-echo" in str(echo(gateway))  # the last good policy still decides
+    failed = committed(gateway.dir / "mcpward-audit.sqlite", "policy.reload-failed")
+    assert len(failed) == 1 and "team.cedar" in failed[0]
+
+
+def test_a_policy_reload_tells_listening_clients_to_list_again(gateway: Gateway) -> None:
+    rules = start_with_team_policy(gateway)
+    with httpx.Client(timeout=httpx.Timeout(10, read=10)) as http:
+        client = LegacyClient(http, gateway.url, None)
+        client.open()  # a legacy session hears every list change on its GET stream
+        with http.stream("GET", gateway.url, headers={**client.headers(None), "Accept": "text/event-stream"}) as stream:
+            assert stream.status_code == 200
+            rules.write_text(PERMIT + NO_ECHO)
+            assert gateway.proc is not None
+            gateway.proc.send_signal(signal.SIGHUP)
+            heard = set()
+            for line in stream.iter_lines():
+                for kind in ("tools", "prompts", "resources"):
+                    if f"notifications/{kind}/list_changed" in line:
+                        heard.add(kind)
+                if heard == {"tools", "prompts", "resources"}:
+                    break
+    assert heard == {"tools", "prompts", "resources"}
