@@ -150,7 +150,9 @@ async def refusal_for(url: str, dns: Dns, recorder: Recorder, **kwargs: Any) -> 
 
 
 # ------------------------------------------------------------------------------ the backend
-async def test_an_answer_that_changes_after_the_check_is_refused_at_connect() -> None:
+async def test_an_answer_that_changes_after_the_check_is_refused_at_connect(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "mcpward.audit")
     dns = Dns({"api.test": [[PUBLIC], ["169.254.169.254"]]})
     assert await config.resolution_problem("api.test", 443, dns) is None  # the early check passes...
     recorder = Recorder()
@@ -161,6 +163,9 @@ async def test_an_answer_that_changes_after_the_check_is_refused_at_connect() ->
     assert "set allow_private = true" in message and f"(rule {RULE_NON_PUBLIC})" in message
     assert recorder.dialled == []  # ...and nothing was dialled after the answer changed
     assert dns.asked == [("api.test", 443), ("api.test", 443)]
+    audited = [r.getMessage() for r in caplog.records if '"event":"dial.refused"' in r.getMessage()]
+    assert len(audited) == 1 and '"host":"api.test"' in audited[0] and RULE_NON_PUBLIC in audited[0]
+    assert "/keys" not in audited[0]  # the host, never the URL's path
 
 
 async def test_a_public_answer_is_dialled_as_its_literal_and_tls_keeps_the_name() -> None:

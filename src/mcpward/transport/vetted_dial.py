@@ -28,6 +28,7 @@ from collections.abc import Iterable
 import httpcore
 import httpx
 
+from mcpward.audit import events
 from mcpward.gateway.config import Resolver, is_address_literal, is_loopback_host, system_resolver
 from mcpward.sandbox.egress_policy import classify_address
 
@@ -91,6 +92,11 @@ class VettedBackend(httpcore.AsyncNetworkBackend):
                 addresses = await self.vetted_addresses(host, port)
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"resolving {host} took longer than the connect timeout") from None
+        except DialRefused as exc:
+            # Audited here, once for every user of the backend: an answer that turned non-public after
+            # the early check is what a DNS-rebinding attempt looks like.
+            events.record("dial.refused", host=host, port=port, rule=exc.rule, reason=str(exc))
+            raise
         failure: Exception = httpcore.ConnectError(f"no vetted address of {host} answered")
         for address in addresses:
             left = None if deadline is None else deadline - loop.time()
