@@ -101,7 +101,7 @@ class Accounting:
         if notes.get("refused"):  # a guard refused it, maybe as a tool error the client sees as a result
             outcome, rule = DENIED, notes["refused"]
         if wanted:
-            self._record(ticket, ended, outcome, code, rule, principal_key, subject)
+            self._record(ticket, call, notes, ended, outcome, code, rule, principal_key, subject)
         if trace is not None:
             trace.set(server=call.server if call is not None else None,
                       target=call.exposed if call is not None else None, rule=rule)
@@ -109,12 +109,10 @@ class Accounting:
         if wanted and not events.settled():  # journaled already, the usual case: no wait, not even a coroutine
             await events.durable()
 
-    def _record(self, ticket: Ticket, ended: float, outcome: str, code: int | None, rule: str | None,
-                principal_key: str, subject: str) -> None:
+    def _record(self, ticket: Ticket, call: Any, notes: dict[str, Any], ended: float, outcome: str,
+                code: int | None, rule: str | None, principal_key: str, subject: str) -> None:
         """The request's audit record; only built when something reads it (metrics alone do not)."""
         ctx = ticket.ctx
-        call = ctx.call if ctx is not None else None
-        notes: dict[str, Any] = call.notes if call is not None else {}
         policy = notes.get("policy")
         method = ticket.method
         # The record in two parts (see AuditLog.append): `made` holds what the gateway produced itself

@@ -143,15 +143,20 @@ def engine_for(cfg: GatewayConfig, settings: PolicySettings | None = None, os_gr
     return PolicyEngine(load_bundle(sources_for(settings)), EntityBuilder(cfg.servers, include_os_groups=os_groups))
 
 
+def warn_if_open(settings: PolicySettings, source: str) -> None:
+    """Loud warnings for a policy that lets everything through or enforces nothing (at start and on reload)."""
+    if settings.base == "permit-all":
+        log.warning("POLICY permit-all: every client may call every tool, destructive ones included "
+                    "([policy] base = \"permit-all\" in %s)", source)
+    if settings.mode == "dry-run":
+        log.warning("POLICY dry-run: denials are logged as policy.would-deny and NOT enforced (%s)", source)
+
+
 def from_config(cfg: GatewayConfig) -> PolicyGuard:
     """Never None: with no [policy] table the `standard` policy applies, and default-deny always does."""
     settings = read_settings(cfg)
     engine = engine_for(cfg, settings)
-    if settings.base == "permit-all":
-        log.warning("POLICY permit-all: every client may call every tool, destructive ones included "
-                    "([policy] base = \"permit-all\" in %s)", cfg.source)
-    if settings.mode == "dry-run":
-        log.warning("POLICY dry-run: denials are logged as policy.would-deny and NOT enforced (%s)", cfg.source)
+    warn_if_open(settings, cfg.source)
     log.info("policy %s: base %s, %d rules, %s", engine.policy_hash[:19], settings.base,
              len(engine.bundle.rules), settings.mode)
     return PolicyGuard(engine, settings.mode)

@@ -21,7 +21,7 @@ from pathlib import Path
 from mcpward.audit import events
 from mcpward.gateway import config as config_mod
 from mcpward.gateway.config import ConfigError, GatewayConfig
-from mcpward.policy.guard import PolicyGuard, engine_for
+from mcpward.policy.guard import PolicyGuard, engine_for, warn_if_open
 from mcpward.policy.settings import read_settings
 
 log = logging.getLogger("mcpward.policy")
@@ -44,10 +44,7 @@ def reload_policy(path: Path, running: GatewayConfig, guard: PolicyGuard) -> boo
         log.info("policy reload: unchanged (%s)", old_hash[:19])
         return False
     guard.replace(engine, settings.mode)
-    if settings.base == "permit-all":
-        log.warning("POLICY permit-all: every client may call every tool, destructive ones included (%s)", path)
-    if settings.mode == "dry-run":
-        log.warning("POLICY dry-run: denials are logged as policy.would-deny and NOT enforced (%s)", path)
+    warn_if_open(settings, str(path))
     log.info("policy reloaded: %s -> %s, base %s, %d rules, %s", old_hash[:19], engine.policy_hash[:19],
              settings.base, len(engine.bundle.rules), settings.mode)
     events.record("policy.reloaded", policy_hash=engine.policy_hash, previous=old_hash, mode=settings.mode,

@@ -26,7 +26,7 @@ from mcpward.protocol.headers import encode_value
 from mcpward.protocol.jsonrpc import JsonObj, RequestId
 from mcpward.protocol.versions import META_VERSION
 from mcpward.transport.base import LinkError, MessageLink, SendHints
-from mcpward.transport.lines import PROBE_BYTES, probe_id
+from mcpward.transport.lines import reply_id
 from mcpward.transport.sse import SseLimitError, SseParser
 from mcpward.transport.vetted_dial import PinningUnavailable, dial_refusal, pinned_transport
 
@@ -338,8 +338,7 @@ class HttpLink(MessageLink):
             # The reply to this exchange's request, but unusable (not valid JSON, or neither a result nor an
             # error): answered now, not when the stream ends or the request times out, as on stdio.
             raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-            rid = message.get("id") if message is not None else (
-                probe_id(raw) if raw.startswith(b"{") and b'"jsonrpc"' in raw[:PROBE_BYTES] else None)
+            rid = message.get("id") if message is not None else reply_id(raw)
             if ex.request_id is not None and rid == ex.request_id and not isinstance(rid, bool):
                 self._fail(ex, f"upstream sent an unusable reply ({exc.message})", code=jsonrpc.INTERNAL_ERROR)
             return

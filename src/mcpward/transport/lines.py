@@ -51,6 +51,12 @@ def probe_id(head: bytes) -> str | int | None:
     return int(raw)
 
 
+def reply_id(frame: bytes) -> str | int | None:
+    """The id of a frame that could not be parsed, when it looks like a JSON-RPC message: its request
+    can then be answered with an error now rather than at its timeout."""
+    return probe_id(frame) if frame.startswith(b"{") and b'"jsonrpc"' in frame[:PROBE_BYTES] else None
+
+
 class LineSplitter:
     """Cuts a byte stream into frames. Memory stays bounded: at most one line of
     `max_bytes + 1` bytes plus the chunk being split is ever held."""

@@ -16,7 +16,7 @@ from typing import Protocol, SupportsIndex
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.transport.base import LinkError, MessageLink, SendHints
-from mcpward.transport.lines import PROBE_BYTES, Item, LineSplitter, probe_id
+from mcpward.transport.lines import Item, LineSplitter, reply_id
 
 log = logging.getLogger("mcpward.upstream")
 
@@ -187,24 +187,21 @@ class StdioLink(MessageLink):
             raise LinkError(f"server {self.name!r} is not running")
         data = jsonrpc.encode(message) + b"\n"
         stdin = proc.stdin
-        if not self._queued_writers and not stdin.is_closing() and not stdin.transport.get_write_buffer_size():
-            # The pipe is empty and nobody waits for it, so there is nothing to drain: skip the lock.
-            # A write that leaves data behind makes the next sender wait for the pipe instead.
-            try:
-                stdin.write(data)
-            except (ConnectionError, RuntimeError) as exc:
-                raise LinkError(f"server {self.name!r} closed its input: {exc}") from None
-            return
-        self._queued_writers += 1
         try:
-            async with self._write_lock:
-                try:
+            if not self._queued_writers and not stdin.is_closing() and not stdin.transport.get_write_buffer_size():
+                # The pipe is empty and nobody waits for it, so there is nothing to drain: skip the lock.
+                # A write that leaves data behind makes the next sender wait for the pipe instead.
+                stdin.write(data)
+                return
+            self._queued_writers += 1
+            try:
+                async with self._write_lock:
                     stdin.write(data)
                     await stdin.drain()
-                except (ConnectionError, RuntimeError) as exc:
-                    raise LinkError(f"server {self.name!r} closed its input: {exc}") from None
-        finally:
-            self._queued_writers -= 1
+            finally:
+                self._queued_writers -= 1
+        except (ConnectionError, RuntimeError) as exc:
+            raise LinkError(f"server {self.name!r} closed its input: {exc}") from None
 
     async def _pump_stdout(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -261,7 +258,7 @@ class StdioLink(MessageLink):
             # A reply we cannot parse (e.g. a lone surrogate escape, which Python's json writes) would leave
             # its request waiting for the timeout: when the line looks like JSON-RPC and its id is visible,
             # that request is answered now (a pending id only; any other id is ignored, as for oversized).
-            rid = probe_id(item) if item.startswith(b"{") and b'"jsonrpc"' in item[:PROBE_BYTES] else None
+            rid = reply_id(item)
             if rid is not None:
                 self.on_message(jsonrpc.gateway_error(
                     rid, jsonrpc.INTERNAL_ERROR, f"server {self.name!r} sent a reply that is not valid JSON "
