@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mcpward.guards.path_screen import PathScreen, decode, load_patterns, normalise
+from mcpward.guards.path_screen import PathScreen, decode, file_url_paths, load_patterns, normalise
 from tests.test_arguments_guard import guard, rule_of
 
 SCREEN = PathScreen()
@@ -117,3 +117,62 @@ def test_normalise_agrees_with_normpath_on_every_short_path() -> None:
             if path.startswith("//"):
                 expected = "/" + expected.lstrip("/")
             assert normalise(raw) == expected, raw
+
+
+# ---------------------------------------------------------------- file: URLs (RFC 8089 and lenient spellings)
+
+@pytest.mark.parametrize("value", [
+    "file:/etc/hostname", "file:///etc/hostname", "file://localhost/etc/hostname", "file://LOCALHOST/proc/1/cmdline",
+    "file:/proc/1/cmdline", "file://localhost/proc/1/cmdline", "file://localhost/var/lib/x.db", "file:/sys/kernel/x",
+    "FILE:/etc/hostname", "FiLe:///etc/hostname", " file:/etc/hostname", "fi\tle:/etc/hostname",
+    "\x01file:/etc/hostname\n", "file:\\etc\\hostname", "file:\\\\localhost\\etc\\hostname",
+    "file://127.0.0.1/etc/hostname", "file://[::1]/etc/hostname", "file://evil.example/etc/hostname",
+    "file://localhost:80/etc/hostname", "file:/etc/hostname#x", "file:/etc/hostname?x=1", "file:%2Fetc%2Fhostname",
+    "file%3a//localhost/etc/hostname", "file://c:/windows/win.ini", "file:///c|/windows/win.ini",
+])
+def test_every_file_url_spelling_is_judged_as_its_path(value: str) -> None:
+    found = SCREEN.check(value)
+    assert found is not None and found.rule == "args.path.sensitive", (value, found)
+
+
+def test_file_url_readings() -> None:
+    assert file_url_paths("file:/p/x") == ["/p/x"]
+    assert file_url_paths("file:///p/x") == ["/p/x"]
+    assert file_url_paths("file://localhost/p/x") == ["/p/x"]
+    assert file_url_paths("file://host/share/x") == ["//host/share/x", "/share/x"]
+    assert file_url_paths("file:////host/share/x") == ["//host/share/x"]
+    assert file_url_paths("file:/p/x#frag") == ["/p/x#frag", "/p/x"]
+    assert file_url_paths("file://C:/x") == ["C:/x"]
+    assert file_url_paths("file:notes.txt") == ["notes.txt"]
+    assert file_url_paths("/p/file:x") == [] and file_url_paths("c:/x") == [] and file_url_paths("notes") == []
+
+
+def test_file_urls_and_roots() -> None:
+    roots = ("/srv/data",)
+    for inside in ("file:/srv/data/a.txt", "file:///srv/data/a.txt", "file://localhost/srv/data/a.txt",
+                   "FILE://127.0.0.1/srv/data/a.txt", "file:/srv/data/a.txt#page=2", "file:notes.txt"):
+        assert SCREEN.check(inside, roots) is None, inside
+    for outside in ("file:/tmp/x", "file://localhost/tmp/x", "file:///tmp/x", "file://server/share/x",
+                    "file://server/srv/data/x", "file:////server/srv/data/x", " file:/tmp/x"):
+        found = SCREEN.check(outside, roots)
+        assert found is not None and found.rule == "args.path.outside-roots", (outside, found)
+
+
+async def test_guard_file_urls_and_parser_noise_in_schemes() -> None:
+    g = guard()
+    assert await rule_of(g, {"path": "file:/etc/hostname"}) == "args.path.sensitive"
+    assert await rule_of(g, {"path": "file://localhost/proc/1/cmdline"}) == "args.path.sensitive"
+    assert await rule_of(guard(roots=("/srv/data",)), {"path": "file:/tmp/x"}) == "args.path.outside-roots"
+    # A URL parser drops tab/newline inside a scheme: these are php:// and http:// to it.
+    assert await rule_of(g, {"path": "ph\tp://filter/resource=index"}) == "args.url.scheme"
+    assert await rule_of(g, {"path": "ht\ttp://169.254.169.254/latest"}) == "args.url.non-public"
+    assert await rule_of(g, {"path": "file:/srv/data/report.pdf"}) is None
+
+
+async def test_guard_a_percent_encoded_url_in_a_path_is_screened_as_a_url() -> None:
+    # A tool that percent-decodes its path and then fetches it reaches the decoded URL.
+    g = guard()
+    assert await rule_of(g, {"path": "http%3a//169.254.169.254/latest"}) == "args.url.non-public"
+    assert await rule_of(g, {"path": "http%3A%2F%2F127.0.0.1%2Fadmin"}) == "args.url.non-public"
+    assert await rule_of(g, {"path": "https%3a//docs.example.com/a.csv"}) is None
+    assert await rule_of(g, {"path": "reports/q3%20summary.pdf"}) is None

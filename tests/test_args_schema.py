@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from mcpward.guards.schema_check import SchemaCache, deny_additional
 from tests.test_arguments_guard import guard, refusal, rule_of
 from tests.tripwire import tripwire
@@ -122,3 +124,36 @@ async def test_a_tool_never_listed_gets_generic_checks_only() -> None:
     g = guard()
     assert await rule_of(g, {"anything": 1, "n": "not an int"}, definition=None) is None
     assert await rule_of(g, {"n": "x"}, definition={"name": "tool"}) is None  # a definition without inputSchema
+
+
+SECRET = "Zq8vN3kLpW7xR2mT9yHs"
+
+
+@pytest.mark.parametrize(("prop", "value", "expected"), [
+    ("n", SECRET, 'arguments.n: fails the schema keyword "type": expected type "integer"'),
+    ("e", SECRET, 'arguments.e: fails the schema keyword "enum": expected one of "a" or "b"'),
+    ("p", SECRET, 'arguments.p: fails the schema keyword "pattern": must match the pattern "^[a-z]+$"'),
+    ("c", SECRET, 'arguments.c: fails the schema keyword "const": expected "fixed"'),
+    ("m", SECRET, 'arguments.m: fails the schema keyword "maxLength": is longer than 4 characters'),
+    ("u", [SECRET, SECRET], 'arguments.u: fails the schema keyword "uniqueItems"'),
+    ("r", SECRET, 'arguments.r: fails the schema keyword "type": expected type "boolean"'),
+    ("o", {"k": SECRET}, 'arguments.o.k: fails the schema keyword "type": expected type "integer"'),
+])
+async def test_mismatch_names_keyword_and_expectation_never_the_value(prop: str, value: Any, expected: str) -> None:
+    schema = {"type": "object", "$defs": {"flag": {"type": "boolean"}}, "properties": {
+        "n": {"type": "integer"}, "e": {"enum": ["a", "b"]}, "p": {"type": "string", "pattern": "^[a-z]+$"},
+        "c": {"const": "fixed"}, "m": {"maxLength": 4}, "u": {"type": "array", "uniqueItems": True},
+        "r": {"$ref": "#/$defs/flag"}, "o": {"type": "object", "additionalProperties": {"type": "integer"}}}}
+    found = await refusal(guard(), {prop: value}, definition=d(schema))
+    assert found is not None and found.rule == "args.schema.mismatch"
+    assert found.message == expected and SECRET not in found.message
+
+
+async def test_mismatch_for_missing_and_extra_properties() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+              "additionalProperties": False}
+    found = await refusal(guard(), {"b": SECRET}, definition=d(schema))
+    assert found is not None and SECRET not in found.message
+    assert found.message in ('arguments: fails the schema keyword "required": is missing the required property "a"',
+                             'arguments: fails the schema keyword "additionalProperties": has properties the '
+                             'schema does not allow: "b"')

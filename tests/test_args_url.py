@@ -122,6 +122,17 @@ async def test_dangerous_schemes_refused(url: str) -> None:
     assert found is not None and found.rule == "args.url.scheme", found
 
 
+@pytest.mark.parametrize(("url", "rule"), [
+    ("ph\tp://filter/resource=index.php", "args.url.scheme"), ("gopher\n://127.0.0.1:25/_", "args.url.scheme"),
+    ("fi\r\nle:///etc/passwd", "args.url.scheme"), ("ht\ttp://169.254.169.254/latest", "args.url.non-public"),
+    ("\x00 http://10.0.0.1/", "args.url.non-public"), ("http://127.0.\t0.1/", "args.url.non-public"),
+])
+async def test_a_url_is_read_as_url_parsers_read_it(url: str, rule: str) -> None:
+    # WHATWG parsers (and Python's urllib) drop tab and newlines anywhere and controls at the ends.
+    found = await screen().check(url)
+    assert found is not None and found.rule == rule, found
+
+
 async def test_opaque_schemes_pass_but_their_literal_hosts_and_embedded_urls_are_checked() -> None:
     # MCP resource URIs use schemes of their own; they are not fetched over the network by name.
     assert await screen().check("test://static/resource/1") is None

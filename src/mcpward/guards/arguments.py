@@ -32,6 +32,7 @@ from mcpward.guards.base import Call, Guard, Refusal
 from mcpward.guards.command_screen import CommandScreen
 from mcpward.guards.param_kinds import kind_from_description, kind_from_name
 from mcpward.guards.path_screen import PathScreen, url_scheme
+from mcpward.guards.path_screen import decode as decode_path
 from mcpward.guards.schema_check import CompiledTool, SchemaCache
 from mcpward.guards.text_screen import BacktickScreen, clean_fast, screen_characters
 from mcpward.guards.url_screen import Resolver, UrlScreen, static_resolver
@@ -148,7 +149,10 @@ class ArgumentGuard(Guard):
                 if scheme in ("http", "https"):  # some file tools read URLs too: then it is a URL
                     finding = await self.urls.check(value, s.allow_private_for(call.server))
                 else:
-                    finding = self._path(value, scheme, call.server)
+                    if "%" in value and url_scheme(decoded := decode_path(value)) in ("http", "https"):
+                        # `http%3a//169.254.169.254/`: a tool that decodes its path fetches this URL
+                        finding = await self.urls.check(decoded, s.allow_private_for(call.server))
+                    finding = finding or self._path(value, scheme, call.server)
             elif kind == "url":
                 finding = await self.urls.check(value, s.allow_private_for(call.server))
             elif kind == "command":

@@ -15,6 +15,12 @@ A base64-looking value that decodes to text is checked again as that text (LFI f
 A `scheme://` value in a path parameter is the guard's business, not this module's: http(s)
 goes to the URL screen, `file://` is a path, anything else (php://, zip://...) is refused.
 
+A `file:` URL is checked as every path a server might open for it (`file_url_paths`): RFC 8089's
+`file:/p`, `file:///p`, `file://localhost/p`, any case of the scheme, backslashes for slashes,
+tab/newline inside and spaces or controls around it (URL parsers drop them), a query or fragment
+cut off or kept. A host other than the local machine is a UNC share (`//host/p`), and is also
+checked as `/p` (a server that ignores the host opens that). Any of them refused: refused.
+
 The guard sees strings, not the server's file system: a symlink inside a root that points out
 of it is the sandbox's business (it mounts only the roots).
 """
@@ -35,6 +41,7 @@ import re2  # type: ignore[import-untyped]
 
 from mcpward.guards.arg_types import Finding
 from mcpward.guards.redactor import bytes_search
+from mcpward.guards.url_screen import as_parsed
 
 _PERCENT_U = re.compile(r"%u([0-9a-fA-F]{4})")
 _HEX_SPELLED = re.compile(r"0x(2e|2f|5c)", re.IGNORECASE)
@@ -47,6 +54,8 @@ _BASE64 = re.compile(r"^[A-Za-z0-9+/]{8,}={0,2}$")
 _DRIVE = re.compile(r"^[a-zA-Z]:/")
 _SLASH_DRIVE = re.compile(r"^/?([a-zA-Z]):/?")  # `/C:\x`, `c:x` (drive-relative) -> `c:/x`
 _URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
+_LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "[::1]", "::1"})
+_DRIVE_HOST = re.compile(r"^[a-zA-Z][:|]$")  # `file://c:/x`, and the old `file://c|/x`
 
 
 def _overlong(match: re.Match[bytes]) -> bytes:
@@ -74,11 +83,43 @@ def decode(value: str, rounds: int = 4) -> str:
     return unicodedata.normalize("NFKC", current).translate(_LOOKALIKE_SLASHES)
 
 
+def file_url_paths(decoded: str) -> list[str]:
+    """The paths a server might open for a `file:` URL (forward slashes, not yet normalised), or []
+    when `decoded` is not one. Lenient readings are included on purpose: the caller refuses the value
+    if any of them is refused, so a server that parses more loosely than RFC 8089 gains nothing."""
+    url = as_parsed(decoded.replace("\\", "/"))
+    if url[:5].lower() != "file:":
+        return []
+    rest = url[5:]
+    readings = [rest]
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=-1)
+    if cut >= 0:  # a URL parser drops the query and fragment; a naive server keeps them in the name
+        readings.append(rest[:cut])
+    paths: list[str] = []
+    for reading in readings:
+        if reading.startswith("//") and not reading.startswith("///"):
+            host, slash, tail = reading[2:].partition("/")
+            tail = slash + tail or "/"
+            if host.lower() in _LOCAL_HOSTS:
+                paths.append(tail)
+            elif _DRIVE_HOST.match(host):
+                paths.append(host[0] + ":" + tail)
+            else:  # a share on another host, or (a server ignoring the host) a local path
+                paths.extend(("//" + host + tail, tail))
+        elif reading.startswith("///"):
+            paths.append(reading[2:])  # `file:///p` is `/p`; `file:////host/share` is a UNC path
+        else:
+            paths.append(reading)  # `file:/p`, and the relative `file:p` some servers accept
+    # `/c|/x` is an old spelling of the drive `c:`
+    return [p[:2] + ":" + p[3:] if p[:1] == "/" and p[2:3] == "|" and p[1:2].isalpha() else p for p in paths]
+
+
 def normalise(decoded: str) -> str:
-    """Forward slashes, no `.` segments, no doubled slashes, `file://` dropped (case kept)."""
+    """Forward slashes, no `.` segments, no doubled slashes (case kept). A `file:` URL becomes its
+    path (the first reading of `file_url_paths`; `PathScreen.check` judges every reading)."""
     path = decoded.replace("\\", "/").strip()
-    if path[:7].lower() == "file://":
-        path = path[7:]
+    if ":" in path and (readings := file_url_paths(path)):
+        path = readings[0].strip()
     if not path:
         return path
     if "//" not in path and "/." not in path and path[0] != "." and path[-1] != "/":
@@ -112,9 +153,10 @@ def default_patterns() -> list[str]:
 
 def url_scheme(value: str) -> str | None:
     """The scheme of a `scheme://...` value (a URL or a stream wrapper such as php://), else None."""
-    if "://" not in value:  # the pattern cannot match without it (the common case: a plain path)
+    if ":" not in value:  # the pattern cannot match without one (the common case: a plain path)
         return None
-    match = _URL_SCHEME.match(value.strip())
+    # As a URL parser reads it: `ph\tp://` is `php://` to a WHATWG parser, so it is routed as one.
+    match = _URL_SCHEME.match(as_parsed(value))
     return match.group(1).lower() if match else None
 
 
@@ -190,13 +232,21 @@ class PathScreen:
         found = self.traversal(value, decoded)
         if found:
             return found
-        normalised = normalise(decoded)
-        found = self.sensitive(normalised) or self.outside_roots(normalised, roots)
+        found = self._judge(normalise(decoded), roots)
+        if found is None and ":" in decoded:
+            # A `file:` URL: `normalise` gave its first reading; the others must pass too.
+            for reading in file_url_paths(decoded)[1:]:
+                found = self._judge(normalise(reading), roots)
+                if found is not None:
+                    break
         if found is None and (inner := self.unbase64(value)) is not None:
             found = self.check(inner, roots)
             if found is not None:
                 return Finding(found.rule, f"is base64 for a path that {found.message}")
         return found
+
+    def _judge(self, normalised: str, roots: tuple[str, ...]) -> Finding | None:
+        return self.sensitive(normalised) or self.outside_roots(normalised, roots)
 
 
 def is_absolute(path: str) -> bool:

@@ -28,6 +28,8 @@ from typing import Any
 
 import re2  # type: ignore[import-untyped]
 
+from mcpward.guards import invisible
+
 log = logging.getLogger("mcpward.guards.redactor")
 
 # (data, match_start, match_end, span_start, span_end) -> the span to report, or None to reject.
@@ -415,10 +417,10 @@ def encode(text: str) -> bytes:
 
 # ------------------------------------------------------------------------------------------ neutralising
 
-# Characters a reader cannot see: zero-width, bidi controls, word joiners, the BOM, soft hyphen,
-# Hangul fillers, Unicode tags (ASCII smuggling) and supplementary variation selectors (data smuggling).
-_INVISIBLE = ("\u00ad\u061c\u115f\u1160\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-              "\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\u3164\ufeff\ufff9\ufffa\ufffb")
+# Characters a reader cannot see: one definition shared with the argument guard (guards/invisible.py),
+# which refuses in arguments what is stripped here. Its two blocks (tags U+E0000-E007F, supplementary
+# variation selectors U+E0100-E01EF: invisible.RANGES) are the ranges written out below.
+_INVISIBLE = invisible.BIDI + invisible.SINGLES
 _REPLACE: dict[int, str] = {ord(ch): "" for ch in _INVISIBLE}
 _REPLACE.update({c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)})  # ESC becomes ␛
 _REPLACE[0x7F] = "\u2421"  # ␡

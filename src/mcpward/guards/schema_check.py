@@ -160,8 +160,65 @@ class SchemaCache:
         if compiled.validator.is_valid(arguments):  # the common case: no error objects to build
             return None
         for error in compiled.validator.iter_errors(arguments):
-            return Finding("args.schema.mismatch", f"{where(error.instance_path)}: {str(error.message)[:200]}")
+            return Finding("args.schema.mismatch", mismatch_message(error))
         return None
+
+
+# What each failed keyword expected, taken from the schema's side of the error (never the instance).
+# jsonschema-rs's own message quotes the argument value ("secret" does not match ...), so it is not used.
+_EXPECTED: dict[str, tuple[str, str]] = {
+    "Type": ("types", "expected type {}"),
+    "Enum": ("options", "expected one of {}"),
+    "Constant": ("expected_value", "expected {}"),
+    "Pattern": ("pattern", "must match the pattern {}"),
+    "Format": ("format", "must have the format {}"),
+    "MaxLength": ("limit", "is longer than {} characters"),
+    "MinLength": ("limit", "is shorter than {} characters"),
+    "Maximum": ("limit", "is above the maximum {}"),
+    "Minimum": ("limit", "is below the minimum {}"),
+    "ExclusiveMaximum": ("limit", "is not below {}"),
+    "ExclusiveMinimum": ("limit", "is not above {}"),
+    "MultipleOf": ("multiple_of", "is not a multiple of {}"),
+    "MaxItems": ("limit", "has more than {} items"),
+    "MinItems": ("limit", "has fewer than {} items"),
+    "MaxProperties": ("limit", "has more than {} properties"),
+    "MinProperties": ("limit", "has fewer than {} properties"),
+    "AdditionalItems": ("limit", "has more than the {} items the schema lists"),
+    "Required": ("property", "is missing the required property {}"),
+    "ContentEncoding": ("content_encoding", "is not in the content encoding {}"),
+    "ContentMediaType": ("content_media_type", "is not of the media type {}"),
+    # Property names are part of the path a refusal names anyway (`arguments.opts.name`); not values.
+    "AdditionalProperties": ("unexpected", "has properties the schema does not allow: {}"),
+    "UnevaluatedProperties": ("unexpected", "has properties the schema does not allow: {}"),
+}
+
+
+def _schema_text(value: Any) -> str:
+    """A schema-side value as short JSON (a tool's schema can be long; the message stays readable)."""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) and len(value) <= 8:
+        text = " or ".join(json.dumps(v) for v in value)
+    else:
+        try:
+            text = json.dumps(value, default=str, ensure_ascii=False)
+        except (TypeError, ValueError):
+            text = type(value).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def mismatch_message(error: Any) -> str:
+    """`arguments.p: fails "pattern": must match the pattern "^[a-z]+$"`: the path, the failed
+    keyword and what the schema expects, never the argument's value (the audit and the client see this)."""
+    place = where(error.instance_path)
+    keyword = next((part for part in reversed(list(error.schema_path)) if isinstance(part, str)), "schema")
+    kind = error.kind
+    expected = _EXPECTED.get(type(kind).__name__)
+    detail = ""
+    if expected is not None:
+        attribute, template = expected
+        value = getattr(kind, attribute, None)
+        if value is not None:
+            detail = ": " + template.format(_schema_text(value))
+    return f"{place}: fails the schema keyword {json.dumps(keyword)[:80]}{detail}"
 
 
 def _invalid(exc: BaseException) -> Finding:

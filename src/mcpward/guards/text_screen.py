@@ -1,8 +1,11 @@
 """Characters no argument needs: direction overrides, invisible characters, controls, backtick runs.
 
 Bidi overrides and isolates reorder what a person reviewing a call sees ("Trojan Source");
-zero-width and tag characters smuggle text past a reader (tags U+E0000-E007F spell ASCII
-invisibly); C0/C1 controls carry terminal escapes and log forgery. One precompiled character
+zero-width, filler and tag characters smuggle text past a reader (tags U+E0000-E007F spell ASCII
+invisibly, supplementary variation selectors hide one byte each); C0/C1 controls carry terminal
+escapes and log forgery. Which characters count as invisible is `guards/invisible.py`, the set the
+output guard strips, so what is removed from results is also refused in arguments (the variation
+selectors U+FE00-FE0F are not in it: U+FE0F is part of ordinary emoji). One precompiled character
 class finds any of them, so a clean string costs one regex scan.
 
 Two legitimate uses of joiners stay allowed: ZWJ/ZWNJ between two non-Latin letters (Persian,
@@ -15,10 +18,11 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from mcpward.guards import invisible
 from mcpward.guards.arg_types import Finding
 
-_BIDI = r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-_INVISIBLE = r"\u180e\u200b-\u200d\u2060-\u2064\ufeff\U000e0000-\U000e007f"
+_BIDI = invisible.class_body(map(ord, invisible.BIDI))
+_INVISIBLE = invisible.CLASS
 # C0 except tab/newline/CR, DEL, C1, and lone surrogates (not text at all; JSON can carry them).
 _CONTROL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff"
 _ANY = re.compile(f"[{_BIDI}{_INVISIBLE}{_CONTROL}]")
@@ -47,18 +51,24 @@ def _joiner_ok(value: str, i: int) -> bool:
 
 
 _ASCII_OK = bytes(b for b in range(128) if b in (9, 10, 13) or 32 <= b < 127)
+# The invisible characters Python calls printable (Hangul fillers are letters, the CGJ, the Khmer
+# inherent vowels and the supplementary variation selectors are marks): `isprintable` misses them.
+_PRINTABLE_INVISIBLE = re.compile(
+    "[" + invisible.class_body(code for code in invisible.codes() if chr(code).isprintable()) + "]")
 
 
 def clean_fast(value: str) -> bool:
-    """True when `value` certainly has no forbidden character (C-speed checks, no regex).
+    """True when `value` certainly has no forbidden character (C-speed checks, at most one regex scan).
 
-    Every forbidden character is non-printable (Cc, Cf, Cs), so printable text is clean; ASCII text
-    is checked byte-wise. False means "look closer", not "refused" (a tab or NBSP is non-printable)."""
+    Forbidden characters are non-printable (Cc, Cf, Cs) except the few invisible ones Python counts as
+    printable, which one small character class finds; ASCII text is checked byte-wise. False means
+    "look closer", not "refused" (a tab or NBSP is non-printable)."""
     if len(value) < 128 and value.isprintable():  # short values: one C loop, no copy
-        return True
+        return value.isascii() or _PRINTABLE_INVISIBLE.search(value) is None
     if value.isascii():
         return not value.encode("ascii").translate(None, _ASCII_OK)
-    return value.replace("\n", " ").replace("\t", " ").replace("\r", " ").isprintable()
+    return (value.replace("\n", " ").replace("\t", " ").replace("\r", " ").isprintable()
+            and _PRINTABLE_INVISIBLE.search(value) is None)
 
 
 def screen_characters(value: str) -> Finding | None:

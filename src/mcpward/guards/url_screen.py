@@ -101,6 +101,17 @@ def system_resolver() -> Resolver:
     return resolve
 
 
+# What URL parsers drop (WHATWG, and Python's urllib since 3.9): tab and newlines anywhere, C0
+# controls and spaces at either end. `ph\tp://x` is `php://x` to them, so it must be to us.
+_INNER_NOISE = str.maketrans("", "", "\t\n\r")
+_EDGE_NOISE = "".join(chr(c) for c in range(0x21))
+
+
+def as_parsed(value: str) -> str:
+    """`value` as a URL parser reads it (see _INNER_NOISE)."""
+    return value.translate(_INNER_NOISE).strip(_EDGE_NOISE)
+
+
 def _scheme(value: str) -> str | None:
     match = _SCHEME.match(value)
     return match.group(1).lower() if match else None
@@ -161,7 +172,7 @@ class UrlScreen:
 
     async def check(self, value: str, allow_private: bool | None = None) -> Finding | None:
         allow = self.allow_private if allow_private is None else allow_private
-        value = value.strip()
+        value = as_parsed(value).strip()
         if not value:
             return None
         names: set[str] = set()
