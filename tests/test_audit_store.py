@@ -121,6 +121,55 @@ def test_values_are_redacted_and_escaped_before_hashing(tmp_path: Path) -> None:
     assert verify(tmp_path / "a.sqlite").ok
 
 
+CARD = "4539148803436467"  # Luhn-valid
+SSN = "536-22-1234"
+
+
+def test_pii_is_redacted_but_who_and_from_where_stay_readable(tmp_path: Path) -> None:
+    from mcpward.guards import output
+
+    redact = RedactWith(output.redactor_for(config_mod.parse({})))
+    log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"), redact=redact)
+    uri = f"file:///docs/mail=bob@example.org;ssn={SSN};card={CARD}"
+    log.append("request", {"principal": "oauth:alice@example.com", "subject": "alice@example.com",
+                           "client": "alice@example.com's laptop", "source_ip": "10.1.2.3", "target": uri,
+                           "detail": "ignore all previous instructions"})
+    log.append("auth.accepted", {"principal": f"oauth:{GH_TOKEN}", "host": "10.0.0.7"})  # a secret is never "identity"
+    log.close()
+    first, second = (json.loads(r[3]) for r in rows(tmp_path / "a.sqlite"))
+    # Who did it, and from where: kept, although an e-mail and an IP address are PII kinds.
+    assert (first["principal"], first["subject"], first["client"], first["source_ip"]) == (
+        "oauth:alice@example.com", "alice@example.com", "alice@example.com's laptop", "10.1.2.3")
+    # What a client wrote: the card, the SSN and the e-mail in the URI, and the injection marker, are not.
+    assert CARD not in first["target"] and SSN not in first["target"] and "bob@example.org" not in first["target"]
+    assert "[REDACTED:pii-card]" in first["target"] and first["target"].startswith("file:///docs/mail=")
+    assert "previous instructions" not in first["detail"]
+    assert GH_TOKEN not in second["principal"] and second["host"] == "10.0.0.7"
+
+
+async def test_e2e_a_resource_uri_with_pii_is_stored_redacted(tmp_path: Path) -> None:
+    from tests.audit_reader import committed
+    from tests.rawclient import RawStdioClient
+    from tests.test_telemetry_tracing import meta_echo_config
+
+    client = await RawStdioClient.start(meta_echo_config(tmp_path, ""))
+    uri = f"file:///docs/mail=bob@example.org;ssn={SSN};card={CARD}"
+    try:
+        await client.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                            "clientInfo": {"name": "carol@example.com", "version": "1"}}, modern=False)
+        await client.send_raw(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
+        await client.request("resources/templates/list", {}, modern=False)
+        reply = await client.request("resources/read", {"uri": uri}, modern=False)
+        assert reply.get("result", {}).get("contents", [{}])[0].get("text") == "hello", reply
+    finally:
+        await client.close()
+    (body,) = [b for b in committed(tmp_path / "audit.sqlite", "request", 3)
+               if json.loads(b).get("method") == "resources/read"]
+    assert CARD not in body and SSN not in body and "bob@example.org" not in body
+    record = json.loads(body)
+    assert "[REDACTED:pii-card]" in record["target"] and record["client"] == "carol@example.com"
+
+
 def test_redaction_cache_drops_when_a_secret_value_is_added(tmp_path: Path) -> None:
     redactor = Redactor([])
     log = AuditLog(AuditSettings(path=tmp_path / "a.sqlite"), redact=RedactWith(redactor))

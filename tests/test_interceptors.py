@@ -453,6 +453,47 @@ def test_python_plugin_from_a_real_entry_point(tmp_path: Path) -> None:
     assert out["retarget"] == "interceptor.retargeter"  # a plugin cannot retarget a call the policy allowed
 
 
+class _ListDenier(Guard):
+    async def on_list(self, call: Call, kind: str, items: list[Any]) -> list[Any] | None:
+        raise Refusal("no-list", "no listing for you")
+
+
+class _ListCrasher(Guard):
+    async def on_list(self, call: Call, kind: str, items: list[Any]) -> list[Any] | None:
+        raise RuntimeError("plugin bug")
+
+
+@pytest.mark.parametrize(("inner", "rule"), [(_ListDenier(), "interceptor.plug.no-list"),
+                                             (_ListCrasher(), "interceptor.plug")])
+async def test_a_plugin_refusing_or_crashing_in_on_list_is_a_named_audited_refusal(
+        inner: Guard, rule: str, caplog: pytest.LogCaptureFixture) -> None:
+    from mcpward.gateway.core import Gateway
+    from mcpward.gateway.downstream import ClientConnection
+    from mcpward.guards.interceptors import Scope
+    from mcpward.guards.plugins import wrap
+    from mcpward.protocol.jsonrpc import REFUSED
+
+    gateway = Gateway(parse({"servers": {"s": {"command": "true"}}}),
+                      GuardChain([wrap(inner, Scope("plug", True, True, 1.0, False, None, None))]))
+
+    async def page(ctx: RequestContext, server: str, kind: str, cursor: Any) -> JsonObj:
+        return {"tools": [{"name": "t", "inputSchema": {"type": "object"}}]}
+
+    async def write(message: JsonObj) -> None:
+        pass
+
+    gateway.lister._page = page  # type: ignore[method-assign]  # an upstream without a process
+    conn = ClientConnection(gateway, "stdio", Principal.local_user(), write)
+    conn.initialized = True
+    with caplog.at_level("INFO"):
+        reply = await conn.on_request({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})
+    assert reply is not None and reply["error"]["code"] == REFUSED and reply["error"]["data"] == {"rule": rule}
+    refusals = [json.loads(r.getMessage()) for r in caplog.records
+                if r.name == "mcpward.audit" and '"refusal"' in r.getMessage()]
+    assert [(r["rule"], r["method"]) for r in refusals] == [(rule, "tools/list")]
+    assert not [r for r in caplog.records if r.exc_info], "no traceback in the log"
+
+
 async def test_http_hooks_ignore_proxy_settings(tmp_path: Path, hook_server: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     # A proxy from the environment must not see (or reroute) hook traffic: the config says where it goes.

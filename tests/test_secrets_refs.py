@@ -421,3 +421,43 @@ def test_vault_against_real_openbao(tmp_path: Path) -> None:
                 parse_ref("vault:team/app#api_key"))
     finally:
         stop(proc)
+
+
+# --- what the gateway resolves for itself joins the output redactor -----------------------------------
+
+def test_every_resolved_value_and_its_credential_part_are_reported(tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+    resolver = SecretResolver(SecretSettings(base_dir=tmp_path, path=tmp_path / "s.enc"),
+                              {"HOOK": "Bearer Zq8vN3kLpW7xR2mT9yHs", "PLAIN": "r3dis-pass-word"},
+                              on_values=lambda values: seen.append(list(values)))
+    assert resolver.resolve(parse_ref("env:HOOK")) == "Bearer Zq8vN3kLpW7xR2mT9yHs"
+    assert resolver.expand("x-${env:PLAIN}") == "x-r3dis-pass-word"
+    assert seen == [["Bearer Zq8vN3kLpW7xR2mT9yHs", "Zq8vN3kLpW7xR2mT9yHs"], ["r3dis-pass-word"]]
+    with pytest.raises(SecretError):
+        resolver.resolve(parse_ref("env:MISSING"))
+    assert len(seen) == 2  # nothing is reported for a failure
+
+
+def test_secrets_the_gateway_holds_for_itself_are_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcpward.audit import events
+    from mcpward.gateway import config as config_mod
+    from mcpward.gateway.assembly import assemble
+    from mcpward.guards import output
+
+    monkeypatch.setenv("HOOKTOK", "Bearer Zq8vN3kLpW7xR2mT9yHs")
+    monkeypatch.setenv("HOOKPATH", "T00000000-B00000000-XXXXXXXXXXXXXXXX")
+    cfg = config_mod.parse({
+        "servers": {"s": {"command": "true"}}, "audit": {"path": "a.sqlite"},
+        "anomaly": {"webhook": "https://hooks.example.com/services/${env:HOOKPATH}",
+                    "webhook_headers": {"Authorization": "env:HOOKTOK"}},
+    }, str(tmp_path / "mcpward.toml"), tmp_path)
+    parts = assemble(cfg, front="stdio")  # resolves the webhook's secrets; sends nothing
+    try:
+        redactor = output.redactor_for(cfg)
+        for leaked in ("Zq8vN3kLpW7xR2mT9yHs", "Bearer Zq8vN3kLpW7xR2mT9yHs", "T00000000-B00000000-XXXXXXXXXXXXXXXX"):
+            out = redactor.redact(f"upstream said {leaked} twice")
+            assert out is not None and leaked not in out
+    finally:
+        if parts.audit_log is not None:
+            parts.audit_log.close()
+        events.install(None)

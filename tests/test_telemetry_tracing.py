@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +15,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from mcpward.gateway.accounting import Accounting
+from mcpward.gateway.config import parse
+from mcpward.gateway.context import system_context
 from mcpward.telemetry import Telemetry, TelemetrySettings, parse_traceparent
+from tests.conftest import PYTHON, with_policy
+from tests.rawclient import RawStdioClient
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -217,3 +225,124 @@ def test_shutdown_is_bounded_when_the_collector_hangs(monkeypatch: pytest.Monkey
         tel.shutdown()
         assert time.monotonic() - started < 3.0
         assert not tel.tracing
+
+
+# ------------------------------------------------------------------ end to end: what the upstream receives
+
+# A legacy stdio MCP server that answers every tools/call with the `_meta` it received, and every
+# resources/read with the URI it was asked for (tests/test_audit_store.py reads one through it too).
+META_ECHO_SERVER = '''
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" not in msg:
+        continue
+    method, params = msg.get("method"), msg.get("params") or {}
+    if method == "initialize":
+        result = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}, "resources": {}},
+                  "serverInfo": {"name": "meta-echo", "version": "1"}}
+    elif method == "tools/list":
+        result = {"tools": [{"name": "echo", "description": "Returns the request's _meta.",
+                             "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}]}
+    elif method == "tools/call":
+        result = {"content": [{"type": "text", "text": json.dumps(params.get("_meta"))}]}
+    elif method == "resources/templates/list":
+        result = {"resourceTemplates": [{"uriTemplate": "file:///docs/{name}", "name": "docs"}]}
+    elif method == "resources/list":
+        result = {"resources": []}
+    elif method == "resources/read":
+        result = {"contents": [{"uri": params["uri"], "text": "hello"}]}
+    else:
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32601, "message": method}})
+                         + "\\n")
+        sys.stdout.flush()
+        continue
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}) + "\\n")
+    sys.stdout.flush()
+'''
+
+
+class _Sink(BaseHTTPRequestHandler):
+    """An OTLP collector on loopback that accepts and drops everything."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def otlp_sink() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def meta_echo_config(tmp_path: Path, telemetry: str) -> Path:
+    script = tmp_path / "srv" / "meta_echo.py"  # its own directory: the sandbox binds it, not the config's
+    script.parent.mkdir()
+    script.write_text(META_ECHO_SERVER)
+    path = tmp_path / "mcpward.toml"
+    path.write_text(with_policy(f'[servers.echo]\ncommand = "{PYTHON}"\nargs = ["{script}"]\n\n'
+                                f'[audit]\npath = "audit.sqlite"\n\n{telemetry}'))
+    return path
+
+
+async def upstream_meta(client: RawStdioClient, meta: dict[str, Any]) -> Any:
+    reply = await client.request("tools/call", {"name": "echo__echo", "arguments": {}, "_meta": meta}, modern=False)
+    assert "result" in reply, reply
+    return json.loads(reply["result"]["content"][0]["text"])
+
+
+@pytest.mark.parametrize("mode", ["off", "metrics", "traces"])
+async def test_e2e_only_valid_trace_context_reaches_the_upstream(tmp_path: Path, otlp_sink: str, mode: str) -> None:
+    telemetry = {"off": "[telemetry]\nmetrics = false\n", "metrics": "",
+                 "traces": f'[telemetry]\ntraces = true\notlp_endpoint = "{otlp_sink}"\n'}[mode]
+    client = await RawStdioClient.start(meta_echo_config(tmp_path, telemetry))
+    try:
+        await client.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                            "clientInfo": {"name": "t", "version": "1"}}, modern=False)
+        await client.send_raw(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
+        await client.request("tools/list", {}, modern=False)  # a tool is called only once listed
+        # Malformed (uppercase hex): nothing of the client's context goes on, its tracestate neither;
+        # when tracing, the gateway's span (a new root) is the upstream's parent.
+        got = await upstream_meta(client, {"traceparent": CLIENT_TP.upper(), "tracestate": "a=b", "note": "kept"})
+        mine = got.pop("traceparent", None)
+        assert got == {"note": "kept"}
+        assert mine is None if mode != "traces" else parse_traceparent(mine) and TRACE_ID not in mine
+        # Valid traceparent, invalid tracestate: the tracestate is dropped.
+        got = await upstream_meta(client, {"traceparent": CLIENT_TP, "tracestate": "bad state!!=,"})
+        assert "tracestate" not in got
+        if mode == "traces":  # the gateway's span: same trace, a span id of its own
+            assert parse_traceparent(got["traceparent"]) is not None
+            assert got["traceparent"].split("-")[1] == TRACE_ID and got["traceparent"] != CLIENT_TP
+        else:
+            assert got["traceparent"] == CLIENT_TP
+        # Both valid: both go on.
+        got = await upstream_meta(client, {"traceparent": CLIENT_TP, "tracestate": "vendor=abc"})
+        assert got["tracestate"] == "vendor=abc" and got["traceparent"].split("-")[1] == TRACE_ID
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("telemetry", [None, Telemetry(TelemetrySettings(traces=False), redact=lambda t: t)])
+def test_the_http_traceparent_header_counts_with_telemetry_on_or_off(telemetry: Telemetry | None) -> None:
+    # With [telemetry] metrics = false there is no Telemetry at all; the header must still be honoured.
+    accounting = Accounting(parse({"servers": {"s": {"command": "true"}}}), telemetry)
+    ticket = accounting.begin({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "s__t"}},
+                              "http", None, CLIENT_TP)
+    ctx = system_context()
+    ctx.forward_meta.update({"traceparent": "junk", "tracestate": "junk state"})  # the client's own _meta
+    accounting.attach(ticket, ctx)
+    assert ctx.forward_meta == {"traceparent": CLIENT_TP}
+    ticket = accounting.begin({"jsonrpc": "2.0", "id": 2, "method": "ping"}, "http", None, "00-zz")
+    ctx = system_context()
+    accounting.attach(ticket, ctx)
+    assert ctx.forward_meta == {}

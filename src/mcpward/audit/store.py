@@ -42,6 +42,7 @@ from mcpward.audit.export import Mirror
 from mcpward.audit.journal import META_PREFIX, Journal, journal_glob, orphans, read_entries, remove_unborn, token_of
 from mcpward.audit.settings import AuditSettings
 from mcpward.guards.log_redaction import escape
+from mcpward.guards.redactor import SECRETS, Profile
 
 if TYPE_CHECKING:
     from mcpward.gateway.config import GatewayConfig
@@ -61,6 +62,9 @@ RETRY_AFTER = 1.0  # seconds between write attempts while the database refuses t
 # docs/audit.md). Durability does not depend on it: the journal already holds every record.
 BATCH_DELAY = 0.05
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what orjson serialises as a number
+# What audit records and exported spans are cleaned with: the secret rules, PII candidates and
+# injection markers (plus, always, the secret values the gateway holds).
+AUDIT = Profile("audit", frozenset({"secret", "pii", "marker"}))
 # No index on ts: each index is one more page written per commit (about +30 us); `audit search --since`
 # scans instead, which is fine for a command a person runs.
 SCHEMA = """
@@ -71,8 +75,23 @@ CREATE TABLE IF NOT EXISTS records (
 """
 
 
+# Fields that name who acted, or the network endpoint involved, whatever the event: their values get
+# the secret rules and the held secret values only, never the PII detectors. An OAuth subject is often
+# an e-mail and a source address is an IP (both PII kinds), but the log exists to say who did what, from
+# where, to which host: `alice@example.com` must stay readable there. Every other string (a target URI,
+# a tool name, a reason, a diff) gets the full profile. See docs/audit.md, "What is redacted".
+IDENTITY_FIELDS = frozenset({
+    "principal", "subject", "client", "by",  # who: principal key and subject, client name, approver
+    "source_ip", "host", "address", "egress",  # where from / to: addresses, not personal data
+})
+
+
 class RedactWith:
     """A `Redactor` as the log's `redact` callable, with what lets the log cache its results.
+
+    `__call__` applies `profile` (default AUDIT: secret rules, PII, injection markers, and the secret
+    values the gateway holds); `identity` applies the secret rules and held values only, for the
+    IDENTITY_FIELDS.
 
     Most audit strings repeat (event names, servers, tools, rules, principals), and a scan costs
     microseconds. A redaction depends only on the text and the redactor's state, which changes only
@@ -82,11 +101,16 @@ class RedactWith:
     its results stay valid).
     """
 
-    def __init__(self, redactor: Redactor) -> None:
+    def __init__(self, redactor: Redactor, profile: Profile | None = None) -> None:
         self.redactor = redactor
+        self.profile = profile or AUDIT
 
     def __call__(self, text: str) -> str:
-        out = self.redactor.redact(text)
+        out = self.redactor.redact(text, self.profile)
+        return text if out is None else out
+
+    def identity(self, text: str) -> str:
+        out = self.redactor.redact(text, SECRETS)
         return text if out is None else out
 
     def generation(self) -> int:
@@ -100,11 +124,14 @@ class AuditLog:
         self.path = settings.path
         self._hasher = Hasher(key)
         self._redact = redact
+        # The IDENTITY_FIELDS' redaction (see RedactWith.identity); a plain callable serves both.
+        self._redact_identity: Callable[[str], str] | None = getattr(redact, "identity", redact)
         # Cleaned strings by their original: safe only when the redaction is known to be stable (see RedactWith).
         self._generation: Callable[[], int] | None = getattr(redact, "generation", None)
         self._cacheable = redact is None or self._generation is not None
         self._generation_seen = self._generation() if self._generation is not None else 0
         self._cache: dict[str, str] = {}
+        self._identity_cache: dict[str, str] = {}  # the same for IDENTITY_FIELDS' values
         self._lock = threading.Lock()
         self._queue: list[tuple[int, str, float, bytes]] = []  # (append number, event, ts, body)
         self._appended = 0  # number of the last append
@@ -245,6 +272,7 @@ class AuditLog:
         ts = time.time()
         if self._generation is not None and self._generation() != self._generation_seen:
             self._cache.clear()
+            self._identity_cache.clear()
             self._generation_seen = self._generation()
         get = self._cache.get
         event = get(event) or self._text(event)
@@ -253,7 +281,9 @@ class AuditLog:
         for k, v in fields.items():
             key = (get(k) if type(k) is str else None) or self._key(k)
             kind = type(v)
-            if kind is str:
+            if k in IDENTITY_FIELDS:
+                clean[key] = self._identity(v)
+            elif kind is str:
                 clean[key] = get(v) or self._text(v)
             # A Digest is computed by the gateway: hex only, nothing to redact or escape.
             elif (kind is Digest or v is None or kind is bool or kind is float
@@ -326,6 +356,29 @@ class AuditLog:
                 self._cache.clear()
             self._cache[value] = out
         return out
+
+    def identity_text(self, value: str) -> str:
+        """`value` as this log stores it under an IDENTITY_FIELDS key (a principal key, a subject):
+        what a listener reading those fields (the anomaly rules) must compare with."""
+        hit = self._identity_cache.get(value)
+        if hit is not None:
+            return hit
+        redact = self._redact_identity
+        out = escape(value if redact is None else redact(value))
+        if self._cacheable and len(value) <= CACHE_MAX_LENGTH:
+            if len(self._identity_cache) >= CACHE_MAX_ENTRIES:
+                self._identity_cache.clear()
+            self._identity_cache[value] = out
+        return out
+
+    def _identity(self, value: Any) -> Any:
+        """An IDENTITY_FIELDS value: strings (also inside lists) get the identity redaction; the rest
+        is cleaned as usual."""
+        if isinstance(value, str):
+            return self.identity_text(value)
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._identity(v) for v in value]
+        return self._clean(value)
 
     def _key(self, key: Any) -> str:
         return self._text(key if isinstance(key, str) else str(key))

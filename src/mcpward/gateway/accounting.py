@@ -21,6 +21,7 @@ from mcpward.audit import events
 from mcpward.gateway import after_reply
 from mcpward.gateway.context import RequestContext, session_digest
 from mcpward.protocol.jsonrpc import JsonObj
+from mcpward.telemetry.w3c import client_context
 
 if TYPE_CHECKING:
     from mcpward.gateway.config import GatewayConfig
@@ -41,12 +42,15 @@ KNOWN_METHODS = frozenset({
 
 @dataclass(slots=True)
 class Ticket:
-    """One request in flight: when it started, its trace, and the context once it has one."""
+    """One request in flight: when it started, its trace, the client's trace context (valid values
+    only), and the request's context once it has one."""
 
     method: str
     request_id: Any
     started: float
     trace: RequestTrace | None
+    traceparent: str | None = None
+    tracestate: str | None = None
     ctx: RequestContext | None = None
 
 
@@ -63,29 +67,34 @@ class Accounting:
     def begin(self, message: JsonObj, transport: str, session_id: str | None,
               header_traceparent: str | None = None) -> Ticket:
         method = str(message.get("method"))
+        params = message.get("params")
+        # Checked with telemetry on or off: only a valid trace context is ever forwarded.
+        parent, state = client_context(params.get("_meta") if isinstance(params, dict) else None, header_traceparent)
         trace = None
         if self.telemetry is not None:
-            params = message.get("params")
-            meta = params.get("_meta") if isinstance(params, dict) else None
-            meta = meta if isinstance(meta, dict) else {}
-            parent = meta.get("traceparent")
-            state = meta.get("tracestate")
             target = params.get("name") if isinstance(params, dict) else None
             trace = self.telemetry.request(
                 method, transport=transport, target=target if isinstance(target, str) else None, server=None,
                 session_id=session_id, request_id=message.get("id"), protocol_version=None,
-                traceparent=parent if isinstance(parent, str) else header_traceparent,
-                tracestate=state if isinstance(state, str) else None)
-        return Ticket(method, message.get("id"), time.perf_counter(), trace)
+                traceparent=parent, tracestate=state)
+        return Ticket(method, message.get("id"), time.perf_counter(), trace, parent, state)
 
     def attach(self, ticket: Ticket, ctx: RequestContext) -> None:
-        """The request has a context: upstream requests carry the trace onward in `_meta`."""
+        """The request has a context: upstream requests carry the trace onward in `_meta`.
+
+        What the client sent in `_meta` is never forwarded as is: the gateway span's context when
+        tracing (a metrics-only trace keeps the client's values), else the client's values if valid."""
         ticket.ctx = ctx
+        meta = ctx.forward_meta
+        meta.pop("traceparent", None)
+        meta.pop("tracestate", None)
         trace = ticket.trace
-        if trace is not None and trace.traceparent is not None:
-            ctx.forward_meta["traceparent"] = trace.traceparent
-            if trace.tracestate:
-                ctx.forward_meta["tracestate"] = trace.tracestate
+        parent, state = (trace.traceparent, trace.tracestate) if trace is not None else \
+            (ticket.traceparent, ticket.tracestate)
+        if parent is not None:
+            meta["traceparent"] = parent
+            if state:
+                meta["tracestate"] = state
 
     async def finish(self, ticket: Ticket, reply: JsonObj | None, principal_key: str, subject: str) -> None:
         """Writes the request's record and waits until it is durable (raises AuditUnavailable if it cannot be)."""

@@ -68,7 +68,13 @@ class Assembly:
 
 
 def secret_resolver(cfg: GatewayConfig) -> Callable[[str], str]:
-    """`resolve("secret:NAME")` -> the value, for settings that may hold references (raises SecretError)."""
+    """`resolve("secret:NAME")` -> the value, for settings that may hold references (raises SecretError).
+
+    Every value it resolves (webhook URL and headers, the Redis password, the introspection
+    client secret, the audit key, OTLP headers, a Vault token) joins the config's output redactor's
+    exact values first, with its credential part after an auth scheme: like the servers' own
+    secrets, none of them can then reach a log line, an audit record, a span or a client."""
+    from mcpward.guards import output
     from mcpward.secrets import SecretResolver, load_settings
     from mcpward.secrets.refs import parse_ref
 
@@ -76,7 +82,8 @@ def secret_resolver(cfg: GatewayConfig) -> Callable[[str], str]:
 
     def resolve(text: str) -> str:
         if not resolver:
-            resolver.append(SecretResolver(load_settings(cfg.secrets, cfg.source, cfg.base_dir)))
+            resolver.append(SecretResolver(load_settings(cfg.secrets, cfg.source, cfg.base_dir),
+                                           on_values=output.redactor_for(cfg).add_exact))
         return resolver[0].resolve(parse_ref(text))
 
     return resolve
@@ -84,6 +91,7 @@ def secret_resolver(cfg: GatewayConfig) -> Callable[[str], str]:
 
 def assemble(cfg: GatewayConfig, *, front: str) -> Assembly:
     """Build what `cfg` asks for; `front` is "stdio" or "http" (authentication is HTTP's). Raises ConfigError."""
+    from mcpward.audit.store import AUDIT
     from mcpward.guards import output
     from mcpward.guards.setup import build_chain
     from mcpward.sandbox.launcher import make_launcher
@@ -93,8 +101,10 @@ def assemble(cfg: GatewayConfig, *, front: str) -> Assembly:
     redactor = output.redactor_for(cfg)
 
     def redact(text: str) -> str:
-        """Secret rules and the secret values the gateway holds: the log filter's redaction."""
-        return redactor.redact(text) or text
+        """What exported spans and metric labels are cleaned with: the audit log's profile (secret
+        rules, PII, injection markers and the secret values the gateway holds). Spans carry no
+        principal, so nothing in them needs the audit log's readable identity fields."""
+        return redactor.redact(text, AUDIT) or text
 
     resolve = secret_resolver(cfg)
     parts = Assembly(cfg, chain, launcher, redact)

@@ -15,7 +15,7 @@ from mcpward.gateway.catalog import Catalog
 from mcpward.gateway.context import RequestContext
 from mcpward.gateway.peer import PeerError
 from mcpward.gateway.upstream import Upstream
-from mcpward.guards.base import Call, GuardChain, Listed, Refusal
+from mcpward.guards.base import Call, GuardChain, Listed, Refusal, audit_refusal
 from mcpward.protocol import headers, jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj, ProtocolError
 from mcpward.protocol.sealing import Sealer, SealError
@@ -99,7 +99,13 @@ class Lister:
                 break
         if not self.guards.empty:
             call = Call(ctx=ctx, method=METHODS[kind], params=params)
-            items, changed = await self.guards.listing(call, kind, items)
+            try:
+                items, changed = await self.guards.listing(call, kind, items)
+            except Refusal as refusal:
+                # A list hook may refuse the whole listing (an interceptor's deny, or its fail-closed
+                # rule when it crashed): a named, audited refusal, as on the request path.
+                audit_refusal(call, refusal.rule)
+                raise refusal.to_error() from None
             private = private or changed
         result: JsonObj = {kind: [listed.item for listed in items]}
         if next_cursor is not None:

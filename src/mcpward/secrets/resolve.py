@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from mcpward.secrets.files import SecretFileError, read_secret_file
@@ -18,16 +18,35 @@ from mcpward.secrets.settings import ENV_STORE_PREFIX, SecretSettings
 from mcpward.secrets.store import PassphrasePrompt, SecretStore, StoreError, open_store
 from mcpward.secrets.vault import VaultReader, VaultReadError
 
+# Told every value the resolver hands out (see `redaction_values`): the gateway passes its output
+# redactor's `add_exact`, so a secret it resolved for its own use never reaches a log or a client.
+OnValues = Callable[[Iterable[str]], object]
+
+
+def redaction_values(value: str) -> list[str]:
+    """What to redact for one resolved value: the value, and the credential after an auth scheme
+    ("Bearer abc..." -> also "abc..."), which an HTTP client logs or echoes apart from its scheme."""
+    out = [value]
+    scheme, _, credential = value.partition(" ")
+    credential = credential.strip()
+    if credential and scheme.isalpha():
+        out.append(credential)
+    return out
+
 
 class SecretResolver:
     """Built once from `[secrets]`; safe to call from several threads (resolving blocks: file reads,
-    a KDF on the first `secret:` read, HTTP to Vault, so call it from a worker thread in async code)."""
+    a KDF on the first `secret:` read, HTTP to Vault, so call it from a worker thread in async code).
+
+    `on_values`, when given, is called with `redaction_values(value)` for every value resolved
+    (the Vault token included) before it is returned."""
 
     def __init__(self, settings: SecretSettings, environ: Mapping[str, str] | None = None,
-                 prompt: PassphrasePrompt | None = None) -> None:
+                 prompt: PassphrasePrompt | None = None, on_values: OnValues | None = None) -> None:
         self.settings = settings
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self._prompt = prompt
+        self._on_values = on_values
         self._store: SecretStore | None = None
         self._vault = VaultReader(settings.vault, self._vault_token)
         # Re-entrant: a vault: reference resolves its token reference through this same object.
@@ -45,7 +64,12 @@ class SecretResolver:
             value = self._resolve(ref)
         if not value:
             raise SecretError(ref, "is empty")
+        self._held(value)
         return value
+
+    def _held(self, value: str) -> None:
+        if self._on_values is not None:
+            self._on_values(redaction_values(value))
 
     def resolve_all(self, refs: list[SecretRef]) -> dict[SecretRef, str]:
         return {ref: self.resolve(ref) for ref in refs}
@@ -99,8 +123,10 @@ class SecretResolver:
             return self.resolve(vault.token)
         path = vault.token_file or Path(self.environ.get("HOME") or Path.home()) / ".vault-token"
         try:
-            return read_secret_file(path, allow_world_readable=self.settings.allow_world_readable).strip()
+            token = read_secret_file(path, allow_world_readable=self.settings.allow_world_readable).strip()
         except SecretFileError as exc:
             hint = "" if vault.token_file else " (set secrets.vault.token = \"env:VAULT_TOKEN\", or log in with " \
                                                "the vault CLI to create it)"
             raise VaultReadError(f"no Vault token: {exc}{hint}") from None
+        self._held(token)
+        return token

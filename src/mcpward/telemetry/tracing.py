@@ -7,15 +7,14 @@ BatchSpanProcessor, and the span's context is what the upstream gets in `_meta.t
 Redaction happens on export (redaction.py), off the request path.
 
 Trace context comes from the client (W3C `traceparent` in `_meta` or the HTTP header). It is
-parsed here by a strict pattern: a malformed value starts a new root trace, never an error, and is
-never forwarded. `tracestate` is only honoured next to a valid `traceparent`.
+parsed by a strict pattern (w3c.py): a malformed value starts a new root trace, never an error, and
+is never forwarded. `tracestate` is only honoured next to a valid `traceparent`.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,16 +30,10 @@ from mcpward.telemetry.metrics import OtlpPusher, PrometheusCollector, Recorder,
 from mcpward.telemetry.redaction import Redact, RedactingSpanExporter, default_redactor
 from mcpward.telemetry.settings import Resolve, TelemetrySettings, is_whole_ref, resolve_header
 from mcpward.telemetry.spans import LeanSpan, LeanTracer, clean_value
+from mcpward.telemetry.w3c import format_traceparent, parse_traceparent, valid_tracestate
 
 log = logging.getLogger("mcpward.telemetry")
 
-# W3C Trace Context level 1: lowercase hex only; version ff is invalid; a future version may carry
-# more fields after a '-', version 00 may not.
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?")
-_TS_MEMBER = re.compile(r"[ \t]*(?:[a-z0-9][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
-                        r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e][ \t]*")
-_ZERO_TRACE = "0" * 32
-_ZERO_SPAN = "0" * 16
 OUTCOMES = frozenset({"success", "denied", "error", "application_error", "cancelled"})
 # The span-name/metric target is only a tool or prompt name; a resource URI is high-cardinality
 # (and may carry tokens), so it is an attribute, never part of a name (semconv says the same).
@@ -55,30 +48,6 @@ SHUTDOWN_BOUND = 5.0
 
 class TelemetryError(Exception):
     """Telemetry cannot start as configured (e.g. a header secret that does not resolve)."""
-
-
-def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
-    """(trace_id, span_id, flags) of a valid W3C traceparent, else None."""
-    if not value or len(value) > 512:
-        return None
-    m = _TRACEPARENT.fullmatch(value)
-    if m is None:
-        return None
-    version, trace_id, span_id, flags, rest = m.groups()
-    if version == "ff" or (version == "00" and rest) or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-        return None
-    return int(trace_id, 16), int(span_id, 16), int(flags, 16)
-
-
-def valid_tracestate(value: str | None) -> bool:
-    if not value or len(value) > 512:
-        return False
-    members = [m for m in value.split(",") if m.strip(" \t")]
-    return 0 < len(members) <= 32 and all(_TS_MEMBER.fullmatch(m) for m in members)
-
-
-def format_traceparent(ctx: SpanContext) -> str:
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
 def _transport(transport: str) -> str:
