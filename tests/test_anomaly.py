@@ -219,6 +219,38 @@ async def test_throttle_refuses_then_lifts(audit: Records) -> None:
     assert det.throttled_for("oauth:alice") == 0.0 and not det.any_throttled
 
 
+async def test_throttle_finds_principals_the_audit_log_rewrites(tmp_path: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules read keys as the log stores them (redacted, escaped); the guard sees them raw."""
+    from mcpward.audit.settings import AuditSettings
+    from mcpward.audit.store import AuditLog, RedactWith
+    from mcpward.guards import output
+
+    log = AuditLog(AuditSettings(path=tmp_path / "audit.sqlite"), None,
+                   RedactWith(output.redactor_for(config.parse({}, "t.toml"))))
+    monkeypatch.setattr(events, "_installed", log)  # as the gateway installs it (no atexit hook here)
+    det = AnomalyDetector(settings({"rules": {"rapid_calls": {"action": "throttle"}}}))
+    log.subscribe(det.observe)
+    guard = AnomalyGuard(det)
+    token_shaped = "ghp_" + "wWPw5k4aXcaT4fNP0UcnZwJUVFk6LO0pINUx"
+    try:
+        # An e-mail subject is kept as is in the `principal` field (only secrets are redacted there).
+        for subject in ("carol\nx", "dave\x1b[2J", token_shaped, "frank@example.com"):
+            principal = Principal(subject, "oauth")
+            assert await guard.on_request(call_for(principal)) is None
+            for _ in range(6):
+                log.append("request", {"principal": principal.key, "method": "tools/call", "target": "fs__list",
+                                       "outcome": "success"})
+            with pytest.raises(Refusal) as refused:
+                await guard.on_request(call_for(principal))
+            assert refused.value.rule == "anomaly.rapid_calls"
+            assert det.throttled_for(principal.key) > 0.0
+        assert token_shaped not in str(sorted(det._throttles))  # the state holds the log's spelling only
+        assert await guard.on_request(call_for(Principal("erin", "oauth"))) is None
+    finally:
+        log.close()
+
+
 def call_for(principal: Principal) -> Call:
     ctx = RequestContext(era="modern", protocol_version="2026-07-28", capabilities={}, client_info=None,
                          principal=principal, channel=SilentChannel(), transport="http")

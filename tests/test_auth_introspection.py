@@ -151,3 +151,31 @@ async def test_outage_fails_closed(issuer: Issuer) -> None:
         assert failure.reason == "auth.idp_unavailable" and "introspection failed" in failure.description
     finally:
         await auth.close()
+
+
+async def test_always_mode_caches_nothing_so_revocation_counts_at_once(issuer: Issuer) -> None:
+    clock = Clock()
+    auth = make(issuer, clock, introspect="always")
+    try:
+        token = issuer.issue_opaque(sub="bob", scope="mcp:tools")
+        for _ in range(3):
+            assert (await auth.authenticate(f"Bearer {token}")).subject == "bob"
+        assert issuer.introspected == [token] * 3  # every request asked the IdP
+        assert auth.cached_tokens == 0
+        issuer.revoke(token)
+        assert (await refused(auth, token)).reason == "auth.inactive"  # no clock advance: the very next request
+    finally:
+        await auth.close()
+
+
+def test_always_mode_refuses_a_cache_lifetime(issuer: Issuer) -> None:
+    from mcpward.gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"introspection_cache_seconds: must be 0 \(or absent\)"):
+        make(issuer, introspect="always", introspection_cache_seconds=20)
+    settings = load_settings(parse({"auth": oauth_table(issuer, introspection_url=f"{issuer.url}/introspect",
+                                                        client_id=CLIENT_ID, client_secret=SECRET_REF,
+                                                        introspect="always", introspection_cache_seconds=0)},
+                                   "gw.toml"))
+    assert settings is not None and settings.oauth is not None
+    assert settings.oauth.introspection_cache_seconds == 0

@@ -115,3 +115,58 @@ async def test_legacy_sessions_are_capped_and_expire(monkeypatch) -> None:  # ty
         oldest.last_seen -= http_front.SESSION_IDLE_SECONDS + 1
         assert (await http.post("/mcp", json=INIT, headers=ACCEPT)).status_code == 200
         assert oldest.conn.session_id not in front.sessions
+
+
+def test_refusals_at_the_door_name_their_rule_and_are_audited(url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.audit_reader import committed
+
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
+    secret = "Bearer not-for-the-audit-log-4711"
+    with httpx.Client(trust_env=False, timeout=20) as http:
+        host = http.post(url, json=body, headers={**modern_headers("tools/list"), "Host": "evil.example",
+                                                  "Authorization": secret})
+        assert host.status_code == 421 and "http.host" in host.text
+        origin = http.post(url, json=body, headers={**modern_headers("tools/list"), "Origin": "http://evil.example",
+                                                    "Authorization": secret})
+        assert origin.status_code == 403 and origin.json()["error"]["data"] == {"rule": "http.origin"}
+        mismatch = http.post(url, json=body, headers={**modern_headers("tools/call"), "Authorization": secret})
+        assert mismatch.status_code == 400
+        error = mismatch.json()["error"]
+        assert error["code"] == -32020 and error["data"] == {"rule": "http.header-mismatch"}
+        version = http.post(url, json={**body, "params": {"_meta": {**META, "io.modelcontextprotocol/protocolVersion":
+                                                                         "2099-01-01"}}},
+                            headers={**modern_headers("tools/list"), "MCP-Protocol-Version": "2099-01-01"})
+        assert version.json()["error"]["data"]["rule"] == "http.protocol-version"
+        assert version.json()["error"]["data"]["supported"]  # the rule is added, nothing taken away
+    rows = [json.loads(r) for r in committed(tmp_path / "mcpward-audit.sqlite", "http.refused", 4)]
+    by_rule = {r["rule"]: r for r in rows}
+    assert len(rows) == 4 and set(by_rule) == {"http.host", "http.origin", "http.header-mismatch",
+                                               "http.protocol-version"}
+    assert by_rule["http.host"]["status"] == 421 and by_rule["http.host"]["host"] == "evil.example"
+    assert by_rule["http.origin"]["status"] == 403 and by_rule["http.origin"]["origin"] == "http://evil.example"
+    assert by_rule["http.header-mismatch"]["status"] == 400
+    assert "Mcp-Method" in by_rule["http.header-mismatch"]["detail"]
+    assert all(r["source_ip"] == "127.0.0.1" for r in rows)
+    dumped = json.dumps(rows)
+    assert "not-for-the-audit-log" not in dumped and "user-agent" not in dumped.lower()
+
+
+def test_a_flood_of_refusals_is_summarised_not_recorded_one_by_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from mcpward.transport import http_front
+
+    records: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(http_front.audit, "record", lambda event, **fields: records.append((event, fields)))
+    now = [100.0]
+    refusals = http_front.RefusalAudit(clock=lambda: now[0], per_second=3)
+    for i in range(50):  # one second's flood, from 25 addresses
+        refusals.refused("http.host", 421, f"10.0.0.{i % 25}", host="evil.example")
+    assert [e for e, _ in records] == ["http.refused"] * 3  # the rest only counted so far
+    now[0] += 1.0
+    refusals.refused("http.origin", 403, "10.0.0.1")  # the next second: first the summary, then this one
+    assert [e for e, _ in records[3:]] == ["http.refused-summary", "http.refused"]
+    summary = records[3][1]
+    assert summary["suppressed"] == 47 and summary["rules"] == {"http.host": 47}
+    assert len(summary["sources"]) == http_front.SUMMARY_SOURCES
+    assert sum(summary["sources"].values()) + summary["unlisted_sources"] == 47
+    refusals.flush()
+    assert len(records) == 5  # nothing was held back, so nothing more to write

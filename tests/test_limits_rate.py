@@ -281,3 +281,106 @@ async def test_concurrent_calls_on_memory_storage_spend_exactly_the_budget() -> 
 
     outcomes = await asyncio.gather(*(one(i) for i in range(1000)))
     assert sum(outcomes) == 100 // 7  # no race burns units: test and spend happen without an await
+
+
+# ------------------------------------------------------------------ the door: every request counts
+def gateway_with_limits(table: dict[str, Any], clock: FakeClock) -> Any:
+    from mcpward.gateway.core import Gateway
+    from mcpward.guards.base import GuardChain
+
+    cfg = GatewayConfig(source="mcpward.toml", limits=table)
+    return Gateway(cfg, GuardChain(guards_from_config(cfg, wall=clock, clock=clock)))
+
+
+async def outcome(gateway: Any, ctx: RequestContext, method: str, params: dict[str, Any] | None = None) -> str:
+    try:
+        await gateway.handle(ctx, method, params or {})
+    except jsonrpc.ProtocolError as exc:
+        if exc.code == jsonrpc.REFUSED:
+            assert exc.data["retryAfter"] > 0
+            return str(exc.data["rule"])
+        return f"error {exc.code}"
+    return "ok"
+
+
+async def test_lists_and_unknown_names_count_against_the_principals_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcpward.audit import events
+
+    records: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(events, "record", lambda event, **fields: records.append((event, fields)))
+    clock = FakeClock()
+    gateway = gateway_with_limits({"rate": 3, "burst": 3}, clock)  # 3 per minute
+    ctx = call_for("alice").ctx
+    got = [await outcome(gateway, ctx, "tools/list"), await outcome(gateway, ctx, "prompts/list"),
+           await outcome(gateway, ctx, "tools/call", {"name": "nope__nothing", "arguments": {}})]
+    assert got == ["ok", "ok", f"error {jsonrpc.INVALID_PARAMS}"]  # the unknown tool was counted too
+    for method in ("tools/list", "prompts/list", "resources/list", "resources/templates/list", "tools/call"):
+        assert await outcome(gateway, ctx, method, {"name": "nope__nothing"}) == "limits.rate"
+    assert await outcome(gateway, ctx, "nope/nope") == "limits.rate"  # even a method that does not exist
+    assert await outcome(gateway, ctx, "server/discover") == "ok"  # exempt, as documented
+    assert await outcome(gateway, call_for("bob").ctx, "tools/list") == "ok"  # buckets are per principal
+    refusals = [f for e, f in records if e == "refusal"]
+    assert [f["method"] for f in refusals] == ["tools/list", "prompts/list", "resources/list",
+                                               "resources/templates/list", "tools/call", "nope/nope"]
+    assert {f["rule"] for f in refusals} == {"limits.rate"} and refusals[4]["target"] == "nope__nothing"
+    clock.advance(60.1)
+    assert await outcome(gateway, ctx, "tools/list") == "ok"
+
+
+async def test_a_request_counted_at_the_door_is_not_counted_again_by_the_chain() -> None:
+    clock = FakeClock()
+    table = {"rate": 60, "burst": 4, "tools": {"paid__*": {"budget": 10}}}
+    guard = limits_guard(table, clock)
+    for _ in range(4):
+        call = call_for("alice", tool="paid__x")
+        await guard.admit_request(call.ctx, "tools/call", call.params)  # type: ignore[attr-defined]
+        await guard.on_request(call)  # the tool's quota only: the bucket was counted at the door
+    with pytest.raises(jsonrpc.ProtocolError) as refused:
+        await guard.admit_request(call_for("alice").ctx, "tools/list", {})  # type: ignore[attr-defined]
+    assert refused.value.data["rule"] == "limits.rate"
+    limiter = guard.limiter  # type: ignore[attr-defined]
+    plan = limiter.plan("paid__x")
+    key = call_for("alice").ctx.principal.key
+    assert (await limiter.fixed.get_window_stats(plan.quota_item, key, "paid__x")).remaining == 6
+    # A caller that skips the door (a request the gateway did not handle) is still counted whole.
+    with pytest.raises(LimitRefusal) as whole:
+        await guard.on_request(call_for("alice", tool="paid__x"))
+    assert whole.value.rule == "limits.rate"
+
+
+def test_every_request_counts_end_to_end_over_http(serve_gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import httpx
+
+    from tests.audit_reader import committed
+    from tests.conftest import fixture_server, toml_list
+
+    cmd = fixture_server()
+    url = serve_gateway(f'[servers.fx]\ncommand = "{cmd[0]}"\nargs = {toml_list(cmd[1:])}\n\n'
+                        '[limits]\nrate = 3\nburst = 3\n')
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}
+
+    def post(http: httpx.Client, method: str, params: dict[str, Any]) -> Any:
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                   "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method}
+        if "name" in params:
+            headers["Mcp-Name"] = params["name"]
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": meta}}
+        return http.post(url, json=body, headers=headers).json()
+
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        # An unprefixed name no server has fails before the guard chain ("unknown tool"): counted all the same.
+        first = [post(http, "tools/list", {}), post(http, "resources/templates/list", {}),
+                 post(http, "tools/call", {"name": "nosuchtool", "arguments": {}})]
+        assert "result" in first[0] and "result" in first[1]
+        assert first[2]["error"]["code"] == -32602 and "unknown tool" in first[2]["error"]["message"]
+        for method, params in (("tools/list", {}), ("prompts/list", {}),
+                               ("tools/call", {"name": "nosuchtool", "arguments": {}})):
+            error = post(http, method, params)["error"]
+            assert error["code"] == -32004 and error["data"]["rule"] == "limits.rate"
+            assert error["data"]["retryAfter"] > 0
+    rows = [json.loads(r) for r in committed(tmp_path / "mcpward-audit.sqlite", "refusal", 3)]
+    assert [(r["rule"], r["method"]) for r in rows] == [
+        ("limits.rate", "tools/list"), ("limits.rate", "prompts/list"), ("limits.rate", "tools/call")]

@@ -12,6 +12,11 @@ for `throttle_seconds`; those refusals (rule `anomaly.*`) are not fed back into 
 
 Windows run on the `ts` each record carries (so a recorded stream replays the same way); the
 throttle runs on the detector's own clock. See docs/anomaly.md.
+
+The rules see a principal key as the audit log stores it: redacted and escaped. A throttle is
+looked up under that same spelling (`AnomalyDetector.spell`), so a key the log rewrites (a control
+character, a secret-shaped string) is throttled like any other. Keys the log spells alike share one
+state and one throttle: that errs toward refusing, never toward letting a principal through.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from mcpward.audit import events
 from mcpward.audit.webhook import Webhook, WebhookError, check_header, check_webhook_url
 from mcpward.gateway.config import ConfigError, GatewayConfig, Resolver, TableReader, system_resolver
 from mcpward.guards.base import Call, Guard, Refusal
+from mcpward.guards.log_redaction import escape
 from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.secrets.refs import SCHEMES, SecretError, SecretRefError, find_refs, interpolate, parse_ref
 
@@ -294,12 +300,25 @@ def _compile(globs: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(fnmatch.translate(g) for g in globs)) if globs else None
 
 
+def audit_spelling(text: str) -> str:
+    """A principal key exactly as the installed audit log stores it in a record's `principal` field
+    (redacted, then escaped): the spelling the rules read. No log installed: escaped only (no records
+    reach the rules then)."""
+    target = events.installed()
+    # The log's own cleaning (with its cache), not a copy of it: a copy that drifted would let a
+    # throttled principal through under its raw spelling.
+    return escape(text) if target is None else target.identity_text(text)
+
+
 class AnomalyDetector:
     def __init__(self, settings: AnomalySettings, webhook: Webhook | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 spelling: Callable[[str], str] | None = None) -> None:
         self.settings = settings
         self.webhook = webhook
         self.clock = clock
+        # How the audit log feeding `observe` spells a principal key; default: the installed log's.
+        self.spell = spelling or audit_spelling
         self._rapid = settings.rapid_calls if settings.rapid_calls.enabled else None
         self._toxic = settings.toxic_flow if settings.toxic_flow.enabled else None
         self._burst = settings.refusal_burst if settings.refusal_burst.enabled else None
@@ -468,13 +487,15 @@ class AnomalyDetector:
         return bool(self._throttles)
 
     def throttle_of(self, principal_key: str) -> tuple[float, str] | None:
-        """(seconds left, rule) while `principal_key` is throttled, else None."""
-        entry = self._throttles.get(principal_key)
+        """(seconds left, rule) while `principal_key` (as the gateway knows it, not as the log
+        spells it) is throttled, else None."""
+        key = self.spell(principal_key)
+        entry = self._throttles.get(key)
         if entry is None:
             return None
         left = entry[0] - self.clock()
         if left <= 0.0:
-            self._throttles.pop(principal_key, None)
+            self._throttles.pop(key, None)
             return None
         return left, entry[1]
 

@@ -1,5 +1,8 @@
 """RFC 7662 token introspection, for opaque tokens (or every token, if so configured).
 
+With `introspect = "always"` every request asks the IdP: no answer is reused, by this module or by
+the authenticator's token cache, so a revoked token is refused from the next request on.
+
 The IdP is asked with client authentication (HTTP Basic, RFC 6749 s2.3.1). An answer counts only
 if it says `"active": true`, names our issuer (when it names one), lists one of our audiences
 in `aud` (required: without it, a token for another resource would pass, the RFC 8707 hole) and
@@ -62,6 +65,11 @@ class Introspector:
                            if audiences else "the introspection answer names no audience (aud)")
         scopes = token_scopes(answer)
         principal = principal_from(answer, self.settings.groups_claim, scopes)
+        if self.settings.introspect == "always":
+            # No reuse at all, so a revocation counts from the next request. An answer that is already
+            # expired by any clock reading is kept by no cache: the authenticator caches only answers
+            # whose expiry is ahead of its clock (even if the wall clock steps back meanwhile).
+            return Verified(principal=principal, scopes=scopes, expires_at=float("-inf"))
         ttl = self.settings.introspection_cache_seconds
         expires = now + ttl if exp is None else min(exp, now + ttl)
         return Verified(principal=principal, scopes=scopes, expires_at=expires)

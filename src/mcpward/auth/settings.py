@@ -195,6 +195,13 @@ def _oauth(r: TableReader, resource: str) -> OAuthSettings:
         raise r.fail("introspect", f"must be 'opaque' or 'always', got {introspect!r:.20}")
     if introspect == "always" and introspection_url is None:
         raise r.fail("introspect", "'always' needs introspection_url")
+    cache_seconds = r.integer("introspection_cache_seconds", 30, 0, MAX_INTROSPECTION_CACHE)
+    if introspect == "always":
+        # "always" promises that a revocation counts from the next request: nothing is cached.
+        if "introspection_cache_seconds" in r.table and cache_seconds != 0:
+            raise r.fail("introspection_cache_seconds", "must be 0 (or absent) with introspect = 'always': "
+                                                        "every request asks the IdP, no answer is reused")
+        cache_seconds = 0
     client_id = r.get("client_id", str, None)
     client_secret = r.get("client_secret", str, None)
     if client_secret is not None:
@@ -216,7 +223,7 @@ def _oauth(r: TableReader, resource: str) -> OAuthSettings:
         leeway_seconds=r.integer("leeway_seconds", 30, 0, 300),
         jwks_cache_seconds=r.integer("jwks_cache_seconds", 600, 1, 86400), allow_private=allow_private,
         introspection_url=introspection_url, introspect=introspect, client_id=client_id, client_secret=client_secret,
-        introspection_cache_seconds=r.integer("introspection_cache_seconds", 30, 0, MAX_INTROSPECTION_CACHE),
+        introspection_cache_seconds=cache_seconds,
     )
     r.reject_unknown()
     return settings

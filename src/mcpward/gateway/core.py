@@ -65,6 +65,9 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self.guards.bind(self)
         self._policy_guard: Any = next((g for g in self.guards.guards if hasattr(g, "engine")), None)
+        # The limits' door: counts every request against its principal before any work on it (lists and
+        # unknown names too, which never reach the guard chain). See docs/limits.md.
+        self._door: Any = next((g.admit_request for g in self.guards.guards if hasattr(g, "admit_request")), None)
         self.accounting = Accounting(cfg, policy_hash=self.policy_hash)
         self._handlers: dict[str, Handler] = {
             "tools/list": lambda c, p: self.lister.list(c, "tools", p),
@@ -146,6 +149,8 @@ class Gateway:
 
     # ------------------------------------------------------------------ dispatch
     async def handle(self, ctx: RequestContext, method: str, params: JsonObj) -> JsonObj:
+        if self._door is not None:
+            await self._door(ctx, method, params)
         if not self.serves(method, ctx.era):
             raise ProtocolError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
         result = await self._handlers[method](ctx, params)
@@ -340,6 +345,8 @@ class Gateway:
     async def listen(self, ctx: RequestContext, request_id: Any, params: JsonObj,
                      send: Callable[[JsonObj], Awaitable[None]]) -> None:
         """Serve a modern `subscriptions/listen` until the client cancels it."""
+        if self._door is not None:
+            await self._door(ctx, "subscriptions/listen", params)
         wanted = params.get("notifications")
         if not isinstance(wanted, dict):
             wanted = {}

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 
 from mcpward.audit import events
 from mcpward.gateway.config import GatewayConfig
-from mcpward.guards.base import Call, Guard
+from mcpward.gateway.context import RequestContext
+from mcpward.guards.base import Call, Guard, audit_refusal
 from mcpward.limits.breaker import BreakerBoard, Ticket
 from mcpward.limits.rate import Limiter
+from mcpward.limits.refusal import LimitRefusal
 from mcpward.limits.settings import BreakerSettings, LimitsSettings, load_settings
 from mcpward.limits.storage import describe, make_storage
 from mcpward.protocol import jsonrpc
@@ -18,6 +21,10 @@ from mcpward.protocol.jsonrpc import JsonObj
 
 log = logging.getLogger("mcpward.limits")
 TICKET = "limits.breaker"  # the Call.notes key of the breaker's ticket
+# The request whose principal the door (`LimitsGuard.admit_request`) has counted, in this task. The
+# rate guard in the chain then checks only the tool's limits, so no request is counted twice. A
+# context variable, not a field: it follows the request down its own awaits and nowhere else.
+_COUNTED_AT_DOOR: ContextVar[RequestContext | None] = ContextVar("mcpward_limits_door", default=None)
 # Errors that say the client asked wrongly or the gateway refused, not that the tool failed: they
 # must not open a breaker, or one client sending bad arguments could switch a tool off for all.
 NOT_THE_TOOLS_FAULT = frozenset({
@@ -29,7 +36,12 @@ NOT_THE_TOOLS_FAULT = frozenset({
 
 class LimitsGuard(Guard):
     """Counts each request against its principal's bucket and, for `tools/call`, the tool's rate
-    and quota. Refuses with `LimitRefusal` (a JSON-RPC error carrying `retryAfter`)."""
+    and quota. Refuses with `LimitRefusal` (a JSON-RPC error carrying `retryAfter`).
+
+    The gateway calls `admit_request` for every request it handles, before any work on it (lists,
+    unknown names and refused calls included): that is where the principal's bucket is counted.
+    The chain hook then checks only the tool's rate and quota, for calls every other guard let
+    through. A request that reaches the chain without the door (a direct caller) is counted whole."""
 
     name = "limits"
 
@@ -37,15 +49,28 @@ class LimitsGuard(Guard):
         self.limiter = limiter
         self.board = board
 
+    async def admit_request(self, ctx: RequestContext, method: str, params: JsonObj) -> None:
+        """The door: counts the request against its principal's bucket (exempt methods pass), or
+        refuses it with the same error and `refusal` record as a refused call."""
+        try:
+            await self.limiter.admit(ctx.principal.key, method, None)
+        except LimitRefusal as refusal:
+            named = params.get("uri" if method == "resources/read" else "name") if isinstance(params, dict) else None
+            call = Call(ctx=ctx, method=method, params=params, exposed=named if isinstance(named, str) else None)
+            audit_refusal(call, refusal.rule)
+            raise refusal.to_error() from None
+        _COUNTED_AT_DOOR.set(ctx)
+
     async def on_request(self, call: Call) -> JsonObj | None:
         tool = call.exposed if call.method == "tools/call" else None
         if tool is not None and self.board is not None:
-            # The breaker guard comes next and would refuse: refuse here, before the call is
-            # counted, so calls to a broken tool do not use up the principal's bucket or budget.
+            # The breaker guard comes next and would refuse: refuse here, before the tool's limits
+            # are counted, so calls to a broken tool do not use up its rate or budget.
             refused = self.board.blocked(tool)
             if refused is not None:
                 raise refused
-        await self.limiter.admit(call.ctx.principal.key, call.method, tool)
+        counted = _COUNTED_AT_DOOR.get() is call.ctx
+        await self.limiter.admit(call.ctx.principal.key, call.method, tool, bucket=not counted)
         return None
 
 

@@ -84,7 +84,7 @@ class Limiter:
         self.principal_items = bucket_items("p", settings.rate, settings.burst)
         self.exempt = settings.exempt
         self._plans: dict[str, ToolPlan | None] = {}
-        self._checks: dict[tuple[str, str | None], tuple[_Check, ...]] = {}
+        self._checks: dict[tuple[str, str | None, bool], tuple[_Check, ...]] = {}
         self._storage_name = describe(settings.storage)
         self._refuse_on_error = settings.on_storage_error == "refuse"
         self._last_storage_record = -STORAGE_ERROR_EVERY
@@ -105,12 +105,19 @@ class Limiter:
             self._plans[tool] = found
         return found
 
-    async def admit(self, principal: str, method: str, tool: str | None) -> None:
-        """Raises LimitRefusal, or returns when the call may go (and has been counted)."""
-        if method in self.exempt:
+    async def admit(self, principal: str, method: str, tool: str | None, *, bucket: bool = True) -> None:
+        """Raises LimitRefusal, or returns when the call may go (and has been counted).
+
+        `bucket=False` leaves out the principal's bucket (the gateway's door counted this request
+        already) and checks only the tool's rate and quota."""
+        if method in self.exempt or (tool is None and not bucket):
             return
         try:
-            checks = self._checks.get((principal, tool)) or self._prepare_checks(principal, tool)
+            checks = self._checks.get((principal, tool, bucket))
+            if checks is None:
+                checks = self._prepare_checks(principal, tool, bucket)
+            if not checks:  # a tool without a rule of its own, its principal counted at the door
+                return
             if self.local is not None:
                 self._admit_local(self.local, checks)
             else:
@@ -122,7 +129,7 @@ class Limiter:
 
     def _admit_local(self, storage: ClockedMemoryStorage, checks: tuple[_Check, ...]) -> None:
         now = storage.now()  # one reading for every limit of this request: they all see the same instant
-        if len(checks) == 1:  # the common case: the principal's bucket alone
+        if len(checks) == 1 and checks[0].moving:  # the common case: one window (the bucket, at the door)
             check = checks[0]
             if not storage.window_add_at(check.key, check.item.amount, check.expiry, 1, now):
                 self._refuse_local(storage, check, now)
@@ -149,7 +156,7 @@ class Limiter:
         raise LimitRefusal(check.rule, check.what, reset - now)
 
     async def _admit_remote(self, checks: tuple[_Check, ...]) -> None:
-        if len(checks) == 1:
+        if len(checks) == 1 and checks[0].moving:  # one window: hit is test and spend in one
             check = checks[0]
             if not await self.moving.hit(check.item, *check.ident):
                 await self._refuse_remote(check)
@@ -175,9 +182,10 @@ class Limiter:
         stats = await strategy.get_window_stats(check.item, *check.ident)
         raise LimitRefusal(check.rule, check.what, stats.reset_time - self.wall())
 
-    def _prepare_checks(self, principal: str, tool: str | None) -> tuple[_Check, ...]:
+    def _prepare_checks(self, principal: str, tool: str | None, bucket: bool) -> tuple[_Check, ...]:
         who = _part(principal)
-        checks = [_check(True, item, (who,), 1, refusal.RATE, self._bucket_text) for item in self.principal_items]
+        checks = [_check(True, item, (who,), 1, refusal.RATE, self._bucket_text)
+                  for item in self.principal_items] if bucket else []
         plan = self.plan(tool) if tool is not None else None
         if plan is not None and tool is not None:
             rule, name = plan.rule, _part(tool)
@@ -190,7 +198,7 @@ class Limiter:
         prepared = tuple(checks)
         if len(self._checks) >= MAX_CHECK_CACHE:
             self._checks.clear()  # bounded: many principals only cost a re-preparation
-        self._checks[(principal, tool)] = prepared
+        self._checks[(principal, tool, bucket)] = prepared
         return prepared
 
     def _storage_failed(self, exc: Exception) -> None:

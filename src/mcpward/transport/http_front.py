@@ -14,6 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,64 @@ RETRY_MS = 1000
 SESSION_IDLE_SECONDS = 30 * 60
 MAX_SESSIONS = 1000
 ANONYMOUS = Principal.anonymous()
+# Refusals at the door (rebinding checks, the routing-header ladder): each one audited, but at most
+# this many records per second; the rest are counted into one `http.refused-summary` record.
+REFUSAL_RECORDS_PER_SECOND = 20
+SUMMARY_SOURCES = 16  # distinct source addresses a summary names (the rest are only counted)
+SHOWN_VALUE = 128  # characters of a refused Host or Origin value kept in its record
+LADDER_RULES = {jsonrpc.HEADER_MISMATCH: "http.header-mismatch",
+                jsonrpc.UNSUPPORTED_PROTOCOL_VERSION: "http.protocol-version",
+                jsonrpc.INVALID_PARAMS: "http.envelope"}
+
+
+class RefusalAudit:
+    """Audits refusals at the HTTP front without letting a flood of bad requests flood the log.
+
+    The first REFUSAL_RECORDS_PER_SECOND refusals of each second get an `http.refused` record each;
+    the others are counted (per rule, and per source address for up to SUMMARY_SOURCES of them) and
+    written as one `http.refused-summary` record when the second is over: by a timer, by the next
+    refusal, or at shutdown. So a flood costs at most that many records plus one per second.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 per_second: int = REFUSAL_RECORDS_PER_SECOND) -> None:
+        self.clock = clock
+        self.per_second = per_second
+        self._second = float("-inf")
+        self._written = 0
+        self._rules: Counter[str] = Counter()
+        self._sources: Counter[str] = Counter()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def refused(self, rule: str, status: int, source_ip: str | None, **fields: Any) -> None:
+        now = self.clock()
+        if now - self._second >= 1.0:
+            self.flush()
+            self._second, self._written = now, 0
+        if self._written < self.per_second:
+            self._written += 1
+            audit.record("http.refused", rule=rule, status=status, source_ip=source_ip, **fields)
+            return
+        self._rules[rule] += 1
+        source = source_ip or "unknown"
+        if source in self._sources or len(self._sources) < SUMMARY_SOURCES:
+            self._sources[source] += 1
+        if self._timer is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: the next refusal or shutdown writes it
+                self._timer = asyncio.get_running_loop().call_later(1.0, self.flush)
+
+    def flush(self) -> None:
+        """Write the summary of the refusals not recorded one by one, if there are any."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._rules:
+            return
+        total = sum(self._rules.values())
+        audit.record("http.refused-summary", suppressed=total, rules=dict(self._rules),
+                     sources=dict(self._sources), unlisted_sources=total - sum(self._sources.values()))
+        self._rules.clear()
+        self._sources.clear()
 
 
 class LegacySession:
@@ -88,6 +147,7 @@ class HttpFront:
         self.origins = allowed_origins(self.cfg)
         self.modern = ClientConnection(gateway, "http", Principal.anonymous(), self._no_session_writer,
                                        stateless=True)
+        self.refusals = RefusalAudit()
 
     @staticmethod
     async def _no_session_writer(message: JsonObj) -> None:
@@ -118,6 +178,7 @@ class HttpFront:
                     await self.gateway.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self.refusals.flush()
                 for session in self.sessions.values():
                     session.conn.close()
                 if self.manage_gateway:
@@ -133,20 +194,24 @@ class HttpFront:
         # Field values lose surrounding whitespace (RFC 9110 5.5): h11 strips it, httptools does not.
         headers = {k.decode("latin-1").lower(): val.decode("latin-1").strip(" \t") for k, val in scope["headers"]}
         host = headers.get("host", "")
-        if host.lower() not in self.hosts:
-            raise HttpRejection(421, None, text="Invalid Host header")
+        client = scope.get("client")
+        remote = client[0] if client else None
         path, method = scope["path"], scope["method"]
+        if host.lower() not in self.hosts:
+            self.refusals.refused("http.host", 421, remote, host=host[:SHOWN_VALUE], http_method=method)
+            raise HttpRejection(421, None, text="Invalid Host header (refused by http.host)")
         if path != self.cfg.http_path:
             await self._side_path(path, method, headers, send)
             return
         origin = headers.get("origin")
         if origin is not None and origin.lower() not in self.origins:
-            raise HttpRejection(403, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Origin not allowed"))
+            self.refusals.refused("http.origin", 403, remote, origin=origin[:SHOWN_VALUE], http_method=method)
+            raise HttpRejection(403, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Origin not allowed",
+                                                   {"rule": "http.origin"}))
         principal = await self._authenticate(headers, scope)
         version = headers.get("mcp-protocol-version")
         modern = version is not None and version not in v.LEGACY_VERSIONS
-        client = scope.get("client")
-        source = RequestSource(remote=client[0] if client else None, user_agent=headers.get("user-agent"),
+        source = RequestSource(remote=remote, user_agent=headers.get("user-agent"),
                                traceparent=headers.get("traceparent"))
         if method == "POST":
             await self._post(scope, receive, send, headers, modern, principal, source)
@@ -266,14 +331,15 @@ class HttpFront:
                 raise HttpRejection(400, jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
                                                        "a 2026-07-28 client cannot post responses"))
             if headers.get("mcp-protocol-version") not in v.MODERN_VERSIONS:
-                raise HttpRejection(400, jsonrpc.error(None, jsonrpc.UNSUPPORTED_PROTOCOL_VERSION,
-                                                       "Unsupported protocol version",
-                                                       {"supported": list(v.MODERN_VERSIONS)}))
+                raise HttpRejection(400, self._ladder_refusal(
+                    jsonrpc.error(None, jsonrpc.UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
+                                  {"supported": list(v.MODERN_VERSIONS)}), message.get("method"), principal, source))
             await _respond(send, 202, None)
             return
         rejection = await check_modern_headers(self.gateway, message, headers, scope["headers"], principal)
         if rejection is not None:
-            await _respond(send, status_for(rejection), rejection)
+            reply = self._ladder_refusal(rejection, message["method"], principal, source)
+            await _respond(send, status_for(reply), reply)
             return
         method = message["method"]
         if not self.gateway.serves(method, "modern") and method != "subscriptions/listen":
@@ -282,6 +348,17 @@ class HttpFront:
             return
         await self._exchange(receive, send, lambda stream: self.modern.on_request(message, stream, principal, source),
                              wants_sse, cancel_on_disconnect=True, status_table=True)
+
+    def _ladder_refusal(self, reply: JsonObj, method: Any, principal: Principal, source: RequestSource) -> JsonObj:
+        """A routing-header or envelope rejection: its rule goes into the error's data, and into the
+        (bounded) audit. The record names the header at fault, never a header's value."""
+        error = reply["error"]
+        rule = LADDER_RULES.get(error.get("code"), "http.envelope")
+        data = error.get("data")
+        error["data"] = {**data, "rule": rule} if isinstance(data, dict) else {"rule": rule}
+        self.refusals.refused(rule, status_for(reply), source.remote, principal=principal.key,
+                              method=method if isinstance(method, str) else None, detail=error.get("message"))
+        return reply
 
     async def _post_legacy(self, receive: Receive, send: Send, headers: dict[str, str],
                            message: JsonObj, kind: jsonrpc.Kind, wants_sse: bool, principal: Principal,
@@ -306,8 +383,9 @@ class HttpFront:
             return
         params = message.get("params") if isinstance(message.get("params"), dict) else None
         if "mcp-session-id" not in headers and params and v.META_VERSION in (params.get("_meta") or {}):
-            raise HttpRejection(400, jsonrpc.error(message.get("id"), jsonrpc.HEADER_MISMATCH,
-                                                   "MCP-Protocol-Version header is required"))
+            raise HttpRejection(400, self._ladder_refusal(
+                jsonrpc.error(message.get("id"), jsonrpc.HEADER_MISMATCH, "MCP-Protocol-Version header is required"),
+                message.get("method"), principal, source))
         session = self._session(headers, principal)
         conn = session.conn
         if kind is jsonrpc.Kind.NOTIFICATION:
