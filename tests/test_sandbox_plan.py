@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from mcpward.gateway.config import ConfigError, parse
+from mcpward.sandbox import paths
 from mcpward.sandbox.bwrap import FdBag, build_args
 from mcpward.sandbox.paths import BindRefused, auto_binds, check_bind, install_root, sensitive_paths
-from mcpward.sandbox.plan import PlanError, make_plan
+from mcpward.sandbox.plan import PlanError, SandboxPlan, make_plan
 from mcpward.sandbox.settings import SandboxSettings, read_settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "escape_server.py"
@@ -142,3 +145,113 @@ def test_bwrap_flags_carry_no_secret_and_no_host_root(tmp_path: Path) -> None:
         assert flag in args
     assert args[args.index("--cap-drop") + 1] == "ALL"
     assert "/run/secrets/TOKEN" in args
+
+
+@pytest.fixture
+def listening(tmp_path: Path) -> Iterator[Path]:
+    """A directory with a live unix socket two levels down (a stand-in for an agent's or docker's)."""
+    sockdir = tmp_path / "sockdir"
+    (sockdir / "sub").mkdir(parents=True)
+    (sockdir / "plain.txt").write_text("x")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(sockdir / "sub" / "agent.sock"))
+    sock.listen()
+    try:
+        yield sockdir
+    finally:
+        sock.close()
+
+
+def test_a_socket_anywhere_below_a_bind_is_refused(listening: Path, tmp_path: Path) -> None:
+    sensitive = sensitive_paths()
+    agent = listening / "sub" / "agent.sock"
+    for path in (listening, listening / "sub"):
+        with pytest.raises(BindRefused, match=f"contains the unix socket {agent}"):
+            check_bind(path, sensitive)
+    s = settings_of({"a": {"command": sys.executable}}, {"state_dir": str(tmp_path / "state")})
+    for ro in ([str(listening)], []):  # a declared bind, then the cwd auto-bind
+        profile = replace(s.profile("a"), ro=tuple(Path(p) for p in ro))
+        with pytest.raises(PlanError, match=f"refused to bind .*{agent}"):
+            make_plan("a", sys.executable, [str(FIXTURE)], {}, str(listening), profile, s, sensitive=sensitive)
+    script = listening / "server.py"  # a script's directory is searched too
+    script.write_text("")
+    with pytest.raises(PlanError, match=str(agent)):
+        make_plan("a", sys.executable, [str(script)], {}, None, s.profile("a"), s, sensitive=sensitive)
+    (listening / "sub" / "agent.sock").unlink()
+    assert check_bind(listening, sensitive) == listening.resolve()  # no socket left: bound
+
+
+def test_the_socket_search_is_bounded_and_says_how_to_narrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for i in range(30):
+        (wide / f"f{i}").write_text("")
+    deep = tmp_path / "deep"
+    (deep / "a" / "b" / "c" / "d").mkdir(parents=True)
+    monkeypatch.setattr(paths, "MAX_SCAN_ENTRIES", 20)
+    monkeypatch.setattr(paths, "MAX_SCAN_DEPTH", 3)
+    with pytest.raises(BindRefused, match=r"more than 20 entries.*bind the narrower directories"):
+        check_bind(wide, [])
+    with pytest.raises(BindRefused, match=r"deeper than 3 levels.*bind the narrower directories"):
+        check_bind(deep, [])
+    assert check_bind(deep / "a", []) == (deep / "a").resolve()  # three levels below: within the bound
+
+
+@pytest.mark.parametrize(("path", "why"), [
+    ("/", "every host file"), ("/tmp", "shared temporary directory"), ("/var/tmp", "shared temporary directory"),
+    ("/var", "contains /var/run"), ("/run", "never bound"), ("/var/lib", "contains /var/lib/docker"),
+])
+def test_directories_holding_host_sockets_are_refused_whole(path: str, why: str) -> None:
+    if not os.path.exists(path):
+        pytest.skip(f"{path} does not exist here")
+    with pytest.raises(BindRefused, match=why):
+        check_bind(Path(path), [])
+
+
+def test_a_nul_byte_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    with pytest.raises(BindRefused, match="NUL byte"):
+        check_bind(Path("/tmp/a\0b"), [])
+    s = settings_of({"a": {"command": sys.executable, "sandbox": {"ro": ["/tmp/a\0b"]}}},
+                    {"state_dir": str(tmp_path)})
+    with pytest.raises(PlanError, match=r"server 'a': refused to bind '/tmp/a\\x00b': .*NUL byte"):
+        make_plan("a", sys.executable, [str(FIXTURE)], {}, None, s.profile("a"), s, sensitive=[])
+    with pytest.raises(PlanError, match="cwd cannot contain a NUL byte"):
+        make_plan("a", sys.executable, [], {}, "/tmp/a\0b", s.profile("a"), s, sensitive=[])
+
+
+def _swap_for_link(path: Path, target: Path) -> None:
+    path.rename(path.with_name(path.name + ".old"))
+    path.symlink_to(target)
+
+
+def test_a_path_swapped_after_the_check_is_never_bound(tmp_path: Path) -> None:
+    """Plan (check) then bind (bwrap's descriptors) are apart in time: a swap in between is caught."""
+    hostonly = tmp_path / "hostonly"  # a stand-in for /etc/ssh: never checked, must never be bound
+    (hostonly / "ref").mkdir(parents=True)
+    (hostonly / "ref" / "key").write_text("private")
+    s = settings_of({"a": {"command": sys.executable}}, {"state_dir": str(tmp_path / "state")})
+
+    def plan_of(*declared: Path) -> SandboxPlan:
+        profile = replace(s.profile("a"), ro=declared, cache=False)
+        return make_plan("a", sys.executable, [str(FIXTURE)], {}, None, profile, s, sensitive=[])
+
+    def bind_flags(plan: SandboxPlan) -> list[str]:
+        bag = FdBag()
+        try:
+            return build_args(plan, bag, None)
+        finally:
+            bag.close()
+
+    swaps = {
+        "last component made a symlink": lambda d: _swap_for_link(d / "ref", hostonly / "ref"),
+        "a parent made a symlink": lambda d: _swap_for_link(d, hostonly),
+        "replaced by another directory": lambda d: ((d / "ref").rename(d / "gone"), (d / "ref").mkdir()),
+    }
+    for i, (what, swap) in enumerate(swaps.items()):
+        project = tmp_path / f"p{i}"
+        (project / "ref").mkdir(parents=True)
+        plan = plan_of(project / "ref")
+        assert "--ro-bind-fd" in bind_flags(plan), what  # unchanged: bound
+        swap(project)
+        with pytest.raises(BindRefused, match=r"no longer what was checked|changed since it was checked"):
+            bind_flags(plan)

@@ -4,11 +4,15 @@ Servers whose config asks to bind a host unix socket (a stand-in for docker.sock
 directory that contains credentials, a home directory, `/proc`, or `/` do not start: each gets a
 clear error naming the path and the rule, audited as `sandbox.refused`, while a server with an
 ordinary declared directory starts. `mcpward doctor` reports the same before anything runs.
+A directory with a live host socket anywhere below it, and directories that hold host sockets
+(`/tmp`, `/var`), are refused the same way, and the socket never sees a connection. A declared
+directory swapped for a symlink between the plan and bwrap's start is not bound.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -16,8 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MCPWARD
-from tests.threats.sandbox_support import Gateway, escape_server, need_bwrap
+from mcpward.gateway.config import parse
+from mcpward.sandbox.bwrap import BwrapSpawner
+from mcpward.sandbox.launcher import Launcher
+from mcpward.transport.base import LinkError
+from tests.conftest import MCPWARD, PYTHON
+from tests.threats.sandbox_support import ESCAPE, Gateway, escape_server, need_bwrap
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,9 +40,18 @@ async def test_sensitive_binds_are_refused_with_a_clear_error(tmp_path: Path) ->
     (project / ".ssh" / "id_ed25519").write_text("fake key")
     fine = tmp_path / "fine"
     fine.mkdir()
+    sockdir = tmp_path / "sockdir"  # the audit's case: a live socket two levels below a declared directory
+    (sockdir / "sub").mkdir(parents=True)
+    agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    agent.bind(str(sockdir / "sub" / "agent.sock"))
+    agent.listen()
+    agent.setblocking(False)
     home = os.path.expanduser("~")
     bad = {
         "sock": (sock_path, "unix socket"),
+        "sockdir": (sockdir, f"contains the unix socket {sockdir / 'sub' / 'agent.sock'}"),
+        "tmp": (Path("/tmp"), "shared temporary directory"),
+        "var": (Path("/var"), "contains /var/run"),
         "ssh": (project / ".ssh", "holds credentials"),
         "parent": (project, "contains .ssh"),
         "home": (Path(home), "home directory"),
@@ -46,10 +63,13 @@ async def test_sensitive_binds_are_refused_with_a_clear_error(tmp_path: Path) ->
         config += escape_server(name, f'[servers.{name}.sandbox]\nro = ["{path}"]')
     gw = await Gateway.launch(tmp_path, config)
     try:
-        assert "result" in await gw.call("ok__attempt", {"name": "whoami"})
+        assert "result" in await gw.call("ok__attempt", {"name": "whoami"}, timeout=60)  # nine refusals first
+        with pytest.raises(BlockingIOError):
+            agent.accept()  # nothing connected to the host socket (the server never started: audited below)
     finally:
         await gw.close()
         sock.close()
+        agent.close()
     refused = {r["server"]: r["reason"] for r in gw.audit("sandbox.refused")}
     for name, (path, why) in bad.items():
         assert name in refused, (name, refused)
@@ -62,3 +82,27 @@ async def test_sensitive_binds_are_refused_with_a_clear_error(tmp_path: Path) ->
     report = {s["server"]: s for s in json.loads(doctor.stdout)["servers"]}
     assert not report["ok"]["problems"] and report["ok"]["backend"] == "bwrap"
     assert all(report[name]["problems"] for name in bad)
+
+
+async def test_a_directory_swapped_for_a_symlink_after_the_plan_is_not_bound(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The check (at plan time) and the bind (bwrap's descriptors) are apart in time; a swap there is refused."""
+    need_bwrap()
+    hostonly = tmp_path / "hostonly"  # a stand-in for /etc/ssh
+    hostonly.mkdir(mode=0o700)
+    (hostonly / "id_key").write_text("private")
+    ref = tmp_path / "project" / "ref"
+    ref.mkdir(parents=True)
+    server = {"command": PYTHON, "args": [str(ESCAPE)],
+              "sandbox": {"backend": "bwrap", "cache": False, "ro": [str(ref)]}}
+    launch = Launcher(parse({"servers": {"box": server}, "sandbox": {"state_dir": str(tmp_path / "state")}}))
+    spawner = await launch._spawner(launch.cfg.servers["box"], 1 << 20)
+    assert isinstance(spawner, BwrapSpawner)
+    ref.rename(ref.with_name("ref.old"))
+    ref.symlink_to(hostonly)
+    caplog.set_level(logging.INFO, "mcpward.audit")
+    with pytest.raises(LinkError, match=f"not started: refused to bind {ref}: is no longer what was checked"):
+        await spawner.spawn(1 << 20)
+    refused = [json.loads(r.getMessage()) for r in caplog.records if '"sandbox.refused"' in r.getMessage()]
+    assert refused and refused[0]["server"] == "box" and refused[0]["rule"] == "sandbox.bind-changed"
+    assert str(ref) in refused[0]["reason"]

@@ -4,19 +4,24 @@ A sandboxed server installs into its own package cache on its first run (here th
 a package file the way `npx` would). The gateway records what the cache held when the server
 stopped; a restart with nothing changed works; after the cached package is tampered with on the
 host, the server does not start and the error and the audit name the file. An explicit sha256
-pin on the server's script is checked the same way.
+pin on the server's script is checked the same way. A symlink the server plants in its cache
+(`/cache/xdg -> a host directory only root may read`) is recorded as a link, never followed: the
+gateway (root) reads no host file through it, and a FIFO there never blocks it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import pytest
 
+from mcpward.sandbox import artifacts
 from tests.threats.sandbox_support import ESCAPE, Gateway, escape_server, need_bwrap
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # several gateway starts; slow on a loaded host
 PACKAGE = "npm/_npx/0123abcd/node_modules/left-pad/index.js"
 
 
@@ -36,7 +41,7 @@ async def _write_in_cache(tmp_path: Path, config: str) -> None:
 async def _starts(tmp_path: Path, config: str) -> tuple[bool, Gateway]:
     gw = await Gateway.launch(tmp_path, config)
     try:
-        reply = await gw.call("box__attempt", {"name": "whoami"})
+        reply = await gw.call("box__attempt", {"name": "whoami"}, timeout=60)  # a loaded host starts Python slowly
     finally:
         await gw.close()
     return "result" in reply, gw
@@ -68,3 +73,56 @@ async def test_an_explicit_pin_is_checked_before_every_start(tmp_path: Path) -> 
     ok, gw = await _starts(tmp_path, pinned("0" * 64))
     assert not ok
     assert "does not match its sha256 pin" in gw.audit("sandbox.artifact-changed")[0]["reason"]
+
+
+def _host_only(tmp_path: Path) -> Path:
+    """A stand-in for a host directory the sandboxed server must never get the gateway to read."""
+    hostonly = tmp_path / "hostonly"
+    hostonly.mkdir(mode=0o700)
+    (hostonly / "private.txt").write_text("root-only content")
+    os.mkfifo(hostonly / "pipe")
+    return hostonly
+
+
+def test_the_cache_walk_never_follows_a_link_nor_blocks(tmp_path: Path) -> None:
+    hostonly = _host_only(tmp_path)
+    cache = tmp_path / "cache"
+    (cache / "npm" / "_npx" / "pkg").mkdir(parents=True)
+    (cache / "npm" / "_npx" / "pkg" / "index.js").write_text("ok")
+    (cache / "xdg").symlink_to(hostonly)  # the whole installed tree made a link
+    (cache / "npm" / "_npx" / "up").symlink_to(hostonly)  # a directory link inside it
+    (cache / "npm" / "_npx" / "pipe").symlink_to(hostonly / "pipe")  # a link to a FIFO
+    os.mkfifo(cache / "npm" / "_npx" / "fifo")  # a FIFO itself: opening it to hash would block
+    manifest = artifacts.cache_manifest(cache)
+    assert manifest == {
+        "xdg": f"link:{hostonly}", "npm/_npx/up": f"link:{hostonly}", "npm/_npx/pipe": f"link:{hostonly / 'pipe'}",
+        "npm/_npx/pkg/index.js": f"2:{hashlib.sha256(b'ok').hexdigest()}",
+    }
+    pinned = artifacts.pin_digest(cache / "npm")  # a pinned directory is walked the same way
+    (hostonly / "private.txt").write_text("changed, but never read")
+    assert artifacts.pin_digest(cache / "npm") == pinned and artifacts.cache_manifest(cache) == manifest
+
+
+async def test_a_link_the_server_plants_in_its_cache_is_recorded_not_followed(tmp_path: Path) -> None:
+    need_bwrap()
+    hostonly = _host_only(tmp_path)
+    config = escape_server("box")
+    cache = tmp_path / "state" / "cache" / "box"
+    gw = await Gateway.launch(tmp_path, config)
+    try:
+        await gw.attempt("box__attempt", "list_dir", "/cache")  # running: what appears now is the server's doing
+        (cache / "xdg").symlink_to(hostonly)
+        (cache / "uv-tools").mkdir()
+        os.mkfifo(cache / "uv-tools" / "fifo")
+    finally:
+        await gw.close()  # the gateway records the cache as the server left it
+    manifest = json.loads((tmp_path / "state" / "manifests" / "box.json").read_text())
+    assert manifest == {"xdg": f"link:{hostonly}"}, manifest  # nothing read through the link, the FIFO skipped
+    ok, _ = await _starts(tmp_path, config)
+    assert ok, "an unchanged link must start"
+    (cache / "xdg").unlink()
+    (cache / "xdg").symlink_to(tmp_path)  # retargeted between runs: a change like any other
+    ok, gw = await _starts(tmp_path, config)
+    assert not ok
+    changed = gw.audit("sandbox.artifact-changed")
+    assert changed and "package cache file xdg changed" in changed[0]["reason"], changed

@@ -11,12 +11,21 @@ it stops, so they are trusted from then on: the manifest guards the time between
 
 Explicit pins (`[servers.<name>.sandbox] verify = { "<path>" = "sha256:<hex>" }`) are checked
 the same way before every start: a file or a directory tree must hash to the pinned value.
+
+The cache is written by the sandboxed server and read here by the gateway (often root), so the
+walk never follows a symlink: a link is recorded as `link:<target>` (its target is what a change
+would alter), files are opened with O_NOFOLLOW|O_NONBLOCK, anything but a regular file or a
+directory (a FIFO, a device, a socket) is skipped, and the walk stays on the tree's own file system.
+Otherwise `cache/xdg -> /root/secret` would have the gateway read host files into its manifest,
+and a link to a FIFO or to /proc could block it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import orjson
@@ -25,29 +34,85 @@ import orjson
 # caches and logs change on every run and hold nothing that executes.
 INSTALLED = ("npm/_npx", "uv/archive-v0", "uv-tools", "xdg", "pip/wheels")
 MAX_FILES = 200_000
+MAX_DEPTH = 128  # directories deep; bounds the descriptors held open by the walk
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class ArtifactError(Exception):
     """The server's code is not what was verified; the message names the file."""
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    """Relative path -> "size:sha256" for every regular file and symlink under `root`."""
+def tree_digest(root: Path, *, follow_root: bool = True) -> dict[str, str]:
+    """Relative path -> "size:sha256" for every regular file, "link:<target>" for every symlink under
+    `root` (never followed). `follow_root=False`: `root` itself must not be a symlink (the caller
+    recorded it as one)."""
     out: dict[str, str] = {}
-    if not root.is_dir():
+    try:
+        fd = os.open(root, _DIR | (0 if follow_root else os.O_NOFOLLOW))
+    except (FileNotFoundError, NotADirectoryError):
         return out
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                out[rel] = "link:" + os.readlink(path)
-            elif path.is_file():
-                out[rel] = f"{path.stat().st_size}:{_sha256(path)}"
-            if len(out) > MAX_FILES:
-                raise ArtifactError(f"{root}: more than {MAX_FILES} files; refusing to verify an unbounded tree")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ArtifactError(f"{root}: became a symlink while it was being verified") from None
+        raise ArtifactError(f"{root}: cannot be read ({exc.strerror})") from None
+    try:
+        _walk(fd, "", os.fstat(fd).st_dev, out, 0)
+    except OSError as exc:  # a directory that cannot be listed
+        raise ArtifactError(f"{root}: cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
     return out
+
+
+def _walk(fd: int, prefix: str, dev: int, out: dict[str, str], depth: int) -> None:
+    """Below the directory `fd`, by descriptor (openat), so no symlink is followed at any level."""
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            rel = prefix + entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    out[rel] = "link:" + os.readlink(entry.name, dir_fd=fd)
+                elif st.st_dev != dev:
+                    continue  # another file system mounted here: not the cache's own content
+                elif stat.S_ISDIR(st.st_mode):
+                    if depth + 1 > MAX_DEPTH:
+                        raise ArtifactError(f"{rel}: nested deeper than {MAX_DEPTH} directories; "
+                                            "refusing to verify an unbounded tree")
+                    child = os.open(entry.name, _DIR | os.O_NOFOLLOW, dir_fd=fd)
+                    try:
+                        _walk(child, rel + "/", dev, out, depth + 1)
+                    finally:
+                        os.close(child)
+                elif stat.S_ISREG(st.st_mode):
+                    digest = _file_digest(entry.name, fd)
+                    if digest is not None:
+                        out[rel] = digest
+            except FileNotFoundError:
+                continue  # removed since the listing: absent, as a later listing would find it
+            except OSError as exc:
+                raise ArtifactError(f"package file {rel} cannot be read ({exc.strerror})") from None
+            if len(out) > MAX_FILES:
+                raise ArtifactError(f"more than {MAX_FILES} files; refusing to verify an unbounded tree")
+
+
+def _file_digest(name: str, dir_fd: int) -> str | None:
+    """The "size:sha256" of a regular file, opened without following a link and without blocking;
+    None when `name` is no longer a regular file (swapped since the listing)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        h = hashlib.sha256()
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return f"{st.st_size}:{h.hexdigest()}"
 
 
 def _sha256(path: Path) -> str:
@@ -68,8 +133,18 @@ def pin_digest(path: Path) -> str:
 def cache_manifest(cache: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for sub in INSTALLED:
-        for rel, digest in tree_digest(cache / sub).items():
-            out[f"{sub}/{rel}"] = digest
+        path = cache / sub
+        try:
+            mode = os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            raise ArtifactError(f"package cache {sub} cannot be read ({exc.strerror})") from None
+        if stat.S_ISLNK(mode):  # the server made it a link (xdg -> a host directory): record it, never read it
+            out[sub] = "link:" + os.readlink(path)
+        elif stat.S_ISDIR(mode):
+            for rel, digest in tree_digest(path, follow_root=False).items():
+                out[f"{sub}/{rel}"] = digest
     return out
 
 

@@ -17,6 +17,9 @@ What the measurements in our notes settled:
   root-owned directories. The server then runs as its uid with every capability dropped, no new
   privileges, nosuid mounts and a seccomp filter that refuses setns, unshare and new user
   namespaces, so the root mapping is never reachable from inside.
+- A bind is what was checked: the plan records each checked path's (st_dev, st_ino); here the path
+  is opened again one component at a time with O_NOFOLLOW and its identity compared, so a path
+  swapped for a symlink (or another directory) between plan and start is refused, never bound.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from mcpward.audit import events
 from mcpward.sandbox import cgroups, rlimits
 from mcpward.sandbox.cgroups import CgroupError
-from mcpward.sandbox.paths import merged_usr_links, system_binds
+from mcpward.sandbox.paths import Bind, BindRefused, merged_usr_links, open_exact, system_binds
 from mcpward.sandbox.plan import CACHE_DIR, SANDBOX_HOME, SECRETS_DIR, SandboxPlan
 from mcpward.transport.base import LinkError
 from mcpward.transport.stdio_link import die_with_parent
@@ -64,6 +68,19 @@ class FdBag:
     def path(self, path: str) -> int:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         self.fds.append(fd)
+        return fd
+
+    def bind(self, bind: Bind) -> int:
+        """An O_PATH handle on exactly what the plan checked; BindRefused if the path now names anything else."""
+        try:
+            fd = open_exact(bind.path)
+        except OSError as exc:
+            raise BindRefused(f"{bind.path}: changed since it was checked ({exc.strerror}); not bound") from None
+        self.fds.append(fd)
+        st = os.fstat(fd)
+        if bind.ident is None or (st.st_dev, st.st_ino) != bind.ident:
+            raise BindRefused(f"{bind.path}: is no longer what was checked (replaced or made a symlink since the "
+                              "plan); not bound")
         return fd
 
     def close(self) -> None:
@@ -101,7 +118,7 @@ def build_args(plan: SandboxPlan, bag: FdBag, seccomp_bpf: bytes | None) -> list
             a += ["--perms", "0400", "--ro-bind-data", str(bag.data(secret, "secret")), f"{SECRETS_DIR}/{name}"]
     for bind in plan.binds:
         flag = "--bind-fd" if bind.writable else "--ro-bind-fd"
-        a += [flag, str(bag.path(str(bind.path))), str(bind.path)]
+        a += [flag, str(bag.bind(bind)), str(bind.path)]
     if plan.cache_dir is not None:
         a += ["--bind-fd", str(bag.path(str(plan.cache_dir))), CACHE_DIR]
     if seccomp_bpf is not None:
@@ -164,7 +181,13 @@ class BwrapSpawner:
         block_r, block_w = os.pipe()
         proc: asyncio.subprocess.Process | None = None
         try:
-            args_fd = bag.data(_encode_args(build_args(self.plan, bag, self.seccomp_bpf)), "bwrap-args")
+            try:
+                args = build_args(self.plan, bag, self.seccomp_bpf)
+            except BindRefused as exc:
+                events.record("sandbox.refused", server=self.plan.server, rule="sandbox.bind-changed",
+                              reason=f"refused to bind {exc}")
+                raise LinkError(f"server {self.plan.server!r} not started: refused to bind {exc}") from None
+            args_fd = bag.data(_encode_args(args), "bwrap-args")
             barrier = ["--info-fd", str(info_w), "--block-fd", str(block_r)]
             if self.plan.uid is not None:
                 # One pipe for both waits: bwrap's outer process reads the first byte (maps written),

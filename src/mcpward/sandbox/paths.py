@@ -6,7 +6,10 @@ and a root gateway's `/root` would be readable). Everything else is declared per
 the command's own install root and the directories of script arguments (`auto_bind`).
 
 A declared path is refused when it is, contains or lies inside a sensitive path (credentials,
-sockets, kernel interfaces), so no config can hand a server `~/.ssh` or `docker.sock` (T10).
+sockets, kernel interfaces), so no config can hand a server `~/.ssh` or `docker.sock` (T10). A
+bound directory is searched (bounded) for unix sockets, since a bind reaches every socket below it.
+What was checked is what gets bound: the check records the directory's identity (st_dev, st_ino),
+and bwrap is handed a descriptor opened again without following any symlink and compared to it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ SENSITIVE_NAMES = frozenset({
 SYSTEM_RO = ("/usr", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/ssl",
              "/etc/ca-certificates", "/etc/alternatives", "/etc/localtime", "/etc/nsswitch.conf",
              "/etc/mime.types")
+# Shared temporary directories: any host user can plant a socket in them at any time, so never bound whole.
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+# The socket search of a bound directory is bounded (it runs at every start): past these, the bind is refused.
+MAX_SCAN_ENTRIES = 50_000
+MAX_SCAN_DEPTH = 32
 SCRIPT_SUFFIXES = (".py", ".js", ".mjs", ".cjs", ".ts")
 MERGED_USR = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
 
@@ -51,6 +59,7 @@ class Bind:
     path: Path  # absolute, resolved; bound at the same path inside
     writable: bool
     why: str  # "declared", "command", "script", "cwd", "cache" (for doctor and errors)
+    ident: tuple[int, int] | None = None  # (st_dev, st_ino) of what was checked; the backend binds only that
 
 
 @functools.cache
@@ -76,29 +85,71 @@ def sensitive_paths(extra: tuple[Path, ...] = ()) -> list[Path]:
     return out
 
 
-def check_bind(path: Path, sensitive: list[Path]) -> Path:
+def check_bind(path: Path, sensitive: list[Path], *, scan: bool = True) -> Path:
     """The resolved path if it may be bound; BindRefused (naming the rule) if not."""
+    return checked_bind(path, False, "declared", sensitive, scan=scan).path
+
+
+def checked_bind(path: Path, writable: bool, why: str, sensitive: list[Path], *, scan: bool) -> Bind:
+    """A Bind of `path` carrying the identity of what was checked; BindRefused (naming the rule) if it
+    may not be bound. `scan`: search a directory for unix sockets (declared, script and cwd binds)."""
+    if "\0" in str(path):
+        raise BindRefused(f"{str(path)!r}: a bind path cannot contain a NUL byte")
     if not path.is_absolute():
         raise BindRefused(f"{path}: bind paths must be absolute")
     try:
         real = path.resolve(strict=True)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         raise BindRefused(f"{path}: does not exist or cannot be resolved ({exc.__class__.__name__})") from None
+    _check_text(path, real, sensitive)
+    try:
+        fd = open_exact(real)
+    except OSError as exc:
+        raise BindRefused(f"{path}: changed while it was checked ({exc.strerror}); not bound") from None
+    try:
+        st = os.fstat(fd)
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            raise BindRefused(f"{path}: became a symlink while it was checked; not bound")
+        if stat.S_ISSOCK(mode):
+            raise BindRefused(f"{path}: a unix socket is never bound (it reaches a host service)")
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            raise BindRefused(f"{path}: only regular files and directories are bound")
+        if stat.S_ISDIR(mode):
+            below = str(real) + "/"
+            for child in _PLAIN_NAMES:
+                if _exists_text(below + child):
+                    raise BindRefused(f"{path}: contains {child}, which holds credentials; bind a narrower directory")
+            if scan:
+                _SocketScan(path, real).run(fd)
+    finally:
+        os.close(fd)
+    return Bind(real, writable, why, (st.st_dev, st.st_ino))
+
+
+def _check_text(path: Path, real: Path, sensitive: list[Path]) -> None:
+    """The rules that read only the resolved path's text."""
     text = str(real)
     if text == "/":
         raise BindRefused(f"{path}: binding / would expose every host file and socket")
+    if text in SHARED_DIRS:
+        raise BindRefused(f"{path}: a shared temporary directory is never bound whole (any host user can "
+                          "put a socket there at any time); bind a subdirectory")
+    below = text + "/"
     # String prefixes rather than Path.parents: this runs for every bind at every start, and on a
     # resolved absolute path the two are the same test at a fraction of the cost.
     for tree in FORBIDDEN_TREES:
         if text == tree or text.startswith(tree + "/"):
             raise BindRefused(f"{path}: {tree} is never bound (kernel interfaces and host sockets)")
+        if tree.startswith(below):  # `/var` would bring `/var/run` (host sockets) with it
+            raise BindRefused(f"{path}: contains {tree}, which is never bound (kernel interfaces and host "
+                              "sockets); bind a narrower directory")
     for parts in _name_windows(real):
         if parts in SENSITIVE_NAMES:
             raise BindRefused(f"{path}: lies in {parts!s}, which holds credentials")
     if text in _home_texts() or text == "/home":
         raise BindRefused(f"{path}: a home directory is never bound whole (it is where credentials live); "
                           "bind the project directory instead")
-    below = text + "/"
     for bad in sensitive:
         other = str(bad)
         # `other` is `text` or one of its parents (no allocation per entry: hundreds of entries, every start)
@@ -106,16 +157,87 @@ def check_bind(path: Path, sensitive: list[Path]) -> Path:
             raise BindRefused(f"{path}: lies in {bad}, which holds credentials")
         if other.startswith(below) and _exists(bad):
             raise BindRefused(f"{path}: contains {bad}, which holds credentials; bind a narrower directory")
-    mode = real.stat().st_mode
-    if stat.S_ISSOCK(mode):
-        raise BindRefused(f"{path}: a unix socket is never bound (it reaches a host service)")
-    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-        raise BindRefused(f"{path}: only regular files and directories are bound")
-    if stat.S_ISDIR(mode):
-        for child in _PLAIN_NAMES:
-            if _exists_text(below + child):
-                raise BindRefused(f"{path}: contains {child}, which holds credentials; bind a narrower directory")
-    return real
+
+
+def open_exact(real: Path) -> int:
+    """An O_PATH descriptor of `real` (absolute, resolved) reached without following any symlink:
+    each component is opened with O_NOFOLLOW below the last, so a component swapped for a symlink
+    after the check fails (ENOTDIR) or yields the link itself (the caller's identity check sees it)."""
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("/", flags)
+    try:
+        for part in real.parts[1:]:
+            nxt = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _SocketScan:
+    """Refuses a directory with a unix socket anywhere below it: bwrap binds recursively, and a socket
+    is reachable through any bind that contains it. Bounded in entries and depth; symlinks are not
+    followed (inside the sandbox they resolve in the sandbox's own view, never the host's)."""
+
+    def __init__(self, shown: Path, real: Path) -> None:
+        self.shown, self.real, self.seen = shown, real, 0
+
+    def run(self, path_fd: int) -> None:
+        try:
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=path_fd)
+        except OSError as exc:
+            raise BindRefused(f"{self.shown}: cannot be searched for host sockets ({exc.strerror}); "
+                              "not bound") from None
+        try:
+            self._scan(fd, self.real, 0)
+        finally:
+            os.close(fd)
+
+    def _scan(self, fd: int, where: Path, depth: int) -> None:
+        try:
+            entries = os.scandir(fd)
+        except OSError as exc:
+            raise BindRefused(f"{self.shown}: {where} cannot be searched for host sockets ({exc.strerror}); "
+                              "bind a narrower directory") from None
+        with entries:
+            for entry in entries:
+                self.seen += 1
+                if self.seen > MAX_SCAN_ENTRIES:
+                    raise BindRefused(self._too_big(f"more than {MAX_SCAN_ENTRIES} entries"))
+                if entry.is_dir(follow_symlinks=False):
+                    if depth + 1 > MAX_SCAN_DEPTH:
+                        raise BindRefused(self._too_big(f"directories nested deeper than {MAX_SCAN_DEPTH} levels"))
+                    self._descend(fd, entry.name, where, depth + 1)
+                elif not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
+                    try:
+                        mode = entry.stat(follow_symlinks=False).st_mode
+                    except FileNotFoundError:
+                        continue  # gone since the listing
+                    if stat.S_ISSOCK(mode):
+                        raise BindRefused(f"{self.shown}: contains the unix socket {where / entry.name}, which "
+                                          "would reach a host service; a bind never contains a socket: bind a "
+                                          "narrower directory or move the socket")
+
+    def _descend(self, fd: int, name: str, where: Path, depth: int) -> None:
+        try:
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # removed, or replaced by a file or a symlink, since the listing: nothing to search
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return
+            raise BindRefused(f"{self.shown}: {where / name} cannot be searched for host sockets "
+                              f"({exc.strerror}); bind a narrower directory") from None
+        try:
+            self._scan(child, where / name, depth)
+        finally:
+            os.close(child)
+
+    def _too_big(self, what: str) -> str:
+        return (f"{self.shown}: holds {what}, past the limit of the search for host sockets every bound directory "
+                "gets; bind the narrower directories the server needs")
 
 
 def _name_windows(path: Path) -> set[str]:

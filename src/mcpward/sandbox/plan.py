@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcpward.sandbox.paths import Bind, BindRefused, auto_binds, check_bind, install_root, resolve_command
+from mcpward.sandbox.paths import Bind, BindRefused, auto_binds, checked_bind, install_root, resolve_command
 from mcpward.sandbox.settings import Limits, SandboxProfile, SandboxSettings
 
 SANDBOX_HOME = "/tmp/home"
@@ -53,14 +53,13 @@ def make_plan(server: str, command: str, args: list[str], env: dict[str, str], c
     exe = resolve_command(command, os.environ.get("PATH", SYSTEM_PATH))
     if exe is None or not exe.is_file():
         raise PlanError(f"cannot start server {server!r}: No such file or directory: {command}")
-    binds: list[Bind] = []
-    for path in profile.ro:
-        binds.append(Bind(_checked(server, path, sensitive), False, "declared"))
-    for path in profile.rw:
-        binds.append(Bind(_checked(server, path, sensitive), True, "declared"))
+    if cwd is not None and "\0" in cwd:
+        raise PlanError(f"server {server!r}: its cwd cannot contain a NUL byte")
+    wanted = [Bind(path, False, "declared") for path in profile.ro]
+    wanted += [Bind(path, True, "declared") for path in profile.rw]
     if profile.auto_bind:
-        for bind in auto_binds(str(exe), args, cwd, SYSTEM_PATH):
-            binds.append(Bind(_checked(server, bind.path, sensitive), False, bind.why))
+        wanted += auto_binds(str(exe), args, cwd, SYSTEM_PATH)
+    binds = _checked(server, wanted, sensitive)
     uid = settings.uid_for(server) if os.geteuid() == 0 else None
     cache_dir = settings.cache_dir(server) if profile.cache else None
     path_dirs = [str(exe.parent)] if install_root(exe) is not None else []
@@ -81,11 +80,22 @@ def make_plan(server: str, command: str, args: list[str], env: dict[str, str], c
                        limits=profile.limits, cache_dir=cache_dir, egress=profile.egress.enabled)
 
 
-def _checked(server: str, path: Path, sensitive: list[Path]) -> Path:
-    try:
-        return check_bind(path, sensitive)
-    except BindRefused as exc:
-        raise PlanError(f"server {server!r}: refused to bind {exc}") from None
+def _checked(server: str, wanted: list[Bind], sensitive: list[Path]) -> list[Bind]:
+    """Each bind checked, with the identity of what was checked. A command's install root is not
+    searched for sockets (a runtime's tree, thousands of files, every start); every other directory
+    is (declared ones, a script's directory, the cwd)."""
+    done: dict[tuple[Path, bool], Bind] = {}  # the same directory often comes twice (script dir and cwd)
+    out = []
+    for want in wanted:
+        scan = want.why != "command"
+        try:
+            seen = done.get((want.path, scan))
+            if seen is None:
+                seen = done[(want.path, scan)] = checked_bind(want.path, False, want.why, sensitive, scan=scan)
+        except BindRefused as exc:
+            raise PlanError(f"server {server!r}: refused to bind {exc}") from None
+        out.append(Bind(seen.path, want.writable, want.why, seen.ident))
+    return out
 
 
 def _dedupe(binds: list[Bind]) -> list[Bind]:
