@@ -86,7 +86,8 @@ async def test_hanging_call_times_out_and_others_keep_working(write_config) -> N
         assert _text(await client.call("bad__echo", {"text": "still here"})) == "still here"
         started = time.monotonic()
         reply = await hang
-        assert reply["error"]["code"] == -32002 and "did not answer" in reply["error"]["message"]
+        assert reply["error"]["code"] == -32005 and "did not answer" in reply["error"]["message"]
+        assert reply["error"]["data"] == {"reason": "timeout", "timeoutSeconds": 2}  # not "Resource not found"
         assert time.monotonic() - started < 5
     finally:
         await client.close()
@@ -104,7 +105,7 @@ async def test_in_flight_limit_applies_backpressure_not_drops(write_config) -> N
         assert _text(reply) == "queued"
         assert time.monotonic() - started > 1.0  # it really waited
         for reply in await asyncio.gather(*hangs):
-            assert reply["error"]["code"] == -32002
+            assert reply["error"]["code"] == -32005
     finally:
         await client.close()
 

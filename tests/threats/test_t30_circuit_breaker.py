@@ -41,7 +41,7 @@ def test_timeouts_trip_the_breaker_then_a_probe_closes_it(serve_gateway) -> None
         # The single-threaded fixture works through each 1 s sleep in turn; the gateway gives up after 0.5 s.
         for rid in range(1, 4):
             _, reply = slow(http, url, 1, rid)
-            assert reply["error"]["code"] == -32002, reply  # the gateway's request timeout
+            assert reply["error"]["code"] == -32005, reply  # the gateway's request timeout
         # Open: refused at once, without waiting for the tool, with the time left as retry-after.
         took, reply = slow(http, url, 1, 10)
         assert reply["error"]["data"]["rule"] == "limits.breaker-open", reply

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import math
+import secrets
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
@@ -92,15 +93,18 @@ class Upstream:
         self._spare: MessageLink | None = None
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(cfg.max_in_flight)
-        self._progress: dict[str, tuple[RequestContext, Any]] = {}
-        self._tokens = itertools.count(1)
+        # Our progress token -> the session the request went out on, its client request, the client's token.
+        # Tokens are random, and progress counts only from the session that holds the request.
+        self._progress: dict[str, tuple[Session, RequestContext, Any]] = {}
+        self.stray_messages = 0  # server messages for another session's request or subscription, dropped
         self._failures = 0
         self._next_attempt = 0.0
         self._stopping = False
         self._listen_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._resource_uris: set[str] = set()
-        self._legacy_subscribed: dict[str, set[str]] = {}  # session key -> uris
+        self._legacy_subscribed: dict[str, set[str]] = {}  # live legacy session key -> uris it subscribed
+        self._log_level: str | None = None  # the last legacy logging/setLevel, for sessions started later
         # Per-principal credentials: one child Upstream per principal that has used this server,
         # each with its own connections made with its own credentials (None: one shared set).
         self._children: dict[str, Upstream] | None = {} if cfg.principals else None
@@ -174,22 +178,32 @@ class Upstream:
         async with self._lock:
             if self._ready(any_session):
                 return
-            wait = self._next_attempt - time.monotonic()
-            if wait > 0:
-                raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE,
-                                  f"server {self.name!r} is restarting; retry in {wait:.1f}s",
-                                  {"retryAfterSeconds": round(wait, 1)})
+            self._refuse_while_backing_off()
             try:
                 await self._probe()
                 self._failures = 0
                 self.error = None
             except (LinkError, PeerError) as exc:
-                self._failures += 1
-                self._next_attempt = time.monotonic() + min(MAX_BACKOFF, 0.25 * 2 ** self._failures)
+                self._failed()
                 self.error = str(exc)
                 if isinstance(exc, LinkError):  # why it could not start (a sandbox or secret problem, a crash)
                     log.error("%s", exc)
                 raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable") from exc
+
+    def _failed(self) -> float:
+        """One more start or session that failed: the next waits 0.5 s, doubling up to MAX_BACKOFF."""
+        self._failures += 1
+        delay: float = min(MAX_BACKOFF, 0.25 * 2.0 ** self._failures)
+        self._next_attempt = time.monotonic() + delay
+        return delay
+
+    def _refuse_while_backing_off(self) -> None:
+        """No new process (or legacy session) before the backoff after a failure has passed."""
+        wait = self._next_attempt - time.monotonic()
+        if wait > 0:
+            wait = math.ceil(wait * 10) / 10
+            raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is restarting; retry in {wait:.1f}s",
+                              {"retryAfterSeconds": wait})
 
     async def _check_address(self) -> None:
         """A remote server's name must not resolve to a non-public address unless allowed.
@@ -230,7 +244,7 @@ class Upstream:
                                   f"server {self.name!r} speaks none of our modern versions") from exc
             # Any other error, or silence, means legacy (never keyed to one code).
             self.era = "legacy"
-            if exc.code == jsonrpc.REQUEST_TIMEOUT:
+            if exc.local and exc.code == jsonrpc.REQUEST_TIMEOUT:
                 # A slow dual-era server may still answer the probe and stay modern on this
                 # process: the legacy session gets a fresh one.
                 await link.close()
@@ -245,11 +259,16 @@ class Upstream:
         log.info("server %s speaks %s", self.name, v.LATEST_MODERN)
 
     def _attach(self, link: MessageLink, key: str, era: v.Era) -> Peer:
+        def current() -> Session | None:
+            # The live session on this very connection: a late message from a dead process is nobody's.
+            session = self._sessions.get(key)
+            return session if session is not None and session.peer is peer else None
+
         async def on_request(message: JsonObj) -> JsonObj:
-            return await self._on_push(self._sessions.get(key), message)
+            return await self._on_push(current(), message)
 
         def on_notification(message: JsonObj) -> None:
-            self._on_notification(self._sessions.get(key), message)
+            self._on_notification(current(), message)
 
         peer = Peer(link, self.name, on_request, on_notification,
                     cancel_by_notification=not (era == "modern" and self.cfg.url is not None))
@@ -259,7 +278,7 @@ class Upstream:
             self._background(link.close())
             session = self._sessions.get(key)
             if session is not None and session.peer is peer:
-                del self._sessions[key]
+                self._drop_session(key)
                 self._on_crash(reason)
 
         link.on_closed = on_closed
@@ -268,9 +287,7 @@ class Upstream:
     def _on_crash(self, reason: str) -> None:
         if self._stopping:
             return
-        self._failures += 1
-        delay = min(MAX_BACKOFF, 0.25 * 2 ** self._failures)
-        self._next_attempt = time.monotonic() + delay
+        delay = self._failed()
         log.error("server %s stopped (%s); restarting in %.2fs", self.name, reason, delay)
         if self.era == "modern":
             self.era = None  # re-probe: a restarted server may come back different
@@ -316,12 +333,15 @@ class Upstream:
             session = self._sessions.get(key)
             if session is not None:
                 return session
+            self._refuse_while_backing_off()  # a legacy server that keeps crashing is not respawned per request
             self._evict_idle()
             link, self._spare = self._spare, None
             if link is None:
                 try:
                     link = await self._open_link()
                 except LinkError as exc:
+                    self._failed()
+                    log.error("%s", exc)
                     raise local_error(jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable") from exc
             peer = self._attach(link, key, "legacy")
             session = Session(peer=peer, era="legacy", key=key)
@@ -329,10 +349,41 @@ class Upstream:
             try:
                 await self._initialize(session, ctx)
             except PeerError:
-                self._sessions.pop(key, None)
+                if self._sessions.pop(key, None) is not None:  # not a crash, which on_closed already counted
+                    self._failed()
                 await link.close()
                 raise
+            self._failures = 0
+            await self._restore(session)
             return session
+
+    def _drop_session(self, key: str) -> None:
+        """A session ends (crash or eviction): what it subscribed is no longer watched by anyone."""
+        del self._sessions[key]
+        self._legacy_subscribed.pop(key, None)
+
+    async def _restore(self, session: Session) -> None:
+        """A new legacy session takes over what lost sessions had set up: the last log level, and every
+        subscription still wanted that no live session holds (a restart or an eviction dropped it)."""
+        caps = session.info.get("capabilities") or {}
+        if self._log_level is not None and "logging" in caps:
+            try:
+                await session.peer.request("logging/setLevel", {"level": self._log_level}, self.cfg.timeout)
+            except PeerError as exc:
+                log.warning("server %s: logging/setLevel on a new session failed: %s", self.name, exc)
+        orphans = self._resource_uris - self._held_uris()
+        done = self._legacy_subscribed.setdefault(session.key, set())
+        for uri in sorted(orphans):
+            try:
+                await session.peer.request("resources/subscribe", {"uri": uri}, self.cfg.timeout)
+            except PeerError as exc:
+                log.warning("server %s: re-subscribing to %s on a new session failed: %s", self.name, uri, exc)
+                continue
+            done.add(uri)
+            log.info("server %s: subscription to %s restored on a new session", self.name, uri)
+
+    def _held_uris(self) -> set[str]:
+        return set().union(*self._legacy_subscribed.values())
 
     def _evict_idle(self) -> None:
         if len(self._sessions) < self.cfg.max_sessions:
@@ -342,7 +393,7 @@ class Upstream:
             raise local_error(jsonrpc.OVERLOADED,
                               f"server {self.name!r} has {self.cfg.max_sessions} busy sessions; retry later")
         oldest = min(idle, key=lambda s: s.last_used)
-        del self._sessions[oldest.key]
+        self._drop_session(oldest.key)
         self._background(oldest.peer.link.close())
 
     async def _initialize(self, session: Session, ctx: RequestContext) -> None:
@@ -382,6 +433,10 @@ class Upstream:
                 try:
                     result = await session.peer.request(method, body, max(0.0, deadline - time.monotonic()),
                                                         hints, request_id=rid)
+                except PeerError as exc:
+                    if exc.local and exc.code == jsonrpc.REQUEST_TIMEOUT:  # the code alone is not self-explanatory
+                        exc.error.setdefault("data", {"reason": "timeout", "timeoutSeconds": self.cfg.timeout})
+                    raise
                 finally:
                     session.active.pop(rid, None)
                     if token is not None:
@@ -397,8 +452,8 @@ class Upstream:
         meta: JsonObj = dict(ctx.forward_meta)
         token: str | None = None
         if ctx.progress_token is not None:
-            token = f"{self.name}-{next(self._tokens)}"
-            self._progress[token] = (ctx, ctx.progress_token)
+            token = f"{self.name}-{secrets.token_urlsafe(16)}"  # unguessable: no other session can aim at it
+            self._progress[token] = (session, ctx, ctx.progress_token)
             meta["progressToken"] = token
         if session.era == "modern":
             meta[v.META_VERSION] = v.LATEST_MODERN
@@ -485,10 +540,11 @@ class Upstream:
         params = message.get("params") or {}
         if method == "notifications/progress":
             entry = self._progress.get(str(params.get("progressToken")))
-            if entry is not None:
-                progress_ctx, original = entry
-                out = dict(params, progressToken=original)
-                self._background(self._deliver(progress_ctx, method, out))
+            if entry is None or entry[0] is not session:
+                self._stray(method)  # unknown, finished, or another session's request
+                return
+            _session, progress_ctx, original = entry
+            self._background(self._deliver(progress_ctx, method, dict(params, progressToken=original)))
         elif method == "notifications/message":
             owner = self._owner(session)
             if owner is not None and v.log_level_allows(owner.log_level, params.get("level")):
@@ -496,9 +552,21 @@ class Upstream:
         elif method.endswith("/list_changed"):
             self.events.list_changed(self.name, method.split("/")[1])
         elif method == "notifications/resources/updated":
+            # A legacy session speaks only for what it subscribed: updates reach every client watching the URI.
+            if session is None or (session.era == "legacy"
+                                   and params.get("uri") not in self._legacy_subscribed.get(session.key, ())):
+                self._stray(method)
+                return
             self.events.resource_updated(self.name, params)
         elif method not in ("notifications/cancelled", "notifications/subscriptions/acknowledged"):
             log.debug("server %s sent %s; not forwarded", self.name, method)
+
+    def _stray(self, method: str) -> None:
+        # Counted, and logged sparingly: a server sending many must not flood our log.
+        self.stray_messages += 1
+        if self.stray_messages <= 5 or self.stray_messages % 1000 == 0:
+            log.warning("server %s sent %s that belongs to no request or subscription of that session; dropped "
+                        "(%d so far)", self.name, method, self.stray_messages)
 
     async def _deliver(self, ctx: RequestContext, method: str, params: JsonObj) -> None:
         """A notification to the client, through the guards' `on_message` (a refusal drops it; the guard audits)."""
@@ -511,7 +579,8 @@ class Upstream:
 
     # ------------------------------------------------------------- session-wide
     async def set_log_level(self, level: str) -> None:
-        """Legacy `logging/setLevel` reaches every live legacy session that offers logging."""
+        """Legacy `logging/setLevel` reaches every live legacy session that offers logging (and later ones)."""
+        self._log_level = level
         for child in list((self._children or {}).values()):
             await child.set_log_level(level)
         for session in list(self._sessions.values()):
@@ -543,10 +612,10 @@ class Upstream:
             self._relisten()
             return
         session = await self._session_for(ctx)
-        done = self._legacy_subscribed.setdefault(session.key, set())
-        for wanted in sorted(all_uris - done):
+        held = self._held_uris()  # one live session watching a URI is enough: updates fan out by URI
+        for wanted in sorted(all_uris - held):
             await self.call(ctx, "resources/subscribe", {"uri": wanted})
-            done.add(wanted)
+            self._legacy_subscribed.setdefault(session.key, set()).add(wanted)
 
     async def unsubscribe(self, ctx: RequestContext, uri: str, all_uris: set[str]) -> None:
         if self._children is not None:
@@ -557,10 +626,12 @@ class Upstream:
         if self.era == "modern":
             self._relisten()
             return
-        for key, done in self._legacy_subscribed.items():
-            if uri in done and key in self._sessions:
-                await self.call(ctx, "resources/unsubscribe", {"uri": uri})
+        for key, done in list(self._legacy_subscribed.items()):
+            session = self._sessions.get(key)
+            if uri in done and session is not None:  # the session that subscribed, not the caller's
                 done.discard(uri)
+                with contextlib.suppress(PeerError):
+                    await session.peer.request("resources/unsubscribe", {"uri": uri}, self.cfg.timeout)
 
     def _relisten(self) -> None:
         """(Re)open the gateway's own `subscriptions/listen` on a modern upstream."""

@@ -22,7 +22,9 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 # Implementation-defined range (-32000..-32019) used by the gateway itself.
 UPSTREAM_UNAVAILABLE = -32001
-REQUEST_TIMEOUT = -32002
+# Not -32002: legacy clients read that as "Resource not found" (and -32000/-32001 are the SDKs'
+# "connection closed"/"request timeout"); -32005 means nothing else in either era.
+REQUEST_TIMEOUT = -32005
 OVERLOADED = -32003
 REFUSED = -32004
 # Reserved by the 2026-07-28 specification.

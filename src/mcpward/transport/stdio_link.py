@@ -10,6 +10,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Protocol, SupportsIndex
 
@@ -28,6 +29,12 @@ PR_SET_PDEATHSIG = 1
 # Whether a server's stdout is read by a tap in its pipe protocol (see _Tap); tests switch it off to run the
 # plain stream-reading path, which is also what runs when the process's protocol is not asyncio's own.
 TAP_PIPE = True
+# A server's stderr goes to our log line by line. A line longer than this is cut (its end dropped and
+# counted); at most STDERR_BUDGET lines per STDERR_WINDOW seconds are logged, the rest only counted.
+STDERR_LINE_MAX = 4096
+STDERR_BUDGET = 200
+STDERR_WINDOW = 10.0
+STDERR_CHUNK = 65536
 
 
 def minimal_env(extra: dict[str, str]) -> dict[str, str]:
@@ -87,6 +94,62 @@ class PlainSpawner:
 
     async def cleanup(self) -> None:
         return None
+
+
+class StderrLog:
+    """A server's stderr into our log. Sans-IO: fed whatever the pipe gives, it never fails on a long
+    line or a flood, so the pipe is always drained and the server never blocks on a stderr write."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._log = logging.getLogger(f"mcpward.server.{name}")
+        self._head = bytearray()  # the current line's first STDERR_LINE_MAX bytes
+        self._cut = 0  # bytes of the current line past that, dropped
+        self._window = time.monotonic()
+        self._logged = 0  # lines logged in this window
+        self.suppressed = 0  # lines of this window not logged (over budget)
+
+    def feed(self, data: bytes) -> None:
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            self._take(data, start, end)
+            self._emit()
+            start = end + 1
+        self._take(data, start, len(data))
+
+    def finish(self) -> None:
+        """The stream ended: the last unterminated line, and the count of what a flood left unlogged."""
+        if self._head or self._cut:
+            self._emit()
+        self._summarise()
+
+    def _take(self, data: bytes, start: int, end: int) -> None:
+        room = STDERR_LINE_MAX - len(self._head)
+        keep = min(room, end - start)
+        self._head += data[start:start + keep]
+        self._cut += end - start - keep
+
+    def _emit(self) -> None:
+        text = self._head.decode("utf-8", "replace").rstrip()
+        if self._cut:
+            text += f" [cut {self._cut} bytes]"
+        self._head.clear()
+        self._cut = 0
+        now = time.monotonic()
+        if now - self._window >= STDERR_WINDOW:
+            self._summarise()
+            self._window, self._logged = now, 0
+        if self._logged < STDERR_BUDGET:
+            self._logged += 1
+            self._log.info("%s", text)
+        else:
+            self.suppressed += 1
+
+    def _summarise(self) -> None:
+        if self.suppressed:
+            log.warning("server %s wrote %d stderr lines over the log budget (%d per %gs); not logged",
+                        self.name, self.suppressed, STDERR_BUDGET, STDERR_WINDOW)
+            self.suppressed = 0
 
 
 class _Tap(asyncio.StreamReader):
@@ -169,6 +232,7 @@ class StdioLink(MessageLink):
         self._queued_writers = 0
         self._closing = False
         self.junk_lines = 0
+        self.stderr = StderrLog(name)
 
     def describe(self) -> str:
         return self.spawner.describe()
@@ -267,14 +331,17 @@ class StdioLink(MessageLink):
         self.on_message(message)
 
     async def _pump_stderr(self) -> None:
+        # Chunks, not readline: a line over the stream's limit would make readline raise and end the pump,
+        # and a server whose stderr pipe is full blocks on its next write.
         assert self._proc is not None and self._proc.stderr is not None
-        server_log = logging.getLogger(f"mcpward.server.{self.name}")
-        while True:
-            line = await self._proc.stderr.readline()
-            if not line:
-                return
-            text = line.decode("utf-8", "replace").rstrip()
-            server_log.info("%s", text)
+        stderr = self._proc.stderr
+        try:
+            while data := await stderr.read(STDERR_CHUNK):
+                self.stderr.feed(data)
+        except ConnectionError:
+            pass  # the process is gone; stdout's pump reports that
+        finally:
+            self.stderr.finish()
 
     async def close(self) -> None:
         self._closing = True
