@@ -57,6 +57,12 @@ class Catalog:
     def _rank(self, server: str) -> tuple[int, str]:
         return (-self.servers[server].priority, server)
 
+    def ranked(self, servers: list[str]) -> list[str]:
+        """`servers` in collision order, winners first: listing them in this order means a name's
+        winner is published before any loser, so a loser's item is never shown (not even on the
+        first listing, and not on an earlier page) while calls go to the winner."""
+        return sorted(servers, key=self._rank)
+
     def publish(self, kind: str, server: str, items: list[JsonObj]) -> list[JsonObj]:
         """Record one server's items and return them renamed; losers of collisions are dropped."""
         names = self.maps[kind]

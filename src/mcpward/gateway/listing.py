@@ -35,7 +35,7 @@ class Lister:
     def __init__(self, upstreams: dict[str, Upstream], catalog: Catalog, guards: GuardChain,
                  sealer: Sealer) -> None:
         self.upstreams = upstreams
-        self.order = sorted(upstreams)
+        self.order = catalog.ranked(list(upstreams))
         self.catalog = catalog
         self.guards = guards
         self.sealer = sealer
