@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from tests.conftest import fixture_server, toml_list
@@ -77,5 +78,31 @@ async def test_duplicate_in_flight_id_is_refused(write_config) -> None:  # type:
         replies = [await f for f in futures]
         errors = [r for r in replies if "error" in r]
         assert len(errors) == 1 and "already in use" in errors[0]["error"]["message"]
+    finally:
+        await client.close()
+
+
+async def test_a_malformed_listen_filter_is_invalid_params(write_config) -> None:  # type: ignore[no-untyped-def]
+    # A listen the gateway cannot read would otherwise be acknowledged for nothing and the client
+    # would wait on it forever.
+    client = await RawStdioClient.start(_config(write_config))
+    try:
+        for bad in (5, {"toolsListChanged": "yes"}, {"resourceSubscriptions": "file:///a"},
+                    {"resourceSubscriptions": [1]}):
+            reply = await client.request("subscriptions/listen", {"notifications": bad})
+            assert reply["error"]["code"] == -32602 and "subscriptions/listen" in reply["error"]["message"], bad
+        # A well-formed listen is acknowledged with what the gateway agreed to.
+        rid = 999
+        body = {"notifications": {"toolsListChanged": True}, "_meta": MODERN_META}
+        await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "subscriptions/listen",
+                                          "params": body}).encode() + b"\n")
+        for _ in range(200):
+            acks = [n for n in client.notifications if n["method"] == "notifications/subscriptions/acknowledged"]
+            if acks:
+                break
+            await asyncio.sleep(0.05)
+        ack = acks[0]
+        assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == rid
+        assert ack["params"]["notifications"] == {"toolsListChanged": True}
     finally:
         await client.close()

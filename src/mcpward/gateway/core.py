@@ -347,12 +347,9 @@ class Gateway:
         """Serve a modern `subscriptions/listen` until the client cancels it."""
         if self._door is not None:
             await self._door(ctx, "subscriptions/listen", params)
-        wanted = params.get("notifications")
-        if not isinstance(wanted, dict):
-            wanted = {}
-        agreed: JsonObj = {k: val for k, val in wanted.items()
-                  if k in ("toolsListChanged", "promptsListChanged", "resourcesListChanged") and val is True}
-        uris = [u for u in wanted.get("resourceSubscriptions") or [] if isinstance(u, str)]
+        wanted = listen_filters(params)
+        agreed: JsonObj = {k: val for k, val in wanted.items() if k in LIST_FILTERS and val is True}
+        uris: list[str] = wanted.get("resourceSubscriptions", [])
         routed: list[tuple[str, str]] = []
         for uri in uris:
             try:
@@ -381,6 +378,25 @@ class Gateway:
     async def roots_changed(self) -> None:
         await asyncio.gather(*(u.notify_sessions("notifications/roots/list_changed")
                                for u in self.upstreams.values()), return_exceptions=True)
+
+
+LIST_FILTERS = ("toolsListChanged", "promptsListChanged", "resourcesListChanged")
+
+
+def listen_filters(params: JsonObj) -> JsonObj:
+    """The `notifications` filters of a `subscriptions/listen`, checked: a malformed filter is
+    invalid params (-32602), not a listen for nothing the client would wait on forever."""
+    wanted = params.get("notifications", {})
+    if not isinstance(wanted, dict):
+        raise ProtocolError(jsonrpc.INVALID_PARAMS, "subscriptions/listen: 'notifications' must be an object")
+    for flag in LIST_FILTERS:
+        if flag in wanted and not isinstance(wanted[flag], bool):
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, f"subscriptions/listen: '{flag}' must be a boolean")
+    uris = wanted.get("resourceSubscriptions", [])
+    if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+        raise ProtocolError(jsonrpc.INVALID_PARAMS,
+                            "subscriptions/listen: 'resourceSubscriptions' must be an array of URI strings")
+    return wanted
 
 
 CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list",
