@@ -380,6 +380,37 @@ when { resource.hasTag("path") && !(resource.getTag("path") like "/tmp/*") };
                                "resourceTemplates", templates) is None
 
 
+@pytest.mark.parametrize(("text", "per_requester"), [
+    ('permit (principal, action == Action::"call_tool", resource) when { resource.readOnlyHint };', False),
+    ('permit (principal, action, resource) when { context.listing || context.hour < 18 };', False),
+    ('permit (principal in Group::"admins", action, resource);', True),
+    ('permit (principal, action, resource) when { principal.subject == "alice" };', True),
+    ('forbid (principal, action, resource) when { principal.hasTag("contractor") };', True),
+    ('permit (principal, action, resource) when { context.client == "claude-code" };', True),
+])
+def test_a_policy_knows_whether_its_answers_depend_on_who_asks(tmp_path: Path, text: str,
+                                                                 per_requester: bool) -> None:
+    engine = make_engine(tmp_path, policy={"base": "readonly", "files": ["p.cedar"]},
+                         files={"p.cedar": '@id("t.rule")\n' + text})
+    assert engine.bundle.per_requester is per_requester
+
+
+async def test_a_list_is_private_when_another_requester_could_see_less(tmp_path: Path) -> None:
+    # Alice (an admin) is hidden nothing, but Bob would be: her list must not be cached for him.
+    admins = '@id("t.eng-calls-all")\npermit (principal in Group::"eng", action == Action::"call_tool", resource);'
+    guard = from_config(make_cfg(tmp_path, policy={"base": "readonly", "files": ["p.cedar"]},
+                                 files={"p.cedar": admins}))
+    items = [Listed("fs", "r", {"name": "fs__r", "annotations": READ_ONLY}),
+             Listed("fs", "w", {"name": "fs__w", "annotations": WRITES})]
+    for_alice = await guard.on_list(Call(ctx=ctx(ALICE), method="tools/list", params={}), "tools", items)
+    assert for_alice is not None and [i.name for i in for_alice] == ["r", "w"]  # not None: private
+    for_bob = await guard.on_list(Call(ctx=ctx(BOB), method="tools/list", params={}), "tools", items)
+    assert for_bob is not None and [i.name for i in for_bob] == ["r"]
+    # Under a policy that answers everyone alike, an unfiltered list stays shareable.
+    same = from_config(make_cfg(tmp_path / "same", policy={"base": "readonly"}))
+    assert await same.on_list(Call(ctx=ctx(ALICE), method="tools/list", params={}), "tools", items[:1]) is None
+
+
 def test_call_targets_for_each_method() -> None:
     def call(method: str, params: dict[str, Any], target: str = "p") -> Target | None:
         return call_target(Call(ctx=ctx(), method=method, params=params, server="fs", target=target,

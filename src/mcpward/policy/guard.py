@@ -3,7 +3,9 @@
 A list shows an item only when its server may be listed (`list_*` on the Server) and the item's
 own action (`call_tool`, `get_prompt`, `read_resource`) would be allowed, with no arguments and
 `context.listing` true; so a client never sees what it may not use, and the core marks such a
-filtered list `cacheScope: private`.
+filtered list `cacheScope: private`. So is every list under a policy whose answers depend on who
+asks (it names or reads the principal, or reads the client or transport from the context), even
+when nothing was hidden from this requester.
 """
 
 from __future__ import annotations
@@ -86,7 +88,10 @@ class PolicyGuard(Guard):
             else:
                 hidden_by[verdict.rule] = hidden_by.get(verdict.rule, 0) + 1
         if not hidden_by:
-            return None
+            # Nothing hidden from this requester, but another may see less: the list is still theirs
+            # alone (a returned list makes it `cacheScope: private`), so a shared cache cannot hand
+            # it to someone the policy would show less.
+            return shown if self.engine.bundle.per_requester and self.mode == "enforce" else None
         if self.mode == "dry-run":
             audit.record("policy.would-hide", kind=kind, count=len(items) - len(shown), rules=hidden_by,
                          principal=call.ctx.principal.subject, policy_hash=self.engine.policy_hash)

@@ -51,6 +51,10 @@ class PolicyBundle:
     forbids: frozenset[str]
     context_fields: frozenset[str] | None  # None: some policy reads the context as a whole
     reads_resource_tags: bool
+    # Whether two requesters can get different answers for the same thing: some policy names or reads
+    # the principal, or reads who is asking through the context (client, transport...). Lists are then
+    # private to their requester even when nothing was hidden from this one.
+    per_requester: bool = True
 
     def rule(self, rule_id: str) -> Rule | None:
         return next((r for r in self.rules if r.id == rule_id), None)
@@ -101,10 +105,12 @@ def load_bundle(sources: list[PolicySource]) -> PolicyBundle:
     document = {"staticPolicies": statics, "templates": {}, "templateLinks": []}
     policy_set = cedarpy.PolicySet.from_json_str(orjson.dumps(document).decode())
     fields: set[str] | None = set()
-    tags = False
+    tags = principal = False
     for est in statics.values():
-        found, whole, reads_tags = _reads(est)
+        found, whole, reads_tags, reads_principal = _reads(est)
         tags = tags or reads_tags
+        scope = est.get("principal")
+        principal = principal or reads_principal or not (isinstance(scope, dict) and scope.get("op") == "All")
         if whole or fields is None:
             fields = None
         else:
@@ -112,7 +118,8 @@ def load_bundle(sources: list[PolicySource]) -> PolicyBundle:
     return PolicyBundle(
         rules=tuple(rules.values()), policy_set=policy_set, hash="sha256:" + digest.hexdigest(),
         sources=tuple(sources), forbids=frozenset(r.id for r in rules.values() if r.effect == "forbid"),
-        context_fields=None if fields is None else frozenset(fields), reads_resource_tags=tags)
+        context_fields=None if fields is None else frozenset(fields), reads_resource_tags=tags,
+        per_requester=principal or fields is None or bool(fields - SAME_FOR_EVERY_REQUESTER))
 
 
 def _compile(src: PolicySource) -> list[tuple[Rule, Any]]:
@@ -193,10 +200,15 @@ def split_statements(text: str) -> Iterator[tuple[int, str]]:
         yield start_line, text[start:]
 
 
-def _reads(node: Any) -> tuple[set[str], bool, bool]:
-    """(context fields read, whether the context is read as a whole, whether resource tags are read)."""
+# Context fields whose value does not depend on who asks (the clock, and whether it is a listing).
+SAME_FOR_EVERY_REQUESTER = frozenset({"now", "hour", "weekday", "listing"})
+
+
+def _reads(node: Any) -> tuple[set[str], bool, bool, bool]:
+    """(context fields read, whether the context is read as a whole, whether resource tags are read,
+    whether the principal is read in a condition)."""
     fields: set[str] = set()
-    whole = tags = False
+    whole = tags = principal = False
     stack = [node]
     while stack:
         item = stack.pop()
@@ -207,6 +219,8 @@ def _reads(node: Any) -> tuple[set[str], bool, bool]:
             continue
         if item.get("Var") == "context":
             whole = True  # `context` used other than as `context.x` / `context has x`
+        elif item.get("Var") == "principal":
+            principal = True
         for op in (".", "has"):
             access = item.get(op)
             if isinstance(access, dict) and access.get("left") == {"Var": "context"}:
@@ -217,7 +231,7 @@ def _reads(node: Any) -> tuple[set[str], bool, bool]:
             if isinstance(access, dict) and access.get("left") != {"Var": "principal"}:
                 tags = True
         stack.extend(item.values())
-    return fields, whole, tags
+    return fields, whole, tags, principal
 
 
 def evaluation_error_policies(errors: list[str]) -> set[str]:
