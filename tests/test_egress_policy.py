@@ -210,6 +210,19 @@ def test_host_own_address_is_refused() -> None:
     assert "own host" in why
 
 
+def test_6to4_form_of_a_host_address_is_refused() -> None:
+    own = frozenset({ipaddress.ip_address("8.8.8.8")})
+    six_to_four = "2002:808:808::1"  # 6to4 for 8.8.8.8: public, unless 8.8.8.8 is this host
+    assert POLICY.vet_address(six_to_four, 443, NO_HOST_ADDRS)[0] is None
+    rule, why = POLICY.vet_address(six_to_four, 443, own)
+    assert rule == "egress.resolved-to-host-address"
+    assert "embeds 8.8.8.8" in why
+    # The other embedding forms are refused whatever the host's addresses (not globally routable).
+    for other in ("64:ff9b::808:808", "::ffff:8.8.8.8", "2001:0:4136:e378:8000:63bf:f7f7:f7f7"):
+        assert POLICY.vet_address(other, 443, own)[0] is not None
+        assert POLICY.vet_address(other, 443, NO_HOST_ADDRS)[0] is not None
+
+
 def test_allow_private_exempts_exactly_what_it_names() -> None:
     policy = parse_policy([], ["127.0.0.1:8080", "10.0.0.0/8", "::1"], {})
     assert policy.vet_address("127.0.0.1", 8080, NO_HOST_ADDRS)[0] is None

@@ -23,15 +23,17 @@ err = Console(stderr=True)
 
 def _server_report(launcher: Any, name: str, caps: Any) -> dict[str, Any]:
     from mcpward.sandbox.backends import choose_backend
+    from mcpward.sandbox.launcher import env_with_refs
     from mcpward.sandbox.plan import PlanError
     from mcpward.sandbox.settings import describe_profile
-    from mcpward.secrets.refs import SecretError, parse_ref
+    from mcpward.secrets.refs import parse_ref
     from mcpward.transport.base import LinkError
 
     server = launcher.cfg.servers[name]
     report: dict[str, Any] = {"server": name, "problems": [], "warnings": []}
     if server.command is None:
         report.update(backend="remote", url=server.url)
+        report["secret_status"] = _embedded_refs(launcher, server, report)
         return report
     profile = launcher.settings.profile(name)
     report.update(describe_profile(profile))
@@ -51,16 +53,61 @@ def _server_report(launcher: Any, name: str, caps: Any) -> dict[str, Any]:
             report["problems"].append(str(exc))
     memory_ok = caps.cgroup_writable.get("memory", False)
     report["limits_enforced_by"] = "cgroups + rlimits" if memory_ok else "rlimits only (no writable cgroup)"
+    declared = [(f"{decl.name}", decl) for decl in profile.secrets]
+    for key, decls in profile.principal_secrets.items():
+        declared += [(f'principals."{key}".{decl.name}', decl) for decl in decls]
     status: dict[str, str] = {}
-    for decl in profile.secrets:
-        try:
-            launcher.secrets.resolve(parse_ref(decl.ref))
-            status[decl.name] = "resolves"
-        except SecretError as exc:
-            status[decl.name] = f"does not resolve: {exc.reason}"
-            report["problems"].append(f"secret {decl.name} ({decl.ref}) {exc.reason}")
+    for label, decl in declared:
+        status[label] = _check_ref(launcher, parse_ref(decl.ref), f"secret {label} ({decl.ref})", report)
+    status.update(_embedded_refs(launcher, server, report))
     report["secret_status"] = status
+    backend = report.get("backend")
+    if backend in ("docker", "podman"):
+        in_env = sorted({d.name for d in profile.secrets if d.deliver == "env"} | set(env_with_refs(server.env)))
+        if in_env:
+            report["problems"].append(f"a container backend takes secrets as files only; env with a secret: "
+                                      f"{', '.join(in_env)} (rule sandbox.container-env-secret)")
     return report
+
+
+def _check_ref(launcher: Any, ref: Any, label: str, report: dict[str, Any]) -> str:
+    """Resolve one reference as a start would: "resolves", or why not (a problem); never the value.
+    A value too short for the redactor is a warning: the server starts, but it is not redacted."""
+    from mcpward.guards.redactor import MIN_EXACT
+    from mcpward.secrets.refs import SecretError
+
+    try:
+        value = launcher.secrets.resolve(ref)
+    except SecretError as exc:
+        report["problems"].append(f"{label} {exc.reason}")
+        return f"does not resolve: {exc.reason}"
+    if len(value) < MIN_EXACT:
+        report["warnings"].append(f"{label} is shorter than {MIN_EXACT} characters: output and logs are not "
+                                  "redacted for it")
+    return "resolves"
+
+
+def _embedded_refs(launcher: Any, server: Any, report: dict[str, Any]) -> dict[str, str]:
+    """The `${...}` references in env and headers (the server's and each principal's): each must resolve,
+    as a declared secret must, or that server (or principal's connection) does not start."""
+    from mcpward.secrets.refs import SecretRefError, find_refs
+
+    tables = [("env", server.env), ("headers", server.headers)]
+    for key, creds in server.principals.items():
+        tables += [(f'principals."{key}".env', creds.env), (f'principals."{key}".headers', creds.headers)]
+    status: dict[str, str] = {}
+    for table, values in tables:
+        for var, text in values.items():
+            label = f"{table}.{var}"
+            try:
+                refs = find_refs(text)
+            except SecretRefError as exc:  # a config built in code; a loaded one is checked at load
+                report["problems"].append(f"{label}: {exc}")
+                status[label] = "not a valid reference"
+                continue
+            for ref in refs:
+                status[f"{label} ({ref})"] = _check_ref(launcher, ref, f"{label} ({ref})", report)
+    return status
 
 
 def _stale_cgroups_row() -> dict[str, str]:

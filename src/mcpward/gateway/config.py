@@ -275,11 +275,13 @@ def _server(r: TableReader, name: str, default_start: str, default_timeout: floa
         for key in server.env:
             if not ENV_NAME.match(key):
                 raise r.fail(f"env.{key}", "not a valid environment variable name")
+        _check_refs(r, "env", server.env)
         server.cwd = r.get("cwd", str, None)
         if server.cwd is not None and not Path(server.cwd).is_dir():
             raise r.fail("cwd", f"no such directory: {server.cwd}")
     else:
         server.headers = r.string_map("headers")
+        _check_refs(r, "headers", server.headers)
         server.allow_private = r.get("allow_private", bool, False)
         check_url(r, server.url or "", allow_http=r.get("allow_http", bool, False), allow_private=server.allow_private)
     tools = r.get("tools", dict, {})
@@ -308,16 +310,30 @@ def _principal_credentials(r: TableReader, server: ServerConfig, key: str, table
         for var in creds.env:
             if not ENV_NAME.match(var):
                 raise p.fail(f"env.{var}", "not a valid environment variable name")
+        _check_refs(p, "env", creds.env)
         creds.secrets = p.get("secrets", dict, {})
         if "headers" in table:
             raise p.fail("headers", "headers are for remote (url) servers; a stdio server takes env and secrets")
     else:
         creds.headers = p.string_map("headers")
+        _check_refs(p, "headers", creds.headers)
         for field_name in ("env", "secrets"):
             if field_name in table:
                 raise p.fail(field_name, "a remote (url) server takes headers; env and secrets are for stdio servers")
     p.reject_unknown()
     return creds
+
+
+def _check_refs(r: TableReader, table_name: str, values: dict[str, str]) -> None:
+    """Every `${...}` in these values is a valid secret reference: a bad one is a load error naming the
+    key, not a traceback at the server's first start (and `mcpward check`/`doctor` see it too)."""
+    from mcpward.secrets.refs import SecretRefError, find_refs
+
+    for var, text in values.items():
+        try:
+            find_refs(text)
+        except SecretRefError as exc:
+            raise r.fail(f"{table_name}.{var}", str(exc)) from None
 
 
 def _no_shared_secrets(r: TableReader, server: ServerConfig) -> None:

@@ -358,6 +358,11 @@ class EgressPolicy:
             return resolved_rule(kind), f"{ip} {reason}"
         if ip in host_addresses:
             return resolved_rule("host-address"), f"{ip} is an address of the gateway's own host"
+        if isinstance(ip, ipaddress.IPv6Address):
+            # 6to4, Teredo, NAT64 and the mapped forms still reach the IPv4 host they embed.
+            for inner in embedded_v4(ip):
+                if inner in host_addresses:
+                    return resolved_rule("host-address"), f"{ip} embeds {inner}, an address of the gateway's own host"
         return None, f"{ip} is a public address"
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcpward.audit import events
@@ -34,6 +35,7 @@ from mcpward.transport.stdio_link import Spawner, StdioLink
 if TYPE_CHECKING:
     from mcpward.sandbox.egress_policy import EgressDecision, Resolver
     from mcpward.secrets import SecretResolver
+    from mcpward.secrets.settings import SecretSettings
 
 log = logging.getLogger("mcpward.sandbox")
 
@@ -49,7 +51,9 @@ class Launcher:
         self.on_secret_values = on_secret_values
         self._secrets: SecretResolver | None = None
         self._dns: Resolver | None = None
-        self.sensitive = sensitive_paths((self.settings.state_dir, self.secret_settings.path))
+        self.sensitive = sensitive_paths((self.settings.state_dir, self.secret_settings.path,
+                                          *gateway_files(cfg, self.secret_settings)))
+        self._short_warned: set[tuple[str, str]] = set()  # (server, reference) already warned about
         self.warm: WarmPool | None = WarmPool() if self.settings.warm else None
         self._swept = False  # the groups a killed gateway left behind: removed before the first sandbox
 
@@ -75,34 +79,59 @@ class Launcher:
             self._secrets = SecretResolver(self.secret_settings)
         return self._secrets
 
-    async def _resolve(self, server: ServerConfig, texts: dict[str, str],
-                       declared: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-        """(texts with `${ref}` replaced, declared NAME -> value); LinkError names server and secret."""
-        from mcpward.secrets.refs import SecretError, find_refs, interpolate, parse_ref
+    async def _resolve(self, server: ServerConfig, texts: dict[str, str], declared: dict[str, str],
+                       table: str = "env") -> tuple[dict[str, str], dict[str, str]]:
+        """(texts with `${ref}` replaced, declared NAME -> value); LinkError names server and secret.
+        `table`: what `texts` is in the config ("env" or "headers"), for the error."""
+        from mcpward.secrets.refs import SecretError, SecretRefError, find_refs, interpolate, parse_ref
 
         def work() -> tuple[dict[str, str], dict[str, str]]:
             values: dict[Any, str] = {}
+            where = ""
             try:
                 out_decl = {}
                 for name, ref_text in declared.items():
+                    where = f"secrets.{name}"
                     ref = parse_ref(ref_text)
                     out_decl[name] = values.setdefault(ref, self.secrets.resolve(ref))
                 out_texts = {}
                 for key, text in texts.items():
+                    where = f"{table}.{key}"
                     refs = find_refs(text)
                     for ref in refs:
                         if ref not in values:
                             values[ref] = self.secrets.resolve(ref)
-                    out_texts[key] = interpolate(text, values) if refs else text
+                    # Always: `$${` is a literal `${` in a value without references too.
+                    out_texts[key] = interpolate(text, values)
             except SecretError as exc:
-                whose = {"principal": server.principal} if server.principal else {}
                 events.record("sandbox.secret-unresolved", server=server.name, ref=str(exc.ref), reason=exc.reason,
-                              **whose)
+                              **_whose(server))
                 raise LinkError(f"server {server.name!r} not started: secret {exc}") from None
+            except SecretRefError as exc:
+                # Config loading checks references; this is the backstop for configs built in code.
+                events.record("sandbox.refused", server=server.name, rule="secrets.bad-reference", key=where,
+                              reason=str(exc), **_whose(server))
+                raise LinkError(f"server {server.name!r} not started: {where}: {exc}") from None
             self.on_secret_values(list(values.values()))
+            self._warn_short(server, values)
             return out_texts, out_decl
 
         return await asyncio.to_thread(work)
+
+    def _warn_short(self, server: ServerConfig, values: dict[Any, str]) -> None:
+        """The redactor ignores exact values shorter than MIN_EXACT (they would redact ordinary words),
+        so a short secret a server echoes reaches the client as is: say so, once per server and reference."""
+        from mcpward.guards.redactor import MIN_EXACT
+
+        for ref, value in values.items():
+            key = (server.name, str(ref))
+            if len(value) >= MIN_EXACT or key in self._short_warned:
+                continue
+            self._short_warned.add(key)
+            log.warning("server %s: secret %s is shorter than %d characters, so output and logs are NOT "
+                        "redacted for it", server.name, ref, MIN_EXACT)
+            events.record("secrets.too-short-to-redact", server=server.name, ref=str(ref), min_length=MIN_EXACT,
+                          **_whose(server))
 
     # ------------------------------------------------------------------ links
     def describe(self, server: ServerConfig) -> str:
@@ -116,7 +145,7 @@ class Launcher:
         if server.command is None:
             from mcpward.transport.http_link import HttpLink
 
-            headers, _ = await self._resolve(server, dict(server.headers), {})
+            headers, _ = await self._resolve(server, dict(server.headers), {}, table="headers")
             assert server.url is not None
             # Its client dials only vetted addresses: public ones, unless this server opts in (allow_private).
             return HttpLink(server.url, headers, max_message_bytes=max_message_bytes,
@@ -138,7 +167,7 @@ class Launcher:
         try:
             plan = self.plan(server, env)
         except PlanError as exc:
-            events.record("sandbox.refused", server=server.name, reason=str(exc))
+            events.record("sandbox.refused", server=server.name, rule="sandbox.plan", reason=str(exc))
             raise LinkError(str(exc)) from None
         await self._verify_artifacts(server.name, profile, plan)
         plan.env.update(env_secrets)
@@ -148,15 +177,22 @@ class Launcher:
         try:
             backend = choose_backend(profile, caps)
         except LinkError as exc:
-            events.record("sandbox.refused", server=server.name, reason=str(exc))
+            events.record("sandbox.refused", server=server.name, rule="sandbox.no-backend", reason=str(exc))
             raise
         if backend != "bwrap":
             from mcpward.sandbox.containers import ContainerSpawner
 
             assert profile.image is not None
-            if env_secrets:
-                raise LinkError(f"server {server.name!r}: a container backend takes secrets as files only "
-                                "(env values show in `inspect`); declare them with as = \"file\"")
+            # Every env value reaches the engine as `-e NAME` and ends up in the container's Config.Env,
+            # which `inspect` shows: a secret, declared as env or embedded in env, is refused here.
+            in_env = sorted({*env_secrets, *env_with_refs(server.env)})
+            if in_env:
+                reason = (f"a container backend takes secrets as files only (env values show in `{backend} "
+                          f"inspect`); env with a secret: {', '.join(in_env)}; declare them in "
+                          "[servers.<name>.secrets] (as = \"file\", the default) instead")
+                events.record("sandbox.refused", server=server.name, rule="sandbox.container-env-secret",
+                              backend=backend, env=in_env, reason=reason)
+                raise LinkError(f"server {server.name!r} not started: {reason}")
             return ContainerSpawner(backend, profile.image, plan, [server.command, *server.args])
         if not self._swept:
             self._swept = True
@@ -194,7 +230,8 @@ class Launcher:
         try:
             bpf = filter_bpf()
         except SeccompUnavailable as exc:
-            events.record("sandbox.refused", server=plan.server, reason=f"seccomp unavailable: {exc}")
+            events.record("sandbox.refused", server=plan.server, rule="sandbox.seccomp-unavailable",
+                          reason=f"seccomp unavailable: {exc}")
             raise LinkError(f"server {plan.server!r} not started: seccomp is unavailable here ({exc})") from None
         self._prepare_cache(plan)
         key = SlotKey(plan.server, plan.uid, cgroup_limits(plan), _rlimits(plan, memory_in_cgroup=True), stream_limit)
@@ -238,6 +275,91 @@ class Launcher:
         events.record("egress.allowed" if decision.allowed else "egress.refused", server=decision.server,
                       host=decision.host, port=decision.port, method=decision.method, address=decision.address,
                       rule=decision.rule, detail=decision.detail)
+
+
+def _whose(server: ServerConfig) -> dict[str, str]:
+    return {"principal": server.principal} if server.principal else {}
+
+
+def env_with_refs(env: dict[str, str]) -> list[str]:
+    """The env variables whose configured value embeds a `${...}` secret reference (checked at load)."""
+    from mcpward.secrets.refs import SecretRefError, find_refs
+
+    out = []
+    for key, text in env.items():
+        try:
+            if find_refs(text):
+                out.append(key)
+        except SecretRefError:
+            out.append(key)  # cannot tell what it holds: count it as a secret (fail closed)
+    return out
+
+
+def gateway_files(cfg: GatewayConfig, secret_settings: SecretSettings) -> list[Path]:
+    """The gateway's own files, which no sandbox may see (never bound, nor a directory holding them):
+    the config file, policy files, the audit log (and its WAL, journal and JSON-lines mirror), the
+    integrity lock and pending files, Vault's token file and every `file:` secret a reference names.
+    Raises ConfigError for a bad [policy], [audit] or [integrity] table, as the gateway would."""
+    from mcpward.audit.settings import load_settings as audit_settings
+    from mcpward.integrity.settings import read_settings as integrity_settings
+    from mcpward.policy.settings import read_settings as policy_settings
+
+    found: list[Path] = []
+    if cfg.source and not cfg.source.startswith("<") and Path(cfg.source).is_file():
+        found.append(Path(cfg.source))
+    found.extend(policy_settings(cfg).files)
+    audit = audit_settings(cfg)
+    if audit.enabled:
+        found += [audit.path, *(audit.path.with_name(audit.path.name + s) for s in ("-wal", "-shm", "-journal"))]
+        if audit.jsonl is not None:
+            found.append(audit.jsonl)
+    integrity = integrity_settings(cfg)
+    found += [integrity.lock, integrity.pending]
+    if secret_settings.vault.token_file is not None:
+        found.append(secret_settings.vault.token_file)
+    found.extend(_file_refs(cfg, audit.key_ref, secret_settings))
+    return [_resolved(path) for path in dict.fromkeys(found)]
+
+
+def _resolved(path: Path) -> Path:
+    """Resolved like the bind being checked, so a symlinked directory on either side still matches; a
+    path that cannot be resolved (a loop, a NUL byte) stays on the list as written."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return path
+
+
+def _file_refs(cfg: GatewayConfig, audit_key: str | None, secret_settings: SecretSettings) -> list[Path]:
+    from mcpward.secrets.refs import SecretRefError, find_refs, parse_ref
+
+    texts = [t for t in (audit_key,) if t is not None]
+    if secret_settings.vault.token is not None:
+        texts.append(str(secret_settings.vault.token))
+    refs = []
+    for server in cfg.servers.values():
+        tables = [server.env, server.headers, *(c.env for c in server.principals.values()),
+                  *(c.headers for c in server.principals.values())]
+        for table in tables:
+            for text in table.values():
+                try:
+                    refs.extend(find_refs(text))
+                except SecretRefError:
+                    continue  # refused at load and at start; nothing to protect
+        for decl in [server.secrets, *(c.secrets for c in server.principals.values())]:
+            texts.extend(v if isinstance(v, str) else str(v.get("from", "")) for v in decl.values()
+                         if isinstance(v, (str, dict)))
+    for text in texts:
+        try:
+            refs.append(parse_ref(text))
+        except SecretRefError:
+            continue
+    out = []
+    for ref in refs:
+        if ref.scheme == "file":
+            path = Path(ref.target).expanduser()
+            out.append(path if path.is_absolute() else secret_settings.base_dir / path)
+    return out
 
 
 def _rlimits(plan: SandboxPlan, memory_in_cgroup: bool) -> rlimits.Rlimits:
