@@ -51,6 +51,12 @@ def client(name: str, channel: Recorder, token: Any = None) -> RequestContext:
                           session_id=f"session-{name}", connection_id=f"conn-{name}", progress_token=token)
 
 
+async def shut(up: Upstream) -> None:
+    """Stop the server and the launcher's idle warm sandbox slot (the gateway does both on stop)."""
+    await up.stop()
+    await up.launcher.aclose()
+
+
 def upstream(tmp_path: Path, timeout: float = 10) -> Upstream:
     cfg = config.parse({"sandbox": {"state_dir": str(tmp_path / "sandbox-state")},
                         "servers": {"s": {"command": PYTHON, "args": [SERVER], "timeout": timeout}}}, "test")
@@ -82,7 +88,7 @@ async def test_progress_from_another_session_never_reaches_the_request(tmp_path:
         assert up.stray_messages >= 50  # each injected one dropped and counted
         assert len(token.split("-", 1)[1]) >= 16  # random, not a counter another server could walk
     finally:
-        await up.stop()
+        await shut(up)
 
 
 async def test_resource_update_counts_only_from_the_session_that_subscribed(tmp_path: Path) -> None:
@@ -102,7 +108,7 @@ async def test_resource_update_counts_only_from_the_session_that_subscribed(tmp_
         await asyncio.sleep(0.2)
         assert updates == ["test://watched"]
     finally:
-        await up.stop()
+        await shut(up)
 
 
 def test_backoff_doubles_from_half_a_second_to_the_cap(tmp_path: Path) -> None:
@@ -241,7 +247,7 @@ async def test_timeout_is_its_own_code_and_says_so(tmp_path: Path) -> None:
         with pytest.raises(PeerError) as raised:
             await up.call(client("a", Recorder()), "tools/call", {"name": "hang", "arguments": {}})
     finally:
-        await up.stop()
+        await shut(up)
     # -32002 is "Resource not found" to a legacy client; -32000/-32001 mean other things in the SDKs.
     assert raised.value.code == jsonrpc.REQUEST_TIMEOUT == -32005
     assert raised.value.error["data"] == {"reason": "timeout", "timeoutSeconds": 1}

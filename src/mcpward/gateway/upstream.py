@@ -20,7 +20,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -29,6 +29,7 @@ from mcpward import __version__
 from mcpward.gateway.config import GatewayConfig, ServerConfig, resolution_problem
 from mcpward.gateway.context import RequestContext
 from mcpward.gateway.peer import Peer, PeerError, local_error
+from mcpward.gateway.upstream_sessions import LegacyWatch, Session, keep_listening, listen_filters, push_owner
 from mcpward.guards.base import Refusal
 from mcpward.protocol import jsonrpc
 from mcpward.protocol import versions as v
@@ -42,7 +43,6 @@ log = logging.getLogger("mcpward.upstream")
 GATEWAY_INFO = {"name": "mcpward", "version": __version__}
 PUSH_CAPABILITY = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
 MAX_BACKOFF = 30.0
-LISTEN_TIMEOUT = 365 * 24 * 3600.0
 UNBOUND_RULE = "credentials.per-principal"
 
 
@@ -55,23 +55,6 @@ class UpstreamEvents:
     # A request or notification from this server on its way to a client passes the guards' `on_message`
     # (None: nothing watches them). May raise Refusal.
     screen: Callable[[RequestContext, str, str, JsonObj], Awaitable[JsonObj]] | None = None
-
-
-@dataclass(slots=True)
-class Session:
-    peer: Peer
-    era: v.Era
-    key: str
-    info: JsonObj = field(default_factory=dict)  # initialize or discover result
-    protocol_version: str = v.LATEST_MODERN
-    active: dict[int, RequestContext] = field(default_factory=dict)
-    last_ctx: RequestContext | None = None
-    last_used: float = field(default_factory=time.monotonic)
-
-
-def owner_of(ctx: RequestContext) -> object:
-    """Requests of one legacy client connection share an owner; stateless requests are their own."""
-    return ctx.connection_id if ctx.connection_id is not None else id(ctx)
 
 
 class Upstream:
@@ -103,8 +86,7 @@ class Upstream:
         self._listen_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._resource_uris: set[str] = set()
-        self._legacy_subscribed: dict[str, set[str]] = {}  # live legacy session key -> uris it subscribed
-        self._log_level: str | None = None  # the last legacy logging/setLevel, for sessions started later
+        self._watch = LegacyWatch(self.name, cfg.timeout)  # legacy subscriptions and log level
         # Per-principal credentials: one child Upstream per principal that has used this server,
         # each with its own connections made with its own credentials (None: one shared set).
         self._children: dict[str, Upstream] | None = {} if cfg.principals else None
@@ -354,36 +336,13 @@ class Upstream:
                 await link.close()
                 raise
             self._failures = 0
-            await self._restore(session)
+            await self._watch.restore(session.key, session.peer, session.info.get("capabilities") or {},
+                                      self._resource_uris)
             return session
 
     def _drop_session(self, key: str) -> None:
-        """A session ends (crash or eviction): what it subscribed is no longer watched by anyone."""
         del self._sessions[key]
-        self._legacy_subscribed.pop(key, None)
-
-    async def _restore(self, session: Session) -> None:
-        """A new legacy session takes over what lost sessions had set up: the last log level, and every
-        subscription still wanted that no live session holds (a restart or an eviction dropped it)."""
-        caps = session.info.get("capabilities") or {}
-        if self._log_level is not None and "logging" in caps:
-            try:
-                await session.peer.request("logging/setLevel", {"level": self._log_level}, self.cfg.timeout)
-            except PeerError as exc:
-                log.warning("server %s: logging/setLevel on a new session failed: %s", self.name, exc)
-        orphans = self._resource_uris - self._held_uris()
-        done = self._legacy_subscribed.setdefault(session.key, set())
-        for uri in sorted(orphans):
-            try:
-                await session.peer.request("resources/subscribe", {"uri": uri}, self.cfg.timeout)
-            except PeerError as exc:
-                log.warning("server %s: re-subscribing to %s on a new session failed: %s", self.name, uri, exc)
-                continue
-            done.add(uri)
-            log.info("server %s: subscription to %s restored on a new session", self.name, uri)
-
-    def _held_uris(self) -> set[str]:
-        return set().union(*self._legacy_subscribed.values())
+        self._watch.forget(key)
 
     def _evict_idle(self) -> None:
         if len(self._sessions) < self.cfg.max_sessions:
@@ -508,27 +467,11 @@ class Upstream:
         params = message.get("params") or {}
         if method == "ping":
             return {}
-        ctx = self._owner(session)
+        ctx = push_owner(session)
         if ctx is None:
             log.warning("server %s sent %s that cannot be tied to one client request; refused", self.name, method)
             raise local_error(jsonrpc.INVALID_REQUEST, f"{method} cannot be tied to one client request")
         return await self._ask_client(ctx, method, params)
-
-    @staticmethod
-    def _owner(session: Session | None) -> RequestContext | None:
-        """The client request a push or a log line belongs to.
-
-        Legacy stdio carries no request correlation, so: the oldest request in
-        flight on this session, else the last legacy client that used it.
-        """
-        if session is None:
-            return None
-        if session.active:
-            owners = {owner_of(ctx) for ctx in session.active.values()}
-            if len(owners) > 1:
-                return None  # ambiguous between clients: refuse rather than guess
-            return session.active[min(session.active)]
-        return session.last_ctx
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -546,7 +489,7 @@ class Upstream:
             _session, progress_ctx, original = entry
             self._background(self._deliver(progress_ctx, method, dict(params, progressToken=original)))
         elif method == "notifications/message":
-            owner = self._owner(session)
+            owner = push_owner(session)
             if owner is not None and v.log_level_allows(owner.log_level, params.get("level")):
                 self._background(self._deliver(owner, method, params))
         elif method.endswith("/list_changed"):
@@ -554,7 +497,7 @@ class Upstream:
         elif method == "notifications/resources/updated":
             # A legacy session speaks only for what it subscribed: updates reach every client watching the URI.
             if session is None or (session.era == "legacy"
-                                   and params.get("uri") not in self._legacy_subscribed.get(session.key, ())):
+                                   and not self._watch.holds(session.key, params.get("uri"))):
                 self._stray(method)
                 return
             self.events.resource_updated(self.name, params)
@@ -580,7 +523,7 @@ class Upstream:
     # ------------------------------------------------------------- session-wide
     async def set_log_level(self, level: str) -> None:
         """Legacy `logging/setLevel` reaches every live legacy session that offers logging (and later ones)."""
-        self._log_level = level
+        self._watch.log_level = level
         for child in list((self._children or {}).values()):
             await child.set_log_level(level)
         for session in list(self._sessions.values()):
@@ -612,10 +555,10 @@ class Upstream:
             self._relisten()
             return
         session = await self._session_for(ctx)
-        held = self._held_uris()  # one live session watching a URI is enough: updates fan out by URI
+        held = self._watch.held()  # one live session watching a URI is enough: updates fan out by URI
         for wanted in sorted(all_uris - held):
             await self.call(ctx, "resources/subscribe", {"uri": wanted})
-            self._legacy_subscribed.setdefault(session.key, set()).add(wanted)
+            self._watch.record(session.key, wanted)
 
     async def unsubscribe(self, ctx: RequestContext, uri: str, all_uris: set[str]) -> None:
         if self._children is not None:
@@ -626,12 +569,7 @@ class Upstream:
         if self.era == "modern":
             self._relisten()
             return
-        for key, done in list(self._legacy_subscribed.items()):
-            session = self._sessions.get(key)
-            if uri in done and session is not None:  # the session that subscribed, not the caller's
-                done.discard(uri)
-                with contextlib.suppress(PeerError):
-                    await session.peer.request("resources/unsubscribe", {"uri": uri}, self.cfg.timeout)
+        await self._watch.unsubscribe(uri, self._peer_of)
 
     def _relisten(self) -> None:
         """(Re)open the gateway's own `subscriptions/listen` on a modern upstream."""
@@ -640,27 +578,14 @@ class Upstream:
         self._listen_task = asyncio.ensure_future(self._listen())
 
     async def _listen(self) -> None:
-        caps = self.capabilities
-        wanted: JsonObj = {}
-        for kind, flag in (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
-                           ("resources", "resourcesListChanged")):
-            if isinstance(caps.get(kind), dict) and caps[kind].get("listChanged"):
-                wanted[flag] = True
-        resources = caps.get("resources")
-        if self._resource_uris and isinstance(resources, dict) and resources.get("subscribe"):
-            wanted["resourceSubscriptions"] = sorted(self._resource_uris)
-        if not wanted:
-            return
-        params = {"_meta": {v.META_VERSION: v.LATEST_MODERN, v.META_CAPABILITIES: {},
-                            v.META_CLIENT_INFO: GATEWAY_INFO}, "notifications": wanted}
-        while not self._stopping:
-            session = self._sessions.get("modern")
-            if session is None:
-                return  # a restart re-opens it after the probe
-            try:
-                await session.peer.request("subscriptions/listen", params, LISTEN_TIMEOUT)
-            except PeerError as exc:
-                if exc.code in (jsonrpc.METHOD_NOT_FOUND, jsonrpc.INVALID_PARAMS):
-                    log.info("server %s does not offer subscriptions/listen", self.name)
-                    return
-            await asyncio.sleep(1.0)  # the server ended the stream: listen again
+        meta = {v.META_VERSION: v.LATEST_MODERN, v.META_CAPABILITIES: {}, v.META_CLIENT_INFO: GATEWAY_INFO}
+        await keep_listening(self.name, listen_filters(self.capabilities, self._resource_uris), meta,
+                             lambda: None if self._stopping else self._modern_peer())
+
+    def _modern_peer(self) -> Peer | None:
+        session = self._sessions.get("modern")
+        return None if session is None else session.peer
+
+    def _peer_of(self, key: str) -> Peer | None:
+        session = self._sessions.get(key)
+        return None if session is None else session.peer
