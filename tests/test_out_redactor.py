@@ -232,17 +232,20 @@ def test_collect_and_apply_cover_every_model_visible_string() -> None:
         "content": [{"type": "text", "text": "t1"}, {"type": "image", "data": "AKIA" + "QWADE5R42RDZ4JEM"},
                     {"type": "resource", "resource": {"uri": "u", "text": "t2", "blob": "skip"}},
                     {"type": "resource_link", "uri": "u2", "name": "n", "description": "d"}],
-        "structuredContent": {"k": ["v1", {"k2": "v2", "n": 3}]}, "_meta": {"x": "not scanned"}}
+        "structuredContent": {"k": ["v1", {"k2": "v2", "n": 3}]}, "_meta": {"x": "scanned too"}}
     slots = collect("tools/call", result)
-    assert [s.text for s in slots] == ["t1", "t2", "n", "d", "k", "v1", "k2", "v2", "n"]
-    apply(slots, {0: "T1", 4: "K", 7: "V2"})
+    # Every string but base64 payloads (an image's data, a resource's blob), keys other than the
+    # protocol's own field names included, and _meta: the server chose what it holds.
+    assert [s.text for s in slots] == ["t1", "image", "resource", "u", "t2", "resource_link", "u2", "n", "d",
+                                       "k", "v1", "k2", "v2", "n", "x", "scanned too"]
+    apply(slots, {0: "T1", 9: "K", 12: "V2"})
     assert result["content"][0]["text"] == "T1" and result["structuredContent"] == {"K": ["v1", {"k2": "V2", "n": 3}]}
     read = {"contents": [{"uri": "a", "text": "x"}, {"blob": "y"}]}
-    assert [s.text for s in collect("resources/read", read)] == ["x"]
+    assert [s.text for s in collect("resources/read", read)] == ["a", "x"]
     prompt = {"description": "d", "messages": [{"role": "user", "content": {"type": "text", "text": "m"}},
                                                {"role": "user", "content": [{"type": "text", "text": "m2"}]}]}
-    assert [s.text for s in collect("prompts/get", prompt)] == ["d", "m", "m2"]
-    assert [s.text for s in collect("completion/complete", {"completion": {"values": ["a", 1]}})] == ["a"]
+    assert [s.text for s in collect("prompts/get", prompt)] == ["d", "user", "m", "user", "m2"]
+    assert [s.text for s in collect("completion/complete", {"completion": {"values": ["a", 1]}})] == ["values", "a"]
     assert [s.text for s in collect_error({"code": 1, "message": "m", "data": {"k": "v"}})] == ["m", "k", "v"]
 
 

@@ -113,6 +113,13 @@ def test_auto_binds_cover_the_interpreter_and_script(tmp_path: Path) -> None:
     assert install_root(Path("/usr/bin/python3")) is None
 
 
+def test_an_argument_that_cannot_be_a_file_name_is_just_an_argument() -> None:
+    # `python -c <a long script>`: too long for a path (ENAMETOOLONG) must not stop the server.
+    script = "print('x')\n" * 2000
+    binds = auto_binds(sys.executable, ["-c", script, "a" * 5000 + ".py"], None, "/usr/bin")
+    assert all(b.why == "command" for b in binds)
+
+
 def test_plan_builds_the_environment_from_scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_ONLY_SECRET", "do-not-pass")
     s = settings_of({"a": {"command": sys.executable, "sandbox": {"egress": {"allow": ["x.example.com"]}}}},

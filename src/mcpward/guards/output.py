@@ -1,6 +1,7 @@
 """The output guard: everything a result passes after the call and before the client, in one walk.
 
-For every string that reaches a model (see `result_strings.collect`), in this order:
+A result of a plainly wrong shape (`content` not a list...) is refused (`upstream.malformed-result`).
+For every string of the result but base64 payloads (see `result_strings.collect`), in this order:
 1. neutralise terminal escapes and invisible characters (so they cannot hide text from a human
    reviewer, steer a terminal, or split a secret so the rules miss it);
 2. one RE2 pass finds secrets, PII and prompt-injection markers; secrets and PII are redacted,
@@ -8,7 +9,7 @@ For every string that reaches a model (see `result_strings.collect`), in this or
 then for the whole result:
 3. a flagged result is annotated, quarantined or refused (`[guards.output] injection`);
 4. the size cap truncates what is left, with an explicit marker (redaction ran first, so a cut
-   can never leave half a secret behind).
+   can never leave half a secret behind); a result orjson cannot write is refused (`output.unserialisable`).
 
 A result with nothing to report passes through untouched (the same object, no copy). One audit
 record per result that was changed or flagged, with counts per rule and never a value.
@@ -46,8 +47,8 @@ from mcpward.guards.redactor import (
     splice,
     split_hits,
 )
-from mcpward.guards.result_strings import Slot, apply, collect, collect_error, collect_value
-from mcpward.guards.truncation import cap, size_of
+from mcpward.guards.result_strings import Slot, apply, collect, collect_error, collect_value, is_plain, shape_problem
+from mcpward.guards.truncation import Unserialisable, cap, size_of
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
 
@@ -56,7 +57,7 @@ log = logging.getLogger("mcpward.guards.output")
 INJECTION_MODES = ("annotate", "quarantine", "block", "off")
 DEFAULT_MAX_RESULT_BYTES = 256 * 1024
 META_KEY = "mcpward/output"
-CAPPED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get"})
+CAPPED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
 LOG_LIMIT = 64
 _SCAN_MARGIN = 64 * 1024  # scanned past the size cap, so a secret cut by the cap is still redacted whole
 
@@ -372,19 +373,32 @@ class OutputGuard(Guard):
         tool = call.method == "tools/call"
         block = _one_text_block(result) if tool else None
         clean = False
-        if block is not None and "structuredContent" not in result:
-            # The common result, one text block: its one slot, without the general walk.
+        if block is not None and len(block) == 2 and len(result) == 1:
+            # The common result, one text block and nothing else: its one slot, without the general walk.
             slots = [Slot(block, "text", block["text"])]
         else:
+            # One text block beside only a boolean `isError` and a structuredContent: well
+            # formed, and its only strings are the text and structuredContent's.
+            simple = block is not None and len(block) == 2 and is_plain(result)
+            problem = None if simple else shape_problem(call.method, result)
+            if problem is not None:
+                raise Refusal("upstream.malformed-result", f"the server's {call.method} result is malformed: "
+                              f"{problem}", as_tool_error=tool)
             structured = result.get("structuredContent") if tool else None
-            clean = structured is not None and not isinstance(structured, str) and state.json_clean(structured)
-            slots = collect(call.method, result, structured=not clean)
+            clean = structured is not None and state.json_clean(structured)
+            if simple and (clean or structured is None) and block is not None:
+                slots = [Slot(block, "text", block["text"])]
+            else:
+                slots = collect(call.method, result, structured=not clean)
         capped = call.method in CAPPED_METHODS
         max_chars = scope.max_bytes + _SCAN_MARGIN if capped else None
         replaced = state.run(slots, max_chars) if slots else {}
         # A string was shortened before the scan: the result is still untouched (nothing applied
         # yet), so its size now is the size the upstream sent, for the truncation marker.
-        original = size_of(result) if state.shortened else None
+        try:
+            original = size_of(result) if state.shortened else None
+        except Unserialisable as exc:
+            raise _unserialisable(call, exc) from None
         if state.block is not None:
             self._audit(call, state, None, "blocked")
             rule, what = state.block
@@ -403,7 +417,10 @@ class OutputGuard(Guard):
         truncated = None
         if capped and not (current is result and not replaced and block is not None
                            and _fits(result, block, state.structured_bytes if clean else -1, scope.max_bytes)):
-            cut = cap(call.method, current, scope.max_bytes, _has_output_schema(call.definition), original)
+            try:
+                cut = cap(call.method, current, scope.max_bytes, _has_output_schema(call.definition), original)
+            except Unserialisable as exc:
+                raise _unserialisable(call, exc) from None
             if cut is not None:
                 current, truncated = cut
                 meta["truncated"] = truncated
@@ -553,6 +570,12 @@ def _fits(result: JsonObj, block: dict[str, Any], structured_bytes: int, limit: 
     text = block["text"]
     return extra == 0 and text.isascii() and \
         _ONE_TEXT_FRAME + structured_bytes + _MAX_ASCII_ESCAPE * len(text) <= limit
+
+
+def _unserialisable(call: Call, exc: Unserialisable) -> Refusal:
+    # orjson's reason names the limit hit (nesting depth, integer range, surrogates), never a value.
+    return Refusal("output.unserialisable", f"the server's {call.method} result cannot be serialised as JSON: "
+                   f"{exc}", as_tool_error=call.method == "tools/call")
 
 
 def _has_output_schema(definition: JsonObj | None) -> bool:

@@ -1,8 +1,8 @@
 """Which strings of a result reach a model, and writing replacements back into it.
 
-`collect()` lists every string of a result that reaches a model (text blocks, structuredContent keys
-and values, embedded resources, resource reads, prompt messages, completion values, error messages);
-`apply()` writes replacements back in place (results are fresh objects owned by their request).
+`collect()` lists every string of a result (every value and every key that is not a fixed protocol
+name), skipping only base64 payloads; `apply()` writes replacements back in place (results are fresh
+objects owned by their request). `shape_problem()` names what is plainly wrong with a result's shape.
 """
 
 from __future__ import annotations
@@ -24,44 +24,121 @@ class Slot:
     is_key: bool = False  # the string is a dict key (the next slot is then usually its value)
 
 
-def collect(method: str, result: JsonObj, structured: bool = True) -> list[Slot]:
-    """Every string of a result that reaches a model, in document order.
+# The list that holds a result's blocks or items, per method (walked with the binary payloads skipped).
+_ITEMS = {"tools/call": "content", "resources/read": "contents", "prompts/get": "messages"}
 
-    Text blocks, embedded resources' text, resource links' name/title/description, structuredContent
-    (recursively, keys too), resources/read text contents, prompt descriptions and messages, and
-    completion values. Binary payloads (base64 `blob`, image/audio `data`) are not text a model
-    reads as words and are left alone; `_meta` is protocol metadata and is not scanned.
+# Keys the protocol itself names in results and blocks: fixed words, never data, so their own text is not
+# scanned (their values are). Any other key is scanned like structuredContent's keys, joined to its value.
+_PROTOCOL_KEYS = frozenset({
+    "content", "contents", "structuredContent", "isError", "_meta", "messages", "description", "completion",
+    "values", "total", "hasMore", "type", "text", "uri", "name", "title", "mimeType", "annotations", "resource",
+    "data", "blob", "size", "role", "icons",
+})
+
+# Content block types whose `data` is a base64 payload.
+_BINARY_BLOCKS = frozenset({"image", "audio"})
+
+
+def collect(method: str, result: JsonObj, structured: bool = True) -> list[Slot]:
+    """Every string of a result that could reach a model, in document order.
+
+    Every value anywhere in the result, and every key but the protocol's own names (a key can carry a
+    secret as well as a value): text blocks, resource links' uri/name/title/description, embedded
+    resources, structuredContent, resources/read contents, prompt messages, completion values, unknown
+    fields, malformed shapes (a `content` that is not a list is walked like any value) and `_meta`.
+    `_meta` is protocol metadata, but nothing stops a client from logging or showing it, and a server
+    chooses what it holds: it is scanned like the rest. Only base64 payloads are left alone (`blob` of
+    a resource's contents, `data` of an image or audio block): they are not words a model reads.
+    `structured=False`: structuredContent was already found clean as a whole and is not walked.
     """
     out: list[Slot] = []
-    if method == "tools/call":
-        _blocks(result.get("content"), out)
-        if structured and "structuredContent" in result:
-            _json(result, "structuredContent", out)
-    elif method == "resources/read":
-        for item in _items(result.get("contents")):
-            _field(item, "text", out)
-    elif method == "prompts/get":
-        _field(result, "description", out)
-        for message in _items(result.get("messages")):
-            content = message.get("content")
-            if isinstance(content, list):
-                _blocks(content, out)
-            elif isinstance(content, dict):
-                _block(content, out)
-    elif method == "completion/complete":
-        completion = result.get("completion")
-        values = completion.get("values") if isinstance(completion, dict) else None
-        if isinstance(values, list):
-            for i, value in enumerate(values):
-                if isinstance(value, str):
-                    out.append(Slot(values, i, value))
+    items_key = _ITEMS.get(method)
+    for key, value in result.items():
+        if key == "structuredContent" and not structured:
+            continue
+        if key == items_key and type(value) is list:
+            for i, item in enumerate(value):
+                if type(item) is not dict:
+                    _json(value, i, out)
+                elif method == "prompts/get":
+                    _message(item, out)
+                elif method == "tools/call":
+                    _block(item, out)
+                else:
+                    _fields(item, out, "blob")  # a resources/read item
+        else:
+            _entry(result, key, out)
     return out
+
+
+def shape_problem(method: str, result: JsonObj) -> str | None:
+    """What is plainly wrong with a result's shape (a field of the wrong JSON type), or None.
+
+    Only a field that is there with the wrong JSON type (no client can read it as the method's result);
+    a missing field, unknown keys and unknown block types are left to the client.
+    """
+    if method == "completion/complete":
+        if "completion" not in result:
+            return None
+        completion = result["completion"]
+        if type(completion) is not dict:
+            return "completion is not an object"
+        values = completion.get("values")
+        if "values" in completion and (type(values) is not list or any(type(v) is not str for v in values)):
+            return "completion.values is not a list of strings"
+        return None
+    # A null isError stands for "absent": lenient clients read it so, and it carries no text.
+    # (structuredContent may be any JSON value in 2026-07-28: its type is never a problem.)
+    if method == "tools/call" and result.get("isError") is not None and type(result["isError"]) is not bool:
+        return "isError is not a boolean"
+    key = _ITEMS.get(method)
+    if key is None or key not in result:
+        return None
+    items = result[key]
+    if type(items) is not list:
+        return f"{key} is not a list"
+    for item in items:
+        if type(item) is not dict:
+            return f"an item of {key} is not an object"
+        if method == "tools/call":
+            problem = _block_problem(item)
+        elif method == "prompts/get" and "content" in item:
+            content = item["content"]
+            blocks = content if type(content) is list else [content]
+            problem = next(filter(None, map(_block_problem, blocks)), None)
+        else:
+            problem = None
+        if problem is not None:
+            return problem
+    return None
+
+
+def is_plain(result: JsonObj) -> bool:
+    """True when `result`'s fields besides `content` are at most a boolean `isError` and a
+    `structuredContent` (the output guard's short path for a one-text-block tool result)."""
+    others = len(result) - 1
+    if "isError" in result:
+        if type(result["isError"]) is not bool:
+            return False
+        others -= 1
+    if "structuredContent" in result:
+        others -= 1
+    return others == 0
+
+
+def _block_problem(block: Any) -> str | None:
+    if type(block) is not dict:
+        return "a content block is not an object"
+    if block.get("type") == "text" and "text" in block and type(block["text"]) is not str:
+        return "a text block's text is not a string"
+    return None
 
 
 def collect_error(error: JsonObj) -> list[Slot]:
     """The strings of a JSON-RPC error object (message, and data recursively)."""
     out: list[Slot] = []
-    _field(error, "message", out)
+    if isinstance(error.get("message"), str):
+        out.append(Slot(error, "message", error["message"]))
     if "data" in error:
         _json(error, "data", out)
     return out
@@ -91,37 +168,53 @@ def apply(slots: Sequence[Slot], replacements: Mapping[int, str]) -> None:
             container[key] = value
 
 
-def _items(value: Any) -> list[dict[str, Any]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+def _entry(container: dict[str, Any], key: Any, out: list[Slot]) -> None:
+    """One field: its key (unless the protocol's own name), then its value, whatever it holds."""
+    if type(key) is str and key not in _PROTOCOL_KEYS:
+        out.append(Slot(container, key, key, True))
+    _json(container, key, out)
 
 
-def _field(obj: Any, key: str, out: list[Slot]) -> None:
-    if isinstance(obj, dict) and isinstance(obj.get(key), str):
-        out.append(Slot(obj, key, obj[key]))
-
-
-def _blocks(blocks: Any, out: list[Slot]) -> None:
-    if not isinstance(blocks, list):
-        return
-    for block in blocks:
-        if isinstance(block, dict):
-            if block.get("type") == "text":  # the common case, inline: this runs on every result
-                text = block.get("text")
-                if isinstance(text, str):
-                    out.append(Slot(block, "text", text))
-            else:
-                _block(block, out)
+def _fields(obj: dict[str, Any], out: list[Slot], binary: str | None) -> None:
+    """Every field of an object but its base64 payload `binary` (when that is a string)."""
+    for key in obj:
+        if key != binary or type(obj[key]) is not str:
+            _entry(obj, key, out)
 
 
 def _block(block: dict[str, Any], out: list[Slot]) -> None:
+    """A content block (of a tool result or a prompt message)."""
     kind = block.get("type")
-    if kind == "text":
-        _field(block, "text", out)
-    elif kind == "resource":
-        _field(block.get("resource"), "text", out)
-    elif kind == "resource_link":
-        for key in ("name", "title", "description"):
-            _field(block, key, out)
+    if kind == "text" and len(block) == 2:  # the common case, inline: this runs on most results
+        text = block.get("text")
+        if type(text) is str:
+            out.append(Slot(block, "text", text))
+            return
+    if kind == "resource":
+        for key in block:
+            resource = block[key]
+            if key == "resource" and type(resource) is dict:
+                _fields(resource, out, "blob")
+            else:
+                _entry(block, key, out)
+    else:
+        _fields(block, out, "data" if kind in _BINARY_BLOCKS else None)
+
+
+def _message(message: dict[str, Any], out: list[Slot]) -> None:
+    """A prompt message: its content block (or, leniently, a list of blocks) and any other field."""
+    for key in message:
+        content = message[key]
+        if key == "content" and type(content) is dict:
+            _block(content, out)
+        elif key == "content" and type(content) is list:
+            for i, block in enumerate(content):
+                if type(block) is dict:
+                    _block(block, out)
+                else:
+                    _json(content, i, out)
+        else:
+            _entry(message, key, out)
 
 
 def _json(container: Any, key: Any, out: list[Slot]) -> None:

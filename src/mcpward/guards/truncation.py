@@ -15,10 +15,19 @@ from mcpward.guards.result_strings import Slot, collect_value
 from mcpward.protocol.jsonrpc import JsonObj
 
 _RESERVE = 512  # bytes kept free for the marker and the note
+_SLACK = 128  # what the steps' budgets leave uncounted (brackets, field names, a cut text's last escape)
+
+
+class Unserialisable(ValueError):
+    """A result that cannot be written as JSON (nested deeper than orjson's 255 levels, an integer
+    beyond 64 bits, a lone surrogate): the reply could not be sent either, so the guard refuses it."""
 
 
 def size_of(value: Any) -> int:
-    return len(orjson.dumps(value))
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError as exc:
+        raise Unserialisable(str(exc)) from None
 
 
 def fit_text(text: str, max_json_bytes: int) -> str:
@@ -36,48 +45,125 @@ def fit_text(text: str, max_json_bytes: int) -> str:
     return ""
 
 
+# A capped result's own fields, per method; any other top-level field (isError, _meta, a prompt's
+# description, unknown keys) is an extra, kept only while the extras are small beside the budget.
+_CORE = {
+    "tools/call": ("content", "structuredContent"),
+    "resources/read": ("contents",),
+    "prompts/get": ("messages",),
+    "completion/complete": ("completion",),
+}
+
+
 def cap(method: str, result: JsonObj, limit: int, output_schema: bool,
         original: int | None = None) -> tuple[JsonObj, dict[str, Any]] | None:
     """Truncate a result to `limit` serialised bytes; None when it fits. Always a valid result of its kind.
 
     `original` is the size before the guard shortened overlong strings ahead of the scan (reported
-    in the marker instead of the already shortened size).
+    in the marker instead of the already shortened size). Raises `Unserialisable` for a result that
+    cannot be serialised.
     """
     size = size_of(result)
-    if size <= limit:
+    core = _CORE.get(method)
+    if size <= limit or core is None:
         return None
     size = max(size, original or 0)
-    budget = max(limit - _RESERVE, 0)
     info: dict[str, Any] = {"from_bytes": size, "limit": limit}
+    full = max(limit - _RESERVE, 0)
+    out, budget = _extras(result, core, full, info)
+    dropped = 0
     if method == "tools/call":
-        out, dropped = _cap_tool(result, budget, output_schema, info)
+        dropped = _cap_tool(result, out, budget, output_schema, info)
+    elif method == "resources/read":
+        out["contents"], _ = _cap_items(result.get("contents"), budget, "text", info)
+    elif method == "prompts/get":
+        out["messages"] = _cap_messages(result.get("messages"), budget, info)
+    else:
+        out["completion"] = _cap_completion(result.get("completion"), budget, info)
+    if size_of(out) > full + _SLACK:
+        # Something the steps above keep whole (a message's own fields, a huge key) is still too big:
+        # the smallest valid result of its kind rather than an oversized one (for a tool, an error:
+        # nothing of what it returned is left, and a client skips outputSchema checks on errors).
+        out = _empty(method)
+        info["withheld"] = True
+    if method == "tools/call":
         out["content"].append({"type": "text", "text": _marker(size, limit, dropped, info)})
-        return out, info
+    return out, info
+
+
+def _empty(method: str) -> JsonObj:
+    if method == "tools/call":
+        return {"content": [], "isError": True}
     if method == "resources/read":
-        items, dropped = _cap_items(result.get("contents"), budget, "text", info)
-        return {**result, "contents": items}, info
+        return {"contents": []}
     if method == "prompts/get":
-        raw = result.get("messages")
-        messages: list[Any] = raw if isinstance(raw, list) else []
-        kept: list[Any] = []
-        remaining = budget
-        for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
-            one = isinstance(content, dict)
-            blocks, _ = _cap_items([content] if one else content, remaining, "text", info)
-            remaining -= size_of(blocks)
-            if blocks:
-                kept.append({**message, "content": blocks[0] if one else blocks})
-            if remaining <= 0:
-                break
-        return {**result, "messages": kept}, info
-    return None
+        return {"messages": []}
+    return {"completion": {"values": [], "hasMore": True}}
+
+
+def _extras(result: JsonObj, core: tuple[str, ...], budget: int, info: dict[str, Any]) -> tuple[JsonObj, int]:
+    """The result's other top-level fields to keep, and the budget left for its own fields."""
+    extras = {k: v for k, v in result.items() if k not in core}
+    if not extras:
+        return {}, budget
+    size = size_of(extras)
+    if size > budget // 4:
+        # Too big to keep beside the result's own fields: left out, but a tool's error flag stays
+        # (a failed call must not read as a success).
+        kept = {"isError": True} if extras.get("isError") is True else {}
+        info["fields_left_out"] = len(extras) - len(kept)
+        extras, size = kept, size_of(kept)
+    return extras, budget - size
+
+
+def _cap_messages(raw: Any, budget: int, info: dict[str, Any]) -> list[Any]:
+    messages: list[Any] = raw if isinstance(raw, list) else []
+    kept: list[Any] = []
+    remaining = budget
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        one = isinstance(content, dict)
+        blocks, _ = _cap_items([content] if one else content, remaining, "text", info)
+        remaining -= size_of(blocks)
+        if blocks:
+            kept.append({**message, "content": blocks[0] if one else blocks})
+        if remaining <= 0:
+            break
+    return kept
+
+
+def _cap_completion(completion: Any, budget: int, info: dict[str, Any]) -> Any:
+    """Completion values in order while they fit; the rest left out, with `hasMore` (a cut value
+    would be a wrong completion, so none is cut)."""
+    values = completion.get("values") if isinstance(completion, dict) else None
+    kept: list[Any] = []
+    remaining = budget - 64  # `{"values":[],"total":...,"hasMore":true}`
+    dropped = 0
+    for value in values if isinstance(values, list) else ():
+        size = size_of(value) + 1
+        if size <= remaining:
+            kept.append(value)
+            remaining -= size
+        else:
+            dropped += 1
+    out: dict[str, Any] = {"values": kept}
+    total = completion.get("total") if isinstance(completion, dict) else None
+    if type(total) is int:
+        out["total"] = total
+    out["hasMore"] = True if dropped else (isinstance(completion, dict) and completion.get("hasMore") is True)
+    if dropped:
+        info["dropped"] = info.get("dropped", 0) + dropped
+    return out
 
 
 def _marker(size: int, limit: int, dropped: int, info: dict[str, Any]) -> str:
     text = f"[mcpward: result truncated from {size:,} to at most {limit:,} bytes"
     if dropped:
         text += f"; {dropped} content block(s) left out"
+    if info.get("fields_left_out"):
+        text += f"; {info['fields_left_out']} other field(s) left out"
+    if info.get("withheld"):
+        text += "; content withheld"
     if info.get("structured") == "withheld":
         text += "; structuredContent withheld"
     elif info.get("structured") == "shortened":
@@ -85,8 +171,8 @@ def _marker(size: int, limit: int, dropped: int, info: dict[str, Any]) -> str:
     return text + "]"
 
 
-def _cap_tool(result: JsonObj, budget: int, output_schema: bool, info: dict[str, Any]) -> tuple[JsonObj, int]:
-    out = {k: v for k, v in result.items() if k not in ("content", "structuredContent")}
+def _cap_tool(result: JsonObj, out: JsonObj, budget: int, output_schema: bool, info: dict[str, Any]) -> int:
+    """Fill `out` with the tool result's content and structuredContent within `budget`; blocks left out."""
     structured = result.get("structuredContent")
     remaining = budget
     if structured is not None:
@@ -111,7 +197,7 @@ def _cap_tool(result: JsonObj, budget: int, output_schema: bool, info: dict[str,
     content = result.get("content")
     blocks, dropped = _cap_items(content if isinstance(content, list) else [], remaining, "text", info)
     out["content"] = blocks
-    return out, dropped
+    return dropped
 
 
 def _shorten_strings(value: Any, excess: int) -> Any:

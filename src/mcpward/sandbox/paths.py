@@ -343,7 +343,10 @@ def auto_binds(command: str, args: list[str], cwd: str | None, path_env: str) ->
         if arg.startswith("-"):
             continue
         p = Path(arg) if os.path.isabs(arg) else base / arg
-        if not p.is_file():
+        try:
+            if not p.is_file():
+                continue
+        except (OSError, ValueError):  # too long for a file name, or a NUL: an argument, not a file
             continue
         if arg.endswith(SCRIPT_SUFFIXES):
             out.append(Bind(p.resolve().parent, False, "script"))  # a script imports its neighbours
