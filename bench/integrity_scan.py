@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/integrity_scan.py            # uses ../shared/eval/benign-mcp-tools when present
     .venv/bin/python bench/integrity_scan.py --synthetic   # generated tools only
+    .venv/bin/python bench/integrity_scan.py --per-item    # scan_item per tool (before the list entry point)
 
 Tools are synthesised from the real benign corpus when it is there (each real tool is copied with a
 per-server suffix on its name and a per-copy word in its description, so every definition is distinct
-and the content cache cannot help the cold pass), else generated. Every tool is scanned with the full
-catalog as ScanContext (the other 99 servers' names), as the gateway does on a list refresh.
+and the content cache cannot help the cold pass), else generated. Each server's list is scanned with one
+`Scanner.scan_items` call and the full catalog as ScanContext (every server's names), as the gateway's
+integrity guard scans what a server lists on a refresh (`--per-item`: one `scan_item` per tool instead).
 
 Reported: rule compile time (once per process), cold scan (first sight of every definition, with a new
 Scanner: its catalog index and RE2 caches start empty), warm re-scan (the same unchanged lists again:
@@ -75,14 +77,17 @@ def catalog(synthetic: bool) -> dict[str, list[dict[str, Any]]]:
     return servers
 
 
-def run(servers: dict[str, list[dict[str, Any]]], scanner: Scanner) -> tuple[float, float]:
+def run(servers: dict[str, list[dict[str, Any]]], scanner: Scanner, per_item: bool) -> tuple[float, float]:
     """(CPU seconds, wall seconds) to scan every tool of every server against the whole catalog."""
     names = {s: frozenset(t["name"] for t in tools) for s, tools in servers.items()}
     cpu, wall = time.process_time(), time.perf_counter()
     for server, tools in servers.items():
         context = ScanContext(server, names)
-        for tool in tools:
-            scanner.scan_item("tools", tool, context)
+        if per_item:
+            for tool in tools:
+                scanner.scan_item("tools", tool, context)
+        else:
+            scanner.scan_items("tools", tools, context)
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
@@ -96,6 +101,7 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--synthetic", action="store_true", help="generated tools only")
+    parser.add_argument("--per-item", action="store_true", help="scan_item per tool, not scan_items per list")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     servers = catalog(args.synthetic)
@@ -108,10 +114,11 @@ def main() -> None:
         t0 = time.process_time()
         scanner = Scanner()
         compiles.append(time.process_time() - t0)
-        colds.append(run(servers, scanner))
-        warms.append(run(servers, scanner))
+        colds.append(run(servers, scanner, args.per_item))
+        warms.append(run(servers, scanner, args.per_item))
     source = "generated" if args.synthetic or not real_tools() else "real benign corpus, copied per server"
-    print(f"{total} tools from {len(servers)} servers ({source}), median of {args.repeat}; "
+    how = "scan_item per tool" if args.per_item else "scan_items per server list"
+    print(f"{total} tools from {len(servers)} servers ({source}; {how}), median of {args.repeat}; "
           f"load average {before} before, {load()} after")
     print(f"  compile rules : {1000 * statistics.median(compiles):8.1f} ms CPU")
     for label, times in (("cold scan    ", colds), ("warm re-scan ", warms)):

@@ -90,17 +90,21 @@ class IntegrityGuard(Guard):
         identity = self.identities[server].digest
         context = ScanContext(server, dict(catalog.names), catalog)
         context_key = catalog_key(catalog.names)
-        batch = pins.Batch()
+        changed: list[tuple[Listed, dict[str, object], str]] = []
         for listed in items:
             view = fp.pinned_view(kind, listed.item, listed.name)
             print_ = fp.fingerprint(kind, view, identity, instructions)
-            key = (kind, server, listed.name)
-            known = self.seen.get(key)
+            known = self.seen.get((kind, server, listed.name))
             if known is not None and known.fingerprint == print_ and known.context == context_key:
                 continue  # unchanged since the last list: nothing to scan or judge
-            report = self.scanner.scan_item(kind, view, context)  # cached there by content and catalog
+            changed.append((listed, view, print_))
+        # The whole list in one call (cached there by content and catalog): its new strings are prefiltered
+        # in groups, not one definition at a time.
+        reports = self.scanner.scan_items(kind, [view for _, view, _ in changed], context)
+        batch = pins.Batch()
+        for (listed, view, print_), report in zip(changed, reports, strict=True):
             verdict = self.judge.decide(batch, server, kind, listed.name, view, print_, instructions, text, report)
-            self.seen[key] = Seen(view, print_, context_key, text, report, verdict)
+            self.seen[(kind, server, listed.name)] = Seen(view, print_, context_key, text, report, verdict)
         self.judge.commit(batch)
 
     async def on_list(self, call: Call, kind: str, items: list[Listed]) -> list[Listed] | None:

@@ -110,6 +110,15 @@ _FILED = (0, 0, 0, 0, 0, 1, 1)  # role of a name in each of its buckets (1: as t
 _WANTED = (0, 0, 0, 1, 1, 0, 0)  # which role's names a name pairs with in each of its buckets
 
 
+def _file(buckets: dict[_Bucket, str | list[str]], key: _Bucket, held: str | list[str], f: str) -> list[str]:
+    """File f in a bucket that already holds `held` (a name, or a list of names from the second on)."""
+    if isinstance(held, str):
+        names = buckets[key] = [held, f]
+        return names
+    held.append(f)
+    return held
+
+
 def _deletions(f: str) -> list[str]:
     """The name and each one-character deletion of it: two names one edit apart share one of these."""
     return [f, *[f[:i] + f[i + 1 :] for i in range(len(f))]]
@@ -141,26 +150,32 @@ class Lookalikes:
         for f in names:
             if len(f) < MIN_INDEXED or f in indexed:
                 continue
-            keys = _bucket_keys(f)
-            # One dictionary operation per bucket both files f and returns what was there, its candidates.
+            # One dictionary operation per bucket both files f and returns what was there: f itself in the
+            # common case of a bucket new to this name, written out per bucket (no loop, no tuples built).
             # Buckets whose role pairs with the other one (`_WANTED`) are read first.
-            e, o, mm, p, s, p1, s1 = keys
+            e, o, mm, p, s, p1, s1 = _bucket_keys(f)
             found = [b1.get(p), b1.get(s), b0.get(p1), b0.get(s1)]
-            for key in (e, o, mm):  # equal-length buckets pair within their own role
-                held = b0.setdefault(key, f)
-                if held is not f:
-                    if isinstance(held, str):
-                        held = b0[key] = [held, f]
-                    else:
-                        held.append(f)
-                    found.append(held)
-            for buckets, key in ((b0, p), (b0, s), (b1, p1), (b1, s1)):  # `_FILED` written out
-                held = buckets.setdefault(key, f)
-                if held is not f:
-                    if isinstance(held, str):
-                        buckets[key] = [held, f]
-                    else:
-                        held.append(f)
+            held = b0.setdefault(e, f)  # equal-length buckets pair within their own role
+            if held is not f:
+                found.append(_file(b0, e, held, f))
+            held = b0.setdefault(o, f)
+            if held is not f:
+                found.append(_file(b0, o, held, f))
+            held = b0.setdefault(mm, f)
+            if held is not f:
+                found.append(_file(b0, mm, held, f))
+            held = b0.setdefault(p, f)  # `_FILED` written out
+            if held is not f:
+                _file(b0, p, held, f)
+            held = b0.setdefault(s, f)
+            if held is not f:
+                _file(b0, s, held, f)
+            held = b1.setdefault(p1, f)
+            if held is not f:
+                _file(b1, p1, held, f)
+            held = b1.setdefault(s1, f)
+            if held is not f:
+                _file(b1, s1, held, f)
             if found != _NONE4:
                 self._pair(f, self._from(f, found))
             indexed.add(f)

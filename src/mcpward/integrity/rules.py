@@ -75,6 +75,7 @@ class Rule:
 
 
 SET_RULES = 32  # rules per RE2 Set (see above)
+GROUP = 32  # strings per joined pass of `RuleSet.clear` (measured: see docs/benchmarks.md, issue 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,35 @@ class RuleSet:
                     return True
             return False
         return any(self.any_match(scope, t) for t in texts)
+
+    def clear(self, scope: str, texts: list[str]) -> list[int]:
+        """The positions of `texts` that no rule of the scope matches (group testing for many items' strings).
+
+        The texts are joined in groups of GROUP, as `maybe` joins one item's; a group no Set matches clears
+        all its texts, a group some Set matches is halved and each half tested again, down to single texts.
+        Exactly as sound as `maybe`: a text is cleared only by a pass over a join that holds it. A scope whose
+        rules cannot be joined clears nothing (its strings are tested one by one, as before)."""
+        parts = self.sets.get(scope)
+        if not parts:
+            return list(range(len(texts)))
+        if not self.joinable[scope]:
+            return []
+        out: list[int] = []
+        todo = [(lo, min(lo + GROUP, len(texts))) for lo in range(0, len(texts), GROUP)]
+        todo.reverse()  # a stack: the first group is tested first
+        while todo:
+            lo, hi = todo.pop()
+            data = (texts[lo] if hi - lo == 1 else "\n\n".join(texts[lo:hi])).encode("utf-8")
+            for matcher, _ in parts:
+                if matcher.Match(data):
+                    if hi - lo > 1:
+                        mid = (lo + hi) // 2
+                        todo.append((mid, hi))
+                        todo.append((lo, mid))
+                    break
+            else:
+                out.extend(range(lo, hi))
+        return out
 
     def match(self, scope: str, text: str) -> list[tuple[Rule, int, int]]:
         """Every (rule, start, end) of the scope's rules in `text`, first match per rule and up to
