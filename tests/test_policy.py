@@ -18,7 +18,14 @@ from mcpward.gateway.context import Principal, RequestContext, SilentChannel
 from mcpward.guards.base import Call, Listed, Refusal
 from mcpward.policy import loader
 from mcpward.policy.engine import DEFAULT_DENY, PolicyEngine
-from mcpward.policy.entities import EntityBuilder, Facts, Target, claim_values, effective_annotations
+from mcpward.policy.entities import (
+    EntityBuilder,
+    Facts,
+    SortedLabels,
+    Target,
+    claim_values,
+    effective_annotations,
+)
 from mcpward.policy.guard import PolicyGuard, call_target, engine_for, from_config
 
 ALICE = Principal("alice", "local-user", claims=(("roles", ["admin", "dev"]), ("email", "a@example.com")),
@@ -205,6 +212,18 @@ def test_a_remembered_decision_follows_changed_labels_and_claims(tmp_path: Path)
     std = make_engine(tmp_path / "std")
     assert allowed(std, tool("rm", READ_ONLY))
     assert not allowed(std, tool("rm", DESTROYS))  # same name, the claim changed: decided again
+
+
+def test_labels_are_sorted_and_unique_whatever_the_providers_return(tmp_path: Path) -> None:
+    # One provider is the fast path: its answer is used as it is only when it says it is sorted.
+    engine = make_engine(tmp_path)
+    builder = engine.builder
+    builder.label_providers.append(lambda s, kind, name: ["risk:b", "risk:a", "risk:b"])
+    assert builder.labels(tool("t", READ_ONLY)) == ["risk:a", "risk:b"]
+    builder.label_providers[:] = [lambda s, kind, name: SortedLabels(["pin:pinned", "risk:none"])]
+    assert builder.labels(tool("t", READ_ONLY)) == ["pin:pinned", "risk:none"]
+    builder.label_providers.append(lambda s, kind, name: ("risk:none", "pin:changed"))
+    assert builder.labels(tool("t", READ_ONLY)) == ["pin:changed", "pin:pinned", "risk:none"]
 
 
 def _at(hour: int) -> float:

@@ -22,6 +22,7 @@ from mcpward.integrity.lock import LockError, PinFile
 from mcpward.integrity.scanner import Report, ScanContext, Scanner, catalog_key, default_scanner
 from mcpward.integrity.settings import IntegritySettings, read_settings
 from mcpward.integrity.shadowing import CatalogIndex
+from mcpward.policy.entities import SortedLabels
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
 
@@ -41,7 +42,7 @@ class Seen:
     report: Report
     verdict: pins.Verdict
     # The policy's labels for this definition, worked out once per pin state (asked on every call).
-    _labels: tuple[str, list[str]] | None = None
+    _labels: tuple[str, SortedLabels] | None = None
     _risk: tuple[str, ...] | None = None
 
     def risk(self) -> tuple[str, ...]:
@@ -53,7 +54,7 @@ class Seen:
     def policy_labels(self) -> list[str]:
         state = self.verdict.state
         if self._labels is None or self._labels[0] != state:
-            self._labels = (state, sorted((*self.risk(), f"pin:{state}")))
+            self._labels = (state, SortedLabels(sorted({*self.risk(), f"pin:{state}"})))
         return self._labels[1]
 
 

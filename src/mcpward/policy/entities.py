@@ -43,6 +43,11 @@ LabelProvider = Callable[[str, str, str], Iterable[str]]
 KIND_OF_TYPE = {"Tool": "tools", "Prompt": "prompts", "Resource": "resources"}
 
 
+class SortedLabels(list[str]):
+    """Labels a provider already sorted and deduplicated, which the builder may use as they are.
+    Treat it as read-only: the provider may hand the same list to every decision."""
+
+
 # Target and Facts are built on every request: plain slotted classes, because a frozen dataclass's
 # __init__ costs three times as much. Treat them as read-only all the same.
 @dataclass(slots=True)
@@ -81,11 +86,13 @@ class Facts:
 
     def key(self, fields: tuple[str, ...]) -> tuple[Any, ...]:
         """The values of some context fields (never `now`), without building the whole context."""
+        if not fields:  # a policy that reads no context field: this runs on every decision
+            return ()
         if "hour" in fields or "weekday" in fields:
             hour, weekday = local_clock(time.time() if self.at is None else self.at)
             clock = {"hour": hour, "weekday": weekday}
             return tuple(clock[f] if f in clock else getattr(self, f) for f in fields)
-        return tuple(getattr(self, f) for f in fields)
+        return tuple([getattr(self, f) for f in fields])
 
     def context(self) -> dict[str, Any]:
         now = time.time() if self.at is None else self.at
@@ -218,12 +225,18 @@ class EntityBuilder:
         return effective_annotations(target.claimed, override.annotations if override is not None else {})
 
     def labels(self, target: Target) -> list[str]:
-        found: set[str] = set(target.labels)
+        """The target's labels, sorted and without repeats."""
         override = self.override(target)
+        kind = "resourceTemplates" if target.template else KIND_OF_TYPE.get(target.type, "")
+        providers = self.label_providers
+        if len(providers) == 1 and not target.labels and (override is None or not override.labels):
+            # The gateway's usual case (the integrity scanner alone): one lookup per decision.
+            labels = providers[0](target.server, kind, target.name)
+            return labels if type(labels) is SortedLabels else sorted(set(labels))
+        found: set[str] = set(target.labels)
         if override is not None:
             found.update(override.labels)
-        kind = "resourceTemplates" if target.template else KIND_OF_TYPE.get(target.type, "")
-        for provider in self.label_providers:
+        for provider in providers:
             found.update(provider(target.server, kind, target.name))
         return sorted(found)
 
