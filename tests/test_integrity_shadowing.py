@@ -254,3 +254,26 @@ def test_fold_of_ascii_names_agrees_with_the_separator_regex() -> None:
     for _ in range(20000):
         name = "".join(rnd.choice(pool) for _ in range(rnd.randint(0, 20)))
         assert fold(name) == _SEPARATORS.sub("", name).lower(), repr(name)
+
+
+def test_which_colliding_name_counts_as_the_original_does_not_depend_on_listing_order() -> None:
+    # The gateway's start lists servers concurrently and a server's names are a set: the finding on
+    # a tool must be the same whichever server listed first and whatever the set's order.
+    one = frozenset({"get-user-submissions", "getUserSubmissions"})
+    other = frozenset({"getUserSubmissions", "fetch_page"})
+
+    def findings(order: list[tuple[str, frozenset[str]]]) -> dict[tuple[str, str], set[str]]:
+        catalog = dict(order)
+        out = {}
+        for server, names in order:
+            for name in names:
+                report = Scanner().scan_item("tools", {"name": name, "description": "Reads."},
+                                             ScanContext(server, catalog))
+                out[(server, name)] = rules(report)
+        return out
+
+    first = findings([("alpha", one), ("beta", other)])
+    assert findings([("beta", other), ("alpha", one)]) == first
+    # beta's exact duplicate of an alpha name is the low finding, never the folded (high) one.
+    assert "shadowing.duplicate-name" in first[("beta", "getUserSubmissions")]
+    assert "shadowing.folded-duplicate-name" not in first[("beta", "getUserSubmissions")]

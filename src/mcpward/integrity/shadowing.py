@@ -104,7 +104,9 @@ class _Index:
     mentionable: set[str] = field(default_factory=set)  # compound | plain: one lookup for the prefilter
 
     def add(self, server: str, names: Iterable[str]) -> None:
-        """Add one server's names (first come keeps a folded name: the order is the catalog's)."""
+        """Add one server's names. A folded name is kept by its least (server, name): which of two
+        colliding names counts as the original must not depend on the order servers listed in (the
+        gateway's start lists them concurrently) or on a set's iteration order (the hash seed)."""
         if len(server) >= MIN_MENTION and server.lower() not in _GENERIC:
             self.servers[server.lower()] = server
             (self.compound if _compound(server) else self.plain).add(server.lower())
@@ -112,16 +114,20 @@ class _Index:
         new_folded = []
         owner, folded, mentionable = self.owner, self.folded, self.mentionable
         compound, plain = self.compound, self.plain
-        for name in names:
+        for name in sorted(names):
             lower = name.lower()
-            owner.setdefault(lower, server)
+            if server < owner.setdefault(lower, server):
+                owner[lower] = server
             # fold() written out for ASCII names (every name of every catalog passes here): separators
             # removed from the lower-case name, which is the same as lower-casing once they are removed
             f = (lower.encode("ascii").translate(None, ASCII_SEPARATORS).decode("ascii") if name.isascii()
                  else fold(name))
-            if f not in folded:
+            held = folded.get(f)
+            if held is None:
                 folded[f] = (name, server)
                 new_folded.append(f)
+            elif (server, name) < (held[1], held[0]):
+                folded[f] = (name, server)
             if len(name) < MIN_MENTION or lower in _GENERIC:
                 continue
             (compound if _compound(name) else plain).add(lower)
@@ -220,7 +226,7 @@ class Shadowing:
         out: list[Finding] = []
         name = item.get("name")
         if isinstance(name, str):
-            out.extend(self._name_findings(name, index, context.server))
+            out.extend(self._name_findings(name, index, context.server, context.others))
         mentionable = index.mentionable
         if all(map(mentionable.isdisjoint, words)):
             return tuple(out)
@@ -234,11 +240,17 @@ class Shadowing:
             return ()
         return tuple(self._mentions(where, text, self._catalog(context, key), context.server))
 
-    def _name_findings(self, name: str, index: _Index, server: str) -> list[Finding]:
+    def _name_findings(self, name: str, index: _Index, server: str,
+                       others: Mapping[str, frozenset[str]]) -> list[Finding]:
         f = fold(name)
         hit = index.folded.get(f)
         if hit is not None and hit[1] != server:
             real, owner = hit
+            if real != name:
+                # The folded name is kept by one spelling; another server may offer this exact one too.
+                exact = sorted(s for s, names in others.items() if s != server and name in names)
+                if exact:
+                    real, owner = name, exact[0]
             if real == name:
                 # Same name on two servers: namespacing keeps them apart, but a reader may not.
                 sev, weight, rule = (Severity.LOW, 0.2, "shadowing.duplicate-name")
