@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,13 @@ def serve_gateway(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     yield start
     for proc in procs:
         stop(proc)
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    """Every audit record made in-process during the test, as (event, fields)."""
+    from mcpward.audit import events
+
+    out: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(events, "record", lambda event, **fields: out.append((event, fields)))
+    return out

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from mcpward.audit import events
 from mcpward.gateway.config import ConfigError, GatewayConfig, ServerConfig, load, parse
 from mcpward.sandbox import probe
 from mcpward.sandbox.launcher import Launcher
@@ -24,14 +23,6 @@ from mcpward.transport.base import LinkError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "escape_server.py"
 SECRET = "sk-live-" + "Q7w9" * 6
-
-
-@pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
-    """Every audit record made during the test, as (event, fields)."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(events, "record", lambda event, **fields: out.append((event, fields)))
-    return out
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from mcpward.audit import events
 from mcpward.gateway.config import parse
 from mcpward.sandbox import probe
 from mcpward.sandbox.backends import UnsandboxedSpawner, choose_backend
@@ -27,13 +26,6 @@ from mcpward.transport.base import LinkError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "escape_server.py"
 SECRET = "s3cr3t-" + "v4lue" * 4
-
-
-@pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
-    out: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(events, "record", lambda event, **fields: out.append((event, fields)))
-    return out
 
 
 def caps(**changes: Any) -> probe.HostCapabilities:

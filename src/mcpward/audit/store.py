@@ -347,28 +347,21 @@ class AuditLog:
 
     def _text(self, value: str) -> str:
         hit = self._cache.get(value)
-        if hit is not None:
-            return hit
-        redact = self._redact
-        out = escape(value if redact is None else redact(value))
-        if self._cacheable and len(value) <= CACHE_MAX_LENGTH:
-            if len(self._cache) >= CACHE_MAX_ENTRIES:
-                self._cache.clear()
-            self._cache[value] = out
-        return out
+        return hit if hit is not None else self._cleaned(value, self._redact, self._cache)
 
     def identity_text(self, value: str) -> str:
         """`value` as this log stores it under an IDENTITY_FIELDS key (a principal key, a subject):
         what a listener reading those fields (the anomaly rules) must compare with."""
         hit = self._identity_cache.get(value)
-        if hit is not None:
-            return hit
-        redact = self._redact_identity
+        return hit if hit is not None else self._cleaned(value, self._redact_identity, self._identity_cache)
+
+    def _cleaned(self, value: str, redact: Callable[[str], str] | None, cache: dict[str, str]) -> str:
+        """Redacted, then escaped; remembered in `cache` (the hot path looks there first)."""
         out = escape(value if redact is None else redact(value))
         if self._cacheable and len(value) <= CACHE_MAX_LENGTH:
-            if len(self._identity_cache) >= CACHE_MAX_ENTRIES:
-                self._identity_cache.clear()
-            self._identity_cache[value] = out
+            if len(cache) >= CACHE_MAX_ENTRIES:
+                cache.clear()
+            cache[value] = out
         return out
 
     def _identity(self, value: Any) -> Any:
