@@ -9,6 +9,8 @@ client's token never reaches an upstream; every refusal is in the audit log, wit
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from tests.fixtures.issuer import Issuer, running_issuer
 from tests.test_http_link import serve
 from tests.threats.identity_support import (
     MEMO_SERVER,
+    Keys,
     audit_bytes,
     bearer,
     modern_call,
@@ -122,3 +125,22 @@ def test_the_clients_token_never_reaches_an_upstream(serve_gateway, issuer: Issu
         assert "authorization" not in headers
         assert not any(token in value or token.split(".")[2] in value for value in headers.values())
     assert bearer(token)  # the token was real and used
+
+
+def test_a_flood_of_bad_credentials_cannot_flood_the_audit_log(serve_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # No credentials are needed to fail authentication, so its records are bounded like the front's
+    # other refusals: at most 20 a second one by one, the rest counted in a summary. None is lost.
+    keys = Keys()
+    url = serve_gateway(MEMO_SERVER + keys.table())
+    sent = 80
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        started = time.monotonic()
+        for i in range(sent):
+            assert modern_call(http, url, "tools/list", {}, f"not-a-key-{i}").status_code == 401
+        elapsed = time.monotonic() - started
+    time.sleep(1.5)  # the last second's summary is written by its timer
+    one_by_one = audit_rows(tmp_path, "auth.refused", 1)
+    summaries = [json.loads(body) for body in audit_rows(tmp_path, "auth.refused-summary", 0)]
+    assert len(one_by_one) <= 20 * (int(elapsed) + 2)
+    assert len(one_by_one) + sum(s["suppressed"] for s in summaries) == sent
+    assert all(s["rules"] for s in summaries)

@@ -65,14 +65,16 @@ LADDER_RULES = {jsonrpc.HEADER_MISMATCH: "http.header-mismatch",
 class RefusalAudit:
     """Audits refusals at the HTTP front without letting a flood of bad requests flood the log.
 
-    The first REFUSAL_RECORDS_PER_SECOND refusals of each second get an `http.refused` record each;
-    the others are counted (per rule, and per source address for up to SUMMARY_SOURCES of them) and
-    written as one `http.refused-summary` record when the second is over: by a timer, by the next
-    refusal, or at shutdown. So a flood costs at most that many records plus one per second.
+    The first REFUSAL_RECORDS_PER_SECOND refusals of each second get an `<event>` record each
+    (`http.refused`, or `auth.refused` for failed authentication: no credentials are needed to cause
+    those either); the others are counted (per rule, and per source address for up to SUMMARY_SOURCES
+    of them) and written as one `<event>-summary` record when the second is over: by a timer, by the
+    next refusal, or at shutdown. So a flood costs at most that many records plus one per second.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 per_second: int = REFUSAL_RECORDS_PER_SECOND) -> None:
+                 per_second: int = REFUSAL_RECORDS_PER_SECOND, event: str = "http.refused") -> None:
+        self.event = event
         self.clock = clock
         self.per_second = per_second
         self._second = float("-inf")
@@ -88,7 +90,7 @@ class RefusalAudit:
             self._second, self._written = now, 0
         if self._written < self.per_second:
             self._written += 1
-            audit.record("http.refused", rule=rule, status=status, source_ip=source_ip, **fields)
+            audit.record(self.event, rule=rule, status=status, source_ip=source_ip, **fields)
             return
         self._rules[rule] += 1
         source = source_ip or "unknown"
@@ -106,7 +108,7 @@ class RefusalAudit:
         if not self._rules:
             return
         total = sum(self._rules.values())
-        audit.record("http.refused-summary", suppressed=total, rules=dict(self._rules),
+        audit.record(f"{self.event}-summary", suppressed=total, rules=dict(self._rules),
                      sources=dict(self._sources), unlisted_sources=total - sum(self._sources.values()))
         self._rules.clear()
         self._sources.clear()
@@ -148,6 +150,7 @@ class HttpFront:
         self.modern = ClientConnection(gateway, "http", Principal.anonymous(), self._no_session_writer,
                                        stateless=True)
         self.refusals = RefusalAudit()
+        self.auth_refusals = RefusalAudit(event="auth.refused")
 
     @staticmethod
     async def _no_session_writer(message: JsonObj) -> None:
@@ -179,6 +182,7 @@ class HttpFront:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.refusals.flush()
+                self.auth_refusals.flush()
                 for session in self.sessions.values():
                     session.conn.close()
                 if self.manage_gateway:
@@ -252,10 +256,10 @@ class HttpFront:
             return await self.auth.authenticate(headers.get("authorization"), method)
         except AuthFailure as failure:
             client = scope.get("client") if scope else None
-            audit.record("auth.refused", rule=failure.reason, status=failure.status, error=failure.error or "missing",
-                         credential=failure.credential, token_id=failure.token_id,
-                         principal=failure.principal, method=method,
-                         source_ip=client[0] if client else None, user_agent=headers.get("user-agent"))
+            self.auth_refusals.refused(failure.reason, failure.status, client[0] if client else None,
+                                       error=failure.error or "missing", credential=failure.credential,
+                                       token_id=failure.token_id, principal=failure.principal, method=method,
+                                       user_agent=headers.get("user-agent"))
             body: JsonObj = {"error": failure.error or "unauthorized", "error_description": failure.description}
             raise HttpRejection(failure.status, body,
                                 headers=[(b"www-authenticate", failure.www_authenticate().encode())]) from None
