@@ -33,7 +33,6 @@ SINGLES = ("\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u2060\u
 RANGES: tuple[tuple[int, int], ...] = ((0xE0000, 0xE007F), (0xE0100, 0xE01EF))
 
 
-
 def class_body(codes: Iterable[int]) -> str:
     """A regex character class body (Python `re`) for these code points, runs merged into ranges:
     a class of hundreds of single characters makes every search tens of times slower."""
@@ -56,8 +55,3 @@ def codes() -> list[int]:
 # The set without the bidi controls as a regex character class body.
 CLASS = class_body(codes())
 
-
-def is_invisible(ch: str) -> bool:
-    """True for one character of the shared set (bidi controls included)."""
-    code = ord(ch)
-    return ch in SINGLES or ch in BIDI or any(a <= code <= b for a, b in RANGES)

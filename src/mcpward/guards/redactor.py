@@ -418,14 +418,15 @@ def encode(text: str) -> bytes:
 # ------------------------------------------------------------------------------------------ neutralising
 
 # Characters a reader cannot see: one definition shared with the argument guard (guards/invisible.py),
-# which refuses in arguments what is stripped here. Its two blocks (tags U+E0000-E007F, supplementary
-# variation selectors U+E0100-E01EF: invisible.RANGES) are the ranges written out below.
+# which refuses in arguments what is stripped here; its two blocks (tags, supplementary variation
+# selectors) are `invisible.RANGES`.
 _INVISIBLE = invisible.BIDI + invisible.SINGLES
 _REPLACE: dict[int, str] = {ord(ch): "" for ch in _INVISIBLE}
 _REPLACE.update({c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)})  # ESC becomes ␛
 _REPLACE[0x7F] = "\u2421"  # ␡
 _REPLACE.update({c: "\ufffd" for c in range(0x80, 0xA0)})  # C1 controls
-_CLASS = ("".join(f"\\x{{{c:x}}}" for c in sorted(_REPLACE)) + "\\x{e0000}-\\x{e007f}\\x{e0100}-\\x{e01ef}")
+_CLASS = ("".join(f"\\x{{{c:x}}}" for c in sorted(_REPLACE))
+          + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in invisible.RANGES))
 # One pass over the UTF-8 bytes finds terminal control sequences (CSI: colours, cursor moves, screen
 # clears; OSC: titles, hyperlinks, clipboard writes; other ESC pairs; the 8-bit CSI) and single
 # control or invisible characters; only what it finds is rewritten.
@@ -464,8 +465,7 @@ def neutralise_bytes(data: bytes) -> tuple[bytes, int]:
         piece = data[start:end].decode("utf-8", "replace")
         if len(piece) == 1:
             code = ord(piece)
-            out.append(("" if 0xE0000 <= code < 0xE0080 or 0xE0100 <= code < 0xE01F0
-                        else _REPLACE.get(code, "")).encode())
+            out.append(_REPLACE.get(code, "").encode())  # a character of invisible.RANGES: removed
         prev = end
         count += 1
     out.append(data[prev:])
