@@ -18,6 +18,7 @@ import re
 
 from mcpward.gateway.config import ConfigError, GatewayConfig
 from mcpward.guards.base import Guard, GuardChain
+from mcpward.secrets.resolve import redaction_values
 
 log = logging.getLogger("mcpward.guards")
 SECTIONS = ("arguments", "secrets", "pii", "output", "errors")
@@ -41,10 +42,7 @@ def held_secrets(cfg: GatewayConfig) -> list[str]:
             for name, value in headers.items():
                 if name.lower() in PLAIN_HEADERS:
                     continue
-                found.add(value)
-                scheme, _, credential = value.partition(" ")
-                if credential and scheme.isalpha():
-                    found.add(credential.strip())
+                found.update(redaction_values(value))
     return sorted(v for v in found if len(v) >= MIN_SECRET_LENGTH)
 
 

@@ -109,18 +109,13 @@ def _file_digest(name: str, dir_fd: int) -> str | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        h = hashlib.sha256()
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return f"{st.st_size}:{h.hexdigest()}"
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return f"{st.st_size}:{digest}"
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def pin_digest(path: Path) -> str:

@@ -85,14 +85,15 @@ def sensitive_paths(extra: tuple[Path, ...] = ()) -> list[Path]:
     return out
 
 
-def check_bind(path: Path, sensitive: list[Path], *, scan: bool = True) -> Path:
+def check_bind(path: Path, sensitive: list[Path]) -> Path:
     """The resolved path if it may be bound; BindRefused (naming the rule) if not."""
-    return checked_bind(path, False, "declared", sensitive, scan=scan).path
+    return checked_bind(path, sensitive, scan=True)[0]
 
 
-def checked_bind(path: Path, writable: bool, why: str, sensitive: list[Path], *, scan: bool) -> Bind:
-    """A Bind of `path` carrying the identity of what was checked; BindRefused (naming the rule) if it
-    may not be bound. `scan`: search a directory for unix sockets (declared, script and cwd binds)."""
+def checked_bind(path: Path, sensitive: list[Path], *, scan: bool) -> tuple[Path, tuple[int, int]]:
+    """`path` resolved, and the identity (device, inode) of what was checked; BindRefused (naming the
+    rule) if it may not be bound. `scan`: search a directory for unix sockets (declared, script and
+    cwd binds)."""
     if "\0" in str(path):
         raise BindRefused(f"{str(path)!r}: a bind path cannot contain a NUL byte")
     if not path.is_absolute():
@@ -124,7 +125,7 @@ def checked_bind(path: Path, writable: bool, why: str, sensitive: list[Path], *,
                 _SocketScan(path, real).run(fd)
     finally:
         os.close(fd)
-    return Bind(real, writable, why, (st.st_dev, st.st_ino))
+    return real, (st.st_dev, st.st_ino)
 
 
 def _check_text(path: Path, real: Path, sensitive: list[Path]) -> None:

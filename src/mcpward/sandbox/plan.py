@@ -84,17 +84,19 @@ def _checked(server: str, wanted: list[Bind], sensitive: list[Path]) -> list[Bin
     """Each bind checked, with the identity of what was checked. A command's install root is not
     searched for sockets (a runtime's tree, thousands of files, every start); every other directory
     is (declared ones, a script's directory, the cwd)."""
-    done: dict[tuple[Path, bool], Bind] = {}  # the same directory often comes twice (script dir and cwd)
+    # The same directory often comes twice (script dir and cwd).
+    done: dict[tuple[Path, bool], tuple[Path, tuple[int, int]]] = {}
     out = []
     for want in wanted:
         scan = want.why != "command"
         try:
             seen = done.get((want.path, scan))
             if seen is None:
-                seen = done[(want.path, scan)] = checked_bind(want.path, False, want.why, sensitive, scan=scan)
+                seen = done[(want.path, scan)] = checked_bind(want.path, sensitive, scan=scan)
         except BindRefused as exc:
             raise PlanError(f"server {server!r}: refused to bind {exc}") from None
-        out.append(Bind(seen.path, want.writable, want.why, seen.ident))
+        real, ident = seen
+        out.append(Bind(real, want.writable, want.why, ident))
     return out
 
 
