@@ -14,7 +14,7 @@ Windows run on the `ts` each record carries (so a recorded stream replays the sa
 throttle runs on the detector's own clock. See docs/anomaly.md.
 
 The rules see a principal key as the audit log stores it: redacted and escaped. A throttle is
-looked up under that same spelling (`AnomalyDetector.spell`), so a key the log rewrites (a control
+looked up under that same spelling (`audit_spelling`), so a key the log rewrites (a control
 character, a secret-shaped string) is throttled like any other. Keys the log spells alike share one
 state and one throttle: that errs toward refusing, never toward letting a principal through.
 """
@@ -312,13 +312,10 @@ def audit_spelling(text: str) -> str:
 
 class AnomalyDetector:
     def __init__(self, settings: AnomalySettings, webhook: Webhook | None = None,
-                 clock: Callable[[], float] = time.monotonic, *,
-                 spelling: Callable[[str], str] | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.webhook = webhook
         self.clock = clock
-        # How the audit log feeding `observe` spells a principal key; default: the installed log's.
-        self.spell = spelling or audit_spelling
         self._rapid = settings.rapid_calls if settings.rapid_calls.enabled else None
         self._toxic = settings.toxic_flow if settings.toxic_flow.enabled else None
         self._burst = settings.refusal_burst if settings.refusal_burst.enabled else None
@@ -489,7 +486,7 @@ class AnomalyDetector:
     def throttle_of(self, principal_key: str) -> tuple[float, str] | None:
         """(seconds left, rule) while `principal_key` (as the gateway knows it, not as the log
         spells it) is throttled, else None."""
-        key = self.spell(principal_key)
+        key = audit_spelling(principal_key)
         entry = self._throttles.get(key)
         if entry is None:
             return None

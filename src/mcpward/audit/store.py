@@ -89,8 +89,8 @@ IDENTITY_FIELDS = frozenset({
 class RedactWith:
     """A `Redactor` as the log's `redact` callable, with what lets the log cache its results.
 
-    `__call__` applies `profile` (default AUDIT: secret rules, PII, injection markers, and the secret
-    values the gateway holds); `identity` applies the secret rules and held values only, for the
+    `__call__` applies AUDIT (secret rules, PII, injection markers, and the secret values the gateway
+    holds); `identity` applies the secret rules and held values only, for the
     IDENTITY_FIELDS.
 
     Most audit strings repeat (event names, servers, tools, rules, principals), and a scan costs
@@ -101,12 +101,11 @@ class RedactWith:
     its results stay valid).
     """
 
-    def __init__(self, redactor: Redactor, profile: Profile | None = None) -> None:
+    def __init__(self, redactor: Redactor) -> None:
         self.redactor = redactor
-        self.profile = profile or AUDIT
 
     def __call__(self, text: str) -> str:
-        out = self.redactor.redact(text, self.profile)
+        out = self.redactor.redact(text, AUDIT)
         return text if out is None else out
 
     def identity(self, text: str) -> str:

@@ -91,23 +91,18 @@ def secret_resolver(cfg: GatewayConfig) -> Callable[[str], str]:
 
 def assemble(cfg: GatewayConfig, *, front: str) -> Assembly:
     """Build what `cfg` asks for; `front` is "stdio" or "http" (authentication is HTTP's). Raises ConfigError."""
-    from mcpward.audit.store import AUDIT
+    from mcpward.audit.store import RedactWith
     from mcpward.guards import output
     from mcpward.guards.setup import build_chain
     from mcpward.sandbox.launcher import make_launcher
 
     chain = build_chain(cfg)
     launcher = make_launcher(cfg)
-    redactor = output.redactor_for(cfg)
-
-    def redact(text: str) -> str:
-        """What exported spans and metric labels are cleaned with: the audit log's profile (secret
-        rules, PII, injection markers and the secret values the gateway holds). Spans carry no
-        principal, so nothing in them needs the audit log's readable identity fields."""
-        return redactor.redact(text, AUDIT) or text
-
     resolve = secret_resolver(cfg)
-    parts = Assembly(cfg, chain, launcher, redact)
+    # Exported spans and metric labels are cleaned as the audit log cleans its records (secret rules,
+    # PII, injection markers, the secret values the gateway holds); spans carry no principal, so none
+    # of them needs the log's readable identity fields.
+    parts = Assembly(cfg, chain, launcher, RedactWith(output.redactor_for(cfg)))
     _audit(parts, resolve)
     _limits(parts, resolve)
     _telemetry(parts, resolve)
@@ -168,10 +163,12 @@ def _limits(parts: Assembly, resolve: Callable[[str], str]) -> None:
 
 def _telemetry(parts: Assembly, resolve: Callable[[str], str]) -> None:
     from mcpward.guards import output
-    from mcpward.telemetry import Telemetry, load_settings
+    from mcpward.telemetry import load_settings
 
     settings = load_settings(parts.cfg, resolve)
     if settings.traces or settings.metrics:
+        from mcpward.telemetry import Telemetry  # the OpenTelemetry SDK: loaded only when used
+
         parts.telemetry = Telemetry(settings, redact=parts.redact, resolve=resolve)
         output.redactor_for(parts.cfg).add_exact(parts.telemetry.header_values)
 

@@ -129,16 +129,12 @@ class RuleSet:
         todo.reverse()  # a stack: the first group is tested first
         while todo:
             lo, hi = todo.pop()
-            data = (texts[lo] if hi - lo == 1 else "\n\n".join(texts[lo:hi])).encode("utf-8")
-            for matcher, _ in parts:
-                if matcher.Match(data):
-                    if hi - lo > 1:
-                        mid = (lo + hi) // 2
-                        todo.append((mid, hi))
-                        todo.append((lo, mid))
-                    break
-            else:
+            if not self.maybe(scope, texts[lo:hi]):
                 out.extend(range(lo, hi))
+            elif hi - lo > 1:
+                mid = (lo + hi) // 2
+                todo.append((mid, hi))
+                todo.append((lo, mid))
         return out
 
     def match(self, scope: str, text: str) -> list[tuple[Rule, int, int]]:

@@ -191,6 +191,8 @@ class Scanner:
         """`scan_item` of each item of one list, in order, with the same reports: the way to scan what a
         server lists. The items' new strings are ruled out by the RE2 Sets in groups (`RuleSet.clear`)
         rather than item by item, which saves most of the prefilter's per-call cost on a cold list."""
+        if not items:  # an unchanged list refreshed: nothing new to scan
+            return []
         batch = _Batch()
         pending = [self._prepare(kind, item, batch) for item in items]
         self._prefilter(batch)

@@ -248,9 +248,9 @@ class Shadowing:
             real, owner = hit
             if real != name:
                 # The folded name is kept by one spelling; another server may offer this exact one too.
-                exact = sorted(s for s, names in others.items() if s != server and name in names)
-                if exact:
-                    real, owner = name, exact[0]
+                exact = min((s for s, names in others.items() if s != server and name in names), default=None)
+                if exact is not None:
+                    real, owner = name, exact
             if real == name:
                 # Same name on two servers: namespacing keeps them apart, but a reader may not.
                 sev, weight, rule = (Severity.LOW, 0.2, "shadowing.duplicate-name")
