@@ -23,7 +23,7 @@ err = Console(stderr=True)
 
 def _server_report(launcher: Any, name: str, caps: Any) -> dict[str, Any]:
     from mcpward.sandbox.backends import choose_backend
-    from mcpward.sandbox.launcher import env_with_refs
+    from mcpward.sandbox.launcher import container_env_secrets
     from mcpward.sandbox.plan import PlanError
     from mcpward.sandbox.settings import describe_profile
     from mcpward.secrets.refs import parse_ref
@@ -63,7 +63,7 @@ def _server_report(launcher: Any, name: str, caps: Any) -> dict[str, Any]:
     report["secret_status"] = status
     backend = report.get("backend")
     if backend in ("docker", "podman"):
-        in_env = sorted({d.name for d in profile.secrets if d.deliver == "env"} | set(env_with_refs(server.env)))
+        in_env = container_env_secrets(profile, server.env)
         if in_env:
             report["problems"].append(f"a container backend takes secrets as files only; env with a secret: "
                                       f"{', '.join(in_env)} (rule sandbox.container-env-secret)")

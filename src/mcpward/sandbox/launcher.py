@@ -185,7 +185,7 @@ class Launcher:
             assert profile.image is not None
             # Every env value reaches the engine as `-e NAME` and ends up in the container's Config.Env,
             # which `inspect` shows: a secret, declared as env or embedded in env, is refused here.
-            in_env = sorted({*env_secrets, *env_with_refs(server.env)})
+            in_env = container_env_secrets(profile, server.env)
             if in_env:
                 reason = (f"a container backend takes secrets as files only (env values show in `{backend} "
                           f"inspect`); env with a secret: {', '.join(in_env)}; declare them in "
@@ -281,18 +281,12 @@ def _whose(server: ServerConfig) -> dict[str, str]:
     return {"principal": server.principal} if server.principal else {}
 
 
-def env_with_refs(env: dict[str, str]) -> list[str]:
-    """The env variables whose configured value embeds a `${...}` secret reference (checked at load)."""
-    from mcpward.secrets.refs import SecretRefError, find_refs
+def container_env_secrets(profile: SandboxProfile, env: dict[str, str]) -> list[str]:
+    """The env variables that would carry a secret into a container: declared `as = "env"`, or a
+    value embedding a `${...}` reference. A container backend refuses them (`docker inspect` shows env)."""
+    from mcpward.secrets.refs import has_refs
 
-    out = []
-    for key, text in env.items():
-        try:
-            if find_refs(text):
-                out.append(key)
-        except SecretRefError:
-            out.append(key)  # cannot tell what it holds: count it as a secret (fail closed)
-    return out
+    return sorted({d.name for d in profile.secrets if d.deliver == "env"} | {k for k, v in env.items() if has_refs(v)})
 
 
 def gateway_files(cfg: GatewayConfig, secret_settings: SecretSettings) -> list[Path]:

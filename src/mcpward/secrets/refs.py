@@ -147,6 +147,15 @@ def find_refs(text: str) -> list[SecretRef]:
     return list(found)
 
 
+def has_refs(text: str) -> bool:
+    """Whether `text` embeds a secret reference; a malformed `${...}` counts as one (fail closed:
+    nothing can tell what it would hold)."""
+    try:
+        return bool(find_refs(text))
+    except SecretRefError:
+        return True
+
+
 def interpolate(text: str, values: Mapping[SecretRef, str]) -> str:
     """`text` with every `${ref}` replaced by its value and every `$${` by `${`.
 
