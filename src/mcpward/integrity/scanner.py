@@ -88,7 +88,7 @@ _Words = tuple[tuple[str, ...], ...]  # an item's word tokens, in parts (their u
 _Content = tuple[tuple[Finding, ...], _Words]  # context-free findings, the item's words
 _Part = tuple[tuple[Finding, ...], tuple[str, ...], int]  # one schema: its findings, its words, its strings
 _Strings = list[tuple[str, str, bool]]
-_Schema = tuple[str, bytes, Any, "_Part | _Strings"]  # schema key, part key, schema, its cached part or strings
+_Schema = tuple[str, bytes, "_Part | _Strings"]  # schema key, part key, its cached part or strings
 # What `_prepare` read of an item for `_finish`: its own strings, prompt arguments and schemas; None: walk whole.
 _Todo = tuple[_Strings, _Strings, list[_Schema]] | None
 _SORTED = orjson.OPT_SORT_KEYS
@@ -272,8 +272,8 @@ class Scanner:
         else:
             top, args, schemas = todo
             parts: dict[str, _Part] = {}
-            for name, pkey, schema, got in schemas:
-                parts[name] = self._schema_part(pkey, name, schema, got, batch) if isinstance(got, list) else got
+            for name, pkey, got in schemas:
+                parts[name] = self._schema_part(pkey, got, batch) if isinstance(got, list) else got
             result = self._fresh(kind, item, parts, top, args, batch)
         with self._lock:
             self._cache[key] = result
@@ -298,7 +298,7 @@ class Scanner:
                 with self._lock:
                     hit = self._parts.get(pkey)
                 if hit is not None:  # never a schema of MAX_STRINGS strings: those are not kept
-                    out.append((name, pkey, schema, hit))
+                    out.append((name, pkey, hit))
                     continue
                 strings = batch.walked.get(pkey) if batch is not None else None
                 if strings is None:
@@ -308,7 +308,7 @@ class Scanner:
                     if batch is not None:
                         batch.walked[pkey] = strings
                         batch.add(strings, self._clean)
-                out.append((name, pkey, schema, strings))
+                out.append((name, pkey, strings))
         return out
 
     def _prefilter(self, batch: _Batch) -> None:
@@ -360,7 +360,7 @@ class Scanner:
             found.extend(self._shadow.known_findings(name))
         return tuple(found), tuple(filter(None, words))
 
-    def _schema_part(self, pkey: bytes, name: str, schema: Any, strings: _Strings, batch: _Batch | None) -> _Part:
+    def _schema_part(self, pkey: bytes, strings: _Strings, batch: _Batch | None) -> _Part:
         """One schema's part from its strings (fewer than MAX_STRINGS), kept by its part key."""
         with self._lock:
             hit = self._parts.get(pkey)  # again: an earlier item of the same list may have had this schema
