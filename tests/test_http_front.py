@@ -170,3 +170,36 @@ def test_a_flood_of_refusals_is_summarised_not_recorded_one_by_one(monkeypatch) 
     assert sum(summary["sources"].values()) + summary["unlisted_sources"] == 47
     refusals.flush()
     assert len(records) == 5  # nothing was held back, so nothing more to write
+
+
+async def test_unknown_tool_names_cannot_make_every_request_relist(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The routing-header check needs the tool's schema before the request is counted against its
+    # principal; an unknown name used to list every server again for every such request.
+    from mcpward.gateway import core
+    from mcpward.gateway.config import GatewayConfig
+    from mcpward.transport import http_front
+
+    gateway = core.Gateway(GatewayConfig())
+    relists: list[str] = []
+
+    async def counting_relist(kind: str, principal: Any = None) -> None:
+        relists.append(kind)
+
+    monkeypatch.setattr(gateway, "relist", counting_relist)
+    front = http_front.HttpFront(gateway)
+    transport = httpx.ASGITransport(app=front)
+
+    async def call_unknown(http: httpx.AsyncClient, n: int) -> dict[str, Any]:
+        name = f"made_up_{n}"
+        body = {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                "params": {"name": name, "arguments": {}, "_meta": META}}
+        reply: dict[str, Any] = (await http.post("/mcp", json=body, headers=modern_headers("tools/call", name))).json()
+        return reply
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8811") as http:
+        replies = [await call_unknown(http, n) for n in range(20)]
+        assert all("unknown tool" in r["error"]["message"] for r in replies)
+        assert relists == ["tools"]  # once for twenty requests
+        monkeypatch.setattr(core, "SCHEMA_RELIST_SECONDS", 0.0)
+        await call_unknown(http, 21)
+        assert relists == ["tools", "tools"]  # throttled, not switched off

@@ -111,6 +111,33 @@ async def test_resource_update_counts_only_from_the_session_that_subscribed(tmp_
         await shut(up)
 
 
+async def test_one_clients_log_level_never_reaches_another_clients_session(tmp_path: Path) -> None:
+    up = upstream(tmp_path)
+    await up.start()
+    a, b = client("a", Recorder()), client("b", Recorder())
+
+    async def level(ctx: RequestContext) -> str:
+        reply = await up.call(ctx, "tools/call", {"name": "level", "arguments": {}})
+        text: str = reply["content"][0]["text"]
+        return text
+
+    try:
+        assert await level(a) == "none" and await level(b) == "none"
+        a.log_level = "emergency"
+        await up.set_log_level(a, "emergency")
+        assert await level(a) == "emergency"
+        assert await level(b) == "none"  # b keeps every log line it asked for
+        b.log_level = "debug"
+        await up.set_log_level(b, "debug")
+        assert (await level(a), await level(b)) == ("emergency", "debug")
+        # A client's new session (here: a new connection of the same client) starts at its own level.
+        again = client("a", Recorder())
+        again.connection_id, again.log_level = "conn-a2", "error"
+        assert await level(again) == "error"
+    finally:
+        await shut(up)
+
+
 def test_backoff_doubles_from_half_a_second_to_the_cap(tmp_path: Path) -> None:
     up = upstream(tmp_path)
     delays = [up._failed() for _ in range(10)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ Handler = Callable[[RequestContext, JsonObj], Awaitable[JsonObj]]
 # Which listed definition a forwarded method acts on (completion is left to its ref).
 DEFINITION_KIND = {"tools/call": "tools", "prompts/get": "prompts", "resources/read": "resources"}
 
+SCHEMA_RELIST_SECONDS = 1.0  # how often an unknown name in a routing-header check may list tools again
 LEGACY_ONLY = frozenset({"resources/subscribe", "resources/unsubscribe", "logging/setLevel", "ping"})
 
 GATEWAY_CAPABILITIES: JsonObj = {
@@ -63,6 +65,8 @@ class Gateway:
         self.upstreams = {name: Upstream(scfg, cfg, events, self.launcher) for name, scfg in cfg.servers.items()}
         self.lister = Lister(self.upstreams, self.catalog, self.guards, self.sealer)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._schema_relist = asyncio.Lock()
+        self._schema_relisted = float("-inf")
         self.guards.bind(self)
         self._policy_guard: Any = next((g for g in self.guards.guards if hasattr(g, "engine")), None)
         # The limits' door: counts every request against its principal before any work on it (lists and
@@ -139,18 +143,29 @@ class Gateway:
         return method in self._handlers and not (era == "modern" and method in LEGACY_ONLY)
 
     async def tool_schema(self, exposed: str, principal: Principal | None = None) -> Any:
-        """The input schema of an exposed tool (for header checks), listing once if unknown."""
+        """The input schema of an exposed tool (for the routing-header check), listing again if unknown.
+
+        That check runs before the request is counted against its principal, so an unknown name
+        lists again at most once per SCHEMA_RELIST_SECONDS for everyone: a client sending made-up
+        names cannot make every upstream list its tools once per request."""
         entry = self.catalog.resolve("tools", exposed)
         if entry is not None and self.lister.definition("tools", entry.server, entry.name) is not None:
             return self.lister.schema(entry.server, entry.name)
-        await self.relist("tools", principal)
+        async with self._schema_relist:
+            if time.monotonic() - self._schema_relisted >= SCHEMA_RELIST_SECONDS:
+                self._schema_relisted = time.monotonic()
+                await self.relist("tools", principal)
         entry = self.catalog.resolve("tools", exposed)
         return self.lister.schema(entry.server, entry.name) if entry else None
 
     # ------------------------------------------------------------------ dispatch
-    async def handle(self, ctx: RequestContext, method: str, params: JsonObj) -> JsonObj:
+    async def admit(self, ctx: RequestContext, method: str, params: JsonObj) -> None:
+        """The limits' door: the request counts against its principal (or is refused) before any work."""
         if self._door is not None:
             await self._door(ctx, method, params)
+
+    async def handle(self, ctx: RequestContext, method: str, params: JsonObj) -> JsonObj:
+        await self.admit(ctx, method, params)
         if not self.serves(method, ctx.era):
             raise ProtocolError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
         result = await self._handlers[method](ctx, params)
@@ -345,8 +360,7 @@ class Gateway:
     async def listen(self, ctx: RequestContext, request_id: Any, params: JsonObj,
                      send: Callable[[JsonObj], Awaitable[None]]) -> None:
         """Serve a modern `subscriptions/listen` until the client cancels it."""
-        if self._door is not None:
-            await self._door(ctx, "subscriptions/listen", params)
+        await self.admit(ctx, "subscriptions/listen", params)
         wanted = listen_filters(params)
         agreed: JsonObj = {k: val for k, val in wanted.items() if k in LIST_FILTERS and val is True}
         uris: list[str] = wanted.get("resourceSubscriptions", [])
@@ -372,8 +386,10 @@ class Gateway:
         finally:
             self.subscriptions.remove_listener(listener)
 
-    async def set_log_level(self, level: str) -> None:
-        await asyncio.gather(*(u.set_log_level(level) for u in self.upstreams.values()))  # legacy sessions only
+    async def set_log_level(self, ctx: RequestContext, level: str) -> None:
+        """A legacy client's `logging/setLevel`, applied to that client's own upstream sessions only
+        (legacy sessions are per client connection)."""
+        await asyncio.gather(*(u.set_log_level(ctx, level) for u in self.upstreams.values()))
 
     async def roots_changed(self) -> None:
         await asyncio.gather(*(u.notify_sessions("notifications/roots/list_changed")

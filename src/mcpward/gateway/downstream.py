@@ -136,11 +136,12 @@ class ClientConnection:
             ctx.remote, ctx.user_agent = source.remote, source.user_agent
         self.gateway.accounting.attach(ticket, ctx)
         if method == "logging/setLevel" and ctx.era == "legacy":
+            await self.gateway.admit(ctx, method, params)  # counted like any request, before any work
             level = params.get("level")
             if level not in v.LOG_LEVELS:
                 raise ProtocolError(jsonrpc.INVALID_PARAMS, f"unknown log level: {level!r}")
-            self.log_level = str(level)
-            await self.gateway.set_log_level(self.log_level)
+            self.log_level = ctx.log_level = str(level)
+            await self.gateway.set_log_level(ctx, self.log_level)
             return {}
         if method == "subscriptions/listen" and ctx.era == "modern":
             await self.gateway.listen(ctx, message["id"], params, stream)

@@ -337,7 +337,7 @@ class Upstream:
                 raise
             self._failures = 0
             await self._watch.restore(session.key, session.peer, session.info.get("capabilities") or {},
-                                      self._resource_uris)
+                                      self._resource_uris, ctx.log_level)
             return session
 
     def _drop_session(self, key: str) -> None:
@@ -521,14 +521,17 @@ class Upstream:
         await ctx.channel.notify(jsonrpc.notification(method, params))
 
     # ------------------------------------------------------------- session-wide
-    async def set_log_level(self, level: str) -> None:
-        """Legacy `logging/setLevel` reaches every live legacy session that offers logging (and later ones)."""
-        self._watch.log_level = level
-        for child in list((self._children or {}).values()):
-            await child.set_log_level(level)
+    async def set_log_level(self, ctx: RequestContext, level: str) -> None:
+        """Legacy `logging/setLevel` reaches the live legacy sessions of `ctx`'s client connection that
+        offer logging (its later sessions start at the level `ctx` carries). Never another client's:
+        one client asking for `emergency` must not silence another's logs."""
+        child = (self._children or {}).get(ctx.principal.key)
+        if child is not None:
+            await child.set_log_level(ctx, level)
+        owner = "|" + "|".join((ctx.principal.key, ctx.connection_id or "stateless"))
         for session in list(self._sessions.values()):
             caps = session.info.get("capabilities") or {}
-            if session.era == "legacy" and "logging" in caps:
+            if session.era == "legacy" and session.key.endswith(owner) and "logging" in caps:
                 with contextlib.suppress(PeerError):
                     await session.peer.request("logging/setLevel", {"level": level}, self.cfg.timeout)
 

@@ -68,7 +68,6 @@ class LegacyWatch:
         self.server = server
         self.timeout = timeout
         self.by_session: dict[str, set[str]] = {}  # live legacy session key -> URIs it subscribed
-        self.log_level: str | None = None  # the last legacy logging/setLevel, for sessions started later
 
     def held(self) -> set[str]:
         return set().union(*self.by_session.values())
@@ -83,12 +82,13 @@ class LegacyWatch:
         """A session ended: what it subscribed is no longer watched by anyone."""
         self.by_session.pop(session_key, None)
 
-    async def restore(self, session_key: str, peer: Peer, capabilities: JsonObj, wanted: set[str]) -> None:
-        """A new session takes over what lost sessions had set up: the last log level, and every URI
+    async def restore(self, session_key: str, peer: Peer, capabilities: JsonObj, wanted: set[str],
+                      log_level: str | None) -> None:
+        """A new session takes over what lost sessions had set up: its client's log level, and every URI
         still `wanted` that no live session holds."""
-        if self.log_level is not None and "logging" in capabilities:
+        if log_level is not None and "logging" in capabilities:
             try:
-                await peer.request("logging/setLevel", {"level": self.log_level}, self.timeout)
+                await peer.request("logging/setLevel", {"level": log_level}, self.timeout)
             except PeerError as exc:
                 log.warning("server %s: logging/setLevel on a new session failed: %s", self.server, exc)
         orphans = wanted - self.held()
