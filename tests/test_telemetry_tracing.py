@@ -346,3 +346,23 @@ def test_the_http_traceparent_header_counts_with_telemetry_on_or_off(telemetry: 
     ctx = system_context()
     accounting.attach(ticket, ctx)
     assert ctx.forward_meta == {}
+
+
+def test_the_http_tracestate_header_goes_with_the_http_traceparent_header() -> None:
+    from mcpward.telemetry.w3c import client_context
+    from mcpward.transport.http_front import _joined
+
+    accounting = Accounting(parse({"servers": {"s": {"command": "true"}}}), None)
+    ticket = accounting.begin({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "s__t"}},
+                              "http", None, CLIENT_TP, "vendor=abc")
+    ctx = system_context()
+    accounting.attach(ticket, ctx)
+    assert ctx.forward_meta == {"traceparent": CLIENT_TP, "tracestate": "vendor=abc"}
+    # The context comes from one place: a `_meta` traceparent never picks up the header's tracestate.
+    assert client_context({"traceparent": CLIENT_TP}, CLIENT_TP, "vendor=abc") == (CLIENT_TP, None)
+    assert client_context({}, CLIENT_TP, "bad state!!=,") == (CLIENT_TP, None)
+    assert client_context({}, None, "vendor=abc") == (None, None)
+    # Several tracestate fields are one list (W3C Trace Context, RFC 9110 field lines).
+    scope = {"headers": [(b"tracestate", b"a=1"), (b"x", b"y"), (b"TraceState", b" b=2 ")]}
+    assert _joined(scope, b"tracestate") == "a=1,b=2"
+    assert _joined({"headers": []}, b"tracestate") is None

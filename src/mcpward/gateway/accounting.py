@@ -65,11 +65,12 @@ class Accounting:
         self._labels: dict[tuple[Any, ...], tuple[Any, tuple[str, ...]]] = {}
 
     def begin(self, message: JsonObj, transport: str, session_id: str | None,
-              header_traceparent: str | None = None) -> Ticket:
+              header_traceparent: str | None = None, header_tracestate: str | None = None) -> Ticket:
         method = str(message.get("method"))
         params = message.get("params")
         # Checked with telemetry on or off: only a valid trace context is ever forwarded.
-        parent, state = client_context(params.get("_meta") if isinstance(params, dict) else None, header_traceparent)
+        parent, state = client_context(params.get("_meta") if isinstance(params, dict) else None,
+                                       header_traceparent, header_tracestate)
         trace = None
         if self.telemetry is not None:
             target = params.get("name") if isinstance(params, dict) else None

@@ -57,7 +57,8 @@ class RequestSource:
 
     remote: str | None = None
     user_agent: str | None = None
-    traceparent: str | None = None  # the W3C header, when the client sent one
+    traceparent: str | None = None  # the W3C headers, when the client sent them
+    tracestate: str | None = None
 
 
 class ClientChannel(Protocol):

@@ -96,7 +96,7 @@ class ClientConnection:
         rid = message["id"]
         who = principal or self.principal
         ticket = self.gateway.accounting.begin(message, self.transport, None if self.stateless else self.session_id,
-                                               source.traceparent if source else None)
+                                               *((source.traceparent, source.tracestate) if source else ()))
         reply: JsonObj | None = None
         try:
             reply = jsonrpc.result(rid, await self._answer(message, stream or self.write, ticket, who, source))

@@ -46,17 +46,20 @@ def format_traceparent(ctx: SpanContext) -> str:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
-def client_context(meta: Any, header_traceparent: str | None = None) -> tuple[str | None, str | None]:
+def client_context(meta: Any, header_traceparent: str | None = None,
+                   header_tracestate: str | None = None) -> tuple[str | None, str | None]:
     """The client's (traceparent, tracestate), each None unless valid.
 
     `meta` is the request's `params._meta`; its `traceparent` wins over the HTTP header's when it
     is a string at all (a malformed one is then dropped, not replaced by the header's: the client
-    said which context it meant). A `tracestate` counts only next to a valid `traceparent`.
+    said which context it meant). A `tracestate` counts only next to a valid `traceparent`, and
+    only from the same place: `_meta`'s with `_meta`'s, the headers' with the headers'.
     """
     meta = meta if isinstance(meta, dict) else {}
     parent = meta.get("traceparent")
-    parent = parent if isinstance(parent, str) else header_traceparent
+    state: Any = meta.get("tracestate")
+    if not isinstance(parent, str):
+        parent, state = header_traceparent, header_tracestate
     if parse_traceparent(parent) is None:
         return None, None
-    state = meta.get("tracestate")
     return parent, state if isinstance(state, str) and valid_tracestate(state) else None

@@ -216,7 +216,7 @@ class HttpFront:
         version = headers.get("mcp-protocol-version")
         modern = version is not None and version not in v.LEGACY_VERSIONS
         source = RequestSource(remote=remote, user_agent=headers.get("user-agent"),
-                               traceparent=headers.get("traceparent"))
+                               traceparent=headers.get("traceparent"), tracestate=_joined(scope, b"tracestate"))
         if method == "POST":
             await self._post(scope, receive, send, headers, modern, principal, source)
         elif method == "GET" and not modern:
@@ -589,3 +589,10 @@ async def _respond(send: Send, status: int, body: JsonObj | bytes | None,
     await send({"type": "http.response.start", "status": status, "headers": headers})
     with contextlib.suppress(Exception):
         await send({"type": "http.response.body", "body": payload})
+
+
+def _joined(scope: Scope, name: bytes) -> str | None:
+    """A header that may be split over several fields (W3C `tracestate`), joined with commas as RFC 9110
+    says; None when absent."""
+    values = [val.decode("latin-1").strip(" \t") for key, val in scope["headers"] if key.lower() == name]
+    return ",".join(values) if values else None
