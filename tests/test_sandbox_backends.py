@@ -117,6 +117,29 @@ async def test_no_backend_means_the_server_does_not_start_and_is_audited(
     assert not [e for e, _ in recorded if e in ("sandbox.started", "sandbox.unsandboxed")]
 
 
+async def test_the_sandbox_plan_is_made_off_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its bind checks search declared directories for sockets: on the loop, every client would wait.
+    import threading
+
+    fake = caps(**NOTHING)
+    monkeypatch.setattr(probe, "probe", lambda *a, **k: fake)
+    cfg = parse({"servers": {"box": {"command": sys.executable, "args": [str(FIXTURE)]}},
+                 "sandbox": {"state_dir": str(tmp_path / "state")}})
+    launcher = Launcher(cfg)
+    threads: list[threading.Thread] = []
+    real_plan = launcher.plan
+
+    def watched_plan(*args: Any) -> Any:
+        threads.append(threading.current_thread())
+        return real_plan(*args)
+
+    monkeypatch.setattr(launcher, "plan", watched_plan)
+    with pytest.raises(LinkError, match="does not start"):
+        await launcher._spawner(cfg.servers["box"], 1 << 20)
+    assert threads and threads[0] is not threading.main_thread()
+
+
 # ---------------------------------------------------------------- the `none` backend
 
 async def test_none_backend_warns_and_audits_at_every_start(

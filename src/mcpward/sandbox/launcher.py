@@ -165,7 +165,9 @@ class Launcher:
         if profile.backend == "none":
             return unsandboxed_spawner(server, env | env_secrets, files)
         try:
-            plan = self.plan(server, env)
+            # In a thread: the bind checks search declared directories for unix sockets (bounded, but up
+            # to a few hundred ms on a large tree), which must not stall every other client's requests.
+            plan = await asyncio.to_thread(self.plan, server, env)
         except PlanError as exc:
             events.record("sandbox.refused", server=server.name, rule="sandbox.plan", reason=str(exc))
             raise LinkError(str(exc)) from None
