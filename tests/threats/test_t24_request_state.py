@@ -56,3 +56,35 @@ def test_request_state_is_bound_to_the_principal_it_was_issued_to(serve_gateway)
         assert "another principal" in stolen["error"]["message"]
         done = reply_of(modern_call(http, url, "tools/call", retry, keys.alice, caps=CAPS))
         assert '"4"' in done["result"]["content"][0]["text"]
+
+
+def test_a_modern_upstreams_request_state_is_bound_to_its_principal(serve_gateway) -> None:  # type: ignore[no-untyped-def]
+    # The gateway reaches a modern upstream with one set of credentials for everyone, so the upstream
+    # cannot tell whose multi-round flow a state belongs to: the gateway seals it to the principal.
+    from tests.conftest import fixture_server, toml_list
+
+    keys = Keys()
+    cmd = fixture_server()
+    url = serve_gateway(f'[servers.fx]\ncommand = "{cmd[0]}"\nargs = {toml_list(cmd[1:])}\nprefix = ""\n'
+                        + keys.table())
+    caps = {"elicitation": {"form": {}}}
+    params = {"name": "test_input_required_result_multi_round", "arguments": {}}
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        first = reply_of(modern_call(http, url, "tools/call", params, keys.alice, caps=caps))["result"]
+        assert first["resultType"] == "input_required" and first["requestState"].startswith("mcpward1.")
+        step1 = {"step1": {"action": "accept", "content": {"name": "AliceSecretName"}}}
+        second = reply_of(modern_call(http, url, "tools/call", {**params, "requestState": first["requestState"],
+                                                                "inputResponses": step1}, keys.alice, caps=caps))
+        state = second["result"]["requestState"]
+        step2 = {"step2": {"action": "accept", "content": {"color": "blue"}}}
+        retry = {**params, "requestState": state, "inputResponses": step2}
+        stolen = reply_of(modern_call(http, url, "tools/call", retry, keys.bob, caps=caps))
+        assert "another principal" in stolen["error"]["message"] and "AliceSecretName" not in str(stolen)
+        other = {**retry, "arguments": {"x": 1}}
+        moved = reply_of(modern_call(http, url, "tools/call", other, keys.alice, caps=caps))
+        assert "differs from the request" in moved["error"]["message"]
+        bare = {**retry, "requestState": "eyJzdGVwIjoyfQ"}  # a state the gateway never issued
+        assert "not issued by this gateway" in reply_of(
+            modern_call(http, url, "tools/call", bare, keys.alice, caps=caps))["error"]["message"]
+        done = reply_of(modern_call(http, url, "tools/call", retry, keys.alice, caps=caps))
+        assert "AliceSecretName likes blue" in done["result"]["content"][0]["text"]

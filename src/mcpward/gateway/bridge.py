@@ -5,6 +5,11 @@ roots). A modern client cannot receive pushes, so the gateway parks the upstream
 call, answers the client with an InputRequiredResult whose `requestState` is
 sealed (principal, expiry, request digest), and resumes the parked call when the
 client retries with `inputResponses`.
+
+A modern upstream's own `requestState` is sealed the same way on its way to a modern client (`seal_upstream_state`):
+the gateway reaches that upstream with one set of credentials for every principal, so the upstream
+cannot tell whose flow a state belongs to. Sealed with the principal, the server and the request's
+digest, another principal's retry is refused before it reaches the upstream (`open_upstream_state`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.protocol.sealing import Sealer, SealError, digest
 
 PARK_TTL = 300.0
+# How long a client may take to answer a modern upstream's input request (a person filling in an
+# elicitation form); the upstream's own state may expire sooner.
+UPSTREAM_STATE_TTL = 3600.0
 
 
 @dataclass(slots=True)
@@ -70,11 +78,18 @@ class InputBridge:
         holder.append(parked)
         return await self._next(parked)
 
-    async def resume(self, ctx: RequestContext, method: str, params: JsonObj) -> JsonObj:
+    def unseal(self, token: object) -> JsonObj:
+        """A `requestState` this gateway sealed (its own or an upstream's), or -32602."""
         try:
-            state = self.sealer.unseal(params.get("requestState"))
+            return self.sealer.unseal(token)
         except SealError as exc:
             raise local_error(jsonrpc.INVALID_PARAMS, f"requestState refused: {exc}") from None
+
+    async def resume(self, ctx: RequestContext, method: str, params: JsonObj,
+                     state: JsonObj | None = None) -> JsonObj:
+        """Continue a parked call; `state`: its `requestState` already unsealed (default: unseal it here)."""
+        if state is None:
+            state = self.unseal(params.get("requestState"))
         parked = self._parked.get(str(state.get("call")))
         if parked is None:
             raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: unknown or already used")
@@ -138,3 +153,24 @@ class InputBridge:
             with contextlib.suppress(BaseException):
                 await parked.task
         self._parked.clear()
+
+
+def seal_upstream_state(sealer: Sealer, ctx: RequestContext, server: str, method: str, params: JsonObj,
+                        result: JsonObj) -> JsonObj:
+    """`result` with a modern upstream's `requestState` sealed to `ctx`'s principal, `server` and this request."""
+    state = result.get("requestState")
+    if result.get("resultType") != "input_required" or state is None:
+        return result
+    sealed = sealer.seal({"kind": "upstream", "srv": server, "sub": ctx.principal.key,
+                          "dig": request_digest(method, params), "s": state}, UPSTREAM_STATE_TTL)
+    return {**result, "requestState": sealed}
+
+
+def open_upstream_state(state: JsonObj, ctx: RequestContext, server: str, method: str, params: JsonObj) -> JsonObj:
+    """The retry's params with the upstream's own `requestState` back in place of the sealed one,
+    or -32602 when the sealed state was issued to another principal, server or request."""
+    if state.get("sub") != ctx.principal.key:
+        raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: issued to another principal")
+    if state.get("srv") != server or state.get("dig") != request_digest(method, params):
+        raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: the retry differs from the request")
+    return {**params, "requestState": state.get("s")}

@@ -15,7 +15,7 @@ from typing import Any
 
 from mcpward import __version__
 from mcpward.gateway.accounting import Accounting
-from mcpward.gateway.bridge import InputBridge
+from mcpward.gateway.bridge import InputBridge, open_upstream_state, seal_upstream_state
 from mcpward.gateway.catalog import Catalog, Entry
 from mcpward.gateway.config import GatewayConfig
 from mcpward.gateway.context import Principal, RequestContext, system_context
@@ -317,8 +317,15 @@ class Gateway:
     async def _dispatch(self, ctx: RequestContext, upstream: Upstream, call: Call) -> JsonObj:
         method, params = call.method, call.params
         hints = self.lister.header_hints(upstream.name, call) if upstream.cfg.url else None
-        if is_sealed(params.get("requestState")):
-            return await self.bridge.resume(ctx, method, params)
+        if "requestState" in params:
+            # Every requestState a client holds was sealed here: the bridge's own, or a modern upstream's
+            # bound to its principal. A bare one is refused: it could be another principal's.
+            if not is_sealed(params["requestState"]):
+                raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: not issued by this gateway")
+            state = self.bridge.unseal(params["requestState"])
+            if state.get("kind") != "upstream":
+                return await self.bridge.resume(ctx, method, params, state)
+            params = open_upstream_state(state, ctx, upstream.name, method, params)
         needs_bridge = (ctx.era == "modern" and not ctx.channel.can_ask
                         and method in ("tools/call", "prompts/get", "resources/read"))
         if needs_bridge and await upstream.era_for(ctx) == "legacy":
@@ -326,7 +333,10 @@ class Gateway:
                 return await upstream.call(c, method, params, hints)
 
             return await self.bridge.start(ctx, method, params, forward)
-        return await upstream.call(ctx, method, params, hints)
+        result = await upstream.call(ctx, method, params, hints)
+        if ctx.era == "modern":
+            return seal_upstream_state(self.sealer, ctx, upstream.name, method, call.params, result)
+        return result
 
     # ------------------------------------------------------- upstream-initiated
     def _on_list_changed(self, server: str, kind: str) -> None:
