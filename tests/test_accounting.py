@@ -123,7 +123,8 @@ async def test_metrics_alone_get_the_request_without_a_record_being_built(monkey
     ticket = acct.begin(message, "http", None)
     ctx = context()
     acct.attach(ticket, ctx)
-    ctx.call = Call(ctx, "tools/call", message["params"], server="raw", target="rm", exposed="raw__rm")
+    ctx.call = Call(ctx, "tools/call", message["params"], server="raw", target="rm", exposed="raw__rm",
+                    definition={"name": "rm"})
     ctx.call.notes["refused"] = "policy.forbid-destructive"
     await acct.finish(ticket, {"jsonrpc": "2.0", "id": 7, "result": {"content": [], "isError": True}}, "anon", "anon")
     after_reply.run()
@@ -131,3 +132,25 @@ async def test_metrics_alone_get_the_request_without_a_record_being_built(monkey
     text = telemetry.render_metrics()[0].decode()
     assert 'mcpward_refusals_total{mcpward_rule="policy.forbid-destructive"} 1.0' in text
     assert 'gen_ai_tool_name="raw__rm"' in text
+
+
+async def test_a_routed_name_the_server_never_listed_is_not_a_metric_label() -> None:
+    # A made-up name behind a real prefix routes to the server, but clients choose such names without
+    # limit: only a listed tool's name becomes the metric's target label.
+    from mcpward.gateway import after_reply
+    from mcpward.telemetry import Telemetry
+    from mcpward.telemetry.settings import TelemetrySettings
+
+    events.install(None)
+    telemetry = Telemetry(TelemetrySettings(metrics=True, traces=False), redact=lambda t: t)
+    acct = Accounting(config_mod.parse({}), telemetry)
+    message = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "raw__made_up", "arguments": {}}}
+    ticket = acct.begin(message, "http", None)
+    ctx = context()
+    acct.attach(ticket, ctx)
+    ctx.call = Call(ctx, "tools/call", message["params"], server="raw", target="made_up", exposed="raw__made_up")
+    await acct.finish(ticket, {"jsonrpc": "2.0", "id": 8, "error": {"code": -32602, "message": "unknown"}},
+                      "anon", "anon")
+    after_reply.run()
+    text = telemetry.render_metrics()[0].decode()
+    assert "made_up" not in text and 'mcp_method_name="tools/call"' in text

@@ -12,6 +12,7 @@ def call(tel: Telemetry, method: str, target: str | None, outcome: str, code: in
          rule: str | None = None, version: str | None = "2025-11-25") -> None:
     rt = tel.request(method, transport="http", target=target, server="docs", session_id="s", request_id=1,
                      protocol_version=version, traceparent=None, tracestate=None)
+    rt.set(target=target)  # as the gateway does once the name resolved to a listed tool
     if rule:
         rt.set(rule=rule)
     rt.end(outcome, code)
@@ -69,6 +70,17 @@ def test_a_token_shaped_tool_name_never_becomes_a_label() -> None:
     call(tel, "tools/call", "ghp_8aB3kLm9Qz2Xw7Yp4Rt6Uv1Ns5Jd0Hc3Fg8E", "error", -32602)
     text = tel.render_metrics()[0].decode()
     assert "ghp_8aB3" not in text and "[REDACTED:github-token]" in text
+
+
+def test_the_name_a_client_sent_is_never_a_label_until_it_resolves() -> None:
+    tel = Telemetry(TelemetrySettings(), redact=lambda t: t)
+    for n in range(50):  # made-up names: each would have been a new series
+        rt = tel.request("tools/call", transport="http", target=f"junk_tool_{n}", server=None, session_id=None,
+                         request_id=n, protocol_version=None, traceparent=None, tracestate=None)
+        rt.end("error", -32602)
+    text = tel.render_metrics()[0].decode()
+    assert "junk_tool_" not in text
+    assert sample(text, "mcpward_requests_total", mcp_method_name="tools/call", mcpward_outcome="error") == 50
 
 
 def test_labels_are_bounded() -> None:

@@ -113,8 +113,10 @@ class Accounting:
         if wanted:
             self._record(ticket, call, notes, ended, outcome, code, rule, principal_key, subject)
         if trace is not None:
-            trace.set(server=call.server if call is not None else None,
-                      target=call.exposed if call is not None else None, rule=rule)
+            # The metric's target label only for a name the server listed: a made-up name behind a
+            # known prefix routes, but must not become a label (clients choose them without limit).
+            known = call.exposed if call is not None and call.definition is not None else None
+            trace.set(server=call.server if call is not None else None, target=known, rule=rule)
             after_reply.defer(partial(trace.end, outcome, code, ended))  # timed now, recorded later
         if wanted and not events.settled():  # journaled already, the usual case: no wait, not even a coroutine
             await events.durable()

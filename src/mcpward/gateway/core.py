@@ -286,9 +286,9 @@ class Gateway:
             refusal = upstream.unbound(ctx.principal.key)
             audit_refusal(call, refusal.rule)
             raise refusal.to_error()
+        call.definition = self.lister.definition(DEFINITION_KIND.get(method, ""), server, target)
         if self.guards.empty:
             return await self._dispatch(ctx, upstream, call)
-        call.definition = self.lister.definition(DEFINITION_KIND.get(method, ""), server, target)
         try:
             answered = await self.guards.request(call)
             if answered is not None:

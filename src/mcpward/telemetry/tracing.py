@@ -61,11 +61,14 @@ class RequestTrace:
     __slots__ = ("_rec", "_start", "error_type", "method", "net", "rule", "target", "traceparent", "tracestate",
                  "version")
 
-    def __init__(self, rec: Recorder | None, method: str, net: str, target: str | None, version: str | None,
+    def __init__(self, rec: Recorder | None, method: str, net: str, version: str | None,
                  traceparent: str | None, tracestate: str | None) -> None:
         self._rec = rec
         self._start = time.perf_counter()
-        self.method, self.net, self.target, self.version = method, net, target, version
+        self.method, self.net, self.version = method, net, version
+        # The metric label: only a name the gateway resolved (set() after routing). The name a client
+        # sent is unbounded: made-up names would fill the label table and crowd out real tools.
+        self.target: str | None = None
         self.traceparent, self.tracestate = traceparent, tracestate
         self.rule: str | None = None
         self.error_type: str | None = None
@@ -108,11 +111,10 @@ class SpanTrace(RequestTrace):
 
     __slots__ = ("span",)
 
-    def __init__(self, rec: Recorder | None, method: str, net: str, target: str | None, version: str | None,
-                 span: LeanSpan) -> None:
+    def __init__(self, rec: Recorder | None, method: str, net: str, version: str | None, span: LeanSpan) -> None:
         ctx = span.context
         state = ctx.trace_state.to_header() if ctx.trace_state else None
-        super().__init__(rec, method, net, target, version, format_traceparent(ctx), state or None)
+        super().__init__(rec, method, net, version, format_traceparent(ctx), state or None)
         self.span = span
 
     def set(self, **attributes: Any) -> None:
@@ -222,7 +224,7 @@ class Telemetry:
         net = _transport(transport)
         tracer = self._tracer
         if tracer is None:
-            return RequestTrace(self._recorder, method, net, target, protocol_version, traceparent, tracestate)
+            return RequestTrace(self._recorder, method, net, protocol_version, traceparent, tracestate)
 
         attrs: dict[str, Any] = {"mcp.method.name": clean_value(method), "network.transport": net}
         if transport == "http":
@@ -250,7 +252,7 @@ class Telemetry:
             remote = SpanContext(parent[0], parent[1], is_remote=True, trace_flags=TraceFlags(parent[2] & 0xFF),
                                  trace_state=_trace_state(tracestate))
         span = tracer.start(name, attrs, remote)
-        return SpanTrace(self._recorder, method, net, target, protocol_version, span)
+        return SpanTrace(self._recorder, method, net, protocol_version, span)
 
     def render_metrics(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
