@@ -323,6 +323,9 @@ async def test_lists_and_unknown_names_count_against_the_principals_bucket(monke
     assert [f["method"] for f in refusals] == ["tools/list", "prompts/list", "resources/list",
                                                "resources/templates/list", "tools/call", "nope/nope"]
     assert {f["rule"] for f in refusals} == {"limits.rate"} and refusals[4]["target"] == "nope__nothing"
+    # The principal as the request records name it (kind:subject), the subject beside it.
+    assert {(f["principal"], f["subject"]) for f in refusals} == {(ctx.principal.key, ctx.principal.subject)}
+    assert ctx.principal.key != ctx.principal.subject
     clock.advance(60.1)
     assert await outcome(gateway, ctx, "tools/list") == "ok"
 

@@ -83,8 +83,11 @@ class Refusal(Exception):
 def audit_refusal(call: Call, rule: str) -> None:
     """The one audit record of a refused request, whoever refused it."""
     call.notes["refused"] = rule  # and the request's own record says it was denied, and by which rule
+    # `principal` is the key (`kind:subject`), as in the request's own record: `audit search --principal`
+    # finds both, and `api-key:alice` and `oauth:alice` stay apart.
+    principal = call.ctx.principal
     audit.record("refusal", rule=rule, method=call.method, server=call.server, target=call.exposed,
-                 principal=call.ctx.principal.subject, transport=call.ctx.transport)
+                 principal=principal.key, subject=principal.subject, transport=call.ctx.transport)
 
 
 class Answer(Exception):
