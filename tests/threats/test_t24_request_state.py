@@ -65,7 +65,9 @@ def test_a_modern_upstreams_request_state_is_bound_to_its_principal(serve_gatewa
 
     keys = Keys()
     cmd = fixture_server()
-    url = serve_gateway(f'[servers.fx]\ncommand = "{cmd[0]}"\nargs = {toml_list(cmd[1:])}\nprefix = ""\n'
+    # A long probe timeout: this dual-era fixture, slow to start on a loaded machine, must be probed modern.
+    url = serve_gateway('probe_timeout = 60\n\n'  # lands in the fixture's own [gateway] table
+                        f'[servers.fx]\ncommand = "{cmd[0]}"\nargs = {toml_list(cmd[1:])}\nprefix = ""\n'
                         + keys.table())
     caps = {"elicitation": {"form": {}}}
     params = {"name": "test_input_required_result_multi_round", "arguments": {}}

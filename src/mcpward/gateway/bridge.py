@@ -47,10 +47,12 @@ class Parked:
     round: int = 0  # bumped every time the call is parked: each requestState works once
 
 
-def request_digest(method: str, params: JsonObj) -> str:
-    """What a retry must repeat: the method and params minus the MRTR fields and _meta."""
+def request_digest(server: str, method: str, params: JsonObj) -> str:
+    """What a retry must repeat: the server, the method and the params minus the MRTR fields and _meta.
+    The server counts: two servers' tools of one upstream name send the same params (`{"name": "ask"}`),
+    and a state resumed under the other's exposed name would pass that tool's guards and exemptions."""
     core = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState", "_meta")}
-    return digest([method, core])
+    return digest([server, method, core])
 
 
 class InputBridge:
@@ -59,7 +61,7 @@ class InputBridge:
         self.ttl = ttl
         self._parked: dict[str, Parked] = {}
 
-    async def start(self, ctx: RequestContext, method: str, params: JsonObj,
+    async def start(self, ctx: RequestContext, server: str, method: str, params: JsonObj,
                     forward: Callable[[RequestContext], Awaitable[JsonObj]]) -> JsonObj:
         call_id = secrets.token_urlsafe(12)
         holder: list[Parked] = []
@@ -74,7 +76,7 @@ class InputBridge:
 
         ctx.push_sink = sink
         task = asyncio.ensure_future(forward(ctx))
-        parked = Parked(call_id, ctx.principal.key, request_digest(method, params), task)
+        parked = Parked(call_id, ctx.principal.key, request_digest(server, method, params), task)
         holder.append(parked)
         return await self._next(parked)
 
@@ -85,7 +87,7 @@ class InputBridge:
         except SealError as exc:
             raise local_error(jsonrpc.INVALID_PARAMS, f"requestState refused: {exc}") from None
 
-    async def resume(self, ctx: RequestContext, method: str, params: JsonObj,
+    async def resume(self, ctx: RequestContext, server: str, method: str, params: JsonObj,
                      state: JsonObj | None = None) -> JsonObj:
         """Continue a parked call; `state`: its `requestState` already unsealed (default: unseal it here)."""
         if state is None:
@@ -97,7 +99,7 @@ class InputBridge:
             raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: issued to another principal")
         if state.get("r") != parked.round:
             raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: already used")
-        if parked.digest != request_digest(method, params):
+        if parked.digest != request_digest(server, method, params):
             raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: the retry differs from the request")
         responses = params.get("inputResponses")
         if not isinstance(responses, dict):
@@ -162,7 +164,7 @@ def seal_upstream_state(sealer: Sealer, ctx: RequestContext, server: str, method
     if result.get("resultType") != "input_required" or state is None:
         return result
     sealed = sealer.seal({"kind": "upstream", "srv": server, "sub": ctx.principal.key,
-                          "dig": request_digest(method, params), "s": state}, UPSTREAM_STATE_TTL)
+                          "dig": request_digest(server, method, params), "s": state}, UPSTREAM_STATE_TTL)
     return {**result, "requestState": sealed}
 
 
@@ -171,6 +173,6 @@ def open_upstream_state(state: JsonObj, ctx: RequestContext, server: str, method
     or -32602 when the sealed state was issued to another principal, server or request."""
     if state.get("sub") != ctx.principal.key:
         raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: issued to another principal")
-    if state.get("srv") != server or state.get("dig") != request_digest(method, params):
+    if state.get("srv") != server or state.get("dig") != request_digest(server, method, params):
         raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: the retry differs from the request")
     return {**params, "requestState": state.get("s")}

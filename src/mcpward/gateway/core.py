@@ -324,7 +324,7 @@ class Gateway:
                 raise local_error(jsonrpc.INVALID_PARAMS, "requestState refused: not issued by this gateway")
             state = self.bridge.unseal(params["requestState"])
             if state.get("kind") != "upstream":
-                return await self.bridge.resume(ctx, method, params, state)
+                return await self.bridge.resume(ctx, upstream.name, method, params, state)
             params = open_upstream_state(state, ctx, upstream.name, method, params)
         needs_bridge = (ctx.era == "modern" and not ctx.channel.can_ask
                         and method in ("tools/call", "prompts/get", "resources/read"))
@@ -332,7 +332,7 @@ class Gateway:
             async def forward(c: RequestContext) -> JsonObj:
                 return await upstream.call(c, method, params, hints)
 
-            return await self.bridge.start(ctx, method, params, forward)
+            return await self.bridge.start(ctx, upstream.name, method, params, forward)
         result = await upstream.call(ctx, method, params, hints)
         if ctx.era == "modern":
             return seal_upstream_state(self.sealer, ctx, upstream.name, method, call.params, result)
