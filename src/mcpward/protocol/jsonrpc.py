@@ -79,6 +79,29 @@ def decode(data: bytes | str, max_bytes: int) -> JsonObj:
     return message
 
 
+# orjson writes at most this many levels: a deeper message could be read but never forwarded, digested
+# for the audit log or answered with its own values, so a front refuses it up front.
+MAX_NESTING = 254
+
+
+def check_forwardable(message: JsonObj, data: bytes | str) -> None:
+    """Refuse (-32600) a client's message nested deeper than MAX_NESTING. Messages with fewer opening
+    brackets than that cannot be that deep, so the common case costs two C-speed counts."""
+    opened = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
+    if opened <= MAX_NESTING:
+        return
+    try:
+        orjson.dumps(message)
+    except orjson.JSONEncodeError:
+        raise ProtocolError(INVALID_REQUEST, f"message nested deeper than {MAX_NESTING} levels") from None
+
+
+def usable_id(message: JsonObj | None) -> RequestId | None:
+    """A parsed message's id when an answer can carry it (a string or an integer), else None."""
+    candidate = message.get("id") if message is not None else None
+    return candidate if isinstance(candidate, (str, int)) and not isinstance(candidate, bool) else None
+
+
 def classify(message: JsonObj) -> Kind:
     """Tell requests, notifications and responses apart; raise on anything else."""
     if message.get("jsonrpc") != "2.0":

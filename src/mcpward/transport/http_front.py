@@ -314,11 +314,15 @@ class HttpFront:
         wants_sse = "text/event-stream" in accept or "*/*" in accept
         if not ("application/json" in accept or "*/*" in accept):
             raise HttpRejection(406, None, text="Accept must include application/json and text/event-stream")
+        message: JsonObj | None = None
         try:
-            message = jsonrpc.decode(await self._read_body(receive), self.cfg.max_message_bytes)
+            body = await self._read_body(receive)
+            message = jsonrpc.decode(body, self.cfg.max_message_bytes)
+            jsonrpc.check_forwardable(message, body)
             kind = jsonrpc.classify(message)
         except jsonrpc.ProtocolError as exc:
-            raise HttpRejection(400, exc.response(None)) from None
+            # A parsed but invalid message is answered under its own id when it has a usable one.
+            raise HttpRejection(400, exc.response(jsonrpc.usable_id(message))) from None
         if kind is jsonrpc.Kind.REQUEST and self.auth is not None and self.auth.scoped(message["method"]):
             # Step-up: this method needs scopes beyond the door's (403 insufficient_scope names them).
             principal = await self._authenticate(headers, scope, message["method"])

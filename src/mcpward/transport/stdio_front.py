@@ -210,12 +210,11 @@ class StdioFront:
         message: JsonObj | None = None
         try:
             message = jsonrpc.decode(item, self.max_bytes)
+            jsonrpc.check_forwardable(message, item)
             kind = jsonrpc.classify(message)
         except jsonrpc.ProtocolError as exc:
             # A parsed but invalid message is answered under its own id when it has a usable one.
-            candidate = message.get("id") if message is not None else None
-            rid = candidate if isinstance(candidate, (str, int)) and not isinstance(candidate, bool) else None
-            self._hold(self.write(exc.response(rid)))
+            self._hold(self.write(exc.response(jsonrpc.usable_id(message))))
             return
         if kind is jsonrpc.Kind.RESPONSE:
             self._hold(self.conn.on_response(message))
