@@ -31,9 +31,9 @@ class FakeClock:
         self.now += seconds
 
 
-def make_call(tool: str = "srv__flaky", method: str = "tools/call") -> Call:
+def make_call(tool: str = "srv__flaky", method: str = "tools/call", who: str = "alice") -> Call:
     ctx = RequestContext(era="modern", protocol_version="2025-11-25", capabilities={}, client_info=None,
-                         principal=Principal(subject="alice", kind="api-key"), channel=SilentChannel(),
+                         principal=Principal(subject=who, kind="api-key"), channel=SilentChannel(),
                          transport="http")
     return Call(ctx=ctx, method=method, params={"name": tool}, server="srv", target=tool, exposed=tool)
 
@@ -47,9 +47,9 @@ def breaker_guard(clock: FakeClock, **table: Any) -> BreakerGuard:
 
 async def finish(guard: BreakerGuard, *, latency: float = 0.01, result: dict[str, Any] | None = None,
                  error: jsonrpc.ProtocolError | None = None, gateway_error: bool = False,
-                 tool: str = "srv__flaky") -> None:
+                 tool: str = "srv__flaky", who: str = "alice") -> None:
     """One call through the breaker: admitted, then answered `latency` seconds after it started."""
-    call = make_call(tool)
+    call = make_call(tool, who=who)
     await guard.on_request(call)
     call.started = time.perf_counter() - latency
     if error is not None:
@@ -116,6 +116,33 @@ async def test_opens_on_p99_latency(audit: list[dict[str, Any]]) -> None:
     assert guard.board.state("srv__flaky") == "open"
     opened = events(audit)[-1]
     assert opened["reason"] == "p99" and opened["value"] >= 1.5 and opened["threshold"] == 1.0
+
+
+async def test_one_principal_cannot_open_a_breaker_for_everyone() -> None:
+    # mallory's calls fail (bad arguments on purpose) or are slow while alice's succeed: the tool works.
+    clock = FakeClock()
+    guard = breaker_guard(clock, breaker={"min_calls": 10, "p99_seconds": 1.0})
+    for _ in range(10):
+        await finish(guard)
+    for _ in range(40):
+        await finish(guard, result=TOOL_ERROR, who="mallory")
+        await finish(guard, latency=2.0, who="mallory")
+    assert guard.board.state("srv__flaky") == "closed"
+    # When the others' calls fail too, the tool is failing: it opens (alice: 1 of 11 is not above 10%, 2 of 12 is).
+    await finish(guard, result=TOOL_ERROR)
+    assert guard.board.state("srv__flaky") == "closed"
+    await finish(guard, result=TOOL_ERROR)
+    assert guard.board.state("srv__flaky") == "open"
+
+
+async def test_a_sole_caller_still_opens_the_breaker() -> None:
+    clock = FakeClock()
+    guard = breaker_guard(clock)
+    for _ in range(9):
+        await finish(guard, who="mallory")
+    await finish(guard, result=TOOL_ERROR, who="mallory")
+    await finish(guard, result=TOOL_ERROR, who="mallory")
+    assert guard.board.state("srv__flaky") == "open"  # nobody else to protect: the usual rule
 
 
 async def test_too_few_samples_give_no_verdict() -> None:

@@ -8,6 +8,11 @@ breaker with an empty window, its failure opens it again for another `open_secon
 
 Breakers are per process on purpose: each replica sees its own upstream connections, and a
 breaker's job is to stop this process from waiting on a tool that does not answer.
+
+One principal cannot open a breaker for everyone: when the window's errors (or slow calls) cross
+the threshold, the principal with the most of them is set aside, and the breaker opens only if the
+other principals' calls cross it too, or if nobody else called the tool in the window. Calls a
+principal makes fail on purpose (bad arguments, a slow query) then hurt only that principal.
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ def p99(latencies: list[float]) -> float:
 
 
 class Breaker:
-    __slots__ = ("_errors", "_samples", "_slow", "_ticket", "clock", "generation", "open_until", "probe_deadline",
-                 "settings", "state", "tool")
+    __slots__ = ("_by", "_errors", "_samples", "_slow", "_ticket", "clock", "generation", "open_until",
+                 "probe_deadline", "settings", "state", "tool")
 
     def __init__(self, tool: str, settings: BreakerSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.tool = tool
@@ -56,9 +61,10 @@ class Breaker:
         self.generation = 0
         self.open_until = 0.0
         self.probe_deadline = 0.0  # while a probe is out; 0 when none is
-        self._samples: deque[tuple[float, float, bool]] = deque()  # (when, latency, error)
+        self._samples: deque[tuple[float, float, bool, str]] = deque()  # (when, latency, error, principal)
         self._errors = 0
         self._slow = 0  # samples slower than p99_seconds: p99 > limit iff too many of these
+        self._by: dict[str, list[int]] = {}  # principal -> [samples, errors, slow] in the window
         self._ticket = Ticket(0, False)  # every closed-state call of this generation gets this same one
 
     def blocked(self) -> LimitRefusal | None:
@@ -92,7 +98,7 @@ class Breaker:
                                 "one call at a time", min(HALF_OPEN_RETRY, self.probe_deadline - now))
         return None
 
-    def record(self, ticket: Ticket, latency: float, error: bool) -> None:
+    def record(self, ticket: Ticket, latency: float, error: bool, principal: str = "") -> None:
         if ticket.generation != self.generation:
             return
         now = self.clock()
@@ -108,24 +114,50 @@ class Breaker:
             return
         if self.state != "closed":
             return
-        samples = self._samples
-        samples.append((now, latency, error))
+        samples, by = self._samples, self._by
+        slow = latency > s.p99_seconds
+        samples.append((now, latency, error, principal))
         self._errors += error
-        self._slow += latency > s.p99_seconds
+        self._slow += slow
+        mine = by.get(principal)
+        if mine is None:
+            mine = by[principal] = [0, 0, 0]
+        mine[0] += 1
+        mine[1] += error
+        mine[2] += slow
         cutoff = now - s.window_seconds
         while samples and samples[0][0] < cutoff:
-            _, old_latency, old_error = samples.popleft()
+            _, old_latency, old_error, old_principal = samples.popleft()
+            old_slow = old_latency > s.p99_seconds
             self._errors -= old_error
-            self._slow -= old_latency > s.p99_seconds
+            self._slow -= old_slow
+            theirs = by[old_principal]
+            theirs[0] -= 1
+            theirs[1] -= old_error
+            theirs[2] -= old_slow
+            if not theirs[0]:
+                del by[old_principal]
         n = len(samples)
         if n < s.min_calls:
             return
-        if self._errors / n > s.error_rate:
+        if self._errors / n > s.error_rate and self._others_cross(1, lambda k, bad: bad / k > s.error_rate):
             self._open(now, "error-rate", value=round(self._errors / n, 4), threshold=s.error_rate, samples=n)
-        elif self._slow > n - math.ceil(0.99 * n):
+        elif self._slow > n - math.ceil(0.99 * n) and self._others_cross(
+                2, lambda k, bad: bad > k - math.ceil(0.99 * k)):
             # Cheap test first (counts), the sort only on the way to opening, for the record.
             self._open(now, "p99", value=round(p99([x[1] for x in samples]), 4), threshold=s.p99_seconds,
                        samples=n)
+
+    def _others_cross(self, column: int, crosses: Callable[[int, int], bool]) -> bool:
+        """Whether the window still crosses the threshold without the principal with the most bad
+        samples (column 1: errors, 2: slow); True when that principal is the only caller."""
+        by = self._by
+        if len(by) == 1:
+            return True
+        worst = max(by.values(), key=lambda counts: counts[column])
+        others = len(self._samples) - worst[0]
+        bad = (self._errors if column == 1 else self._slow) - worst[column]
+        return others > 0 and crosses(others, bad)
 
     def _open(self, now: float, reason: str, **facts: object) -> None:
         self._change("open")
@@ -139,6 +171,7 @@ class Breaker:
         self._ticket = Ticket(self.generation, False)
         self.probe_deadline = 0.0
         self._samples.clear()
+        self._by.clear()
         self._errors = self._slow = 0
 
 

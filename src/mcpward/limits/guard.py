@@ -106,7 +106,7 @@ class BreakerGuard(Guard):
             return
         breaker = self.board.get(call.exposed)
         if breaker is not None:
-            breaker.record(ticket, time.perf_counter() - call.started, error)
+            breaker.record(ticket, time.perf_counter() - call.started, error, call.ctx.principal.key)
 
 
 def breaker_settings_for(settings: LimitsSettings, limiter: Limiter) -> Callable[[str], BreakerSettings]:
