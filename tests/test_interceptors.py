@@ -566,3 +566,56 @@ async def test_e2e_python_plugin_from_an_installed_package(serve_gateway: Any, t
         with pytest.raises(MCPError) as refused:
             await client.call_tool("ev__test_header_param", {"region": "rm -rf /"})
         assert refused.value.data == {"rule": "interceptor.tagger.forbidden-word"}
+
+
+# ------------------------------------------------------ methods a hook may see but not rewrite
+@pytest.mark.parametrize("answer", [{"params": {"uri": "test://watched"}},
+                                    {"result": {"contents": []}}])
+async def test_a_rewrite_or_answer_for_subscribe_is_a_named_failure(tmp_path: Path, answer: JsonObj) -> None:
+    # methods = ["*"] also reaches resources/subscribe, which has no params key a hook may keep and no
+    # result it may stand in for: before the fix, either answer was a KeyError (an unnamed internal error).
+    guard = exec_hook(tmp_path, "before", "--answer", json.dumps(answer), name="sub", methods=["*"])
+    call = make_call()
+    call.method, call.params, call.target, call.exposed = "resources/subscribe", {"uri": "test://watched"}, \
+        "test://watched", "test://watched"
+    with pytest.raises(Refusal) as refused:
+        await GuardChain([guard]).request(call)
+    assert refused.value.rule == "interceptor.sub"
+
+
+async def test_a_plugin_rewriting_subscribe_params_is_a_named_failure(tmp_path: Path) -> None:
+    from mcpward.guards.interceptors import Scope
+    from mcpward.guards.plugins import wrap
+
+    class Rewriter(Guard):
+        async def on_request(self, call: Call) -> JsonObj | None:
+            return dict(call.params)
+
+    guard = wrap(Rewriter(), Scope("rw", True, False, 5.0, False, None, None))
+    call = make_call()
+    call.method, call.params = "resources/subscribe", {"uri": "test://watched"}
+    with pytest.raises(Refusal) as refused:
+        await GuardChain([guard]).request(call)
+    assert refused.value.rule == "interceptor.rw"
+
+
+async def test_e2e_a_hook_rewriting_a_subscription_refuses_it_by_name(write_config: Any) -> None:
+    from tests.conftest import FIXTURES
+    from tests.rawclient import RawStdioClient
+
+    hook = [*HOOK, "--answer", json.dumps({"params": {"uri": "test://watched"}})]
+    path = write_config(f'[servers.s]\ncommand = "{sys.executable}"\n'
+                        f'args = ["{FIXTURES / "session_server.py"}"]\ntimeout = 10\n\n'
+                        f'[[interceptors]]\nkind = "exec"\nname = "sub"\nwhen = "before"\nmethods = ["*"]\n'
+                        f'command = {toml_list(hook)}\n')
+    c = await RawStdioClient.start(path)
+    try:
+        init = await c.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                              "clientInfo": {"name": "t", "version": "1"}}, modern=False)
+        assert "result" in init, init
+        await c.send_raw(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+        reply = await c.request("resources/subscribe", {"uri": "test://watched"}, modern=False)
+        assert reply["error"]["code"] == -32004, reply
+        assert reply["error"]["data"] == {"rule": "interceptor.sub"}
+    finally:
+        await c.close()

@@ -82,3 +82,25 @@ def test_a_policy_edit_changes_the_matrix_and_the_recorded_hash(serve_gateway, t
         run = {"name": "rec__run", "arguments": {"command": "make report"}}
         assert "result" in reply_of(modern_call(http, url, "tools/call", run, keys.alice))
     assert after["policy_hash"] in recorded_hashes(tmp_path, 2)
+
+
+def test_an_edit_too_deep_for_cedar_is_refused_and_the_gateway_keeps_running(tmp_path: Path) -> None:
+    # Before: 1000 nested parentheses crashed Cedar's parser (a segfault), so a SIGHUP reload of such
+    # an edit killed a running gateway. Now the edit is refused by name and the old policy stays.
+    from tests.conftest import stop
+    from tests.test_reload import Gateway, echo, start_with_team_policy
+
+    gateway = Gateway(tmp_path)
+    try:
+        rules = start_with_team_policy(gateway)
+        assert "result" in echo(gateway)
+        rules.write_text('@id("team.all")\npermit (principal, action, resource) when { '
+                         + "(" * 1000 + "true" + ")" * 1000 + " };\n")
+        gateway.hangup(lambda: "policy reload refused" in gateway.log.read_text())
+        assert gateway.proc is not None and gateway.proc.poll() is None
+        assert "result" in echo(gateway)  # the policy in force is unchanged
+        failed = committed(tmp_path / "mcpward-audit.sqlite", "policy.reload-failed")
+        assert len(failed) == 1 and "nested too deeply" in failed[0]
+    finally:
+        if gateway.proc is not None:
+            stop(gateway.proc)

@@ -52,3 +52,27 @@ async def test_lying_read_only_hint_is_blocked_by_the_operator_override(serve_ga
         done = await c.call_tool("notes__delete_all", {})
         assert done.content[0].text == "deleted 2 notes"  # type: ignore[union-attr]
         assert await readme(c) == ""  # it was destructive all along
+
+
+def test_an_override_filed_under_the_exposed_name_stops_the_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Before: accepted and silently never applied, so the lie above worked despite the operator.
+    import subprocess
+
+    from tests.conftest import MCPWARD
+
+    path = tmp_path / "mcpward.toml"
+    path.write_text(NOTES + OVERRIDE.replace("tools.delete_all", "tools.notes__delete_all") + STANDARD)
+    done = subprocess.run([MCPWARD, "policy", "check", "-c", str(path)], capture_output=True, timeout=120)
+    assert done.returncode == 2
+    assert b"servers.notes.tools.notes__delete_all: is the exposed name" in done.stderr
+    assert b"write [servers.notes.tools.delete_all]" in done.stderr
+
+
+async def test_an_override_for_a_tool_the_server_never_lists_is_reported(serve_gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = serve_gateway(NOTES + OVERRIDE.replace("tools.delete_all", "tools.delete_al") + STANDARD)
+    async with client(url) as c:
+        assert "notes__delete_all" in {t.name for t in (await c.list_tools()).tools}  # the typo protects nothing
+        await c.list_tools()
+    (log,) = tmp_path.glob("gw-*.log")
+    text = log.read_text()
+    assert text.count("lists no tool 'delete_al'") == 1 and text.count("policy.override-unmatched") == 1

@@ -265,6 +265,13 @@ def test_(
             cases.extend(testing.load_cases(path, display_name(path.resolve(), Path.cwd())))
     except ConfigError as exc:
         _fail("test file error", str(exc))
+    for case in cases:
+        # A case that names nothing the config has, or contradicts itself, is a malformed test file
+        # (exit 2), not a failing case (exit 1).
+        try:
+            testing.resolve(case.scenario, cfg)
+        except testing.ScenarioError as exc:
+            _fail("test file error", f"{case.label}: {exc}")
     outcomes = [testing.run_case(engine, cfg, case) for case in cases]
     failed = [o for o in outcomes if o.problem is not None]
     if as_json:

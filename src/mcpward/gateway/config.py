@@ -246,11 +246,12 @@ def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None 
             raise ConfigError(source, f"servers.{name}", "a server name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
         if not isinstance(table, dict):
             raise ConfigError(source, f"servers.{name}", "expected a table")
-        cfg.servers[name] = _server(TableReader(source, f"servers.{name}", table), name, default_start, default_timeout)
+        cfg.servers[name] = _server(TableReader(source, f"servers.{name}", table), name, default_start, default_timeout,
+                                    cfg.separator)
     return cfg
 
 
-def _server(r: TableReader, name: str, default_start: str, default_timeout: float) -> ServerConfig:
+def _server(r: TableReader, name: str, default_start: str, default_timeout: float, separator: str) -> ServerConfig:
     server = ServerConfig(name=name, prefix=r.get("prefix", str, name))
     if server.prefix and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", server.prefix):
         raise r.fail("prefix", "must be empty or 1-64 characters from [A-Za-z0-9_.-]")
@@ -288,6 +289,12 @@ def _server(r: TableReader, name: str, default_start: str, default_timeout: floa
     for tool, table in tools.items():
         if not isinstance(table, dict):
             raise r.fail(f"tools.{tool}", "expected a table")
+        head = f"{server.prefix}{separator}"
+        if server.prefix and tool.startswith(head) and len(tool) > len(head):
+            # Overrides match the upstream's own name: one filed under the exposed name would never
+            # match, and the server's claims would stand (a lying readOnlyHint would win).
+            raise r.fail(f"tools.{tool}", f"is the exposed name; overrides are keyed by the server's own "
+                                          f"tool name: write [servers.{name}.tools.{tool[len(head):]}]")
         server.tools[tool] = _tool_override(TableReader(r.source, r.key(f"tools.{tool}"), table))
     for key, table in r.get("principals", dict, {}).items():
         server.principals[key] = _principal_credentials(r, server, key, table)

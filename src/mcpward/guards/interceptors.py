@@ -403,7 +403,9 @@ def _reason(value: Any) -> str:
 def checked_params(call: Call, value: Any) -> JsonObj:
     if not isinstance(value, dict):
         raise HookFailure("answered params that are not an object")
-    key = ROUTING_KEY[call.method]
+    key = ROUTING_KEY.get(call.method)
+    if key is None:  # e.g. resources/subscribe, seen by a hook with methods = ["*"]: nothing to replace
+        raise HookFailure(f"answered params for {call.method}, whose params an interceptor may not replace")
     if key not in value:
         return {**value, key: call.params.get(key)} if key in call.params else value
     if value[key] != call.params.get(key):
@@ -412,7 +414,9 @@ def checked_params(call: Call, value: Any) -> JsonObj:
 
 
 def _checked_result(method: str, value: Any) -> JsonObj:
-    key = RESULT_KEY[method]
+    key = RESULT_KEY.get(method)
+    if key is None:  # a method whose result a hook cannot stand in for (resources/subscribe...)
+        raise HookFailure(f"answered a result for {method}, which an interceptor may not answer itself")
     if not isinstance(value, dict) or key not in value:
         raise HookFailure(f"answered a result that is not a {method} result (an object with {key!r})")
     if method == "tools/call" and not (isinstance(value["content"], list)

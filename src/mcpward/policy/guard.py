@@ -6,6 +6,12 @@ own action (`call_tool`, `get_prompt`, `read_resource`) would be allowed, with n
 filtered list `cacheScope: private`. So is every list under a policy whose answers depend on who
 asks (it names or reads the principal, or reads the client or transport from the context), even
 when nothing was hidden from this requester.
+
+Some requests need more than their own action: completing a prompt's or template's argument also
+needs `get_prompt` / `read_resource` on that item (a hidden item gives no completions), and a URI
+the server does not list as a resource, which the gateway routes through one of that server's URI
+templates, is also decided as `read_resource` on each template it expands to (their policy and
+their risk labels): in reads, subscriptions and completions.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ from mcpward.policy.settings import Mode, PolicySettings, read_settings
 from mcpward.protocol.jsonrpc import JsonObj
 
 log = logging.getLogger("mcpward.policy")
+# A URI template as pieces: ("", literal text), ("*", "") for an expression that may span `/`
+# (RFC 6570 +, #, /, ?, &, ;), ("-", "") for one that stays inside a path segment. The catalog
+# routes with the same reading.
+Piece = tuple[str, str]
 
 
 class PolicyGuard(Guard):
@@ -38,6 +48,9 @@ class PolicyGuard(Guard):
     def __init__(self, engine: PolicyEngine, mode: Mode = "enforce") -> None:
         self.engine = engine
         self.mode = mode
+        # server -> its URI templates as last listed (the catalog routes URIs through the same ones).
+        self.templates: dict[str, list[tuple[tuple[Piece, ...], str]]] = {}
+        self._unmatched: set[tuple[str, str]] = set()  # (server, override name) already reported
 
     def add_label_provider(self, provider: LabelProvider) -> None:
         """Risk labels from elsewhere (the integrity scanner): `provider(server, kind, name) -> labels`."""
@@ -49,6 +62,39 @@ class PolicyGuard(Guard):
         engine.builder.label_providers[:] = self.engine.builder.label_providers
         self.engine, self.mode = engine, mode
 
+    def on_published(self, server: str, kind: str, items: list[Listed]) -> None:
+        if kind == "resourceTemplates":
+            self.templates[server] = [(template_pieces(listed.name), listed.name) for listed in items]
+        elif kind == "tools":
+            self._note_unmatched_overrides(server, items)
+
+    def _note_unmatched_overrides(self, server: str, items: list[Listed]) -> None:
+        """An override filed under a name the server does not list never applies: say so, once."""
+        scfg = self.engine.builder.servers.get(server)
+        if scfg is None or not scfg.tools:
+            return
+        listed = {item.name for item in items}
+        for name in scfg.tools:
+            if name not in listed and (server, name) not in self._unmatched:
+                self._unmatched.add((server, name))
+                log.warning("server %s lists no tool %r: its [servers.%s.tools.%s] override applies to nothing",
+                            server, name, server, name)
+                audit.record("policy.override-unmatched", server=server, tool=name)
+
+    def templates_of(self, server: str, uri: str) -> list[str]:
+        """The URI templates of `server` that `uri` is an expansion of."""
+        return [template for pieces, template in self.templates.get(server, ()) if expands_to(pieces, uri)]
+
+    def related(self, action: str, target: Target, listed: bool = False) -> list[tuple[str, Target]]:
+        """What else must be allowed for `action` on `target` to be (see the module's docstring).
+        `listed`: the server lists this very URI as a resource, so it is not read through a template."""
+        item = completed_item(action, target)
+        out: list[tuple[str, Target]] = [] if item is None else [item]
+        if target.type == "Resource" and not target.template and not listed:
+            out.extend(("read_resource", Target("Resource", t, target.server, t, template=True))
+                       for t in self.templates_of(target.server, target.name))
+        return out
+
     async def on_request(self, call: Call) -> JsonObj | None:
         principal = call.ctx.principal
         action = METHOD_ACTIONS.get(call.method)
@@ -56,11 +102,20 @@ class PolicyGuard(Guard):
         if action is None or target is None:
             # Nothing the policy can name: fail closed rather than forward it undecided.
             raise Refusal("policy.undecidable", f"{call.method} cannot be decided by the policy")
-        decision = self.engine.decide(principal, action, target, Facts.of(call.ctx))
+        facts = Facts.of(call.ctx)
+        decision = self.engine.decide(principal, action, target, facts)
+        needed = ""
+        if decision.allowed and call.method != "tools/call":  # a tool call needs nothing else: keep it lean
+            related = self.related(action, target, listed=call.definition is not None)
+            verdicts = self.engine.decide_many(principal, related, facts) if related else []
+            for (other_action, other), verdict in zip(related, verdicts, strict=True):
+                if not verdict.allowed:
+                    decision, needed = verdict, f" needs {other_action} on {other.id}, which"
+                    break
         call.notes["policy"] = {"rule": decision.rule, "allowed": decision.allowed, "hash": self.engine.policy_hash}
         if decision.allowed:
             return None
-        message = f"{action} on {target.id} is not permitted for {principal.subject}"
+        message = f"{action} on {target.id}{needed} is not permitted for {principal.subject}"
         if self.mode == "dry-run":
             audit.record("policy.would-deny", rule=decision.rule, action=action, target=target.id,
                          server=target.server, principal=principal.subject, policy_hash=self.engine.policy_hash)
@@ -126,6 +181,56 @@ def call_target(call: Call) -> Target | None:
     return None
 
 
+def completed_item(action: str, target: Target) -> tuple[str, Target] | None:
+    """For `complete`: the item's own action on it, without arguments, which must be allowed too."""
+    if action != "complete":
+        return None
+    item_action = "get_prompt" if target.type == "Prompt" else "read_resource"
+    return item_action, Target(target.type, target.id, target.server, target.name, template=target.template,
+                               labels=target.labels)
+
+
+def template_pieces(template: str) -> tuple[Piece, ...]:
+    """A URI template as literal text and expressions (see Piece)."""
+    out: list[Piece] = []
+    pos = 0
+    while (start := template.find("{", pos)) >= 0 and (end := template.find("}", start)) >= 0:
+        out.append(("", template[pos:start]))
+        out.append(("*" if template[start + 1:start + 2] in ("+", "#", "/", "?", "&", ";") else "-", ""))
+        pos = end + 1
+    out.append(("", template[pos:]))
+    return tuple(piece for piece in out if piece != ("", ""))
+
+
+def expands_to(pieces: tuple[Piece, ...], uri: str) -> bool:
+    """Whether `uri` fully matches the template, in time linear in len(uri) per piece. (A regex with
+    several `.*` can take polynomial time on a hostile template, and upstream servers write them.)"""
+    if pieces and pieces[0][0] == "" and not uri.startswith(pieces[0][1]):
+        return False  # the usual answer, without the walk: most templates differ in their first literal
+    if pieces and pieces[-1][0] == "" and not uri.endswith(pieces[-1][1]):
+        return False
+    n = len(uri)
+    reach = [False] * (n + 1)  # reach[p]: the pieces so far can match uri[:p]
+    reach[0] = True
+    for kind, text in pieces:
+        nxt = [False] * (n + 1)
+        if kind == "":
+            for p in range(n + 1 - len(text)):
+                if reach[p] and uri.startswith(text, p):
+                    nxt[p + len(text)] = True
+        elif kind == "*":
+            if True in reach:
+                for q in range(reach.index(True), n + 1):
+                    nxt[q] = True
+        else:
+            open_run = False  # some reached position with no /, ? or # between it and here
+            for q in range(n + 1):
+                open_run = reach[q] or (open_run and uri[q - 1] not in "/?#")
+                nxt[q] = open_run
+        reach = nxt
+    return reach[n]
+
+
 def listed_target(kind: str, listed: Listed) -> Target:
     item = listed.item
     if kind == "tools":
@@ -145,7 +250,8 @@ def engine_for(cfg: GatewayConfig, settings: PolicySettings | None = None, os_gr
     take groups as given so their answers do not depend on the machine).
     """
     settings = settings or read_settings(cfg)
-    return PolicyEngine(load_bundle(sources_for(settings)), EntityBuilder(cfg.servers, include_os_groups=os_groups))
+    return PolicyEngine(load_bundle(sources_for(settings), cfg.servers),
+                        EntityBuilder(cfg.servers, include_os_groups=os_groups))
 
 
 def warn_if_open(settings: PolicySettings, source: str) -> None:

@@ -29,8 +29,10 @@ from mcpward.gateway.config import ANNOTATION_HINTS, ConfigError, GatewayConfig,
 from mcpward.gateway.context import Principal
 from mcpward.policy.engine import Decision, PolicyEngine
 from mcpward.policy.entities import ACTIONS, LIST_ACTIONS, Facts, Target
+from mcpward.policy.guard import completed_item
 
 KINDS = ("local-user", "anonymous", "api-key", "oauth")
+ERAS = ("modern", "legacy")
 TARGET_KEYS = ("tool", "prompt", "resource", "server")
 # Which entity type each action acts on, and the action a bare target implies.
 ACTION_TYPES = {"call_tool": ("Tool",), "get_prompt": ("Prompt",), "read_resource": ("Resource",),
@@ -82,6 +84,12 @@ def resolve(scenario: Scenario, cfg: GatewayConfig) -> Resolved:
         raise ScenarioError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
     if scenario.kind not in KINDS:
         raise ScenarioError(f"unknown principal kind {scenario.kind!r}; expected one of {', '.join(KINDS)}")
+    if scenario.era not in ERAS:
+        raise ScenarioError(f"unknown era {scenario.era!r}; expected modern or legacy")
+    if key == "server" and (scenario.arguments is not None or scenario.labels):
+        # A list action is decided on the server alone: arguments or labels would be silently ignored.
+        raise ScenarioError("arguments and labels do not apply to a server alone (a list action); "
+                            "name a tool, prompt or resource")
     target = _target(scenario, cfg, key)
     if target.type not in ACTION_TYPES[action]:
         raise ScenarioError(f"{action} does not apply to a {key}; it applies to "
@@ -203,6 +211,8 @@ def _case(r: TableReader, source: str, index: int) -> Case:
     if s.transport not in ("stdio", "http"):
         raise r.fail("transport", "must be \"stdio\" or \"http\"")
     s.era = r.get("era", str, s.era)
+    if s.era not in ERAS:
+        raise r.fail("era", "must be \"modern\" or \"legacy\"")
     s.action = r.get("action", str, None)
     for key in TARGET_KEYS:
         setattr(s, key, r.get(key, str, None))
@@ -266,7 +276,16 @@ def run_case(engine: PolicyEngine, cfg: GatewayConfig, case: Case) -> Outcome:
 
 
 def decide(engine: PolicyEngine, resolved: Resolved) -> Decision:
-    return engine.decide(resolved.principal, resolved.action, resolved.target, resolved.facts)
+    """As the gateway decides: `complete` also needs the item's own action (a hidden item gives no
+    completions). The URI-through-template decision needs the server's listed templates, which a
+    scenario does not have: name the template as the resource to test it."""
+    decision = engine.decide(resolved.principal, resolved.action, resolved.target, resolved.facts)
+    item = completed_item(resolved.action, resolved.target)
+    if decision.allowed and item is not None:
+        needed = engine.decide(resolved.principal, item[0], item[1], resolved.facts)
+        if not needed.allowed:
+            return needed
+    return decision
 
 
 def with_claimed(scenario: Scenario, claimed: dict[str, Any] | None) -> Scenario:
