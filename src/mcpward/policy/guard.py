@@ -118,7 +118,8 @@ class PolicyGuard(Guard):
         message = f"{action} on {target.id}{needed} is not permitted for {principal.subject}"
         if self.mode == "dry-run":
             audit.record("policy.would-deny", rule=decision.rule, action=action, target=target.id,
-                         server=target.server, principal=principal.subject, policy_hash=self.engine.policy_hash)
+                         server=target.server, principal=principal.key, subject=principal.subject,
+                         policy_hash=self.engine.policy_hash)
             return None
         raise Refusal(decision.rule, message)
 
@@ -149,7 +150,8 @@ class PolicyGuard(Guard):
             return shown if self.engine.bundle.per_requester and self.mode == "enforce" else None
         if self.mode == "dry-run":
             audit.record("policy.would-hide", kind=kind, count=len(items) - len(shown), rules=hidden_by,
-                         principal=call.ctx.principal.subject, policy_hash=self.engine.policy_hash)
+                         principal=call.ctx.principal.key, subject=call.ctx.principal.subject,
+                         policy_hash=self.engine.policy_hash)
             return None
         return shown
 
