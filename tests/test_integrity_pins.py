@@ -106,6 +106,111 @@ def test_a_broken_lock_file_is_a_precise_error(tmp_path: Path, content: str, pro
     assert str(tmp_path / "mcpward.lock") in str(caught.value)
 
 
+PENDING = {"fingerprint": "sha256:x", "definition": {}, "identity": "i", "instructions": "t", "at": "now",
+           "reason": "changed"}
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    ({"change": {"severity": "edit", "score": 0.2, "reasons": [1, 2]}}, "change.reasons must be a list of strings"),
+    ({"change": {"severity": "edit", "score": "high", "reasons": []}}, "change.score must be a number"),
+    ({"change": {"score": 0.2, "reasons": []}}, "change.severity must be a string"),
+    ({"change": {"severity": "edit", "score": 0.2, "reasons": [], "diff": ["x"]}}, "change.diff must be a string"),
+    ({"change": "big"}, "change must be an object"),
+    ({"findings": "abc"}, "findings must be a list of objects"),
+    ({"findings": ["abc"]}, "findings must be a list of objects"),
+])
+def test_a_hand_edited_pending_entry_is_a_precise_error(tmp_path: Path, edit: dict[str, Any], problem: str) -> None:
+    path = tmp_path / "mcpward.pending.json"
+    path.write_text(json.dumps({"version": 1, "servers": {"srv": {"tools": {"t": {**PENDING, **edit}}}}}))
+    with pytest.raises(LockError, match=problem) as caught:
+        PinFile(path).load()
+    assert "servers.srv.tools.t" in str(caught.value)
+
+
+def test_tools_diff_on_a_hand_edited_pending_file_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mcpward.cli.tools import tools_app
+
+    (tmp_path / "mcpward.toml").write_text('[servers.srv]\ncommand = "srv"\n')
+    (tmp_path / "mcpward.pending.json").write_text(json.dumps({"version": 1, "servers": {"srv": {"tools": {
+        "t": {**PENDING, "findings": "abc", "change": {"reasons": [1, 2], "severity": "x"}}}}}}))
+    result = CliRunner().invoke(tools_app, ["diff", "--config", str(tmp_path / "mcpward.toml")])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "servers.srv.tools.t" in result.output and "must be" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_well_formed_pending_change_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "mcpward.pending.json"
+    change = {"severity": "edit", "score": 0.25, "reasons": ["description edited"], "diff": "~ description"}
+    path.write_text(json.dumps({"version": 1, "servers": {"srv": {"tools": {"t": {
+        **PENDING, "findings": [{"rule": "poisoning.x"}], "change": change}}}}}))
+    got = PinFile(path).load().get("srv", "tools", "t")
+    assert got is not None and got.change == change and got.findings == [{"rule": "poisoning.x"}]
+
+
+def test_the_lock_file_never_stores_a_secret_from_launch_args_or_urls(tmp_path: Path) -> None:
+    password, token, key = "Tr0ub4dor" + "&3xQ", "abcdef0123456789" + "abcdef", "zq8Xk2LmP9vR" + "4tY7wE1sA3dF"
+    query, sig, ghp = "SeCrEtKeY" + "1234567", "abcdefab" + "cdef1234", "ghp_" + "Q7sWk29LmX04vBn8TzRy61PaHdE3uJcF5oGi"
+    cfg = config_mod.parse({"servers": {
+        "srv": {"command": "node", "args": ["s.js", "--password", password, f"--api-key={key}", "--token", token,
+                                            "--region", "eu-west-1", "--token-env", "${TOKEN}"]},
+        "rem": {"url": f"https://api.example.com/mcp?key={query}&sig={sig}&region=eu"},
+        "gh": {"url": f"https://api.example.com/{ghp}/sse#access_token={token}"},
+    }}, str(tmp_path / "mcpward.toml"), tmp_path)
+    guard = IntegrityGuard(cfg, read_settings(cfg))
+    guard.bind(View())
+    for server in cfg.servers:
+        guard.on_published(server, "tools", [Listed(server, "weather", {**TOOL, "name": server + "__weather"})])
+    text = (tmp_path / "mcpward.lock").read_text()
+    for secret in (password, token, key, query, sig, ghp):
+        assert secret not in text
+    launches = {server: next(iter(body["launch"].values())) for server, body in json.loads(text)["servers"].items()}
+    assert launches["srv"]["args"] == ["s.js", "--password", "[REDACTED]", "--api-key=[REDACTED]", "--token",
+                                       "[REDACTED]", "--region", "eu-west-1", "--token-env", "${TOKEN}"]
+    assert launches["rem"]["url"] == "https://api.example.com/mcp?key=[REDACTED]&sig=[REDACTED]&region=eu"
+    assert launches["gh"]["url"] == "https://api.example.com/[REDACTED:github-token]/sse#access_token=[REDACTED]"
+    # Only what is shown is redacted: the identity (and so every fingerprint) is of the real launch.
+    assert guard.identities["srv"].launch["args"][2] == password
+
+
+def test_a_secret_an_older_version_wrote_into_the_lock_file_goes_at_the_next_write(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mcpward.cli.tools import tools_app
+
+    password = "Tr0ub4dor" + "&3xQ"
+    old = {**json.loads(json.dumps(entry().to_json())), "identity": "sha256:old"}
+    (tmp_path / "mcpward.lock").write_text(json.dumps({"version": 1, "servers": {"srv": {
+        "launch": {"sha256:old": {"command": "srv", "args": ["--password", password]}},
+        "instructions": {"sha256:t": ""}, "tools": {"forecast": old}}}}))
+    (tmp_path / "mcpward.pending.json").write_text(json.dumps({"version": 1, "servers": {"srv": {
+        "launch": {"sha256:p": {"command": "srv", "args": ["--token", password]}},
+        "instructions": {"sha256:t": ""}, "tools": {"radar": {**old, "identity": "sha256:p", "reason": "unpinned"}}}}}))
+    (tmp_path / "mcpward.toml").write_text('[servers.srv]\ncommand = "srv"\n[audit]\nenabled = false\n')
+    result = CliRunner().invoke(tools_app, ["approve", "srv/radar", "--config", str(tmp_path / "mcpward.toml")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "mcpward.lock").read_text()
+    assert password not in text and text.count("[REDACTED]") == 2
+    assert "radar" in text and "forecast" in text
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://x.example/mcp?token=abc&page=2", "https://x.example/mcp?token=[REDACTED]&page=2"),
+    ("https://x.example/mcp?api%5Fkey=Zk3J9sK2&q=1#id_token=e30.e30.sig",
+     "https://x.example/mcp?api%5Fkey=[REDACTED]&q=1#id_token=[REDACTED]"),
+    ("https://bob:hunter2hunter2@x.example/mcp", "https://bob:[REDACTED]@x.example/mcp"),
+    ("https://x.example/mcp?token=${TOKEN}", "https://x.example/mcp?token=${TOKEN}"),  # a reference, not a secret
+    ("https://[::1/mcp?token=abc", "[REDACTED:unparsable-url]"),
+])
+def test_url_secrets_are_hidden_for_display(url: str, shown: str) -> None:
+    from mcpward.integrity.launch import hide_url_secrets
+
+    assert hide_url_secrets(url) == shown
+
+
 def test_nested_transactions_on_one_directory_do_not_deadlock_and_keep_both_writes(tmp_path: Path) -> None:
     lock, pending = PinFile(tmp_path / "mcpward.lock"), PinFile(tmp_path / "mcpward.pending.json")
     with lock.transaction() as pins, pending.transaction() as waiting:
@@ -250,6 +355,43 @@ def test_a_lock_file_broken_while_running_trusts_nothing(tmp_path: Path, monkeyp
     with pytest.raises(Refusal) as refused:
         call(guard, "weather")
     assert refused.value.rule == "integrity.lock-unreadable"
+
+
+@pytest.mark.parametrize("notice", ["at the next listing", "only when writing"])
+def test_a_lock_file_broken_while_running_hides_new_definitions_by_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notice: str) -> None:
+    from mcpward.integrity import guard as guard_mod
+    from mcpward.integrity import pins as pins_mod
+
+    records: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(pins_mod.audit, "record", lambda event, **fields: records.append((event, fields)))
+    guard = make_guard(tmp_path)
+    assert publish(guard, TOOL) == ["weather"]
+    lock = tmp_path / "mcpward.lock"
+    good = lock.read_bytes()
+    lock.write_text("{broken")
+    if notice == "at the next listing":
+        monkeypatch.setattr(guard_mod, "RECHECK_SECONDS", 0.0)
+        guard._next_check = 0.0
+    # else: the guard's once-a-second look has not come yet; the tofu pin's write finds the file broken.
+    newtool = {**TOOL, "name": "newtool"}
+    # Hidden by name either way, and so is everything else this listing judged (weather is judged again: the
+    # catalog its shadowing check saw has grown).
+    assert publish(guard, TOOL, newtool) == []
+    with pytest.raises(Refusal) as refused:
+        call(guard, "newtool")
+    assert refused.value.rule == "integrity.lock-unreadable"
+    assert lock.read_text() == "{broken"  # nothing was written over the person's file
+    if notice == "only when writing":
+        problems = [fields["problem"] for event, fields in records if event == "integrity.lock-unreadable"]
+        assert len(problems) == 1 and problems[0].startswith(f"{lock}: not valid JSON")
+    assert not any(event == "integrity.pinned" for event, _ in records[1:])
+    # Fixed again: the next look re-reads it and judges everything afresh (tofu pins the new tool now).
+    lock.write_bytes(good)
+    monkeypatch.setattr(guard_mod, "RECHECK_SECONDS", 0.0)
+    guard._next_check = 0.0
+    assert publish(guard, TOOL, newtool) == ["weather", "newtool"]
+    call(guard, "newtool")
 
 
 def test_a_broken_lock_file_stops_startup_with_a_config_error(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from tests.conftest import FIXTURES, MCPWARD
 GH_TOKEN = "ghp_" + "wWPw5k4aXcaT4fNP" + "0UcnZwJUVFk6LO0pINUx"
 OPENAI_KEY = "sk-proj-" + "Zk3J9sK2mP0qL8xV" + "abcQ19"
 RANDOM_SECRET = "Zk3J9sK2" + "mP0qL8xVz"
+SLACK_TOKEN = "xoxb-" + "2849132948-3948213948213-" + "Ab3dEf6hIj9lMn2pQr5tUv8x"
 
 
 def scan_env(home: Path, **extra: str) -> dict[str, str]:
@@ -278,6 +279,8 @@ POSITIVE: list[tuple[str, dict[str, Any]]] = [
     ("scan.plaintext-secret", {"url": "https://x.example.com/mcp",
                                "headers": {"Authorization": f"Bearer {RANDOM_SECRET}"}}),
     ("scan.plaintext-secret", {"source": "extension", "settings": {"github_personal_access_token": GH_TOKEN}}),
+    ("scan.plaintext-secret", {"url": f"https://api.example.com/mcp/{GH_TOKEN}/sse"}),  # a token in the path
+    ("scan.plaintext-secret", {"url": f"https://hooks.example.com/mcp?t={SLACK_TOKEN}"}),  # under any name
     ("scan.insecure-url", {"url": "http://mcp.example.com/mcp"}),
     ("scan.insecure-url", {"command": "npx", "args": ["-y", "mcp-remote@0.1.0", "http://10.0.0.5:8080/sse"]}),
     ("scan.url-credentials", {"url": f"https://mcp.example.com/sse?api_key={RANDOM_SECRET}"}),
@@ -380,6 +383,57 @@ def test_secrets_never_printed(tmp_path: Path) -> None:
         assert proc.returncode == 1
         for secret in (RANDOM_SECRET, GH_TOKEN, OPENAI_KEY):
             assert secret not in proc.stdout + proc.stderr
+
+
+def test_a_token_in_a_url_is_reported_once_and_never_echoed(tmp_path: Path) -> None:
+    path = write(tmp_path / "project" / "mcp.json", mcp_json({
+        "gh": {"url": f"https://api.example.com/mcp/{GH_TOKEN}/sse"},
+        "slack": {"url": f"https://hooks.example.com/mcp?t={SLACK_TOKEN}"},
+        "named": {"url": f"https://api.example.com/mcp?access_token={GH_TOKEN}"}}))
+    code, report = scan_json(tmp_path, str(path))
+    assert code == 1
+    found = sorted((f["server"], f["rule"], f["path"]) for f in report["findings"])
+    assert found == [("gh", "scan.plaintext-secret", "$.mcpServers.gh.url"),
+                     ("named", "scan.url-credentials", "$.mcpServers.named.url"),  # one finding per URL
+                     ("slack", "scan.plaintext-secret", "$.mcpServers.slack.url")]
+    for args in ((str(path),), ("--json", str(path)), ("--sarif", "-", str(path))):
+        proc = run_scan(tmp_path, *args)
+        for secret in (GH_TOKEN, SLACK_TOKEN):
+            assert secret not in proc.stdout + proc.stderr
+
+
+def test_a_short_secret_is_masked_without_a_prefix() -> None:
+    from mcpward.integrity.launch import mask
+
+    assert mask("Tr0ub4dor&3x") == "… (12 chars)"
+    assert mask(GH_TOKEN) == f"ghp_… ({len(GH_TOKEN)} chars)"  # long enough that 4 characters do not help
+    messages = [f.message for f in CHECKER.check(ServerEntry("test", "cfg.json", "srv", "$.mcpServers.srv",
+                                                             normalise({"command": "node", "env": {
+                                                                 "DB_PASSWORD": "s3cret!pw"}}, "$")))]
+    assert messages and all("s3cr" not in m and "(9 chars)" in m for m in messages)
+
+
+@pytest.mark.parametrize("special", ["device", "fifo"])
+def test_a_device_or_fifo_is_refused_without_reading_it(tmp_path: Path, special: str) -> None:
+    if special == "device":
+        target = Path("/dev/zero")
+    else:
+        target = tmp_path / "project" / "pipe.json"
+        target.parent.mkdir(parents=True)
+        os.mkfifo(target)  # no writer: a blocking open or read would hang
+    with pytest.raises(ConfigFileError, match="is not a regular file"):
+        discovery.read_config(target)
+    proc = run_scan(tmp_path, "--json", str(target), timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is not a regular file" in json.loads(proc.stdout)["errors"][0]["problem"]
+
+
+def test_a_file_over_the_size_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(discovery, "MAX_FILE_BYTES", 64)
+    path = write(tmp_path / "big.json", mcp_json({"a": {"command": "node", "args": ["x" * 100]}}))
+    with pytest.raises(ConfigFileError, match="too large"):
+        discovery.read_config(path)
+    assert discovery.read_config(write(tmp_path / "small.json", '{"mcpServers": {}}')).entries == []
 
 
 def test_scan_never_runs_anything_without_connect(tmp_path: Path) -> None:

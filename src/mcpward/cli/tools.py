@@ -24,6 +24,7 @@ from mcpward.audit import events as audit
 from mcpward.gateway.config import ConfigError, GatewayConfig
 from mcpward.integrity.fingerprint import PINNED_KINDS
 from mcpward.integrity.lock import Entry, LockError, PinFile, PinSet, now
+from mcpward.integrity.pins import display_launch, redisplay
 from mcpward.integrity.settings import IntegritySettings, read_settings
 
 tools_app = typer.Typer(help="Review, approve and revoke pinned tool definitions.", no_args_is_help=True)
@@ -211,13 +212,14 @@ def approve_command(
             pinned = Entry(fingerprint=entry.fingerprint, definition=entry.definition, identity=entry.identity,
                            instructions=entry.instructions, at=now(), status="approved", by=person, risk=entry.risk)
             server_pins = waiting.server(server)
-            pins.put(server, kind, name, pinned, server_pins.launch.get(entry.identity, {}),
+            pins.put(server, kind, name, pinned, display_launch(cfg, server_pins.launch.get(entry.identity, {})),
                      server_pins.instructions.get(entry.instructions, ""))
             waiting.remove(server, kind, name)
             audit.record("integrity.approved", server=server, kind=kind, name=name, by=person,
                          fingerprint=entry.fingerprint, risk=entry.risk)
             note = f" [red](scanner risk {entry.risk})[/]" if entry.risk in ("high", "medium") else ""
             Console().print(f"approved {escape(server)}/{escape(name)} {entry.fingerprint}{note}", highlight=False)
+        redisplay(cfg, pins)  # the lock file is committed: no launch secret an older version wrote stays in it
 
 
 @tools_app.command("revoke")

@@ -17,6 +17,7 @@ import fnmatch
 import os
 import re
 import shlex
+import stat
 import sys
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
@@ -297,10 +298,7 @@ def parse(text: str, fmt: str, file: str) -> Any:
 def read_text(path: Path) -> str:
     file = str(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ConfigFileError(file, f"{size} bytes is too large for a client config (limit {MAX_FILE_BYTES})")
-        raw = path.read_bytes()
+        raw = _read_regular(path, file)
     except IsADirectoryError:
         raise ConfigFileError(file, "is a directory, not a config file") from None
     except FileNotFoundError:
@@ -311,6 +309,26 @@ def read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigFileError(file, f"not UTF-8 text (byte {exc.start})") from None
+
+
+def _read_regular(path: Path, file: str) -> bytes:
+    """At most MAX_FILE_BYTES of a regular file. A device, FIFO or socket is refused before any read (st_size
+    says nothing about /dev/zero), and it is opened non-blocking so a FIFO with no writer cannot hang us."""
+    _regular(os.stat(path).st_mode, file)  # opening some devices does something: do not, when we can tell
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as handle:
+        _regular(os.fstat(fd).st_mode, file)  # what we opened, if the path changed since
+        raw = handle.read(MAX_FILE_BYTES + 1)  # the file may have grown since any stat
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigFileError(file, f"more than {MAX_FILE_BYTES} bytes is too large for a client config")
+    return raw
+
+
+def _regular(mode: int, file: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError
+    if not stat.S_ISREG(mode):
+        raise ConfigFileError(file, "is not a regular file (a device, pipe or socket), not a config file")
 
 
 def read_config(path: Path, client: Client | None = None, clients: list[Client] | None = None) -> ConfigFile:

@@ -88,10 +88,15 @@ def worst(findings: Iterable[Finding]) -> str:
     return best
 
 
+MASK_PREFIX_FROM = 16  # shorter secrets get no prefix: 4 known characters of a 10-character password help guess it
+
+
 def mask(value: str) -> str:
     """Enough to recognise a secret, not enough to use it."""
     value = value.strip()
-    return f"{value[:4]}… ({len(value)} chars)" if len(value) > 8 else f"… ({len(value)} chars)"
+    if len(value) >= MASK_PREFIX_FROM:
+        return f"{value[:4]}… ({len(value)} chars)"
+    return f"… ({len(value)} chars)"
 
 
 # ------------------------------------------------------------------------------------------ containers
@@ -143,6 +148,49 @@ def literal_secret(name: str, value: str) -> bool:
     if _PASSWORD_NAME.search(name):
         return secrets.password_like(value)
     return secrets.secret_like(value)
+
+
+def hide_secret_args(args: list[str]) -> list[str]:
+    """The arguments with literal secrets replaced, for text that is stored or shown (the lock file): the
+    value of `--token=VALUE` and the argument after a secret-named flag (`--password VALUE`)."""
+    out: list[str] = []
+    previous = ""
+    for tok in args:
+        name, eq, value = tok.partition("=")
+        if eq and literal_secret(name.lstrip("-"), value):
+            out.append(f"{name}=[REDACTED]")
+        elif previous.startswith("-") and not tok.startswith("-") and literal_secret(previous.lstrip("-"), tok):
+            out.append("[REDACTED]")
+        else:
+            out.append(tok)
+        previous = tok
+    return out
+
+
+def hide_url_secrets(url: str) -> str:
+    """The URL with its password and the values of token-named query (or fragment) parameters replaced.
+    Stored text errs towards hiding: any literal value of such a parameter goes, whatever its length."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "[REDACTED:unparsable-url]"  # cannot tell where its secrets are: show none of it
+    netloc = parts.netloc
+    if password and not is_reference(password):
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:[REDACTED]@{hostport}"
+
+    def params(text: str) -> str:
+        kept = []
+        for piece in text.split("&"):
+            key, eq, value = piece.partition("=")
+            if eq and value and _TOKEN_PARAMS.match(urllib.parse.unquote_plus(key)) \
+                    and not is_reference(urllib.parse.unquote_plus(value)):
+                piece = f"{key}=[REDACTED]"
+            kept.append(piece)
+        return "&".join(kept)
+
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, params(parts.query), params(parts.fragment)))
 
 
 # ------------------------------------------------------------------------------------------ the checker
@@ -318,9 +366,13 @@ class LaunchChecker:
             return
 
     def _urls(self, launch: Launch, argv: Argv, add: Any) -> None:
-        urls: list[tuple[str, str]] = []
         if launch.url:
-            urls.append((launch.url, launch.where.get("url", "$")))
+            url_path = launch.where.get("url", "$")
+            if not self._url(launch.url, url_path, add):
+                # A known token anywhere else in the URL (its path, a parameter of any name). Args, env values
+                # and headers are already searched by _secrets; one finding per URL is enough.
+                self._detect(launch.url, url_path, "the URL", add)
+        urls: list[tuple[str, str]] = []
         for tok, path in argv[1:]:
             urls.extend((m.group(0), path) for m in _URL_IN_TEXT.finditer(tok))
         for key, value in launch.env.items():
@@ -328,23 +380,27 @@ class LaunchChecker:
         for url, path in urls:
             self._url(url, path, add)
 
-    def _url(self, url: str, path: str, add: Any) -> None:
+    def _url(self, url: str, path: str, add: Any) -> bool:
+        """Checks one URL; True when it reported credentials in it."""
         try:
             parts = urllib.parse.urlsplit(url.strip())
             host = (parts.hostname or "").lower()
         except ValueError:
-            return
+            return False
         if parts.scheme.lower() in ("http", "ws") and host and not is_loopback_host(host) and "$" not in host:
             add("scan.insecure-url", f"{parts.scheme}://{host} is not encrypted: anyone on the path reads and "
                 "changes the MCP traffic (and any token in it)", path)
         if parts.password and not is_reference(parts.password):
             add("scan.url-credentials", f"the URL carries a password for {parts.username!r} ({mask(parts.password)})",
                 path)
-        elif parts.username and secrets.secret_like(parts.username) and not is_reference(parts.username):
+            return True
+        if parts.username and secrets.secret_like(parts.username) and not is_reference(parts.username):
             add("scan.url-credentials", f"the URL's user part looks like a token ({mask(parts.username)})", path)
+            return True
         for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=False):
             if _TOKEN_PARAMS.match(key) and len(value) >= 6 and not is_reference(value) \
                     and not secrets.is_placeholder(value):
                 add("scan.url-credentials", f"query parameter {key!r} carries a credential ({mask(value)}); URLs "
                     "end up in logs and histories", path)
-                return
+                return True
+        return False

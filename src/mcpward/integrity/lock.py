@@ -80,8 +80,8 @@ class Entry:
                         identity=_str(raw, "identity"), instructions=_str(raw, "instructions"),
                         at=_str(raw, "at"), risk=str(raw.get("risk", "none")),
                         status=raw.get("status", "approved"), by=str(raw.get("by", "")),
-                        findings=list(raw.get("findings") or []), reason=str(raw.get("reason", "")),
-                        change=dict(raw.get("change") or {}))
+                        findings=_findings(raw.get("findings") or []), reason=str(raw.get("reason", "")),
+                        change=_change(raw.get("change") or {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise LockError(f"{where}: {exc}") from None
         if not isinstance(entry.definition, dict) or not entry.fingerprint.startswith("sha256:"):
@@ -96,6 +96,32 @@ def _str(raw: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{key} must be a string")
     return value
+
+
+# A pending file is plain JSON a person may edit: what `tools diff` and the audit read from it is checked
+# here, so a hand-edited entry is a precise LockError, never a traceback later.
+def _findings(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(f, dict) for f in value):
+        raise TypeError("findings must be a list of objects")
+    return list(value)
+
+
+def _change(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError("change must be an object")
+    if not value:
+        return {}
+    reasons = value.get("reasons", [])
+    score = value.get("score", 0)
+    if not isinstance(value.get("severity"), str):
+        raise TypeError("change.severity must be a string")
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        raise TypeError("change.score must be a number")
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        raise TypeError("change.reasons must be a list of strings")
+    if not isinstance(value.get("diff", ""), str):
+        raise TypeError("change.diff must be a string")
+    return {**value, "score": score, "reasons": reasons}
 
 
 @dataclass(slots=True)
@@ -195,6 +221,9 @@ class PinFile:
         self.path = path
         self._stamp: tuple[int, int] | None = None
         self.pins = PinSet()
+        # Why the file on disk could not be read last time we tried; None once it reads again. While it
+        # is set, `pins` is stale memory that must not be trusted (pins.Judge hides everything).
+        self.problem: str | None = None
 
     def _current_stamp(self) -> tuple[int, int] | None:
         try:
@@ -216,6 +245,15 @@ class PinFile:
         return self._current_stamp() != self._stamp
 
     def _read(self) -> PinSet:
+        try:
+            pins = self._parse()
+        except LockError as exc:
+            self.problem = str(exc)
+            raise
+        self.problem = None
+        return pins
+
+    def _parse(self) -> PinSet:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:

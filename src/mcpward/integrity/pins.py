@@ -26,7 +26,8 @@ from mcpward.audit import events as audit
 from mcpward.gateway.config import GatewayConfig
 from mcpward.integrity import changes
 from mcpward.integrity.fingerprint import ServerIdentity
-from mcpward.integrity.lock import Entry, PinFile
+from mcpward.integrity.launch import hide_secret_args, hide_url_secrets
+from mcpward.integrity.lock import Entry, LockError, PinFile, PinSet
 from mcpward.integrity.scanner import Report, Scanner
 from mcpward.integrity.settings import IntegritySettings
 
@@ -40,6 +41,12 @@ WHY = {
     "revoked": "had its approval revoked",
     "held-destructive": "is new and declares itself destructive",
 }
+UNREADABLE = "integrity.lock-unreadable"
+
+
+def unreadable() -> Verdict:
+    """Fail closed: while the lock or pending file cannot be read, nothing is trusted."""
+    return Verdict(False, "pending", UNREADABLE, "the lock file cannot be read; nothing is trusted until it is fixed")
 
 
 @dataclass(slots=True)
@@ -57,6 +64,8 @@ class Batch:
     pins: list[tuple[str, str, str, Entry, str | None]] = field(default_factory=list)
     pending: list[tuple[str, str, str, Entry, str | None]] = field(default_factory=list)
     resolved: list[tuple[str, str, str]] = field(default_factory=list)  # no longer pending
+    # Every verdict decided for this listing: hidden after the fact if the lock turns out unreadable at commit.
+    verdicts: list[Verdict] = field(default_factory=list)
 
 
 class Judge:
@@ -67,7 +76,7 @@ class Judge:
         self.scanner = scanner
         self.lock = lock
         self.pending = pending
-        self.launch = {name: _display(cfg, ident.launch) for name, ident in identities.items()}
+        self.launch = {name: display_launch(cfg, ident.launch) for name, ident in identities.items()}
         self.identity = {name: ident.digest for name, ident in identities.items()}
         self._announced: set[tuple[str, str, str, str]] = set()  # audited "off"-mode hides
 
@@ -85,6 +94,14 @@ class Judge:
                 audit.record("integrity.hidden", server=server, kind=kind, name=name, risk=entry.risk,
                              fingerprint=fingerprint, rules=[f.rule for f in report.findings][:10])
             return self._held(server, kind, name, "high-risk")
+        verdict = self._judge(batch, server, kind, name, view, fingerprint, entry, instructions_text, high)
+        batch.verdicts.append(verdict)
+        return verdict
+
+    def _judge(self, batch: Batch, server: str, kind: str, name: str, view: dict[str, Any], fingerprint: str,
+               entry: Entry, instructions_text: str | None, high: bool) -> Verdict:
+        if self.lock.problem is not None or self.pending.problem is not None:
+            return unreadable()  # what is in memory is stale: never judge from it
         pin = self.lock.pins.get(server, kind, name)
         if pin is not None and pin.status == "revoked":
             return self._hold(batch, server, kind, name, entry, instructions_text, "revoked")
@@ -137,20 +154,25 @@ class Judge:
 
     def commit(self, batch: Batch) -> None:
         """Write what one listing decided, then audit it (a record for every pin and every hold)."""
+        pinned = held = True
         if batch.pins:
-            self._write(self.lock, lambda pins: [pins.put(s, k, n, e, self.launch[s], t or "")
-                                                 for s, k, n, e, t in batch.pins])
+            def pin(pins: PinSet) -> None:
+                for s, k, n, e, t in batch.pins:
+                    pins.put(s, k, n, e, self.launch[s], t or "")
+                redisplay(self.cfg, pins)
+            pinned = self._write(self.lock, pin)
         if batch.pending or batch.resolved:
             def apply(pins: Any) -> None:
                 for s, k, n, e, t in batch.pending:
                     pins.put(s, k, n, e, self.launch[s], t or "")
                 for s, k, n in batch.resolved:
                     pins.remove(s, k, n)
-            self._write(self.pending, apply)
-        for server, kind, name, entry, _ in batch.pins:
+            held = self._write(self.pending, apply)
+        # Audit what reached the files: a pin or hold whose file broke under us was not written.
+        for server, kind, name, entry, _ in batch.pins if pinned else ():
             audit.record("integrity.pinned", server=server, kind=kind, name=name, by="tofu",
                          fingerprint=entry.fingerprint, risk=entry.risk)
-        for server, kind, name, entry, _ in batch.pending:
+        for server, kind, name, entry, _ in batch.pending if held else ():
             fields: dict[str, Any] = {"server": server, "kind": kind, "name": name, "reason": entry.reason,
                                       "fingerprint": entry.fingerprint, "risk": entry.risk,
                                       "rules": [f.get("rule") for f in entry.findings][:10]}
@@ -159,20 +181,44 @@ class Judge:
                               reasons=entry.change["reasons"][:10], diff=str(entry.change.get("diff", ""))[:4000])
             audit.record("integrity.held", **fields)
             log.warning("integrity: %s %s/%s held for approval: %s", NOUN[kind], server, name, entry.reason)
+        if not (pinned and held):
+            # The lock or pending file broke under us: nothing this listing decided is trusted until it reads
+            # again (the guard hides the rest when it next looks at the files, within a second).
+            hidden = unreadable()
+            for verdict in batch.verdicts:
+                verdict.visible, verdict.state, verdict.rule, verdict.message = \
+                    hidden.visible, hidden.state, hidden.rule, hidden.message
 
-    def _write(self, target: PinFile, change: Any) -> None:
+    def _write(self, target: PinFile, change: Any) -> bool:
+        """False when the file on disk cannot be read (LockError): the caller fails closed."""
         try:
             with target.transaction() as pins:
                 change(pins)
+        except LockError as exc:
+            log.error("integrity: %s; hiding what this listing decided until it is fixed", exc)
+            audit.record(UNREADABLE, problem=str(exc))
+            return False
         except OSError as exc:
             # Keep deciding from memory so this run stays consistent; say loudly that it will not persist.
             log.error("integrity: cannot write %s (%s); pins made now last only until restart",
                       target.path, exc.strerror)
             change(target.pins)
+        return True
 
 
-def _display(cfg: GatewayConfig, launch: dict[str, Any]) -> dict[str, Any]:
-    """The launch identity as a reviewer reads it in the lock file, with secret-looking values redacted."""
+def redisplay(cfg: GatewayConfig, pins: PinSet) -> None:
+    """Redact every launch stored in `pins` again: a lock file written before a redaction rule existed may
+    still hold a secret in plain text, and redacting redacted text changes nothing."""
+    for server in pins.servers.values():
+        server.launch = {digest: display_launch(cfg, shown) if isinstance(shown, dict) else shown
+                         for digest, shown in server.launch.items()}
+
+
+def display_launch(cfg: GatewayConfig, launch: dict[str, Any]) -> dict[str, Any]:
+    """The launch identity as a reviewer reads it in the lock file (which is committed), with secrets
+    redacted: values the redactor knows, the value of a secret-named flag (`--token VALUE` as well as
+    `--token=VALUE`), and URL passwords and token-named query parameters. Only the display changes: the
+    identity digest is computed from the launch itself."""
     from mcpward.guards.output import redactor_for
 
     redactor = redactor_for(cfg)
@@ -182,7 +228,7 @@ def _display(cfg: GatewayConfig, launch: dict[str, Any]) -> dict[str, Any]:
 
     shown = dict(launch)
     if "args" in shown:
-        shown["args"] = [clean(a) for a in shown["args"]]
+        shown["args"] = [clean(a) for a in hide_secret_args([str(a) for a in shown["args"]])]
     if isinstance(shown.get("url"), str):
-        shown["url"] = clean(shown["url"])
+        shown["url"] = clean(hide_url_secrets(shown["url"]))
     return shown
