@@ -124,10 +124,13 @@ class Gateway:
             await self.lister.refresh(system_context(principal), kind, own)
 
     def instructions(self) -> str | None:
+        # The integrity guard's test (scan and pins): a server's held instructions are left out, never shown.
+        shown: Any = next((g.instructions_shown for g in self.guards.guards if hasattr(g, "instructions_shown")),
+                          None)
         parts = []
         for name, upstream in self.upstreams.items():
             text = upstream.info.get("instructions")
-            if isinstance(text, str) and text.strip():
+            if isinstance(text, str) and text.strip() and (shown is None or shown(name, text)):
                 parts.append(f"[{name}] {text.strip()}")
         return "\n\n".join(parts) or None
 

@@ -1,13 +1,16 @@
 """What changed between a pinned definition and what a server lists now, and how much it matters.
 
 Severity, from least to most worrying:
-- cosmetic: only whitespace, case or punctuation changed;
-- edit: wording changed, nothing the scanner worries about;
+- cosmetic: only whitespace, case or punctuation changed, outside URLs, host names, paths and e-mail
+  addresses, and outside enum, const and default values;
+- edit: wording changed, nothing the scanner worries about; or a URL, host, path or e-mail address in
+  the text changed, even by one dot or case; or an enum, const or default value changed;
 - new-parameters: the tool takes arguments it did not take before;
 - widened-schema: a constraint went away (enum, pattern, maxLength, const, format, a required
   field, `additionalProperties: false`, a narrower type), or annotations now claim less safety;
 - new-instructions: the new text carries scanner findings the old one did not (hidden
-  instructions, concealment, exfiltration...), or the server's instructions changed.
+  instructions, concealment, exfiltration...), or the server's instructions changed, or the server's
+  launch (command, arguments, directory, env names, URL, header names) changed.
 
 `score` ranks changes for review (0..1+); `diff` is a field-by-field, word-level diff a person reads.
 """
@@ -53,17 +56,34 @@ CONSTRAINTS = ("enum", "const", "pattern", "maxLength", "maxItems", "maximum", "
 SAFER_WHEN_TRUE = ("readOnlyHint", "idempotentHint")
 SAFER_WHEN_FALSE = ("destructiveHint", "openWorldHint")
 _WORD = re.compile(r"\w+", re.UNICODE)
+# A URL (scheme://...), an e-mail address, a path (/a, ~/a, ./a, ../a, C:\a) or a dotted host name.
+_LOCATOR = re.compile(r"[a-z][a-z0-9+.-]*://\S+|[^\s@]+@[^\s@]+|(?:~|\.{1,2}|\b[a-z]:)?[/\\][^\s]*"
+                      r"|\b[\w-]+(?:\.[\w-]+)+", re.IGNORECASE)
+# A leaf under an enum, const or default key (the key itself, or an element of its list or object); not a
+# parameter that happens to be called "default" (a key under `properties`).
+_VALUE_PATH = re.compile(r"(?:^|(?<!properties)\.)(?:enum|const|default)(?:$|[.\[])")
+_MISSING = object()
 _FINDING_SCORE = {3: 1.0, 2: 0.7, 1: 0.5}  # Severity HIGH / MEDIUM / LOW of a new finding
 
 
 def classify(kind: str, old: Mapping[str, Any] | None, new: Mapping[str, Any], scanner: Scanner | None = None,
-             *, old_instructions: str | None = None, new_instructions: str | None = None) -> Change:
-    """Compare two pinned views (see fingerprint.pinned_view). `old=None` means a new definition."""
+             *, old_instructions: str | None = None, new_instructions: str | None = None,
+             old_launch: Mapping[str, Any] | None = None, new_launch: Mapping[str, Any] | None = None) -> Change:
+    """Compare two pinned views (see fingerprint.pinned_view). `old=None` means a new definition.
+
+    Pass `old_launch` and `new_launch` (the server's launch as the lock file shows it) when the server's
+    identity digest changed: a server launched differently is a different program, whatever it lists."""
     candidates: list[tuple[ChangeSeverity, float, str]] = []
     if old is None:
         candidates.append((ChangeSeverity.EDIT, 0.1, "new definition"))
         old = {}
+    launch_changed = old_launch is not None and new_launch is not None
+    if launch_changed:
+        # Equal as shown means a redacted value (a secret argument) or a field the old lock did not record.
+        what = "server launch changed" if old_launch != new_launch else "server identity changed (a redacted value)"
+        candidates.append((ChangeSeverity.NEW_INSTRUCTIONS, 0.8, what))
     candidates += _text_changes(old, new)
+    candidates += _value_changes(old, new)
     if kind == "tools":
         candidates += _schema_changes(old.get("inputSchema"), new.get("inputSchema"))
         candidates += _annotation_changes(old.get("annotations"), new.get("annotations"))
@@ -82,6 +102,8 @@ def classify(kind: str, old: Mapping[str, Any] | None, new: Mapping[str, Any], s
     text = render_diff(old, new)
     if (old_instructions or "") != (new_instructions or ""):
         text += render_diff({"instructions": old_instructions or ""}, {"instructions": new_instructions or ""})
+    if launch_changed:
+        text += render_diff({"launch": dict(old_launch or {})}, {"launch": dict(new_launch or {})})
     return Change(top_severity, score, reasons, text)
 
 
@@ -90,10 +112,14 @@ def _text_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[
     out: list[tuple[ChangeSeverity, float, str]] = []
     for path in sorted(set(before) | set(after)):
         a, b = before.get(path, ""), after.get(path, "")
-        if a == b:
-            continue
+        if a == b or _VALUE_PATH.search(path):
+            continue  # enum, const and default values: see _value_changes
         if _fold(a) == _fold(b):
-            out.append((ChangeSeverity.COSMETIC, 0.02, f"{path}: whitespace, case or punctuation"))
+            if _locators(a) != _locators(b):
+                # One dot or slash in a URL, host, path or address is another place.
+                out.append((ChangeSeverity.EDIT, 0.3, f"{path}: URL, host, path or e-mail address changed"))
+            else:
+                out.append((ChangeSeverity.COSMETIC, 0.02, f"{path}: whitespace, case or punctuation"))
             continue
         old_words = set(_WORD.findall(a.lower()))
         new_words = _WORD.findall(b.lower())
@@ -105,6 +131,26 @@ def _text_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[
 
 def _fold(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
+
+
+def _locators(text: str) -> list[str]:
+    """The URLs, e-mail addresses, paths and dotted host names of a text, exactly as written (case kept:
+    a path's case matters), less trailing sentence punctuation."""
+    return [token.rstrip(".,;:!?)]}'\"") for token in _LOCATOR.findall(text)]
+
+
+def _value_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[ChangeSeverity, float, str]]:
+    """enum, const and default values, of any type: a value a model passes (or is told is the choice) is never
+    a matter of wording, so "read" -> "READ" or false -> true is at least an edit."""
+    before, after = _leaves(old), _leaves(new)
+    out: list[tuple[ChangeSeverity, float, str]] = []
+    for path in sorted(set(before) | set(after)):
+        if not _VALUE_PATH.search(path):
+            continue
+        a, b = before.get(path, _MISSING), after.get(path, _MISSING)
+        if a != b or type(a) is not type(b):
+            out.append((ChangeSeverity.EDIT, 0.3, f"{path}: value changed"))
+    return out
 
 
 def _strings(value: Any, path: str = "") -> dict[str, str]:

@@ -2,9 +2,9 @@
 
 A tool's fingerprint covers its own definition (the fields below, schemas whole, so nested
 descriptions, defaults and enums count), the server's instructions (the model reads them
-next to every tool) and the server's identity (what is launched, or which URL is called,
-and which environment names it is given). Key order and JSON whitespace never change a
-fingerprint; any change to a string a model reads does.
+next to every tool) and the server's identity (what is launched, from which directory, or which
+URL is called, and which environment names it is given, secrets delivered as env vars included).
+Key order and JSON whitespace never change a fingerprint; any change to a string a model reads does.
 """
 
 from __future__ import annotations
@@ -55,10 +55,20 @@ class ServerIdentity:
     def of(cls, cfg: ServerConfig) -> ServerIdentity:
         launch: dict[str, Any]
         if cfg.command is not None:
-            launch = {"command": cfg.command, "args": list(cfg.args), "env": sorted(cfg.env)}
+            # Env names include secrets handed over as env vars ([servers.X.secrets] with as = "env"):
+            # the server reads them as it reads `env`. `cwd` is there only when set, so the identity
+            # (and every pin's fingerprint) of a server without one is what it was before cwd counted.
+            launch = {"command": cfg.command, "args": list(cfg.args), "env": sorted({*cfg.env, *_env_secrets(cfg)})}
+            if cfg.cwd is not None:
+                launch["cwd"] = cfg.cwd
         else:
             launch = {"url": cfg.url, "headers": sorted(name.lower() for name in cfg.headers)}
         return cls(launch, digest(launch))
+
+
+def _env_secrets(cfg: ServerConfig) -> list[str]:
+    """Names of the secrets a server gets as environment variables (the values never count: they rotate)."""
+    return [name for name, spec in cfg.secrets.items() if isinstance(spec, Mapping) and spec.get("as") == "env"]
 
 
 def instructions_digest(text: str | None) -> str:

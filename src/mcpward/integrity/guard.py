@@ -5,15 +5,22 @@ and judged against the lock file (see `pins.judge`). Lists then show only visibl
 call to a hidden one is refused with the reason's rule id, so a rug-pulled tool disappears on
 its own while the server's other tools keep working. Approvals made with `mcpward tools approve`
 while the gateway runs take effect within a second: the lock file is re-read when it changes.
+
+A resource template guards what it expands to: a `resources/read` (or subscribe, or a completion) of a
+URI that only a hidden template offers is refused like a call to a hidden tool. A server's
+`instructions` pass the same test before the gateway's `initialize` answer carries them
+(`instructions_shown`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 
 from mcpward.audit import events as audit
+from mcpward.gateway.catalog import template_pattern
 from mcpward.gateway.config import GatewayConfig
 from mcpward.guards.base import Call, GatewayView, Guard, Listed, Refusal, audit_refusal
 from mcpward.integrity import fingerprint as fp
@@ -28,6 +35,8 @@ from mcpward.protocol.jsonrpc import JsonObj
 
 log = logging.getLogger("mcpward.integrity")
 KIND_OF_METHOD = {"tools/call": "tools", "prompts/get": "prompts"}
+# Methods that act on a URI: a resource template offers it when no listed resource is that URI.
+URI_METHODS = frozenset({"resources/read", "resources/subscribe"})
 RECHECK_SECONDS = 1.0  # how often the hot path looks at the lock file's mtime
 
 
@@ -73,8 +82,12 @@ class IntegrityGuard(Guard):
         self.judge = pins.Judge(cfg, settings, self.scanner, self.lock, self.pending, self.identities)
         self.seen: dict[tuple[str, str, str], Seen] = {}
         self.catalogs: dict[str, CatalogIndex] = {}  # kind -> every server's names, for shadowing checks
+        self.templates: dict[str, dict[str, re.Pattern[str]]] = {}  # server -> listed URI template -> its regex
         self._gateway: GatewayView | None = None
         self._next_check = 0.0
+        self._lock_broken = False  # the lock file broke while running: nothing is trusted until it is fixed
+        self._instruction_reports: dict[tuple[str, str, tuple[int, int]], Report] = {}
+        self._instructions_held: set[tuple[str, str, str]] = set()  # audited once per (server, digest, rule)
 
     def bind(self, gateway: GatewayView) -> None:
         self._gateway = gateway
@@ -85,7 +98,14 @@ class IntegrityGuard(Guard):
             return
         self._lock_changed()
         catalog = self.catalogs.setdefault(kind, CatalogIndex())
-        catalog.update(server, frozenset(listed.name for listed in items))
+        # Merged, not replaced: a list comes one page at a time, and a server's tools on its earlier pages
+        # must still count when another server's tool mentions or imitates them.
+        catalog.merge(server, frozenset(listed.name for listed in items))
+        if kind == "resourceTemplates":
+            patterns = self.templates.setdefault(server, {})
+            for listed in items:
+                if listed.name not in patterns:
+                    patterns[listed.name] = template_pattern(listed.name)
         text = self._gateway.server_instructions(server) if self._gateway else None
         instructions = fp.instructions_digest(text)
         identity = self.identities[server].digest
@@ -121,8 +141,16 @@ class IntegrityGuard(Guard):
 
     # ------------------------------------------------------------------ calls
     async def on_request(self, call: Call) -> JsonObj | None:
+        if call.server is None or call.target is None:
+            return None
         kind = KIND_OF_METHOD.get(call.method)
-        if kind is None or call.server is None or call.target is None:
+        ref = call.params.get("ref") if call.method == "completion/complete" else None
+        if isinstance(ref, dict) and ref.get("type") == "ref/prompt":
+            kind = "prompts"  # completing a prompt's argument uses the prompt
+        elif call.method in URI_METHODS or (isinstance(ref, dict) and ref.get("type") == "ref/resource"):
+            self._check_uri(call, call.server, call.target)
+            return None
+        if kind is None:
             return None
         self._lock_changed()
         key = (kind, call.server, call.target)
@@ -139,11 +167,95 @@ class IntegrityGuard(Guard):
             noun = "tool" if kind == "tools" else "prompt"
             raise jsonrpc.ProtocolError(jsonrpc.INVALID_PARAMS, f"unknown {noun}: {call.exposed}",
                                         {"rule": "integrity.unlisted"})
+        self._admit(call, seen)
+        return None
+
+    def _admit(self, call: Call, seen: Seen) -> None:
         call.notes["pin"] = seen.verdict.state
         call.notes["risk"] = seen.risk()
         if not seen.verdict.visible:
             raise Refusal(seen.verdict.rule, seen.verdict.message)
-        return None
+
+    def _check_uri(self, call: Call, server: str, uri: str) -> None:
+        """A URI a listed resource names is that resource's (resources are not pinned); any other URI the
+        gateway routed came from resource templates, and every template that offers it must be shown."""
+        if call.method in URI_METHODS and call.definition is not None:
+            return
+        self._lock_changed()
+        exact = self.seen.get(("resourceTemplates", server, uri))  # a completion names the template itself
+        if exact is not None:
+            self._admit(call, exact)
+            return
+        patterns = self.templates.get(server, {})
+        matching = sorted(t for t, pattern in patterns.items() if pattern.fullmatch(uri))
+        found = [seen for t in matching if (seen := self.seen.get(("resourceTemplates", server, t)))]
+        if not found:
+            if call.method not in URI_METHODS:
+                return  # a completion routed by a listed resource's own URI (no template offers it)
+            # Neither a listed resource nor any listed template's: nothing was checked, so nothing is forwarded.
+            audit_refusal(call, "integrity.unlisted")
+            raise jsonrpc.ProtocolError(jsonrpc.INVALID_PARAMS, f"Resource not found: {uri}",
+                                        {"uri": uri, "rule": "integrity.unlisted"})
+        # Fail closed: when two templates offer the URI and one is hidden, the URI is the hidden one's too.
+        hidden = [seen for seen in found if not seen.verdict.visible]
+        self._admit(call, (hidden or found)[0])
+
+    # ----------------------------------------------------------- instructions
+    def instructions_shown(self, server: str, text: str) -> bool:
+        """Whether `server`'s instructions may reach the client in the gateway's `initialize` answer.
+
+        The model reads them next to every tool, so they pass the tests a tool passes: the scanner's hide
+        level, and with pinning on, the lock file (the instructions digest every pin of the server carries).
+        A held block is left out, audited once per text as `integrity.held` with `kind=instructions`."""
+        self._lock_changed()
+        digest = fp.instructions_digest(text)
+        report = self._scan_instructions(server, text, digest)
+        rule = self._instructions_rule(server, digest, report)
+        if rule is None:
+            return True
+        if (server, digest, rule) not in self._instructions_held:
+            self._instructions_held.add((server, digest, rule))
+            audit.record("integrity.held", server=server, kind="instructions", name=server,
+                         reason=rule.removeprefix("integrity."), rule=rule, fingerprint=digest,
+                         risk=report.severity.name.lower(), rules=[f.rule for f in report.findings][:10])
+            log.warning("integrity: instructions of server %s held (%s); left out of the initialize answer",
+                        server, rule)
+        return False
+
+    def _instructions_rule(self, server: str, digest: str, report: Report) -> str | None:
+        """None when the text may be shown, else the rule that holds it."""
+        # A write may be what found the file broken (the pin file then keeps the `problem`).
+        if self._lock_broken or getattr(self.lock, "problem", None) or getattr(self.pending, "problem", None):
+            return "integrity.lock-unreadable"
+        pinned = self.lock.pins.servers.get(server)
+        approved = [entry for kind in pinned.entries.values() for entry in kind.values()
+                    if entry.status == "approved"] if pinned is not None else []
+        if any(entry.instructions == digest and entry.by != "tofu" for entry in approved):
+            return None  # a person approved definitions that carry this very text
+        if int(report.severity) >= self.settings.hide_at:
+            return "integrity.high-risk"
+        if not self.settings.pinning:
+            return None
+        if not approved:
+            # First sight: trusted on first use in tofu, held for a person in strict.
+            return "integrity.unpinned" if self.settings.mode == "strict" else None
+        if all(entry.instructions == digest for entry in approved):
+            return None
+        return "integrity.changed"  # some pin was approved under other instructions
+
+    def _scan_instructions(self, server: str, text: str, digest: str) -> Report:
+        """The scan of a server's instructions against the tool catalog (for mentions of other servers' tools),
+        remembered per text and catalog: `initialize` is answered once per client session."""
+        catalog = self.catalogs.get("tools")
+        context = ScanContext(server, dict(catalog.names), catalog) if catalog is not None else None
+        key = (server, digest, catalog_key(context.others) if context is not None else (0, 0))
+        report = self._instruction_reports.get(key)
+        if report is None:
+            report = self.scanner.scan_instructions(text, context)
+            if len(self._instruction_reports) >= 256:
+                self._instruction_reports.clear()  # a bound, not an LRU: a scan is cheap to redo
+            self._instruction_reports[key] = report
+        return report
 
     # ----------------------------------------------------------------- policy
     def labels(self, server: str, kind: str, name: str) -> list[str]:
@@ -167,12 +279,14 @@ class IntegrityGuard(Guard):
             self.pending.load()
         except LockError as exc:
             # Fail closed: an unreadable lock file trusts nothing until it is fixed.
+            self._lock_broken = True
             log.error("integrity: %s; hiding every pinned definition until it is fixed", exc)
             audit.record("integrity.lock-unreadable", problem=str(exc))
             for seen in self.seen.values():
                 seen.verdict = pins.Verdict(False, "pending", "integrity.lock-unreadable",
                                             "the lock file cannot be read; nothing is trusted until it is fixed")
             return
+        self._lock_broken = False
         batch = pins.Batch()
         for (kind, server, name), seen in self.seen.items():
             seen.verdict = self.judge.decide(batch, server, kind, name, seen.view, seen.fingerprint,

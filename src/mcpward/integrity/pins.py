@@ -114,8 +114,15 @@ class Judge:
         if pin is not None:
             old_text = self.lock.pins.server(server).instructions.get(pin.instructions) \
                 if server in self.lock.pins.servers else None
+            old_launch: dict[str, Any] | None = None
+            new_launch: dict[str, Any] | None = None
+            if pin.identity != self.identity[server]:  # launched differently: show the reviewer how
+                stored = self.lock.pins.servers.get(server)
+                old_launch = stored.launch.get(pin.identity, {}) if stored is not None else {}
+                new_launch = self.launch[server]
             change = changes.classify(kind, pin.definition, view, self.scanner,
-                                      old_instructions=old_text, new_instructions=instructions_text)
+                                      old_instructions=old_text, new_instructions=instructions_text,
+                                      old_launch=old_launch, new_launch=new_launch)
             entry.change = {**change.to_json(), "diff": change.diff}
             return self._hold(batch, server, kind, name, entry, instructions_text, "changed")
         if high:

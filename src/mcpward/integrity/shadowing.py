@@ -158,6 +158,20 @@ class CatalogIndex:
         for other, known in self.names.items():
             self.index.add(other, known)
 
+    def merge(self, server: str, names: frozenset[str]) -> None:
+        """Add names to what `server` is known to offer, keeping the ones it listed before.
+
+        A server lists one page at a time and nothing says which page is the first, so one page must
+        not replace the others: its tools on page 1 would drop out of the checks when page 2 is listed.
+        A name a server stops offering stays until the gateway restarts; that only makes the checks
+        see more (never fewer) names, and an index that only grows is updated, not rebuilt."""
+        old = self.names.get(server, frozenset())
+        added = names - old
+        if not added and server in self.names:
+            return
+        self.names[server] = old | added
+        self.index.add(server, added)
+
 
 class Shadowing:
     def __init__(self) -> None:
