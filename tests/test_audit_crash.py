@@ -17,6 +17,8 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from mcpward.audit.chain import verify
 from mcpward.audit.settings import AuditSettings
 from mcpward.audit.store import AuditLog
@@ -29,7 +31,8 @@ CHILD = textwrap.dedent("""
     from mcpward.audit.store import AuditLog
 
     async def main() -> None:
-        log = AuditLog(AuditSettings(path=Path(sys.argv[1]), jsonl=Path(sys.argv[2])))
+        key = sys.argv[4].encode() or None
+        log = AuditLog(AuditSettings(path=Path(sys.argv[1]), jsonl=Path(sys.argv[2])), key)
         round_ = sys.argv[3]
         i = 0
         while True:
@@ -43,8 +46,8 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def run_and_kill(db: Path, mirror: Path, round_: int, acknowledged: int) -> list[str]:
-    proc = subprocess.Popen([PYTHON, "-c", CHILD, str(db), str(mirror), str(round_)], stdout=subprocess.PIPE,
+def run_and_kill(db: Path, mirror: Path, round_: int, acknowledged: int, key: str) -> list[str]:
+    proc = subprocess.Popen([PYTHON, "-c", CHILD, str(db), str(mirror), str(round_), key], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert proc.stdout is not None
     seen: list[str] = []
@@ -63,20 +66,24 @@ def run_and_kill(db: Path, mirror: Path, round_: int, acknowledged: int) -> list
     return seen
 
 
-def test_acknowledged_records_survive_sigkill(tmp_path: Path) -> None:
+# Keyed too: the head seal is rewritten in each commit's transaction (recovery's included), so a log
+# killed mid-stream and recovered still verifies, and so does its mirror (sealed after each batch).
+@pytest.mark.parametrize("key", ["", "crash-test-audit-key-0123456789"], ids=["unkeyed", "keyed"])
+def test_acknowledged_records_survive_sigkill(tmp_path: Path, key: str) -> None:
     db, mirror = tmp_path / "audit.sqlite", tmp_path / "audit.jsonl"
+    secret = key.encode() or None
     acknowledged: list[str] = []
     for round_, count in enumerate((150, 400, 250)):
-        acknowledged += run_and_kill(db, mirror, round_, count)
+        acknowledged += run_and_kill(db, mirror, round_, count, key)
     # The next start chains in what the last killed process left in its journal (each round's start
     # did the same for the round before) and repairs and completes the mirror.
-    AuditLog(AuditSettings(path=db, jsonl=mirror)).close()
+    AuditLog(AuditSettings(path=db, jsonl=mirror), secret).close()
     with sqlite3.connect(db) as conn:
         bodies = [json.loads(body) for (body,) in conn.execute("SELECT body FROM records")]
     stored = {f"{f['round']}:{f['i']}" for f in bodies}
     missing = [a for a in acknowledged if a not in stored]
     assert missing == [] and len(acknowledged) >= 800
-    report = verify(db)
+    report = verify(db, secret)
     assert report.ok and report.records == len(stored)
-    mirrored = verify(mirror)
+    mirrored = verify(mirror, secret)
     assert mirrored.ok and mirrored.head == report.head and mirrored.records == report.records

@@ -179,3 +179,84 @@ def test_always_mode_refuses_a_cache_lifetime(issuer: Issuer) -> None:
                                    "gw.toml"))
     assert settings is not None and settings.oauth is not None
     assert settings.oauth.introspection_cache_seconds == 0
+
+
+class FrozenClock(Clock):
+    """Time that moves only when the test says so: the per-second cap then admits an exact number."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = time.time()
+
+    def __call__(self) -> float:
+        return self.start + self.offset
+
+
+async def test_junk_tokens_cost_at_most_the_rate_cap_of_idp_calls(issuer: Issuer) -> None:
+    clock = FrozenClock()
+    auth = make(issuer, clock, introspection_rate=5)
+    try:
+        await auth.start()
+        reasons = [(await refused(auth, f"junk-{i:03d}")).reason for i in range(40)]
+        assert len(issuer.introspected) == 5  # the bucket holds one second's worth, and no time passed
+        assert reasons == ["auth.inactive"] * 5 + ["auth.introspection-busy"] * 35
+        busy = await refused(auth, "junk-100")
+        assert (busy.status, busy.error) == (401, "invalid_token") and "try again" in busy.description
+        # A junk token the IdP already called inactive is refused from memory, even with the bucket empty.
+        for _ in range(50):
+            assert (await refused(auth, "junk-000")).reason == "auth.inactive"
+        assert len(issuer.introspected) == 5
+        # One second later the bucket has refilled: new tokens are asked about again, at most 5 of them.
+        clock.advance(1)
+        good = issuer.issue_opaque(sub="bob")
+        assert (await auth.authenticate(f"Bearer {good}")).subject == "bob"
+        for i in range(10):
+            await refused(auth, f"later-{i}")
+        assert len(issuer.introspected) == 10
+        # The memory of a refusal lasts 30 s, then the IdP is asked again (the token may be active now).
+        clock.advance(31)
+        assert (await refused(auth, "junk-000")).reason == "auth.inactive"
+        assert issuer.introspected[-1] == "junk-000" and len(issuer.introspected) == 11
+    finally:
+        await auth.close()
+
+
+async def test_in_flight_cap_refuses_without_asking_the_idp(issuer: Issuer) -> None:
+    import asyncio
+
+    auth = make(issuer, introspection_rate=1000, introspection_concurrency=2)
+    try:
+        await auth.start()
+        tokens = [f"flood-{i}" for i in range(10)]
+        results = await asyncio.gather(*(auth.authenticate(f"Bearer {t}") for t in tokens), return_exceptions=True)
+        reasons = sorted(r.reason for r in results if isinstance(r, AuthFailure))
+        assert len(reasons) == 10
+        assert reasons == ["auth.inactive"] * 2 + ["auth.introspection-busy"] * 8
+        assert len(issuer.introspected) == 2  # the other eight never reached the IdP
+    finally:
+        await auth.close()
+
+
+async def test_not_yet_valid_and_outages_are_not_remembered(issuer: Issuer) -> None:
+    clock = FrozenClock()
+    auth = make(issuer, clock)
+    try:
+        early = issuer.issue_opaque(nbf=int(time.time()) + 300)
+        assert (await refused(auth, early)).reason == "auth.not_yet_valid"
+        assert (await refused(auth, early)).reason == "auth.not_yet_valid"
+        assert issuer.introspected == [early, early]  # its nbf will pass: asked again each time
+        issuer.down = True
+        assert (await refused(auth, "junk-outage")).reason == "auth.idp_unavailable"
+        issuer.down = False
+        assert (await refused(auth, "junk-outage")).reason == "auth.inactive"  # an outage proves nothing
+    finally:
+        await auth.close()
+
+
+def test_introspection_caps_are_checked_at_load(issuer: Issuer) -> None:
+    from mcpward.gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"introspection_rate: must be between 1 and 10000"):
+        make(issuer, introspection_rate=0)
+    with pytest.raises(ConfigError, match=r"introspection_concurrency: must be between 1 and 1000"):
+        make(issuer, introspection_concurrency=5000)

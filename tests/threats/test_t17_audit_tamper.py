@@ -2,7 +2,9 @@
 middle, in the SQLite log and in a JSONL export: `mcpward audit verify` names the first bad record and
 exits 1. An untouched log verifies (exit 0) and prints its head hash. With an HMAC key, an attacker who
 recomputes the hash of an edited record is caught as well; without one, only the next record's link
-catches the rewrite (and a rewrite of everything after it needs an anchored head)."""
+catches the rewrite (and a rewrite of everything after it needs an anchored head). A keyed log also
+carries a head seal, so records cut off its end (SQLite rows, or the last lines of an export) are named
+too; an unkeyed log still needs an anchored head for that."""
 
 from __future__ import annotations
 
@@ -161,8 +163,8 @@ def test_keyed_chain_resists_recomputation(tmp_path: Path) -> None:
     assert not downgraded.ok and "key mismatch" in (downgraded.reason or "")
 
 
-def test_tail_truncation_needs_an_anchor(tmp_path: Path) -> None:
-    """Cutting records off the end leaves a valid, shorter chain: only an anchored head shows it."""
+def test_unkeyed_tail_truncation_needs_an_anchor(tmp_path: Path) -> None:
+    """Without a key, cutting records off the end leaves a valid, shorter chain: only an anchored head shows it."""
     path = build(tmp_path / "audit.sqlite")
     anchor = verify(path).head
     sql(path, "DELETE FROM records WHERE seq > 25")
@@ -171,3 +173,26 @@ def test_tail_truncation_needs_an_anchor(tmp_path: Path) -> None:
     assert not report.ok and "anchored head" in (report.reason or "") and report.first_bad == 26
     code, output = cli_verify(path, "--anchor", anchor)
     assert code == 1 and "anchored head" in output
+
+
+def test_keyed_tail_truncation_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a key, the head seal (rewritten at every commit) names a cut tail, in SQLite and in an export."""
+    monkeypatch.setenv("T17_AUDIT_KEY", KEY.decode())
+    path = build(tmp_path / "audit.sqlite", KEY)
+    export = tmp_path / "audit.jsonl"
+    export_jsonl(path, export)
+    for source in (path, export):
+        code, output = cli_verify(source, "--key", "env:T17_AUDIT_KEY")
+        assert code == 0 and f"{N} records verified" in output, output
+    rewrite(export, lambda lines: lines[:-2])  # the last record and the seal after it
+    code, output = cli_verify(export, "--key", "env:T17_AUDIT_KEY")
+    assert code == 1 and f"first bad record: {N}" in output and f"no head seal after record {N - 1}" in output
+    sql(path, "DELETE FROM records WHERE seq > 25")
+    code, output = cli_verify(path, "--key", "env:T17_AUDIT_KEY")
+    assert code == 1 and "first bad record: 26" in output and f"records after 25 removed: the head seal names " \
+        f"record {N}" in output, output
+    # The gateway does not seal over the cut either: opening the log for writing is refused.
+    from mcpward.audit.events import AuditError
+
+    with pytest.raises(AuditError, match="records after 25 were removed"):
+        AuditLog(AuditSettings(path=path), KEY)

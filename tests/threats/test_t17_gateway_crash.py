@@ -4,6 +4,10 @@ Four client threads fire tool calls as fast as they can; the gateway process is 
 warning mid-burst. After a restart on the same config, `mcpward audit verify` passes (the chain
 is intact, nothing half-written), and every call a client saw answered has its `request` record:
 a reply only leaves the gateway after its record is committed.
+
+Also with a keyed log: its head seal is rewritten in every commit's transaction (and when the
+restart chains in the killed process's journal), so verify still passes; and a tail cut while the
+gateway is down is not sealed over: the next start refuses the log, naming the cut.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from tests.conftest import FIXTURES, MCPWARD, PYTHON, free_port, stop, wait_port, with_policy
 from tests.threats.identity_support import modern_call, reply_of
@@ -34,10 +39,16 @@ def start(path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def test_sigkill_mid_burst_loses_no_answered_call(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keyed", [False, True], ids=["unkeyed", "keyed"])
+def test_sigkill_mid_burst_loses_no_answered_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  keyed: bool) -> None:
     port = free_port()
     config = tmp_path / "mcpward.toml"
-    config.write_text(f"[gateway]\nport = {port}\n" + with_policy(CONFIG))
+    audit = ""
+    if keyed:
+        monkeypatch.setenv("T17_CRASH_AUDIT_KEY", "t17-crash-audit-key-0123456789")  # the gateway inherits it
+        audit = '[audit]\nkey = "env:T17_CRASH_AUDIT_KEY"\n'
+    config.write_text(f"[gateway]\nport = {port}\n" + with_policy(CONFIG + audit))
     url = f"http://127.0.0.1:{port}/mcp"
     proc = start(config, port, tmp_path / "gw.log")
     answered: list[str] = []
@@ -82,3 +93,15 @@ def test_sigkill_mid_burst_loses_no_answered_call(tmp_path: Path) -> None:
         assert not missing, f"{len(missing)} answered calls have no audit record, e.g. {missing[:3]}"
     finally:
         stop(proc)
+    if not keyed:
+        return
+    database = config.parent / "mcpward-audit.sqlite"
+    with sqlite3.connect(database) as db:
+        (last,), = db.execute("SELECT max(seq) FROM records").fetchall()
+        db.execute("DELETE FROM records WHERE seq > ?", (last - 5,))
+    verified = subprocess.run([MCPWARD, "audit", "verify", "-c", str(config)], capture_output=True, timeout=60)
+    assert verified.returncode == 1 and f"records after {last - 5} removed".encode() in verified.stdout
+    refused = subprocess.run([MCPWARD, "serve", "-c", str(config)], capture_output=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    assert refused.returncode == 2 and b"Traceback" not in refused.stdout + refused.stderr
+    assert f"records after {last - 5} were removed".encode() in refused.stdout + refused.stderr

@@ -144,3 +144,33 @@ def test_a_flood_of_bad_credentials_cannot_flood_the_audit_log(serve_gateway, tm
     assert len(one_by_one) <= 20 * (int(elapsed) + 2)
     assert len(one_by_one) + sum(s["suppressed"] for s in summaries) == sent
     assert all(s["rules"] for s in summaries)
+
+
+def test_a_flood_of_opaque_junk_tokens_cannot_flood_the_idp(serve_gateway, issuer: Issuer, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every non-JWT token is introspected, and no credentials are needed to send one: the calls to the
+    # IdP are capped (here 3 a second), the rest are refused as auth.introspection-busy and audited.
+    from tests.fixtures.issuer import CLIENT_ID, CLIENT_SECRET
+
+    monkeypatch.setenv("MCPWARD_TEST_IDP_SECRET", CLIENT_SECRET)  # the gateway process inherits it
+    extra = (f'introspection_url = "{issuer.url}/introspect"\nclient_id = "{CLIENT_ID}"\n'
+             'client_secret = "env:MCPWARD_TEST_IDP_SECRET"\nintrospection_rate = 3\n')
+    url = serve_gateway(MEMO_SERVER + oauth_config(issuer, extra))
+    issuer.default_audience = url
+    sent = 60
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        started = time.monotonic()
+        for i in range(sent):
+            assert modern_call(http, url, "tools/list", {}, f"opaque-junk-{i}").status_code == 401
+        elapsed = time.monotonic() - started
+        good = issuer.issue_opaque(sub="bob")
+        time.sleep(1.1)  # the bucket refills: a real token gets in after the flood
+        assert modern_call(http, url, "tools/list", {}, good).status_code == 200
+    assert len(issuer.introspected) <= 3 * (elapsed + 2) + 1 < sent
+    time.sleep(1.5)  # the last second's summary is written by its timer
+    rules = [json.loads(body)["rule"] for body in audit_rows(tmp_path, "auth.refused", 1)]
+    for summary in audit_rows(tmp_path, "auth.refused-summary", 0):
+        rules += [rule for rule, n in json.loads(summary)["rules"].items() for _ in range(n)]
+    assert len(rules) == sent and "auth.introspection-busy" in rules and "auth.inactive" in rules
+    stored = audit_bytes(tmp_path)
+    assert not any(f"opaque-junk-{i}".encode() in stored for i in range(sent))

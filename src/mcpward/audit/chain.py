@@ -10,8 +10,19 @@ length, so no two different records hash the same input.
 `verify` walks the records in order and stops at the first one that is wrong, naming it and why:
 edited (its hash does not match its content), deleted (a seq is missing), out of order (the
 missing seq turns up later), rewritten (its hash was recomputed, so the next record's link to it
-breaks). Removing records from the end leaves a valid, shorter chain: only a head hash anchored
-somewhere else (`anchor=`) detects that.
+breaks).
+
+Removing records from the end leaves a valid, shorter chain, so a keyed log also carries a head
+seal (issue 6):
+
+    seal = hex( HMAC(key, "head" || orjson([seq, hash])) )    of the last record (0, GENESIS if none)
+
+In SQLite it is `meta.head` = "<seq> <seal>", written in the same transaction as every commit, so
+it always names the last committed record; a JSONL export ends with a seal line, and the mirror
+gets one after each batch. `verify` of a keyed log fails unless a valid seal follows the last
+record: a cut tail is "records after N removed". Someone who kept an older seal can still put it
+back along with a cut (a rollback to an earlier state); only a head anchored elsewhere (`anchor=`)
+detects that, and it is the only tail check an unkeyed log has.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ GENESIS = "0" * 64
 FORMAT_VERSION = "1"
 MOVE_WINDOW = 64  # how far from its place verify looks for where a moved record belongs
 HEADER_KEY = "mcpward_audit"  # the first line of a JSONL export/mirror: algorithm and key fingerprint
+SEAL_KEY = "mcpward_audit_head"  # a JSONL head seal line: {"mcpward_audit_head": 1, "seq": N, "seal": hex}
+HEAD_META = "head"  # the SQLite meta key of the head seal: "<seq> <seal>"
 
 
 class VerifyError(Exception):
@@ -57,6 +70,15 @@ class Hasher:
         self.fingerprint = key_fingerprint(key)
         self._mac = hmac.new(key, digestmod=hashlib.sha256) if key is not None else None
 
+    def seal(self, seq: int, digest: str) -> str | None:
+        """The head seal of a log whose last record is `seq` with hash `digest`; None without a key
+        (anyone could recompute an unkeyed seal, so none is written or checked)."""
+        if self._mac is None:
+            return None
+        mac = self._mac.copy()
+        mac.update(b"head" + orjson.dumps([seq, digest]))  # "head" is not hex: never a record's input
+        return mac.hexdigest()
+
     def __call__(self, prev: str, seq: int, ts: float, event: str, body: bytes) -> str:
         data = prev.encode("ascii") + orjson.dumps([seq, ts, event]) + body
         if self._mac is None:
@@ -73,6 +95,24 @@ def canonical(fields: Any) -> bytes:
 
 # A record as verify sees it: (seq, ts, event, body, prev, hash), or a string saying why a line is unusable.
 Row = tuple[int, float, str, bytes, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """A head seal as read from the file: it claims record `seq` is the last one."""
+
+    seq: int
+    mac: str
+
+
+def seal_text(value: str) -> Seal | None:
+    """`meta.head` ("<seq> <seal>") parsed; None when it is not of that form."""
+    seq, _, mac = value.partition(" ")
+    return Seal(int(seq), mac) if seq.isascii() and seq.isdigit() and len(mac) == 64 else None
+
+
+def seal_line(seq: int, mac: str) -> bytes:
+    return orjson.dumps({SEAL_KEY: 1, "seq": seq, "seal": mac}) + b"\n"
 
 
 def verify(source: Path, key: bytes | None = None, anchor: str | None = None) -> VerifyReport:
@@ -105,22 +145,52 @@ def _key_problem(algorithm: str, fingerprint: str | None, hasher: Hasher) -> str
     return None
 
 
-def _walk(rows: Iterator[Row | str], hasher: Hasher, anchor: str | None, source: Path) -> VerifyReport:
+def _walk(rows: Iterator[Row | Seal | str], hasher: Hasher, anchor: str | None, source: Path) -> VerifyReport:
     prev, expected, good, anchored = GENESIS, 1, 0, anchor is None
+    sealed = False  # a valid seal came after the last record so far
     for row in rows:
+        if isinstance(row, Seal):
+            if hasher.key is None:
+                continue  # unkeyed: there is nothing to check a seal with
+            problem = _seal_problem(row, prev, expected - 1, hasher)
+            if problem is not None:
+                return VerifyReport(False, good, problem[0], problem[1], prev, hasher.algorithm)
+            sealed = True
+            continue
         bad = _check(row, prev, expected, hasher)
         if bad is not None:
             first_bad, reason = _classify(row, prev, expected, bad, source, hasher)
             return VerifyReport(False, good, first_bad, reason, prev, hasher.algorithm)
         assert not isinstance(row, str)
-        prev, expected, good = row[5], row[0] + 1, good + 1
+        prev, expected, good, sealed = row[5], row[0] + 1, good + 1, False
         if not anchored and prev == anchor:
             anchored = True
+    if hasher.key is not None and not sealed:
+        return VerifyReport(False, good, expected, f"no head seal after record {expected - 1}: records after it may "
+                            "have been removed (or the log was written by an mcpward without head seals; check it "
+                            "with --anchor)", prev, hasher.algorithm)
     if not anchored:
         return VerifyReport(False, good, expected, f"anchored head {anchor:.16}... not found: the chain ends at "
                             f"record {expected - 1}, so records after the anchor were removed (or it is "
                             "another log)", prev, hasher.algorithm)
     return VerifyReport(True, good, None, None, prev, hasher.algorithm)
+
+
+def _seal_problem(seal: Seal, prev: str, last: int, hasher: Hasher) -> tuple[int, str] | None:
+    """Why `seal`, read right after record `last` (hash `prev`), does not vouch for it: (first bad seq, reason)."""
+    if seal.seq < 0:
+        return last, f"the head seal after record {last} is unreadable"
+    if seal.seq > last:
+        return last + 1, (f"records after {last} removed: the head seal names record {seal.seq}, the log ends at "
+                          f"record {last}")
+    if seal.seq < last:
+        return seal.seq + 1, (f"records {seal.seq + 1}..{last} are not covered by the head seal (it names record "
+                              f"{seal.seq}): an older seal put back, or records added by a writer without seals")
+    expected = hasher.seal(last, prev)
+    if expected is None or not hmac.compare_digest(expected, seal.mac):
+        return last, (f"the head seal does not match record {last}: forged, copied from another log, or "
+                      "the records before it were rewritten")
+    return None
 
 
 def _check(row: Row | str, prev: str, expected: int, hasher: Hasher) -> str | None:
@@ -172,7 +242,7 @@ def _appears_later(source: Path, seq: int, prev: str) -> bool:
     if _is_sqlite(source):
         return False
     _, _, rows = _jsonl_rows(source)
-    return any(not isinstance(r, str) and r[0] == seq and r[4] == prev for r in rows)
+    return any(isinstance(r, tuple) and r[0] == seq and r[4] == prev for r in rows)
 
 
 def _is_sqlite(source: Path) -> bool:
@@ -183,35 +253,41 @@ def _is_sqlite(source: Path) -> bool:
         raise VerifyError(f"{source}: cannot read: {exc.strerror}") from None
 
 
-def _sqlite_rows(source: Path) -> tuple[str | None, str | None, Iterator[Row | str]]:
+def _sqlite_rows(source: Path) -> tuple[str | None, str | None, Iterator[Row | Seal | str]]:
     from mcpward.audit.export import connect_ro  # export imports this module
 
     try:
         db = connect_ro(source)
+        # One read transaction, from the meta (the head seal) to the last row: a consistent snapshot
+        # while the gateway keeps appending.
+        db.execute("BEGIN")
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     except sqlite3.DatabaseError as exc:
         raise VerifyError(f"{source}: not an mcpward audit log ({exc})") from None
     if meta.get("format") != FORMAT_VERSION:
         raise VerifyError(f"{source}: unknown audit log format {meta.get('format')!r:.20}")
+    head = meta.get(HEAD_META)
 
-    def rows() -> Iterator[Row | str]:
-        # One read transaction: a consistent snapshot while the gateway keeps appending.
+    def rows() -> Iterator[Row | Seal | str]:
         last = 0
         try:
-            db.execute("BEGIN")
             for seq, ts, event, body, prev, hash_ in db.execute(
                     "SELECT seq, ts, event, body, prev, hash FROM records ORDER BY seq"):
                 last = seq
                 yield (seq, float(ts), str(event), str(body).encode("utf-8"), str(prev), str(hash_))
         except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
             yield f"the database is damaged after record {last} ({exc})"
+            return
         finally:
             db.close()
+        if head is not None:
+            # An unreadable seal vouches for nothing: -1 names no record, so verify reports it.
+            yield seal_text(str(head)) or Seal(-1, "")
 
     return meta.get("algorithm"), meta.get("key_fingerprint"), rows()
 
 
-def _jsonl_rows(source: Path) -> tuple[str | None, str | None, Iterator[Row | str]]:
+def _jsonl_rows(source: Path) -> tuple[str | None, str | None, Iterator[Row | Seal | str]]:
     try:
         handle = source.open("rb")
     except OSError as exc:
@@ -230,7 +306,7 @@ def _jsonl_rows(source: Path) -> tuple[str | None, str | None, Iterator[Row | st
         handle.close()
         raise VerifyError(f"{source}: neither an SQLite audit log nor a JSONL export")
 
-    def rows() -> Iterator[Row | str]:
+    def rows() -> Iterator[Row | Seal | str]:
         with handle:
             if first.strip():
                 yield _parse_line(first, 1)
@@ -241,9 +317,14 @@ def _jsonl_rows(source: Path) -> tuple[str | None, str | None, Iterator[Row | st
     return algorithm, fingerprint, rows()
 
 
-def _parse_line(line: bytes, lineno: int) -> Row | str:
+def _parse_line(line: bytes, lineno: int) -> Row | Seal | str:
     try:
         obj = orjson.loads(line)
+        if isinstance(obj, dict) and SEAL_KEY in obj:
+            seq, mac = obj["seq"], obj["seal"]
+            if type(seq) is not int or not isinstance(mac, str):
+                return f"line {lineno} is not a valid head seal"
+            return Seal(seq, mac)
         seq, ts, event, fields = obj["seq"], obj["ts"], obj["event"], obj["fields"]
         prev, hash_ = obj["prev"], obj["hash"]
     except (orjson.JSONDecodeError, KeyError, TypeError):

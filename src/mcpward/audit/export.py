@@ -4,6 +4,10 @@ gateway appends each committed record to when `[audit] jsonl` is set (for log sh
 Line 1 is a header, `{"mcpward_audit": 1, "algorithm": ..., "key_fingerprint": ...}`; every other
 line is one record: `{"seq", "ts", "event", "fields", "prev", "hash"}`. `fields` is the stored body
 as it is (canonical JSON), so `mcpward audit verify` recomputes the same hashes from the file alone.
+A keyed log's export ends with its head seal, `{"mcpward_audit_head": 1, "seq": N, "seal": ...}`
+(copied from the database, read in the same transaction as the records), and the mirror gets one
+after every batch it appends: verify fails a keyed file whose records do not end with a valid seal,
+so a cut export is caught (see chain.py).
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
 import orjson
 
-from mcpward.audit.chain import FORMAT_VERSION, HEADER_KEY
+from mcpward.audit.chain import FORMAT_VERSION, HEAD_META, HEADER_KEY, seal_line, seal_text
 
 StoredRow = tuple[int, float, str, str, str, str]  # seq, ts, event, body, prev, hash
 SELECT_ALL = "SELECT seq, ts, event, body, prev, hash FROM records"
@@ -48,8 +52,8 @@ def export_jsonl(db: Path, out: Path | IO[bytes]) -> int:
     Read in one transaction, so the export is a consistent prefix of a log that is still growing."""
     conn = connect_ro(db)
     try:
+        conn.execute("BEGIN")  # the meta's head seal and the rows from one snapshot
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        conn.execute("BEGIN")
         rows = conn.execute(SELECT_ALL + " ORDER BY seq")
         if isinstance(out, Path):
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -66,6 +70,9 @@ def _write_all(handle: IO[bytes], meta: dict[str, str], rows: Iterable[StoredRow
     for row in rows:
         handle.write(line(row))
         count += 1
+    seal = seal_text(meta.get(HEAD_META, ""))
+    if seal is not None:
+        handle.write(seal_line(seal.seq, seal.mac))
     handle.flush()
     return count
 
@@ -76,8 +83,11 @@ class Mirror:
     a crash, or when another process appended to the same log, whatever is missing, read from the
     database. So the mirror is always the log's records in seq order, and a verifiable chain."""
 
-    def __init__(self, path: Path, algorithm: str, fingerprint: str, fsync: bool) -> None:
+    def __init__(self, path: Path, algorithm: str, fingerprint: str, fsync: bool,
+                 seal: Callable[[int, str], str | None] = lambda seq, digest: None) -> None:
+        """`seal(seq, hash)`: the head seal for a batch ending there (None for an unkeyed log)."""
         self.path = path
+        self._seal = seal
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self._header = header(algorithm, fingerprint)
@@ -93,13 +103,19 @@ class Mirror:
             last = self._last if size == self._size else self._read_last(size)
             size = os.fstat(fd).st_size
             parts: list[bytes] = [self._header] if size == 0 else []
+            end: StoredRow | None = None  # the last record appended now
             if rows and rows[0][0] == last + 1:
                 parts += [line(r) for r in rows]
-                last = rows[-1][0]
+                end = rows[-1]
             elif not rows or rows[-1][0] > last:
                 for r in db.execute(SELECT_ALL + " WHERE seq > ? ORDER BY seq", (last,)):
                     parts.append(line(r))
-                    last = r[0]
+                    end = r
+            if end is not None:
+                last = end[0]
+                mac = self._seal(int(end[0]), str(end[5]))
+                if mac is not None:  # in the same write() as the records, so the file always ends sealed
+                    parts.append(seal_line(last, mac))
             if parts:
                 _write(fd, b"".join(parts))
                 if self._fsync:

@@ -19,6 +19,13 @@ Without a running event loop (a CLI command) every append is committed at once.
 Two processes may append to the same file (the gateway and `mcpward tools approve`): each
 transaction is `BEGIN IMMEDIATE` (the write lock) and reads the head inside it, so the chain stays
 one chain.
+
+A keyed log's head seal (`meta.head`, see chain.py) is rewritten in the transaction of every commit,
+journal recovery included, so it always names the last committed record, whatever crashes. Opening
+a keyed log checks the seal before anything is added: records cut off the end (while no gateway
+ran) would otherwise be sealed over by the next commit, so a seal naming records that are gone, or
+one that does not match, stops the open with AuditError. A missing seal (a log from before seals)
+is written then, and the fact is recorded in the log (`audit.head-sealed`).
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from mcpward.audit.chain import FORMAT_VERSION, GENESIS, Hasher
+from mcpward.audit.chain import FORMAT_VERSION, GENESIS, HEAD_META, Hasher
 from mcpward.audit.events import AuditError, AuditUnavailable, Digest
 from mcpward.audit.export import Mirror
+from mcpward.audit.head import check_head
 from mcpward.audit.journal import META_PREFIX, Journal, journal_glob, orphans, read_entries, remove_unborn, token_of
 from mcpward.audit.settings import AuditSettings
 from mcpward.guards.log_redaction import escape
@@ -151,6 +159,14 @@ class AuditLog:
         self._head_version = -1
         self._db = self._open()
         try:
+            sealed_note = check_head(self._db, self._hasher, self.path)
+        except AuditError:
+            self._db.close()
+            raise
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise AuditError(f"{self.path}: cannot check the head seal: {_reason(exc)}") from None
+        try:
             self._recover()
         except (sqlite3.Error, OSError, ValueError) as exc:
             self._db.close()
@@ -159,11 +175,14 @@ class AuditLog:
         if settings.jsonl is not None:
             try:
                 self._mirror = Mirror(settings.jsonl, self._hasher.algorithm, self._hasher.fingerprint,
-                                      settings.fsync == "always")
+                                      settings.fsync == "always", self._hasher.seal)
                 self._mirror.sync(self._db, [])  # catch up on records committed while it was not written
             except OSError as exc:
                 self._db.close()
                 raise AuditError(f"{settings.jsonl}: cannot write the JSONL mirror: {exc.strerror}") from None
+        if sealed_note is not None:
+            log.warning("audit log %s: %s", self.path, sealed_note)
+            self.append("audit.head-sealed", {"reason": sealed_note})
 
     # -------------------------------------------------------------------------------------------- opening
 
@@ -197,9 +216,12 @@ class AuditLog:
         try:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             if not meta:
-                db.executemany("INSERT INTO meta VALUES (?, ?)", [
-                    ("format", FORMAT_VERSION), ("algorithm", self._hasher.algorithm),
-                    ("key_fingerprint", self._hasher.fingerprint), ("created", repr(time.time()))])
+                created = [("format", FORMAT_VERSION), ("algorithm", self._hasher.algorithm),
+                           ("key_fingerprint", self._hasher.fingerprint), ("created", repr(time.time()))]
+                seal = self._hasher.seal(0, GENESIS)
+                if seal is not None:  # sealed from the start: a keyed log never lacks a seal
+                    created.append((HEAD_META, f"0 {seal}"))
+                db.executemany("INSERT INTO meta VALUES (?, ?)", created)
                 meta = {"format": FORMAT_VERSION, "algorithm": self._hasher.algorithm,
                         "key_fingerprint": self._hasher.fingerprint}
             db.execute("COMMIT")
@@ -452,8 +474,14 @@ class AuditLog:
                 rows.append((seq, ts, event, body.decode("utf-8"), prev, digest))
                 prev = digest
             db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
-            if marker is not None:
-                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (marker, str(batch[-1][0])))
+            # In the same transaction: the journal marker, and a keyed log's head seal for the new last
+            # record (so the seal always matches what is committed, whatever crashes when).
+            meta = [] if marker is None else [(marker, str(batch[-1][0]))]
+            seal = hasher.seal(seq, prev)
+            if seal is not None:
+                meta.append((HEAD_META, f"{seq} {seal}"))
+            if meta:
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             db.execute("COMMIT")
         except BaseException:
             self._head = None

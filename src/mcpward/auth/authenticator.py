@@ -2,9 +2,12 @@
 
 A token that validated once is kept (by its sha256, in a bounded LRU) until its `exp` or for at
 most 60 s, so a client's repeated calls cost a hash and a dict lookup; scopes are still checked
-on every call because they depend on the method. Every refusal carries a rule id (`reason`) and
-a description safe to show; the token never appears in either, nor in the audit record (which
-holds only a short hash prefix, enough to correlate a replay).
+on every call because they depend on the method. Refused tokens are not cached here; the
+introspector remembers the IdP's refusals and caps its calls (introspection.py), since an opaque
+token is the one thing an unauthenticated client can make the gateway ask the IdP about.
+Every refusal carries a rule id (`reason`) and a description safe to show; the token never
+appears in either, nor in the audit record (which holds only a short hash prefix, enough to
+correlate a replay).
 """
 
 from __future__ import annotations

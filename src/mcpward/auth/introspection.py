@@ -7,19 +7,34 @@ The IdP is asked with client authentication (HTTP Basic, RFC 6749 s2.3.1). An an
 if it says `"active": true`, names our issuer (when it names one), lists one of our audiences
 in `aud` (required: without it, a token for another resource would pass, the RFC 8707 hole) and
 is not past its `exp`/before its `nbf`.
+
+Introspection is the one thing an unauthenticated client can make the gateway ask the IdP for, so it
+is bounded (issue 6): a token refused on the IdP's answer is remembered by its sha256 for
+REFUSED_CACHE_SECONDS (bounded LRU), so repeating a junk token costs nothing; and calls to the IdP
+are capped per second (`introspection_rate`, a token bucket) and in flight
+(`introspection_concurrency`). Over a cap the token is refused with `introspection-busy` without
+asking the IdP, so a flood of junk tokens cannot burn the gateway's IdP quota (after which the IdP's
+429s would lock everyone out). A cached token skips all of this.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from mcpward.auth.errors import Rejected, Unavailable
+from mcpward.auth.errors import ErrorCode, Rejected, Unavailable
 from mcpward.auth.fetch import Fetcher
 from mcpward.auth.jwt_bearer import Verified, principal_from, token_scopes
 from mcpward.auth.settings import OAuthSettings
+
+REFUSED_CACHE_SECONDS = 30.0
+REFUSED_CACHE_ENTRIES = 10_000
+# Refusals that can turn into acceptance soon are not remembered: `nbf` passes by itself.
+_NOT_REMEMBERED = frozenset({"not_yet_valid"})
 
 
 class Introspector:
@@ -32,17 +47,58 @@ class Introspector:
         self._auth = (urllib.parse.quote(settings.client_id, safe=""), urllib.parse.quote(client_secret, safe=""))
         self._audience = frozenset(settings.audience)
         self.calls = 0
+        # sha256(token) -> (until, reason, description, error) of a refusal the IdP's answer caused.
+        self._refused: OrderedDict[bytes, tuple[float, str, str, ErrorCode]] = OrderedDict()
+        self._rate = float(settings.introspection_rate)
+        self._allowance = self._rate  # the token bucket: calls allowed now (at most one second's worth)
+        self._refilled = clock()
+        self._in_flight = 0
 
     async def verify(self, token: str) -> Verified:
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
+        now = self.clock()
+        remembered = self._refused.get(digest)
+        if remembered is not None:
+            until, reason, description, error = remembered
+            # Also dropped when the clock stepped back (until - now > the lifetime): never kept longer.
+            if 0 < until - now <= REFUSED_CACHE_SECONDS:
+                raise Rejected(reason, description, error)
+            del self._refused[digest]
+        self._admit(now)
         self.calls += 1
+        self._in_flight += 1
         try:
             answer = await self.fetcher.post_form(self.url, {"token": token, "token_type_hint": "access_token"},
                                                   self._auth)
         except Unavailable as exc:
             raise Unavailable(f"token introspection failed ({exc.description})") from None
+        finally:
+            self._in_flight -= 1
         if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
             raise Unavailable("token introspection answered without an \"active\" boolean")
-        return self.check(answer)
+        try:
+            return self.check(answer)
+        except Unavailable:
+            raise  # a malformed answer says nothing about the token: not remembered
+        except Rejected as exc:
+            if exc.reason not in _NOT_REMEMBERED:
+                self._remember(digest, exc, self.clock())
+            raise
+
+    def _admit(self, now: float) -> None:
+        """Take one call from the per-second bucket and check the in-flight cap; Rejected if over either."""
+        # A clock that stepped back refills nothing (max 0); the bucket holds at most one second's worth.
+        self._allowance = min(self._rate, self._allowance + max(0.0, now - self._refilled) * self._rate)
+        self._refilled = now
+        if self._in_flight >= self.settings.introspection_concurrency or self._allowance < 1.0:
+            raise Rejected("introspection-busy", "too many tokens to introspect right now; try again shortly")
+        self._allowance -= 1.0
+
+    def _remember(self, digest: bytes, exc: Rejected, now: float) -> None:
+        self._refused[digest] = (now + REFUSED_CACHE_SECONDS, exc.reason, exc.description, exc.error)
+        self._refused.move_to_end(digest)
+        if len(self._refused) > REFUSED_CACHE_ENTRIES:
+            self._refused.popitem(last=False)
 
     def check(self, answer: dict[str, Any]) -> Verified:
         if answer["active"] is not True:

@@ -55,6 +55,8 @@ class OAuthSettings:
     client_id: str | None = None
     client_secret: str | None = None  # a secret reference (secret:NAME, env:NAME, ...), never a value
     introspection_cache_seconds: int = 30
+    introspection_rate: int = 50  # calls to the IdP per second, at most (a flood of junk tokens stops here)
+    introspection_concurrency: int = 16  # calls to the IdP in flight, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +226,8 @@ def _oauth(r: TableReader, resource: str) -> OAuthSettings:
         jwks_cache_seconds=r.integer("jwks_cache_seconds", 600, 1, 86400), allow_private=allow_private,
         introspection_url=introspection_url, introspect=introspect, client_id=client_id, client_secret=client_secret,
         introspection_cache_seconds=cache_seconds,
+        introspection_rate=r.integer("introspection_rate", 50, 1, 10_000),
+        introspection_concurrency=r.integer("introspection_concurrency", 16, 1, 1_000),
     )
     r.reject_unknown()
     return settings

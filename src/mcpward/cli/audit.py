@@ -119,7 +119,7 @@ def verify_command(
                                                                 "record up to it was cut off the end.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Check the hash chain; name the first edited, deleted or reordered record."""
+    """Check the hash chain; name the first edited, deleted or reordered record (and, for a keyed log, a cut tail)."""
     path = _source(config, file)
     secret = _key(config, file, key)
     if anchor is not None and not re.fullmatch(r"[0-9a-f]{64}", anchor):

@@ -96,6 +96,7 @@ def _chain(cfg: GatewayConfig) -> tuple[GuardChain, Launcher]:
 
 def _assemble(cfg: GatewayConfig, front: str) -> Assembly:
     """Everything the config asks for (guards, launcher, audit, limits, telemetry, authentication)."""
+    from mcpward.audit.events import AuditError
     from mcpward.gateway.assembly import assemble
     from mcpward.guards.setup import install_log_redaction
 
@@ -103,6 +104,9 @@ def _assemble(cfg: GatewayConfig, front: str) -> Assembly:
         parts = assemble(cfg, front=front)
     except ConfigError as exc:
         err.print(f"[bold red]config error[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except AuditError as exc:  # e.g. a keyed log whose tail was cut, or a key that does not match
+        err.print(f"[bold red]audit log error[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     install_log_redaction(cfg)
     return parts
