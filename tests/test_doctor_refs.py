@@ -120,3 +120,59 @@ def test_run_and_check_stop_on_a_bad_reference_with_a_config_error(tmp_path: Pat
     assert done.returncode == 2, done.stderr
     assert "servers.remote.headers.Authorization" in done.stderr and "not a secret reference" in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+NONE_AND_BOX = f"""
+[servers.open]
+command = "{sys.executable}"
+args = ["{FIXTURES / 'escape_server.py'}"]
+[servers.open.sandbox]
+backend = "none"
+acknowledge_unsandboxed = true
+[servers.open.sandbox.limits]
+memory = "256M"
+[servers.box]
+command = "{sys.executable}"
+args = ["{FIXTURES / 'escape_server.py'}"]
+"""
+
+
+def test_an_unsandboxed_server_is_not_described_as_sandboxed(tmp_path: Path) -> None:
+    code, report, text = doctor(tmp_path, NONE_AND_BOX)
+    assert code == 0, text
+    open_ = server(report, "open")
+    assert open_["backend"] == "none" and any("UNSANDBOXED" in w for w in open_["warnings"])
+    # what the unsandboxed spawn really gives: host network and filesystem, nothing enforcing limits
+    assert open_["network"] == "host (unrestricted)" and open_["filesystem"] == "host (unrestricted)"
+    assert open_["limits_enforced_by"] == "none"
+    assert not {"limits", "package_cache", "read_only", "read_write"} & set(open_)
+    # the human output says the same and shows no limits for it
+    done = subprocess.run([MCPWARD, "doctor", "-c", str(tmp_path / "mcpward.toml")], capture_output=True, text=True,
+                          timeout=120)
+    section = done.stdout.split("open: backend none", 1)[1]
+    assert "network: host (unrestricted)" in section and "limits_enforced_by: none" in section
+    assert "limits: {" not in section and "package_cache" not in section
+
+
+# Run doctor with pyseccomp hidden, as on a host without pyseccomp or libseccomp.
+NO_SECCOMP = ("import sys; sys.modules['pyseccomp'] = None\n"
+              "from mcpward.cli.main import app\n"
+              "sys.argv = ['mcpward', 'doctor', '-c', sys.argv[1], '--json']\n"
+              "app()\n")
+
+
+def test_a_bwrap_server_without_seccomp_is_a_problem(tmp_path: Path) -> None:
+    from mcpward.sandbox import probe
+
+    if not probe.probe().bwrap_works:
+        pytest.skip("bubblewrap does not work here")
+    path = tmp_path / "mcpward.toml"
+    path.write_text(NONE_AND_BOX + f'\n[sandbox]\nstate_dir = "{tmp_path / "state"}"\n')
+    done = subprocess.run([sys.executable, "-c", NO_SECCOMP, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert next(r for r in report["host"] if r["item"] == "seccomp filter")["value"] == "no"
+    box = server(report, "box")
+    assert box["backend"] == "bwrap"
+    assert any("rule sandbox.seccomp-unavailable" in p and "pyseccomp" in p for p in box["problems"])
+    assert not server(report, "open")["problems"]  # an unsandboxed server needs no seccomp

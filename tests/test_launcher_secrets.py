@@ -191,3 +191,33 @@ env = {{ AUTH = "Bearer ${{file:{keys / 'gh'}}}" }}
     launcher.settings.profiles["box"] = dataclasses.replace(launcher.settings.profile("box"),
                                                             rw=(tmp_path / "data",), ro=())
     assert any(b.path == (tmp_path / "data").resolve() for b in launcher.plan(server).binds)
+
+
+# ---------------------------------------------------------------- every resolved value reaches the redactor
+
+async def test_the_vault_token_and_a_bare_credential_reach_the_redactor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcpward.guards import output
+    from mcpward.sandbox.launcher import make_launcher
+    from tests.test_secrets_refs import VaultFixture
+
+    token, bearer = "hvs.VaultTok3n-Zq8vN3kLpW7xR2", "Zq8vBearerCred-" + "K4m" * 5
+    monkeypatch.setenv("VT_SRC", token)
+    monkeypatch.setenv("TOK_SRC", f"Bearer {bearer}")
+    vault = VaultFixture(token=token)
+    try:
+        cfg = parse({"servers": {"box": {"command": sys.executable, "args": [str(FIXTURE)],
+                                         "env": {"AUTH": "${env:TOK_SRC}"},
+                                         "secrets": {"DBPW": "vault:app/db#password"}}},
+                     "secrets": {"vault": {"address": vault.address, "allow_http": True, "token": "env:VT_SRC"}},
+                     "sandbox": {"state_dir": str(tmp_path / "state")}}, str(tmp_path / "t.toml"), tmp_path)
+        server = cfg.servers["box"]
+        texts, declared = await make_launcher(cfg)._resolve(server, dict(server.env), {"DBPW": "vault:app/db#password"})
+    finally:
+        vault.close()
+    assert declared == {"DBPW": "pw-from-vault"} and texts["AUTH"] == f"Bearer {bearer}"
+    assert vault.requests and vault.requests[0]["token"] == token  # the token really was used
+    redactor = output.redactor_for(cfg)  # the one the output guard, error guard and log filter share
+    for leaked in (token, bearer, f"Bearer {bearer}", "pw-from-vault"):
+        shown = redactor.redact(f"upstream said {leaked} here")
+        assert leaked not in shown and "[REDACTED:configured-secret]" in shown, (leaked, shown)

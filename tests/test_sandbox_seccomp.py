@@ -69,12 +69,19 @@ report("keyctl", libc.syscall(250, 0, 0, 0, 0, 0))
 report("tiocsti", libc.ioctl(0, 0x5412, b"x"))
 # The kernel reads the ioctl request as 32 bits: a request with high bits set must not slip past the rule.
 report("tiocsti_high_bits", libc.syscall(16, 0, 0x1_0000_5412, b"x"))
-for name, family in (("netlink", socket.AF_NETLINK), ("packet", socket.AF_PACKET)):
-    try:
-        socket.socket(family, socket.SOCK_RAW, 0).close()
-        print(name, "OK", flush=True)
-    except OSError as exc:
-        print(name, errno.errorcode[exc.errno], flush=True)
+# Socket families other than unix/inet/inet6. Creation only: nothing here ever connects (a vsock connect would
+# reach the hypervisor). Raw socket(2) so the family number reaches the kernel as written.
+for name, family, kind in (("netlink", 16, 3), ("packet", 17, 3), ("vsock", 40, 1), ("alg", 38, 5),
+                           ("bluetooth", 31, 3), ("can", 29, 3), ("tipc", 30, 5), ("rds", 21, 5),
+                           ("family_zero", 0, 1), ("family_huge", 0x7FFF_FFFF, 1),
+                           ("vsock_high_bits", 0x1_0000_0028, 1), ("inet_high_bits", 0x1_0000_0002, 1)):
+    fd = libc.syscall(41, ctypes.c_long(family), kind, 0)
+    report(name, fd)
+    if fd >= 0:
+        os.close(fd)
+pair = (ctypes.c_int * 2)()
+report("socketpair_vsock", libc.syscall(53, 40, 1, 0, pair))
+report("socketpair_unix", libc.syscall(53, 1, 1, 0, pair))
 # raw clone(2) with a namespace flag; if it ever succeeded, the child leaves at once
 r = libc.syscall(56, 0x10000000 | 17, None, None, None, None)
 if r == 0:
@@ -87,7 +94,10 @@ if r > 0:
     os.waitpid(r, 0)
 report("clone_plain", r)
 socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
 socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()
+for end in socket.socketpair():
+    end.close()
 print("inet_unix OK", flush=True)
 """
 
@@ -137,7 +147,11 @@ def test_unshare_command_fails() -> None:
     ("ptrace_traceme", "EPERM"), ("ptrace_attach", "EPERM"), ("mount", "EPERM"), ("umount2", "EPERM"),
     ("unshare_user", "EPERM"), ("io_uring_setup", "EPERM"), ("bpf", "EPERM"), ("keyctl", "EPERM"),
     ("clone3", "ENOSYS"), ("tiocsti", "EPERM"), ("tiocsti_high_bits", "EPERM"),
-    ("netlink", "EAFNOSUPPORT"), ("packet", "EAFNOSUPPORT"), ("clone_newuser", "EPERM"),
+    ("netlink", "EAFNOSUPPORT"), ("packet", "EAFNOSUPPORT"), ("vsock", "EAFNOSUPPORT"), ("alg", "EAFNOSUPPORT"),
+    ("bluetooth", "EAFNOSUPPORT"), ("can", "EAFNOSUPPORT"), ("tipc", "EAFNOSUPPORT"), ("rds", "EAFNOSUPPORT"),
+    ("family_zero", "EAFNOSUPPORT"), ("family_huge", "EAFNOSUPPORT"), ("vsock_high_bits", "EAFNOSUPPORT"),
+    ("inet_high_bits", "EAFNOSUPPORT"), ("socketpair_vsock", "EAFNOSUPPORT"), ("socketpair_unix", "OK"),
+    ("clone_newuser", "EPERM"),
     ("clone_plain", "OK"), ("inet_unix", "OK"),
 ])
 def test_probe_inside_sandbox(probe_results: dict[str, str], name: str, expected: str) -> None:
@@ -154,6 +168,8 @@ report("clone3", libc.syscall(435, None, 0))
 report("tiocsti", libc.ioctl(0, 0x5412, b"x"))
 socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()
 print("netlink OK", flush=True)
+socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()  # created and closed, never connected
+print("vsock OK", flush=True)
 """
 
 
@@ -163,7 +179,8 @@ def test_without_filter_the_answers_differ() -> None:
     done = sandboxed(["/usr/bin/python3", "-c", CONTROL], with_filter=False)
     assert done.returncode == 0, done.stderr
     results = dict(line.split(" ", 1) for line in done.stdout.splitlines())
-    assert results == {"unshare_user": "ENOSPC", "clone3": "EINVAL", "tiocsti": "ENOTTY", "netlink": "OK"}
+    assert results == {"unshare_user": "ENOSPC", "clone3": "EINVAL", "tiocsti": "ENOTTY", "netlink": "OK",
+                       "vsock": "OK"}
 
 
 def test_foreign_abi_is_killed() -> None:
@@ -171,6 +188,34 @@ def test_foreign_abi_is_killed() -> None:
     done = sandboxed(["/usr/bin/python3", "-c",
                       "import ctypes; ctypes.CDLL(None).syscall(0x40000000 | 39); print('survived')"])
     assert "survived" not in done.stdout
+    assert done.returncode in (128 + SIGSYS, -SIGSYS)
+
+
+# getpid through the i386 ABI from 64-bit code: `mov eax, 20; int 0x80; ret` (20 is i386 getpid), run from an
+# executable anonymous mapping. Prints the result, which is the pid when the kernel emulates i386 (IA32_EMULATION).
+INT80_GETPID = r"""
+import ctypes, mmap, os
+code = bytes([0xB8, 20, 0, 0, 0, 0xCD, 0x80, 0xC3])
+page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(code)
+address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+result = ctypes.CFUNCTYPE(ctypes.c_int)(address)()
+print("int80", result, os.getpid(), flush=True)
+"""
+
+
+def test_i386_int80_is_killed() -> None:
+    if os.uname().machine != "x86_64":
+        pytest.skip("the i386 ABI check is x86_64-only")
+    # Control, without the filter: the same code really makes the i386 call (else the kernel lacks IA32 emulation
+    # and there is nothing to test).
+    control = sandboxed(["/usr/bin/python3", "-c", INT80_GETPID], with_filter=False)
+    assert control.returncode == 0, control.stderr
+    _word, result, pid = control.stdout.split()
+    if result != pid:
+        pytest.skip(f"this kernel does not run i386 system calls (int 0x80 gave {result})")
+    done = sandboxed(["/usr/bin/python3", "-c", INT80_GETPID])
+    assert "int80" not in done.stdout
     assert done.returncode in (128 + SIGSYS, -SIGSYS)
 
 

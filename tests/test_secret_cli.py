@@ -101,7 +101,7 @@ def test_bad_values_are_refused(config: Path, env: dict[str, str], stdin: str, p
 def test_wrong_passphrase(config: Path, env: dict[str, str]) -> None:
     _run(["set", "x", "-c", str(config)], env, VALUE)
     code, out, err = _run(["get", "x", "--reveal", "-c", str(config)], {"MCPWARD_SECRETS_PASSPHRASE": "wrong one!"})
-    assert code == 1 and "the passphrase is wrong for this file" in err
+    assert code == 1 and "the passphrase is wrong for this file, or its header (kdf, salt or check) was modified" in err
     assert VALUE not in out + err
 
 
@@ -114,7 +114,14 @@ def test_config_errors(tmp_path: Path, env: dict[str, str]) -> None:
     code, _, err = _run(["list", "-c", str(bad)], env)
     assert code == 2 and "invalid TOML" in err
     code, _, err = _run(["list", "-c", str(tmp_path / "absent.toml")], env)
-    assert code == 2 and "cannot read the file" in err
+    assert code == 2 and "the file given with -c/--config does not exist" in err
+
+
+def test_a_value_run_together_with_c_is_not_echoed(config: Path, env: dict[str, str]) -> None:
+    # click reads "-cS3cret..." as "-c S3cret...": the value becomes a config path that does not exist
+    code, out, err = _run(["set", "db.pw", f"-c{LEAK}"], env, "from-stdin\n")
+    assert code == 2 and "does not exist" in err
+    assert "S3cret" not in out + err
 
 
 def test_default_config_in_the_working_directory(config: Path, env: dict[str, str],
@@ -224,3 +231,27 @@ def test_different_values_at_the_prompt_write_nothing(config: Path, tmp_path: Pa
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 1
     assert not (config.parent / "store").exists()
+
+
+LEAK = "S3cretValue_xyz"
+
+
+@pytest.mark.parametrize("args", [
+    ["set", "db.pw", f"--{LEAK}"],  # click alone: "No such option: --S3cretValue_xyz"
+    ["set", "db.pw", f"-{LEAK}"],  # click alone: "No such option: -S"
+    ["set", f"--{LEAK}", "db.pw"],  # the value before the name: the name is not echoed either
+    ["set", LEAK, "db.pw"],
+    ["get", "db.pw", LEAK],  # click alone: "Got unexpected extra argument (S3cretValue_xyz)"
+    ["get", "db.pw", "--reveal", f"--{LEAK}"],
+    ["get", LEAK, "db.pw"],
+    ["rm", "db.pw", LEAK],
+    ["rm", "db.pw", f"-{LEAK}"],
+    ["list", LEAK],
+])
+def test_a_stray_argument_is_refused_and_never_echoed(config: Path, env: dict[str, str], args: list[str]) -> None:
+    assert _run(["set", "db.pw", "-c", str(config)], env, VALUE)[0] == 0
+    code, out, err = _run([*args, "-c", str(config)], env, "from-stdin\n")
+    assert code == 2, out + err
+    assert "not shown" in err or "a value is never taken from the command line" in err
+    assert LEAK not in out + err and "S3cret" not in out + err and VALUE not in out + err
+    assert _run(["get", "db.pw", "--reveal", "-c", str(config)], env)[1] == VALUE + "\n"  # nothing was changed

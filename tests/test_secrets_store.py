@@ -115,7 +115,8 @@ def test_wrong_passphrase_is_named_and_shows_nothing(tmp_path: Path) -> None:
     _file_store(path).set("a", VALUE)
     with pytest.raises(StoreError) as info:
         _file_store(path, passphrase="not the passphrase").get("a")
-    assert str(info.value) == f"{path}: the passphrase is wrong for this file"
+    assert str(info.value) == (f"{path}: the passphrase is wrong for this file, or its header (kdf, salt or check) "
+                               "was modified")
 
 
 def _rewrite(path: Path, change: Any) -> None:
@@ -150,19 +151,67 @@ def test_tampered_header_parameters(tmp_path: Path) -> None:
         return change
 
     original = path.read_bytes()
-    _rewrite(path, with_kdf(iterations=4))  # a different key comes out: reported as a wrong key
-    with pytest.raises(StoreError, match="passphrase is wrong"):
-        _file_store(path).get("a")
+    # A different key comes out of a changed parameter, salt or check: it cannot be told from a wrong passphrase,
+    # so the message names both causes.
+    salt = base64.b64encode(os.urandom(16)).decode()
+    for change in (with_kdf(iterations=4), with_kdf(salt=salt)):
+        path.write_bytes(original)
+        _rewrite(path, change)
+        with pytest.raises(StoreError, match=r"passphrase is wrong for this file, or its header \(kdf, salt or "
+                                             r"check\) was modified"):
+            _file_store(path).get("a")
     path.write_bytes(original)
     _rewrite(path, with_kdf(memory_cost=2**30))  # refused before any memory is spent on it
     started = time.monotonic()
-    with pytest.raises(StoreError, match=r"memory_cost must be an integer in 19456\.\.1048576"):
+    with pytest.raises(StoreError, match=r"memory_cost must be an integer in 19456\.\.262144"):
         _file_store(path).get("a")
     assert time.monotonic() - started < 1
     path.write_bytes(original)
     _rewrite(path, with_kdf(name="md5"))
     with pytest.raises(StoreError, match="unsupported kdf 'md5'"):
         _file_store(path).get("a")
+
+
+def _scrypt_header(n: int, r: int, p: int) -> Any:
+    def change(header: bytes, body: bytes) -> tuple[bytes, bytes]:
+        parsed = orjson.loads(header)
+        parsed["kdf"] = {"name": "scrypt", "salt": parsed["kdf"]["salt"], "n": n, "r": r, "p": p}
+        return orjson.dumps(parsed), body
+    return change
+
+
+def test_a_planted_header_cannot_demand_gigabytes(tmp_path: Path) -> None:
+    path = tmp_path / "s.enc"
+    _file_store(path).set("a", VALUE)
+    # each parameter within its own range, but together 128 x r x n = 4 GiB: refused before the KDF runs
+    _rewrite(path, _scrypt_header(2**20, 32, 16))
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"scrypt needs 128 x r x n = 4096 MiB, more than the 256 MiB allowed"):
+        _file_store(path).get("a")
+    assert time.monotonic() - started < 1
+
+
+def test_a_kdf_that_runs_out_of_memory_is_a_store_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s.enc"
+    _file_store(path).set("a", VALUE)
+
+    def no_memory(kdf: dict[str, Any], secret: bytes) -> bytes:
+        raise MemoryError
+
+    monkeypatch.setattr(envelope, "derive", no_memory)  # as under a memory limit smaller than the KDF's need
+    with pytest.raises(StoreError, match=r"the key derivation its header asks for \(\w+\) failed here "
+                                         r"\(MemoryError\)"):
+        _file_store(path).get("a")
+
+
+def test_a_world_writable_store_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.enc"
+    _file_store(path).set("a", VALUE)
+    path.chmod(0o666)
+    with pytest.raises(StoreError, match=r"s\.enc is writable by every user \(mode 0666\); chmod o-w it"):
+        _file_store(path).get("a")
+    path.chmod(0o640)  # group-readable is the operator's choice: the contents are encrypted
+    assert _file_store(path).get("a") == VALUE
 
 
 @pytest.mark.parametrize(("data", "problem"), [
@@ -287,7 +336,7 @@ def test_wrong_keyring_key(tmp_path: Path, chosen_keyring: Any) -> None:
     _file_store(path, key="keyring").set("a", VALUE)
     key_id = orjson.loads(path.read_bytes().split(b"\n")[1])["kdf"]["key_id"]
     chosen_keyring.set_password("mcpward", FILE_KEY_PREFIX + key_id, base64.b64encode(os.urandom(32)).decode())
-    with pytest.raises(StoreError, match="the keyring key is wrong for this file"):
+    with pytest.raises(StoreError, match="the keyring key is wrong for this file, or its header"):
         _file_store(path, key="keyring").get("a")
 
 

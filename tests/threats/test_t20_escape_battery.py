@@ -4,13 +4,16 @@ A hostile server (tests/fixtures/escape_server.py) runs behind the real gateway 
 sandbox and tries its way out, one attempt per call: host secrets, another server's secret,
 writes outside its declared paths, host loopback and unix sockets, any route or DNS, fork and
 memory bombs, ptrace, unshare, mount, chroot, setuid, bpf, io_uring, raw and netlink sockets,
-signalling the gateway, and reading bwrap's argv and environment. Every attempt must fail, while
-the positive controls (its own secret, its declared read-write directory) work, so a broken
-fixture cannot pass for a tight sandbox.
+signalling the gateway, reading bwrap's argv and environment, and sockets of families the network
+namespace does not isolate (vsock, which reaches the hypervisor; created only, never connected).
+Every attempt must fail, while the positive controls (its own secret, its declared read-write
+directory) work, so a broken fixture cannot pass for a tight sandbox.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import secrets
 import socket
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import PYTHON
 from tests.threats.sandbox_support import ESCAPE, Gateway, escape_server, need_bwrap
 
 pytestmark = pytest.mark.timeout(180)
@@ -140,3 +144,48 @@ OTHER_TOKEN = "env:OTHER_TOKEN_SRC"
     hits = [r for r in gw.audit("sandbox.limit-hit") if r["server"] == "box"]
     if "pids" in started["box"]["cgroups"]:
         assert hits and (hits[0].get("pids_max_hits") or hits[0].get("oom_kill")), gw.audit("sandbox.limit-hit")
+
+
+# A server that tries to create (never connect: CID 2 is the hypervisor) sockets of families that bypass the network
+# namespace, and one ordinary family as a control. Written per test: the escape fixture has no such attempt.
+FAMILY_PROBE = """
+import json, socket
+from mcp.server.mcpserver import MCPServer
+app = MCPServer("family-probe")
+
+@app.tool()
+def create(family: int, kind: int) -> str:
+    try:
+        sock = socket.socket(family, kind)
+    except OSError as exc:
+        return json.dumps({"created": False, "errno": exc.errno})
+    sock.close()
+    return json.dumps({"created": True})
+
+app.run()
+"""
+
+
+async def test_vsock_and_other_unisolated_families_are_refused(tmp_path: Path) -> None:
+    need_bwrap()
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    probe_dir.chmod(0o755)  # a root gateway runs the server as its own uid: it must be able to read the script
+    script = probe_dir / "family_probe.py"
+    script.write_text(FAMILY_PROBE)
+    script.chmod(0o644)
+    gw = await Gateway.launch(tmp_path, f'[servers.fam]\ncommand = "{PYTHON}"\nargs = ["{script}"]\n')
+    families = {"vsock": (socket.AF_VSOCK, socket.SOCK_STREAM), "netlink": (socket.AF_NETLINK, socket.SOCK_RAW),
+                "packet": (socket.AF_PACKET, socket.SOCK_RAW), "alg": (socket.AF_ALG, socket.SOCK_SEQPACKET),
+                "inet (control)": (socket.AF_INET, socket.SOCK_STREAM)}
+    try:
+        answers = {}
+        for name, (family, kind) in families.items():
+            reply = await gw.call("fam__create", {"family": int(family), "kind": int(kind)}, timeout=60)
+            assert "result" in reply, (reply, gw.log()[-3000:])
+            answers[name] = json.loads(reply["result"]["content"][0]["text"])
+    finally:
+        await gw.close()
+    assert answers.pop("inet (control)") == {"created": True}
+    assert answers == {name: {"created": False, "errno": errno.EAFNOSUPPORT} for name in answers}
+    assert gw.audit("sandbox.started")[0]["backend"] == "bwrap"

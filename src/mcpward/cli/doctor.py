@@ -38,12 +38,21 @@ def _server_report(launcher: Any, name: str, caps: Any) -> dict[str, Any]:
     profile = launcher.settings.profile(name)
     report.update(describe_profile(profile))
     if profile.backend == "none":
+        # Say what the server really gets: the unsandboxed spawn only ties it to the gateway's lifetime. The
+        # declared network, paths, cache and limits are not applied, so showing them would read as protection.
         report["warnings"].append("runs UNSANDBOXED on the host (backend = \"none\")")
+        for key in ("read_only", "read_write", "package_cache", "limits"):
+            report.pop(key, None)
+        report.update(network="host (unrestricted)", filesystem="host (unrestricted)", limits_enforced_by="none")
     else:
         try:
             report["backend"] = choose_backend(profile, caps)
         except LinkError as exc:
             report["problems"].append(str(exc))
+        if report.get("backend") == "bwrap" and not caps.seccomp:
+            # A start refuses the same way (launcher: rule sandbox.seccomp-unavailable).
+            report["problems"].append(f"seccomp is unavailable here ({caps.seccomp_problem or 'unknown reason'}), "
+                                      "so a bwrap sandbox is not started (rule sandbox.seccomp-unavailable)")
         try:
             plan = launcher.plan(server)
             report["uid"] = plan.uid
@@ -51,8 +60,8 @@ def _server_report(launcher: Any, name: str, caps: Any) -> dict[str, Any]:
             report["package_cache"] = str(plan.cache_dir) if plan.cache_dir else None
         except PlanError as exc:
             report["problems"].append(str(exc))
-    memory_ok = caps.cgroup_writable.get("memory", False)
-    report["limits_enforced_by"] = "cgroups + rlimits" if memory_ok else "rlimits only (no writable cgroup)"
+        memory_ok = caps.cgroup_writable.get("memory", False)
+        report["limits_enforced_by"] = "cgroups + rlimits" if memory_ok else "rlimits only (no writable cgroup)"
     declared = [(f"{decl.name}", decl) for decl in profile.secrets]
     for key, decls in profile.principal_secrets.items():
         declared += [(f'principals."{key}".{decl.name}', decl) for decl in decls]
@@ -153,7 +162,8 @@ def doctor_command(
     for s in servers:
         head = f"[bold]{escape(s['server'])}[/]: backend {escape(str(s.get('backend', '?')))}"
         out.print(head, highlight=False)
-        for key in ("uid", "network", "binds", "package_cache", "limits", "limits_enforced_by", "secret_status"):
+        for key in ("uid", "network", "filesystem", "binds", "package_cache", "limits", "limits_enforced_by",
+                    "secret_status"):
             if key in s and s[key] not in (None, [], {}):
                 out.print(f"  {key}: {escape(str(s[key]))}", highlight=False, soft_wrap=True)
         for w in s["warnings"]:

@@ -31,11 +31,21 @@ ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="mcpward.toml with the secrets table (default: ./mcpward.toml if it exists).")]
 NameArg = Annotated[str, typer.Argument(help="Secret name: [A-Za-z_][A-Za-z0-9_.-]{0,127}.", show_default=False)]
 DEFAULT_CONFIG = Path("mcpward.toml")
+# Every command takes extra arguments and unknown options itself instead of letting click refuse them: click's own
+# errors quote the token ("No such option: --S3cret...", "unexpected extra argument (S3cret...)"), and a stray token
+# on a secrets command is most likely a value. _refuse_extra then refuses without showing it.
+TAKE_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[bold red]error[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def _refuse_extra(ctx: typer.Context, usage: str) -> None:
+    if ctx.args:
+        raise _fail(f"{len(ctx.args)} unexpected argument(s), not shown (one may be a secret value); usage: "
+                    f"mcpward secret {usage}", 2)
 
 
 def load_secret_settings(config: Path | None) -> SecretSettings:
@@ -47,6 +57,10 @@ def load_secret_settings(config: Path | None) -> SecretSettings:
     source = str(path)
     try:
         data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        # The name is not shown: click reads "-cS3cret" as "-c S3cret", so a value typed there by mistake would be.
+        raise _fail("config error: the file given with -c/--config does not exist (its name is not shown, in case "
+                    "it is a value typed right after -c)", 2) from None
     except OSError as exc:
         raise _fail(f"config error {source}: cannot read the file: {exc.strerror}", 2) from None
     except UnicodeDecodeError:
@@ -92,7 +106,7 @@ def _read_value(name: str, from_stdin: bool) -> str:
     return first
 
 
-@secret_app.command("set", context_settings={"allow_extra_args": True})
+@secret_app.command("set", context_settings=TAKE_EXTRA)
 def set_command(
     ctx: typer.Context,
     name: NameArg,
@@ -102,9 +116,9 @@ def set_command(
 ) -> None:
     """Store a secret. The value comes from stdin (piped) or a prompt, never from an argument."""
     if ctx.args:
-        # Not echoed: whatever follows the name is most likely the value itself.
+        # Not echoed, nor is the name: a value may stand on either side of it.
         raise _fail("a value is never taken from the command line (shell history and ps would keep it); "
-                    f"pipe it in (`... | mcpward secret set {name}`) or type it at the prompt", 2)
+                    "pipe it in (`... | mcpward secret set NAME`) or type it at the prompt", 2)
     try:
         check_name(name)
         value = _read_value(name, from_stdin)
@@ -116,13 +130,15 @@ def set_command(
     Console().print(f"stored {escape(name)} in {escape(store.location)}", highlight=False, soft_wrap=True)
 
 
-@secret_app.command("get")
+@secret_app.command("get", context_settings=TAKE_EXTRA)
 def get_command(
+    ctx: typer.Context,
     name: NameArg,
     reveal: Annotated[bool, typer.Option("--reveal", help="Print the value itself.")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Whether a secret is set, its length and a sha256 prefix; the value only with --reveal."""
+    _refuse_extra(ctx, "get NAME [--reveal] [-c CONFIG]")
     try:
         check_name(name)
         store = _store(config)
@@ -139,9 +155,10 @@ def get_command(
                     highlight=False, soft_wrap=True)
 
 
-@secret_app.command("list")
-def list_command(config: ConfigOpt = None) -> None:
+@secret_app.command("list", context_settings=TAKE_EXTRA)
+def list_command(ctx: typer.Context, config: ConfigOpt = None) -> None:
     """The names in the store, one per line (never values)."""
+    _refuse_extra(ctx, "list [-c CONFIG]")
     try:
         store = _store(config)
         names = store.names()
@@ -153,9 +170,10 @@ def list_command(config: ConfigOpt = None) -> None:
         sys.stdout.write(name + "\n")
 
 
-@secret_app.command("rm")
-def rm_command(name: NameArg, config: ConfigOpt = None) -> None:
+@secret_app.command("rm", context_settings=TAKE_EXTRA)
+def rm_command(ctx: typer.Context, name: NameArg, config: ConfigOpt = None) -> None:
     """Remove a secret from the store."""
+    _refuse_extra(ctx, "rm NAME [-c CONFIG]")
     try:
         check_name(name)
         store = _store(config)

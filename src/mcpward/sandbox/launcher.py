@@ -76,7 +76,10 @@ class Launcher:
         if self._secrets is None:
             from mcpward.secrets import SecretResolver
 
-            self._secrets = SecretResolver(self.secret_settings)
+            # Told every value it resolves, the Vault token included, with the credential after an auth scheme
+            # ("Bearer abc" -> also "abc"), as the gateway's own resolver is: all of them reach the redactor.
+            self._secrets = SecretResolver(self.secret_settings,
+                                           on_values=lambda values: self.on_secret_values(list(values)))
         return self._secrets
 
     async def _resolve(self, server: ServerConfig, texts: dict[str, str], declared: dict[str, str],

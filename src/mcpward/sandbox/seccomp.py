@@ -4,6 +4,8 @@ The filter is a deny list on top of an allow-everything default (measured: ../sh
 servers run arbitrary interpreters (Python, Node, uv, npm), so an allow list would break them one release at a time. We
 deny the kernel attack surface and the escape hatches a server never needs: namespaces, mounts, tracing other processes,
 kernel modules and keys, io_uring (which bypasses seccomp for the operations it performs), clock setters and so on.
+One part is an allow list: sockets may only be AF_UNIX, AF_INET or AF_INET6 (the network namespace does not isolate
+families such as vsock, so "no network" would otherwise not hold).
 
 libseccomp (through `pyseccomp`, ctypes over the preinstalled libseccomp.so.2) does the compiling, because it gets the
 architecture checks right: system calls made through a non-native ABI (i386 `int 0x80`, x32) are killed by its default
@@ -71,8 +73,13 @@ _CLONE_NAMESPACE_FLAGS: dict[str, int] = {
 
 _TIOCSTI = 0x5412  # push bytes into the terminal's input queue: typing commands into the user's shell
 _TIOCLINUX = 0x541C  # on a virtual console, the same through the selection/paste subcommand
-_AF_NETLINK = 16  # kernel configuration interfaces (routing, netfilter, audit, uevents ...)
-_AF_PACKET = 17  # raw link-layer sockets
+# socket(2) and socketpair(2) accept only these address families; every other one answers EAFNOSUPPORT. This part is
+# an allow list, unlike the rest of the filter: a family the network namespace does not isolate is a way around "no
+# network". AF_VSOCK (40) is one (it reaches the hypervisor and the host, and its port space is shared with the host),
+# and so are AF_NETLINK (kernel configuration: routing, netfilter, audit), AF_PACKET (raw link layer), AF_ALG (kernel
+# crypto attack surface), AF_BLUETOOTH, AF_CAN, AF_TIPC, AF_RDS... Node, Python, uv and npm need only these three.
+_AF_UNIX, _AF_INET, _AF_INET6 = 1, 2, 10
+_ALLOWED_FAMILIES = (_AF_UNIX, _AF_INET, _AF_INET6)
 _LOW_32 = 0xFFFF_FFFF  # the kernel reads these arguments as 32-bit ints: compare only the low half (no high-bit bypass)
 
 # Human-readable list of the argument-dependent rules, for documentation and `mcpward doctor`.
@@ -81,8 +88,8 @@ CONDITIONAL_RULES: tuple[tuple[str, str], ...] = (
     ("clone3", "ENOSYS (its flags live in memory a filter cannot read; libc then falls back to clone)"),
     ("ioctl TIOCSTI", "EPERM"),
     ("ioctl TIOCLINUX", "EPERM"),
-    ("socket(AF_NETLINK)", "EAFNOSUPPORT"),
-    ("socket(AF_PACKET)", "EAFNOSUPPORT"),
+    ("socket or socketpair with a family other than AF_UNIX, AF_INET, AF_INET6 (vsock, netlink, packet ...)",
+     "EAFNOSUPPORT"),
     ("any system call through a non-native ABI", "process killed"),
 )
 
@@ -129,9 +136,16 @@ def _build(sc: Any) -> Any:
     for request in (_TIOCSTI, _TIOCLINUX):
         flt.add_rule(eperm, ioctl, sc.Arg(1, sc.MASKED_EQ, _LOW_32, request))
 
-    socket = _syscall_number(sc, "socket")
-    for family in (_AF_NETLINK, _AF_PACKET):
-        flt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), socket, sc.Arg(0, sc.MASKED_EQ, _LOW_32, family))
+    refuse_family = sc.ERRNO(errno.EAFNOSUPPORT)
+    for name in ("socket", "socketpair"):
+        number = _syscall_number(sc, name)
+        # Every family below the highest allowed one that is not allowed, compared on the low 32 bits the kernel
+        # reads; then everything above it, compared on all 64 bits, so a value with high bits set is refused too
+        # (whatever the kernel would make of it).
+        for family in range(max(_ALLOWED_FAMILIES)):
+            if family not in _ALLOWED_FAMILIES:
+                flt.add_rule(refuse_family, number, sc.Arg(0, sc.MASKED_EQ, _LOW_32, family))
+        flt.add_rule(refuse_family, number, sc.Arg(0, sc.GT, max(_ALLOWED_FAMILIES)))
     return flt
 
 

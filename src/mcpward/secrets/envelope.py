@@ -38,8 +38,11 @@ ARGON2 = {"memory_cost": 64 * 1024, "iterations": 3, "lanes": 4}
 # OWASP's scrypt floor (N=2^17, r=8, p=1: 128 MiB), used when cryptography lacks Argon2id.
 SCRYPT = {"n": 2**17, "r": 8, "p": 1}
 # What a header may ask for. Bounded both ways: a planted header must neither make us allocate
-# gigabytes before the tag is checked nor talk us into a trivially guessable key.
-ARGON2_BOUNDS = {"memory_cost": (19 * 1024, 1024 * 1024), "iterations": (1, 16), "lanes": (1, 16)}
+# gigabytes before the tag is checked nor talk us into a trivially guessable key. The memory a KDF
+# needs (Argon2id: memory_cost KiB; scrypt: 128 * r * n bytes) is capped at MAX_KDF_MEMORY, four
+# times what the settings above use; each parameter's range alone would allow up to 4 GiB.
+MAX_KDF_MEMORY = 256 * 1024 * 1024
+ARGON2_BOUNDS = {"memory_cost": (19 * 1024, MAX_KDF_MEMORY // 1024), "iterations": (1, 16), "lanes": (1, 16)}
 SCRYPT_BOUNDS = {"n": (2**14, 2**20), "r": (1, 32), "p": (1, 16)}
 
 
@@ -174,6 +177,9 @@ def _check_header(header: Any) -> None:
             raise EnvelopeError(f"header kdf {name}.{param} must be an integer in {low}..{high}")
     if name == "scrypt" and kdf["n"] & (kdf["n"] - 1):
         raise EnvelopeError("header kdf scrypt.n must be a power of two")
+    if name == "scrypt" and 128 * kdf["r"] * kdf["n"] > MAX_KDF_MEMORY:
+        raise EnvelopeError(f"header kdf scrypt needs 128 x r x n = {128 * kdf['r'] * kdf['n'] // 2**20} MiB, "
+                            f"more than the {MAX_KDF_MEMORY // 2**20} MiB allowed")
     if name == "argon2id" and kdf["memory_cost"] < 8 * kdf["lanes"]:
         raise EnvelopeError("header kdf argon2id.memory_cost must be at least 8 x lanes")
     if name == "argon2id" and not has_argon2():

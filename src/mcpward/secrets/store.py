@@ -313,8 +313,11 @@ class FileStore:
             contents = envelope.unseal(master, data)
         except envelope.WrongKeyError:
             self._masters.clear()
+            # The key check covers the header's kdf, salt and check as much as the key: the two cannot be told
+            # apart (a changed salt or parameter derives another key), so the message names both.
             what = "the keyring key" if kdf["name"] == "keyring" else "the passphrase"
-            raise StoreError(f"{self.path}: {what} is wrong for this file") from None
+            raise StoreError(f"{self.path}: {what} is wrong for this file, or its header (kdf, salt or check) "
+                             "was modified") from None
         except envelope.EnvelopeError as exc:
             raise StoreError(f"{self.path}: {exc}") from None
         return kdf, master, _entries(self.path, contents)
@@ -332,7 +335,14 @@ class FileStore:
         if kdf["name"] == "keyring":
             master = self._keyring_key(kdf["key_id"])
         else:
-            master = envelope.derive(kdf, self._ask(confirm_new=False).encode("utf-8"))
+            passphrase = self._ask(confirm_new=False).encode("utf-8")
+            try:
+                master = envelope.derive(kdf, passphrase)
+            except (MemoryError, ValueError, OverflowError) as exc:
+                # The header's parameters are bounded, but the machine may still lack the memory (a low ulimit,
+                # a small container): an error naming the cause, not a traceback.
+                raise StoreError(f"{self.path}: the key derivation its header asks for ({kdf['name']}) failed "
+                                 f"here ({type(exc).__name__}); is the memory limit too low?") from None
         self._masters[cache_key] = master
         return master
 
@@ -383,8 +393,13 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"cannot open {self.path}: {exc.strerror or exc}") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 raise StoreError(f"{self.path} is not a regular file")
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & stat.S_IWOTH:
+                # As for file: references: anyone could swap the file (an older version, or another key's).
+                raise StoreError(f"{self.path} is writable by every user (mode {mode:04o}); chmod o-w it")
             with os.fdopen(os.dup(fd), "rb") as handle:
                 return handle.read(envelope.MAX_FILE + 1)
         except OSError as exc:
