@@ -21,7 +21,7 @@ import pytest
 
 from mcpward.protocol import jsonrpc
 from mcpward.transport import stdio_front, stdio_link
-from mcpward.transport.lines import Item, LineSplitter, Oversized, probe_id
+from mcpward.transport.lines import PROBE_BYTES, Item, LineSplitter, Oversized, probe_id, reply_id
 from mcpward.transport.stdio_front import StdioFront
 from mcpward.transport.stdio_link import PlainSpawner, StdioLink
 
@@ -55,22 +55,22 @@ async def reference_frames(data: bytes, max_bytes: int) -> list[Item]:
                 items.append(exc.partial.strip())
             return items
         except asyncio.LimitOverrunError as exc:
-            head = await reader.readexactly(exc.consumed)
-            dropped = 0
+            whole = await reader.readexactly(exc.consumed)
             while True:
                 try:
-                    dropped += len(await reader.readuntil(b"\n"))
+                    whole += await reader.readuntil(b"\n")
                     break
                 except asyncio.LimitOverrunError as more:
-                    dropped += len(await reader.readexactly(more.consumed))
+                    whole += await reader.readexactly(more.consumed)
                 except asyncio.IncompleteReadError as end:
-                    dropped += len(end.partial)
+                    whole += end.partial
                     break
-            items.append(Oversized(len(head) + dropped, probe_id(head)))
+            body = whole.removesuffix(b"\n")  # the probe sees the line's first and last bytes, not its newline
+            items.append(Oversized(len(whole), probe_id(body[:PROBE_BYTES], body[-PROBE_BYTES:])))
             continue
         stripped = line.strip()
         if stripped and len(stripped) > max_bytes:
-            items.append(Oversized(len(stripped), probe_id(stripped)))
+            items.append(Oversized(len(stripped), probe_id(stripped[:PROBE_BYTES], stripped[-PROBE_BYTES:])))
         elif stripped:
             items.append(stripped)
 
@@ -78,7 +78,7 @@ async def reference_frames(data: bytes, max_bytes: int) -> list[Item]:
 def random_stream(rng: random.Random) -> bytes:
     lines = []
     for n in range(rng.randint(0, 12)):
-        kind = rng.choice(["json", "json", "blank", "space", "big", "edge", "crlf"])
+        kind = rng.choice(["json", "json", "blank", "space", "big", "big_ts", "edge", "crlf"])
         if kind == "json":
             params = {"s": "x" * rng.randint(0, 50)}
             lines.append(json.dumps({"jsonrpc": "2.0", "id": n, "method": "m", "params": params}))
@@ -88,6 +88,9 @@ def random_stream(rng: random.Random) -> bytes:
             lines.append(" \t ")
         elif kind == "crlf":
             lines.append(f'{{"id": "r{n}"}}\r')
+        elif kind == "big_ts":  # the id last, as the TypeScript SDK writes it, and a decoy id inside params
+            pad = "y" * rng.randint(MAX, 3 * MAX)
+            lines.append(f'{{"params":{{"id":9{n},"pad":"{pad}"}},"jsonrpc":"2.0","id":{n}}}')
         elif kind == "big":  # the id first, as JSON-RPC clients write it
             lines.append(f'{{"id": {n}, "pad": "' + "y" * rng.randint(MAX, 3 * MAX) + '"}')
         else:  # around the cap, with or without whitespace that stripping removes
@@ -147,6 +150,25 @@ def test_eof_while_dropping_reports_what_was_dropped() -> None:
     splitter = LineSplitter(1024)
     assert splitter.feed(b'{"id":"cut",' + b" " * 3000) == []
     assert splitter.feed_eof() == [Oversized(12 + 3000, "cut")]
+
+
+def test_oversized_id_written_last_is_found_and_a_nested_id_never_is() -> None:
+    # The TypeScript SDK writes {method, params, jsonrpc, id}: the id is in the last bytes, and a tool
+    # argument called "id" comes first. Before, the first "id" anywhere won: the error went to 7.
+    ts_order = (b'{"method":"tools/call","params":{"arguments":{"id":7,"s":"' + b"a" * 9000
+                + b'"}},"jsonrpc":"2.0","id":41}')
+    assert split_all(ts_order + b"\n", [], max_bytes=1024) == [Oversized(len(ts_order) + 1, 41)]
+    assert split_all(ts_order + b"\r\n", [100] * 95, max_bytes=1024) == [Oversized(len(ts_order) + 2, 41)]
+    assert split_all(ts_order, [333] * 30, max_bytes=1024) == [Oversized(len(ts_order), 41)]  # EOF, no newline
+    # A nested id and no top-level one visible at either end: no id rather than somebody else's.
+    nested_only = b'{"method":"m","params":{"id":7,"s":"' + b"a" * 9000 + b'","inner":{"id":8}}}'
+    assert split_all(nested_only + b"\n", [], max_bytes=1024) == [Oversized(len(nested_only) + 1, None)]
+    # The top-level id early wins over anything at the end, and string contents never count as keys.
+    early = b'{"note":"\\"id\\":5","id":"r-1","params":{"s":"' + b"a" * 9000 + b'","id":6}}'
+    assert probe_id(early[:PROBE_BYTES], early[-PROBE_BYTES:]) == "r-1"
+    # An unparsable (not oversized) frame is answered under its id at either end too.
+    assert reply_id(b'{"method":"m","params":{"id":7,"x":nope},"jsonrpc":"2.0","id":"q"}') == "q"
+    assert reply_id(b'{"method":"m","params":{"id":7,"x":nope}}') is None
 
 
 def test_cap_boundary() -> None:
@@ -267,6 +289,18 @@ async def test_front_answers_bad_frames_in_order_and_keeps_going() -> None:
         f"message of {len(big) + 1} bytes exceeds the 1024-byte limit")
     assert replies[2]["id"] == 7 and replies[2]["error"]["code"] == jsonrpc.INVALID_REQUEST
     assert {replies[3]["id"], replies[4]["id"]} == {8, 9}
+
+
+async def test_front_answers_an_oversized_ts_order_request_under_its_own_id() -> None:
+    pipes = Pipes(max_bytes=1024)
+    big = (b'{"method":"tools/call","params":{"name":"t","arguments":{"id":7,"s":"' + b"p" * 4000
+           + b'"}},"jsonrpc":"2.0","id":41}')
+    await pipes.send(big + b"\n" + request(8))
+    replies = await pipes.replies(2)
+    await pipes.close()
+    refused = next(r for r in replies if "error" in r)
+    assert refused["id"] == 41 and refused["error"]["code"] == jsonrpc.INVALID_REQUEST  # not 7, not null
+    assert [r["id"] for r in replies if "result" in r] == [8]
 
 
 async def test_front_refuses_a_duplicate_running_id() -> None:

@@ -94,7 +94,7 @@ async def test_progress_from_another_session_never_reaches_the_request(tmp_path:
 async def test_resource_update_counts_only_from_the_session_that_subscribed(tmp_path: Path) -> None:
     updates: list[str] = []
     up = upstream(tmp_path)
-    up.events = UpstreamEvents(resource_updated=lambda _server, params: updates.append(params["uri"]))
+    up.events = UpstreamEvents(resource_updated=lambda _server, params, _principal: updates.append(params["uri"]))
     await up.start()
     a, b = client("a", Recorder()), client("b", Recorder())
     try:
@@ -134,6 +134,33 @@ async def test_one_clients_log_level_never_reaches_another_clients_session(tmp_p
         again = client("a", Recorder())
         again.connection_id, again.log_level = "conn-a2", "error"
         assert await level(again) == "error"
+    finally:
+        await shut(up)
+
+
+async def test_roots_changed_reaches_only_that_connections_sessions_that_declared_roots(tmp_path: Path) -> None:
+    up = upstream(tmp_path)
+    await up.start()
+    a, b = client("a", Recorder()), client("b", Recorder())
+    a.capabilities = b.capabilities = {"roots": {"listChanged": True}}
+    a_plain = client("a", Recorder())  # the same connection, no roots declared: its own session
+    try:
+        for ctx in (a, a_plain, b):
+            await up.call(ctx, "tools/call", {"name": "echo", "arguments": {"text": "hi"}})
+        told: list[str] = []
+        for session in up._sessions.values():
+            async def notify(method: str, params: JsonObj | None = None, key: str = session.key) -> None:
+                told.append(key)
+            session.peer.notify = notify  # type: ignore[method-assign]
+        await up.roots_changed(a)
+        # Before the fix every legacy session was told: b's (another principal's) and a's without roots.
+        assert len(up._sessions) >= 3
+        own = f"|{a.principal.key}|conn-a"
+        assert told == [k for k in up._sessions if k.endswith(own) and '"roots"' in k]
+        assert len(told) == 1
+        told.clear()
+        await up.roots_changed(client("c", Recorder()))  # a connection with no session here tells nobody
+        assert told == []
     finally:
         await shut(up)
 

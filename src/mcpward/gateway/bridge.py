@@ -72,7 +72,12 @@ class InputBridge:
             future: asyncio.Future[JsonObj] = asyncio.get_running_loop().create_future()
             parked.asked[key] = ({"method": push_method, "params": push_params}, future)
             parked.wake.set()
-            return await future
+            try:
+                return await future
+            finally:
+                # Answered, or cancelled by the upstream: either way the question is no longer open,
+                # and a later retry must not be asked it again.
+                parked.asked.pop(key, None)
 
         ctx.push_sink = sink
         task = asyncio.ensure_future(forward(ctx))

@@ -40,7 +40,8 @@ class Catalog:
         self.servers = servers
         self.separator = separator
         self.maps: dict[str, NameMap] = {"tools": NameMap(), "prompts": NameMap()}
-        self.resources: dict[str, str] = {}  # exact URI -> server
+        self.resources: dict[str, str] = {}  # exact URI -> server (the best-ranked one listing it)
+        self._listed: dict[str, set[str]] = {}  # server -> the URIs it listed
         self.templates: dict[str, list[tuple[re.Pattern[str], str]]] = {}  # server -> [(pattern, template)]
 
     def exposed_name(self, server: str, name: str) -> str:
@@ -106,12 +107,29 @@ class Catalog:
 
     # ---------------------------------------------------------------- resources
     def publish_resources(self, server: str, items: list[JsonObj]) -> None:
+        """One page of a server's resources: its URIs route to it unless a better-ranked server lists them."""
+        listed = self._listed.setdefault(server, set())
         for item in items:
             uri = item.get("uri")
             if isinstance(uri, str):
+                listed.add(uri)
                 holder = self.resources.get(uri)
                 if holder is None or holder == server or self._rank(server) < self._rank(holder):
                     self.resources[uri] = server
+
+    def settle_resources(self, server: str, uris: set[str]) -> None:
+        """After a complete listing of `server`: `uris` is all it lists now. A URI it dropped routes to the
+        best-ranked other server that still lists it, or nowhere (until a listing shows it again)."""
+        gone = self._listed.get(server, set()) - uris
+        self._listed[server] = set(uris)
+        for uri in gone:
+            if self.resources.get(uri) != server:
+                continue
+            holders = [s for s, listed in self._listed.items() if uri in listed]
+            if holders:
+                self.resources[uri] = min(holders, key=self._rank)
+            else:
+                del self.resources[uri]
 
     def publish_templates(self, server: str, items: list[JsonObj]) -> None:
         compiled = []

@@ -364,11 +364,17 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _on_resource_updated(self, server: str, params: JsonObj) -> None:
+    def _on_resource_updated(self, server: str, params: JsonObj, principal: str | None = None) -> None:
+        """By (server, URI): a client watching mail://inbox on one server hears nothing of another
+        server's mail://inbox; from a server with per-principal credentials, only the principal whose
+        connection sent it hears it (the server's own, shared connection has nothing to say there)."""
         uri = params.get("uri")
-        if isinstance(uri, str):
-            body = {k: val for k, val in params.items() if k != "_meta"}
-            self.subscriptions.broadcast(jsonrpc.notification("notifications/resources/updated", body), uri=uri)
+        upstream = self.upstreams.get(server)
+        if not isinstance(uri, str) or upstream is None or (upstream.per_principal and principal is None):
+            return
+        body = {k: val for k, val in params.items() if k != "_meta"}
+        self.subscriptions.resource_updated(
+            server, uri, jsonrpc.notification("notifications/resources/updated", body), principal)
 
     async def listen(self, ctx: RequestContext, request_id: Any, params: JsonObj,
                      send: Callable[[JsonObj], Awaitable[None]]) -> None:
@@ -388,11 +394,15 @@ class Gateway:
         if routed:
             agreed["resourceSubscriptions"] = [u for _s, u in routed]
         meta = {v.META_SUBSCRIPTION_ID: request_id}
-        listener = self.subscriptions.add_listener(agreed, send, meta)
+        listener = self.subscriptions.add_listener(agreed, send, meta, principal=ctx.principal.key)
         new_servers = [s for s, u in routed if self.subscriptions.add_resource(listener, s, u)]
         try:
             for server in sorted(set(new_servers)):
-                await self.upstreams[server].subscribe(ctx, self.subscriptions.uris_for(server))
+                upstream = self.upstreams[server]
+                # A per-principal server: this principal's own connection watches only what it asked for.
+                watched = ({u for s, u in routed if s == server} if upstream.per_principal
+                           else self.subscriptions.uris_for(server))
+                await upstream.subscribe(ctx, watched)
             await send(jsonrpc.notification("notifications/subscriptions/acknowledged",
                                             {"_meta": meta, "notifications": agreed}))
             await asyncio.Event().wait()  # until the front cancels us
@@ -404,9 +414,12 @@ class Gateway:
         (legacy sessions are per client connection)."""
         await asyncio.gather(*(u.set_log_level(ctx, level) for u in self.upstreams.values()))
 
-    async def roots_changed(self) -> None:
-        await asyncio.gather(*(u.notify_sessions("notifications/roots/list_changed")
-                               for u in self.upstreams.values()), return_exceptions=True)
+    async def roots_changed(self, ctx: RequestContext) -> None:
+        """A legacy client's `notifications/roots/list_changed`: counted at the limits' door like a
+        request (a refusal is audited and raised), then passed to that client connection's own upstream
+        sessions that declared roots (legacy sessions are per client connection)."""
+        await self.admit(ctx, "notifications/roots/list_changed", {})
+        await asyncio.gather(*(u.roots_changed(ctx) for u in self.upstreams.values()), return_exceptions=True)
 
 
 LIST_FILTERS = ("toolsListChanged", "promptsListChanged", "resourcesListChanged")

@@ -83,7 +83,11 @@ class ClientConnection:
         elif method == "notifications/initialized":
             self.initialized = True
         elif method == "notifications/roots/list_changed":
-            await self.gateway.roots_changed()
+            try:
+                ctx = self.context(message, self.write)
+                await self.gateway.roots_changed(ctx)
+            except ProtocolError as exc:  # not initialised, or over the principal's rate (audited at the door)
+                log.info("notifications/roots/list_changed dropped: %s", exc.message)
 
     async def on_request(self, message: JsonObj, stream: Writer | None = None, principal: Principal | None = None,
                          source: RequestSource | None = None) -> JsonObj | None:
@@ -157,7 +161,7 @@ class ClientConnection:
         self.client_info = info if isinstance(info, dict) else None
         self.protocol_version = v.negotiate_legacy(params.get("protocolVersion"))
         self.initialized = True
-        self.gateway.subscriptions.add_session(self.session_id, self.write)
+        self.gateway.subscriptions.add_session(self.session_id, self.write, self.principal.key)
         return {"protocolVersion": self.protocol_version, "serverInfo": GATEWAY_INFO,
                 **self.gateway.server_result()}
 
@@ -214,6 +218,12 @@ class ClientConnection:
             with contextlib.suppress(Exception):
                 await write(jsonrpc.notification("notifications/cancelled", {"requestId": rid}))
             raise ProtocolError(jsonrpc.REQUEST_TIMEOUT, f"the client did not answer {method}") from None
+        except asyncio.CancelledError:
+            # The asking server cancelled its request (or its call ended): withdraw the question from the
+            # client too, so a form or a sampling dialog does not stay open for nothing.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(write(jsonrpc.notification("notifications/cancelled", {"requestId": rid})))
+            raise
         finally:
             self._asks.pop(rid, None)
         if "error" in reply and isinstance(reply["error"], dict):

@@ -1,15 +1,25 @@
 """Aggregated lists across servers: namespacing, guard filtering and one opaque cursor.
 
-A gateway cursor is sealed `{server index, upstream cursor}`: the client pages
-through server after server without learning, or being able to forge, either part.
+A gateway cursor is sealed (HMAC, expiry) `{server index, upstream cursor, list kind,
+principal}`, the upstream cursor encrypted (AES-GCM under a per-process key): the client
+pages through server after server without learning, or being able to forge, either part,
+and a cursor works only for the principal it was issued to, on the list it came from,
+for CURSOR_TTL seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mcpward.gateway.catalog import Catalog
 from mcpward.gateway.context import RequestContext
@@ -25,6 +35,7 @@ log = logging.getLogger("mcpward.listing")
 METHODS = {"tools": "tools/list", "prompts": "prompts/list", "resources": "resources/list",
            "resourceTemplates": "resources/templates/list"}
 CAPABILITY = {"tools": "tools", "prompts": "prompts", "resources": "resources", "resourceTemplates": "resources"}
+CURSOR_TTL = 3600.0  # long enough to page through any list by hand; a lost cursor restarts the listing
 
 
 ItemList = list[JsonObj]
@@ -41,6 +52,7 @@ class Lister:
         self.sealer = sealer
         # (kind, server, upstream name or URI) -> the upstream's own definition, as listed.
         self.definitions: dict[tuple[str, str, str], JsonObj] = {}
+        self._cipher = AESGCM(AESGCM.generate_key(bit_length=256))  # the upstream cursor inside ours
 
     def definition(self, kind: str, server: str, name: str) -> JsonObj | None:
         return self.definitions.get((kind, server, name))
@@ -49,18 +61,34 @@ class Lister:
         found = self.definitions.get(("tools", server, tool))
         return None if found is None else found.get("inputSchema")
 
-    def _cursor(self, params: JsonObj) -> tuple[int, Any]:
+    def _seal_cursor(self, ctx: RequestContext, kind: str, index: int, upstream_cursor: Any) -> str:
+        nonce = os.urandom(12)
+        hidden = self._cipher.encrypt(nonce, orjson.dumps(upstream_cursor), kind.encode())
+        return self.sealer.seal({"i": index, "n": len(self.order), "k": kind, "sub": ctx.principal.key,
+                                 "c": base64.urlsafe_b64encode(nonce + hidden).decode()}, CURSOR_TTL)
+
+    def _cursor(self, ctx: RequestContext, kind: str, params: JsonObj) -> tuple[int, Any]:
         cursor = params.get("cursor")
         if cursor is None:
             return 0, None
         try:
             state = self.sealer.unseal(cursor)
-        except SealError:
-            raise ProtocolError(jsonrpc.INVALID_PARAMS, "invalid cursor") from None
+        except SealError as exc:
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, f"invalid cursor: {exc}") from None
+        # Checked in this order so the message names the first reason a token does not fit.
+        if state.get("sub") != ctx.principal.key:
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, "invalid cursor: issued to another principal")
+        if state.get("k") != kind:
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, f"invalid cursor: issued for another list, not {METHODS[kind]}")
         index = state.get("i")
         if not isinstance(index, int) or not 0 <= index < len(self.order) or state.get("n") != len(self.order):
-            raise ProtocolError(jsonrpc.INVALID_PARAMS, "invalid cursor")
-        return index, state.get("c")
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, "invalid cursor: the server list changed")
+        try:
+            raw = base64.urlsafe_b64decode(str(state.get("c")))
+            upstream_cursor = orjson.loads(self._cipher.decrypt(raw[:12], raw[12:], kind.encode()))
+        except (InvalidTag, ValueError, binascii.Error, orjson.JSONDecodeError):
+            raise ProtocolError(jsonrpc.INVALID_PARAMS, "invalid cursor: malformed") from None
+        return index, upstream_cursor
 
     async def _page(self, ctx: RequestContext, server: str, kind: str, cursor: Any) -> JsonObj | None:
         upstream = self.upstreams[server]
@@ -76,7 +104,7 @@ class Lister:
             return None  # per-principal credentials, none for this principal: it sees nothing of this server
 
     async def list(self, ctx: RequestContext, kind: str, params: JsonObj) -> JsonObj:
-        start, upstream_cursor = self._cursor(params)
+        start, upstream_cursor = self._cursor(ctx, kind, params)
         targets = self.order[start:]
         pages = await asyncio.gather(*(
             self._page(ctx, server, kind, upstream_cursor if i == 0 else None) for i, server in enumerate(targets)
@@ -89,13 +117,15 @@ class Lister:
             if page is None:
                 continue
             items.extend(self._publish(server, kind, page))
+            if kind == "resources" and (offset > 0 or upstream_cursor is None) and page.get("nextCursor") is None:
+                self._settle(server, page)  # this server's whole list, in one page
             ttl = page.get("ttlMs")
             if isinstance(ttl, int) and not isinstance(ttl, bool):
                 ttls.append(ttl)
             private = private or page.get("cacheScope") == "private"
             upstream_next = page.get("nextCursor")
             if upstream_next is not None:
-                next_cursor = self.sealer.seal({"i": start + offset, "c": upstream_next, "n": len(self.order)})
+                next_cursor = self._seal_cursor(ctx, kind, start + offset, upstream_next)
                 break
         if not self.guards.empty:
             call = Call(ctx=ctx, method=METHODS[kind], params=params)
@@ -115,6 +145,12 @@ class Lister:
             result["ttlMs"] = min(ttls) if ttls else 0
             result["cacheScope"] = "private" if private else "public"
         return result
+
+    def _settle(self, server: str, *pages: JsonObj) -> None:
+        """A complete listing of `server`'s resources: the URI map forgets what it no longer lists."""
+        uris = {item["uri"] for page in pages if isinstance(page.get("resources"), list)
+                for item in page["resources"] if isinstance(item, dict) and isinstance(item.get("uri"), str)}
+        self.catalog.settle_resources(server, uris)
 
     def _publish(self, server: str, kind: str, page: JsonObj) -> ListedItems:
         listed = self._publish_items(server, kind, page)
@@ -165,13 +201,18 @@ class Lister:
         """Walk every page of every server (or of `servers`) so name and URI maps are complete."""
         async def walk(server: str) -> None:
             cursor: Any = None
+            pages: list[JsonObj] = []
             for _ in range(1000):  # a server that pages forever must not hang us
                 page = await self._page(ctx, server, kind, cursor)
                 if page is None:
                     return
                 self._publish(server, kind, page)
                 cursor = page.get("nextCursor")
+                if kind == "resources":
+                    pages.append(page)
                 if cursor is None:
+                    if kind == "resources":
+                        self._settle(server, *pages)
                     return
 
         await asyncio.gather(*(walk(server) for server in (self.order if servers is None else servers)))

@@ -63,6 +63,8 @@ class Peer:
         self._ids = itertools.count(1)
         self._pending: dict[RequestId, asyncio.Future[JsonObj]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # The server's requests being answered, by the server's id: its notifications/cancelled stops one.
+        self._answering: dict[RequestId, asyncio.Task[None]] = {}
         self.closed: str | None = None
         link.on_message = self._dispatch
 
@@ -139,11 +141,30 @@ class Peer:
                 future.set_result(message)
             return
         if kind is jsonrpc.Kind.NOTIFICATION:
+            if message["method"] == "notifications/cancelled":
+                self._cancelled(message.get("params"))
             self.on_notification(message)
             return
+        rid = message["id"]
         task = asyncio.get_running_loop().create_task(self._answer(message))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if rid not in self._answering:  # a reused id still running: the first keeps the mapping
+            self._answering[rid] = task
+        task.add_done_callback(lambda done: self._finished(rid, done))
+
+    def _finished(self, rid: RequestId, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._answering.get(rid) is task:
+            del self._answering[rid]
+
+    def _cancelled(self, params: Any) -> None:
+        """The server gave up on one of its requests: stop answering it. Whatever it was waiting on is
+        cancelled with it (a question to the client is withdrawn there), and no response is sent."""
+        target = params.get("requestId") if isinstance(params, dict) else None
+        task = self._answering.get(target) if isinstance(target, (int, str)) and not isinstance(target, bool) else None
+        if task is not None:
+            log.info("server %s cancelled its request %r", self.name, target)
+            task.cancel()
 
     async def _answer(self, message: JsonObj) -> None:
         rid = message["id"]

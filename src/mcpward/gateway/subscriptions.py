@@ -23,6 +23,7 @@ class Listener:
     filters: JsonObj  # modern filter; legacy sessions get every list change
     meta: JsonObj | None = None  # modern: the subscriptionId tag
     uris: set[str] = field(default_factory=set)
+    principal: str | None = None  # whose listener: updates from one principal's own connection reach only it
 
 
 class Subscriptions:
@@ -32,13 +33,13 @@ class Subscriptions:
         self._by_server: dict[str, dict[str, set[str]]] = {}  # server -> uri -> listener ids
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def add_session(self, session_id: str, send: Send) -> None:
+    def add_session(self, session_id: str, send: Send, principal: str | None = None) -> None:
         filters = {flag: True for flag in LIST_FILTERS.values()}
-        self._listeners[session_id] = Listener(session_id, send, filters)
+        self._listeners[session_id] = Listener(session_id, send, filters, principal=principal)
 
-    def add_listener(self, filters: JsonObj, send: Send, meta: JsonObj) -> str:
+    def add_listener(self, filters: JsonObj, send: Send, meta: JsonObj, principal: str | None = None) -> str:
         listener_id = f"listen-{next(self._ids)}"
-        self._listeners[listener_id] = Listener(listener_id, send, filters, meta)
+        self._listeners[listener_id] = Listener(listener_id, send, filters, meta, principal=principal)
         return listener_id
 
     def remove_listener(self, listener_id: str) -> None:
@@ -74,20 +75,31 @@ class Subscriptions:
     def uris_for(self, server: str) -> set[str]:
         return {uri for uri, holders in self._by_server.get(server, {}).items() if holders}
 
-    def broadcast(self, message: JsonObj, list_kind: str | None = None, uri: str | None = None) -> None:
+    def resource_updated(self, server: str, uri: str, message: JsonObj, principal: str | None) -> None:
+        """An update from `server` reaches the listeners that subscribed to `uri` on that server, never
+        those watching the same URI on another server. `principal` set: the update came from that
+        principal's own connection and reaches only that principal's listeners."""
+        for listener_id in sorted(self._by_server.get(server, {}).get(uri, set())):
+            listener = self._listeners.get(listener_id)
+            if listener is None or (principal is not None and listener.principal != principal):
+                continue
+            self._send(listener, message)
+
+    def broadcast(self, message: JsonObj, list_kind: str | None = None) -> None:
         for listener in list(self._listeners.values()):
             if list_kind is not None and not listener.filters.get(LIST_FILTERS.get(list_kind, "")):
                 continue
-            if uri is not None and uri not in listener.uris:
-                continue
-            out = message
-            if listener.meta is not None:
-                params = dict(message.get("params") or {})
-                params["_meta"] = {**(params.get("_meta") or {}), **listener.meta}
-                out = {**message, "params": params}
-            task = asyncio.ensure_future(self._deliver(listener, out))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._send(listener, message)
+
+    def _send(self, listener: Listener, message: JsonObj) -> None:
+        out = message
+        if listener.meta is not None:
+            params = dict(message.get("params") or {})
+            params["_meta"] = {**(params.get("_meta") or {}), **listener.meta}
+            out = {**message, "params": params}
+        task = asyncio.ensure_future(self._deliver(listener, out))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, listener: Listener, message: JsonObj) -> None:
         with contextlib.suppress(Exception):

@@ -51,7 +51,8 @@ class UpstreamEvents:
     """What an upstream tells the gateway outside of any request."""
 
     list_changed: Callable[[str, str], None] = lambda _server, _kind: None
-    resource_updated: Callable[[str, JsonObj], None] = lambda _server, _params: None
+    # (server, params, principal key): the key when the update came from one principal's own connection.
+    resource_updated: Callable[[str, JsonObj, str | None], None] = lambda _server, _params, _principal: None
     # A request or notification from this server on its way to a client passes the guards' `on_message`
     # (None: nothing watches them). May raise Refusal.
     screen: Callable[[RequestContext, str, str, JsonObj], Awaitable[JsonObj]] | None = None
@@ -80,6 +81,7 @@ class Upstream:
         # Tokens are random, and progress counts only from the session that holds the request.
         self._progress: dict[str, tuple[Session, RequestContext, Any]] = {}
         self.stray_messages = 0  # server messages for another session's request or subscription, dropped
+        self.principal_key: str | None = None  # a per-principal child: the one principal it serves
         self._failures = 0
         self._next_attempt = 0.0
         self._stopping = False
@@ -125,6 +127,7 @@ class Upstream:
             if cfg is None:
                 raise self.unbound(key)
             child = self._children[key] = Upstream(cfg, self.gw, self.events, self.launcher)
+            child.principal_key = key
         return child
 
     def unbound(self, principal_key: str) -> Refusal:
@@ -361,6 +364,7 @@ class Upstream:
                   "clientInfo": ctx.client_info or GATEWAY_INFO}
         result = await session.peer.request("initialize", params, self.cfg.timeout)
         session.info = result
+        session.client_capabilities = ctx.capabilities
         session.protocol_version = str(result.get("protocolVersion", version))
         self.info = result
         await session.peer.notify("notifications/initialized")
@@ -500,7 +504,7 @@ class Upstream:
                                    and not self._watch.holds(session.key, params.get("uri"))):
                 self._stray(method)
                 return
-            self.events.resource_updated(self.name, params)
+            self.events.resource_updated(self.name, params, self.principal_key)
         elif method not in ("notifications/cancelled", "notifications/subscriptions/acknowledged"):
             log.debug("server %s sent %s; not forwarded", self.name, method)
 
@@ -535,13 +539,20 @@ class Upstream:
                 with contextlib.suppress(PeerError):
                     await session.peer.request("logging/setLevel", {"level": level}, self.cfg.timeout)
 
-    async def notify_sessions(self, method: str, params: JsonObj | None = None) -> None:
-        for child in list((self._children or {}).values()):
-            await child.notify_sessions(method, params)
+    async def roots_changed(self, ctx: RequestContext) -> None:
+        """A legacy client's `notifications/roots/list_changed` reaches the live legacy sessions of that
+        client connection whose initialize declared roots, and no others: not another client's, another
+        principal's, nor the gateway's own. A stateless request has no session of its own to tell."""
+        if ctx.connection_id is None:
+            return
+        child = (self._children or {}).get(ctx.principal.key)
+        if child is not None:
+            await child.roots_changed(ctx)
+        owner = "|" + "|".join((ctx.principal.key, ctx.connection_id))
         for session in list(self._sessions.values()):
-            if session.era == "legacy":
+            if session.era == "legacy" and session.key.endswith(owner) and "roots" in session.client_capabilities:
                 with contextlib.suppress(LinkError):
-                    await session.peer.notify(method, params)
+                    await session.peer.notify("notifications/roots/list_changed")
 
     # ------------------------------------------------------------ subscriptions
     async def subscribe(self, ctx: RequestContext, all_uris: set[str]) -> None:

@@ -36,6 +36,7 @@ class Session:
     era: v.Era
     key: str
     info: JsonObj = field(default_factory=dict)  # initialize or discover result
+    client_capabilities: JsonObj = field(default_factory=dict)  # what the gateway declared at initialize
     protocol_version: str = v.LATEST_MODERN
     active: dict[int, RequestContext] = field(default_factory=dict)
     last_ctx: RequestContext | None = None
