@@ -6,22 +6,35 @@ text in a terminal, and base64 / hex / URL-encoded runs or HTML comments carry a
 drops. `normalise()` turns a field into plain NFKC text with the invisible characters removed (each
 reported), and lists the decoded payloads so the scanner can rescan them as extra "layers".
 
-Every decode is bounded: a run must be at least MIN_RUN long, a decoded text is capped at MAX_DECODED
-characters, at most MAX_DECODES payloads per field, and decoding goes at most MAX_DEPTH levels deep.
+Every decode is bounded: a run must be at least MIN_RUN long, a decoded text is cut at MAX_DECODED
+bytes, at most MAX_DECODES payloads per field, and decoding goes at most MAX_DEPTH levels deep. The
+bounds fail closed: the first readable payload past MAX_DECODES, and a readable payload cut at
+MAX_DECODED, also come back as an "excess" layer (TOO_MANY, TOO_LONG) that the scanner reports as a HIGH
+finding; so does, in the scanner, a payload still encoded at the last level.
 """
 
 from __future__ import annotations
 
 import binascii
+import codecs
 import re
 import unicodedata
 import urllib.parse
 from dataclasses import dataclass, field
 
 MIN_RUN = 24  # shorter base64/hex runs are ids and hashes, not sentences
-MAX_DECODED = 4096  # a payload longer than this is cut: enough for any instruction
-MAX_DECODES = 8  # per field and level
-MAX_DEPTH = 2  # base64 inside a comment is found; base64 inside base64 inside a comment is not
+MAX_DECODED = 4096  # bytes (URL-encoding: characters) of a payload read: a longer one is reported (TOO_LONG)
+MAX_DECODES = 8  # per field and level; the next readable payload is reported (TOO_MANY)
+MAX_DEPTH = 2  # base64 in base64 is decoded; a third level is reported, not decoded (scanner._layer)
+TOO_MANY = "excess.count"  # layers of payloads past a bound: reported, not rescanned
+TOO_LONG = "excess.size"
+
+
+class _Cut(str):
+    """A decoded payload cut at MAX_DECODED (its readable start): `_keep` reports it as TOO_LONG."""
+
+    __slots__ = ()
+
 
 # Zero-width, joiners, word joiner and invisible operators, BOM, soft hyphen, Mongolian vowel separator,
 # Hangul fillers: a reader never sees them, a tokenizer does.
@@ -140,7 +153,7 @@ class Mark:
 class Layer:
     """A decoded payload to rescan; (start, end) is the encoded run in the normalised text."""
 
-    layer: str  # "base64" | "hex" | "url" | "html-comment" | "unicode-tags"
+    layer: str  # "base64" | "hex" | "url" | "html-comment" | "unicode-tags" | TOO_MANY | TOO_LONG
     start: int
     end: int
     text: str
@@ -216,21 +229,25 @@ def _readable(text: str) -> bool:
 
 
 def _decode_bytes(raw: bytes) -> str | None:
+    cut = len(raw) > MAX_DECODED
     raw = raw[:MAX_DECODED]
     if raw.isascii():
         text = raw.decode("ascii")
     else:
         # Most runs that look like base64 are identifiers whose bytes are not UTF-8: decoding with
-        # replacement says so without raising. A U+FFFD there is the decoder's unless the bytes spell one.
+        # replacement says so without raising. A U+FFFD there is the decoder's unless the bytes spell one
+        # (or the cut split a character: the incremental decoder leaves that character out).
         text = raw.decode("utf-8", "replace")
         if "\ufffd" in text:
-            if b"\xef\xbf\xbd" not in raw:
+            if b"\xef\xbf\xbd" not in raw and not cut:
                 return None
             try:
-                text = raw.decode("utf-8")
+                text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=not cut)
             except UnicodeDecodeError:
                 return None
-    return text if _readable(text) else None
+    if not _readable(text):
+        return None
+    return _Cut(text) if cut else text
 
 
 def _b64(run: str) -> str | None:
@@ -272,9 +289,7 @@ def _decodes(text: str, marked: bytes | None = None) -> list[Layer]:
                 end = marked.find(b" ", start)
                 end = len(text) if end < 0 else end
                 stop = end + 2 if text.startswith("==", end) else end + 1 if text.startswith("=", end) else end
-                decoded = _b64(text[start:stop])
-                if decoded and len(found) < MAX_DECODES:
-                    found.append(Layer("base64", start, stop, decoded[:MAX_DECODED]))
+                _keep(found, "base64", start, stop, _b64(text[start:stop]))
                 start = marked.find(_LONG_RUN, end)
         else:
             for m in _BASE64.finditer(text):
@@ -290,14 +305,30 @@ def _decodes(text: str, marked: bytes | None = None) -> list[Layer]:
     if "%" in text:
         for m in _URL_ENCODED.finditer(text):
             decoded = urllib.parse.unquote(m.group(), errors="strict") if "%" in m.group() else None
-            if decoded and decoded != m.group() and _readable(decoded):
+            if decoded and decoded != m.group() and _readable(decoded[:MAX_DECODED]):
                 _add(found, "url", m, decoded)
     return found
 
 
 def _add(found: list[Layer], layer: str, m: re.Match[str], decoded: str | None) -> None:
-    if decoded and len(found) < MAX_DECODES:
-        found.append(Layer(layer, m.start(), m.end(), decoded[:MAX_DECODED]))
+    _keep(found, layer, m.start(), m.end(), decoded)
+
+
+def _keep(found: list[Layer], layer: str, start: int, end: int, decoded: str | None) -> None:
+    """Keep a readable payload, up to MAX_DECODES; past that bound, or for a payload cut at MAX_DECODED, also
+    a TOO_MANY or TOO_LONG layer (the first of each: its span and text are the finding's evidence), so that
+    a payload left unread is reported rather than passed."""
+    if not decoded:
+        return
+    if len(found) < MAX_DECODES:
+        found.append(Layer(layer, start, end, decoded[:MAX_DECODED]))  # a cut payload's start is read too
+        if not isinstance(decoded, _Cut) and len(decoded) <= MAX_DECODED:
+            return
+        excess = TOO_LONG
+    else:
+        excess = TOO_MANY
+    if all(f.layer != excess for f in found):
+        found.append(Layer(excess, start, end, decoded[:MAX_DECODED]))
 
 
 def _tags_payload(text: str) -> list[Layer]:
@@ -348,10 +379,3 @@ def normalise(raw: str, *, decode: bool = True) -> Normalised:
         out.layers.extend(_decodes(text))
     return out
 
-
-def nested(layer: Layer) -> list[Layer]:
-    """The next level: payloads inside a decoded payload, located at the outer payload's span."""
-    if MAX_DEPTH < 2:
-        return []
-    inner = normalise(layer.text).layers
-    return [Layer(f"{layer.layer}+{sub.layer}", layer.start, layer.end, sub.text) for sub in inner]

@@ -27,12 +27,13 @@ from mcpward.integrity import normalise as norm
 from mcpward.integrity import rules as rules_mod
 from mcpward.integrity import shadowing
 from mcpward.integrity.model import EMPTY, Finding, Report, ScanContext, Severity
+from mcpward.integrity.walk import MAX_DEPTH as MAX_NESTING
 from mcpward.integrity.walk import SCHEMAS, argument_strings, item_strings, schema_strings, top_strings
 
 __all__ = ["Finding", "Report", "ScanContext", "Scanner", "Severity", "default_scanner", "item_strings"]
 
 LONG_TEXT = 4000  # characters in one field: the longest benign description in the eval corpora is 3,866
-MAX_STRINGS = 2000  # strings read from one item: a schema bigger than this is itself a finding
+MAX_STRINGS = 2000  # strings read from one item: the rest is not read, and that is a HIGH finding
 CACHE_SIZE = 50_000  # content results kept (one per distinct definition)
 PART_BYTES = 32 << 20  # schema JSON kept as keys of the schema cache
 STRING_CACHE = 200_000  # strings remembered as clean, and words of strings (each; cleared when full)
@@ -81,6 +82,12 @@ def combine(findings: tuple[Finding, ...]) -> Report:
     return Report(ordered, score, Severity(severity))
 
 
+def _bound(rule: str, field: str, start: int, end: int, evidence: str, layer: str = "text") -> Finding:
+    """A scan bound was hit and content past it went unread: HIGH (fail closed), naming the bound."""
+    return Finding(f"poisoning.{rule}", rule.split(".", 1)[0], Severity.HIGH, field, start, end, evidence, layer,
+                   0.8)
+
+
 
 # ---------------------------------------------------------------------------------------- the scanner
 
@@ -92,6 +99,7 @@ _Schema = tuple[str, bytes, "_Part | _Strings"]  # schema key, part key, its cac
 # What `_prepare` read of an item for `_finish`: its own strings, prompt arguments and schemas; None: walk whole.
 _Todo = tuple[_Strings, _Strings, list[_Schema]] | None
 _SORTED = orjson.OPT_SORT_KEYS
+_EXCESS = frozenset({norm.TOO_MANY, norm.TOO_LONG})
 
 
 class _Batch:
@@ -283,8 +291,8 @@ class Scanner:
 
     def _schemas_of(self, item: Mapping[str, Any], batch: _Batch | None) -> list[_Schema] | None:
         """Each schema of the item with its part key and its cached part, else its strings (a batch walks a
-        schema once); None when a schema cannot be serialised or holds MAX_STRINGS strings or more: the item
-        is then walked whole (`_walked`)."""
+        schema once); None when a schema cannot be serialised, holds MAX_STRINGS strings or more, or nests
+        deeper than the walk reads: the item is then walked whole (`_walked`), which reports the bound."""
         out: list[_Schema] = []
         for name in SCHEMAS:
             schema = item.get(name)
@@ -302,8 +310,9 @@ class Scanner:
                     continue
                 strings = batch.walked.get(pkey) if batch is not None else None
                 if strings is None:
-                    strings = schema_strings(name, schema)
-                    if len(strings) >= MAX_STRINGS:
+                    deep: list[str] = []
+                    strings = schema_strings(name, schema, deep)
+                    if len(strings) >= MAX_STRINGS or deep:
                         return None
                     if batch is not None:
                         batch.walked[pkey] = strings
@@ -381,19 +390,25 @@ class Scanner:
     def _walked(self, kind: str, item: Mapping[str, Any]) -> _Content:
         """The content part read field by field from the whole walk (instructions, items whose schemas
         cannot be serialised, and items with MAX_STRINGS strings or more)."""
+        deep: list[str] = []  # where the walk's depth bound left content unread
+        unread: str | None = None  # the first field past MAX_STRINGS
         if kind == "instructions":
             strings: _Strings = [("instructions", str(item.get("instructions", "")), False)]
         else:
             strings = []
-            for n, entry in enumerate(item_strings(kind, item)):
+            for n, entry in enumerate(item_strings(kind, item, deep)):
                 if n >= MAX_STRINGS:
+                    unread = entry[0]
                     break
                 strings.append(entry)
         seen: dict[str, str] = {}  # non-ASCII text -> its normalised form, shared with the words below
         found = self._scan_strings(strings, seen, None)
-        if len(strings) >= MAX_STRINGS:
-            found.append(Finding("poisoning.excessive-length.schema-size", "excessive-length", Severity.MEDIUM,
-                                 "inputSchema", 0, 0, f"more than {MAX_STRINGS} strings", weight=0.4))
+        if unread is not None:
+            found.append(_bound("excessive-length.schema-size", unread, 0, 0,
+                                f"more than {MAX_STRINGS} strings: the rest is not read"))
+        if deep:
+            found.append(_bound("excessive-nesting.schema-depth", deep[0], 0, 0,
+                                f"nested deeper than {MAX_NESTING} levels: the rest is not read"))
         name = item.get("name")
         if kind != "instructions" and isinstance(name, str):
             found.extend(self._shadow.known_findings(name))
@@ -528,13 +543,35 @@ class Scanner:
                                 where, layer.start, layer.end, norm.escape(layer.text), "html-comment", 0.8)]
             return [Finding("poisoning.encoded-payload.html-comment", "encoded-payload", Severity.LOW, where,
                             layer.start, layer.end, norm.escape(layer.text), "html-comment", 0.2)]
+        if layer.layer in _EXCESS:
+            return [self._excess(where, layer, layer)]
         out = self._decoded(where, layer)
         inner = norm.normalise(layer.text)
-        for sub in inner.layers:  # second level, no further
-            if sub.layer != "html-comment":
-                out.extend(self._decoded(where, norm.Layer(f"{layer.layer}+{sub.layer}", layer.start, layer.end,
-                                                           sub.text)))
+        for sub in inner.layers:  # the second level (MAX_DEPTH), no further
+            if sub.layer == "html-comment":
+                continue  # its text is part of the payload, matched above
+            if sub.layer in _EXCESS:
+                out.append(self._excess(where, layer, sub))
+                continue
+            level2 = norm.Layer(f"{layer.layer}+{sub.layer}", layer.start, layer.end, sub.text)
+            out.extend(self._decoded(where, level2))
+            # Still encoded at the last level: a third decode is not made, so what it holds is not read.
+            deeper = [x for x in norm.normalise(sub.text).layers if x.layer != "html-comment"]
+            if deeper:
+                out.append(_bound("excessive-encoding.decode-depth", where, layer.start, layer.end,
+                                  norm.escape(f"encoded more than {norm.MAX_DEPTH} levels deep: {deeper[0].text}"),
+                                  f"{level2.layer}+{deeper[0].layer}"))
         return out
+
+    @staticmethod
+    def _excess(where: str, outer: norm.Layer, layer: norm.Layer) -> Finding:
+        """A payload normalisation did not decode because a bound was hit (TOO_MANY, TOO_LONG); `outer` is
+        the field-level layer whose span locates it (the payload itself at the first level)."""
+        if layer.layer == norm.TOO_MANY:
+            rule, why = "excessive-encoding.payload-count", f"more than {norm.MAX_DECODES} encoded payloads"
+        else:
+            rule, why = "excessive-encoding.payload-size", f"an encoded payload over {norm.MAX_DECODED} bytes"
+        return _bound(rule, where, outer.start, outer.end, norm.escape(f"{why}: {layer.text}"), layer.layer)
 
     def _decoded(self, where: str, layer: norm.Layer) -> list[Finding]:
         text = norm.normalise(layer.text, decode=False).text
