@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mcpward.gateway.catalog import Catalog, template_pattern
+from mcpward.gateway.catalog import Catalog
 from mcpward.gateway.config import ServerConfig
 
 
@@ -54,11 +54,36 @@ def test_names_stay_valid_and_distinct() -> None:
         assert entry is not None and entry.name == original
 
 
-def test_removed_tools_are_forgotten() -> None:
+def test_removed_tools_are_forgotten_after_a_complete_listing() -> None:
     cat = Catalog(servers(("s", "", 0)), "__")
     cat.publish("tools", "s", [{"name": "old"}, {"name": "kept"}])
     cat.publish("tools", "s", [{"name": "kept"}])
+    assert cat.resolve("tools", "old") is not None  # a page is not the whole list
+    cat.settle("tools", "s", {"kept"})
     assert cat.resolve("tools", "old") is None and cat.resolve("tools", "kept") is not None
+
+
+def test_every_page_of_an_unprefixed_server_routes() -> None:
+    # Each page used to replace the last: tools on page 1 of an unprefixed server became unknown.
+    cat = Catalog(servers(("s", "", 0)), "__")
+    cat.publish("tools", "s", [{"name": "page1_tool"}])
+    cat.publish("tools", "s", [{"name": "page2_tool"}])
+    cat.settle("tools", "s", {"page1_tool", "page2_tool"})
+    assert cat.resolve("tools", "page1_tool") is not None and cat.resolve("tools", "page2_tool") is not None
+    cat.publish_templates("s", [{"uriTemplate": "a://{x}"}])
+    cat.publish_templates("s", [{"uriTemplate": "b://{x}"}])
+    assert cat.resolve_uri("a://1") == "s" and cat.resolve_uri("b://1") == "s"
+    cat.settle_templates("s", {"b://{x}"})
+    assert cat.resolve_uri("a://1") is None and cat.resolve_uri("b://1") == "s"
+
+
+def test_a_hostile_template_cannot_stall_routing() -> None:
+    # A regex with one `.*` per expression backtracks for hours on this pair (the test's timeout would
+    # end it); the matcher walks the URI once per piece.
+    cat = Catalog(servers(("s", "", 0)), "__")
+    cat.publish_templates("s", [{"uriTemplate": "x://" + "{+a}x" * 40 + "y"}])
+    assert cat.resolve_uri("x://" + "x" * 3000) is None
+    assert cat.resolve_uri("x://" + "x" * 40 + "y") == "s"
 
 
 def test_resource_and_template_routing() -> None:
@@ -68,4 +93,5 @@ def test_resource_and_template_routing() -> None:
     assert cat.resolve_uri("file:///x") == "a"
     assert cat.resolve_uri("test://template/42/data") == "b"
     assert cat.resolve_uri("test://template/4/2/data") is None
-    assert template_pattern("file:///{+path}").fullmatch("file:///a/b/c")
+    cat.publish_templates("b", [{"uriTemplate": "file:///{+path}"}])
+    assert cat.resolve_uri("file:///a/b/c") == "b"

@@ -51,6 +51,31 @@ async def test_pagination_walks_every_server_with_an_opaque_cursor(write_config)
         await client.close()
 
 
+async def test_an_unprefixed_server_paging_its_tools_keeps_every_page_callable(write_config) -> None:  # type: ignore[no-untyped-def]
+    # Each page used to replace the one before in the name map: after listing, the tools of the first
+    # pages of an unprefixed server were unknown names.
+    client = await RawStdioClient.start(write_config(f"""
+[servers.one]
+command = "{PYTHON}"
+args = ["{FAULT}", "--page-size", "2"]
+prefix = ""
+"""))
+    try:
+        cursor, seen = None, []
+        for _ in range(20):
+            reply = await client.request("tools/list", {"cursor": cursor} if cursor else {})
+            seen += [t["name"] for t in reply["result"]["tools"]]
+            cursor = reply["result"].get("nextCursor")
+            if cursor is None:
+                break
+        assert "echo" in seen and "shapeless" in seen
+        for tool, args in (("echo", {"text": "first page"}), ("pid", {})):  # pages 1 and 3
+            reply = await client.call(tool, args)
+            assert "result" in reply and not reply["result"].get("isError"), reply
+    finally:
+        await client.close()
+
+
 async def test_lazy_servers_start_on_first_use(write_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
     client = await RawStdioClient.start(config(write_config, start="lazy"))
     try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from mcpward.gateway.config import ServerConfig
 from mcpward.protocol.jsonrpc import JsonObj
+from mcpward.protocol.uri_template import UriTemplate
 
 log = logging.getLogger("mcpward.catalog")
 VALID_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -42,7 +43,7 @@ class Catalog:
         self.maps: dict[str, NameMap] = {"tools": NameMap(), "prompts": NameMap()}
         self.resources: dict[str, str] = {}  # exact URI -> server (the best-ranked one listing it)
         self._listed: dict[str, set[str]] = {}  # server -> the URIs it listed
-        self.templates: dict[str, list[tuple[re.Pattern[str], str]]] = {}  # server -> [(pattern, template)]
+        self.templates: dict[str, dict[str, UriTemplate]] = {}  # server -> template text -> its matcher
 
     def exposed_name(self, server: str, name: str) -> str:
         prefix = self.servers[server].prefix
@@ -83,13 +84,20 @@ class Catalog:
             names.by_exposed[exposed] = Entry(server, name)
             mine[name] = exposed
             out.append(item if exposed == name else {**item, "name": exposed})
-        # Forget names this server no longer offers.
-        for stale in set(names.by_server.get(server, {}).values()) - set(mine.values()):
-            entry = names.by_exposed.get(stale)
-            if entry is not None and entry.server == server:
-                del names.by_exposed[stale]
-        names.by_server[server] = mine
+        # Added to what earlier pages published: a page is not the whole list. Names the server no
+        # longer offers are forgotten by `settle`, once a complete listing shows what it offers.
+        names.by_server.setdefault(server, {}).update(mine)
         return out
+
+    def settle(self, kind: str, server: str, upstream_names: set[str]) -> None:
+        """After a complete listing of `server`: `upstream_names` is all it offers now."""
+        names = self.maps[kind]
+        held = names.by_server.get(server, {})
+        for name in set(held) - upstream_names:
+            exposed = held.pop(name)
+            entry = names.by_exposed.get(exposed)
+            if entry is not None and entry.server == server:
+                del names.by_exposed[exposed]
 
     def resolve(self, kind: str, exposed: str) -> Entry | None:
         entry = self.maps[kind].by_exposed.get(exposed)
@@ -132,28 +140,23 @@ class Catalog:
                 del self.resources[uri]
 
     def publish_templates(self, server: str, items: list[JsonObj]) -> None:
-        compiled = []
+        """One page of a server's URI templates, added to what earlier pages published."""
+        known = self.templates.setdefault(server, {})
         for item in items:
             template = item.get("uriTemplate")
-            if isinstance(template, str):
-                compiled.append((template_pattern(template), template))
-        self.templates[server] = compiled
+            if isinstance(template, str) and template not in known:
+                known[template] = UriTemplate.parse(template)
+
+    def settle_templates(self, server: str, templates: set[str]) -> None:
+        """After a complete listing of `server`'s templates: `templates` is all it offers now."""
+        known = self.templates.get(server, {})
+        for gone in set(known) - templates:
+            del known[gone]
 
     def resolve_uri(self, uri: str) -> str | None:
         server = self.resources.get(uri)
         if server is not None:
             return server
-        matches = [s for s, pats in self.templates.items() if any(p.fullmatch(uri) for p, _t in pats)]
+        # Linear-time matching: templates come from upstreams and URIs from clients (no regex backtracking).
+        matches = [s for s, known in self.templates.items() if any(t.matches(uri) for t in known.values())]
         return min(matches, key=self._rank) if matches else None
-
-
-def template_pattern(template: str) -> re.Pattern[str]:
-    """An RFC 6570 template as a regex good enough for routing (each expression = one segment run)."""
-    out, pos = [], 0
-    for match in re.finditer(r"\{([^}]*)\}", template):
-        out.append(re.escape(template[pos:match.start()]))
-        op = match.group(1)[:1]
-        out.append(".*" if op in ("+", "#", "/", "?", "&", ";") else "[^/?#]*")
-        pos = match.end()
-    out.append(re.escape(template[pos:]))
-    return re.compile("".join(out))

@@ -34,6 +34,8 @@ from mcpward.transport.base import SendHints
 log = logging.getLogger("mcpward.listing")
 METHODS = {"tools": "tools/list", "prompts": "prompts/list", "resources": "resources/list",
            "resourceTemplates": "resources/templates/list"}
+# The field that names an item of each kind of list.
+IDENTITY_KEY = {"tools": "name", "prompts": "name", "resources": "uri", "resourceTemplates": "uriTemplate"}
 CAPABILITY = {"tools": "tools", "prompts": "prompts", "resources": "resources", "resourceTemplates": "resources"}
 CURSOR_TTL = 3600.0  # long enough to page through any list by hand; a lost cursor restarts the listing
 
@@ -117,8 +119,8 @@ class Lister:
             if page is None:
                 continue
             items.extend(self._publish(server, kind, page))
-            if kind == "resources" and (offset > 0 or upstream_cursor is None) and page.get("nextCursor") is None:
-                self._settle(server, page)  # this server's whole list, in one page
+            if (offset > 0 or upstream_cursor is None) and page.get("nextCursor") is None:
+                self._settle(server, kind, page)  # this server's whole list, in one page
             ttl = page.get("ttlMs")
             if isinstance(ttl, int) and not isinstance(ttl, bool):
                 ttls.append(ttl)
@@ -146,11 +148,18 @@ class Lister:
             result["cacheScope"] = "private" if private else "public"
         return result
 
-    def _settle(self, server: str, *pages: JsonObj) -> None:
-        """A complete listing of `server`'s resources: the URI map forgets what it no longer lists."""
-        uris = {item["uri"] for page in pages if isinstance(page.get("resources"), list)
-                for item in page["resources"] if isinstance(item, dict) and isinstance(item.get("uri"), str)}
-        self.catalog.settle_resources(server, uris)
+    def _settle(self, server: str, kind: str, *pages: JsonObj) -> None:
+        """A complete listing of `server`'s `kind`: the catalog forgets what it no longer offers. (Each
+        page only adds: a server's list may come in several pages.)"""
+        key = IDENTITY_KEY[kind]
+        offered = {item[key] for page in pages if isinstance(page.get(kind), list)
+                   for item in page[kind] if isinstance(item, dict) and isinstance(item.get(key), str)}
+        if kind == "resources":
+            self.catalog.settle_resources(server, offered)
+        elif kind == "resourceTemplates":
+            self.catalog.settle_templates(server, offered)
+        else:
+            self.catalog.settle(kind, server, offered)
 
     def _publish(self, server: str, kind: str, page: JsonObj) -> ListedItems:
         listed = self._publish_items(server, kind, page)
@@ -208,11 +217,9 @@ class Lister:
                     return
                 self._publish(server, kind, page)
                 cursor = page.get("nextCursor")
-                if kind == "resources":
-                    pages.append(page)
+                pages.append(page)
                 if cursor is None:
-                    if kind == "resources":
-                        self._settle(server, *pages)
+                    self._settle(server, kind, *pages)
                     return
 
         await asyncio.gather(*(walk(server) for server in (self.order if servers is None else servers)))

@@ -15,12 +15,10 @@ URI that only a hidden template offers is refused like a call to a hidden tool. 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 
 from mcpward.audit import events as audit
-from mcpward.gateway.catalog import template_pattern
 from mcpward.gateway.config import GatewayConfig
 from mcpward.guards.base import Call, GatewayView, Guard, Listed, Refusal, audit_refusal
 from mcpward.integrity import fingerprint as fp
@@ -32,6 +30,7 @@ from mcpward.integrity.shadowing import CatalogIndex
 from mcpward.policy.entities import SortedLabels
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
+from mcpward.protocol.uri_template import UriTemplate
 
 log = logging.getLogger("mcpward.integrity")
 KIND_OF_METHOD = {"tools/call": "tools", "prompts/get": "prompts"}
@@ -82,7 +81,7 @@ class IntegrityGuard(Guard):
         self.judge = pins.Judge(cfg, settings, self.scanner, self.lock, self.pending, self.identities)
         self.seen: dict[tuple[str, str, str], Seen] = {}
         self.catalogs: dict[str, CatalogIndex] = {}  # kind -> every server's names, for shadowing checks
-        self.templates: dict[str, dict[str, re.Pattern[str]]] = {}  # server -> listed URI template -> its regex
+        self.templates: dict[str, dict[str, UriTemplate]] = {}  # server -> listed URI template -> its matcher
         self._gateway: GatewayView | None = None
         self._next_check = 0.0
         self._lock_broken = False  # the lock file broke while running: nothing is trusted until it is fixed
@@ -105,7 +104,7 @@ class IntegrityGuard(Guard):
             patterns = self.templates.setdefault(server, {})
             for listed in items:
                 if listed.name not in patterns:
-                    patterns[listed.name] = template_pattern(listed.name)
+                    patterns[listed.name] = UriTemplate.parse(listed.name)
         text = self._gateway.server_instructions(server) if self._gateway else None
         instructions = fp.instructions_digest(text)
         identity = self.identities[server].digest
@@ -187,7 +186,7 @@ class IntegrityGuard(Guard):
             self._admit(call, exact)
             return
         patterns = self.templates.get(server, {})
-        matching = sorted(t for t, pattern in patterns.items() if pattern.fullmatch(uri))
+        matching = sorted(t for t, pattern in patterns.items() if pattern.matches(uri))
         found = [seen for t in matching if (seen := self.seen.get(("resourceTemplates", server, t)))]
         if not found:
             if call.method not in URI_METHODS:

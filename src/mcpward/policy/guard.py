@@ -34,12 +34,9 @@ from mcpward.policy.entities import (
 from mcpward.policy.loader import load_bundle, sources_for
 from mcpward.policy.settings import Mode, PolicySettings, read_settings
 from mcpward.protocol.jsonrpc import JsonObj
+from mcpward.protocol.uri_template import UriTemplate
 
 log = logging.getLogger("mcpward.policy")
-# A URI template as pieces: ("", literal text), ("*", "") for an expression that may span `/`
-# (RFC 6570 +, #, /, ?, &, ;), ("-", "") for one that stays inside a path segment. The catalog
-# routes with the same reading.
-Piece = tuple[str, str]
 
 
 class PolicyGuard(Guard):
@@ -49,7 +46,7 @@ class PolicyGuard(Guard):
         self.engine = engine
         self.mode = mode
         # server -> its URI templates as last listed (the catalog routes URIs through the same ones).
-        self.templates: dict[str, list[tuple[tuple[Piece, ...], str]]] = {}
+        self.templates: dict[str, list[UriTemplate]] = {}
         self._unmatched: set[tuple[str, str]] = set()  # (server, override name) already reported
 
     def add_label_provider(self, provider: LabelProvider) -> None:
@@ -64,7 +61,11 @@ class PolicyGuard(Guard):
 
     def on_published(self, server: str, kind: str, items: list[Listed]) -> None:
         if kind == "resourceTemplates":
-            self.templates[server] = [(template_pieces(listed.name), listed.name) for listed in items]
+            # Merged across pages and listings, never forgotten: a template decision can only refuse more,
+            # so a template the server dropped errs toward a stricter answer, never a looser one.
+            known = self.templates.setdefault(server, [])
+            texts = {template.text for template in known}
+            known.extend(UriTemplate.parse(listed.name) for listed in items if listed.name not in texts)
         elif kind == "tools":
             self._note_unmatched_overrides(server, items)
 
@@ -83,7 +84,7 @@ class PolicyGuard(Guard):
 
     def templates_of(self, server: str, uri: str) -> list[str]:
         """The URI templates of `server` that `uri` is an expansion of."""
-        return [template for pieces, template in self.templates.get(server, ()) if expands_to(pieces, uri)]
+        return [template.text for template in self.templates.get(server, ()) if template.matches(uri)]
 
     def related(self, action: str, target: Target, listed: bool = False) -> list[tuple[str, Target]]:
         """What else must be allowed for `action` on `target` to be (see the module's docstring).
@@ -190,47 +191,6 @@ def completed_item(action: str, target: Target) -> tuple[str, Target] | None:
     item_action = "get_prompt" if target.type == "Prompt" else "read_resource"
     return item_action, Target(target.type, target.id, target.server, target.name, template=target.template,
                                labels=target.labels)
-
-
-def template_pieces(template: str) -> tuple[Piece, ...]:
-    """A URI template as literal text and expressions (see Piece)."""
-    out: list[Piece] = []
-    pos = 0
-    while (start := template.find("{", pos)) >= 0 and (end := template.find("}", start)) >= 0:
-        out.append(("", template[pos:start]))
-        out.append(("*" if template[start + 1:start + 2] in ("+", "#", "/", "?", "&", ";") else "-", ""))
-        pos = end + 1
-    out.append(("", template[pos:]))
-    return tuple(piece for piece in out if piece != ("", ""))
-
-
-def expands_to(pieces: tuple[Piece, ...], uri: str) -> bool:
-    """Whether `uri` fully matches the template, in time linear in len(uri) per piece. (A regex with
-    several `.*` can take polynomial time on a hostile template, and upstream servers write them.)"""
-    if pieces and pieces[0][0] == "" and not uri.startswith(pieces[0][1]):
-        return False  # the usual answer, without the walk: most templates differ in their first literal
-    if pieces and pieces[-1][0] == "" and not uri.endswith(pieces[-1][1]):
-        return False
-    n = len(uri)
-    reach = [False] * (n + 1)  # reach[p]: the pieces so far can match uri[:p]
-    reach[0] = True
-    for kind, text in pieces:
-        nxt = [False] * (n + 1)
-        if kind == "":
-            for p in range(n + 1 - len(text)):
-                if reach[p] and uri.startswith(text, p):
-                    nxt[p + len(text)] = True
-        elif kind == "*":
-            if True in reach:
-                for q in range(reach.index(True), n + 1):
-                    nxt[q] = True
-        else:
-            open_run = False  # some reached position with no /, ? or # between it and here
-            for q in range(n + 1):
-                open_run = reach[q] or (open_run and uri[q - 1] not in "/?#")
-                nxt[q] = open_run
-        reach = nxt
-    return reach[n]
 
 
 def listed_target(kind: str, listed: Listed) -> Target:
