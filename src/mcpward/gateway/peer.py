@@ -40,11 +40,6 @@ def local_error(code: int, message: str, data: Any = None) -> PeerError:
     return PeerError(jsonrpc.ProtocolError(code, message, data).to_error(), local=True)
 
 
-def _expire(future: asyncio.Future[JsonObj]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
-
-
 class Peer:
     def __init__(
         self,
@@ -65,6 +60,12 @@ class Peer:
         self._tasks: set[asyncio.Task[None]] = set()
         # The server's requests being answered, by the server's id: its notifications/cancelled stops one.
         self._answering: dict[RequestId, asyncio.Task[None]] = {}
+        # While the server waits on us (a sampling, elicitation or roots request being answered by a
+        # client, maybe a person), its own requests' clocks stop: the time spent so is not its delay.
+        self._waited_total = 0.0  # seconds with at least one server request being answered, until...
+        self._waiting_since: float | None = None  # ...this moment, when one is being answered now
+        self._answers: set[asyncio.Task[None]] = set()  # the server's requests being answered now
+        self._timers: dict[asyncio.Future[JsonObj], asyncio.TimerHandle] = {}  # re-armed request timers
         self.closed: str | None = None
         link.on_message = self._dispatch
 
@@ -86,7 +87,8 @@ class Peer:
         future: asyncio.Future[JsonObj] = loop.create_future()
         self._pending[rid] = future
         # A timer instead of asyncio.wait_for: no wrapper on the hot path, same effect.
-        timer = loop.call_later(timeout, _expire, future)
+        now = loop.time()
+        timer = loop.call_later(timeout, self._expire, future, now, self._waited(now), timeout)
         try:
             await self.link.send(jsonrpc.request(rid, method, params), hints)
             reply = await future
@@ -101,7 +103,7 @@ class Peer:
             await asyncio.shield(self._cancel_upstream(rid, "cancelled by the client"))
             raise
         finally:
-            timer.cancel()
+            self._timers.pop(future, timer).cancel()
             self._pending.pop(rid, None)
         if "error" in reply:
             error = reply["error"]
@@ -112,6 +114,24 @@ class Peer:
         if not isinstance(body, dict):
             raise local_error(jsonrpc.INTERNAL_ERROR, f"server {self.name!r} sent a result that is not an object")
         return body
+
+    def _waited(self, now: float) -> float:
+        """Seconds, since this peer began, during which the server waited on one of our answers."""
+        since = self._waiting_since
+        return self._waited_total + (now - since if since is not None else 0.0)
+
+    def _expire(self, future: asyncio.Future[JsonObj], started: float, waited: float, timeout: float) -> None:
+        """A request's time is up, unless part of it was spent with the server waiting on us: then the
+        timer is set again for what is left."""
+        if future.done():
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        left = timeout - ((now - started) - (self._waited(now) - waited))
+        if left > 0.001:
+            self._timers[future] = loop.call_later(left, self._expire, future, started, waited, timeout)
+            return
+        future.set_exception(TimeoutError())
 
     async def _cancel_upstream(self, rid: RequestId, reason: str) -> None:
         self.link.abandon(rid)
@@ -146,7 +166,11 @@ class Peer:
             self.on_notification(message)
             return
         rid = message["id"]
-        task = asyncio.get_running_loop().create_task(self._answer(message))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._answer(message))
+        if not self._answers:
+            self._waiting_since = loop.time()
+        self._answers.add(task)
         self._tasks.add(task)
         if rid not in self._answering:  # a reused id still running: the first keeps the mapping
             self._answering[rid] = task
@@ -154,6 +178,10 @@ class Peer:
 
     def _finished(self, rid: RequestId, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._answers.discard(task)
+        if not self._answers and self._waiting_since is not None:
+            self._waited_total += asyncio.get_running_loop().time() - self._waiting_since
+            self._waiting_since = None
         if self._answering.get(rid) is task:
             del self._answering[rid]
 
