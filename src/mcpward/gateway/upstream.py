@@ -21,6 +21,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -29,7 +30,14 @@ from mcpward import __version__
 from mcpward.gateway.config import GatewayConfig, ServerConfig, resolution_problem
 from mcpward.gateway.context import RequestContext
 from mcpward.gateway.peer import Peer, PeerError, local_error
-from mcpward.gateway.upstream_sessions import LegacyWatch, Session, keep_listening, listen_filters, push_owner
+from mcpward.gateway.upstream_sessions import (
+    LegacyWatch,
+    Session,
+    keep_listening,
+    listen_filters,
+    push_owner,
+    retry_with_inputs,
+)
 from mcpward.guards.base import Refusal
 from mcpward.protocol import jsonrpc
 from mcpward.protocol import versions as v
@@ -407,7 +415,7 @@ class Upstream:
                 if result.get("resultType") != "input_required" or ctx.era == "modern":
                     return result
                 # A legacy client cannot take InputRequiredResult: ask it, then retry.
-                params = await self._fulfil_inputs(ctx, params, result)
+                params = await retry_with_inputs(self.name, params, result, partial(self._ask_client, ctx))
         finally:
             self._slots.release()
 
@@ -429,21 +437,6 @@ class Upstream:
         if meta:
             body["_meta"] = meta
         return body, token
-
-    async def _fulfil_inputs(self, ctx: RequestContext, params: JsonObj, result: JsonObj) -> JsonObj:
-        requests = result.get("inputRequests") or {}
-        if not isinstance(requests, dict):
-            raise local_error(jsonrpc.INTERNAL_ERROR, f"server {self.name!r} sent malformed inputRequests")
-        responses: JsonObj = {}
-        for key, req in requests.items():
-            if not isinstance(req, dict) or not isinstance(req.get("method"), str):
-                raise local_error(jsonrpc.INTERNAL_ERROR, f"server {self.name!r} sent a malformed input request")
-            responses[key] = await self._ask_client(ctx, req["method"], req.get("params") or {})
-        retry = {k: val for k, val in params.items() if k not in ("inputResponses", "requestState")}
-        retry["inputResponses"] = responses
-        if "requestState" in result:
-            retry["requestState"] = result["requestState"]
-        return retry
 
     async def _ask_client(self, ctx: RequestContext, method: str, params: JsonObj) -> JsonObj:
         capability = PUSH_CAPABILITY.get(method)
@@ -525,32 +518,33 @@ class Upstream:
         await ctx.channel.notify(jsonrpc.notification(method, params))
 
     # ------------------------------------------------------------- session-wide
+    def _sessions_of(self, ctx: RequestContext) -> list[Session]:
+        """The live legacy sessions of `ctx`'s client connection (legacy sessions are per connection),
+        never another client's, another principal's, or the gateway's own."""
+        owner = f"|{ctx.principal.key}|{ctx.connection_id or 'stateless'}"
+        return [s for s in self._sessions.values() if s.era == "legacy" and s.key.endswith(owner)]
+
     async def set_log_level(self, ctx: RequestContext, level: str) -> None:
-        """Legacy `logging/setLevel` reaches the live legacy sessions of `ctx`'s client connection that
-        offer logging (its later sessions start at the level `ctx` carries). Never another client's:
-        one client asking for `emergency` must not silence another's logs."""
+        """Legacy `logging/setLevel` reaches `ctx`'s own sessions that offer logging (its later sessions
+        start at the level `ctx` carries): one client asking for `emergency` never silences another."""
         child = (self._children or {}).get(ctx.principal.key)
         if child is not None:
             await child.set_log_level(ctx, level)
-        owner = "|" + "|".join((ctx.principal.key, ctx.connection_id or "stateless"))
-        for session in list(self._sessions.values()):
-            caps = session.info.get("capabilities") or {}
-            if session.era == "legacy" and session.key.endswith(owner) and "logging" in caps:
+        for session in self._sessions_of(ctx):
+            if "logging" in (session.info.get("capabilities") or {}):
                 with contextlib.suppress(PeerError):
                     await session.peer.request("logging/setLevel", {"level": level}, self.cfg.timeout)
 
     async def roots_changed(self, ctx: RequestContext) -> None:
-        """A legacy client's `notifications/roots/list_changed` reaches the live legacy sessions of that
-        client connection whose initialize declared roots, and no others: not another client's, another
-        principal's, nor the gateway's own. A stateless request has no session of its own to tell."""
+        """A legacy client's `notifications/roots/list_changed` reaches `ctx`'s own sessions whose initialize
+        declared roots. A stateless request has no session of its own to tell."""
         if ctx.connection_id is None:
             return
         child = (self._children or {}).get(ctx.principal.key)
         if child is not None:
             await child.roots_changed(ctx)
-        owner = "|" + "|".join((ctx.principal.key, ctx.connection_id))
-        for session in list(self._sessions.values()):
-            if session.era == "legacy" and session.key.endswith(owner) and "roots" in session.client_capabilities:
+        for session in self._sessions_of(ctx):
+            if "roots" in session.client_capabilities:
                 with contextlib.suppress(LinkError):
                     await session.peer.notify("notifications/roots/list_changed")
 

@@ -17,11 +17,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mcpward.gateway.context import RequestContext
-from mcpward.gateway.peer import Peer, PeerError
+from mcpward.gateway.peer import Peer, PeerError, local_error
 from mcpward.protocol import jsonrpc
 from mcpward.protocol import versions as v
 from mcpward.protocol.jsonrpc import JsonObj
@@ -143,3 +143,22 @@ async def keep_listening(server: str, filters: JsonObj, meta: JsonObj, peer: Cal
                 log.info("server %s does not offer subscriptions/listen", server)
                 return
         await asyncio.sleep(1.0)  # the server ended the stream: listen again
+
+
+async def retry_with_inputs(server: str, params: JsonObj, result: JsonObj,
+                            ask: Callable[[str, JsonObj], Awaitable[JsonObj]]) -> JsonObj:
+    """A modern server's InputRequiredResult for a client that cannot take one (legacy): each input
+    request is asked of the client with `ask`, and the params of the retry carry the answers."""
+    requests = result.get("inputRequests") or {}
+    if not isinstance(requests, dict):
+        raise local_error(jsonrpc.INTERNAL_ERROR, f"server {server!r} sent malformed inputRequests")
+    responses: JsonObj = {}
+    for key, req in requests.items():
+        if not isinstance(req, dict) or not isinstance(req.get("method"), str):
+            raise local_error(jsonrpc.INTERNAL_ERROR, f"server {server!r} sent a malformed input request")
+        responses[key] = await ask(req["method"], req.get("params") or {})
+    retry = {k: val for k, val in params.items() if k not in ("inputResponses", "requestState")}
+    retry["inputResponses"] = responses
+    if "requestState" in result:
+        retry["requestState"] = result["requestState"]
+    return retry
