@@ -79,3 +79,24 @@ def test_operators_may_declare_content_and_nothing_unknown(tmp_path: Path) -> No
     assert parse("content").servers["files"].tools["put"].param_kinds == {"payload": "content"}
     with pytest.raises(ConfigError, match="unknown parameter kind 'blob'"):
         parse("blob")
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("host", "host"), ("hostname", "host"), ("db_host", "host"), ("smtpHost", "host"), ("ip", "host"),
+    ("server_ip", "host"), ("ip_address", "host"), ("ipAddress", "host"), ("hosts", "host"),
+    ("address", None), ("email_address", None), ("zip", None), ("tooltip", None), ("host_url", "url"),
+])
+def test_host_names(name: str, kind: str | None) -> None:
+    assert kind_from_name(name) == kind
+
+
+def test_host_from_schema_format_and_description() -> None:
+    schema = {"type": "object", "properties": {
+        "target": {"type": "string", "format": "hostname"}, "peer": {"type": "string", "format": "ipv4"},
+        "peer6": {"type": "string", "format": "ipv6"}, "where": {"type": "string", "format": "idn-hostname"},
+        "server": {"type": "string", "description": "Host or IP address to connect to"},
+        "name": {"type": "string", "description": "The person's name"}}}
+    assert schema_kinds(schema) == {("target",): "host", ("peer",): "host", ("peer6",): "host",
+                                    ("where",): "host", ("server",): "host"}
+    assert kind_from_description("The hostname of the database server") == "host"
+    assert kind_from_description("URL or hostname to fetch") == "url"  # the first strong phrase wins

@@ -157,3 +157,103 @@ async def test_mismatch_for_missing_and_extra_properties() -> None:
     assert found.message in ('arguments: fails the schema keyword "required": is missing the required property "a"',
                              'arguments: fails the schema keyword "additionalProperties": has properties the '
                              'schema does not allow: "b"')
+
+
+def doubling_chain(links: int, leaf: Any = False, pass_first: bool = False) -> dict[str, Any]:
+    """$defs where each link names the next twice: validation work doubles per link (audit 3, gap 1).
+    `pass_first`: the first branch fails after the full walk and the second passes, so every value
+    takes the whole 2**links walk and is still valid."""
+    defs: dict[str, Any] = {}
+    for i in range(links):
+        nxt = {"$ref": f"#/$defs/a{i + 1}"}
+        defs[f"a{i}"] = {"anyOf": [{"allOf": [nxt, False]}, nxt]} if pass_first else \
+            {"anyOf": [nxt, {"allOf": [nxt]}]}
+    defs[f"a{links}"] = leaf
+    return {"type": "object", "properties": {"q": {"$ref": "#/$defs/a0"}}, "$defs": defs}
+
+
+async def test_a_doubling_ref_chain_is_refused_at_compile_without_validating() -> None:
+    g = guard()
+    schema = doubling_chain(24)  # 1.9 KB; 2**24 subschema applications per value
+    started = time.perf_counter()
+    found = await refusal(g, {"q": "weather"}, definition=d(schema))
+    assert time.perf_counter() - started < 0.5
+    assert found is not None and found.rule == "args.schema.too-complex", found
+    assert "subschemas" in found.message and "weather" not in found.message
+    compiled = g.schemas.get("srv", "tool", schema)
+    assert compiled.validator is None and compiled.error is not None  # no call can ever run it
+
+
+@pytest.mark.parametrize("schema", [
+    {"$defs": {"a": {"anyOf": [{"type": "integer"}, {"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"},
+    {"$defs": {"a": {"allOf": [{"$ref": "#/$defs/b"}]}, "b": {"not": {"$ref": "#/$defs/a"}}}, "$ref": "#/$defs/a"},
+    # doubling per nesting level of the value: 2**depth
+    {"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/b"}, {"allOf": [{"$ref": "#/$defs/b"}]}]},
+               "b": {"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}}}, "$ref": "#/$defs/a"},
+])
+def test_endless_or_exploding_recursion_is_too_complex(schema: dict[str, Any]) -> None:
+    compiled = SchemaCache().get("s", "t", schema)
+    assert compiled.error is not None and compiled.error.rule == "args.schema.too-complex", compiled.error
+
+
+async def test_ordinary_recursive_and_referencing_schemas_still_validate() -> None:
+    tree = {"$defs": {"node": {"type": "object", "properties": {
+        "name": {"type": "string"}, "left": {"$ref": "#/$defs/node"}, "right": {"$ref": "#/$defs/node"},
+        "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
+        "type": "object", "properties": {"root": {"$ref": "#/$defs/node"}}}
+    anchored = {"$id": "https://tools.example/search.json", "type": "object", "properties": {
+        "a": {"$ref": "search.json#/$defs/word"}, "b": {"$ref": "#word"}, "c": {"$ref": "#/$defs/we~1ird"}},
+        "$defs": {"word": {"$anchor": "word", "type": "string"}, "we/ird": {"type": "integer"}}}
+    g = guard()
+    value = {"root": {"name": "r", "left": {"name": "l"}, "children": [{"name": "c", "right": {"name": "x"}}]}}
+    assert await rule_of(g, value, definition=d(tree)) is None
+    assert await rule_of(g, {"root": {"left": {"name": 5}}}, definition=d(tree)) == "args.schema.mismatch"
+    assert await rule_of(g, {"a": "x", "b": "y", "c": 1}, definition=d(anchored)) is None
+    assert await rule_of(g, {"c": "no"}, definition=d(anchored)) == "args.schema.mismatch"
+    assert g.schemas.get("srv", "tool", tree).cost < 200  # far below the limit
+
+
+async def test_an_intricate_schema_times_many_values_is_refused_per_call() -> None:
+    schema = doubling_chain(10, leaf=True, pass_first=True)  # ~4000 applications per value: allowed
+    schema["properties"]["q"] = {"type": "array", "items": {"$ref": "#/$defs/a0"}}
+    g = guard()
+    assert await rule_of(g, {"q": [1, 2, 3]}, definition=d(schema)) is None
+    started = time.perf_counter()
+    found = await refusal(g, {"q": list(range(1000))}, definition=d(schema))
+    assert time.perf_counter() - started < 0.5
+    assert found is not None and found.rule == "args.schema.too-complex" and "1002 values" in found.message, found
+
+
+async def test_an_intricate_schema_reports_a_mismatch_without_the_error_tree() -> None:
+    schema = doubling_chain(9)  # ~2500: over the detail limit, under the compile limit; every value fails
+    g = guard()
+    started = time.perf_counter()
+    found = await refusal(g, {"q": 5}, definition=d(schema))
+    assert time.perf_counter() - started < 0.5
+    assert found is not None and found.rule == "args.schema.mismatch" and "inputSchema" in found.message
+
+
+async def test_deny_closes_pattern_properties_and_type_lists() -> None:
+    deny = guard(additional_properties="deny")
+    patterned = {"type": "object", "properties": {"a": {"type": "string"}},
+                 "patternProperties": {"^x_": {"type": "string"}}}
+    assert await rule_of(deny, {"a": "1", "x_note": "fine"}, definition=d(patterned)) is None
+    assert await rule_of(deny, {"a": "1", "evil": "rm -rf"}, definition=d(patterned)) == "args.schema.mismatch"
+    listed = {"type": ["object", "null"], "required": ["a"]}
+    assert await rule_of(deny, {"a": 1, "evil": 2}, definition=d(listed)) == "args.schema.mismatch"
+    only_patterns = {"patternProperties": {"^n_": {"type": "integer"}}}
+    assert await rule_of(deny, {"n_1": 1}, definition=d(only_patterns)) is None
+    assert await rule_of(deny, {"n_1": 1, "other": 1}, definition=d(only_patterns)) == "args.schema.mismatch"
+    said = {"type": "object", "patternProperties": {"^x_": {}}, "additionalProperties": True}
+    assert await rule_of(deny, {"other": 1}, definition=d(said)) is None  # the schema said so
+
+
+async def test_a_parameter_that_is_a_schema_may_reference_the_meta_schema() -> None:
+    # jsonschema-rs has the meta-schemas built in; they are charged per nesting level, not refused.
+    g = guard()
+    schema = {"type": "object", "properties": {"schema": {"$ref": "https://json-schema.org/draft/2020-12/schema"}}}
+    assert await rule_of(g, {"schema": {"type": "object", "properties": {"a": {"type": "string"}}}},
+                         definition=d(schema)) is None
+    assert await rule_of(g, {"schema": {"type": 5}}, definition=d(schema)) == "args.schema.mismatch"
+    assert await rule_of(g, {"q": 1}, definition=d({"properties": {"q": {"$ref": "#/$defs/nowhere"}}})) \
+        == "args.schema.invalid"  # an unresolvable local $ref: jsonschema-rs refuses it first

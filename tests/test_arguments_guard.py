@@ -231,7 +231,7 @@ async def test_prompts_get_arguments_are_screened_with_prompt_argument_kinds() -
 
 
 async def test_other_methods_pass_untouched() -> None:
-    call = make_call({"url": "http://127.0.0.1/"}, method="resources/read")
+    call = make_call({"url": "http://127.0.0.1/"}, method="resources/subscribe")
     assert await guard().on_request(call) is None
 
 
@@ -359,3 +359,93 @@ async def test_refusals_on_flat_calls_are_the_full_walks() -> None:
     assert await rule_of(guard(), {"path": "php://filter/resource=x"}) == "args.url.scheme"
     assert await rule_of(guard(), {"path": "http://inside.example.com/x"}) == "args.url.non-public"
     assert await rule_of(guard(), {"text": "a ```` b"}) == "args.backticks"
+
+
+# ------------------------------------------------------------------ hosts (audit 3, gap 4)
+HOST_SCHEMA = {"type": "object", "properties": {
+    "host": {"type": "string", "format": "hostname", "description": "Host or IP address to connect to"},
+    "ip": {"type": "string", "format": "ipv4"}, "peer": {"type": "string", "description": "IP address of the peer"}}}
+
+
+@pytest.mark.parametrize("arguments", [
+    {"host": "169.254.169.254"}, {"ip": "169.254.169.254"}, {"host": "metadata.google.internal"},
+    {"host": "0xa9fea9fe"}, {"host": "2852039166"}, {"host": "inside.example.com"}, {"host": "localhost"},
+    {"host": "db"}, {"host": "127.0.0.1:5432"}, {"peer": "::ffff:a9fe:a9fe"}, {"peer": "[fd00:ec2::254]"},
+    {"host": "http://169.254.169.254/"}, {"host": "never-resolves.example.org"},
+])
+async def test_host_parameters_get_the_url_screen(arguments: dict[str, str]) -> None:
+    found = await refusal(guard(), arguments, definition={"name": "tool", "inputSchema": HOST_SCHEMA})
+    assert found is not None and found.rule.startswith("args.url."), (arguments, found)
+
+
+async def test_public_hosts_pass_and_allow_private_urls_applies() -> None:
+    definition = {"name": "tool", "inputSchema": HOST_SCHEMA}
+    assert await rule_of(guard(), {"host": "example.com"}, definition=definition) is None
+    assert await rule_of(guard(), {"host": "example.com:8443", "ip": "93.184.215.14"}, definition=definition) is None
+    assert await rule_of(guard(), {"host": "2606:2800:220:1:248:1893:25c8:1946"}) is None  # by name, no schema
+    private = guard(allow_private_urls=True)
+    assert await rule_of(private, {"host": "inside.example.com"}, definition=definition) is None
+    assert await rule_of(private, {"host": "169.254.169.254"}, definition=definition) == "args.url.non-public"
+
+
+# ------------------------------------------------------------------ completion and resource reads (gap 7)
+def completion(value: Any, name: str = "city", context: Any = None) -> Call:
+    params: dict[str, Any] = {"ref": {"type": "ref/prompt", "name": "p"}, "argument": {"name": name, "value": value}}
+    if context is not None:
+        params["context"] = context
+    return Call(ctx=system_context(), method="completion/complete", params=params, server="srv", target="p",
+                exposed="srv__p")
+
+
+def read(uri: Any) -> Call:
+    return Call(ctx=system_context(), method="resources/read", params={"uri": uri}, server="srv", target=uri,
+                exposed=uri)
+
+
+async def rule_for(call: Call, g: ArgumentGuard | None = None) -> str | None:
+    try:
+        await (g or guard()).on_request(call)
+    except Refusal as exc:
+        assert "Zq8vN3kL" not in exc.message  # never the value
+        return exc.rule
+    return None
+
+
+@pytest.mark.parametrize(("call", "rule"), [
+    (completion("Par"), None),
+    (completion("Pa\u202eris"), "args.unicode.bidi"),
+    (completion("a" * 8193), "args.limit.string"),
+    (completion("http://169.254.169.254/latest", name="url"), "args.url.non-public"),
+    (completion("../../etc/shadow", name="file_path"), "args.path.traversal"),
+    (completion("x; id", name="command"), "args.command.injection"),
+    (completion("Zq8vN3kL\x00", name="topic"), "args.unicode.control"),
+    (completion(5), "args.schema.mismatch"),
+    (completion("Par", context={"arguments": {"country": "France"}}), None),
+    (completion("Par", context={"arguments": {"config_path": "/etc/shadow"}}), "args.path.sensitive"),
+    (completion("Par", context={"arguments": {"host": "169.254.169.254"}}), "args.url.non-public"),
+    (completion("Par", context={"arguments": ["x"]}), "args.schema.mismatch"),
+    (completion("Par", context="x"), "args.schema.mismatch"),
+])
+async def test_completion_values_get_the_argument_screens(call: Call, rule: str | None) -> None:
+    assert await rule_for(call) == rule
+
+
+@pytest.mark.parametrize(("uri", "rule"), [
+    ("test://static-text", None), ("db://secrets/aws", None), ("postgres://db.internal/app/users/schema", None),
+    ("file:///srv/data/report.txt", None), ("https://example.com/doc", None),
+    ("test://template/a\u202eb/data", "args.unicode.bidi"), ("test://x\x1b[2J", "args.unicode.control"),
+    ("test://" + "a" * 8200, "args.limit.string"),
+    ("file:///etc/shadow", "args.path.sensitive"), ("file:///srv/data/../../etc/passwd", "args.path.traversal"),
+    ("http://169.254.169.254/latest", "args.url.non-public"), ("https://inside.example.com/", "args.url.non-public"),
+])
+async def test_resource_uris_get_limits_characters_and_their_scheme_screen(uri: str, rule: str | None) -> None:
+    assert await rule_for(read(uri)) == rule
+
+
+async def test_resource_uri_roots_and_log_mode() -> None:
+    rooted = guard(roots=("/srv/data",))
+    assert await rule_for(read("file:///srv/data/a.txt"), rooted) is None
+    assert await rule_for(read("file:///opt/other.txt"), rooted) == "args.path.outside-roots"
+    logged = guard(mode="log")
+    call = read("file:///etc/shadow")
+    assert await rule_for(call, logged) is None and call.notes["argument_flags"] == ["args.path.sensitive"]

@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import FIXTURES, PYTHON
-from tests.threats.mcp_http import call
+from tests.conftest import FIXTURES, PYTHON, fixture_server, toml_list
+from tests.threats.integrity_support import described
+from tests.threats.mcp_http import call, post, reply_of
 
 RESOLVER_MAP = '{ "internal-api.example.com" = "127.0.0.1", "docs.example.com" = "93.184.215.14" }'
 
@@ -92,3 +93,51 @@ def test_allow_private_urls_still_refuses_metadata(serve_gateway, tmp_path: Path
         assert refused_rule(tool(http, url, "fetch", {"url": "http://169.254.169.254/"}, rid=2)) \
             == "args.url.non-public"
     assert [r["arguments"]["url"] for r in recorded(record)] == ["http://internal-api.example.com/"]
+
+
+# Audit 3, gap 4: a network target without a scheme, named by its parameter (`host`, format hostname/ipv4).
+HOST_TOOL = {"name": "connect", "description": "Open a TCP connection to a host and report the banner.",
+             "inputSchema": {"type": "object", "properties": {
+                 "host": {"type": "string", "format": "hostname", "description": "Host or IP address to connect to"},
+                 "ip": {"type": "string", "format": "ipv4"}}}}
+
+
+def test_host_parameters_are_screened_like_urls(serve_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = described(tmp_path, "net", [HOST_TOOL]) + f"\n[guards.arguments]\nresolver_map = {RESOLVER_MAP}\n"
+    url = serve_gateway(config)
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        for rid, arguments in enumerate([{"host": "169.254.169.254"}, {"ip": "169.254.169.254"},
+                                         {"host": "metadata.google.internal"}, {"host": "0xa9fea9fe"},
+                                         {"host": "internal-api.example.com"}], start=1):
+            _, reply = call(http, url, "tools/call", {"name": "net__connect", "arguments": arguments}, rid=rid)
+            assert refused_rule(reply) == "args.url.non-public", (arguments, reply)
+        _, reply = call(http, url, "tools/call", {"name": "net__connect", "arguments": {"host": "docs.example.com"}},
+                        rid=9)
+        assert refused_rule(reply) is None and "called connect" in json.dumps(reply["result"])
+
+
+# Audit 3, gap 7: completion values and resource URIs reach the upstream too, so they get the same screens.
+def test_completion_values_and_resource_uris_are_screened(serve_gateway) -> None:  # type: ignore[no-untyped-def]
+    cmd = fixture_server()
+    url = serve_gateway(f'[servers.fx]\ncommand = "{cmd[0]}"\nargs = {toml_list(cmd[1:])}\nprefix = ""\n\n'
+                        f"[guards.arguments]\nresolver_map = {RESOLVER_MAP}\n")
+    prompt = {"type": "ref/prompt", "name": "test_prompt_with_arguments"}
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        _, reply = call(http, url, "completion/complete", {"ref": prompt, "argument": {"name": "arg1", "value": "pa"}})
+        assert reply["result"]["completion"]["values"] == ["paris", "park", "party"], reply
+        for rid, (argument, context, rule) in enumerate([
+            ({"name": "url", "value": "http://169.254.169.254/latest/"}, None, "args.url.non-public"),
+            ({"name": "arg1", "value": "pa"}, {"arguments": {"callback_url": "http://internal-api.example.com/"}},
+             "args.url.non-public"),
+            ({"name": "arg1", "value": "p\u202ea"}, None, "args.unicode.bidi"),
+        ], start=2):
+            params: dict[str, Any] = {"ref": prompt, "argument": argument}
+            if context is not None:
+                params["context"] = context
+            _, reply = call(http, url, "completion/complete", params, rid=rid)
+            assert refused_rule(reply) == rule, (argument, reply)
+        # A 2026-07-28 read names its URI in the Mcp-Name header too (ASCII only: the limit, not a character).
+        for rid, (uri, rule) in enumerate([("test://template/42/data", None),
+                                           (f"test://template/{'4' * 8200}/data", "args.limit.string")], start=10):
+            reply = reply_of(post(http, url, "resources/read", {"uri": uri}, rid=rid, headers={"Mcp-Name": uri}), rid)
+            assert refused_rule(reply) == rule and (rule or "result" in reply), reply

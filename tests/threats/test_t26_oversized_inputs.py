@@ -6,12 +6,15 @@ Defaults: string 8192 bytes (UTF-8), 1000 items, depth 15 (the arguments object 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
+from tests.threats.integrity_support import described
+from tests.threats.mcp_http import call
 from tests.threats.test_t01_ssrf import recorded, recording_config, tool
 
 
@@ -81,3 +84,27 @@ def test_configured_limits(serve_gateway, tmp_path: Path) -> None:  # type: igno
     record = tmp_path / "calls.jsonl"
     config = "max_string = 300\nmax_items = 20\nmax_depth = 5\nmax_total = 5000\n"
     check_limits(serve_gateway(recording_config(record, config)), record, (300, 20, 5, 5000))
+
+
+def doubling_schema(links: int) -> dict[str, Any]:
+    """Audit 3, gap 1: each $defs link names the next twice, so validation work doubles per link."""
+    defs: dict[str, Any] = {f"a{i}": {"anyOf": [{"$ref": f"#/$defs/a{i + 1}"},
+                                                {"allOf": [{"$ref": f"#/$defs/a{i + 1}"}]}]} for i in range(links)}
+    defs[f"a{links}"] = False
+    return {"type": "object", "properties": {"q": {"$ref": "#/$defs/a0"}}, "$defs": defs}
+
+
+def test_an_exploding_schema_is_refused_without_freezing_the_gateway(serve_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    tools = [{"name": "search", "description": "Search the catalogue.", "inputSchema": doubling_schema(30)},
+             {"name": "ping", "description": "Answer pong.", "inputSchema": {"type": "object", "properties": {}}}]
+    url = serve_gateway(described(tmp_path, "up", tools))
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        _, reply = call(http, url, "tools/call", {"name": "up__ping", "arguments": {}})  # the first call warms up
+        assert "called ping" in str(reply["result"]), reply
+        started = time.perf_counter()
+        _, reply = call(http, url, "tools/call", {"name": "up__search", "arguments": {"q": "weather"}}, rid=2)
+        assert time.perf_counter() - started < 2  # 2**30 steps if it were validated
+        assert reply["error"]["data"]["rule"] == "args.schema.too-complex", reply
+        assert "weather" not in reply["error"]["message"]
+        _, reply = call(http, url, "tools/call", {"name": "up__ping", "arguments": {}}, rid=3)
+        assert "called ping" in str(reply["result"]), reply

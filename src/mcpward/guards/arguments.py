@@ -1,6 +1,7 @@
 """The argument guard: what a tool is asked to do is checked before any upstream sees it.
 
-For `tools/call` (and the string arguments of `prompts/get`), in this order:
+For `tools/call` (and the string arguments of `prompts/get`, and the `argument.value` and
+`context.arguments` of `completion/complete`, kinds by name), in this order:
 
 1. shape and limits in one walk: nesting depth, items per array/object, bytes per string and per
    object key (UTF-8), then the serialised total; every string and key also passes the character
@@ -10,7 +11,12 @@ For `tools/call` (and the string arguments of `prompts/get`), in this order:
    schema and gets only the generic checks (the guard never goes looking for one);
 3. each string by the kind of its parameter (operator override > schema format > name >
    description): URLs for SSRF, paths for traversal/sensitive/roots, commands and code for
-   injection; backtick runs for every kind (stricter outside text).
+   injection, hosts (`host`, format `hostname`/`ipv4`) as the URL authority `//value`; backtick runs
+   for every kind (stricter outside text).
+
+The schema's cost is bounded when it is compiled (`args.schema.too-complex`, see schema_check), and
+per call as that cost times the number of values. A `resources/read` URI gets the string limit, the
+character screen, and the path screen (`file:`) or URL screen (http/https).
 
 Every refusal names a rule (`args.limit.string`, `args.url.non-public`, ...) and the path to the
 value, never the value itself. Mode `log` (globally or per check family) audits and allows.
@@ -30,7 +36,7 @@ from mcpward.guards.arg_types import Finding, Kind, where
 from mcpward.guards.arguments_config import ArgumentSettings, parse
 from mcpward.guards.base import Call, Guard, Refusal
 from mcpward.guards.command_screen import CommandScreen
-from mcpward.guards.param_kinds import kind_from_description, kind_from_name
+from mcpward.guards.param_kinds import ParamKind, kind_from_description, kind_from_name
 from mcpward.guards.path_screen import PathScreen, url_scheme
 from mcpward.guards.path_screen import decode as decode_path
 from mcpward.guards.schema_check import CompiledTool, SchemaCache
@@ -42,7 +48,9 @@ log = logging.getLogger("mcpward.guards.arguments")
 PathParts = tuple[str | int, ...]
 Names = tuple[str, ...]
 _NO_SCHEMA = CompiledTool()
-_LOOSE: frozenset[Kind] = frozenset({"text", "content"})  # prose: a Markdown fence is fine
+# What this guard reads: a call's arguments, a prompt's, a completion's values and a read's URI.
+_SCREENED = frozenset({"tools/call", "prompts/get", "completion/complete", "resources/read"})
+_LOOSE: frozenset[ParamKind] = frozenset({"text", "content"})  # prose: a Markdown fence is fine
 
 
 class _Findings:
@@ -74,16 +82,23 @@ class ArgumentGuard(Guard):
         self.paths = PathScreen(s.sensitive_patterns)
         self.commands = CommandScreen(self.paths, shell_chaining=s.shell_chaining, urls=self.urls)
         self.backticks = BacktickScreen(max_run=s.max_backtick_run)
-        self.schemas = SchemaCache(max_schema_bytes=s.max_schema_bytes, additional_properties=s.additional_properties)
-        self._name_kinds: dict[str, Kind | None] = {}
+        self.schemas = SchemaCache(max_schema_bytes=s.max_schema_bytes, additional_properties=s.additional_properties,
+                                   max_depth=s.max_depth)
+        self._name_kinds: dict[str, ParamKind | None] = {}
         # (method, server, tool) -> (the compiled schema the kinds came from, parameter name path -> kind)
-        self._kind_memo: dict[tuple[str, str, str], tuple[CompiledTool, dict[Names, Kind]]] = {}
+        self._kind_memo: dict[tuple[str, str, str], tuple[CompiledTool, dict[Names, ParamKind]]] = {}
 
     async def on_request(self, call: Call) -> JsonObj | None:
-        if call.method not in ("tools/call", "prompts/get"):
+        method = call.method
+        if method not in _SCREENED:
             return None
         try:
-            await self._check(call)
+            if method == "completion/complete":
+                await self._completion(call)
+            elif method == "resources/read":
+                await self._resource_uri(call)
+            else:
+                await self._check(call, call.params.get("arguments"))
         except Refusal:
             raise
         except Exception:
@@ -91,9 +106,51 @@ class ArgumentGuard(Guard):
             raise Refusal("args.internal", "the argument guard could not check this call; refused") from None
         return None
 
-    async def _check(self, call: Call) -> None:
+    async def _completion(self, call: Call) -> None:
+        """`completion/complete`: the value being typed and the arguments already chosen reach the
+        upstream's completion handler as surely as a call's arguments reach the tool: the same screens
+        (limits, characters, each value by the kind of its name; no schema: completion has none)."""
+        argument = call.params.get("argument")
+        if (not isinstance(argument, dict) or not isinstance(argument.get("name"), str)
+                or not isinstance(argument.get("value"), str)):
+            _Findings(self, call).add(Finding("args.schema.mismatch",
+                                              "completion argument must be an object with a string name and value"),
+                                      None, detail_first=True)
+            return
+        await self._check(call, {argument["name"]: argument["value"]})
+        context = call.params.get("context")
+        if context is not None:
+            chosen = context.get("arguments") if isinstance(context, dict) else context
+            if chosen is not None:
+                await self._check(call, chosen)
+
+    async def _resource_uri(self, call: Call) -> None:
+        """`resources/read`: the URI gets the string limit and the character screen, and by its scheme
+        the path screen (`file:`: traversal, sensitive paths, roots) or the URL screen (http/https: the
+        upstream fetches it). Other schemes (`db://`, `postgres://`, `github://`) name the server's own
+        resources: their meaning is the server's, so only limits and characters apply."""
+        uri = call.params.get("uri")
+        if not isinstance(uri, str):
+            return  # the gateway refuses a read without a string uri before routing
         found = _Findings(self, call)
-        arguments = call.params.get("arguments")
+        s = self.settings
+        size = len(uri.encode("utf-8", "surrogatepass"))
+        finding: Finding | None = None
+        if size > s.max_string:
+            finding = Finding("args.limit.string", f"is {size} bytes; the limit is {s.max_string} (max_string)")
+        else:
+            finding = screen_characters(uri)
+        if finding is None:
+            scheme = url_scheme(uri)
+            if scheme == "file":
+                finding = self.paths.check(uri, s.roots_for(call.server))
+            elif scheme in ("http", "https"):
+                finding = await self.urls.check(uri, s.allow_private_for(call.server))
+        if finding is not None:
+            found.add(Finding(finding.rule, f"uri {finding.message}"), None, detail_first=True)
+
+    async def _check(self, call: Call, arguments: Any) -> None:
+        found = _Findings(self, call)
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict):
@@ -102,7 +159,7 @@ class ArgumentGuard(Guard):
         oversized: list[tuple[PathParts, Names, int]] = []
         flat = self._flat(arguments)
         strings, backticks = flat if flat is not None else self._walk(arguments, found, oversized)
-        self._total(arguments, found)
+        size = self._total(arguments, found)
         compiled = _NO_SCHEMA
         definition = call.definition
         schema = definition.get("inputSchema") if definition and call.method == "tools/call" else None
@@ -111,7 +168,7 @@ class ArgumentGuard(Guard):
         if oversized:  # only content may exceed max_string (up to max_content): judged by kind now
             self._oversized(call, compiled, oversized, found)
         if schema is not None:
-            finding = self.schemas.validate(compiled, arguments)
+            finding = self.schemas.call_cost(compiled, arguments, size) or self.schemas.validate(compiled, arguments)
             if finding is not None:
                 found.add(finding, None, detail_first=True)
         if not strings:
@@ -123,7 +180,7 @@ class ArgumentGuard(Guard):
         described = _prompt_kinds(definition) if call.method == "prompts/get" else None
         # Kinds per (tool, parameter path) are remembered with the compiled schema they came from
         # (prompts are classified afresh: their kinds come from the definition passed with the call).
-        known: dict[Names, Kind] | None = None
+        known: dict[Names, ParamKind] | None = None
         if described is None:
             entry = self._kind_memo.get((call.method, *tool))
             if entry is None or entry[0] is not compiled:
@@ -155,6 +212,8 @@ class ArgumentGuard(Guard):
                     finding = finding or self._path(value, scheme, call.server)
             elif kind == "url":
                 finding = await self.urls.check(value, s.allow_private_for(call.server))
+            elif kind == "host":
+                finding = await self.urls.check(_as_authority(value), s.allow_private_for(call.server))
             elif kind == "command":
                 finding = self.commands.check_command(value)
             elif kind == "code":
@@ -288,27 +347,29 @@ class ArgumentGuard(Guard):
                 found.add(finding, path)
         return backticks
 
-    def _total(self, arguments: dict[str, Any], found: _Findings) -> None:
+    def _total(self, arguments: dict[str, Any], found: _Findings) -> int:
+        """The serialised size (also bounds how many values the schema check may meet)."""
         try:
             size = len(orjson.dumps(arguments))
         except (TypeError, orjson.JSONEncodeError):
             # Not encodable as JSON the way it will be sent (e.g. integers beyond 64 bits).
             found.add(Finding("args.schema.mismatch", "cannot be serialised as JSON"), None, detail_first=False)
-            return
+            return 1 << 40  # (log mode) no size known: the schema check counts the values instead
         if size > self.settings.max_total:
             found.add(Finding("args.limit.total",
                               f"arguments are {size} bytes serialised; the limit is {self.settings.max_total} "
                               "(max_total)"), None, detail_first=True)
+        return size
 
     # ------------------------------------------------------------ kinds
     def _kind(self, names: Names, compiled: CompiledTool, overrides: dict[str, Kind] | None,
-              described: dict[str, Kind] | None) -> Kind:
+              described: dict[str, ParamKind] | None) -> ParamKind:
         if not names:
             return "text"
         if overrides:
-            kind = overrides.get(".".join(names)) or overrides.get(names[-1])
-            if kind is not None:
-                return kind
+            chosen = overrides.get(".".join(names)) or overrides.get(names[-1])
+            if chosen is not None:
+                return chosen
         kind = compiled.kinds.get(names)
         if kind is not None:
             return kind
@@ -338,12 +399,24 @@ class ArgumentGuard(Guard):
         return self.paths.check(value, self.settings.roots_for(server))
 
 
-def _prompt_kinds(definition: JsonObj | None) -> dict[str, Kind] | None:
+def _as_authority(value: str) -> str:
+    """A host parameter's value (`169.254.169.254`, `db.example.com:5432`, `::1`) as the authority
+    `//value`, which the URL screen checks strictly (every IP spelling, local names, DNS). A value that
+    is a URL after all is screened as that URL."""
+    value = value.strip()
+    if "://" in value or value.startswith(("//", "\\")):
+        return value
+    if value.count(":") > 1 and not value.startswith("["):  # a bare IPv6 address
+        value = f"[{value}]"
+    return "//" + value
+
+
+def _prompt_kinds(definition: JsonObj | None) -> dict[str, ParamKind] | None:
     """Prompt arguments have a name and a description but no schema."""
     listed = (definition or {}).get("arguments")
     if not isinstance(listed, list):
         return None
-    out: dict[str, Kind] = {}
+    out: dict[str, ParamKind] = {}
     for arg in listed:
         if isinstance(arg, dict) and isinstance(arg.get("name"), str):
             description = arg.get("description")

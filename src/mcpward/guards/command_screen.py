@@ -22,7 +22,8 @@ redirections, substitutions), so `python3 -c "import a; print(1)"` is one plain 
   resource-exhaustion probe, not a task;
 - a URL whose host is a cloud metadata address or name, or an ambiguous IP encoding (`0x7f000001`),
   and `gopher:`/`dict:` URLs (raw bytes to internal services); `curl localhost:3000` stays allowed;
-- any path in it that the path screen calls sensitive (`cat /etc/passwd`, `type C:\\WINNT\\...`);
+- any path in it that the path screen calls sensitive (`cat /etc/passwd`, `type C:\\WINNT\\...`), also
+  right after an `@` (`curl -d @/etc/passwd`, `-F f=@~/.ssh/id_rsa`: curl sends that file);
 - the code-execution constructs below (they run commands from inside code).
 
 Chaining plain commands (`apt update && apt install -y x`, `a || b`, `a; b`, `a | grep b`) is
@@ -85,6 +86,10 @@ _RAW_WHAT = {
 # Schemes whose only use from a command line is sending raw bytes to an internal service.
 _RAW_BYTE_SCHEMES = re.compile(r"(?i)(?<![A-Za-z0-9+.-])(gopher|dict):/")
 _PATH_TOKEN = re.compile(r"""(?:^|(?<=[\s"'=<>|;&(,]))((?:[A-Za-z]:)?[\\/][^\s"'|;&<>(),]*|~[^\s"'|;&<>(),]*)""")
+# In a command, also right after `@`: curl's `-d @/etc/passwd` and `-F f=@~/.ssh/id_rsa` send the file
+# named after it. (Not in code: `'@/lib/x'` is a JavaScript import alias there.)
+_COMMAND_PATH_TOKEN = re.compile(r"""(?:^|(?<=[\s"'=<>|;&(,@]))"""
+                                 r"""((?:[A-Za-z]:)?[\\/][^\s"'|;&<>(),]*|~[^\s"'|;&<>(),]*)""")
 # Constructs that run OS commands or reach interpreter internals from code or templates. One RE2
 # automaton: linear time, and ~70x faster than `re` trying each alternative at every position.
 _CODE = re2.compile(
@@ -286,8 +291,8 @@ class CommandScreen:
         found = self.urls.literal_targets(value)
         return None if found is None else Finding(found.rule, f"contains a URL whose {found.message}")
 
-    def _sensitive_paths(self, value: str) -> str | None:
-        for match in _PATH_TOKEN.finditer(value):
+    def _sensitive_paths(self, value: str, tokens: re.Pattern[str] = _PATH_TOKEN) -> str | None:
+        for match in tokens.finditer(value):
             if match.group(1) in _HARMLESS_DEVICES:
                 continue
             found = self.paths.sensitive(normalise(decode(match.group(1))))
@@ -352,4 +357,4 @@ class CommandScreen:
         low = value.lower()
         if ("home" in low or "users" in low or "settings" in low) and _PROFILES.search(value):
             return _RAW_WHAT["profiles"]
-        return self.code_constructs(value) or self._sensitive_paths(value)
+        return self.code_constructs(value) or self._sensitive_paths(value, _COMMAND_PATH_TOKEN)

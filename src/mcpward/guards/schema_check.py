@@ -8,8 +8,9 @@
   backtracking engine with a step limit. Schemas larger than `max_schema_bytes` are refused.
 - Each schema is compiled once per (server, tool, digest of the canonical schema); the same
   schema object seen again skips even the digest.
-- `additional_properties = "deny"` treats object schemas that do not say `additionalProperties`
-  as if they said `false` (with `unevaluatedProperties: false` where combinators are involved
+- `additional_properties = "deny"` treats object schemas (`type` "object", or a type list with it, or
+  `properties`/`patternProperties`) that say neither `additionalProperties` nor `unevaluatedProperties`
+  as if they said `additionalProperties: false` (with `unevaluatedProperties: false` where combinators are involved
   and the draft has it), so a model cannot smuggle extra arguments past the schema.
 """
 
@@ -20,12 +21,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import jsonschema_rs
 import orjson
 
-from mcpward.guards.arg_types import Finding, Kind, where
-from mcpward.guards.param_kinds import schema_kinds
+from mcpward.guards.arg_types import Finding, where
+from mcpward.guards.param_kinds import ParamKind, schema_kinds
 
 # `$schema` without scheme and fragment -> the validator for that draft.
 _DRAFTS: dict[str, Any] = {
@@ -55,7 +57,8 @@ def _refuse_remote(uri: str) -> Any:
 class CompiledTool:
     validator: Any | None = None
     error: Finding | None = None
-    kinds: dict[tuple[str, ...], Kind] = field(default_factory=dict)
+    kinds: dict[tuple[str, ...], ParamKind] = field(default_factory=dict)
+    cost: int = 0  # subschema applications per value (schema_cost): decides how a mismatch is reported
 
 
 def _canonical(schema: Any) -> bytes:
@@ -74,8 +77,12 @@ def deny_additional(schema: Any, modern: bool, depth: int = 0, branch: bool = Fa
     if not isinstance(schema, dict) or depth > 64:
         return schema
     out = dict(schema)
-    is_object = out.get("type") == "object" or "properties" in out
-    unsaid = not any(k in out for k in ("additionalProperties", "unevaluatedProperties", "patternProperties"))
+    kind = out.get("type")
+    is_object = (kind == "object" or (isinstance(kind, list) and "object" in kind)
+                 or "properties" in out or "patternProperties" in out)
+    # Only these two say what happens to other members; `patternProperties` alone leaves every name
+    # that matches no pattern open (`additionalProperties: false` still allows the matching ones).
+    unsaid = not any(k in out for k in ("additionalProperties", "unevaluatedProperties"))
     if is_object and unsaid and not branch:
         if not any(k in out for k in _COMBINATORS):
             out["additionalProperties"] = False
@@ -98,8 +105,10 @@ def deny_additional(schema: Any, modern: bool, depth: int = 0, branch: bool = Fa
 
 class SchemaCache:
     def __init__(self, *, max_schema_bytes: int = 256 * 1024, additional_properties: str = "allow",
-                 max_entries: int = 4096) -> None:
+                 max_entries: int = 4096, max_depth: int = 15, max_cost: int | None = None) -> None:
         self.max_schema_bytes = max_schema_bytes
+        self.max_depth = max_depth  # how deep an argument value can be nested: the cost is counted that deep
+        self.max_cost = MAX_SCHEMA_COST if max_cost is None else max_cost
         self.deny = additional_properties == "deny"
         self.max_entries = max_entries
         self._by_digest: dict[tuple[str, str, str], CompiledTool] = {}
@@ -150,18 +159,57 @@ class SchemaCache:
                 return CompiledTool(error=_invalid(exc), kinds=kinds)
         except (jsonschema_rs.ReferencingError, ValueError) as exc:
             return CompiledTool(error=_invalid(exc), kinds=kinds)
-        return CompiledTool(validator=validator, kinds=kinds)
+        cost, reason = schema_cost(effective, self.max_depth, self.max_cost)
+        if reason is not None:  # decided here, once: no call ever runs this schema's validator
+            return CompiledTool(error=Finding("args.schema.too-complex",
+                                              f"the tool's inputSchema {reason} (limit {self.max_cost} per "
+                                              "value); refused before any call is validated"),
+                                kinds=kinds)
+        return CompiledTool(validator=validator, kinds=kinds, cost=cost)
 
     @staticmethod
     def validate(compiled: CompiledTool, arguments: Any) -> Finding | None:
         if compiled.error is not None:
             return compiled.error
         assert compiled.validator is not None
-        if compiled.validator.is_valid(arguments):  # the common case: no error objects to build
-            return None
-        for error in compiled.validator.iter_errors(arguments):
+        if compiled.cost > DETAIL_COST:
+            # The first error of an anyOf/oneOf carries the tree of every branch's errors, which grows
+            # much faster than validation itself: an intricate schema gets the refusal without detail.
+            if compiled.validator.is_valid(arguments):
+                return None
+            return Finding("args.schema.mismatch", "arguments: do not match the tool's inputSchema")
+        # One pass that stops at the first error (as fast as is_valid when there is none). Not
+        # iter_errors: it collects every error of the whole value before yielding the first.
+        try:
+            compiled.validator.validate(arguments)
+        except jsonschema_rs.ValidationError as error:
             return Finding("args.schema.mismatch", mismatch_message(error))
         return None
+
+    @staticmethod
+    def call_cost(compiled: CompiledTool, arguments: Any, size: int) -> Finding | None:
+        """The schema's cost per value times the values in this call, against MAX_CALL_COST: 1000
+        array items each meeting an intricate schema cost 1000 times one. `size` (serialised bytes)
+        bounds the count first (a value takes at least two bytes), so most calls count nothing."""
+        if compiled.cost * (size // 2 + 1) <= MAX_CALL_COST:
+            return None
+        values = count_values(arguments)
+        if compiled.cost * values <= MAX_CALL_COST:
+            return None
+        return Finding("args.schema.too-complex",
+                       f"arguments: {values} values, each checked against up to {compiled.cost} subschemas of "
+                       f"the tool's inputSchema; the limit is {MAX_CALL_COST} per call")
+
+
+def count_values(arguments: Any) -> int:
+    """Every value in the arguments, containers included (iterative: no recursion limit)."""
+    count, stack = 1, [arguments]
+    while stack:
+        value = stack.pop()
+        items = value.values() if isinstance(value, dict) else value
+        count += len(items)
+        stack.extend(item for item in items if isinstance(item, (dict, list)))
+    return count
 
 
 # What each failed keyword expected, taken from the schema's side of the error (never the instance).
@@ -224,3 +272,165 @@ def mismatch_message(error: Any) -> str:
 def _invalid(exc: BaseException) -> Finding:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return Finding("args.schema.invalid", f"the tool's inputSchema cannot be used: {first[:200]}")
+
+
+# ------------------------------------------------------------ cost bound (decided at compile)
+# Validation work is bounded by how many subschemas apply to one argument value once every `$ref` is
+# followed. A chain of `$defs` that each name the next one twice doubles it per link: a 1.4 KB schema can
+# then ask for billions of steps. That number is counted here, once per schema, before any call is
+# validated, with a memo per (subschema, remaining depth) so the count itself stays linear in the schema.
+# Subschemas that apply to the same value as their parent:
+_IN_PLACE_ONE = ("not", "if", "then", "else")
+_IN_PLACE_LISTS = ("allOf", "anyOf", "oneOf")
+_IN_PLACE_MAPS = ("dependentSchemas", "dependencies")  # `dependencies` may also hold name lists: skipped
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+# Subschemas that apply to a member / an item of the value; `properties` and positional item lists apply
+# one per member or position (the most expensive counts), these apply to every one (all count):
+_MEMBER_ALL = ("additionalProperties", "unevaluatedProperties", "propertyNames")
+_ITEM_ALL = ("additionalItems", "contains", "unevaluatedItems")
+MAX_SCHEMA_COST = 10_000  # subschema applications per argument value; ordinary tool schemas use under 500
+MAX_CALL_COST = 2_000_000  # cost per value times values in one call: a few milliseconds of validation
+DETAIL_COST = 512  # above this, a mismatch is reported without jsonschema-rs's error tree (it grows faster)
+_MIN_DEPTH = 20  # levels counted at least: any doubling per level passes the budget well before this
+# A `$ref` to a JSON Schema meta-schema (jsonschema-rs has them built in; a parameter that is itself a
+# schema): not in the tool's schema, so not counted link by link. They recurse by nesting level and a
+# value meets a few dozen of their subschemas per level: charged as this many per remaining level.
+_META_SCHEMA_COST = 64
+
+
+class _TooComplex(Exception):
+    pass
+
+
+class _Cost:
+    """Counts subschema applications for a value nested up to `depth` levels (see MAX_SCHEMA_COST)."""
+
+    def __init__(self, root: dict[str, Any], depth: int, budget: int) -> None:
+        self.root, self.depth, self.budget = root, max(depth, _MIN_DEPTH), budget
+        self.memo: dict[tuple[int, int], int] = {}
+        self.active: set[tuple[int, int]] = set()
+        self.steps = 0
+        self.ids: dict[str, dict[str, Any]] = {}
+        self.anchors: dict[str, list[dict[str, Any]]] = {}
+        self._index(root, 0)
+
+    def total(self) -> int:
+        return self._count(self.root, self.depth, self.root)
+
+    def _index(self, node: Any, depth: int) -> None:
+        # `$id`s and anchors anywhere in the schema (bounded: the schema is within max_schema_bytes).
+        if depth > 200:
+            raise _TooComplex("is nested more than 200 levels deep")
+        if isinstance(node, list):
+            for item in node:
+                self._index(item, depth + 1)
+            return
+        if not isinstance(node, dict):
+            return
+        if isinstance(node.get("$id"), str):
+            self.ids[node["$id"].rstrip("#")] = node
+        for key in ("$anchor", "$dynamicAnchor"):
+            if isinstance(node.get(key), str):
+                self.anchors.setdefault(node[key], []).append(node)
+        for key, value in node.items():
+            if key not in ("enum", "const", "default", "examples"):  # data, not schemas
+                self._index(value, depth + 1)
+
+    def _targets(self, ref: str, base: dict[str, Any]) -> list[dict[str, Any]]:
+        """What a local `$ref` names: a JSON pointer, an anchor or an `$id` in this schema."""
+        resource, _, fragment = ref.partition("#")
+        if resource:
+            found = self.ids.get(resource) or next(
+                (n for i, n in self.ids.items() if i.endswith("/" + resource) or resource.endswith("/" + i)), None)
+            if found is None:
+                raise _TooComplex(f"has a $ref the cost check cannot follow: {ref[:80]!r}")
+            base = found
+        if not fragment:
+            return [base]
+        if not fragment.startswith("/"):
+            named = self.anchors.get(fragment)
+            if not named:
+                raise _TooComplex(f"has a $ref the cost check cannot follow: {ref[:80]!r}")
+            return named
+        node: Any = base
+        for part in fragment[1:].split("/"):
+            part = unquote(part).replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise _TooComplex(f"has a $ref the cost check cannot follow: {ref[:80]!r}")
+        return [node]
+
+    def _count(self, node: Any, depth: int, base: dict[str, Any]) -> int:
+        if not isinstance(node, dict):
+            return 1  # `true` / `false`
+        key = (id(node), depth)
+        known = self.memo.get(key)
+        if known is not None:
+            return known
+        if key in self.active:
+            raise _TooComplex("has a $ref cycle that never reaches a nested value (it would never end)")
+        self.steps += 1
+        if self.steps > 20 * self.budget:
+            raise _TooComplex("takes too long to measure")
+        self.active.add(key)
+        if isinstance(node.get("$id"), str) and node is not self.root:
+            base = node
+        total = 1
+        for word in _IN_PLACE_ONE:
+            if word in node:
+                total += self._count(node[word], depth, base)
+        for word in _IN_PLACE_LISTS:
+            if isinstance(node.get(word), list):
+                total += sum(self._count(sub, depth, base) for sub in node[word])
+        for word in _IN_PLACE_MAPS:
+            if isinstance(node.get(word), dict):
+                total += sum(self._count(sub, depth, base) for sub in node[word].values()
+                             if isinstance(sub, (dict, bool)))
+        for word in _REF_KEYWORDS:
+            if isinstance(node.get(word), str):
+                ref = "#" if word == "$recursiveRef" else node[word]
+                resource = ref.partition("#")[0]
+                if resource and resource not in self.ids and _draft_key(resource).startswith("json-schema.org/"):
+                    total += _META_SCHEMA_COST * (depth + 1)
+                    continue
+                total += sum(self._count(target, depth, base) for target in self._targets(ref, base))
+        if depth > 0:
+            total += max(self._members(node, depth - 1, base), self._items(node, depth - 1, base))
+        self.active.discard(key)
+        if total > self.budget:
+            raise _TooComplex("applies too many subschemas to one value once its $refs are followed")
+        self.memo[key] = total
+        return total
+
+    def _members(self, node: dict[str, Any], depth: int, base: dict[str, Any]) -> int:
+        """Subschemas one member of an object value meets: one of `properties`, and all the rest."""
+        total = 0
+        if isinstance(node.get("properties"), dict):
+            total += max((self._count(sub, depth, base) for sub in node["properties"].values()), default=0)
+        if isinstance(node.get("patternProperties"), dict):
+            total += sum(self._count(sub, depth, base) for sub in node["patternProperties"].values())
+        return total + sum(self._count(node[word], depth, base) for word in _MEMBER_ALL if word in node)
+
+    def _items(self, node: dict[str, Any], depth: int, base: dict[str, Any]) -> int:
+        """Subschemas one item of an array value meets: one positional schema, and all the rest."""
+        total = 0
+        for word in ("prefixItems", "items"):
+            if isinstance(node.get(word), list):
+                total += max((self._count(sub, depth, base) for sub in node[word]), default=0)
+        if isinstance(node.get("items"), (dict, bool)):
+            total += self._count(node["items"], depth, base)
+        return total + sum(self._count(node[word], depth, base) for word in _ITEM_ALL if word in node)
+
+
+def schema_cost(schema: dict[str, Any], depth: int, budget: int = MAX_SCHEMA_COST) -> tuple[int, str | None]:
+    """How many subschema applications one argument value can take (values nested `depth` deep), or
+    the reason it is over `budget` or cannot be bounded. Runs once per schema, at compile."""
+    try:
+        return _Cost(schema, depth, budget).total(), None
+    except _TooComplex as exc:
+        return budget + 1, str(exc)
+    except RecursionError:
+        return budget + 1, "is nested too deeply to measure"

@@ -65,11 +65,15 @@ _FIRST_AUTHORITY = re.compile(r"[/?#]")
 _HOST_CHARS = re.compile(r"^[a-z0-9_.-]+$")
 _NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
 _V4_IN_NAME = re.compile(r"(?:^|[.-])((?:\d{1,3}[.-]){3}\d{1,3})$")
-# Bare metadata targets in free text (no scheme): dotted quads and dotted metadata names. The regex
-# runs only when a hint is present (`literal_targets`): the leading octets of ip_forms' metadata
-# networks (169.254/16, 100.100.100.200, 192.0.0.192) or a metadata name part.
-_BARE_TARGET = re.compile(r"(?<![\w.-])(\d{1,3}(?:\.\d{1,3}){3}|metadata(?:\.[a-z0-9-]+)+"
+# Bare metadata names in free text (no scheme). The regex runs only when a name part is present
+# (`literal_targets`); numeric targets, dotted or not, are _BARE_NUMERIC's.
+_BARE_TARGET = re.compile(r"(?<![\w.-])(metadata(?:\.[a-z0-9-]+)+"
                           r"|instance-data(?:\.[a-z0-9-]+)*)(?![\w-]|\.\w)", re.IGNORECASE)
+# Bare numeric hosts in any inet_aton spelling (`0xa9fea9fe`, `2852039166`, `0251.0376.0251.0376`,
+# `169.254.43518`) and bracketed IPv6 literals (`[::ffff:a9fe:a9fe]`), not inside a longer word or name.
+# No substring hint can stand in front of this one: the spellings share no text with the dotted form.
+_BARE_NUMERIC = re.compile(r"(?<![\w.-])((?:0x[0-9a-f]+|[0-9]+)(?:\.(?:0x[0-9a-f]+|[0-9]+)){0,3}"
+                           r"|\[[0-9a-f:.]+(?:%[\w.-]*)?\])(?![\w-]|\.\w)", re.IGNORECASE)
 _HEX_IN_NAME = re.compile(r"(?:^|[.-])([0-9a-f]{8})$")
 MAX_HOSTS = 16
 
@@ -229,12 +233,17 @@ class UrlScreen:
                 if found is not None and found.rule != "args.url.malformed":
                     return found
         low = text.lower()
-        if ("169.254." in low or "metadata" in low or "100.100.100." in low or "192.0.0." in low
-                or "instance-data" in low):
+        if "metadata" in low or "instance-data" in low:  # names need their words (the numbers below do not)
             for bare in _BARE_TARGET.finditer(text):
                 found, _ = self._literal_cached(bare.group(1), True, False)
                 if found is not None and found.rule == "args.url.non-public":
                     return found
+        for bare in _BARE_NUMERIC.finditer(text):
+            # Every numeric word: `head -n 100` is 0.0.0.100 to inet_aton, which is no metadata address, and
+            # only metadata addresses are refused here (allow=True), so ordinary numbers pass.
+            found, _ = self._literal_cached(bare.group(1), True, False)
+            if found is not None and found.rule == "args.url.non-public":
+                return found
         return None
 
     def _check_scheme(self, scheme: str) -> Finding | None:
