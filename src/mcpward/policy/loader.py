@@ -223,14 +223,7 @@ def _reference_problem(est: Any, servers: Collection[str] | None) -> str | None:
     """A `has` test of an attribute nothing has, or a server that is not configured. Cedar's validator
     accepts both (`x has y` is then just false), which makes a forbid that can never match."""
     attributes = schema_attributes()
-    stack = [est]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-            continue
-        if not isinstance(item, dict):
-            continue
+    for item in _objects(est):
         access = item.get("has")
         if isinstance(access, dict) and isinstance(access.get("left"), dict):
             var, attr = access["left"].get("Var"), access.get("attr")
@@ -240,8 +233,19 @@ def _reference_problem(est: Any, servers: Collection[str] | None) -> str | None:
                 and item["id"] not in servers:
             known = ", ".join(sorted(servers)) or "none"
             return f'Server::"{item["id"]}" is not a configured server (configured: {known})'
-        stack.extend(item.values())
     return None
+
+
+def _objects(node: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object in a policy's JSON form, depth first (iterative: policies may nest deeply)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
 
 
 def _has_problem(var: str, attr: str, known: frozenset[str]) -> str:
@@ -326,30 +330,24 @@ def _reads(node: Any) -> tuple[set[str], bool, bool, bool]:
     """(context fields read, whether the context is read as a whole, whether resource tags are read,
     whether the principal is read in a condition)."""
     fields: set[str] = set()
-    whole = tags = principal = False
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-            continue
-        if not isinstance(item, dict):
-            continue
+    context_uses = field_uses = 0
+    tags = principal = False
+    for item in _objects(node):
         if item.get("Var") == "context":
-            whole = True  # `context` used other than as `context.x` / `context has x`
+            context_uses += 1
         elif item.get("Var") == "principal":
             principal = True
         for op in (".", "has"):
             access = item.get(op)
             if isinstance(access, dict) and access.get("left") == {"Var": "context"}:
                 fields.add(str(access.get("attr")))
-                item = {k: v for k, v in item.items() if k != op}
+                field_uses += 1
         for op in ("hasTag", "getTag"):
             access = item.get(op)
             if isinstance(access, dict) and access.get("left") != {"Var": "principal"}:
                 tags = True
-        stack.extend(item.values())
-    return fields, whole, tags, principal
+    # `context` used other than as `context.x` / `context has x` reads it as a whole.
+    return fields, context_uses > field_uses, tags, principal
 
 
 def evaluation_error_policies(errors: list[str]) -> set[str]:
