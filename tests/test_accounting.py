@@ -106,30 +106,39 @@ async def test_the_reply_waits_for_its_record(tmp_path: Path) -> None:
         log.close()
 
 
-async def test_metrics_alone_get_the_request_without_a_record_being_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    import logging
-
+async def metrics_for_call(name: str, definition: dict[str, Any] | None, reply: dict[str, Any],
+                           refused: str | None = None) -> str:
+    """One tools/call through an Accounting with metrics only; the /metrics text afterwards."""
     from mcpward.gateway import after_reply
     from mcpward.telemetry import Telemetry
     from mcpward.telemetry.settings import TelemetrySettings
+
+    telemetry = Telemetry(TelemetrySettings(metrics=True, traces=False), redact=lambda t: t)
+    acct = Accounting(config_mod.parse({}), telemetry)
+    message = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": name, "arguments": {}}}
+    ticket = acct.begin(message, "http", None)
+    ctx = context()
+    acct.attach(ticket, ctx)
+    server, _, target = name.partition("__")
+    ctx.call = Call(ctx, "tools/call", message["params"], server=server, target=target, exposed=name,
+                    definition=definition)
+    if refused:
+        ctx.call.notes["refused"] = refused
+    await acct.finish(ticket, {"jsonrpc": "2.0", "id": 7, **reply}, "anon", "anon")
+    after_reply.run()
+    return telemetry.render_metrics()[0].decode()
+
+
+async def test_metrics_alone_get_the_request_without_a_record_being_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
 
     events.install(None)
     monkeypatch.setattr(events.log, "isEnabledFor", lambda level: level > logging.INFO)  # request lines not logged
     built: list[str] = []
     monkeypatch.setattr(events, "record_parts", lambda event, *a: built.append(event))
-    telemetry = Telemetry(TelemetrySettings(metrics=True, traces=False), redact=lambda t: t)
-    acct = Accounting(config_mod.parse({}), telemetry)
-    message = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "raw__rm", "arguments": {}}}
-    ticket = acct.begin(message, "http", None)
-    ctx = context()
-    acct.attach(ticket, ctx)
-    ctx.call = Call(ctx, "tools/call", message["params"], server="raw", target="rm", exposed="raw__rm",
-                    definition={"name": "rm"})
-    ctx.call.notes["refused"] = "policy.forbid-destructive"
-    await acct.finish(ticket, {"jsonrpc": "2.0", "id": 7, "result": {"content": [], "isError": True}}, "anon", "anon")
-    after_reply.run()
+    text = await metrics_for_call("raw__rm", {"name": "rm"}, {"result": {"content": [], "isError": True}},
+                                  refused="policy.forbid-destructive")
     assert built == []  # nobody reads a request record: none is made
-    text = telemetry.render_metrics()[0].decode()
     assert 'mcpward_refusals_total{mcpward_rule="policy.forbid-destructive"} 1.0' in text
     assert 'gen_ai_tool_name="raw__rm"' in text
 
@@ -137,20 +146,6 @@ async def test_metrics_alone_get_the_request_without_a_record_being_built(monkey
 async def test_a_routed_name_the_server_never_listed_is_not_a_metric_label() -> None:
     # A made-up name behind a real prefix routes to the server, but clients choose such names without
     # limit: only a listed tool's name becomes the metric's target label.
-    from mcpward.gateway import after_reply
-    from mcpward.telemetry import Telemetry
-    from mcpward.telemetry.settings import TelemetrySettings
-
     events.install(None)
-    telemetry = Telemetry(TelemetrySettings(metrics=True, traces=False), redact=lambda t: t)
-    acct = Accounting(config_mod.parse({}), telemetry)
-    message = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "raw__made_up", "arguments": {}}}
-    ticket = acct.begin(message, "http", None)
-    ctx = context()
-    acct.attach(ticket, ctx)
-    ctx.call = Call(ctx, "tools/call", message["params"], server="raw", target="made_up", exposed="raw__made_up")
-    await acct.finish(ticket, {"jsonrpc": "2.0", "id": 8, "error": {"code": -32602, "message": "unknown"}},
-                      "anon", "anon")
-    after_reply.run()
-    text = telemetry.render_metrics()[0].decode()
+    text = await metrics_for_call("raw__made_up", None, {"error": {"code": -32602, "message": "unknown"}})
     assert "made_up" not in text and 'mcp_method_name="tools/call"' in text
