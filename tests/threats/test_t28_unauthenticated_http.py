@@ -127,6 +127,14 @@ def test_the_clients_token_never_reaches_an_upstream(serve_gateway, issuer: Issu
     assert bearer(token)  # the token was real and used
 
 
+def refused_flood(http: httpx.Client, url: str, prefix: str, sent: int) -> float:
+    """`sent` requests with made-up credentials, each refused with 401; the seconds they took."""
+    started = time.monotonic()
+    for i in range(sent):
+        assert modern_call(http, url, "tools/list", {}, f"{prefix}-{i}").status_code == 401
+    return time.monotonic() - started
+
+
 def test_a_flood_of_bad_credentials_cannot_flood_the_audit_log(serve_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # No credentials are needed to fail authentication, so its records are bounded like the front's
     # other refusals: at most 20 a second one by one, the rest counted in a summary. None is lost.
@@ -134,10 +142,7 @@ def test_a_flood_of_bad_credentials_cannot_flood_the_audit_log(serve_gateway, tm
     url = serve_gateway(MEMO_SERVER + keys.table())
     sent = 80
     with httpx.Client(trust_env=False, timeout=30) as http:
-        started = time.monotonic()
-        for i in range(sent):
-            assert modern_call(http, url, "tools/list", {}, f"not-a-key-{i}").status_code == 401
-        elapsed = time.monotonic() - started
+        elapsed = refused_flood(http, url, "not-a-key", sent)
     time.sleep(1.5)  # the last second's summary is written by its timer
     one_by_one = audit_rows(tmp_path, "auth.refused", 1)
     summaries = [json.loads(body) for body in audit_rows(tmp_path, "auth.refused-summary", 0)]
@@ -159,10 +164,7 @@ def test_a_flood_of_opaque_junk_tokens_cannot_flood_the_idp(serve_gateway, issue
     issuer.default_audience = url
     sent = 60
     with httpx.Client(trust_env=False, timeout=30) as http:
-        started = time.monotonic()
-        for i in range(sent):
-            assert modern_call(http, url, "tools/list", {}, f"opaque-junk-{i}").status_code == 401
-        elapsed = time.monotonic() - started
+        elapsed = refused_flood(http, url, "opaque-junk", sent)
         good = issuer.issue_opaque(sub="bob")
         time.sleep(1.1)  # the bucket refills: a real token gets in after the flood
         assert modern_call(http, url, "tools/list", {}, good).status_code == 200
