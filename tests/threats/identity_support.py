@@ -78,9 +78,11 @@ class LegacyClient:
             body["id"] = self.rid
         return self.http.post(self.url, json=body, headers=self.headers(token if token is not None else self.token))
 
-    def open(self) -> None:
+    def open(self) -> dict[str, Any]:
+        """Initialize the session; the initialize reply."""
         response = self.post("initialize", {"protocolVersion": LEGACY_VERSION, "capabilities": {},
                                             "clientInfo": {"name": "threat-test", "version": "1"}})
         assert response.status_code == 200, response.text
         self.session = response.headers["mcp-session-id"]
         assert self.post("notifications/initialized", {}, notification=True).status_code == 202
+        return reply_of(response, self.rid)

@@ -43,3 +43,36 @@ def test_one_principal_never_sees_anothers_upstream_state(serve_gateway, tmp_pat
         bob.open()
         answer = reply_of(bob.post("tools/call", recall), bob.rid)
         assert answer["result"]["content"][0]["text"] == ""
+
+
+HIDE_NET = """
+@id("everyone-everything")
+permit (principal, action, resource);
+@id("staff-only-see-net")
+forbid (principal, action in [Action::"list_tools", Action::"list_prompts", Action::"list_resources",
+                              Action::"list_resource_templates"], resource == Server::"net")
+when { !(principal in Group::"staff") };
+"""
+
+
+def test_a_servers_instructions_reach_only_principals_who_may_see_it(serve_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # The instructions describe the server's tools: a principal the policy shows none of them does not
+    # get them either (initialize and server/discover), and the answer is marked private.
+    from tests.threats.integrity_support import described, tool
+
+    keys = Keys()
+    policy = tmp_path / "hide-net.cedar"
+    policy.write_text(HIDE_NET)
+    server = described(tmp_path, "net", [tool("ping_host", "Ping a host.")], instructions="Net ops: ask before pinging.")
+    url = serve_gateway(server + keys.table() + f'[policy]\nbase = "none"\nfiles = ["{policy}"]\n')
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        listed = reply_of(modern_call(http, url, "tools/list", {}, keys.alice))  # the legacy session starts
+        assert [t["name"] for t in listed["result"]["tools"]] == ["net__ping_host"]
+        alice = reply_of(modern_call(http, url, "server/discover", {}, keys.alice))["result"]
+        bob = reply_of(modern_call(http, url, "server/discover", {}, keys.bob))["result"]
+        assert alice["instructions"] == "[net] Net ops: ask before pinging."
+        assert "instructions" not in bob and bob["cacheScope"] == "private"
+        legacy_bob = LegacyClient(http, url, keys.bob)
+        assert "instructions" not in legacy_bob.open()["result"]
+        legacy_alice = LegacyClient(http, url, keys.alice)
+        assert legacy_alice.open()["result"]["instructions"] == "[net] Net ops: ask before pinging."

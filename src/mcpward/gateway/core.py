@@ -123,21 +123,25 @@ class Gateway:
         if principal is not None and own:
             await self.lister.refresh(system_context(principal), kind, own)
 
-    def instructions(self) -> str | None:
-        # The integrity guard's test (scan and pins): a server's held instructions are left out, never shown.
+    def instructions(self, ctx: RequestContext | None = None) -> str | None:
+        """The servers' instructions, each as `[server] text`. Left out: a server's held instructions
+        (the integrity guard's scan and pins), and for `ctx`'s principal the instructions of a server
+        whose lists the policy shows it nothing of (they describe tools it may not see)."""
         shown: Any = next((g.instructions_shown for g in self.guards.guards if hasattr(g, "instructions_shown")),
                           None)
+        visible: Any = next((g.server_visible for g in self.guards.guards if hasattr(g, "server_visible")), None)
         parts = []
         for name, upstream in self.upstreams.items():
             text = upstream.info.get("instructions")
-            if isinstance(text, str) and text.strip() and (shown is None or shown(name, text)):
+            if isinstance(text, str) and text.strip() and (shown is None or shown(name, text)) \
+                    and (visible is None or ctx is None or visible(ctx, name)):
                 parts.append(f"[{name}] {text.strip()}")
         return "\n\n".join(parts) or None
 
-    def server_result(self) -> JsonObj:
-        """Fields shared by the `initialize` and `server/discover` answers."""
+    def server_result(self, ctx: RequestContext | None = None) -> JsonObj:
+        """Fields shared by the `initialize` and `server/discover` answers (for `ctx`'s principal)."""
         body: JsonObj = {"capabilities": GATEWAY_CAPABILITIES}
-        text = self.instructions()
+        text = self.instructions(ctx)
         if text:
             body["instructions"] = text
         return body
@@ -178,8 +182,10 @@ class Gateway:
         return {}
 
     async def _discover(self, ctx: RequestContext, params: JsonObj) -> JsonObj:
-        return {**self.server_result(), "supportedVersions": list(v.MODERN_VERSIONS),
-                "resultType": "complete", "ttlMs": 0, "cacheScope": "public"}
+        # Instructions are shown per principal when the policy's answers depend on who asks.
+        private = self._policy_guard is not None and self._policy_guard.engine.bundle.per_requester
+        return {**self.server_result(ctx), "supportedVersions": list(v.MODERN_VERSIONS),
+                "resultType": "complete", "ttlMs": 0, "cacheScope": "private" if private else "public"}
 
     async def _named_call(self, ctx: RequestContext, kind: str, method: str, params: JsonObj) -> JsonObj:
         name = params.get("name")

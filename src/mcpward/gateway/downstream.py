@@ -162,8 +162,9 @@ class ClientConnection:
         self.protocol_version = v.negotiate_legacy(params.get("protocolVersion"))
         self.initialized = True
         self.gateway.subscriptions.add_session(self.session_id, self.write, self.principal.key)
+        ctx = self.context({"params": {}}, self.write)  # the session's own context: whose instructions
         return {"protocolVersion": self.protocol_version, "serverInfo": GATEWAY_INFO,
-                **self.gateway.server_result()}
+                **self.gateway.server_result(ctx)}
 
     def context(self, message: JsonObj, stream: Writer, principal: Principal | None = None) -> RequestContext:
         params = message.get("params") or {}

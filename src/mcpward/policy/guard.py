@@ -20,6 +20,7 @@ import logging
 
 from mcpward.audit import events as audit
 from mcpward.gateway.config import GatewayConfig
+from mcpward.gateway.context import RequestContext
 from mcpward.guards.base import Call, Guard, Listed, Refusal
 from mcpward.policy.engine import Decision, PolicyEngine
 from mcpward.policy.entities import (
@@ -81,6 +82,16 @@ class PolicyGuard(Guard):
                 log.warning("server %s lists no tool %r: its [servers.%s.tools.%s] override applies to nothing",
                             server, name, server, name)
                 audit.record("policy.override-unmatched", server=server, tool=name)
+
+    def server_visible(self, ctx: RequestContext, server: str) -> bool:
+        """Whether `ctx`'s principal may list anything of `server` (else its instructions are not shown:
+        they describe tools the principal may not see). Dry-run shows everything, as it hides nothing."""
+        if self.mode == "dry-run":
+            return True
+        target = Target("Server", server, server, server)
+        decisions = self.engine.decide_many(ctx.principal, [(action, target) for action in LIST_ACTIONS.values()],
+                                            Facts.of(ctx, listing=True))
+        return any(decision.allowed for decision in decisions)
 
     def templates_of(self, server: str, uri: str) -> list[str]:
         """The URI templates of `server` that `uri` is an expansion of."""
