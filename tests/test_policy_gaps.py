@@ -21,8 +21,8 @@ from mcpward.guards.base import Call, Listed, Refusal
 from mcpward.policy import loader
 from mcpward.policy.entities import SortedLabels
 from mcpward.policy.guard import PolicyGuard, engine_for
-from mcpward.protocol.uri_template import UriTemplate
 from mcpward.policy.reload import reload_policy
+from mcpward.protocol.uri_template import UriTemplate
 from tests.conftest import MCPWARD
 from tests.test_policy import ctx, make_cfg
 

@@ -63,7 +63,8 @@ def test_a_servers_instructions_reach_only_principals_who_may_see_it(serve_gatew
     keys = Keys()
     policy = tmp_path / "hide-net.cedar"
     policy.write_text(HIDE_NET)
-    server = described(tmp_path, "net", [tool("ping_host", "Ping a host.")], instructions="Net ops: ask before pinging.")
+    server = described(tmp_path, "net", [tool("ping_host", "Ping a host.")],
+                       instructions="Net ops: ask before pinging.")
     url = serve_gateway(server + keys.table() + f'[policy]\nbase = "none"\nfiles = ["{policy}"]\n')
     with httpx.Client(trust_env=False, timeout=30) as http:
         listed = reply_of(modern_call(http, url, "tools/list", {}, keys.alice))  # the legacy session starts
