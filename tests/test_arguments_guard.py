@@ -388,6 +388,17 @@ async def test_public_hosts_pass_and_allow_private_urls_applies() -> None:
     assert await rule_of(private, {"host": "169.254.169.254"}, definition=definition) == "args.url.non-public"
 
 
+async def test_an_operator_can_declare_a_host_parameter() -> None:
+    # `target` says nothing of being a host; the operator's [servers.srv.tools.tool.params] says so.
+    g = guard(param_kinds={("srv", "tool"): {"target": "host"}})
+    assert await rule_of(g, {"target": "169.254.169.254"}) == "args.url.non-public"
+    assert await rule_of(guard(), {"target": "169.254.169.254"}) is None
+    from mcpward.gateway import config as config_mod
+
+    parsed = config_mod.parse({"servers": {"srv": {"command": "x", "tools": {"tool": {"params": {"target": "host"}}}}}})
+    assert parsed.servers["srv"].tools["tool"].param_kinds == {"target": "host"}
+
+
 # ------------------------------------------------------------------ completion and resource reads (gap 7)
 def completion(value: Any, name: str = "city", context: Any = None) -> Call:
     params: dict[str, Any] = {"ref": {"type": "ref/prompt", "name": "p"}, "argument": {"name": name, "value": value}}

@@ -357,7 +357,7 @@ def _no_shared_secrets(r: TableReader, server: ServerConfig) -> None:
                 raise r.fail(f"{table_name}.{var}", why)
 
 
-PARAM_KINDS = ("url", "path", "command", "code", "text", "content")
+PARAM_KINDS = ("url", "host", "path", "command", "code", "text", "content")  # guards/arg_types.py KINDS
 
 
 def _tool_override(r: TableReader) -> ToolOverride:

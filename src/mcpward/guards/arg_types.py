@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 # `content` is text that is a document or file body (`content`, `body`, `text`, ...): screened like
-# text, but measured against its own, larger string limit (`max_content`).
-Kind = Literal["url", "path", "command", "code", "content", "text"]
-KINDS: tuple[Kind, ...] = ("url", "path", "command", "code", "content", "text")
+# text, but measured against its own, larger string limit (`max_content`). `host` is a network target
+# without a scheme (a host name or an IP address): URL-screened as `//value`.
+Kind = Literal["url", "host", "path", "command", "code", "content", "text"]
+KINDS: tuple[Kind, ...] = ("url", "host", "path", "command", "code", "content", "text")
 
 
 @dataclass(frozen=True, slots=True)

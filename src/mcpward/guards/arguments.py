@@ -36,7 +36,7 @@ from mcpward.guards.arg_types import Finding, Kind, where
 from mcpward.guards.arguments_config import ArgumentSettings, parse
 from mcpward.guards.base import Call, Guard, Refusal
 from mcpward.guards.command_screen import CommandScreen
-from mcpward.guards.param_kinds import ParamKind, kind_from_description, kind_from_name
+from mcpward.guards.param_kinds import kind_from_description, kind_from_name
 from mcpward.guards.path_screen import PathScreen, url_scheme
 from mcpward.guards.path_screen import decode as decode_path
 from mcpward.guards.schema_check import CompiledTool, SchemaCache
@@ -50,7 +50,7 @@ Names = tuple[str, ...]
 _NO_SCHEMA = CompiledTool()
 # What this guard reads: a call's arguments, a prompt's, a completion's values and a read's URI.
 _SCREENED = frozenset({"tools/call", "prompts/get", "completion/complete", "resources/read"})
-_LOOSE: frozenset[ParamKind] = frozenset({"text", "content"})  # prose: a Markdown fence is fine
+_LOOSE: frozenset[Kind] = frozenset({"text", "content"})  # prose: a Markdown fence is fine
 
 
 class _Findings:
@@ -84,9 +84,9 @@ class ArgumentGuard(Guard):
         self.backticks = BacktickScreen(max_run=s.max_backtick_run)
         self.schemas = SchemaCache(max_schema_bytes=s.max_schema_bytes, additional_properties=s.additional_properties,
                                    max_depth=s.max_depth)
-        self._name_kinds: dict[str, ParamKind | None] = {}
+        self._name_kinds: dict[str, Kind | None] = {}
         # (method, server, tool) -> (the compiled schema the kinds came from, parameter name path -> kind)
-        self._kind_memo: dict[tuple[str, str, str], tuple[CompiledTool, dict[Names, ParamKind]]] = {}
+        self._kind_memo: dict[tuple[str, str, str], tuple[CompiledTool, dict[Names, Kind]]] = {}
 
     async def on_request(self, call: Call) -> JsonObj | None:
         method = call.method
@@ -180,7 +180,7 @@ class ArgumentGuard(Guard):
         described = _prompt_kinds(definition) if call.method == "prompts/get" else None
         # Kinds per (tool, parameter path) are remembered with the compiled schema they came from
         # (prompts are classified afresh: their kinds come from the definition passed with the call).
-        known: dict[Names, ParamKind] | None = None
+        known: dict[Names, Kind] | None = None
         if described is None:
             entry = self._kind_memo.get((call.method, *tool))
             if entry is None or entry[0] is not compiled:
@@ -363,7 +363,7 @@ class ArgumentGuard(Guard):
 
     # ------------------------------------------------------------ kinds
     def _kind(self, names: Names, compiled: CompiledTool, overrides: dict[str, Kind] | None,
-              described: dict[str, ParamKind] | None) -> ParamKind:
+              described: dict[str, Kind] | None) -> Kind:
         if not names:
             return "text"
         if overrides:
@@ -411,12 +411,12 @@ def _as_authority(value: str) -> str:
     return "//" + value
 
 
-def _prompt_kinds(definition: JsonObj | None) -> dict[str, ParamKind] | None:
+def _prompt_kinds(definition: JsonObj | None) -> dict[str, Kind] | None:
     """Prompt arguments have a name and a description but no schema."""
     listed = (definition or {}).get("arguments")
     if not isinstance(listed, list):
         return None
-    out: dict[str, ParamKind] = {}
+    out: dict[str, Kind] = {}
     for arg in listed:
         if isinstance(arg, dict) and isinstance(arg.get("name"), str):
             description = arg.get("description")

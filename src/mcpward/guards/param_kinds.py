@@ -27,17 +27,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 from mcpward.guards.arg_types import Kind
 
-# The kinds the classifier can give: the operator's kinds, plus `host` (a network target without a
-# scheme: URL-screened as `//value`).
-ParamKind = Kind | Literal["host"]
-
 _SPLIT = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 # Whole names (separators removed, lower case) that are compounds of one kind.
-_WHOLE: dict[str, ParamKind] = {
+_WHOLE: dict[str, Kind] = {
     "url": "url", "uri": "url", "iri": "url", "href": "url", "urls": "url", "uris": "url",
     "filepath": "path", "filename": "path", "filenames": "path", "pathname": "path", "dirname": "path",
     "workdir": "path", "cwd": "path", "dir": "path", "commandline": "command", "cmdline": "command",
@@ -46,7 +42,7 @@ _WHOLE: dict[str, ParamKind] = {
     "ipv6": "host", "ipv4address": "host", "ipv6address": "host", "hostaddress": "host",
 }
 # Last words of a name.
-_LAST: dict[str, ParamKind] = {
+_LAST: dict[str, Kind] = {
     "url": "url", "urls": "url", "uri": "url", "uris": "url", "iri": "url", "href": "url", "link": "url",
     "links": "url", "endpoint": "url", "webhook": "url", "website": "url",
     "path": "path", "paths": "path", "file": "path", "files": "path", "filename": "path", "filepath": "path",
@@ -71,7 +67,7 @@ _CODE_QUALIFIERS = frozenset({
     "sku", "short", "ticker", "symbol", "market", "exchange", "stock", "airline", "flight", "phone", "dial",
     "voucher", "reset", "pin", "security", "one", "device", "user", "client", "grant",
 })
-_FORMATS: dict[str, ParamKind] = {
+_FORMATS: dict[str, Kind] = {
     "uri": "url", "iri": "url", "uri-reference": "url", "iri-reference": "url", "url": "url",
     "hostname": "host", "idn-hostname": "host", "ipv4": "host", "ipv6": "host",
 }
@@ -100,7 +96,7 @@ def words(name: str) -> list[str]:
     return [w.lower() for w in _SPLIT.findall(name)]
 
 
-def kind_from_name(name: str) -> ParamKind | None:
+def kind_from_name(name: str) -> Kind | None:
     whole = re.sub(r"[^a-z0-9]", "", name.lower())
     if whole in _WHOLE:
         return _WHOLE[whole]
@@ -115,15 +111,15 @@ def kind_from_name(name: str) -> ParamKind | None:
     return kind
 
 
-def kind_from_description(description: str) -> ParamKind | None:
+def kind_from_description(description: str) -> Kind | None:
     match = _DESCRIPTION.search(description[:500])
     if match is None or match.lastgroup is None:
         return "content" if _CONTENT_DESCRIPTION.search(description[:500]) else None
-    kind: ParamKind = match.lastgroup  # type: ignore[assignment]
+    kind: Kind = match.lastgroup  # type: ignore[assignment]
     return kind
 
 
-def kind_from_schema(prop: dict[str, Any], name: str) -> ParamKind | None:
+def kind_from_schema(prop: dict[str, Any], name: str) -> Kind | None:
     """Format first, then the name, then the description of one property schema."""
     fmt = prop.get("format")
     if isinstance(fmt, str) and fmt in _FORMATS:
@@ -142,10 +138,10 @@ def kind_from_schema(prop: dict[str, Any], name: str) -> ParamKind | None:
     return None
 
 
-def schema_kinds(schema: Any, limit: int = 2000) -> dict[tuple[str, ...], ParamKind]:
+def schema_kinds(schema: Any, limit: int = 2000) -> dict[tuple[str, ...], Kind]:
     """Kinds of the named properties of a tool's inputSchema, keyed by their property-name path
     (array levels are skipped: `files[].path` is `("files", "path")`). Computed once per schema."""
-    out: dict[tuple[str, ...], ParamKind] = {}
+    out: dict[tuple[str, ...], Kind] = {}
     for key, prop in _properties(schema, (), 0, [limit]):
         kind = kind_from_schema(prop, key[-1])
         if kind is not None:

@@ -26,8 +26,8 @@ from urllib.parse import unquote
 import jsonschema_rs
 import orjson
 
-from mcpward.guards.arg_types import Finding, where
-from mcpward.guards.param_kinds import ParamKind, schema_kinds
+from mcpward.guards.arg_types import Finding, Kind, where
+from mcpward.guards.param_kinds import schema_kinds
 
 # `$schema` without scheme and fragment -> the validator for that draft.
 _DRAFTS: dict[str, Any] = {
@@ -57,7 +57,7 @@ def _refuse_remote(uri: str) -> Any:
 class CompiledTool:
     validator: Any | None = None
     error: Finding | None = None
-    kinds: dict[tuple[str, ...], ParamKind] = field(default_factory=dict)
+    kinds: dict[tuple[str, ...], Kind] = field(default_factory=dict)
     cost: int = 0  # subschema applications per value (schema_cost): decides how a mismatch is reported
 
 
