@@ -247,6 +247,8 @@ LEAK = "S3cretValue_xyz"
     ["rm", "db.pw", LEAK],
     ["rm", "db.pw", f"-{LEAK}"],
     ["list", LEAK],
+    [LEAK],  # a value where the command goes: click alone: "No such command 'S3cretValue_xyz'"
+    [LEAK, "db.pw"],
 ])
 def test_a_stray_argument_is_refused_and_never_echoed(config: Path, env: dict[str, str], args: list[str]) -> None:
     assert _run(["set", "db.pw", "-c", str(config)], env, VALUE)[0] == 0

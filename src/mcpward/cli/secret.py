@@ -13,19 +13,32 @@ import os
 import sys
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from mcpward.gateway.config import ConfigError
 from mcpward.secrets.files import strip_one_newline
 from mcpward.secrets.settings import PASSPHRASE_ENV, SecretSettings, load_settings
 from mcpward.secrets.store import MAX_VALUE, SecretStore, StoreError, check_name, check_value, open_store
 
+
+class _QuietGroup(TyperGroup):
+    """`mcpward secret <value>` (a value typed where the command goes) must not be echoed back by
+    click's "No such command '<value>'"."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            ctx.fail("unknown command (not shown, in case it is a secret value); commands: "
+                     + ", ".join(sorted(self.commands)))
+        return super().resolve_command(ctx, args)
+
+
 secret_app = typer.Typer(help="Manage the secrets behind secret:NAME references (values never on the command line).",
-                         no_args_is_help=True)
+                         no_args_is_help=True, cls=_QuietGroup)
 err = Console(stderr=True)
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="mcpward.toml with the secrets table (default: ./mcpward.toml if it exists).")]
