@@ -30,6 +30,8 @@ STRICT = CommandScreen(PathScreen(), shell_chaining=False)
     "ls /Users/*",
     # filler generators (buffer-overflow / resource probes)
     "perl -e 'print \"A\"x5000'", "python3 -c \"print('B'*20000)\"", "node -e \"console.log('C'.repeat(100000))\"",
+    # Perl and Ruby exec/system without parentheses
+    "perl -e 'exec \"/bin/sh\"'", "ruby -e 'exec \"sh\"'", "perl -e 'system \"id\"'",
 ])
 def test_injections_refused(value: str) -> None:
     found = SCREEN.check_command(value)
@@ -48,6 +50,7 @@ def test_injections_refused(value: str) -> None:
     "python3 -c \"print('-' * 80)\"", "ffmpeg -i in.mp4 -s 1920x1080 out.mp4", "echo \"$PATH\"",
     "curl -s http://localhost:3000/health", "curl -s http://127.0.0.1:8080/api", "ping -c 1 8.8.8.8",
     "pip install pkg==1.2.3.4", "git clone https://github.com/org/repo.git", "curl -s http://$HOST:$PORT/x",
+    "git commit -m 'fix the system \"works\" check'", "echo exec 'done'",
 ])
 def test_ordinary_commands_allowed(value: str) -> None:
     assert SCREEN.check_command(value) is None, SCREEN.check_command(value)

@@ -31,7 +31,8 @@ allowed by default because agents do it for real; `shell_chaining = false` refus
 
 Code parameters are code by design, so only constructs that escape to the OS or the
 interpreter's internals are refused: `__import__`, `os.system`, `subprocess`, `eval(`/`exec(`,
-dunder walks, `child_process`, `Runtime.exec`, PHP `system(`, SSTI probes (`{{7*7}}`,
+dunder walks, `child_process`, `Runtime.exec`, PHP `system(`, Perl/Ruby `exec "/bin/sh"` (no
+parentheses), SSTI probes (`{{7*7}}`,
 `{{config}}`, `${...(`), SSI (`<!--#exec`), download-and-execute pipelines.
 """
 
@@ -102,7 +103,12 @@ _CODE = re2.compile(
     r"|(?P<jvm>\bRuntime\s*\.\s*getRuntime\s*\(\s*\)\s*\.\s*exec\b|\bProcessBuilder\b)"
     r"|(?P<php><\?php|<\?=|\b(?:system|passthru|shell_exec|proc_open|popen|pcntl_exec|assert|phpinfo)\s*\("
     r"|\$_(?:GET|POST|REQUEST|COOKIE|SERVER)\b)"
-    r"|(?P<ruby>\bIO\s*\.\s*popen\b|\bKernel\s*\.\s*(?:exec|system|spawn)\b|%x[({])"
+    r"|(?P<ruby>\bIO\s*\.\s*popen\b|\bKernel\s*\.\s*(?:exec|system|spawn)\b|%x[({]"
+    # Perl and Ruby call exec/system without parentheses: `exec "/bin/sh"`, `system 'id'` (a path or a
+    # shell, network or recon command right inside the quote, so prose like "system 'works'" passes).
+    r"|\b(?:exec|system|spawn)\s+[\"'`]\s*(?:/|(?:ba|z|da|k)?sh\b|cmd\b|powershell\b|pwsh\b|nc\b|ncat\b"
+    r"|curl\b|wget\b|id\b|whoami\b|rm\b|chmod\b|python\d?\b|perl\b|ruby\b|node\b)"
+    r")"
     r"|(?P<ssi><!--\s*#\s*(?:exec|include|echo|config|set|fsize|flastmod)\b)"
     r"|(?P<ssti>\{\{[^}\n]{0,200}(?:__|\bconfig\b|\bself\b|\brequest\b|\blipsum\b|\bcycler\b|\bjoiner\b"
     r"|\bnamespace\b|\d\s*[-+*/]\s*\d)|\{%[^%\n]{0,200}(?:import|__|\bos\b)|[#$@*]\{\s*\d+\s*[*+]\s*\d+\s*\}"
@@ -115,7 +121,8 @@ _CODE = re2.compile(
 _CODE_WHAT = {
     "python": "a Python OS or internals call", "eval": "dynamic evaluation (eval/exec)",
     "node": "a Node.js process call", "jvm": "a Java process call", "php": "PHP code execution",
-    "ruby": "a Ruby process call", "ssi": "a server-side include directive", "ssti": "a template-injection probe",
+    "ruby": "a Ruby or Perl process call", "ssi": "a server-side include directive",
+    "ssti": "a template-injection probe",
     "download": "a download piped into a shell", "script": "HTML that runs script",
     "reverse": "a reverse-shell construct",
 }
