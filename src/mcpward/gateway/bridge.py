@@ -73,7 +73,11 @@ class InputBridge:
             parked.asked[key] = ({"method": push_method, "params": push_params}, future)
             parked.wake.set()
             try:
-                return await future
+                # Bounded: an unanswered question must not keep the server (and its session's clock,
+                # which stops while a server waits on us) waiting for ever.
+                return await asyncio.wait_for(future, self.ttl)
+            except TimeoutError:
+                raise unanswered() from None
             finally:
                 # Answered, or cancelled by the upstream: either way the question is no longer open,
                 # and a later retry must not be asked it again.
@@ -152,14 +156,27 @@ class InputBridge:
         for call_id, parked in list(self._parked.items()):
             if parked.expires < now:
                 del self._parked[call_id]
-                parked.task.cancel()
+                _abandon(parked)
 
     async def close(self) -> None:
         for parked in self._parked.values():
-            parked.task.cancel()
+            _abandon(parked)
             with contextlib.suppress(BaseException):
                 await parked.task
         self._parked.clear()
+
+
+def unanswered() -> Exception:
+    return local_error(jsonrpc.REQUEST_TIMEOUT, "the client did not answer the server's request in time")
+
+
+def _abandon(parked: Parked) -> None:
+    """The client will not come back: its open questions fail (the server gets an error answer, not
+    silence) and the upstream call is cancelled."""
+    for _request, future in list(parked.asked.values()):
+        if not future.done():
+            future.set_exception(unanswered())
+    parked.task.cancel()
 
 
 def seal_upstream_state(sealer: Sealer, ctx: RequestContext, server: str, method: str, params: JsonObj,

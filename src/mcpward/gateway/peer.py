@@ -36,6 +36,9 @@ class PeerError(Exception):
         return self.error.get("code")
 
 
+MAX_WAIT_CREDIT = 900.0  # seconds of a request's life spent waiting on us that do not count against its timeout
+
+
 def local_error(code: int, message: str, data: Any = None) -> PeerError:
     return PeerError(jsonrpc.ProtocolError(code, message, data).to_error(), local=True)
 
@@ -127,7 +130,10 @@ class Peer:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        left = timeout - ((now - started) - (self._waited(now) - waited))
+        # Credited waiting is capped: a server that keeps asking (and a client that never answers)
+        # must not keep one of its requests alive for ever.
+        credit = min(self._waited(now) - waited, MAX_WAIT_CREDIT)
+        left = timeout - ((now - started) - credit)
         if left > 0.001:
             self._timers[future] = loop.call_later(left, self._expire, future, started, waited, timeout)
             return
