@@ -135,6 +135,21 @@ async def test_one_principal_cannot_open_a_breaker_for_everyone() -> None:
     assert guard.board.state("srv__flaky") == "open"
 
 
+@pytest.mark.parametrize(("victim_calls", "victim_errors", "attacker_errors"), [(11, 1, 1), (33, 3, 1), (110, 10, 2)])
+async def test_a_few_failures_on_top_of_a_normal_window_do_not_open_it(
+        victim_calls: int, victim_errors: int, attacker_errors: int) -> None:
+    # Third audit round: setting aside only the principal with the most failures let an attacker with
+    # fewer failures than a normal, slightly failing user tip the window over the threshold.
+    clock = FakeClock()
+    guard = breaker_guard(clock)
+    for i in range(victim_calls):
+        await finish(guard, result=TOOL_ERROR if i >= victim_calls - victim_errors else None, who="bob")
+    assert guard.board.state("srv__flaky") == "closed"
+    for _ in range(attacker_errors):
+        await finish(guard, result=TOOL_ERROR, who="mallory")
+    assert guard.board.state("srv__flaky") == "closed"
+
+
 async def test_a_sole_caller_still_opens_the_breaker() -> None:
     clock = FakeClock()
     guard = breaker_guard(clock)

@@ -10,9 +10,9 @@ Breakers are per process on purpose: each replica sees its own upstream connecti
 breaker's job is to stop this process from waiting on a tool that does not answer.
 
 One principal cannot open a breaker for everyone: when the window's errors (or slow calls) cross
-the threshold, the principal with the most of them is set aside, and the breaker opens only if the
-other principals' calls cross it too, or if nobody else called the tool in the window. Calls a
-principal makes fail on purpose (bad arguments, a slow query) then hurt only that principal.
+the threshold, the breaker opens only if the window still crosses it with any one principal's calls
+left out, or if nobody else called the tool in the window. Calls a principal makes fail on purpose
+(bad arguments, a slow query) then hurt only that principal.
 """
 
 from __future__ import annotations
@@ -149,15 +149,14 @@ class Breaker:
                        samples=n)
 
     def _others_cross(self, column: int, crosses: Callable[[int, int], bool]) -> bool:
-        """Whether the window still crosses the threshold without the principal with the most bad
-        samples (column 1: errors, 2: slow); True when that principal is the only caller."""
+        """Whether the window still crosses the threshold with any one principal's samples left out
+        (column 1: errors, 2: slow); True when a single principal is the only caller. So no one
+        principal's calls, failing on purpose, can open the breaker for the others."""
         by = self._by
         if len(by) == 1:
             return True
-        worst = max(by.values(), key=lambda counts: counts[column])
-        others = len(self._samples) - worst[0]
-        bad = (self._errors if column == 1 else self._slow) - worst[column]
-        return others > 0 and crosses(others, bad)
+        n, bad = len(self._samples), self._errors if column == 1 else self._slow
+        return all(crosses(n - counts[0], bad - counts[column]) for counts in by.values())
 
     def _open(self, now: float, reason: str, **facts: object) -> None:
         self._change("open")
