@@ -78,12 +78,17 @@ def test_every_page_of_an_unprefixed_server_routes() -> None:
 
 
 def test_a_hostile_template_cannot_stall_routing() -> None:
-    # A regex with one `.*` per expression backtracks for hours on this pair (the test's timeout would
-    # end it); the matcher walks the URI once per piece.
-    cat = Catalog(servers(("s", "", 0)), "__")
-    cat.publish_templates("s", [{"uriTemplate": "x://" + "{+a}x" * 40 + "y"}])
+    # Python's `re` with one `.*` per expression backtracks for hours on these pairs (the test's timeout
+    # would end it); RE2 does not, and the work is bounded (expressions per template, URI length).
+    cat = Catalog(servers(("s", "", 0), ("t", "", 0), ("u", "", 0)), "__")
+    cat.publish_templates("s", [{"uriTemplate": "x://" + "{+a}x" * 30 + "y"}])
     assert cat.resolve_uri("x://" + "x" * 3000) is None
-    assert cat.resolve_uri("x://" + "x" * 40 + "y") == "s"
+    assert cat.resolve_uri("x://" + "x" * 30 + "y") == "s"
+    cat.publish_templates("t", [{"uriTemplate": "{a}" * 2000}])  # adjacent expressions read as one
+    assert cat.resolve_uri("q" * 100_000) is None  # longer than any URI a template may match
+    assert cat.resolve_uri("q" * 100) == "t"
+    cat.publish_templates("u", [{"uriTemplate": "z://" + "{a}/" * 40}])  # more expressions than allowed
+    assert cat.resolve_uri("z://" + "a/" * 40) is None
 
 
 def test_resource_and_template_routing() -> None:

@@ -1,9 +1,11 @@
 """Which URIs a server's RFC 6570 URI template covers, decided in linear time.
 
 Routing, pinning and policy all ask "is this URI an expansion of that template?". The template comes
-from an upstream server and the URI from a client, so neither is trusted: a regex with several `.*`
-(one per `{+var}`) can backtrack for ages on a hostile pair. This matcher walks the URI once per
-template piece instead.
+from an upstream server and the URI from a client, so neither is trusted: Python's `re` backtracks
+for ages on a template with several `{+var}` (one `.*` each) and a long URI. The template is
+compiled for RE2 instead (linear time, no backtracking), and the work is bounded: a template with
+more than MAX_EXPRESSIONS expressions, or a URI longer than MAX_URI, never matches (real templates
+have a handful of expressions; the argument guard refuses longer strings anyway).
 
 The reading is deliberately loose, good enough to route: an expression whose operator may produce
 `/` (`+ # / ? & ;`) matches any run of characters, any other expression matches a run without
@@ -12,52 +14,53 @@ The reading is deliberately loose, good enough to route: an expression whose ope
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
+from typing import Any
 
+import re2  # type: ignore[import-untyped]
+
+log = logging.getLogger("mcpward.uri_template")
 SPANNING_OPERATORS = frozenset("+#/?&;")
+MAX_EXPRESSIONS = 32
+MAX_URI = 8192
+_EXPRESSION = re.compile(r"\{([^}]*)\}")
 
 
 @dataclass(frozen=True, slots=True)
 class UriTemplate:
     text: str
-    # ("", literal text) | ("*", "") an expression that may span `/` | ("-", "") one that stays in a segment
-    pieces: tuple[tuple[str, str], ...]
+    _pattern: Any  # a compiled RE2 pattern, or None: this template never matches
 
     @classmethod
     def parse(cls, template: str) -> UriTemplate:
-        out: list[tuple[str, str]] = []
-        pos = 0
-        while (start := template.find("{", pos)) >= 0 and (end := template.find("}", start)) >= 0:
-            out.append(("", template[pos:start]))
-            out.append(("*" if template[start + 1:start + 2] in SPANNING_OPERATORS else "-", ""))
-            pos = end + 1
-        out.append(("", template[pos:]))
-        return cls(template, tuple(piece for piece in out if piece != ("", "")))
+        parts: list[str] = []
+        pos = expressions = 0
+        for match in _EXPRESSION.finditer(template):
+            literal = template[pos:match.start()]
+            spanning = match.group(1)[:1] in SPANNING_OPERATORS
+            wildcard = "(?s:.*)" if spanning else "[^/?#]*"
+            if not literal and parts and parts[-1] in ("(?s:.*)", "[^/?#]*"):
+                # Adjacent expressions read as one: the widest of them.
+                parts[-1] = "(?s:.*)" if spanning or parts[-1] == "(?s:.*)" else "[^/?#]*"
+            else:
+                parts += [re2.escape(literal), wildcard] if literal else [wildcard]
+                expressions += 1
+            pos = match.end()
+        parts.append(re2.escape(template[pos:]))
+        if expressions > MAX_EXPRESSIONS:
+            log.warning("URI template with %d expressions (more than %d) ignored: %.80r", expressions,
+                        MAX_EXPRESSIONS, template)
+            return cls(template, None)
+        try:
+            return cls(template, re2.compile("".join(parts)))
+        except re2.error:
+            log.warning("URI template cannot be compiled; ignored: %.80r", template)
+            return cls(template, None)
 
     def matches(self, uri: str) -> bool:
-        """Whether `uri` fully matches the template, in time linear in len(uri) per piece."""
-        pieces = self.pieces
-        if pieces and pieces[0][0] == "" and not uri.startswith(pieces[0][1]):
-            return False  # the usual answer, without the walk: most templates differ in their first literal
-        if pieces and pieces[-1][0] == "" and not uri.endswith(pieces[-1][1]):
+        """Whether `uri` fully matches the template."""
+        if self._pattern is None or len(uri) > MAX_URI:
             return False
-        n = len(uri)
-        reach = [False] * (n + 1)  # reach[p]: the pieces so far can match uri[:p]
-        reach[0] = True
-        for kind, text in pieces:
-            nxt = [False] * (n + 1)
-            if kind == "":
-                for p in range(n + 1 - len(text)):
-                    if reach[p] and uri.startswith(text, p):
-                        nxt[p + len(text)] = True
-            elif kind == "*":
-                if True in reach:
-                    for q in range(reach.index(True), n + 1):
-                        nxt[q] = True
-            else:
-                open_run = False  # some reached position with no /, ? or # between it and here
-                for q in range(n + 1):
-                    open_run = reach[q] or (open_run and uri[q - 1] not in "/?#")
-                    nxt[q] = open_run
-            reach = nxt
-        return reach[n]
+        return self._pattern.fullmatch(uri) is not None
