@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.threats.identity_support import MEMO_SERVER, Keys, LegacyClient, modern_call, reply_of, tool_text
 
@@ -55,14 +56,25 @@ when { !(principal in Group::"staff") };
 """
 
 
-def test_a_servers_instructions_reach_only_principals_who_may_see_it(serve_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+HIDE_NET_TOOLS = """
+@id("everyone-everything")
+permit (principal, action, resource);
+@id("staff-only-use-net")
+forbid (principal, action == Action::"call_tool", resource in Server::"net")
+when { !(principal in Group::"staff") };
+"""
+
+
+@pytest.mark.parametrize("policy_text", [HIDE_NET, HIDE_NET_TOOLS], ids=["list-forbid", "item-forbid"])
+def test_a_servers_instructions_reach_only_principals_who_may_see_it(serve_gateway, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                     policy_text: str) -> None:
     # The instructions describe the server's tools: a principal the policy shows none of them does not
     # get them either (initialize and server/discover), and the answer is marked private.
     from tests.threats.integrity_support import described, tool
 
     keys = Keys()
     policy = tmp_path / "hide-net.cedar"
-    policy.write_text(HIDE_NET)
+    policy.write_text(policy_text)
     server = described(tmp_path, "net", [tool("ping_host", "Ping a host.")],
                        instructions="Net ops: ask before pinging.")
     url = serve_gateway(server + keys.table() + f'[policy]\nbase = "none"\nfiles = ["{policy}"]\n')

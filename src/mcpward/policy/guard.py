@@ -49,6 +49,8 @@ class PolicyGuard(Guard):
         # server -> its URI templates as last listed (the catalog routes URIs through the same ones).
         self.templates: dict[str, list[UriTemplate]] = {}
         self._unmatched: set[tuple[str, str]] = set()  # (server, override name) already reported
+        # server -> (kind, name) -> (item action, target) of everything it listed (instructions' visibility)
+        self.offered: dict[str, dict[tuple[str, str], tuple[str, Target]]] = {}
 
     def add_label_provider(self, provider: LabelProvider) -> None:
         """Risk labels from elsewhere (the integrity scanner): `provider(server, kind, name) -> labels`."""
@@ -61,6 +63,11 @@ class PolicyGuard(Guard):
         self.engine, self.mode = engine, mode
 
     def on_published(self, server: str, kind: str, items: list[Listed]) -> None:
+        item_action = ITEM_ACTIONS.get(kind)
+        if item_action is not None:  # what the server offers, for server_visible
+            offered = self.offered.setdefault(server, {})
+            for listed in items:
+                offered[(kind, listed.name)] = (item_action, listed_target(kind, listed))
         if kind == "resourceTemplates":
             # Merged across pages and listings, never forgotten: a template decision can only refuse more,
             # so a template the server dropped errs toward a stricter answer, never a looser one.
@@ -84,14 +91,19 @@ class PolicyGuard(Guard):
                 audit.record("policy.override-unmatched", server=server, tool=name)
 
     def server_visible(self, ctx: RequestContext, server: str) -> bool:
-        """Whether `ctx`'s principal may list anything of `server` (else its instructions are not shown:
-        they describe tools the principal may not see). Dry-run shows everything, as it hides nothing."""
+        """Whether `ctx`'s principal would be shown anything of `server` in a list: some `list_<kind>`
+        on it is permitted and, once the server has listed something, some item of it passes its own
+        action too. Otherwise its instructions are not shown: they describe tools the principal may
+        not see. Dry-run shows everything, as it hides nothing."""
         if self.mode == "dry-run":
             return True
+        facts = Facts.of(ctx, listing=True)
         target = Target("Server", server, server, server)
-        decisions = self.engine.decide_many(ctx.principal, [(action, target) for action in LIST_ACTIONS.values()],
-                                            Facts.of(ctx, listing=True))
-        return any(decision.allowed for decision in decisions)
+        lists = self.engine.decide_many(ctx.principal, [(action, target) for action in LIST_ACTIONS.values()], facts)
+        if not any(decision.allowed for decision in lists):
+            return False
+        offered = list(self.offered.get(server, {}).values())
+        return not offered or any(d.allowed for d in self.engine.decide_many(ctx.principal, offered, facts))
 
     def templates_of(self, server: str, uri: str) -> list[str]:
         """The URI templates of `server` that `uri` is an expansion of."""
