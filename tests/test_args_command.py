@@ -115,6 +115,10 @@ def test_ordinary_code_allowed(value: str) -> None:
     "curl 169.254.43518/latest", "curl 0xa9.0xfe.0xa9.0xfe/latest", "curl [::ffff:a9fe:a9fe]/latest",
     "curl -g [fd00:ec2::254]/latest", "curl --url=2852039166/latest", "ssh admin@0xa9fea9fe",
     "curl 100.100.100.200/latest/meta-data/",
+    # audit 3 (diff), gap 7: glued to a short option (curl's proxy), and numbers where something connects
+    "curl -x169.254.169.254:80 http://example.com/", "curl -x0xa9fea9fe:80 http://example.com/",
+    "curl -x2852039166:80 http://example.com/", "curl -s x.example -o out 2852039166", "ssh admin@2852039166",
+    "echo 2852039166/latest", "python3 -c \"import socket; socket.create_connection(('2852039166', 80))\"",
 ])
 def test_bare_metadata_targets_in_any_spelling(value: str) -> None:
     found = SCREEN.check_command(value)
@@ -125,6 +129,9 @@ def test_bare_metadata_targets_in_any_spelling(value: str) -> None:
     "head -n 100 notes.txt", "sleep 5", "chmod 0755 run.sh", "kill -9 31337", "seq 1 100", "git show HEAD@{2}",
     "curl 93.184.215.14/page", "tail -c 0x400 log.bin", "ls [a-z]*.txt", "echo 10.0.0.1",
     "curl localhost:3000/health", "python3 -c \"print(1.5 * 2)\"", "git log -n 3 v1.2.3",
+    # audit 3 (diff), gap 7: byte counts that read as 169.254/16 to inet_aton, where nothing connects
+    "ls -la 2852000000", "head -c 2852000000 f", "dd bs=1 count=2852000000 if=a of=b",
+    "curl -o f https://example.com/f.bin | head -c 2852000000", "printf %d 0xa9fea9fe",
 ])
 def test_ordinary_numbers_in_commands_allowed(value: str) -> None:
     assert SCREEN.check_command(value) is None, SCREEN.check_command(value)

@@ -213,6 +213,48 @@ async def test_ordinary_recursive_and_referencing_schemas_still_validate() -> No
     assert g.schemas.get("srv", "tool", tree).cost < 200  # far below the limit
 
 
+JSON_VALUE = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"},
+                        {"type": "array", "items": {"$ref": "#/$defs/JsonValue"}},
+                        {"type": "object", "additionalProperties": {"$ref": "#/$defs/JsonValue"}}]}
+FILTER = {"oneOf": [
+    {"type": "object", "properties": {"and": {"type": "array", "items": {"$ref": "#/$defs/E"}}}, "required": ["and"]},
+    {"type": "object", "properties": {"or": {"type": "array", "items": {"$ref": "#/$defs/E"}}}, "required": ["or"]},
+    {"type": "object", "properties": {"not": {"$ref": "#/$defs/E"}}, "required": ["not"]},
+    {"type": "object", "properties": {"field": {"type": "string"}, "eq": {}}, "required": ["field"]}]}
+
+
+@pytest.mark.parametrize("deny", ["allow", "deny"])
+async def test_any_json_value_and_operator_trees_are_not_too_complex(deny: str) -> None:
+    # audit 3 (diff), gap 2: anyOf branches for arrays and objects, or for differently named members,
+    # never recurse into the same nested value, so they must not add up per nesting level.
+    g = guard(additional_properties=deny)
+    config = {"type": "object", "properties": {"key": {"type": "string"}, "value": {"$ref": "#/$defs/JsonValue"}},
+              "required": ["key", "value"], "$defs": {"JsonValue": JSON_VALUE}}
+    deep: Any = 1
+    for _ in range(6):  # 12 levels of arrays and objects, within max_depth
+        deep = [deep, {"a": deep}]
+    assert await rule_of(g, {"key": "a", "value": 1}, definition=d(config)) is None
+    assert await rule_of(g, {"key": "a", "value": deep}, definition=d(config)) is None
+    assert g.schemas.get("srv", "tool", config).cost < 500
+    tree = {"type": "object", "properties": {"expr": {"$ref": "#/$defs/E"}}, "$defs": {"E": FILTER}}
+    expr = {"and": [{"field": "a", "eq": 1}, {"or": [{"not": {"field": "b", "eq": "x"}}, {"field": "c"}]}]}
+    assert await rule_of(g, {"expr": expr}, definition=d(tree)) is None
+    assert await rule_of(g, {"expr": {"and": [{"eq": 1}]}}, definition=d(tree)) == "args.schema.mismatch"
+    assert g.schemas.get("srv", "tool", tree).cost < 500
+
+
+@pytest.mark.parametrize("twice", [
+    {"items": {"$ref": "#/$defs/a"}},  # two branches applying to the same item
+    {"additionalProperties": {"$ref": "#/$defs/a"}},  # to the same member of any name
+    {"properties": {"x": {"$ref": "#/$defs/a"}}},  # to the member of the same name
+    {"patternProperties": {"^y": {"$ref": "#/$defs/a"}}, "properties": {"z": {"$ref": "#/$defs/a"}}},
+])
+def test_branches_meeting_the_same_nested_value_still_add_up(twice: dict[str, Any]) -> None:
+    schema = {"$defs": {"a": {"anyOf": [twice, dict(twice), {"type": "string"}]}}, "$ref": "#/$defs/a"}
+    compiled = SchemaCache().get("s", "t", schema)
+    assert compiled.error is not None and compiled.error.rule == "args.schema.too-complex", compiled.error
+
+
 async def test_an_intricate_schema_times_many_values_is_refused_per_call() -> None:
     schema = doubling_chain(10, leaf=True, pass_first=True)  # ~4000 applications per value: allowed
     schema["properties"]["q"] = {"type": "array", "items": {"$ref": "#/$defs/a0"}}

@@ -388,6 +388,20 @@ async def test_public_hosts_pass_and_allow_private_urls_applies() -> None:
     assert await rule_of(private, {"host": "169.254.169.254"}, definition=definition) == "args.url.non-public"
 
 
+async def test_host_lists_wildcards_and_prefixes_are_screened_host_by_host() -> None:
+    # audit 3 (diff), gap 6: these were refused as malformed authorities.
+    definition = {"name": "tool", "inputSchema": HOST_SCHEMA}
+    for value in ("example.com,docs.example.com", "example.com docs.example.com", "example.com, docs.example.com",
+                  "*.example.com", "2001:4860:4860::8888/64", "8.8.8.0/24", "[2001:4860:4860::8888]:53"):
+        assert await rule_of(guard(), {"host": value}, definition=definition) is None, value
+    for value in ("example.com,169.254.169.254", "example.com inside.example.com", "*.metadata.google.internal",
+                  "10.0.0.0/8", "fd00:ec2::254/64", "docs.example.com,,0xa9fea9fe"):
+        found = await refusal(guard(), {"host": value}, definition=definition)
+        assert found is not None and found.rule == "args.url.non-public", (value, found)
+    many = ",".join(["example.com"] * 17)
+    assert await rule_of(guard(), {"hosts": many}) == "args.url.malformed"  # more than MAX_HOSTS: no lookups
+
+
 async def test_an_operator_can_declare_a_host_parameter() -> None:
     # `target` says nothing of being a host; the operator's [servers.srv.tools.tool.params] says so.
     g = guard(param_kinds={("srv", "tool"): {"target": "host"}})

@@ -25,7 +25,9 @@ Anything unexpected inside the guard refuses the call (`args.internal`): fail cl
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -41,7 +43,7 @@ from mcpward.guards.path_screen import PathScreen, url_scheme
 from mcpward.guards.path_screen import decode as decode_path
 from mcpward.guards.schema_check import CompiledTool, SchemaCache
 from mcpward.guards.text_screen import BacktickScreen, clean_fast, screen_characters
-from mcpward.guards.url_screen import Resolver, UrlScreen, static_resolver
+from mcpward.guards.url_screen import MAX_HOSTS, Resolver, UrlScreen, static_resolver
 from mcpward.protocol.jsonrpc import JsonObj
 
 log = logging.getLogger("mcpward.guards.arguments")
@@ -213,7 +215,7 @@ class ArgumentGuard(Guard):
             elif kind == "url":
                 finding = await self.urls.check(value, s.allow_private_for(call.server))
             elif kind == "host":
-                finding = await self.urls.check(_as_authority(value), s.allow_private_for(call.server))
+                finding = await self._hosts(value, s.allow_private_for(call.server))
             elif kind == "command":
                 finding = self.commands.check_command(value)
             elif kind == "code":
@@ -392,11 +394,37 @@ class ArgumentGuard(Guard):
                 found.add(Finding("args.limit.string",
                                   f"is {size} bytes; the limit is {self.settings.max_string} (max_string)"), path)
 
+    async def _hosts(self, value: str, allow_private: bool) -> Finding | None:
+        """A host-kind value: one host or a list of them (`a.example.com,b.example.com`), each screened."""
+        parts = host_parts(value)
+        if len(parts) > MAX_HOSTS:
+            return Finding("args.url.malformed", f"lists more than {MAX_HOSTS} hosts")
+        # Concurrently: each may need a DNS lookup, and the first finding (in the value's order) is reported.
+        found = await asyncio.gather(*(self.urls.check(_as_authority(part), allow_private) for part in parts))
+        return next((finding for finding in found if finding is not None), None)
+
     def _path(self, value: str, scheme: str | None, server: str | None) -> Finding | None:
         """A path-kind value that is not an http(s) URL (the caller sends those to the URL screen)."""
         if scheme is not None and scheme != "file":
             return Finding("args.url.scheme", f"is a {scheme}:// URL or stream wrapper, not a path")
         return self.paths.check(value, self.settings.roots_for(server))
+
+
+_HOST_SEPARATORS = re.compile(r"[,\s]+")
+_PREFIX_LENGTH = re.compile(r"/[0-9]{1,3}$")
+
+
+def host_parts(value: str) -> list[str]:
+    """The hosts a host parameter names: a list split on commas and whitespace, each without a wildcard
+    label (`*.example.com` is screened as `example.com`) or a network prefix length (`10.0.0.0/8`, the
+    network's own address is screened), and never empty. URLs in the list stay URLs."""
+    parts = []
+    for part in _HOST_SEPARATORS.split(value):
+        if "://" not in part:
+            part = _PREFIX_LENGTH.sub("", part.removeprefix("*."))
+        if part:
+            parts.append(part)
+    return parts
 
 
 def _as_authority(value: str) -> str:

@@ -288,6 +288,9 @@ _REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 # one per member or position (the most expensive counts), these apply to every one (all count):
 _MEMBER_ALL = ("additionalProperties", "unevaluatedProperties", "propertyNames")
 _ITEM_ALL = ("additionalItems", "contains", "unevaluatedItems")
+# Quick tests that skip a node's keyword scans (most nodes are leaves or plain `$ref`s):
+_NESTED = frozenset(_MEMBER_ALL + _ITEM_ALL + ("properties", "patternProperties", "prefixItems", "items"))
+_IN_PLACE = frozenset(_IN_PLACE_ONE + _IN_PLACE_LISTS + _IN_PLACE_MAPS)
 MAX_SCHEMA_COST = 10_000  # subschema applications per argument value; ordinary tool schemas use under 500
 MAX_CALL_COST = 2_000_000  # cost per value times values in one call: a few milliseconds of validation
 DETAIL_COST = 512  # above this, a mismatch is reported without jsonschema-rs's error tree (it grows faster)
@@ -302,14 +305,36 @@ class _TooComplex(Exception):
     pass
 
 
+@dataclass(slots=True)
+class _Profile:
+    """Subschema applications for one value, split by what its nested values meet. A value is either an
+    object or an array (or neither), and one member of an object meets only the `properties` entries
+    named like it: the branches of an anyOf over "any JSON value" or over differently named operators
+    (`and`/`or`/`not`) then do not add up per level, while two branches applying to the same member or
+    item still do (that is the doubling the bound exists for)."""
+    here: int = 1  # applied to the value itself (the same for every type)
+    item: int = 0  # applied to one item of an array value, all nesting below it included
+    members: dict[str, int] = field(default_factory=dict)  # to the member of that name of an object value
+    other: int = 0  # to a member of any other name
+    shared: bool = False  # `members` is another profile's dict: copied before it is changed
+    top: int = 0  # the largest of `members` (kept, so a shared dict is never scanned again)
+    total: int = 1  # the dearest of these: set once the profile is complete (it is read many times)
+
+    def finish(self) -> int:
+        self.total = self.here + max(self.item, self.other, self.top)
+        return self.total
+
+
 class _Cost:
     """Counts subschema applications for a value nested up to `depth` levels (see MAX_SCHEMA_COST)."""
 
     def __init__(self, root: dict[str, Any], depth: int, budget: int) -> None:
         self.root, self.depth, self.budget = root, max(depth, _MIN_DEPTH), budget
-        self.memo: dict[tuple[int, int], int] = {}
+        self.memo: dict[tuple[int, int], _Profile] = {}
         self.active: set[tuple[int, int]] = set()
         self.steps = 0
+        self.merged = 0
+        self.resolved: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.ids: dict[str, dict[str, Any]] = {}
         self.anchors: dict[str, list[dict[str, Any]]] = {}
         self._index(root, 0)
@@ -364,8 +389,11 @@ class _Cost:
         return [node]
 
     def _count(self, node: Any, depth: int, base: dict[str, Any]) -> int:
+        return self._profile(node, depth, base).total
+
+    def _profile(self, node: Any, depth: int, base: dict[str, Any]) -> _Profile:
         if not isinstance(node, dict):
-            return 1  # `true` / `false`
+            return _Profile()  # `true` / `false`
         key = (id(node), depth)
         known = self.memo.get(key)
         if known is not None:
@@ -378,51 +406,84 @@ class _Cost:
         self.active.add(key)
         if isinstance(node.get("$id"), str) and node is not self.root:
             base = node
-        total = 1
-        for word in _IN_PLACE_ONE:
-            if word in node:
-                total += self._count(node[word], depth, base)
-        for word in _IN_PLACE_LISTS:
-            if isinstance(node.get(word), list):
-                total += sum(self._count(sub, depth, base) for sub in node[word])
-        for word in _IN_PLACE_MAPS:
-            if isinstance(node.get(word), dict):
-                total += sum(self._count(sub, depth, base) for sub in node[word].values()
-                             if isinstance(sub, (dict, bool)))
+        profile = self._own(node, depth, base)
+        if not node.keys().isdisjoint(_IN_PLACE):
+            for sub in self._in_place(node):
+                self._add(profile, self._profile(sub, depth, base))
         for word in _REF_KEYWORDS:
             if isinstance(node.get(word), str):
                 ref = "#" if word == "$recursiveRef" else node[word]
                 resource = ref.partition("#")[0]
                 if resource and resource not in self.ids and _draft_key(resource).startswith("json-schema.org/"):
-                    total += _META_SCHEMA_COST * (depth + 1)
+                    profile.here += _META_SCHEMA_COST * (depth + 1)
                     continue
-                total += sum(self._count(target, depth, base) for target in self._targets(ref, base))
-        if depth > 0:
-            total += max(self._members(node, depth - 1, base), self._items(node, depth - 1, base))
+                targets = self.resolved.get((ref, id(base)))
+                if targets is None:
+                    targets = self.resolved[(ref, id(base))] = self._targets(ref, base)
+                for target in targets:
+                    self._add(profile, self._profile(target, depth, base))
         self.active.discard(key)
-        if total > self.budget:
+        if profile.finish() > self.budget:
             raise _TooComplex("applies too many subschemas to one value once its $refs are followed")
-        self.memo[key] = total
-        return total
+        self.memo[key] = profile
+        return profile
 
-    def _members(self, node: dict[str, Any], depth: int, base: dict[str, Any]) -> int:
-        """Subschemas one member of an object value meets: one of `properties`, and all the rest."""
-        total = 0
+    @staticmethod
+    def _in_place(node: dict[str, Any]) -> list[Any]:
+        """The subschemas (other than `$ref`s) that apply to the same value as `node`."""
+        found: list[Any] = [node[word] for word in _IN_PLACE_ONE if word in node]
+        for word in _IN_PLACE_LISTS:
+            if isinstance(node.get(word), list):
+                found.extend(node[word])
+        for word in _IN_PLACE_MAPS:
+            if isinstance(node.get(word), dict):
+                found.extend(sub for sub in node[word].values() if isinstance(sub, (dict, bool)))
+        return found
+
+    def _add(self, into: _Profile, other: _Profile) -> None:
+        """Both apply to the same value: everything adds up, member by member."""
+        into.here += other.here
+        into.item += other.item
+        if not into.members and not into.other:  # e.g. a `$ref` wrapper: share, copy only if changed later
+            into.members, into.other, into.top, into.shared = other.members, other.other, other.top, True
+            return
+        if not other.members and not other.other:
+            return
+        self.merged += len(into.members) + len(other.members)  # a dict entry each: far cheaper than a step
+        if self.merged > 50 * self.budget:
+            raise _TooComplex("takes too long to measure")
+        if into.shared:
+            into.members, into.shared = dict(into.members), False
+        for name in other.members.keys() - into.members.keys():
+            into.members[name] = into.other
+        for name in into.members:
+            into.members[name] += other.members.get(name, other.other)
+        into.other += other.other
+        into.top = max(into.members.values(), default=0)
+
+    def _own(self, node: dict[str, Any], depth: int, base: dict[str, Any]) -> _Profile:
+        """This subschema's own application plus what its member and item keywords apply one level down."""
+        profile = _Profile()
+        if depth == 0 or node.keys().isdisjoint(_NESTED):  # no nested value is reached from here
+            return profile
+        below = depth - 1
+        every = sum(self._count(node[word], below, base) for word in _MEMBER_ALL if word in node)
+        if isinstance(node.get("patternProperties"), dict):  # any pattern may match any name
+            every += sum(self._count(sub, below, base) for sub in node["patternProperties"].values())
         if isinstance(node.get("properties"), dict):
-            total += max((self._count(sub, depth, base) for sub in node["properties"].values()), default=0)
-        if isinstance(node.get("patternProperties"), dict):
-            total += sum(self._count(sub, depth, base) for sub in node["patternProperties"].values())
-        return total + sum(self._count(node[word], depth, base) for word in _MEMBER_ALL if word in node)
-
-    def _items(self, node: dict[str, Any], depth: int, base: dict[str, Any]) -> int:
-        """Subschemas one item of an array value meets: one positional schema, and all the rest."""
-        total = 0
+            extra = self._count(node["additionalProperties"], below, base) \
+                if "additionalProperties" in node else 0
+            profile.members = {name: every - extra + self._count(sub, below, base)
+                               for name, sub in node["properties"].items()}
+            profile.top = max(profile.members.values(), default=0)
+        profile.other = every
         for word in ("prefixItems", "items"):
             if isinstance(node.get(word), list):
-                total += max((self._count(sub, depth, base) for sub in node[word]), default=0)
+                profile.item += max((self._count(sub, below, base) for sub in node[word]), default=0)
         if isinstance(node.get("items"), (dict, bool)):
-            total += self._count(node["items"], depth, base)
-        return total + sum(self._count(node[word], depth, base) for word in _ITEM_ALL if word in node)
+            profile.item += self._count(node["items"], below, base)
+        profile.item += sum(self._count(node[word], below, base) for word in _ITEM_ALL if word in node)
+        return profile
 
 
 def schema_cost(schema: dict[str, Any], depth: int, budget: int = MAX_SCHEMA_COST) -> tuple[int, str | None]:

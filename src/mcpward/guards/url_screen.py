@@ -70,10 +70,22 @@ _V4_IN_NAME = re.compile(r"(?:^|[.-])((?:\d{1,3}[.-]){3}\d{1,3})$")
 _BARE_TARGET = re.compile(r"(?<![\w.-])(metadata(?:\.[a-z0-9-]+)+"
                           r"|instance-data(?:\.[a-z0-9-]+)*)(?![\w-]|\.\w)", re.IGNORECASE)
 # Bare numeric hosts in any inet_aton spelling (`0xa9fea9fe`, `2852039166`, `0251.0376.0251.0376`,
-# `169.254.43518`) and bracketed IPv6 literals (`[::ffff:a9fe:a9fe]`), not inside a longer word or name.
+# `169.254.43518`) and bracketed IPv6 literals (`[::ffff:a9fe:a9fe]`), not inside a longer word or name,
+# but also glued to a short option (`curl -x169.254.169.254:80`, `-x0xa9fea9fe:80`: curl's proxy).
 # No substring hint can stand in front of this one: the spellings share no text with the dotted form.
-_BARE_NUMERIC = re.compile(r"(?<![\w.-])((?:0x[0-9a-f]+|[0-9]+)(?:\.(?:0x[0-9a-f]+|[0-9]+)){0,3}"
+_BARE_NUMERIC = re.compile(r"(?:(?<![\w.-])|(?<=-[A-Za-z]))((?:0x[0-9a-f]+|[0-9]+)(?:\.(?:0x[0-9a-f]+|[0-9]+)){0,3}"
                            r"|\[[0-9a-f:.]+(?:%[\w.-]*)?\])(?![\w-]|\.\w)", re.IGNORECASE)
+# A number without dots is a host only where something connects to it: every number from 2851995648 to
+# 2852061183 reads as 169.254/16 (`head -c 2852000000 f` is a byte count). So it counts when a path or a
+# port follows it, when it follows `user@`, or when its command (between shell separators) names a
+# network client or a URL.
+_NETWORK_WORD = re.compile(
+    r"(?<![\w.-])(?:curl|wget|nc|ncat|netcat|socat|telnet|ssh|scp|sftp|ftp|tftp|ping6?|mosh|rsync|http|https|xh|"
+    r"aria2c|axel|lynx|links|elinks|w3m|fetch|dig|nslookup|host|traceroute|tracepath|nmap|openssl|iwr|irm|"
+    r"invoke-webrequest|invoke-restmethod|bitsadmin|certutil|socket|urlopen|requests?|connect)(?:\.exe)?(?![\w-])",
+    re.IGNORECASE)
+_SEGMENT_END = re.compile(r"[;&|\n]")
+_PATH_OR_PORT = re.compile(r"/|:[0-9]")
 _HEX_IN_NAME = re.compile(r"(?:^|[.-])([0-9a-f]{8})$")
 MAX_HOSTS = 16
 
@@ -163,6 +175,16 @@ def _split_port(hostport: str) -> str:
     return host
 
 
+def _connects_to(text: str, bare: re.Match[str]) -> bool:
+    """Whether the number `bare` in a command line is a target (see _NETWORK_WORD)."""
+    start, end = bare.span(1)
+    if _PATH_OR_PORT.match(text, end) or text[start - 1: start] == "@":
+        return True
+    left = max(text.rfind(separator, 0, start) for separator in ";&|\n") + 1
+    right = _SEGMENT_END.search(text, end)
+    return _NETWORK_WORD.search(text[left: right.start() if right else len(text)]) is not None
+
+
 class UrlScreen:
     def __init__(self, resolver: Resolver | None = None, *, schemes: tuple[str, ...] = ("http", "https"),
                  allow_private: bool = False, resolve_timeout: float = 2.0, cache_seconds: float = 30.0) -> None:
@@ -242,7 +264,8 @@ class UrlScreen:
             # Every numeric word: `head -n 100` is 0.0.0.100 to inet_aton, which is no metadata address, and
             # only metadata addresses are refused here (allow=True), so ordinary numbers pass.
             found, _ = self._literal_cached(bare.group(1), True, False)
-            if found is not None and found.rule == "args.url.non-public":
+            if found is not None and found.rule == "args.url.non-public" and (
+                    "." in bare.group(1) or bare.group(1).startswith("[") or _connects_to(text, bare)):
                 return found
         return None
 

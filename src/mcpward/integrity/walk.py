@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-MAX_DEPTH = 16  # schema nesting followed; deeper content is reported (see `deep`), not read
+MAX_DEPTH = 32  # schema nesting followed; deeper content is reported (see `deep`), not read
 
 
 _TEXT = frozenset({"title", "description", "$comment"})

@@ -5,7 +5,8 @@ from an upstream server and the URI from a client, so neither is trusted: Python
 for ages on a template with several `{+var}` (one `.*` each) and a long URI. The template is
 compiled for RE2 instead (linear time, no backtracking), and the work is bounded: a template with
 more than MAX_EXPRESSIONS expressions, or a URI longer than MAX_URI, never matches (real templates
-have a handful of expressions; the argument guard refuses longer strings anyway).
+have a handful of expressions; the argument guard refuses URIs over its string limit, 8 KiB by default,
+by name once they are routed).
 
 The reading is deliberately loose, good enough to route: an expression whose operator may produce
 `/` (`+ # / ? & ;`) matches any run of characters, any other expression matches a run without
@@ -24,7 +25,7 @@ import re2  # type: ignore[import-untyped]
 log = logging.getLogger("mcpward.uri_template")
 SPANNING_OPERATORS = frozenset("+#/?&;")
 MAX_EXPRESSIONS = 32
-MAX_URI = 8192
+MAX_URI = 65536
 _EXPRESSION = re.compile(r"\{([^}]*)\}")
 
 
