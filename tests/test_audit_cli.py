@@ -96,6 +96,22 @@ def test_tail_is_one_escaped_line_per_record(config: Path) -> None:
     assert [r["seq"] for r in records] == [1, 2, 3] and records[0]["fields"]["rule"] == "policy.deny"
 
 
+def test_json_output_of_an_edited_body_is_escaped_and_still_json(config: Path) -> None:
+    db = config.parent / "logs" / "audit.sqlite"
+    with sqlite3.connect(db) as conn:  # an edit outside the gateway: raw ESC, and text that is not one JSON value
+        conn.execute("UPDATE records SET body = ? WHERE seq = 2", ('{"principal":"oauth:bob\x1b[31mRED","x":1}',))
+        conn.execute("UPDATE records SET body = ? WHERE seq = 3", ('{"a":1},"seq":99,"b":{}',))
+    for args in (["tail", "-c", str(config), "--json"], ["search", "-c", str(config), "--json"]):
+        code, output = invoke(*args)
+        assert code == 0 and "\x1b" not in output
+        records = [json.loads(x) for x in output.strip().split("\n")]  # every line is JSON again
+        assert [r["seq"] for r in records] == [1, 2, 3]
+        assert records[0]["fields"]["rule"] == "policy.deny"  # an untouched body is as stored
+        assert records[1]["fields"] == {"unparsable_body": '{"principal":"oauth:bob\x1b[31mRED","x":1}'}
+        assert records[2]["fields"] == {"unparsable_body": '{"a":1},"seq":99,"b":{}'}
+    assert invoke("verify", "-c", str(config))[0] == 1  # the edit is still caught where it matters
+
+
 @pytest.mark.parametrize(("args", "seqs"), [
     (["--event", "refusal"], [1]),
     (["--event", "integrity.*"], [3]),

@@ -1,17 +1,21 @@
 """Where the authenticator may connect: never to a private address unless allow_private, never by redirect.
 
 Nothing here leaves the machine: names resolve through a map, and the HTTP transport records
-requests and answers them itself instead of sending anything.
+requests and answers them itself instead of sending anything. The deadline tests use a real IdP
+on 127.0.0.1 that trickles its answer.
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from mcpward.auth import Authenticator, AuthFailure, load_settings
+from mcpward.auth import Authenticator, AuthFailure, fetch, load_settings
 from mcpward.gateway.config import parse
 
 RESOURCE = "http://127.0.0.1:8811/mcp"
@@ -144,3 +148,80 @@ async def test_symmetric_and_private_keys_in_the_jwks_are_never_used() -> None:
         assert (await refused(auth, signed_k2)).reason == "auth.unknown_key"
     finally:
         await auth.close()
+
+
+class Trickle:
+    """A loopback IdP that sends its headers (content-length 100000), then one byte a second: each read
+    arrives well within httpx's per-read timeout, so only an overall deadline ends the fetch."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.requests = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            self.requests += 1
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n")
+            while True:
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_a_trickling_jwks_answer_is_cut_off_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetch, "FETCH_DEADLINE", 1.0)
+    async with Trickle() as base:
+        settings = load_settings(parse({"auth": {"oauth": {"issuer": base, "jwks_url": f"{base}/jwks",
+                                                           "allow_private": True}, "resource": RESOURCE}}, "gw.toml"))
+        assert settings is not None
+        auth = Authenticator(settings)
+        try:
+            started = time.monotonic()
+            async with asyncio.timeout(10):  # before the deadline this stayed pending for as long as the IdP liked
+                failure = await refused(auth, token(base))
+            # one deadline: the start's prefetch fails, and the request waiting behind it is not fetched again
+            assert time.monotonic() - started < 1.9
+            assert failure.reason == "auth.idp_unavailable" and "no complete answer within 1 s" in failure.description
+        finally:
+            await auth.close()
+
+
+async def test_trickling_introspection_answers_free_their_slots_at_the_deadline(monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    monkeypatch.setattr(fetch, "FETCH_DEADLINE", 1.0)
+    async with Trickle() as base:
+        oauth = {"issuer": base, "jwks_url": f"{base}/jwks", "allow_private": True,
+                 "introspection_url": f"{base}/introspect", "client_id": "gw", "client_secret": "secret:idp"}
+        settings = load_settings(parse({"auth": {"oauth": oauth, "resource": RESOURCE}}, "gw.toml"))
+        assert settings is not None
+        auth = Authenticator(settings, resolve_secret=lambda ref: "client-secret-value")
+        try:
+            async def one(i: int) -> str:
+                try:
+                    await auth.authenticate(f"Bearer opaque-token-{i}")
+                except AuthFailure as failure:
+                    return failure.reason
+                return "accepted"
+
+            started = time.monotonic()
+            async with asyncio.timeout(10):
+                reasons = await asyncio.gather(*(one(i) for i in range(20)))
+            assert time.monotonic() - started < 3.5  # the start's prefetch, then one deadline per wave at most
+            assert "accepted" not in reasons
+            assert set(reasons) <= {"auth.idp_unavailable", "auth.introspection-busy"}
+            assert "auth.idp_unavailable" in reasons
+        finally:
+            await auth.close()

@@ -4,15 +4,24 @@ fail closed when Redis goes away (or open, when configured)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from mcpward.gateway.config import GatewayConfig
 from mcpward.gateway.context import Principal, RequestContext, SilentChannel
@@ -40,9 +49,11 @@ class RedisServer:
             self.proc.wait(5)
 
 
-def start_redis(*extra: str) -> RedisServer:
+def start_redis(*extra: str, tls: bool = False) -> RedisServer:
     port = free_port()
-    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    # With TLS the plain port is off (0) and only the TLS port listens.
+    ports = ["--port", "0", "--tls-port", str(port)] if tls else ["--port", str(port)]
+    proc = subprocess.Popen([REDIS, *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -148,5 +159,62 @@ async def test_password_comes_from_a_secret_reference() -> None:
         bad = gateway({"storage": server.uri, "storage_password": "secret:other"}, resolve)
         assert await attempt(bad, "alice") == "limits.storage-unavailable"  # auth failure: fail closed
         assert asked == ["secret:redis", "secret:other"]
+    finally:
+        server.kill()
+
+
+async def test_a_slow_redis_holds_a_call_for_one_timeout_not_three(redis_server: RedisServer) -> None:
+    guard = gateway({"storage": redis_server.uri, "rate": 1000, "burst": 100, "storage_timeout": 0.3})
+    assert await attempt(guard, "alice") == "ok"
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        started = time.monotonic()
+        assert await attempt(guard, "alice") == "limits.storage-unavailable"
+        # coredis's default policy retried twice (about 0.9 s here); one attempt is bounded by the timeout
+        assert time.monotonic() - started < 0.8
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+
+
+def self_signed(tmp: Path, name: str, san: x509.GeneralName) -> tuple[Path, Path]:
+    """A certificate that is its own CA, for `san` only."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def tls_redis(cert: Path, key: Path) -> RedisServer:
+    return start_redis("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                       "--tls-auth-clients", "no", tls=True)
+
+
+@pytest.mark.parametrize(("san", "trust", "outcome"), [
+    # signed by the trusted CA, names the host dialled: the only case that may pass
+    (x509.IPAddress(ipaddress.ip_address("127.0.0.1")), True, "ok"),
+    # trusted CA, but the certificate is for another host: refused (coredis alone accepted it)
+    (x509.DNSName("not-this-host.example"), True, "limits.storage-unavailable"),
+    # the right name, but no storage_ca_cert: the system's CAs do not know this one
+    (x509.IPAddress(ipaddress.ip_address("127.0.0.1")), False, "limits.storage-unavailable"),
+])
+async def test_rediss_checks_the_certificate_and_its_host_name(tmp_path: Path, san: x509.GeneralName, trust: bool,
+                                                               outcome: str) -> None:
+    cert, key = self_signed(tmp_path, "redis", san)
+    server = tls_redis(cert, key)
+    try:
+        table: dict[str, Any] = {"storage": f"rediss://127.0.0.1:{server.port}/0", "rate": 1000, "burst": 100}
+        if trust:
+            table["storage_ca_cert"] = str(cert)
+        assert await attempt(gateway(table), "alice") == outcome
     finally:
         server.kill()

@@ -88,6 +88,15 @@ window_seconds = 30
     ({"tools": {"x": 5}}, 'limits.tools."x"', "expected a table"),
     ({"tools": {"bad name!": {}}}, 'limits.tools."bad name!"', "fnmatch glob"),
     ({"storage_password": "secret:redis"}, "limits.storage_password", "only a redis"),
+    # coredis lets query options win over ours: these would turn off certificate checks or carry a password
+    ({"storage": "rediss://127.0.0.1:6379/0?ssl_cert_reqs=none"}, "limits.storage", "query string"),
+    ({"storage": "rediss://127.0.0.1:6379/0?ssl_ca_certs=/tmp/ca.pem"}, "limits.storage", "query string"),
+    ({"storage": "redis://127.0.0.1:6379/0?password=hunter2"}, "limits.storage", "query string"),
+    ({"storage": "redis://127.0.0.1:6379/0?"}, "limits.storage", "query string"),
+    ({"storage": "redis://127.0.0.1:6379/0", "storage_ca_cert": "ca.pem"}, "limits.storage_ca_cert",
+     "only a rediss://"),
+    ({"storage": "rediss://127.0.0.1:6379/0", "storage_ca_cert": "/nonexistent/ca.pem"},
+     "limits.storage_ca_cert", "cannot load"),
 ])
 def test_errors_name_the_key(table: dict[str, Any], key: str, problem: str) -> None:
     caught = error(table, lambda ref: "pw")

@@ -76,7 +76,33 @@ def test_headers_in_clear_text_only_to_loopback() -> None:
     err = refused({"otlp_endpoint": "http://collector.internal:4318", "otlp_headers": {"a": "secret:k"}})
     assert "clear text" in err.problem
     assert settings({"otlp_endpoint": "http://127.0.0.1:4318", "otlp_headers": {"a": "secret:k"}}).exports
-    assert settings({"otlp_endpoint": "http://collector.internal:4318"}).exports  # no headers: allowed
+    # no headers: plain http is allowed (a .internal name still needs the private allow)
+    assert settings({"otlp_endpoint": "http://collector.internal:4318", "otlp_allow_private": True}).exports
+
+
+@pytest.mark.parametrize("endpoint", [
+    "http://169.254.169.254:80", "http://[::ffff:169.254.169.254]", "http://metadata.google.internal",
+    "https://10.0.0.5:4318", "http://[fd00::1]:4318", "http://100.100.100.200",
+])
+def test_private_and_metadata_endpoints_need_the_allow(endpoint: str) -> None:
+    err = refused({"otlp_endpoint": endpoint})
+    assert err.key == "telemetry.otlp_endpoint" and "otlp_allow_private = true" in err.problem
+    allowed = settings({"otlp_endpoint": endpoint, "otlp_allow_private": True})
+    assert allowed.otlp_allow_private and allowed.exports
+
+
+def test_metrics_principals_are_principal_keys() -> None:
+    assert settings({}).metrics_principals == ()  # with [auth] on: nobody may read /metrics
+    assert settings({"metrics_principals": ["api-key:prom", "oauth:svc-1"]}).metrics_principals == (
+        "api-key:prom", "oauth:svc-1")
+    for bad in ("prom", "user:prom", "api-key:"):
+        err = refused({"metrics_principals": [bad]})
+        assert err.key == "telemetry.metrics_principals[0]" and "principal key" in err.problem
+
+
+def test_a_loopback_collector_needs_no_allow() -> None:
+    for endpoint in ("http://127.0.0.1:4318", "http://localhost:4318", "http://[::1]:4318"):
+        assert not settings({"otlp_endpoint": endpoint}).otlp_allow_private
 
 
 def test_header_refs_need_a_resolver_and_resolve_through_it() -> None:

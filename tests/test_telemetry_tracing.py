@@ -366,3 +366,94 @@ def test_the_http_tracestate_header_goes_with_the_http_traceparent_header() -> N
     scope = {"headers": [(b"tracestate", b"a=1"), (b"x", b"y"), (b"TraceState", b" b=2 ")]}
     assert _joined(scope, b"tracestate") == "a=1,b=2"
     assert _joined({"headers": []}, b"tracestate") is None
+
+
+# ------------------------------------------------------------------ OTLP export ignores the environment's proxy
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """A loopback listener that keeps the path and headers of every POST it gets (collector or proxy)."""
+
+    seen: list[tuple[str, dict[str, str]]]
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def recording_server() -> tuple[ThreadingHTTPServer, list[tuple[str, dict[str, str]]]]:
+    seen: list[tuple[str, dict[str, str]]] = []
+    handler = type("Handler", (_Recorder,), {"seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+def test_otlp_export_ignores_proxy_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    proxy, via_proxy = recording_server()
+    collector, at_collector = recording_server()
+    try:
+        proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.setenv(name, proxy_url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        netrc = tmp_path / "netrc"  # .netrc would add Authorization: Basic to a session that trusts the env
+        netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-pass\n")
+        monkeypatch.setenv("NETRC", str(netrc))
+        settings = load_telemetry({"traces": True, "metrics": True,
+                                   "otlp_endpoint": f"http://127.0.0.1:{collector.server_address[1]}",
+                                   "otlp_headers": {"x-api-key": "otlp-key-not-for-a-proxy"}})
+        tel = Telemetry(settings, redact=lambda t: t)
+        tel.request("ping", transport="http", target=None, server=None, session_id=None, request_id=1,
+                    protocol_version=None, traceparent=None, tracestate=None).end("success")
+        tel.shutdown()  # flushes both signals
+        assert via_proxy == []
+        assert {path for path, _h in at_collector} == {"/v1/traces", "/v1/metrics"}
+        assert all(h["x-api-key"] == "otlp-key-not-for-a-proxy" and "authorization" not in h
+                   for _p, h in at_collector)
+    finally:
+        proxy.shutdown()
+        collector.shutdown()
+        proxy.server_close()
+        collector.server_close()
+
+
+def load_telemetry(table: dict[str, Any]) -> TelemetrySettings:
+    from mcpward.telemetry import load_settings
+
+    return load_settings(parse({"telemetry": table}, source="gw.toml"))
+
+
+def test_an_otlp_name_that_resolves_to_a_private_address_is_not_posted_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+
+    from mcpward.telemetry.otlp_session import OtlpSession
+
+    sent: list[str] = []
+
+    def record(self: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        sent.append(request.url or "")  # records the connection instead of making it
+        response = requests.Response()
+        response.status_code = 200
+        return response
+
+    monkeypatch.setattr(requests.Session, "send", record)
+    answers = {"collector.example": ["169.254.169.254"], "public.example": ["93.184.215.14"]}
+    session = OtlpSession(False, resolve=lambda host, port: answers[host])
+    with pytest.raises(requests.ConnectionError, match="otlp_allow_private"):
+        session.post("http://collector.example/v1/traces", data=b"x")
+    assert sent == []
+    session.post("https://public.example/v1/traces", data=b"x")
+    assert sent == ["https://public.example/v1/traces"]
+    allowed = OtlpSession(True, resolve=lambda host, port: answers[host])
+    allowed.post("http://collector.example/v1/traces", data=b"x")
+    assert sent[-1] == "http://collector.example/v1/traces"
+    assert not session.trust_env and not allowed.trust_env

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -45,6 +46,19 @@ def line(row: StoredRow) -> bytes:
     return b"".join((b'{"seq":', str(int(seq)).encode(), b',"ts":', orjson.dumps(float(ts)), b',"event":',
                      orjson.dumps(event), b',"fields":', body.encode("utf-8"), b',"prev":', orjson.dumps(prev),
                      b',"hash":', orjson.dumps(digest), b"}\n"))
+
+
+def display_line(row: StoredRow) -> bytes:
+    """`line(row)` for reading (`audit tail --json`, `search --json`), never for verifying. A body that
+    is not one JSON value was edited outside the gateway: embedded as it is, raw control bytes would
+    reach the terminal and the line would not parse (or could add keys of its own). It is shown
+    instead as `{"unparsable_body": "..."}`, escaped down to ASCII; `audit verify` reports the edit."""
+    try:
+        orjson.loads(row[3])
+    except orjson.JSONDecodeError:
+        shown = json.dumps({"unparsable_body": row[3]}, ensure_ascii=True)
+        return line((row[0], row[1], row[2], shown, row[4], row[5]))
+    return line(row)
 
 
 def export_jsonl(db: Path, out: Path | IO[bytes]) -> int:

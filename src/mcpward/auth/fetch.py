@@ -9,6 +9,7 @@ address it vetted, so a DNS answer that changes after `check` cannot redirect th
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -23,6 +24,10 @@ from mcpward.transport.vetted_dial import dial_refusal
 
 MAX_BODY = 1 << 20  # a JWKS or metadata document larger than this is not one we want to parse
 HOST_CHECK_SECONDS = 60.0
+# The whole fetch (address check, connect, headers, body) must finish within this. httpx's timeout
+# is per read, so an IdP that trickles one byte a second would otherwise hold the request (and the
+# JWKS lock, or an introspection slot) for as long as it likes.
+FETCH_DEADLINE = 10.0
 
 
 class Fetcher:
@@ -60,13 +65,22 @@ class Fetcher:
         self._checked[(host, port)] = now + HOST_CHECK_SECONDS
 
     async def get_json(self, url: str) -> Any:
-        await self.check(url)
-        return await self._send(self.client.build_request("GET", url, headers={"accept": "application/json"}), url)
+        try:
+            async with asyncio.timeout(FETCH_DEADLINE):
+                await self.check(url)
+                request = self.client.build_request("GET", url, headers={"accept": "application/json"})
+                return await self._send(request, url)
+        except TimeoutError:
+            raise Unavailable(f"{_show(url)}: no complete answer within {FETCH_DEADLINE:g} s") from None
 
     async def post_form(self, url: str, form: dict[str, str], auth: tuple[str, str]) -> Any:
-        await self.check(url)
-        request = self.client.build_request("POST", url, data=form, headers={"accept": "application/json"})
-        return await self._send(request, url, httpx.BasicAuth(*auth))
+        try:
+            async with asyncio.timeout(FETCH_DEADLINE):
+                await self.check(url)
+                request = self.client.build_request("POST", url, data=form, headers={"accept": "application/json"})
+                return await self._send(request, url, httpx.BasicAuth(*auth))
+        except TimeoutError:
+            raise Unavailable(f"{_show(url)}: no complete answer within {FETCH_DEADLINE:g} s") from None
 
     async def _send(self, request: httpx.Request, url: str, auth: httpx.Auth | None = None) -> Any:
         shown = _show(url)

@@ -165,6 +165,10 @@ class JwksCache:
                 url = self.jwks_url or await self._discover_jwks_url()
                 keys = parse_jwks(await self.fetcher.get_json(url), url)
             except Unavailable as exc:
+                # The pause before the next attempt counts from the failure, not from the start of a
+                # fetch that may have taken the whole deadline: a request that waited behind the start's
+                # prefetch is refused at once instead of waiting a second deadline.
+                self._last_fetch = self.clock()
                 log.warning("auth: cannot load the issuer's signing keys: %s", exc.description)
                 self._last_error = Unavailable(f"the identity provider's signing keys are unavailable "
                                                f"({exc.description})")

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape as markup_escape
 
 from mcpward.audit.chain import VerifyError, verify
-from mcpward.audit.export import SELECT_ALL, StoredRow, connect_ro, export_jsonl, line
+from mcpward.audit.export import SELECT_ALL, StoredRow, connect_ro, display_line, export_jsonl
 from mcpward.audit.settings import AuditSettings, config_key, load_settings, resolve_key
 from mcpward.gateway.config import ConfigError
 from mcpward.guards.log_redaction import escape
@@ -177,7 +177,7 @@ def _open(path: Path) -> sqlite3.Connection:
 def _print(rows: list[StoredRow], as_json: bool, out: Console) -> None:
     for row in rows:
         if as_json:
-            sys.stdout.buffer.write(line(row))
+            sys.stdout.buffer.write(display_line(row))  # an edited body never reaches the terminal raw
         else:
             out.print(_human(row), highlight=False, soft_wrap=True)
     if as_json:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fnmatch import translate
+from pathlib import Path
 from typing import Any, Literal
 
 from mcpward.gateway.config import GatewayConfig, TableReader
@@ -69,6 +71,7 @@ class LimitsSettings:
     enabled: bool = True
     storage: str = "memory://"
     storage_password: str | None = field(default=None, repr=False)  # the resolved value, never shown
+    storage_ca_cert: str | None = None  # PEM file of a private CA for rediss://; None = the system's CAs
     storage_timeout: float = 0.5  # seconds a Redis round trip may take before it counts as unavailable
     on_storage_error: OnStorageError = "refuse"
     rate: int = 100  # per principal, requests per minute
@@ -89,6 +92,7 @@ def load_settings(cfg: GatewayConfig, resolve_secret: Callable[[str], str] | Non
     password = _password(r, resolve_secret)
     if password is not None and storage.startswith("memory:"):
         raise r.fail("storage_password", "only a redis:// or rediss:// storage takes a password")
+    ca_cert = _ca_cert(r, storage, cfg.base_dir)
     timeout = r.number("storage_timeout", 0.5, 0.01, 30)
     on_error = r.get("on_storage_error", str, "refuse")
     if on_error not in ("refuse", "allow"):
@@ -109,7 +113,8 @@ def load_settings(cfg: GatewayConfig, resolve_secret: Callable[[str], str] | Non
             raise r.fail(key, "a tool pattern is an exposed tool name or an fnmatch glob (*, ?, [..])")
         rules.append(_tool_rule(TableReader(cfg.source, r.key(key), table), pattern, breaker))
     rules.sort(key=lambda rule: rule.specificity, reverse=True)
-    return LimitsSettings(enabled=enabled, storage=storage, storage_password=password, storage_timeout=timeout,
+    return LimitsSettings(enabled=enabled, storage=storage, storage_password=password, storage_ca_cert=ca_cert,
+                          storage_timeout=timeout,
                           on_storage_error=on_error, rate=rate, burst=burst, exempt=exempt, tools=tuple(rules),
                           breaker=breaker)
 
@@ -139,6 +144,11 @@ def _storage_uri(r: TableReader) -> str:
         # The URI is logged and shown in errors; a password belongs in a secret reference.
         raise r.fail("storage", "credentials in the URI are refused; put the password in "
                                 "storage_password as a secret reference (secret:NAME)")
+    if parts.query or parts.fragment or raw.endswith(("?", "#")):
+        # coredis reads options from the query and lets them win over ours: ?ssl_cert_reqs=none
+        # would turn certificate checks off, ?password= would put a credential in the URI.
+        raise r.fail("storage", "a query string or fragment is refused; TLS and the password have keys "
+                                "of their own (storage_ca_cert, storage_password)")
     if not parts.hostname:
         raise r.fail("storage", "the URI names no host")
     if port is not None and not 0 < port < 65536:
@@ -147,6 +157,21 @@ def _storage_uri(r: TableReader) -> str:
     if db and not db.isdigit():
         raise r.fail("storage", f"the database is a number (redis://host:port/0), got {db!r:.20}")
     return raw
+
+
+def _ca_cert(r: TableReader, storage: str, base_dir: Path) -> str | None:
+    raw = r.get("storage_ca_cert", str, None)
+    if raw is None:
+        return None
+    path = str(base_dir / Path(raw).expanduser())  # a relative path reads from the config's directory
+    if not storage.startswith("rediss:"):
+        raise r.fail("storage_ca_cert", "only a rediss:// storage uses a CA certificate")
+    try:
+        ssl.create_default_context(cafile=path)  # loaded now, so a bad file fails the load, not a call
+    except (OSError, ssl.SSLError) as exc:
+        raise r.fail("storage_ca_cert", f"cannot load {path!r:.200} as PEM CA certificates: "
+                                        f"{type(exc).__name__}") from None
+    return path
 
 
 def _password(r: TableReader, resolve_secret: Callable[[str], str] | None) -> str | None:

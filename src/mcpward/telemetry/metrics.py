@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -36,6 +36,9 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("mcpward.telemetry")
 
@@ -254,8 +257,11 @@ class OtlpPusher:
         self.exporter.shutdown()
 
 
-def otlp_exporter(endpoint: str, headers: dict[str, str], timeout: float) -> MetricExporter:
+def otlp_exporter(endpoint: str, headers: dict[str, str], timeout: float, session: requests.Session
+                  ) -> MetricExporter:
     from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-    return OTLPMetricExporter(endpoint=endpoint, headers=headers, timeout=timeout, compression=Compression.Gzip)
+    # `session` ignores proxy settings from the environment (telemetry/otlp_session.py).
+    return OTLPMetricExporter(endpoint=endpoint, headers=headers, timeout=timeout, compression=Compression.Gzip,
+                              session=session)

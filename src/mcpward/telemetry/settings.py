@@ -6,13 +6,19 @@ Zero phone-home: the default exports nothing. Metrics are only served on the gat
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mcpward.gateway.config import ConfigError, GatewayConfig, TableReader
+from mcpward.gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    TableReader,
+    is_address_literal,
+    is_loopback_host,
+    is_non_public_address,
+)
 from mcpward.secrets.refs import SCHEMES, SecretError, SecretRefError, find_refs, interpolate, parse_ref
 
 Resolve = Callable[[str], str]  # reference text ("secret:NAME") -> value; raises SecretError
@@ -21,7 +27,7 @@ Resolve = Callable[[str], str]  # reference text ("secret:NAME") -> value; raise
 # at export time, far from the config line that caused it.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
-_LOOPBACK_HOSTS = {"localhost"}
+_PRINCIPAL_KINDS = ("api-key", "oauth", "local-user", "anonymous")  # Principal.key is "<kind>:<subject>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,8 @@ class TelemetrySettings:
     traces: bool = False
     metrics: bool = True
     otlp_endpoint: str = ""  # base URL; "" = export nothing anywhere
+    # Private, link-local and metadata addresses (and *.internal names) need this; loopback does not.
+    otlp_allow_private: bool = False
     # Header name -> value text: a secret reference (`secret:NAME`), text with `${ref}` parts, or
     # a literal. Kept out of repr: a literal value is a credential.
     otlp_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
@@ -37,6 +45,9 @@ class TelemetrySettings:
     sample_ratio: float = 1.0
     service_name: str = "mcpward"
     metrics_path: str = "/metrics"
+    # Principal keys ("api-key:alice", "oauth:<sub>") that may read metrics_path when [auth] is on.
+    # Empty: nobody (metrics name every tool and its use, also tools the policy hides from a caller).
+    metrics_principals: tuple[str, ...] = ()
 
     @property
     def exports(self) -> bool:
@@ -54,18 +65,25 @@ def load_settings(cfg: GatewayConfig, resolve: Resolve | None = None) -> Telemet
     traces: bool = r.get("traces", bool, False)
     metrics: bool = r.get("metrics", bool, True)
     endpoint: str = r.get("otlp_endpoint", str, "").strip()
+    allow_private: bool = r.get("otlp_allow_private", bool, False)
     headers = r.string_map("otlp_headers")
     ratio = r.number("sample_ratio", 1.0, 0.0, 1.0)
     service: str = r.get("service_name", str, "mcpward")
     path: str = r.get("metrics_path", str, "/metrics")
+    readers = tuple(r.strings("metrics_principals"))
     r.reject_unknown()
+    for i, key in enumerate(readers):
+        kind, colon, subject = key.partition(":")
+        if not colon or kind not in _PRINCIPAL_KINDS or not subject:
+            raise r.fail(f"metrics_principals[{i}]", f"expected a principal key such as \"api-key:alice\" or "
+                                                     f"\"oauth:<subject>\", got {key!r:.80}")
 
     if not _SERVICE_NAME.match(service):
         raise r.fail("service_name", "must be 1-128 characters of letters, digits and _ . : / - "
                                      "(it is exported as a label)")
     _check_metrics_path(r, path)
     if endpoint:
-        _check_endpoint(r, endpoint, has_headers=bool(headers))
+        _check_endpoint(r, endpoint, has_headers=bool(headers), allow_private=allow_private)
     elif headers:
         raise r.fail("otlp_headers", "set without otlp_endpoint: there is nowhere to send them")
     checked: list[tuple[str, str]] = []
@@ -82,9 +100,11 @@ def load_settings(cfg: GatewayConfig, resolve: Resolve | None = None) -> Telemet
                 raise r.fail(f"otlp_headers.{name}", str(exc)) from None
             except Exception as exc:  # an unknown error may carry anything: its type only
                 raise r.fail(f"otlp_headers.{name}", f"resolving failed ({type(exc).__name__})") from None
-    return TelemetrySettings(traces=traces, metrics=metrics, otlp_endpoint=endpoint, otlp_headers=tuple(checked),
+    return TelemetrySettings(traces=traces, metrics=metrics, otlp_endpoint=endpoint,
+                             otlp_allow_private=allow_private, otlp_headers=tuple(checked),
                              header_values=None if values is None else tuple(values),
-                             sample_ratio=ratio, service_name=service, metrics_path=path)
+                             sample_ratio=ratio, service_name=service, metrics_path=path,
+                             metrics_principals=readers)
 
 
 def resolve_header(text: str, resolve: Resolve) -> str:
@@ -100,7 +120,7 @@ def _check_metrics_path(r: TableReader, path: str) -> None:
         raise r.fail("metrics_path", "must be an absolute URL path such as \"/metrics\" (no query, no spaces)")
 
 
-def _check_endpoint(r: TableReader, endpoint: str, *, has_headers: bool) -> None:
+def _check_endpoint(r: TableReader, endpoint: str, *, has_headers: bool, allow_private: bool) -> None:
     try:
         url = urllib.parse.urlsplit(endpoint)
         port = url.port
@@ -119,18 +139,21 @@ def _check_endpoint(r: TableReader, endpoint: str, *, has_headers: bool) -> None
         raise r.fail("otlp_endpoint", "port 0 is not a port")
     if url.path.rstrip("/").endswith(("/v1/traces", "/v1/metrics")):
         raise r.fail("otlp_endpoint", "give the base URL: /v1/traces and /v1/metrics are appended per signal")
-    if has_headers and url.scheme == "http" and not _is_loopback(url.hostname):
+    host = url.hostname.lower()
+    loopback = is_loopback_host(host)
+    if has_headers and url.scheme == "http" and not loopback:
         raise r.fail("otlp_endpoint", "otlp_headers would travel in clear text over http:// to a non-loopback "
                                       "host; use https://")
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    # Like the webhook: a collector on this machine is the usual set-up and needs no allow; a
+    # private, link-local or metadata address does (the cloud metadata service answers POSTs too).
+    # A name is resolved and vetted before each export (telemetry/otlp_session.py).
+    if loopback or allow_private:
+        return
+    if is_address_literal(host) and is_non_public_address(host.strip("[]").split("%")[0]):
+        raise r.fail("otlp_endpoint", f"{host} is a private, link-local or metadata address; "
+                                      "set otlp_allow_private = true to allow it")
+    if host.endswith(".internal"):
+        raise r.fail("otlp_endpoint", f"{host} is an internal name; set otlp_allow_private = true to allow it")
 
 
 def _check_header(r: TableReader, name: str, value: str) -> None:

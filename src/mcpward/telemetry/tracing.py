@@ -197,7 +197,10 @@ class Telemetry:
         self._registry = CollectorRegistry(auto_describe=False)  # ours: never the process-global REGISTRY
         self._registry.register(PrometheusCollector(recorder))
         if self.settings.exports:
-            exporter = otlp_exporter(self.settings.signal_url("metrics"), self._headers, EXPORT_TIMEOUT)
+            from mcpward.telemetry.otlp_session import OtlpSession  # requests: only when exporting
+
+            exporter = otlp_exporter(self.settings.signal_url("metrics"), self._headers, EXPORT_TIMEOUT,
+                                     OtlpSession(self.settings.otlp_allow_private))
             self._pusher = OtlpPusher(recorder, exporter)
         return recorder
 
@@ -207,8 +210,11 @@ class Telemetry:
             from opentelemetry.exporter.otlp.proto.http import Compression
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+            from mcpward.telemetry.otlp_session import OtlpSession
+
             out.append(OTLPSpanExporter(endpoint=self.settings.signal_url("traces"), headers=self._headers,
-                                        timeout=EXPORT_TIMEOUT, compression=Compression.Gzip))
+                                        timeout=EXPORT_TIMEOUT, compression=Compression.Gzip,
+                                        session=OtlpSession(self.settings.otlp_allow_private)))
         if extra is not None:
             out.append(extra)
         return out
