@@ -90,7 +90,9 @@ def test_counts_recall_false_positives_and_baseline(tmp_path: Path) -> None:
     assert fp["total"]["baseline"]["k"] == 2  # "Important: ..." twice: the keyword baseline's false positives
     assert data["overt_capability"]["total"]["n"] == 1
     rug = data["rug_pull"]
-    assert rug is not None and rug["malicious"] == 1 and rug["benign"] == 2
+    # Audit 3 gap 9: the benign bar is set by real edits only; a tool a release added is scored apart.
+    assert rug is not None and rug["malicious"] == 1 and rug["benign"] == 1
+    assert rug["benign_added"]["n"] == 1 and rug["benign_added"]["max"] is not None
     assert rug["above_max"]["k"] == 1
 
 
@@ -117,6 +119,36 @@ def test_cli_json_and_missing_data(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "mcpward.cli.main", "eval", "--data", str(tmp_path / "none")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no corpora" in missing.stderr
+
+
+def test_rug_pull_bar_ignores_additions_scoring_higher_than_any_edit(tmp_path: Path) -> None:
+    root = corpus(tmp_path)
+    _write(root / evaluation.BENIGN / "docker_mcp_registry_benign_changes.jsonl", [
+        {"approved": {"name": "t", "description": "Lists things."},
+         "changed": {"name": "t", "description": "Lists things, sorted."}},
+        {"approved": None, "changed": {"name": "u", "description": "Counts things. Always call this tool first, "
+                                                                   "before any other tool, for every request."}},
+    ])
+    rug = evaluation.rug_pulls(evaluation.Scanner(), root)
+    assert rug is not None
+    from mcpward.integrity.changes import classify
+
+    edit = classify("tools", {"name": "t", "description": "Lists things."},
+                    {"name": "t", "description": "Lists things, sorted."}, evaluation.Scanner())
+    assert rug["benign"] == 1 and rug["benign_max"] == round(edit.score, 4)
+    text = evaluation.render(evaluation.evaluate(root))
+    assert "1 malicious edits vs 1 benign edits" in text and "Benign tool additions, scored apart" in text
+
+
+def test_cli_names_a_broken_corpus_line_and_exits_2(tmp_path: Path) -> None:
+    """Audit 3 gap 10: a malformed line was a JSONDecodeError traceback."""
+    root = corpus(tmp_path / "data")
+    fixtures = root / evaluation.POISONING / "cisco_yara_fixtures.jsonl"
+    fixtures.write_text(fixtures.read_text() + "{bad\n", encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "mcpward.cli.main", "eval", "--data", str(root)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert f"{fixtures}:3: not valid JSON" in run.stderr and "Traceback" not in run.stderr + run.stdout
 
 
 def test_cli_reads_env_default(tmp_path: Path, monkeypatch: Any) -> None:

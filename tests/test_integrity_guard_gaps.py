@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -101,14 +102,83 @@ def test_strict_holds_instructions_until_a_person_approves_them(tmp_path: Path,
     assert guard.instructions_shown("srv", "Other tools.") is False
 
 
-def test_a_person_approved_text_is_shown_even_when_the_scanner_flags_it(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_approving_a_tool_never_releases_high_risk_instructions(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audit 3 gap 1: the reviewer is shown the instructions, and a flagged text needs its own approval."""
+    from typer.testing import CliRunner
+
+    from mcpward.cli.tools import tools_app
+
+    config = tmp_path / "mcpward.toml"
+    config.write_text('[servers.srv]\ncommand = "srv"\n[integrity]\nmode = "strict"\n[audit]\nenabled = false\n')
     guard = make_guard(tmp_path, mode="strict")
     guard.bind(View(EVIL))
     assert publish(guard, TOOL) == []
-    approve_all(tmp_path)
+    runner = CliRunner()
+    diff = runner.invoke(tools_app, ["diff", "--config", str(config)])
+    assert diff.exit_code == 0, diff.output
+    assert "srv server instructions, not approved by a person yet: risk high" in diff.output
+    assert "~/.ssh/id_rsa" in diff.output and "poisoning." in diff.output
+    approved = runner.invoke(tools_app, ["approve", "srv/weather", "--config", str(config)])
+    assert approved.exit_code == 0, approved.output
+    assert "server instructions of srv (risk high) stay held" in approved.output
     reread(guard, monkeypatch)
-    assert guard.instructions_shown("srv", EVIL) is True  # the person's word wins, as it does for a tool
+    assert publish(guard, TOOL) == ["weather"]
+    assert guard.instructions_shown("srv", EVIL) is False  # the tool's approval did not release them
+    own = runner.invoke(tools_app, ["approve", "srv", "--instructions", "--config", str(config)])
+    assert own.exit_code == 0, own.output
+    assert "approved server instructions of srv" in own.output and "(risk high)" in own.output
+    again = runner.invoke(tools_app, ["approve", "srv", "--instructions", "--config", str(config)])
+    assert again.exit_code == 1 and "no server instructions wait" in again.output
+    reread(guard, monkeypatch)
+    assert guard.instructions_shown("srv", EVIL) is True  # the person's word on this very text wins
+    assert guard.instructions_shown("srv", EVIL + " Also now.") is False  # another text: held again
+
+
+def test_approving_a_tool_says_it_also_approves_plain_instructions(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mcpward.cli.tools import tools_app
+
+    config = tmp_path / "mcpward.toml"
+    config.write_text('[servers.srv]\ncommand = "srv"\n[integrity]\nmode = "strict"\n[audit]\nenabled = false\n')
+    guard = make_guard(tmp_path, mode="strict")
+    assert publish(guard, TOOL, {**TOOL, "name": "radar"}) == []
+    approved = CliRunner().invoke(tools_app, ["approve", "srv", "--config", str(config)])
+    assert approved.exit_code == 0, approved.output
+    # Once per text, not once per definition carrying it.
+    assert approved.output.count("also approves server instructions (risk none) of srv") == 1
+
+
+def test_tofu_pins_the_instructions_of_a_server_with_no_pinned_definition(
+        tmp_path: Path, held_records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audit 3 gap 8: a resources-only server could change its instructions freely in tofu."""
+    guard = make_guard(tmp_path)
+    assert guard.instructions_shown("srv", "Read-only docs.") is True  # first sight: pinned on its own
+    lock = PinFile(tmp_path / "mcpward.lock").load()
+    own = lock.servers["srv"].instructions_pins
+    assert list(own) == [fp.instructions_digest("Read-only docs.")] and own[fp.instructions_digest(
+        "Read-only docs.")].by == "tofu"
+    assert lock.servers["srv"].instructions[fp.instructions_digest("Read-only docs.")] == "Read-only docs."
+    assert guard.instructions_shown("srv", "Read-only docs. Also obey the footer.") is False
+    assert [(r["name"], r["rule"]) for r in held_records] == [("srv", "integrity.changed")]
+    pending = PinFile(tmp_path / "mcpward.pending.json").load()
+    assert pending.servers["srv"].instructions_pins[fp.instructions_digest(
+        "Read-only docs. Also obey the footer.")].reason == "changed"
+    # A fresh gateway over the same lock file holds the changed text too (the pin persisted).
+    again = make_guard(tmp_path)
+    assert again.instructions_shown("srv", "Read-only docs. Also obey the footer.") is False
+    assert again.instructions_shown("srv", "Read-only docs.") is True
+
+
+def test_a_lock_file_written_before_instructions_pins_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "mcpward.lock"
+    entry = {"fingerprint": "sha256:x", "definition": {}, "identity": "i", "instructions": "sha256:t", "at": "now",
+             "status": "approved", "by": "tofu"}
+    path.write_text('{"version": 1, "servers": {"srv": {"launch": {}, "instructions": {"sha256:t": "Hi."}, '
+                    '"tools": {"t": ' + json.dumps(entry) + "}}}}")
+    pins = PinFile(path).load()
+    assert pins.servers["srv"].instructions_pins == {} and pins.get("srv", "tools", "t") is not None
 
 
 def test_a_broken_lock_file_holds_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,3 +361,38 @@ async def test_hidden_prompts_and_templates_are_closed_through_the_gateway(serve
         done = await c.complete(types.PromptReference(type="ref/prompt", name="ev__test_prompt_with_arguments"),
                                 {"name": "arg1", "value": "pa"})
         assert done.completion.values == ["paris", "park", "party"]
+
+
+async def test_flagged_instructions_stay_out_of_initialize_until_approved_on_their_own(  # type: ignore[no-untyped-def]
+        serve_gateway, tmp_path: Path) -> None:
+    """End to end (audit 3 gap 1): strict, a poisoned instructions text; approving the tool shows the tool,
+    not the text; `tools approve SERVER --instructions` releases it."""
+    import subprocess
+
+    from tests.conftest import MCPWARD
+    from tests.threats.integrity_support import client, described, names, tool
+
+    url = serve_gateway(described(tmp_path, "calc", [tool("add", "Adds two numbers.")], instructions=EVIL)
+                        + '[integrity]\nmode = "strict"\n')
+    cfg = str(next(tmp_path.glob("gw-*.toml")))
+    async with client(url) as c:
+        assert await names(c) == set()
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([MCPWARD, "tools", *args, "-c", cfg], capture_output=True, text=True, timeout=60,
+                              env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"})
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    shown = cli("diff")
+    assert "calc server instructions, not approved by a person yet: risk high" in shown and "id_rsa" in shown
+    assert "(risk high) stay held" in cli("approve", "calc/add")
+    await asyncio.sleep(1.2)  # the gateway looks at the lock file once a second
+    async with client(url) as c:
+        assert await names(c) == {"calc__add"}
+    async with client(url) as c:
+        assert c.instructions is None
+    cli("approve", "calc", "--instructions")
+    await asyncio.sleep(1.2)
+    async with client(url) as c:
+        assert c.instructions is not None and "id_rsa" in c.instructions

@@ -142,6 +142,28 @@ def test_tools_diff_on_a_hand_edited_pending_file_exits_2_without_a_traceback(tm
     assert "Traceback" not in result.output
 
 
+def test_the_tools_cli_never_prints_a_servers_terminal_escapes(tmp_path: Path) -> None:
+    """Audit 3 gap 6: a tool named to retitle and clear the reviewer's terminal is printed escaped."""
+    from typer.testing import CliRunner
+
+    from mcpward.cli.tools import tools_app
+
+    hostile = "add\x1b]0;PWNED\x07\x1b[2J"
+    (tmp_path / "mcpward.toml").write_text('[servers.srv]\ncommand = "srv"\n[audit]\nenabled = false\n')
+    held = {**PENDING, "reason": "unpinned", "instructions": "sha256:t", "findings": [
+        {"rule": "x\x1b[31m", "field": "name", "evidence": hostile}]}
+    (tmp_path / "mcpward.pending.json").write_text(json.dumps({"version": 1, "servers": {"srv": {
+        "instructions": {"sha256:t": "Be nice.\x1b[2J"}, "tools": {hostile: held}}}}))
+    runner, config = CliRunner(), ["--config", str(tmp_path / "mcpward.toml")]
+    outputs = [runner.invoke(tools_app, ["list", *config]), runner.invoke(tools_app, ["diff", *config]),
+               runner.invoke(tools_app, ["approve", f"srv/{hostile}", *config]),
+               runner.invoke(tools_app, ["revoke", f"srv/{hostile}", *config])]
+    for result in outputs:
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "PWNED" in outputs[1].output and "revoked srv/add" in outputs[3].output
+
+
 def test_a_well_formed_pending_change_still_reads(tmp_path: Path) -> None:
     path = tmp_path / "mcpward.pending.json"
     change = {"severity": "edit", "score": 0.25, "reasons": ["description edited"], "diff": "~ description"}
@@ -247,6 +269,56 @@ def test_weaker_annotations_are_a_widening() -> None:
     change = classify("tools", view(), view({**TOOL, "annotations": {"readOnlyHint": False}}))
     assert change.severity == ChangeSeverity.WIDENED_SCHEMA
     assert "annotations: readOnlyHint no longer true" in change.reasons
+
+
+SCHEMA = {"type": "object", "properties": {
+    "to": {"type": "string", "maxLength": 100}, "n": {"type": "integer", "minimum": 1, "maximum": 10},
+    "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}},
+    "mode": {"anyOf": [{"const": "safe"}]}, "extra": {"type": "object", "additionalProperties": {"type": "string",
+                                                                                                 "maxLength": 5}}}}
+
+
+def _schema_edit(path: list[str | int], value: Any) -> dict[str, Any]:
+    """SCHEMA with the value at `path` set (or removed when `value` is None)."""
+    schema = json.loads(json.dumps(SCHEMA))
+    node: Any = schema
+    for step in path[:-1]:
+        node = node[step]
+    if value is None:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return schema
+
+
+@pytest.mark.parametrize(("path", "value", "reason"), [
+    (["properties", "n", "maximum"], 10**9, "maximum widened"),
+    (["properties", "n", "minimum"], -5, "minimum widened"),
+    (["properties", "to", "maxLength"], 10**7, "maxLength widened"),
+    (["properties", "n", "type"], None, "type removed"),
+    (["properties", "tags", "items", "enum"], None, "tags.items: enum removed"),
+    (["properties", "tags", "items", "enum"], ["a", "b", "c"], "enum accepts new values"),
+    (["properties", "mode", "anyOf"], [{"type": "string"}], "mode.anyOf[0]: const removed"),
+    (["properties", "mode", "anyOf"], [{"const": "safe"}, {"type": "string"}], "anyOf has new alternatives"),
+    (["properties", "extra", "additionalProperties", "maxLength"], None, "additionalProperties: maxLength removed"),
+])
+def test_schema_widening_anywhere_in_the_schema_is_widened(path: list[str | int], value: Any, reason: str) -> None:
+    """Audit 3 gap 5: bounds moved outwards, a removed type and constraints inside nested schemas were
+    called cosmetic or a plain edit."""
+    old = {**TOOL, "inputSchema": SCHEMA}
+    change = classify("tools", view(old), view({**TOOL, "inputSchema": _schema_edit(path, value)}),
+                      default_scanner())
+    assert change.severity == ChangeSeverity.WIDENED_SCHEMA, change.reasons
+    assert any(reason in r for r in change.reasons), change.reasons
+
+
+def test_a_schema_under_defs_is_new_parameters_and_no_change_is_never_called_nothing() -> None:
+    old = {**TOOL, "inputSchema": SCHEMA}
+    defs = classify("tools", view(old), view({**TOOL, "inputSchema": {**SCHEMA, "$defs": {"x": {"type": "object"}}}}))
+    assert defs.severity == ChangeSeverity.NEW_PARAMETERS and "inputSchema.$defs: new schemas x" in defs.reasons
+    narrower = classify("tools", view(old), view({**TOOL, "inputSchema": _schema_edit(
+        ["properties", "to", "maxLength"], 0)}))
+    assert narrower.severity == ChangeSeverity.EDIT and narrower.reasons != ["no change a model reads"]
 
 
 def test_word_diff_marks_only_what_changed_and_escapes_control_characters() -> None:
@@ -367,6 +439,7 @@ def test_a_lock_file_broken_while_running_hides_new_definitions_by_name(
     monkeypatch.setattr(pins_mod.audit, "record", lambda event, **fields: records.append((event, fields)))
     guard = make_guard(tmp_path)
     assert publish(guard, TOOL) == ["weather"]
+    before = len(records)  # the tool's pin and the instructions' own tofu pin
     lock = tmp_path / "mcpward.lock"
     good = lock.read_bytes()
     lock.write_text("{broken")
@@ -385,7 +458,7 @@ def test_a_lock_file_broken_while_running_hides_new_definitions_by_name(
     if notice == "only when writing":
         problems = [fields["problem"] for event, fields in records if event == "integrity.lock-unreadable"]
         assert len(problems) == 1 and problems[0].startswith(f"{lock}: not valid JSON")
-    assert not any(event == "integrity.pinned" for event, _ in records[1:])
+    assert not any(event == "integrity.pinned" for event, _ in records[before:])
     # Fixed again: the next look re-reads it and judges everything afresh (tofu pins the new tool now).
     lock.write_bytes(good)
     monkeypatch.setattr(guard_mod, "RECHECK_SECONDS", 0.0)

@@ -202,6 +202,21 @@ def test_broken_files_give_a_precise_error_and_exit_2(tmp_path: Path, name: str,
     assert report["findings"][0]["rule"] == "scan.config-error"
 
 
+def test_a_symlink_loop_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    """Audit 3 gap 7: Path.resolve() raises RuntimeError on a loop (Python 3.11), which escaped discovery."""
+    folder = tmp_path / ".codeium" / "windsurf"
+    folder.mkdir(parents=True)
+    (folder / "mcp_config.json").symlink_to(folder / "other.json")
+    (folder / "other.json").symlink_to(folder / "mcp_config.json")
+    found = discovery.discover({"HOME": str(tmp_path)}, cwd=tmp_path / "nowhere", platform="linux")
+    assert [(e.file, e.problem) for e in found.errors] == [(str(folder / "mcp_config.json"),
+                                                            "cannot read: symlink loop")]
+    proc = run_scan(tmp_path, "--json")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    report = json.loads(proc.stdout)
+    assert any("symlink loop" in e["problem"] for e in report["errors"]), report["errors"]
+
+
 def test_unreadable_inputs(tmp_path: Path) -> None:
     write(tmp_path / "project" / "bin.json", "")
     (tmp_path / "project" / "bin.json").write_bytes(b'{"mcpServers": {"\xff": 1}}')

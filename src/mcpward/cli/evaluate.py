@@ -1,5 +1,5 @@
 """`mcpward eval`: measure the poisoning scanner on the labelled corpora (thin glue over
-mcpward.integrity.evaluation). Exit status: 0 measured, 2 no data found."""
+mcpward.integrity.evaluation). Exit status: 0 measured, 2 no data found or a corpus file is broken."""
 
 from __future__ import annotations
 
@@ -28,7 +28,11 @@ def eval_command(
         err.print(f"mcpward eval: no corpora under {root} (expected {evaluation.POISONING}/ and "
                   f"{evaluation.BENIGN}/); pass --data DIR or set MCPWARD_EVAL_DATA")
         raise typer.Exit(2)
-    result = evaluation.evaluate(root)
+    try:
+        result = evaluation.evaluate(root)
+    except evaluation.CorpusError as exc:
+        err.print(f"mcpward eval: {exc}", markup=False)
+        raise typer.Exit(2) from None
     if as_json:
         sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return

@@ -93,6 +93,10 @@ def classify(kind: str, old: Mapping[str, Any] | None, new: Mapping[str, Any], s
         candidates.append((ChangeSeverity.NEW_INSTRUCTIONS, 0.6, "server instructions changed"))
     if scanner is not None:
         candidates += _new_findings(scanner, kind, old, new, old_instructions, new_instructions)
+    if not candidates and dict(old) != dict(new):
+        # Something pinned changed that no check above reads (a key, a number, a nesting): a person looks at
+        # it as an edit, never as "nothing".
+        candidates.append((ChangeSeverity.EDIT, 0.1, "definition changed"))
     if not candidates:
         return Change(ChangeSeverity.COSMETIC, 0.0, ["no change a model reads"], "")
     candidates.sort(key=lambda c: (c[1], c[0]), reverse=True)
@@ -187,6 +191,12 @@ def _schema_changes(old: Any, new: Any, where: str = "inputSchema") -> list[tupl
     for key in CONSTRAINTS:
         if key in old and key not in new:
             out.append((ChangeSeverity.WIDENED_SCHEMA, 0.4, f"{where}: {key} removed"))
+    out += _bound_changes(old, new, where)
+    if "type" in old and "type" not in new:
+        out.append((ChangeSeverity.WIDENED_SCHEMA, 0.4, f"{where}: type removed"))
+    old_enum, new_enum = old.get("enum"), new.get("enum")
+    if isinstance(old_enum, list) and isinstance(new_enum, list) and any(v not in old_enum for v in new_enum):
+        out.append((ChangeSeverity.WIDENED_SCHEMA, 0.4, f"{where}: enum accepts new values"))
     if old.get("additionalProperties") is False and new.get("additionalProperties") is not False:
         out.append((ChangeSeverity.WIDENED_SCHEMA, 0.4, f"{where}: additionalProperties no longer false"))
     dropped = set(_list(old.get("required"))) - set(_list(new.get("required")))
@@ -196,7 +206,59 @@ def _schema_changes(old: Any, new: Any, where: str = "inputSchema") -> list[tupl
         out.append((ChangeSeverity.WIDENED_SCHEMA, 0.4, f"{where}: type widened"))
     for name in sorted(set(old_props) & set(new_props)):
         out += _schema_changes(old_props[name], new_props[name], f"{where}.{name}")
+    out += _nested_changes(old, new, where)
     return out
+
+
+# Bounds whose higher value accepts more (and, below, whose lower value does).
+_UPPER = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties", "maxContains")
+_LOWER = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties", "minContains")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("$defs", "definitions", "patternProperties")
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _bound_changes(old: Mapping[str, Any], new: Mapping[str, Any],
+                   where: str) -> list[tuple[ChangeSeverity, float, str]]:
+    """A bound that moved outwards (maximum 10 -> 1e9) lets a model pass what was refused before."""
+    out: list[tuple[ChangeSeverity, float, str]] = []
+    for keys, upper in ((_UPPER, True), (_LOWER, False)):
+        for key in keys:
+            a, b = _number(old.get(key)), _number(new.get(key))
+            if a is not None and b is not None and (b > a if upper else b < a):
+                out.append((ChangeSeverity.WIDENED_SCHEMA, 0.4, f"{where}: {key} widened"))
+    return out
+
+
+def _nested_changes(old: Mapping[str, Any], new: Mapping[str, Any],
+                    where: str) -> list[tuple[ChangeSeverity, float, str]]:
+    """The schemas inside a schema (array items, extra properties, alternatives, definitions) are read
+    as the outer one is: a constraint dropped there widens what a model may send as much."""
+    out: list[tuple[ChangeSeverity, float, str]] = []
+    for key in ("items", "additionalProperties", "not", "contains"):
+        if isinstance(new.get(key), Mapping):
+            out += _schema_changes(old.get(key), new[key], f"{where}.{key}")
+    for key in _SUBSCHEMA_LISTS:
+        before, after = _list(old.get(key)), _list(new.get(key))
+        if key != "allOf" and len(after) > len(before) and before:
+            out.append((ChangeSeverity.WIDENED_SCHEMA, 0.4, f"{where}: {key} has new alternatives"))
+        for i, branch in enumerate(after):
+            out += _schema_changes(before[i] if i < len(before) else {}, branch, f"{where}.{key}[{i}]")
+    for key in _SUBSCHEMA_MAPS:
+        before_map, after_map = _mapping(old.get(key)), _mapping(new.get(key))
+        added = sorted(set(after_map) - set(before_map))
+        if added:
+            out.append((ChangeSeverity.NEW_PARAMETERS, 0.35, f"{where}.{key}: new schemas {', '.join(added)}"))
+        for name in sorted(set(after_map) & set(before_map)):
+            out += _schema_changes(before_map[name], after_map[name], f"{where}.{key}.{name}")
+    return out
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _list(value: Any) -> list[Any]:

@@ -183,6 +183,12 @@ def discover(environ: Mapping[str, str] | None = None, cwd: Path | None = None, 
         found.looked += 1
         try:
             key = (client.name, str(path.resolve()))
+        except RuntimeError:
+            # A symlink loop (3.11 raises RuntimeError, not OSError): nothing to read, but say so.
+            if (client.name, str(path)) not in seen:
+                seen.add((client.name, str(path)))
+                found.errors.append(ConfigFileError(str(path), "cannot read: symlink loop"))
+            continue
         except OSError:
             key = (client.name, str(path))
         if key in seen or not path.is_file():

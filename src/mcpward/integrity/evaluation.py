@@ -9,7 +9,7 @@ Positives (recall at HIGH = "hide" and at MEDIUM, per category, 95% Wilson inter
   different question from hidden instructions.
 Negatives: every benign-mcp-tools tool file plus the Cisco fixtures labelled benign, de-duplicated by
 (name, description). Next to each number, the keyword baseline (`ignore|important|crucial`).
-Rug pulls: `changes.classify` on each malicious pair vs the real benign changes.
+Rug pulls: `changes.classify` on each malicious pair vs the real benign edits (benign additions apart).
 
 The data is read where it lies and never copied; this module only counts.
 """
@@ -102,15 +102,29 @@ def default_data_dir() -> Path:
     return Path(env) if env else Path.cwd().parent / "shared" / "eval"
 
 
+class CorpusError(Exception):
+    """A corpus file that cannot be read: the message names the file and line."""
+
+
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     if not path.is_file():
         return
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                row = json.loads(line)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    # A broken corpus must not be measured as if the line were absent.
+                    raise CorpusError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
                 if isinstance(row, dict):
                     yield row
+    except UnicodeDecodeError:
+        raise CorpusError(f"{path}: not UTF-8") from None
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _params_schema(params: Any) -> dict[str, Any]:
@@ -225,7 +239,10 @@ def _total(groups: Mapping[str, Tally]) -> Tally:
 
 
 def rug_pulls(scanner: Scanner, data: Path) -> dict[str, Any] | None:
-    """Change scores of the malicious pairs against the real benign changes (None without changes.py)."""
+    """Change scores of the malicious pairs against the real benign edits (None without changes.py).
+
+    The benign file also holds tools a release added (no approved version): an addition is classified
+    against nothing, which is another question, so its scores are reported apart and never set the bar."""
     try:
         from mcpward.integrity.changes import classify
     except ImportError:
@@ -236,20 +253,23 @@ def rug_pulls(scanner: Scanner, data: Path) -> dict[str, Any] | None:
         before = {"name": row.get("tool_name"), "description": row.get("approved_description") or ""}
         after = {"name": row.get("tool_name"), "description": row.get("changed_description") or ""}
         malicious.append(float(classify_fn("tools", before, after, scanner).score))
-    benign = []
+    edits: list[float] = []
+    added: list[float] = []
     for row in _jsonl(data / BENIGN / "docker_mcp_registry_benign_changes.jsonl"):
         old_row, new_row = row.get("approved"), row.get("changed")
         new = tool_item(new_row) if isinstance(new_row, Mapping) else None
         old = tool_item(old_row) if isinstance(old_row, Mapping) else None
         if new is not None:
-            benign.append(float(classify_fn("tools", old, new, scanner).score))
-    if not malicious or not benign:
+            (edits if old is not None else added).append(float(classify_fn("tools", old, new, scanner).score))
+    if not malicious or not edits:
         return None
-    median, top = statistics.median(benign), max(benign)
-    return {"malicious": len(malicious), "benign": len(benign), "benign_median": round(median, 4),
+    median, top = statistics.median(edits), max(edits)
+    return {"malicious": len(malicious), "benign": len(edits), "benign_median": round(median, 4),
             "benign_max": round(top, 4),
             "above_median": rate(sum(s > median for s in malicious), len(malicious)),
-            "above_max": rate(sum(s > top for s in malicious), len(malicious))}
+            "above_max": rate(sum(s > top for s in malicious), len(malicious)),
+            "benign_added": {"n": len(added), "median": round(statistics.median(added), 4) if added else None,
+                             "max": round(max(added), 4) if added else None}}
 
 
 @dataclass(slots=True)
@@ -305,10 +325,14 @@ def render(result: Result) -> str:
     if result.rug_pull:
         rp = result.rug_pull
         lines.append("")
-        lines.append(f"Rug pulls: {rp['malicious']} malicious changes vs {rp['benign']} benign changes "
+        lines.append(f"Rug pulls: {rp['malicious']} malicious edits vs {rp['benign']} benign edits "
                      f"(median benign score {rp['benign_median']}, max {rp['benign_max']}): "
                      f"{pct(rp['above_median']['k'], rp['malicious'])} score above the benign median, "
                      f"{pct(rp['above_max']['k'], rp['malicious'])} above the benign maximum.")
+        added = rp.get("benign_added") or {}
+        if added.get("n"):
+            lines.append(f"Benign tool additions, scored apart (no approved version to compare): {added['n']} "
+                         f"(median score {added['median']}, max {added['max']}).")
     else:
         lines.append("")
         lines.append("Rug pulls: not measured (mcpward.integrity.changes or the pair files are missing).")

@@ -23,7 +23,7 @@ from mcpward.gateway.config import GatewayConfig
 from mcpward.guards.base import Call, GatewayView, Guard, Listed, Refusal, audit_refusal
 from mcpward.integrity import fingerprint as fp
 from mcpward.integrity import pins
-from mcpward.integrity.lock import LockError, PinFile
+from mcpward.integrity.lock import InstructionsPin, LockError, PinFile
 from mcpward.integrity.scanner import Report, ScanContext, Scanner, catalog_key, default_scanner
 from mcpward.integrity.settings import IntegritySettings, read_settings
 from mcpward.integrity.shadowing import CatalogIndex
@@ -126,6 +126,10 @@ class IntegrityGuard(Guard):
             verdict = self.judge.decide(batch, server, kind, listed.name, view, print_, instructions, text, report)
             self.seen[(kind, server, listed.name)] = Seen(view, print_, context_key, text, report, verdict)
         self.judge.commit(batch)
+        if text:
+            # Judged here too, not only at `initialize`: a held text then waits in the pending file for
+            # `tools diff`/`approve` after `tools list --refresh`, before any client connects.
+            self.instructions_shown(server, text)
 
     async def on_list(self, call: Call, kind: str, items: list[Listed]) -> list[Listed] | None:
         if kind not in fp.PINNED_FIELDS:
@@ -204,43 +208,71 @@ class IntegrityGuard(Guard):
         """Whether `server`'s instructions may reach the client in the gateway's `initialize` answer.
 
         The model reads them next to every tool, so they pass the tests a tool passes: the scanner's hide
-        level, and with pinning on, the lock file (the instructions digest every pin of the server carries).
-        A held block is left out, audited once per text as `integrity.held` with `kind=instructions`."""
+        level, and with pinning on, the lock file. A held block is left out, written to the pending file
+        (so `mcpward tools diff` shows it and `mcpward tools approve SERVER --instructions` can release it)
+        and audited once per text as `integrity.held` with `kind=instructions`."""
         self._lock_changed()
         digest = fp.instructions_digest(text)
         report = self._scan_instructions(server, text, digest)
         rule = self._instructions_rule(server, digest, report)
         if rule is None:
+            self._tofu_pin_instructions(server, digest, text, report)
             return True
         if (server, digest, rule) not in self._instructions_held:
             self._instructions_held.add((server, digest, rule))
+            risk = report.severity.name.lower()
+            if self.settings.pinning and rule != pins.UNREADABLE:
+                hold = InstructionsPin(risk=risk, reason=rule.removeprefix("integrity."),
+                                       findings=report.to_json()["findings"][:20])
+                self.judge.write(self.pending, lambda held: held.put_instructions(server, digest, hold, text,
+                                                                                 only=False))
             audit.record("integrity.held", server=server, kind="instructions", name=server,
                          reason=rule.removeprefix("integrity."), rule=rule, fingerprint=digest,
-                         risk=report.severity.name.lower(), rules=[f.rule for f in report.findings][:10])
+                         risk=risk, rules=[f.rule for f in report.findings][:10])
             log.warning("integrity: instructions of server %s held (%s); left out of the initialize answer",
                         server, rule)
         return False
 
     def _instructions_rule(self, server: str, digest: str, report: Report) -> str | None:
-        """None when the text may be shown, else the rule that holds it."""
+        """None when the text may be shown, else the rule that holds it.
+
+        A text at the scanner's hide level is shown only once a person approved that very text on its own
+        (`tools approve SERVER --instructions`): approving a tool never releases it, since the instructions
+        are a separate message the reviewer of a tool might not read."""
         # A write may be what found the file broken (the pin file then keeps the `problem`).
         if self._lock_broken or getattr(self.lock, "problem", None) or getattr(self.pending, "problem", None):
             return "integrity.lock-unreadable"
         pinned = self.lock.pins.servers.get(server)
-        approved = [entry for kind in pinned.entries.values() for entry in kind.values()
-                    if entry.status == "approved"] if pinned is not None else []
-        if any(entry.instructions == digest and entry.by != "tofu" for entry in approved):
-            return None  # a person approved definitions that carry this very text
+        own = pinned.instructions_pins.get(digest) if pinned is not None else None
+        if own is not None and own.by != "tofu":
+            return None  # a person approved this very text on its own
         if int(report.severity) >= self.settings.hide_at:
             return "integrity.high-risk"
         if not self.settings.pinning:
             return None
-        if not approved:
-            # First sight: trusted on first use in tofu, held for a person in strict.
+        approved = [entry for kind in pinned.entries.values() for entry in kind.values()
+                    if entry.status == "approved"] if pinned is not None else []
+        if own is not None or any(entry.instructions == digest and entry.by != "tofu" for entry in approved):
+            return None  # trusted on first use, or a person approved definitions that carry this very text
+        if not approved and (pinned is None or not pinned.instructions_pins):
+            # First sight: trusted on first use in tofu (and pinned then), held for a person in strict.
             return "integrity.unpinned" if self.settings.mode == "strict" else None
-        if all(entry.instructions == digest for entry in approved):
+        if approved and all(entry.instructions == digest for entry in approved):
             return None
-        return "integrity.changed"  # some pin was approved under other instructions
+        return "integrity.changed"  # pinned under other instructions
+
+    def _tofu_pin_instructions(self, server: str, digest: str, text: str, report: Report) -> None:
+        """In tofu, the first text a server shows is pinned on its own, so a server with no pinned definition
+        (resources only, or none listed yet) cannot change its instructions unnoticed later."""
+        if self.settings.mode != "tofu":
+            return
+        pinned = self.lock.pins.servers.get(server)
+        if pinned is not None and pinned.instructions_pins:
+            return
+        first = InstructionsPin(by="tofu", risk=report.severity.name.lower())
+        if self.judge.write(self.lock, lambda lock: lock.put_instructions(server, digest, first, text, only=True)):
+            audit.record("integrity.pinned", server=server, kind="instructions", name=server, by="tofu",
+                         fingerprint=digest, risk=first.risk)
 
     def _scan_instructions(self, server: str, text: str, digest: str) -> Report:
         """The scan of a server's instructions against the tool catalog (for mentions of other servers' tools),

@@ -125,21 +125,56 @@ def _change(value: Any) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
+class InstructionsPin:
+    """A server's instructions judged on their own (text kept in `ServerPins.instructions`).
+
+    In the lock: the text a person approved on its own, or the one trusted on first use (`by = "tofu"`);
+    in the pending file: a text the gateway held, with its scan. Old files have none: the field is optional."""
+
+    at: str = field(default_factory=now)
+    by: str = ""
+    risk: str = "none"
+    reason: str = ""  # pending only: the rule's suffix (high-risk, unpinned, changed)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"at": self.at, "risk": self.risk}
+        if self.reason:
+            out.update(reason=self.reason, findings=self.findings)
+        else:
+            out.update(by=self.by)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> InstructionsPin:
+        if not isinstance(raw, dict):
+            raise LockError(f"{where}: expected an object")
+        try:
+            return cls(at=_str(raw, "at"), by=str(raw.get("by", "")), risk=str(raw.get("risk", "none")),
+                       reason=str(raw.get("reason", "")), findings=_findings(raw.get("findings") or []))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LockError(f"{where}: {exc}") from None
+
+
+@dataclass(slots=True)
 class ServerPins:
     launch: dict[str, Any] = field(default_factory=dict)  # identity digest -> launch description
     instructions: dict[str, str] = field(default_factory=dict)  # instructions digest -> text
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in PINNED_KINDS})
+    # instructions digest -> its own pin (lock: at most one, the current one) or hold (pending)
+    instructions_pins: dict[str, InstructionsPin] = field(default_factory=dict)
 
     def prune(self) -> None:
-        """Keep only the instructions and launch texts an entry still refers to."""
+        """Keep only the instructions and launch texts an entry or an instructions pin still refers to."""
         used_i = {e.instructions for kind in self.entries.values() for e in kind.values()}
+        used_i.update(self.instructions_pins)
         used_l = {e.identity for kind in self.entries.values() for e in kind.values()}
         self.instructions = {k: v for k, v in self.instructions.items() if k in used_i}
         self.launch = {k: v for k, v in self.launch.items() if k in used_l}
 
     @property
     def empty(self) -> bool:
-        return not any(self.entries.values())
+        return not any(self.entries.values()) and not self.instructions_pins
 
 
 @dataclass(slots=True)
@@ -162,6 +197,24 @@ class PinSet:
         pins.launch[entry.identity] = launch
         pins.instructions[entry.instructions] = instructions_text
 
+    def put_instructions(self, server: str, digest: str, pin: InstructionsPin, text: str, *, only: bool) -> None:
+        """Record `server`'s instructions pin; `only` (the lock) keeps it as the server's one current text."""
+        pins = self.server(server)
+        if only:
+            pins.instructions_pins.clear()
+        pins.instructions_pins[digest] = pin
+        pins.instructions[digest] = text
+
+    def remove_instructions(self, server: str) -> dict[str, InstructionsPin]:
+        """Take every instructions pin of `server` out (approval of what the pending file held)."""
+        pins = self.servers.get(server)
+        if pins is None:
+            return {}
+        gone, pins.instructions_pins = pins.instructions_pins, {}
+        if pins.empty:
+            del self.servers[server]
+        return gone
+
     def remove(self, server: str, kind: str, name: str) -> Entry | None:
         pins = self.servers.get(server)
         if pins is None:
@@ -182,6 +235,8 @@ class PinSet:
         for name, pins in self.servers.items():
             pins.prune()
             body: dict[str, Any] = {"launch": pins.launch, "instructions": pins.instructions}
+            if pins.instructions_pins:
+                body["instructions_pins"] = {d: p.to_json() for d, p in pins.instructions_pins.items()}
             for kind in PINNED_KINDS:
                 if pins.entries[kind]:
                     body[kind] = {n: e.to_json() for n, e in pins.entries[kind].items()}
@@ -205,6 +260,14 @@ class PinSet:
                     or not all(isinstance(t, str) for t in texts.values()):
                 raise LockError(f"{source}: servers.{server}: malformed launch or instructions")
             pins.launch, pins.instructions = launch, texts
+            own = body.get("instructions_pins", {})  # absent in files written before it existed
+            if not isinstance(own, dict):
+                raise LockError(f"{source}: servers.{server}.instructions_pins: expected an object")
+            for digest, item in own.items():
+                if digest not in texts:
+                    raise LockError(f"{source}: servers.{server}.instructions_pins.{digest}: no such instructions")
+                pins.instructions_pins[digest] = InstructionsPin.from_json(
+                    item, f"{source}: servers.{server}.instructions_pins.{digest}")
             for kind in PINNED_KINDS:
                 items = body.get(kind, {})
                 if not isinstance(items, dict):

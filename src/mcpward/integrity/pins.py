@@ -167,14 +167,14 @@ class Judge:
                 for s, k, n, e, t in batch.pins:
                     pins.put(s, k, n, e, self.launch[s], t or "")
                 redisplay(self.cfg, pins)
-            pinned = self._write(self.lock, pin)
+            pinned = self.write(self.lock, pin)
         if batch.pending or batch.resolved:
             def apply(pins: Any) -> None:
                 for s, k, n, e, t in batch.pending:
                     pins.put(s, k, n, e, self.launch[s], t or "")
                 for s, k, n in batch.resolved:
                     pins.remove(s, k, n)
-            held = self._write(self.pending, apply)
+            held = self.write(self.pending, apply)
         # Audit what reached the files: a pin or hold whose file broke under us was not written.
         for server, kind, name, entry, _ in batch.pins if pinned else ():
             audit.record("integrity.pinned", server=server, kind=kind, name=name, by="tofu",
@@ -196,7 +196,7 @@ class Judge:
                 verdict.visible, verdict.state, verdict.rule, verdict.message = \
                     hidden.visible, hidden.state, hidden.rule, hidden.message
 
-    def _write(self, target: PinFile, change: Any) -> bool:
+    def write(self, target: PinFile, change: Any) -> bool:
         """False when the file on disk cannot be read (LockError): the caller fails closed."""
         try:
             with target.transaction() as pins:

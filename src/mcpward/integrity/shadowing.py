@@ -311,27 +311,59 @@ class Shadowing:
         """Other servers' tool and server names in the text: each word-like token is looked up (no big
         alternation to compile per catalog; cost is linear in the text whatever the catalog size)."""
         text = raw if raw.isascii() else normalise(raw, decode=False).text
-        words = {w.rstrip(".-").lower() for w in _TOKEN.findall(text)}
+        words = set(_tails(tuple(w.rstrip(".-").lower() for w in _TOKEN.findall(text))))
         if words.isdisjoint(index.mentionable):
             return []  # the common case, decided by two C-level set operations
         out: list[Finding] = []
         seen: set[str] = set()
         for m in _TOKEN.finditer(text):
-            word = m.group().rstrip(".-").lower()
-            if word in seen or (word not in index.compound and word not in index.plain):
+            whole = m.group().rstrip(".-").lower()
+            start, word = m.start(), whole
+            if word not in index.compound and word not in index.plain:
+                # The name a model sees may be qualified: `mail__send_email` (the gateway's separator),
+                # `mail.send_email`. The part after a separator counts when it is another server's tool.
+                qualified = _qualified(whole, index)
+                if qualified is None:
+                    continue
+                start, word = start + qualified, whole[qualified:]
+            elif word not in index.compound and not _named(text, start, start + len(word)):
                 continue
-            end = m.start() + len(word)
-            if word not in index.compound and not _named(text, m.start(), end):
+            if word in seen:
                 continue
+            end = start + len(word)
             owner = index.owner.get(word) or index.servers.get(word)
             if owner is None or owner == server:
                 continue
             seen.add(word)
             is_server = word in index.servers and word not in index.owner
             rule = "shadowing.mentions-other-server" if is_server else "shadowing.mentions-other-tool"
-            out.append(Finding(rule, "shadowing", Severity.LOW if is_server else Severity.MEDIUM, where, m.start(), end,
+            out.append(Finding(rule, "shadowing", Severity.LOW if is_server else Severity.MEDIUM, where, start, end,
                                escape(f"{text[m.start():end]} ({owner})"), weight=0.3 if is_server else 0.55))
         return out
+
+
+_SEPARATOR_RUN = re.compile(r"[_.-]+")
+
+
+def _qualified(word: str, index: _Index) -> int | None:
+    """Where a tool name starts inside a qualified token, or None: after a run of separators (any
+    gateway separator is 1-4 of `_.-` here; the default is `__`), a compound tool name of the catalog
+    counts as it would alone, and a plain one ("search") only behind a server's name (`web.search`)."""
+    for sep in _SEPARATOR_RUN.finditer(word):
+        tail = word[sep.end():]
+        if len(sep.group()) > 4 or not tail:
+            continue
+        if tail in index.compound or (tail in index.plain and word[:sep.start()] in index.servers):
+            return sep.end()
+    return None
+
+
+def _tails(tokens: tuple[str, ...]) -> tuple[str, ...]:
+    """Every part after a separator run of every token (`mail__send_email` -> `send_email`, `email`):
+    the prefilter's words must hold what `_qualified` may look up."""
+    extra = [token[sep.end():] for token in tokens if "_" in token or "." in token or "-" in token
+             for sep in _SEPARATOR_RUN.finditer(token)]
+    return tokens + tuple(extra) if extra else tokens
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9][\w.-]{2,80}")
@@ -373,8 +405,8 @@ def text_words(text: str) -> tuple[str, ...]:
                 size = len(spaced)
                 spaced = (spaced.replace(b". ", b" ").replace(b"- ", b" ").replace(b" _", b" ").replace(b" .", b" ")
                           .replace(b" -", b" "))
-            return tuple(spaced.decode("ascii").split())
-    return tuple(map(str.rstrip, _TOKEN.findall(text.lower()), repeat(".-")))
+            return _tails(tuple(spaced.decode("ascii").split()))
+    return _tails(tuple(map(str.rstrip, _TOKEN.findall(text.lower()), repeat(".-"))))
 
 
 _TOKEN_MAX = 81  # the longest match of _TOKEN
