@@ -103,18 +103,81 @@ def test_legacy_stream_resumes_after_disconnect(url: str) -> None:
 async def test_legacy_sessions_are_capped_and_expire(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from mcpward.gateway.config import GatewayConfig
     from mcpward.gateway.core import Gateway
-    from mcpward.transport import http_front
+    from mcpward.transport import http_front, http_sessions
 
-    monkeypatch.setattr(http_front, "MAX_SESSIONS", 3)
     front = http_front.HttpFront(Gateway(GatewayConfig()))
+    front.room.total = 3
     transport = httpx.ASGITransport(app=front)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8811") as http:
         statuses = [(await http.post("/mcp", json=INIT, headers=ACCEPT)).status_code for _ in range(4)]
         assert statuses == [200, 200, 200, 503]
+        full = await http.post("/mcp", json=INIT, headers=ACCEPT)
+        assert full.json()["error"]["data"] == {"rule": "http.sessions"}
         oldest = next(iter(front.sessions.values()))
-        oldest.last_seen -= http_front.SESSION_IDLE_SECONDS + 1
+        oldest.last_seen -= http_sessions.SESSION_IDLE_SECONDS + 1
         assert (await http.post("/mcp", json=INIT, headers=ACCEPT)).status_code == 200
         assert oldest.conn.session_id not in front.sessions
+
+
+def test_one_principal_cannot_take_every_legacy_session(serve_gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mcpward.transport.http_sessions import MAX_SESSIONS_PER_PRINCIPAL
+    from tests.audit_reader import committed
+    from tests.threats.identity_support import MEMO_SERVER, Keys
+
+    keys = Keys()
+    url = serve_gateway(MEMO_SERVER + keys.table())
+
+    def initialize(http: httpx.Client, key: str) -> httpx.Response:
+        return http.post(url, json=INIT, headers={**ACCEPT, "Authorization": f"Bearer {key}"})
+
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        # initialize is exempt from the rate limits, so only the session cap stops alice here
+        replies = [initialize(http, keys.alice) for _ in range(MAX_SESSIONS_PER_PRINCIPAL + 3)]
+        assert [r.status_code for r in replies] == [200] * MAX_SESSIONS_PER_PRINCIPAL + [429] * 3
+        refused = initialize(http, keys.alice)
+        error = refused.json()["error"]
+        assert error["data"]["rule"] == "limits.sessions" and error["data"]["retryAfter"] > 0
+        assert "limits.sessions" in error["message"] and int(refused.headers["retry-after"]) > 0
+        # bob is not locked out by alice's sessions
+        bob = initialize(http, keys.bob)
+        assert bob.status_code == 200 and bob.headers["mcp-session-id"]
+        # alice closing one of her sessions makes room for one more
+        closed = http.delete(url, headers={**ACCEPT, "Authorization": f"Bearer {keys.alice}",
+                                           "Mcp-Session-Id": replies[0].headers["mcp-session-id"],
+                                           "MCP-Protocol-Version": "2025-11-25"})
+        assert closed.status_code == 200
+        assert initialize(http, keys.alice).status_code == 200
+    records = [json.loads(b) for b in committed(tmp_path / "mcpward-audit.sqlite", "http.refused", 4)]
+    mine = [r for r in records if r.get("rule") == "limits.sessions"]
+    assert len(mine) == 4 and all(r["status"] == 429 and r["principal"] for r in mine)
+    assert keys.alice not in json.dumps(records)
+
+
+def test_metrics_are_served_only_to_listed_principals(serve_gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.audit_reader import committed
+    from tests.conftest import FIXTURES, PYTHON
+    from tests.threats.identity_support import MEMO_SERVER, Keys, modern_call, reply_of
+
+    keys = Keys()
+    leaky = f'[servers.leaky]\ncommand = "{PYTHON}"\nargs = ["{FIXTURES / "leaky_server.py"}"]\n'
+    policy = tmp_path / "alice.cedar"
+    policy.write_text('@id("alice-all")\npermit (principal == User::"alice", action, resource);\n')
+    url = serve_gateway(MEMO_SERVER + leaky + keys.table() + f'[policy]\nbase = "none"\nfiles = ["{policy}"]\n'
+                        + '[telemetry]\nmetrics_principals = ["api-key:alice"]\n')
+    metrics_url = url.removesuffix("/mcp") + "/metrics"
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        assert "result" in reply_of(modern_call(http, url, "tools/call", {"name": "leaky__aws_key", "arguments": {}},
+                                                keys.alice))
+        assert reply_of(modern_call(http, url, "tools/list", {}, keys.bob, rid=2), 2)["result"]["tools"] == []
+        # bob sees no tools, so the metrics (which name them and count alice's calls) are not his either
+        bob = http.get(metrics_url, headers={"Authorization": f"Bearer {keys.bob}"})
+        assert bob.status_code == 403 and "leaky" not in bob.text
+        assert bob.json()["error"]["data"] == {"rule": "telemetry.metrics-principals"}
+        assert http.get(metrics_url).status_code == 401
+        alice = http.get(metrics_url, headers={"Authorization": f"Bearer {keys.alice}"})
+        assert alice.status_code == 200 and 'gen_ai_tool_name="leaky__aws_key"' in alice.text
+    records = [json.loads(b) for b in committed(tmp_path / "mcpward-audit.sqlite", "http.refused", 1)]
+    assert [r["principal"] for r in records if r.get("rule") == "telemetry.metrics-principals"] == ["api-key:bob"]
 
 
 def test_refusals_at_the_door_name_their_rule_and_are_audited(url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]

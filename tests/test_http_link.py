@@ -82,6 +82,7 @@ class Script:
 
     requests: list[tuple[str, dict[str, str], JsonObj | None]] = field(default_factory=list)
     get_status: int = 200
+    get_retry_only: bool = False  # the GET stream sends only `retry: 0` and ends
     disconnected: threading.Event = field(default_factory=threading.Event)
 
 
@@ -150,6 +151,8 @@ def raw_app(script: Script) -> Starlette:
         last = headers.get("last-event-id")
         if script.get_status != 200:
             return Response(status_code=script.get_status)
+        if script.get_retry_only:
+            return Response(b"retry: 0\n\n", media_type="text/event-stream")
 
         async def stream() -> AsyncIterator[bytes]:
             note = {"jsonrpc": "2.0", "method": "notifications/message"}
@@ -498,3 +501,21 @@ async def test_legacy_get_stream_405_is_fine(raw: tuple[str, Script], link_facto
     with pytest.raises(LinkError):  # ids must be unique among requests in flight
         await link.send(modern(2, "hang"))
         await link.send(modern(2, "hang"))
+
+
+async def test_get_stream_of_retry_0_only_backs_off_and_gives_up(raw: tuple[str, Script], link_factory: Any) -> None:
+    """Audit gap 6: a stream of `retry: 0` alone is no progress, and 0 ms is no delay to honour: the link waits at
+    least MIN_RECONNECT_DELAY between tries and gives up after MAX_RECONNECTS, instead of reconnecting in a loop."""
+    from mcpward.transport.http_link import MAX_RECONNECTS, MIN_RECONNECT_DELAY
+
+    url, script = raw
+    script.get_retry_only = True
+    link, inbox = await link_factory(url)
+    await initialize(link, inbox)
+    start = asyncio.get_running_loop().time()
+    await send_and_wait(link, INITIALIZED)
+    assert link._listen_task is not None
+    await asyncio.wait_for(link._listen_task, TIMEOUT)
+    gets = [verb for verb, _, _ in script.requests if verb == "GET"]
+    assert len(gets) == MAX_RECONNECTS
+    assert asyncio.get_running_loop().time() - start >= (MAX_RECONNECTS - 1) * MIN_RECONNECT_DELAY

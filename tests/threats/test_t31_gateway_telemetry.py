@@ -4,7 +4,8 @@
 bodies. The client authenticates with an API key, sends a W3C `traceparent`, passes a GitHub token
 as a tool argument and gets an AWS key back (redacted). After the gateway stops (flushing its
 exporter), the collector holds the gateway's span, a child of the client's trace, and none of the
-secrets. `/metrics` answers only with the key and shows the MCP operation histogram.
+secrets. `/metrics` answers only a key listed in `metrics_principals` and shows the MCP operation
+histogram; another valid key gets 403.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def test_exported_spans_of_calls_carrying_secrets_contain_none(tmp_path: Path, c
     config = tmp_path / "mcpward.toml"
     config.write_text(f"[gateway]\nport = {port}\n" + with_policy(
         MEMO_SERVER + LEAKY + keys.table()
-        + f'[telemetry]\ntraces = true\notlp_endpoint = "http://127.0.0.1:{collector.port}"\n'))
+        + f'[telemetry]\ntraces = true\notlp_endpoint = "http://127.0.0.1:{collector.port}"\n'
+        + 'metrics_principals = ["api-key:alice"]\n'))
     url = f"http://127.0.0.1:{port}/mcp"
     with open(tmp_path / "gw.log", "wb") as log:
         proc = subprocess.Popen([MCPWARD, "serve", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT,
@@ -46,6 +48,10 @@ def test_exported_spans_of_calls_carrying_secrets_contain_none(tmp_path: Path, c
             assert metrics.status_code == 401
             metrics = http.get(url.removesuffix("/mcp") + "/metrics", headers={"Authorization": f"Bearer {keys.alice}"})
             assert metrics.status_code == 200 and "mcp_server_operation_duration" in metrics.text
+            # bob authenticates, but is not a metrics reader: the tool names and counts are not his to see
+            metrics = http.get(url.removesuffix("/mcp") + "/metrics", headers={"Authorization": f"Bearer {keys.bob}"})
+            assert metrics.status_code == 403 and "leaky" not in metrics.text
+            assert metrics.json()["error"]["data"] == {"rule": "telemetry.metrics-principals"}
     finally:
         stop(proc)  # SIGTERM: the exporter flushes on the way out
     bodies = collector.bodies("/v1/traces")

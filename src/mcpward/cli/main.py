@@ -171,13 +171,14 @@ def run(config: ConfigOpt = Path("mcpward.toml"), verbose: VerboseOpt = False) -
 def serve(
     config: ConfigOpt = Path("mcpward.toml"),
     host: Annotated[str | None, typer.Option(help="Bind address (default from config: 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default from config: 8811).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default from config: 8811).")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve MCP over Streamable HTTP (default http://127.0.0.1:8811/mcp)."""
     import uvicorn
 
     from mcpward.transport.http_front import HttpFront
+    from mcpward.transport.http_limits import uvicorn_config
 
     cfg = _load(config)
     cfg.http_host = host or cfg.http_host
@@ -197,8 +198,8 @@ def serve(
         logging.getLogger("mcpward").warning(
             "the HTTP front has no authentication: every local caller is 'anonymous' (configure [auth])")
     gateway = parts.gateway()
-    server = uvicorn.Server(uvicorn.Config(HttpFront(gateway, parts=parts), host=cfg.http_host,
-                                           port=cfg.http_port, log_level="warning", lifespan="on", access_log=False))
+    # h11 with bounded heads, head deadlines, a connection cap, a bounded graceful shutdown (http_limits.py).
+    server = uvicorn.Server(uvicorn_config(HttpFront(gateway, parts=parts), cfg.http_host, cfg.http_port))
 
     def on_hangup() -> None:
         # SIGHUP reloads the API keys and the policy (auth/reload.py, policy/reload.py): a revoked key

@@ -45,7 +45,7 @@ from mcpward.gateway.config import (
 )
 from mcpward.guards.base import Answer, Call, Guard, Refusal
 from mcpward.protocol.jsonrpc import JsonObj
-from mcpward.transport.stdio_link import die_with_parent, minimal_env
+from mcpward.transport.stdio_link import minimal_env, plain_child_setup
 from mcpward.transport.vetted_dial import PinningUnavailable, check_pinning, pinned_transport
 
 log = logging.getLogger("mcpward.interceptors")
@@ -128,7 +128,7 @@ class ExecRunner:
                 *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=self.env, cwd=self.cwd,
                 start_new_session=True,  # its own process group, so a timeout ends its children too
-                preexec_fn=die_with_parent)
+                preexec_fn=plain_child_setup)
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise HookFailure(f"cannot start {self.argv[0]}: {reason}") from None

@@ -32,6 +32,7 @@ import os
 import shlex
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from mcpward.audit import events
@@ -40,7 +41,7 @@ from mcpward.sandbox.cgroups import CgroupError
 from mcpward.sandbox.paths import Bind, BindRefused, merged_usr_links, open_exact, system_binds
 from mcpward.sandbox.plan import CACHE_DIR, SANDBOX_HOME, SECRETS_DIR, SandboxPlan
 from mcpward.transport.base import LinkError
-from mcpward.transport.stdio_link import die_with_parent
+from mcpward.transport.stdio_link import die_with_parent, uninherit_fds
 
 if TYPE_CHECKING:
     from mcpward.sandbox.warm import WarmSlot
@@ -156,7 +157,7 @@ class BwrapSpawner:
     def describe(self) -> str:
         return f"[bwrap] {shlex.join(self.plan.argv)}"
 
-    def _preexec(self) -> None:
+    def _preexec(self, keep: frozenset[int] = frozenset()) -> None:
         # The cgroups first, while still the gateway's user (sandbox/cgroups.py: joining by itself skips the
         # kernel's slow global lock). A child that cannot join never execs bwrap: the reason goes to its stderr,
         # which the spawn reports.
@@ -174,6 +175,7 @@ class BwrapSpawner:
             os.setresuid(uid, uid, uid)
         die_with_parent()
         rlimits.apply(self.rlimits)
+        uninherit_fds(keep)  # only the descriptors bwrap is given on purpose cross the exec
 
     async def spawn(self, limit: int) -> asyncio.subprocess.Process:
         bag = FdBag()
@@ -202,7 +204,7 @@ class BwrapSpawner:
                     self.bwrap, *argv,
                     stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                     env={"PATH": "/usr/bin:/bin"}, cwd="/", limit=limit, start_new_session=True,
-                    pass_fds=fds, preexec_fn=self._preexec,
+                    pass_fds=fds, preexec_fn=partial(self._preexec, frozenset(fds)),
                 )
             os.close(info_w)
             os.close(block_r)

@@ -21,7 +21,7 @@ from mcpward.audit import events
 from mcpward.sandbox.backends import secret_dir
 from mcpward.sandbox.plan import CACHE_DIR, SANDBOX_HOME, SECRETS_DIR, SandboxPlan
 from mcpward.transport.base import LinkError
-from mcpward.transport.stdio_link import die_with_parent
+from mcpward.transport.stdio_link import plain_child_setup
 
 log = logging.getLogger("mcpward.sandbox")
 # Inherited from the plan's environment only when not a secret (those are files).
@@ -80,7 +80,7 @@ class ContainerSpawner:
             return await asyncio.create_subprocess_exec(
                 engine, *args[1:], stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=env, limit=limit, start_new_session=True,
-                preexec_fn=die_with_parent)
+                preexec_fn=plain_child_setup)
         except OSError as exc:
             await self.cleanup()
             raise LinkError(f"cannot start server {self.plan.server!r}: {exc.strerror}") from None

@@ -35,6 +35,9 @@ from mcpward.transport.http_checks import (
     check_modern_headers,
     status_for,
 )
+from mcpward.transport.http_limits import BodyDeadline, DoorRefusal
+from mcpward.transport.http_metrics import check_metrics_reader
+from mcpward.transport.http_sessions import SessionRoom
 from mcpward.transport.sse import encode_comment, encode_event
 
 if TYPE_CHECKING:
@@ -49,8 +52,6 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 KEEPALIVE = 15.0
 OUTBOX_LIMIT = 1000
 RETRY_MS = 1000
-SESSION_IDLE_SECONDS = 30 * 60
-MAX_SESSIONS = 1000
 ANONYMOUS = Principal.anonymous()
 # Refusals at the door (rebinding checks, the routing-header ladder): each one audited, but at most
 # this many records per second; the rest are counted into one `http.refused-summary` record.
@@ -144,6 +145,7 @@ class HttpFront:
         telemetry = parts.telemetry if parts else None
         self.metrics_path = telemetry.metrics_path if telemetry is not None else None
         self.metrics = telemetry.render_metrics if telemetry is not None and self.metrics_path else None
+        self.metrics_readers = frozenset(telemetry.settings.metrics_principals if telemetry is not None else ())
         self.sessions: dict[str, LegacySession] = {}
         self.hosts = allowed_hosts(self.cfg)
         self.origins = allowed_origins(self.cfg)
@@ -151,6 +153,7 @@ class HttpFront:
                                        stateless=True)
         self.refusals = RefusalAudit()
         self.auth_refusals = RefusalAudit(event="auth.refused")
+        self.room = SessionRoom(self.sessions, self.refusals)
 
     @staticmethod
     async def _no_session_writer(message: JsonObj) -> None:
@@ -165,6 +168,8 @@ class HttpFront:
         try:
             await self._http(scope, receive, send)
         except HttpRejection as rej:
+            if isinstance(rej, DoorRefusal):  # the request's shape, refused by a named rule (http_limits.py)
+                rej.audit(self.refusals, scope)
             await _respond(send, rej.status, rej.body, rej.headers)
         finally:
             after_reply.run()  # the response is written: now the bookkeeping it did not wait for
@@ -205,7 +210,7 @@ class HttpFront:
             self.refusals.refused("http.host", 421, remote, host=host[:SHOWN_VALUE], http_method=method)
             raise HttpRejection(421, None, text="Invalid Host header (refused by http.host)")
         if path != self.cfg.http_path:
-            await self._side_path(path, method, headers, send)
+            await self._side_path(path, method, headers, send, remote)
             return
         origin = headers.get("origin")
         if origin is not None and origin.lower() not in self.origins:
@@ -227,19 +232,22 @@ class HttpFront:
             session.conn.close()
             await _respond(send, 200, None)
         else:
-            raise HttpRejection(405, None, headers=[(b"allow", b"POST" if modern else b"GET, POST, DELETE")])
+            raise DoorRefusal(405, "http.method", f"method {method} not allowed",
+                              headers=[(b"allow", b"POST" if modern else b"GET, POST, DELETE")])
 
-    async def _side_path(self, path: str, method: str, headers: dict[str, str], send: Send) -> None:
+    async def _side_path(self, path: str, method: str, headers: dict[str, str], send: Send,
+                         remote: str | None) -> None:
         """Protected Resource Metadata (RFC 9728) and Prometheus metrics; anything else is 404."""
         if self.auth is not None and path in self.auth.metadata_paths:
             if method != "GET":
-                raise HttpRejection(405, None, headers=[(b"allow", b"GET")])
+                raise DoorRefusal(405, "http.method", f"method {method} not allowed", headers=[(b"allow", b"GET")])
             await _respond(send, 200, self.auth.metadata())
             return
         if self.metrics is not None and path == self.metrics_path:
             if method != "GET":
-                raise HttpRejection(405, None, headers=[(b"allow", b"GET")])
-            await self._authenticate(headers, None)  # metrics name tools and servers: same door as MCP
+                raise DoorRefusal(405, "http.method", f"method {method} not allowed", headers=[(b"allow", b"GET")])
+            principal = await self._authenticate(headers, None)  # metrics name tools and servers: same door as MCP
+            check_metrics_reader(principal, self.metrics_readers, self.auth is not None, self.refusals, remote)
             body, content_type = self.metrics()
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
@@ -278,28 +286,17 @@ class HttpFront:
         session.last_seen = time.monotonic()
         return session
 
-    def _make_room(self) -> None:
-        """Expire idle legacy sessions, and refuse new ones beyond the cap instead of growing forever."""
-        now = time.monotonic()
-        for session_id, session in list(self.sessions.items()):
-            if now - session.last_seen > SESSION_IDLE_SECONDS and not session.streaming and not session.conn.running:
-                del self.sessions[session_id]
-                session.conn.close()
-        if len(self.sessions) >= MAX_SESSIONS:
-            raise HttpRejection(503, jsonrpc.error(None, jsonrpc.OVERLOADED, "too many sessions; retry later"),
-                                headers=[(b"retry-after", b"30")])
-
     async def _read_body(self, receive: Receive) -> bytes:
         chunks, size = [], 0
+        deadline = BodyDeadline()  # all of it within a bound, or 408 (http.body-timeout)
         while True:
-            message = await receive()
+            message = await deadline.receive(receive)
             if message["type"] == "http.disconnect":
                 raise HttpRejection(400, None)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.cfg.max_message_bytes:
-                raise HttpRejection(413, jsonrpc.error(
-                    None, jsonrpc.INVALID_REQUEST, f"request body exceeds {self.cfg.max_message_bytes} bytes"))
+                raise DoorRefusal(413, "http.body-size", f"request body exceeds {self.cfg.max_message_bytes} bytes")
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
@@ -308,12 +305,11 @@ class HttpFront:
                     modern: bool, principal: Principal, source: RequestSource) -> None:
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
-            raise HttpRejection(415, jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
-                                                   "Content-Type must be application/json"))
+            raise DoorRefusal(415, "http.content-type", "Content-Type must be application/json")
         accept = headers.get("accept", "")
         wants_sse = "text/event-stream" in accept or "*/*" in accept
         if not ("application/json" in accept or "*/*" in accept):
-            raise HttpRejection(406, None, text="Accept must include application/json and text/event-stream")
+            raise DoorRefusal(406, "http.accept", "Accept must include application/json and text/event-stream")
         message: JsonObj | None = None
         try:
             body = await self._read_body(receive)
@@ -372,19 +368,20 @@ class HttpFront:
                            message: JsonObj, kind: jsonrpc.Kind, wants_sse: bool, principal: Principal,
                            source: RequestSource) -> None:
         if kind is jsonrpc.Kind.REQUEST and message["method"] == "initialize":
-            self._make_room()
             session_id = secrets.token_urlsafe(24)
             holder: list[LegacySession] = []
 
             async def to_get_stream(msg: JsonObj) -> None:
                 await holder[0].push(msg)
 
-            conn = ClientConnection(self.gateway, "http", principal, to_get_stream, session_id)
-            session = LegacySession(conn)
-            holder.append(session)
-            reply = await conn.on_request(message, None, principal, source)
+            with self.room.reserve(principal, source.remote):  # idle expiry, and the caps (http_sessions)
+                conn = ClientConnection(self.gateway, "http", principal, to_get_stream, session_id)
+                session = LegacySession(conn)
+                holder.append(session)
+                reply = await conn.on_request(message, None, principal, source)
+                if reply is not None and "result" in reply:
+                    self.sessions[session_id] = session
             if reply is not None and "result" in reply:
-                self.sessions[session_id] = session
                 await _respond(send, 200, reply, [(b"mcp-session-id", session_id.encode())])
             else:
                 await _respond(send, 200, reply)
@@ -492,7 +489,7 @@ class HttpFront:
 
     async def _get(self, send: Send, receive: Receive, headers: dict[str, str], principal: Principal) -> None:
         if "text/event-stream" not in headers.get("accept", ""):
-            raise HttpRejection(406, None, text="Accept must include text/event-stream")
+            raise DoorRefusal(406, "http.accept", "Accept must include text/event-stream")
         session = self._session(headers, principal)
         last_event_id = headers.get("last-event-id")
         if last_event_id is not None:
@@ -527,16 +524,17 @@ async def _replay(send: Send, receive: Receive, log: StreamLog, start: int) -> N
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         index = start
         while True:
-            while index < len(log.events):
-                message = log.events[index]
+            while index < log.end:
+                index, message = log.at(index)  # past events the replay bounds dropped (event_store.py)
                 if message is None:  # priming: an id to resume from, and how soon to retry
                     body = encode_event(b"", log.event_id(index), retry=RETRY_MS)
                 else:
-                    body = encode_event(jsonrpc.encode(message), log.event_id(index), "message")
+                    body = encode_event(message, log.event_id(index), "message")
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 index += 1
             if log.done:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                log.delivered()  # all of it sent: the log is not kept for a resume
                 return
             changed = asyncio.ensure_future(log.changed.wait())
             try:

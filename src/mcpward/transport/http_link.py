@@ -34,6 +34,7 @@ log = logging.getLogger("mcpward.upstream")
 
 MAX_RECONNECTS = 5  # consecutive fruitless GET (re)connections before giving up
 RECONNECT_BASE_DELAY = 0.5
+MIN_RECONNECT_DELAY = 0.25  # under a server's `retry:` too: `retry: 0` must not make a tight reconnect loop
 MAX_RECONNECT_DELAY = 30.0
 DELETE_TIMEOUT = 2.0
 _NAMED_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
@@ -51,7 +52,9 @@ class _Exchange:
     abandoned: bool = False
     last_event_id: str | None = None
     retry_ms: int | None = None
-    events: int = 0  # SSE events seen: a stream that keeps delivering is not "failing"
+    # Messages the stream delivered: a stream that keeps delivering is not "failing". A priming or retry-only
+    # event is no progress: a server sending only those would otherwise be reconnected to for ever.
+    events: int = 0
     new_session: str | None = None  # Mcp-Session-Id on an initialize answer
     task: asyncio.Task[None] | None = None
 
@@ -290,12 +293,12 @@ class HttpLink(MessageLink):
         try:
             async for chunk in resp.aiter_bytes():
                 for event in parser.feed(chunk):
-                    ex.events += 1
                     if event.id is not None:
                         ex.last_event_id = event.id
                     if event.retry is not None:
                         ex.retry_ms = event.retry
                     if event.data and event.event == "message":
+                        ex.events += 1
                         self._deliver_raw(event.data, ex)
                     if ex.answered:
                         return  # the answer should end the stream; no need to wait for that
@@ -423,7 +426,7 @@ async def _read_limited(resp: httpx.Response, limit: int) -> bytes | None:
 
 def _delay(retry_ms: int | None, failures: int) -> float:
     if retry_ms is not None:  # the server's own `retry:` wins
-        return min(retry_ms / 1000, MAX_RECONNECT_DELAY)
+        return min(max(retry_ms / 1000, MIN_RECONNECT_DELAY), MAX_RECONNECT_DELAY)
     return min(RECONNECT_BASE_DELAY * (1 << failures), MAX_RECONNECT_DELAY)
 
 

@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, BinaryIO, cast
 
 from mcpward.gateway import after_reply
@@ -57,9 +57,11 @@ class _Stdin(asyncio.Protocol):
 
 
 class _Stdout(asyncio.Protocol):
-    """stdout's protocol: tracks whether the pipe is full (paused) or gone, for drain()."""
+    """stdout's protocol: tracks whether the pipe is full (paused) or gone, for drain(), and tells the front
+    when it is gone."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_lost: Callable[[], None] = lambda: None) -> None:
+        self.on_lost = on_lost
         self.paused = False
         self.lost = False
         self._waiters: list[asyncio.Future[None]] = []
@@ -75,6 +77,7 @@ class _Stdout(asyncio.Protocol):
         self.lost = True
         self.paused = False
         self._wake(exc or ConnectionResetError("Connection lost"))
+        self.on_lost()
 
     def _wake(self, exc: Exception | None) -> None:
         for waiter in self._waiters:
@@ -103,7 +106,7 @@ class StdioFront:
         self._lock = asyncio.Lock()  # writers queue here only while the pipe is full
         self._queued_writers = 0
         self._pipe: asyncio.WriteTransport | None = None
-        self._out = _Stdout()
+        self._out = _Stdout(self._output_lost)
         self.conn = ClientConnection(gateway, "stdio", Principal.local_user(), self.write)
         self._tasks: set[asyncio.Task[Any]] = set()
         # Reading side, driven by _Stdin's callbacks.
@@ -190,6 +193,19 @@ class StdioFront:
             self._reading.resume_reading()
             self._paused = False
 
+    def _output_lost(self) -> None:
+        """The client closed the gateway's stdout: no answer can reach it any more, so nothing more is run.
+        The front ends as on end of input (serve() returns; what is running is cancelled), with a warning:
+        the client hung up, the gateway did nothing wrong, so no error and no traceback."""
+        if self._ended is None or self._ended.done():
+            return
+        log.warning("the client closed the gateway's stdout; ending the stdio front")
+        self._eof = True
+        self._backlog.clear()
+        if self._reading is not None:
+            self._reading.pause_reading()
+        self._finish()
+
     def _finish(self) -> None:
         """Input is over and every frame of it dispatched: serve() returns (or raises why)."""
         ended = self._ended
@@ -250,6 +266,9 @@ class StdioFront:
 
     def _request_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Retrieved here, so asyncio logs no traceback; one line says what was lost.
+            log.error("a request ended without its answer delivered: %s: %s", type(exc).__name__, exc)
         if self._paused or self._backlog:  # maybe it was the one over MAX_IN_FLIGHT
             self._run_backlog()
 

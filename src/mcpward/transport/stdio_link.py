@@ -35,6 +35,9 @@ STDERR_LINE_MAX = 4096
 STDERR_BUDGET = 200
 STDERR_WINDOW = 10.0
 STDERR_CHUNK = 65536
+# How often the link looks whether its server has exited. The stdout reader alone cannot tell: a leftover
+# child holding stdout keeps it from ever reaching end-of-file, and a server that closed stdout runs on.
+EXIT_POLL = 0.25
 
 
 def minimal_env(extra: dict[str, str]) -> dict[str, str]:
@@ -49,6 +52,24 @@ def die_with_parent() -> None:
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def uninherit_fds(keep: frozenset[int] = frozenset()) -> None:
+    """In a child, before exec: no descriptor above stderr survives the exec except `keep`. uvloop (0.23)
+    leaves the child its own copies of the stdio socket ends next to fds 0-2; a server that closes its
+    stdout would then still hold the copy, and its stdout would never reach end-of-file for us."""
+    if sys.platform == "linux":
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2 and fd not in keep:
+                with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+                    os.set_inheritable(fd, False)
+
+
+def plain_child_setup() -> None:
+    """In a plainly spawned child, before exec: die with the gateway, keep no descriptor above stderr."""
+    die_with_parent()
+    uninherit_fds()
 
 
 class Spawner(Protocol):
@@ -86,7 +107,7 @@ class PlainSpawner:
                 cwd=self.cwd,
                 limit=limit,
                 start_new_session=True,  # our signals, not the terminal's, end it
-                preexec_fn=die_with_parent,
+                preexec_fn=plain_child_setup,
             )
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -227,7 +248,7 @@ class StdioLink(MessageLink):
         self.max_message_bytes = max_message_bytes
         self.shutdown_grace = shutdown_grace
         self._proc: asyncio.subprocess.Process | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[object]] = []
         self._write_lock = asyncio.Lock()  # senders queue here only while the pipe holds unsent data
         self._queued_writers = 0
         self._closing = False
@@ -240,9 +261,11 @@ class StdioLink(MessageLink):
     async def open(self) -> None:
         log.info("spawning server %s: %s", self.name, self.describe())
         self._proc = await self.spawner.spawn(self.max_message_bytes + 1)
+        pump = asyncio.create_task(self._pump_stdout(), name=f"{self.name}-stdout")
         self._tasks = [
-            asyncio.create_task(self._pump_stdout(), name=f"{self.name}-stdout"),
+            pump,
             asyncio.create_task(self._pump_stderr(), name=f"{self.name}-stderr"),
+            asyncio.create_task(self._supervise(pump), name=f"{self.name}-watch"),
         ]
 
     async def send(self, message: JsonObj, hints: SendHints | None = None) -> None:
@@ -267,11 +290,11 @@ class StdioLink(MessageLink):
         except (ConnectionError, RuntimeError) as exc:
             raise LinkError(f"server {self.name!r} closed its input: {exc}") from None
 
-    async def _pump_stdout(self) -> None:
+    async def _pump_stdout(self) -> str:
+        """Deliver the server's stdout until it ends; returns why it ended."""
         assert self._proc is not None and self._proc.stdout is not None
         stdout = self._proc.stdout
         lines = LineSplitter(self.max_message_bytes)
-        reason = "exited"
         tap: _Tap | None = None
         tapping = TAP_PIPE
         try:
@@ -284,18 +307,53 @@ class StdioLink(MessageLink):
                     tapping = False
                     tap = _tap(self._proc, stdout, self._deliver, lines)
                     if tap is not None:
-                        reason = await tap.ended
-                        return
+                        return await tap.ended
             for item in lines.feed_eof():
                 self._deliver(item)
         except ConnectionError as exc:
-            reason = f"stdout failed: {exc}"
+            return f"stdout failed: {exc}"
         finally:
             if tap is not None:
                 tap.stop()  # cancelled (close): deliver nothing more, as a cancelled pump would
-            if not self._closing:
-                code = await self._proc.wait()
-                self.on_closed(f"{reason} (exit code {code})")
+        return "exited"
+
+    async def _supervise(self, pump: asyncio.Task[str]) -> None:
+        """Ends the link when the server is gone, whichever way it goes: stdout ends (the process may live
+        on, having closed it), or the process exits while a leftover child still holds stdout open. Either
+        way the process group is ended and on_closed fires, so the upstream restarts instead of hanging."""
+        proc = self._proc
+        assert proc is not None
+        while not pump.done() and proc.returncode is None:
+            await asyncio.wait({pump}, timeout=EXIT_POLL)
+        if not pump.done():
+            # Exited with stdout still open: a grace for what it wrote last, then its leftovers are killed,
+            # which closes the pipe; a pipe held from outside the group is abandoned.
+            await asyncio.wait({pump}, timeout=self.shutdown_grace)
+            self._signal(proc, signal.SIGKILL)
+            await asyncio.wait({pump}, timeout=self.shutdown_grace)
+        if pump.done():
+            reason = self._why(pump)
+        else:
+            pump.cancel()
+            reason = "exited; a leftover process held its stdout open, killed"
+        if proc.returncode is None and not await self._exited(proc, self.shutdown_grace):
+            # stdout ended but the process runs on: it can never answer again, so it is ended as at close.
+            log.warning("server %s closed its stdout but kept running; ending it", self.name)
+            reason = "closed its stdout"
+            await self._end(proc)
+        self._signal(proc, signal.SIGKILL)  # the leader is gone: whatever is left of its group goes too
+        if not self._closing:
+            self.on_closed(f"{reason} (exit code {proc.returncode})")
+
+    @staticmethod
+    def _why(pump: asyncio.Task[str]) -> str:
+        if pump.cancelled():
+            return "stdout reader stopped"
+        exc = pump.exception()
+        if exc is not None:
+            log.error("server stdout reader failed: %s: %s", type(exc).__name__, exc)
+            return f"stdout reader failed ({type(exc).__name__})"
+        return pump.result()
 
     def _deliver(self, item: Item) -> None:
         """One frame from the server's stdout: a message goes on, anything else is reported."""
@@ -353,11 +411,18 @@ class StdioLink(MessageLink):
             with contextlib.suppress(Exception):
                 if proc.stdin is not None:
                     proc.stdin.close()
-            if not await self._wait(proc):
-                self._signal(proc, signal.SIGTERM)
-                if not await self._wait(proc):
-                    self._signal(proc, signal.SIGKILL)
-                    await self._wait(proc)
+            if not await self._exited(proc, self.shutdown_grace):
+                await self._end(proc)
+        # The leader is gone; a child it left behind (in its group) would hold our pipes and outlive us.
+        self._signal(proc, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        # The pipes end as the leftovers die: the readers see that, and asyncio then closes the process's
+        # transport itself. Bounded, for a pipe held from outside the group.
+        readers = [task for task in self._tasks[:2] if not task.done()]
+        if readers:
+            await asyncio.wait(readers, timeout=min(self.shutdown_grace, 1.0))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -365,12 +430,29 @@ class StdioLink(MessageLink):
                 await task
         await self.spawner.cleanup()
 
-    async def _wait(self, proc: asyncio.subprocess.Process) -> bool:
+    async def _end(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM the group, a grace, then SIGKILL it."""
+        self._signal(proc, signal.SIGTERM)
+        if not await self._exited(proc, self.shutdown_grace):
+            self._signal(proc, signal.SIGKILL)
+            await self._exited(proc, self.shutdown_grace)
+
+    @staticmethod
+    async def _exited(proc: asyncio.subprocess.Process, within: float) -> bool:
+        """Whether the process exits within `within` seconds. wait() wakes us at once where the loop reports the
+        exit promptly; returncode, polled, covers a loop that waits for the pipes to close as well."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        waiter = asyncio.ensure_future(proc.wait())
         try:
-            await asyncio.wait_for(proc.wait(), self.shutdown_grace)
+            while proc.returncode is None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                await asyncio.wait({waiter}, timeout=min(EXIT_POLL, left))
             return True
-        except TimeoutError:
-            return False
+        finally:
+            waiter.cancel()
 
     @staticmethod
     def _signal(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
