@@ -17,14 +17,17 @@ from typing import Any
 import orjson
 
 from mcpward.gateway.config import ServerConfig
+from mcpward.integrity.walk import UNPINNED
 
-# What a model or a policy reads, per list kind. Everything else (icons, `_meta`) is presentation.
+# The spec's fields per list kind. A listed item's other keys ("x-model-note", a vendor field) reach the
+# client too, and a model may read them: they are pinned as well (`pinned_view`), except UNPINNED.
 PINNED_FIELDS: dict[str, tuple[str, ...]] = {
     "tools": ("name", "title", "description", "inputSchema", "outputSchema", "annotations"),
     "prompts": ("name", "title", "description", "arguments"),
     "resourceTemplates": ("uriTemplate", "name", "title", "description", "mimeType", "annotations"),
 }
 PINNED_KINDS = tuple(PINNED_FIELDS)
+# Presentation and protocol metadata, never read as instructions: left out of every fingerprint.
 
 
 def canonical(value: Any) -> bytes:
@@ -38,8 +41,12 @@ def digest(value: Any) -> str:
 
 def pinned_view(kind: str, item: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The part of a listed item that is pinned, under the upstream's own `name` (the gateway's
-    namespacing must not change a pin)."""
-    view = {key: item[key] for key in PINNED_FIELDS[kind] if key in item}
+    namespacing must not change a pin): every key a client receives but UNPINNED. An item with only the
+    spec's fields has the view (and the fingerprint) it had when only PINNED_FIELDS were pinned; one with
+    a key outside the spec gets a view with that key, so a change of it alone is a change of definition."""
+    if kind not in PINNED_FIELDS:
+        raise KeyError(kind)  # as the field table did: only listed kinds are pinned
+    view = {key: value for key, value in item.items() if key not in UNPINNED}
     view["uriTemplate" if kind == "resourceTemplates" else "name"] = name
     return view
 

@@ -6,6 +6,14 @@ text in a terminal, and base64 / hex / URL-encoded runs or HTML comments carry a
 drops. `normalise()` turns a field into plain NFKC text with the invisible characters removed (each
 reported), and lists the decoded payloads so the scanner can rescan them as extra "layers".
 
+What a model reads through and a regex does not is folded too (`_FOLD`): HTML entities are decoded,
+Cyrillic and Greek look-alikes become the Latin letters they imitate, typographic quotes become ASCII
+quotes, and accents and combining marks on Latin letters are dropped ("Ignoŕe" reads "Ignore"). A Latin
+word written with another script's look-alike letters is itself reported (`obfuscation.mixed-script`).
+Markup (markdown emphasis, backticks, inline HTML tags) is not removed from the text, because some rules
+need the quotes and backticks around a tool's name; the text without it is a "markup" layer that the
+scanner matches as well, as if it were the field's own text.
+
 Every decode is bounded: a run must be at least MIN_RUN long, a decoded text is cut at MAX_DECODED
 bytes, at most MAX_DECODES payloads per field, and decoding goes at most MAX_DEPTH levels deep. The
 bounds fail closed: the first readable payload past MAX_DECODES, and a readable payload cut at
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import html
 import re
 import unicodedata
 import urllib.parse
@@ -28,6 +37,7 @@ MAX_DECODES = 8  # per field and level; the next readable payload is reported (T
 MAX_DEPTH = 2  # base64 in base64 is decoded; a third level is reported, not decoded (scanner._layer)
 TOO_MANY = "excess.count"  # layers of payloads past a bound: reported, not rescanned
 TOO_LONG = "excess.size"
+MARKUP = "markup"  # the field's text without markup: matched like the text, not as a hidden payload
 
 
 class _Cut(str):
@@ -57,11 +67,28 @@ _HEX_ESCAPES = re.compile(r"(?:\\x[0-9A-Fa-f]{2}){8,}")
 _URL_ENCODED = re.compile(r"(?:[^\s%]{0,40}%[0-9A-Fa-f]{2}){4,}[^\s%]{0,40}")
 _HTML_COMMENT = re.compile(rf"<!--(.{{0,{MAX_DECODED}}}?)(?:-->|$)", re.S)
 _WORDS = re.compile(r"[A-Za-z]{2,}")
+# Markup a renderer hides and a model reads through: emphasis (runs of * or _ opening or closing a word,
+# never inside an identifier such as id_rsa or before a glob such as *.pem; `_emphasis` decides), ~~,
+# backticks, and inline HTML tags (a short tag list: "<path>" or "<user>" in a usage line is a
+# placeholder, not markup). Inline tags go without a trace ("Ig<b></b>nore"); block tags leave a space.
+_EMPHASIS = re.compile(r"[*_]{1,3}")  # a class first: the engine skips to it (an alternation tried every position)
+_INLINE_TAGS = ("a|abbr|b|bdi|bdo|cite|code|del|dfn|em|font|i|ins|kbd|mark|q|s|samp|small|span|strike|strong"
+                "|sub|sup|tt|u|var|wbr")
+_BLOCK_TAGS = "br|div|p|li|ul|ol|h[1-6]|hr|pre|blockquote|table|tr|td|th|section|details|summary"
+_TAG = re.compile(rf"</?(?:({_INLINE_TAGS})|{_BLOCK_TAGS})(?:\s[^<>]{{0,200}})?/?>", re.I)
+# Markup worth a look (`_markup` decides): a superset test, written as SUSPECT's last alternatives.
+_TAG_START = re.compile(r"<[/A-Za-z]")
+# An underscore at a word's edge: not after a letter, digit or "_", or not before one (most "_" are inside
+# identifiers). Every alternative starts with "_", so the engine skips from one "_" to the next.
+_EDGE_UNDERSCORE = re.compile(r"_(?:(?![A-Za-z0-9_])|(?<![A-Za-z0-9_]_))")
+# Entities with their semicolon only: "?a=1&copy=2" in a URL is not an entity to a model either.
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 # Anything normalisation would change or decode in ASCII text: controls and ESC, a comment, an escape,
 # a percent-encoding, or a run long enough to be base64/hex. Text without any is already normal.
 SUSPECT = re.compile(
     rf"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|<!--|\\x[0-9A-Fa-f]{{2}}|%[0-9A-Fa-f]{{2}}|[A-Za-z0-9+/_-]{{{MIN_RUN},}}"
+    r"|[*`&]|~~|<[/A-Za-z]|_(?:(?![A-Za-z0-9_])|(?<![A-Za-z0-9_]_))"
 )
 
 
@@ -92,6 +119,113 @@ _CONTROL_MARKS = bytes(
 )
 
 
+# Look-alike letters of other scripts that a reader takes for Latin ones (Cyrillic, Greek, a few
+# Armenian and IPA): a small table of the letters that matter in English words, not all of Unicode's
+# confusables. Folded everywhere; reported only inside a word that also has ASCII letters.
+_HOMOGLYPHS = {
+    **dict(zip("аеорсухіјѕԁһԛԝӏүкАВЕКМНОРСТХІЈЅУҮԚԜ",
+               "aeopcyxijsdhqwlykABEKMHOPCTXIJSYYQW", strict=True)),
+    **dict(zip("οαινρυκΑΒΕΖΗΙΚΜΝΟΡΤΥΧօսɑɡ", "oaivpukABEZHIKMNOPTYXouag", strict=True)),
+}
+_QUOTES = {**dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u02bc\u02bb\u02b9", "'"),
+           **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u02ba", '"')}
+_MARK_RANGES = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
+
+
+def _fold_table() -> dict[int, str | None]:
+    """str.translate table: look-alikes and quotes to ASCII, accented Latin letters to their base letter
+    (NFKC has already composed "r" + U+0301 into one letter), leftover combining marks deleted."""
+    table: dict[int, str | None] = {ord(k): v for k, v in {**_HOMOGLYPHS, **_QUOTES}.items()}
+    for low, high in ((0x00C0, 0x024F), (0x1E00, 0x1EFF)):
+        for code in range(low, high + 1):
+            parts = unicodedata.normalize("NFD", chr(code))
+            if len(parts) > 1 and parts[0].isascii() and parts[0].isalpha():
+                table[code] = parts[0]
+    table.update({0xF8: "o", 0xD8: "O", 0x131: "i", 0x142: "l", 0x111: "d"})  # ø Ø dotless-i ł đ: no NFD
+    for low, high in _MARK_RANGES:
+        table.update(dict.fromkeys(range(low, high + 1)))
+    return table
+
+
+_FOLD = _fold_table()
+# Whether a text holds anything _FOLD changes: one character-class search, far cheaper than translate().
+
+
+def _char_class(codes: list[int]) -> str:
+    """A regex class of the code points, as ranges (a class of single characters compiles slowly)."""
+    parts: list[str] = []
+    start = prev = codes[0]
+    for code in [*codes[1:], -1]:
+        if code != prev + 1:
+            parts.append(re.escape(chr(start)) + ("-" + re.escape(chr(prev)) if prev > start else ""))
+            start = code
+        prev = code
+    return "[" + "".join(parts) + "]"
+
+
+_FOLDABLE = re.compile(_char_class(sorted(_FOLD)))
+_LOOKALIKE = re.compile("[" + "".join(_HOMOGLYPHS) + "]")
+_WORD = re.compile(r"[^\W\d_]+")
+_LATIN = re.compile("[A-Za-z]")
+
+
+def _fold(text: str, marks: list[Mark]) -> str:
+    """`text` through _FOLD; each Latin word with look-alike letters of another script becomes a Mark
+    (positions in the folded text: only deleted combining marks shift them, and only slightly)."""
+    if not _FOLDABLE.search(text):
+        return text
+    if _LOOKALIKE.search(text):
+        for m in _WORD.finditer(text):
+            word = m.group()
+            if not word.isascii() and _LATIN.search(word) and _LOOKALIKE.search(word):
+                marks.append(Mark("obfuscation.mixed-script", m.start(), m.end(), escape(word, 40)))
+    return text.translate(_FOLD)
+
+
+def _unentity(text: str) -> str:
+    """HTML character references decoded ("tell&nbsp;the&nbsp;user", "&#73;gnore")."""
+    return _ENTITY.sub(lambda m: html.unescape(m.group()), text) if "&" in text else text
+
+
+def _edge_underscore(text: str) -> bool:
+    return _EDGE_UNDERSCORE.search(text) is not None
+
+
+def _markup_suspect(text: str) -> bool:
+    """SUSPECT's markup alternatives: emphasis, backticks, an entity, a tag may be there (substring tests
+    first: this runs on every new string)."""
+    return ("`" in text or "*" in text or "&" in text or "~~" in text
+            or ("<" in text and _TAG_START.search(text) is not None)
+            or ("_" in text and _edge_underscore(text)))
+
+
+def _emphasis(m: re.Match[str]) -> str:
+    """A run of * or _ that opens a word (after a space or punctuation, before a letter) or closes one
+    (after a letter or a sentence mark, before a space or punctuation) is emphasis: dropped."""
+    text, start, end = m.string, m.start(), m.end()
+    before = text[start - 1] if start else " "
+    after = text[end] if end < len(text) else " "
+    if not (before.isalnum() or before in "_*") and after.isalpha():
+        return ""
+    if (before.isalpha() or before in ".,!?:;") and not (after.isalnum() or after in "_*"):
+        return ""
+    return m.group()
+
+
+def _markup(out: Normalised) -> None:
+    """Add the "markup" layer: the text without emphasis, backticks and inline HTML tags, when that differs."""
+    text = out.text
+    if not _markup_suspect(text):
+        return
+    bare = text.replace("`", "").replace("~~", "")
+    if "*" in bare or ("_" in bare and _edge_underscore(bare)):
+        bare = _EMPHASIS.sub(_emphasis, bare)
+    if "<" in bare:
+        bare = _TAG.sub(lambda m: "" if m.group(1) else " ", bare)
+    if bare != text:
+        out.layers.append(Layer(MARKUP, 0, len(text), bare))
+
+
 def _has_control(text: str) -> bool:
     """`_CONTROL.search(text)` is not None (what it matches survives a Latin-1 encoding as itself)."""
     return text.encode("latin-1", "ignore").translate(_CONTROL_MARKS).find(b"c") >= 0
@@ -103,6 +237,11 @@ def _marked(text: str) -> bytes:
 
 def suspect(text: str) -> bool:
     """`SUSPECT.search(text) is not None`, at C speed: something normalising would strip or decode."""
+    return _markup_suspect(text) or _encoded(text)
+
+
+def _encoded(text: str) -> bool:
+    """`suspect` but markup: something to strip or decode (what gates `_decodes`)."""
     if "<!--" in text or ("\\x" in text and _HEX_ESCAPE.search(text)) or ("%" in text and _PERCENT.search(text)):
         return True
     marked = _marked(text)
@@ -118,6 +257,8 @@ def plain(text: str) -> bool:
         return False
     if ("\\x" in text and _HEX_ESCAPE.search(text)) or ("%" in text and _PERCENT.search(text)):
         return False
+    if _markup_suspect(text):
+        return False
     marked = text.encode("ascii").translate(_MARKS_TABLE)
     return marked.find(b"c") < 0 and marked.find(_LONG_RUN) < 0
 
@@ -129,6 +270,8 @@ def unless_plain(text: str) -> Normalised | None:
     if not text.isascii() or "<!--" in text:
         return normalise(text)
     if ("\\x" in text and _HEX_ESCAPE.search(text)) or ("%" in text and _PERCENT.search(text)):
+        return normalise(text)
+    if _markup_suspect(text):
         return normalise(text)
     marked = text.encode("ascii").translate(_MARKS_TABLE)
     if marked.find(b"c") >= 0:
@@ -342,19 +485,26 @@ def _tags_payload(text: str) -> list[Layer]:
 
 
 def normalise(raw: str, *, decode: bool = True) -> Normalised:
-    """NFKC text with invisible characters, ANSI escapes and stray controls removed (each a Mark), plus
-    the decoded payloads (html comments, base64, hex, URL-encoding, tag-character text) as layers."""
+    """NFKC text with invisible characters, ANSI escapes and stray controls removed (each a Mark), HTML
+    entities decoded, look-alikes, quotes and accents folded (`_fold`), plus the decoded payloads (html
+    comments, base64, hex, URL-encoding, tag-character text) and the text without markup as layers."""
     if raw.isascii():
         marked = _marked(raw)
-        if marked.find(b"c") < 0:
-            # ASCII without a control character or ESC (the byte table marks both): nothing to fold, strip
-            # or reveal. `_decodes` finds nothing where `suspect` is False, so it needs no gate here.
-            return Normalised(raw, [], _decodes(raw, marked) if decode else [])
+        if marked.find(b"c") < 0 and ("&" not in raw or not _ENTITY.search(raw)):
+            # ASCII without a control character, ESC or entity (the byte table marks the first two):
+            # nothing to fold, strip or reveal. `_decodes` finds nothing where `suspect` is False, so it
+            # needs no gate here; `_markup` tests for markup itself.
+            plain_out = Normalised(raw, [], _decodes(raw, marked) if decode else [])
+            if decode:
+                _markup(plain_out)
+            return plain_out
     marks: list[Mark] = []
     # Tag characters are astral: a text without a surrogate pair in UTF-16 has none (cheaper than max()).
     tag_layers = (_tags_payload(raw) if len(raw.encode("utf-16-le", "surrogatepass")) > 2 * len(raw)
                   and max(raw) >= "\U000e0000" else [])
-    text = raw
+    # Entities first: what they spell (an ESC, a zero-width space, a no-break space) is then stripped or
+    # folded like the character itself.
+    text = _unentity(raw)
     if "\x1b" in text or "\x9b" in text:
         text = _strip(text, _ANSI, "ansi.escape", marks)
     if not text.isascii():
@@ -370,12 +520,14 @@ def normalise(raw: str, *, decode: bool = True) -> Normalised:
                 pos = m.end()
             parts.append(text[pos:])
             text = "".join(parts)
+        text = _fold(text, marks)
     if _has_control(text):
         text = _strip(text, _CONTROL, "control", marks)
     out = Normalised(text, marks)
     if tag_layers:
         out.layers.extend(tag_layers)
-    if decode and suspect(text):
-        out.layers.extend(_decodes(text))
+    if decode:
+        if _encoded(text):
+            out.layers.extend(_decodes(text))
+        _markup(out)
     return out
-

@@ -28,7 +28,7 @@ from mcpward.integrity import rules as rules_mod
 from mcpward.integrity import shadowing
 from mcpward.integrity.model import EMPTY, Finding, Report, ScanContext, Severity
 from mcpward.integrity.walk import MAX_DEPTH as MAX_NESTING
-from mcpward.integrity.walk import SCHEMAS, argument_strings, item_strings, schema_strings, top_strings
+from mcpward.integrity.walk import SCHEMAS, argument_strings, extra_strings, item_strings, schema_strings, top_strings
 
 __all__ = ["Finding", "Report", "ScanContext", "Scanner", "Severity", "default_scanner", "item_strings"]
 
@@ -50,7 +50,23 @@ _MARKS: dict[str, tuple[str, Severity, float]] = {
     "invisible.variation-selectors": ("invisible-content", Severity.MEDIUM, 0.5),
     "ansi.escape": ("invisible-content", Severity.MEDIUM, 0.5),
     "control": ("invisible-content", Severity.LOW, 0.3),
+    # A Latin word spelt with Cyrillic or Greek look-alikes: nobody writes that by accident.
+    "obfuscation.mixed-script": ("obfuscation", Severity.MEDIUM, 0.5),
 }
+
+
+def _rule_text(n: norm.Normalised) -> tuple[str, bool]:
+    """What the RE2 Sets test for one normalised field, and whether normalisation found something that
+    needs the per-field scan (a mark or a payload). The field without markup (`normalise.MARKUP`) is
+    tested with the field, joined as `RuleSet.maybe` joins fields: no rule hit on either, no finding."""
+    odd = bool(n.marks)
+    text = n.text
+    for layer in n.layers:
+        if layer.layer == norm.MARKUP:
+            text = f"{text}\n\n{layer.text}"
+        else:
+            odd = True
+    return text, odd
 
 
 def combine(findings: tuple[Finding, ...]) -> Report:
@@ -129,13 +145,13 @@ class _Batch:
                 if n is not None and not raw.isascii():
                     self.seen[raw] = n.text
             if n is None:
+                if len(raw) > LONG_TEXT:
+                    continue
                 text = raw
-            elif n.marks or n.layers:
-                continue
             else:
-                text = n.text
-            if len(text) > LONG_TEXT:
-                continue
+                text, odd = _rule_text(n)
+                if odd or len(n.text) > LONG_TEXT:
+                    continue
             texts[raw] = text
             if is_name:
                 self.names[raw] = text
@@ -267,6 +283,10 @@ class Scanner:
         if schemas is None:
             return key, None, None
         top = top_strings(item)
+        deep: list[str] = []
+        top.extend(extra_strings(item, deep))
+        if deep:
+            return key, None, None  # walked whole, which reports the bound
         args = argument_strings(item) if "arguments" in item else []
         if batch is not None:
             batch.add(top, self._clean)
@@ -396,7 +416,7 @@ class Scanner:
             strings: _Strings = [("instructions", str(item.get("instructions", "")), False)]
         else:
             strings = []
-            for n, entry in enumerate(item_strings(kind, item, deep)):
+            for n, entry in enumerate(chain(item_strings(kind, item, deep), extra_strings(item, deep))):
                 if n >= MAX_STRINGS:
                     unread = entry[0]
                     break
@@ -465,12 +485,14 @@ class Scanner:
                 normed[i] = normal
                 if not text.isascii():
                     seen[text] = normal.text
-                odd = odd or bool(normal.marks or normal.layers)
-                text = normal.text
+                odd = odd or len(normal.text) > LONG_TEXT
+                text, found_odd = _rule_text(normal)
+                odd = odd or found_odd
+            else:
+                odd = odd or len(text) > LONG_TEXT
             texts.append(text)
             if is_name:
                 names.append(text)
-            odd = odd or len(text) > LONG_TEXT
         text_hit = self.rules.maybe("text", texts)
         name_hit = bool(names) and self.rules.maybe("name", names)
         if not (text_hit or name_hit or odd):
@@ -520,8 +542,19 @@ class Scanner:
             out.append(Finding("poisoning.excessive-length.long-field", "excessive-length", Severity.LOW, where,
                                LONG_TEXT, len(text), f"{len(text)} characters", weight=0.25))
         for layer in n.layers:
+            if layer.layer == norm.MARKUP:
+                if text_rules:
+                    out.extend(self._markup(where, layer, out))
+                continue
             out.extend(self._layer(where, layer, out))
         return out
+
+    def _markup(self, where: str, layer: norm.Layer, so_far: list[Finding]) -> list[Finding]:
+        """Rules that match the field only once its markup is gone ("**Do not** tell", "Ig<b></b>nore"):
+        findings as on the text itself (what a model reads is the words, not the asterisks), spans in
+        the field without markup; a rule already found on the text is not counted twice."""
+        known = {f.rule for f in so_far if f.layer == "text"}
+        return [f for f in self._match("text", where, layer.text, "text", 0, 0) if f.rule not in known]
 
     def _match(self, scope: str, where: str, text: str, layer: str, start: int, end: int) -> list[Finding]:
         """Rule hits; in a decoded layer the span is the encoded run's (start, end) in the field."""
@@ -548,7 +581,7 @@ class Scanner:
         out = self._decoded(where, layer)
         inner = norm.normalise(layer.text)
         for sub in inner.layers:  # the second level (MAX_DEPTH), no further
-            if sub.layer == "html-comment":
+            if sub.layer in ("html-comment", norm.MARKUP):
                 continue  # its text is part of the payload, matched above
             if sub.layer in _EXCESS:
                 out.append(self._excess(where, layer, sub))
@@ -556,7 +589,7 @@ class Scanner:
             level2 = norm.Layer(f"{layer.layer}+{sub.layer}", layer.start, layer.end, sub.text)
             out.extend(self._decoded(where, level2))
             # Still encoded at the last level: a third decode is not made, so what it holds is not read.
-            deeper = [x for x in norm.normalise(sub.text).layers if x.layer != "html-comment"]
+            deeper = [x for x in norm.normalise(sub.text).layers if x.layer not in ("html-comment", norm.MARKUP)]
             if deeper:
                 out.append(_bound("excessive-encoding.decode-depth", where, layer.start, layer.end,
                                   norm.escape(f"encoded more than {norm.MAX_DEPTH} levels deep: {deeper[0].text}"),

@@ -25,7 +25,7 @@ from typing import Any
 from mcpward.integrity.model import Finding, ScanContext, Severity
 from mcpward.integrity.names import ASCII_SEPARATORS, MIN_INDEXED, Lookalikes, fold
 from mcpward.integrity.normalise import escape, normalise
-from mcpward.integrity.walk import item_strings
+from mcpward.integrity.walk import extra_strings, item_strings
 
 MIN_MENTION = 4  # shorter names ("ls", "get") are words, not references
 MIN_EDIT = 6  # folded length below which one edit is too easy to hit by chance
@@ -244,7 +244,7 @@ class Shadowing:
         mentionable = index.mentionable
         if all(map(mentionable.isdisjoint, words)):
             return tuple(out)
-        for where, text, is_name in item_strings("tools", item):
+        for where, text, is_name in (*item_strings("tools", item), *extra_strings(item, None)):
             if not is_name and where != "name":
                 out.extend(self._mentions(where, text, index, context.server))
         return tuple(out)

@@ -185,3 +185,37 @@ def item_strings(kind: str, item: Mapping[str, Any],
         if schema is not None:
             yield from schema_strings(key, schema, deep)
     yield from argument_strings(item)
+
+
+# Keys a client receives that are neither read nor pinned (fingerprint.pinned_view uses this too).
+UNPINNED = frozenset({"_meta", "icons"})
+# The keys `walk.top_strings` reads when their value is a string; a schema and a prompt's arguments are
+# read by their own walks (`item_strings`).
+_OWN = frozenset({"name", "title", "description", "uriTemplate", "uri", "mimeType"})
+_WALKED = frozenset({*SCHEMAS, "arguments", "annotations"}) | UNPINNED
+
+
+def extra_strings(item: Mapping[str, Any], deep: list[str] | None) -> list[tuple[str, str, bool]]:
+    """Strings a client receives that `walk.top_strings` and the schema walks do not read: keys outside
+    the spec ("x-model-note"), a spec field that is not a string, and every annotation but its title.
+    Read like a vendor key of a schema (`walk.schema_strings`: nested values too, short tokens left out);
+    `_meta` and `icons` are not read (nor pinned: fingerprint.UNPINNED)."""
+    out: list[tuple[str, str, bool]] = []
+    for key, value in item.items():
+        if key in _WALKED or (key in _OWN and isinstance(value, str)):
+            continue
+        if key not in _OWN and not isinstance(value, (str, list, dict)):
+            continue  # a number or a flag: nothing to read
+        where = str(key)
+        if key not in _OWN and (len(where) >= 24 or " " in where or not where.isascii()):
+            out.append((where, where, False))  # a key long enough to be a sentence is read as one
+        out.extend(schema_strings(where, value, deep))
+    annotations = item.get("annotations")
+    if annotations is not None:
+        if isinstance(annotations, Mapping):
+            for key, value in annotations.items():
+                if isinstance(value, (str, list, dict)) and not (key == "title" and isinstance(value, str)):
+                    out.extend(schema_strings(f"annotations.{key}", value, deep))
+        else:
+            out.extend(schema_strings("annotations", annotations, deep))
+    return out
