@@ -4,7 +4,6 @@ fail closed when Redis goes away (or open, when configured)."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ipaddress
 import os
 import shutil
@@ -19,15 +18,13 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from mcpward.gateway.config import GatewayConfig
 from mcpward.gateway.context import Principal, RequestContext, SilentChannel
 from mcpward.guards.base import Call, Guard
 from mcpward.limits import LimitRefusal, guards_from_config
 from tests.conftest import free_port
+from tests.tls_support import self_signed
 
 REDIS = "/usr/bin/redis-server"
 pytestmark = pytest.mark.skipif(shutil.which(REDIS) is None, reason="redis-server is not installed at /usr/bin")
@@ -174,24 +171,6 @@ async def test_a_slow_redis_holds_a_call_for_one_timeout_not_three(redis_server:
         assert time.monotonic() - started < 0.8
     finally:
         os.kill(redis_server.proc.pid, signal.SIGCONT)
-
-
-def self_signed(tmp: Path, name: str, san: x509.GeneralName) -> tuple[Path, Path]:
-    """A certificate that is its own CA, for `san` only."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def tls_redis(cert: Path, key: Path) -> RedisServer:

@@ -10,7 +10,6 @@ recording backend stands in for the network and records the dial instead of maki
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import socket
 import ssl
@@ -22,10 +21,7 @@ import httpcore
 import httpx
 import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
@@ -49,6 +45,7 @@ from mcpward.transport.vetted_dial import (
     pinned_transport,
 )
 from tests.test_http_link import serve
+from tests.tls_support import self_signed
 
 PUBLIC = "93.184.216.34"
 MODERN_META = {
@@ -323,23 +320,6 @@ async def test_http_link_and_authenticator_refuse_to_start_unpinned(monkeypatch:
 
 
 # ------------------------------------------------------------------------------ TLS on loopback
-def certificate(tmp: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 async def https_server(cert: tuple[Path, Path], sni_seen: list[str | None]) -> asyncio.Server:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(*cert)
@@ -360,7 +340,7 @@ async def https_server(cert: tuple[Path, Path], sni_seen: list[str | None]) -> a
 
 @pytest.mark.parametrize("served_name", ["name.test", "other.test"])
 async def test_tls_verifies_the_name_while_dialling_the_pinned_address(tmp_path: Path, served_name: str) -> None:
-    served = certificate(tmp_path, served_name)
+    served = self_signed(tmp_path, served_name)
     trusted = ssl.create_default_context(cafile=str(served[0]))  # the server's own cert is the trust anchor
     sni_seen: list[str | None] = []
     server = await https_server(served, sni_seen)
