@@ -250,8 +250,13 @@ async def test_generic_errors_keep_details_in_the_log(caplog: pytest.LogCaptureF
     cid = new.data["correlationId"]
     assert new.message == f"upstream error (correlation id {cid})" and len(cid) == 16
     assert cid in caplog.text and "failed on" in caplog.text
-    elicit = ProtocolError(errors.URL_ELICITATION_REQUIRED, "needs auth", {"elicitations": []})
-    assert await g.on_error(call(), elicit) is None
+    # A code the client acts on keeps the data the spec defines for it, and nothing else.
+    elicit = ProtocolError(errors.URL_ELICITATION_REQUIRED, "needs auth at db-7.internal",
+                           {"elicitations": [], "env": {"host": "db-7.internal"}})
+    kept = await g.on_error(call(), elicit)
+    assert kept is not None and kept.code == errors.URL_ELICITATION_REQUIRED
+    assert kept.data == {"elicitations": [], "correlationId": kept.data["correlationId"]}
+    assert "db-7" not in kept.message
     assert errors.from_config(parse({"guards": {"errors": {"mode": "pass"}}})) is None
     assert errors.from_config(parse({"guards": {"errors": {"enabled": False}}})) is None
     with pytest.raises(ConfigError, match="must be one of"):
@@ -304,7 +309,7 @@ def test_log_records_are_redacted_and_cannot_forge_lines() -> None:
 
 def sampling(text: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": {"type": "text", "text": text}}], "maxTokens": 5,
-            "_meta": {"progressToken": AWS}}  # _meta is protocol data: never rewritten
+            "_meta": {"progressToken": "p-1"}}
 
 
 async def test_messages_from_servers_are_redacted_and_clean_ones_pass() -> None:
@@ -312,7 +317,11 @@ async def test_messages_from_servers_are_redacted_and_clean_ones_pass() -> None:
     params = sampling(f"summarise; key {AWS}")
     out = await g.on_message(system_context(), "s", "sampling/createMessage", params)
     assert out is not None and AWS not in json.dumps(out["messages"]) and "[REDACTED:" in json.dumps(out["messages"])
-    assert out["_meta"]["progressToken"] == AWS
+    assert out["_meta"]["progressToken"] == "p-1"  # a plain token passes as it came
+    # _meta is scanned like the rest: a client may log or show it.
+    out = await g.on_message(system_context(), "s", "notifications/progress",
+                             {"progressToken": 1, "progress": 1, "_meta": {"note": f"key {AWS}"}})
+    assert out is not None and AWS not in json.dumps(out) and out["progress"] == 1
     log_line = {"level": "error", "data": {"dsn": DSN, "card": CARD}}
     out = await g.on_message(system_context(), "s", "notifications/message", log_line)
     assert out is not None and "hunter2" not in json.dumps(out) and "4111" not in json.dumps(out)

@@ -103,6 +103,18 @@ def test_block_mode_refuses_the_result_naming_the_rule(serve_gateway) -> None:  
     assert "result" in clean  # results without secrets are not affected
 
 
+@pytest.mark.parametrize("errors_mode", ["pass", "generic"])
+def test_block_mode_refuses_an_upstream_error_naming_the_rule(serve_gateway, errors_mode: str) -> None:  # type: ignore[no-untyped-def]
+    """Audit round 3: in block mode an error with a secret reached the client verbatim (nothing was
+    redacted, so nothing counted as changed)."""
+    url = serve_gateway(LEAKY + f'[guards.secrets]\nmode = "block"\n[guards.errors]\nmode = "{errors_mode}"\n')
+    with httpx.Client(trust_env=False, timeout=60) as http:
+        reply = tool(http, url, "rpc_error")
+    assert reply["error"]["data"] == {"rule": "secrets.url-credentials"}
+    assert reply["error"]["message"].startswith("refused by secrets.url-credentials: ")
+    assert "hunter2" not in json.dumps(reply) and "db.internal" not in json.dumps(reply)
+
+
 
 @pytest.mark.parametrize("mode", ["legacy", MODERN])
 async def test_what_a_server_sends_besides_results_is_redacted_too(tmp_path: Path, mode: str) -> None:

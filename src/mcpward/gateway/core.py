@@ -130,12 +130,17 @@ class Gateway:
         shown: Any = next((g.instructions_shown for g in self.guards.guards if hasattr(g, "instructions_shown")),
                           None)
         visible: Any = next((g.server_visible for g in self.guards.guards if hasattr(g, "server_visible")), None)
+        # The output guard's secret/PII handling: redacted text, or None when a finding blocks it.
+        redacted: Any = next((g.instructions_redacted for g in self.guards.guards
+                              if hasattr(g, "instructions_redacted")), None)
         parts = []
         for name, upstream in self.upstreams.items():
             text = upstream.info.get("instructions")
             if isinstance(text, str) and text.strip() and (shown is None or shown(name, text)) \
                     and (visible is None or ctx is None or visible(ctx, name)):
-                parts.append(f"[{name}] {text.strip()}")
+                text = text if redacted is None else redacted(name, text)
+                if text is not None and text.strip():
+                    parts.append(f"[{name}] {text.strip()}")
         return "\n\n".join(parts) or None
 
     def server_result(self, ctx: RequestContext | None = None) -> JsonObj:

@@ -7,10 +7,12 @@ id; the original message and data are logged once at WARNING with the same id (t
 redactor, so even the log never holds a secret in clear). In `pass` mode the message and data
 pass through, after the output guard's secret/PII redaction.
 
-Errors whose data the client needs to act on keep it: -32042 (URL elicitation required) carries
-the elicitation requests, -32021 the client capabilities a call requires, -32022 the protocol
-versions the server supports, -32020 which header disagreed with the body. They still pass the
-redaction. Errors the gateway made itself (a crashed or unreachable server, a timeout, an oversized
+Errors whose data the client needs to act on keep that data, and only that: -32042 (URL
+elicitation required) its `elicitations`, -32021 its `requiredCapabilities`, -32022 the
+`supported` protocol versions (and the `requested` one); -32020 (header mismatch) keeps none. Their
+message is replaced by a fixed text naming the code, like any other error's (a server choosing
+one of these codes cannot send a stack trace through), and what they keep has passed the output
+guard's redaction first. Errors the gateway made itself (a crashed or unreachable server, a timeout, an oversized
 frame) never reach this guard: their text is the gateway's own.
 
 Tool results with `isError: true` are not errors in this sense: they are tool output the model needs
@@ -40,8 +42,13 @@ log = logging.getLogger("mcpward.guards.errors")
 
 MODES = ("generic", "pass")
 URL_ELICITATION_REQUIRED = -32042
-KEEP_CODES = frozenset({URL_ELICITATION_REQUIRED, jsonrpc.MISSING_REQUIRED_CLIENT_CAPABILITY,
-                        jsonrpc.UNSUPPORTED_PROTOCOL_VERSION, jsonrpc.HEADER_MISMATCH})
+# Per code: its fixed message and the data fields (as the spec names them) the client acts on.
+KEEP_CODES: dict[int, tuple[str, tuple[str, ...]]] = {
+    URL_ELICITATION_REQUIRED: ("URL elicitation required", ("elicitations",)),
+    jsonrpc.MISSING_REQUIRED_CLIENT_CAPABILITY: ("Missing required client capability", ("requiredCapabilities",)),
+    jsonrpc.UNSUPPORTED_PROTOCOL_VERSION: ("Unsupported protocol version", ("supported", "requested")),
+    jsonrpc.HEADER_MISMATCH: ("Header mismatch", ()),
+}
 _LOG_LIMIT = 4000  # characters of message and of data kept in the log line
 
 
@@ -57,7 +64,7 @@ class ErrorGuard(Guard):
     name = "errors"
 
     async def on_error(self, call: Call, error: jsonrpc.ProtocolError) -> jsonrpc.ProtocolError | None:
-        if error.code in KEEP_CODES or call.notes.get("gateway_error"):
+        if call.notes.get("gateway_error"):
             return None
         cid = correlation_id()
         data = "" if error.data is None else orjson.dumps(error.data, default=str).decode()
@@ -65,7 +72,13 @@ class ErrorGuard(Guard):
                     call.method, call.exposed, error.code, _clip(error.message), _clip(data) or "none")
         audit.record("upstream_error", correlation_id=cid, server=call.server, method=call.method,
                      target=call.exposed, code=error.code)
-        return jsonrpc.ProtocolError(error.code, f"upstream error (correlation id {cid})", {"correlationId": cid})
+        kept = KEEP_CODES.get(error.code)
+        if kept is None:
+            return jsonrpc.ProtocolError(error.code, f"upstream error (correlation id {cid})", {"correlationId": cid})
+        text, fields = kept
+        source = error.data if isinstance(error.data, dict) else {}
+        out = {name: source[name] for name in fields if name in source}
+        return jsonrpc.ProtocolError(error.code, f"{text} (correlation id {cid})", {**out, "correlationId": cid})
 
 
 def from_config(cfg: GatewayConfig) -> ErrorGuard | None:

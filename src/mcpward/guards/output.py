@@ -24,6 +24,7 @@ record per result that was changed or flagged, with counts per rule and never a 
 from __future__ import annotations
 
 import logging
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ from mcpward.audit import events as audit
 from mcpward.gateway.config import ConfigError, GatewayConfig, TableReader
 from mcpward.gateway.context import RequestContext
 from mcpward.guards import pii, secrets
-from mcpward.guards.base import Call, Guard, Refusal
+from mcpward.guards.base import Call, Guard, Listed, Refusal
 from mcpward.guards.redactor import (
     CONTROL,
     Detector,
@@ -41,14 +42,20 @@ from mcpward.guards.redactor import (
     Profile,
     Redactor,
     encode,
+    fold,
+    foldable,
     join,
+    marker_detectors,
     needs_neutralising,
     neutralise_bytes,
     splice,
     split_hits,
+    unfolded,
 )
 from mcpward.guards.result_strings import Slot, apply, collect, collect_error, collect_value, is_plain, shape_problem
 from mcpward.guards.truncation import Unserialisable, cap, size_of
+from mcpward.guards.truncation import fits as _fits
+from mcpward.guards.truncation import one_text_block as _one_text_block
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
 
@@ -60,59 +67,6 @@ META_KEY = "mcpward/output"
 CAPPED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
 LOG_LIMIT = 64
 _SCAN_MARGIN = 64 * 1024  # scanned past the size cap, so a secret cut by the cap is still redacted whole
-
-# Prompt-injection markers: phrases that address the model rather than the reader. Bounded
-# patterns (no unbounded gaps), matched case-insensitively in the same RE2 pass as the secrets.
-# They catch the classic wrappers ("ignore previous instructions", <IMPORTANT>, "*** NEW IMPORTANT
-# INSTRUCTIONS ***", exfiltration through a markdown image URL); a paraphrased instruction with no
-# marker ("write a script that renames all files") is not caught: docs/detection.md has the numbers.
-MARKERS: tuple[tuple[str, str], ...] = (
-    ("ignore-instructions",
-     r"(?i:\b(?:ignore|disregard|forget|override|bypass|skip)\s+(?:(?:all|any|the|your|my|these|those|every)\s+)*"
-     r"(?:previous|prior|above|earlier|preceding|former|original|initial|system|existing)\s+"
-     r"(?:instructions?|prompts?|directions?|directives?|messages?|requests?|rules|guidelines|context|commands?|tasks?))"),
-    ("new-instructions",
-     r"(?i:\*{2,3}\s*(?:new|updated|important|urgent)\s+(?:important\s+)?(?:instructions?|task)\s*\*{2,3}"
-     r"|\bnew\s+important\s+instructions\b|\b(?:your|the)\s+new\s+(?:task|instructions?)\s+(?:is|are)\b"
-     r"|\burgent\s+new\s+task\b)"),
-    ("instruction-tag", r"(?i:<\s*/?\s*(?:important|system|instructions?|admin|secret|hidden)\s*>)"),
-    ("system-prompt",
-     r"(?i:\b(?:reveal|print|show|output|repeat|leak|disclose|display)\s+(?:(?:your|the|all|me|us|full|entire)\s+)*"
-     r"(?:system\s+prompt|initial\s+instructions|hidden\s+(?:prompt|instructions))|\bsystem\s+prompt\s*:)"),
-    ("tool-coercion",
-     r"(?i:\byou\s+must\s+(?:now\s+|first\s+|always\s+|also\s+)?(?:call|invoke|run|execute)\b"
-     r"|\byou\s+must\s+(?:now\s+|first\s+|always\s+|also\s+)?use\s+(?:the\s+)?[\w-]+\s+tool\b"
-     r"|\bbefore\s+(?:using|calling)\s+(?:this|any|the)\s+(?:other\s+)?tools?\b)"),
-    ("conceal-from-user",
-     r"(?i:\b(?:do\s+not|don't|never)\s+(?:tell|inform|mention\s+(?:this\s+)?to|reveal\s+(?:this\s+)?to|show)\s+"
-     r"(?:this\s+to\s+)?the\s+user\b)"),
-    # An image URL whose query is a slot for the model to fill ("?q=[QUERY]", "?d={data}"): plain
-    # images with query strings (CDN resizing) are everywhere in fetched pages and are not flagged.
-    ("markdown-image-exfil",
-     r"!\[[^\]\n]*\]\(\s*https?://[^)\s?]+\?[^)\s]*=\s*(?:\[|\{|<|\$|%7[Bb]|%3[Cc]|%5[Bb])"),
-    ("mode-switch",
-     r"(?i:\b(?:developer|debug|god|admin|jailbreak|dan)\s+mode\s+(?:is\s+|has\s+been\s+)?(?:enabled|activated|on)\b"
-     r"|\bno\s+limits?\s+ai\b|\bdo\s+anything\s+now\b)"),
-    ("chat-template",
-     r"<\|im_start\|>|<\|im_end\|>|<\|system\|>|\[INST\]|<<SYS>>|<\|begin_of_text\|>|<\|start_header_id\|>"),
-    ("override-task",
-     r"(?i:\bregardless\s+of\s+(?:any|all|your|the)\s+(?:previous|prior|earlier)\s+(?:input|instructions?|prompts?)"
-     r"|\bif\s+you\s+are\s+(?:told|asked)\s+to\s+summari[sz]e\b|\binstead\s+of\s+(?:answering|summari[sz]ing)\b)"),
-    ("reassigned-task",
-     r"(?i:\b(?:gave|given)\s+you\s+(?:your\s+)?instructions\b|\bforgot\s+to\s+(?:ask|tell)\s+you\s+to\b"
-     r"|\byour\s+(?:new|real|actual|true)\s+(?:task|goal|objective)\s+is\b"
-     r"|\byou\s+are\s+(?:now\s+)?(?:operating|running)\s+(?:in|as)\s+(?:\w+\s+){0,3}(?:mode|pipeline)\b"
-     r"|\bgrant\s+(?:temporary\s+)?(?:administrative|admin|root)\s+(?:privileges|access)\b)"),
-    ("ai-addressed",
-     r"(?i:\b(?:attention|note|message|instructions?)\s+(?:to|for)\s+(?:the\s+)?(?:ai|assistant|llm|agent|model)\b"
-     r"|\b(?:dear|hey|hi)\s+(?:ai|assistant|claude|chatgpt|gpt|llm)\s*[,!:])"),
-)
-
-
-def marker_detectors() -> list[Detector]:
-    return [Detector(f"injection-{mid}", "marker", "injection", pattern, description="prompt-injection marker")
-            for mid, pattern in MARKERS]
-
 
 # ------------------------------------------------------------------------------------------ settings
 
@@ -175,18 +129,8 @@ class _Scope:
 class _Pass:
     """One result: its strings, what was found in them, and the replacements to write back."""
 
-    __slots__ = (
-        "block",
-        "found",
-        "guard",
-        "logged",
-        "markers",
-        "neutralised",
-        "redacted",
-        "scope",
-        "shortened",
-        "structured_bytes",
-    )
+    __slots__ = ("block", "found", "guard", "logged", "markers", "neutralised", "redacted", "scope", "shortened",
+                 "structured_bytes")
 
     def __init__(self, guard: OutputGuard, scope: _Scope) -> None:
         # Built on every result: plain assignments of literals (a dataclass calls a factory per field).
@@ -222,6 +166,9 @@ class _Pass:
                     # (with a margin, so a secret across the cut is still found whole).
                     texts[i] = replaced[i] = text[:max_chars]
                     self.shortened = True
+        for i, text in enumerate(texts):
+            if not text.isascii() and foldable(encode(text)) and (unfolded_text := self._fold(text)) is not text:
+                texts[i] = replaced[i] = unfolded_text
         last = len(slots) - 1
         pairs = [slot.is_key and i < last and slots[i + 1].container is slot.container
                  and slots[i + 1].key == slot.key for i, slot in enumerate(slots)]
@@ -262,6 +209,9 @@ class _Pass:
             text = replaced[0] = text[:max_chars]  # see `run`: only what may survive the cut is scanned
             self.shortened = True
         data = encode(text)
+        if foldable(data) and (unfolded_text := self._fold(text)) is not text:
+            text = replaced[0] = unfolded_text
+            data = encode(text)
         guard = self.guard
         hits = self._scan(data, guard.profile)
         if hits and hits[0].detector is CONTROL:
@@ -278,6 +228,14 @@ class _Pass:
                 replaced[0] = splice(data, keep)
         return replaced
 
+    def _fold(self, text: str) -> str:
+        """`text` with what only its folded form shows (a fullwidth key, one split by variation
+        selectors) handled by mode, redacted whole; the usual scan then reads the rest."""
+        folded, gaps = fold(text)
+        found = [h for h in self._scan(folded, self.guard.plain_profile) if h.detector.kind != "marker"]
+        keep = self._sort(unfolded(text, folded, gaps, found)) if found else []
+        return splice(encode(text), keep) if keep else text
+
     def json_clean(self, value: Any) -> bool:
         """True when one scan of `value` serialised finds nothing (so its strings need no walk).
 
@@ -293,6 +251,8 @@ class _Pass:
         self.structured_bytes = len(data)
         if b"\\" in data or not self.guard.redactor.exact_json_safe:
             return False  # an escape sequence (\n, \", \u001b...): walk the strings instead
+        if not data.isascii() and (b"\xef\xbc" in data or b"\xef\xbd" in data or b"\xef\xb8" in data):
+            return False  # maybe fullwidth letters or variation selectors (`fold`): walk the strings
         return not self._scan(data, self.guard.profile)
 
     def _scan(self, data: bytes, profile: Profile) -> list[Hit]:
@@ -352,6 +312,7 @@ class OutputGuard(Guard):
         self.profile = Profile("output-control", frozenset(kinds | {CONTROL.kind}), ids) if self.neutralize \
             else self.plain_profile
         self._scopes: dict[tuple[str | None, str | None], _Scope] = {}
+        self._instructions: dict[tuple[str, str], str | None] = {}
 
     def _scope(self, call: Call) -> _Scope:
         # Per-tool settings exist only for tools: other targets (resource URIs are unbounded) share one entry.
@@ -390,6 +351,8 @@ class OutputGuard(Guard):
                 slots = [Slot(block, "text", block["text"])]
             else:
                 slots = collect(call.method, result, structured=not clean)
+                if structured is not None and not clean:
+                    pii.number_slots(result, "structuredContent", slots)
         capped = call.method in CAPPED_METHODS
         max_chars = scope.max_bytes + _SCAN_MARGIN if capped else None
         replaced = state.run(slots, max_chars) if slots else {}
@@ -436,11 +399,19 @@ class OutputGuard(Guard):
         return current
 
     async def on_error(self, call: Call, error: jsonrpc.ProtocolError) -> jsonrpc.ProtocolError | None:
-        """Upstream error messages pass the same secret/PII redaction (markers are not acted on here)."""
+        """Upstream error messages pass the same secret/PII redaction (markers are not acted on here).
+
+        A finding whose mode is `block` refuses the error whole, whatever its code: the client gets
+        the gateway's refusal naming the rule, and nothing of the server's message or data.
+        """
         state = _Pass(self, self._scope(call))
         body = error.to_error()
         slots = collect_error(body)
         replaced = state.run(slots, None) if slots else {}
+        if state.block is not None and not call.notes.get("gateway_error"):
+            self._audit(call, state, None, "blocked")
+            rule, what = state.block
+            raise Refusal(rule, f"the server's error contains {what}")
         if not replaced:
             return None
         apply(slots, replaced)
@@ -450,14 +421,21 @@ class OutputGuard(Guard):
     async def on_message(self, ctx: RequestContext, server: str, method: str, params: JsonObj) -> JsonObj | None:
         """A server's request or notification to the client (sampling, elicitation, a log line, a
         progress message): the same neutralising and secret/PII handling as a result, on every string
-        outside `_meta`. Prompt-injection markers count only in what a model reads (sampling): with
-        `quarantine` or `block` the request is refused, with `annotate` it is recorded."""
+        (`_meta` included), each cut to the size cap. Prompt-injection markers count only in what a
+        model reads (sampling): with `quarantine` or `block` the request is refused, with `annotate`
+        it is recorded."""
         state = _Pass(self, self._server_scope(server))
         slots: list[Slot] = []
         for key in params:
-            if key != "_meta":
-                collect_value(params, key, slots)
-        replaced = state.run(slots, None) if slots else {}
+            collect_value(params, key, slots)  # `_meta` too: a client may log or show it
+        # No string of a message may be longer than the result cap: a longer one is cut (before
+        # its scan, as for results) and says so.
+        limit = state.scope.max_bytes
+        replaced = state.run(slots, limit) if slots else {}
+        if state.shortened:
+            for i, slot in enumerate(slots):
+                if len(slot.text) > limit:
+                    replaced[i] += f"\n[mcpward: truncated from {len(slot.text):,} characters]"
         if method != "sampling/createMessage":
             state.markers.clear()
         refuse = state.block
@@ -471,6 +449,64 @@ class OutputGuard(Guard):
         if replaced or state.logged or state.markers or state.neutralised:
             self._audit_message(ctx, server, method, state, "changed" if replaced else "logged")
         return params if replaced else None
+
+    async def on_list(self, call: Call, kind: str, items: list[Listed]) -> list[Listed] | None:
+        """List items pass the same scan as results (prompt-injection markers aside: the integrity
+        scanner judges definitions). A finding is redacted in a copy of the item; the item is hidden
+        instead when the finding's mode is `block`, or when it is in the item's name, URI or URI
+        template (a renamed item could not be routed back), so a hidden item is audited with its rule."""
+        shown: list[Listed] = []
+        hidden: dict[str, int] = {}
+        state: _Pass | None = None
+        for listed in items:
+            state = state or _Pass(self, self._server_scope(listed.server))
+            state.block = None
+            slots = _item_slots(listed.name, listed.item)
+            replaced = state.run(slots, None)
+            state.markers.clear()
+            if not replaced and state.block is None:
+                shown.append(listed)
+                continue
+            identity = any(i == 0 or (slots[i].container is listed.item and slots[i].key in _IDENTITY_FIELDS)
+                           for i in replaced)
+            if state.block is not None or identity:
+                rule = state.block[0] if state.block is not None else "output.identifier"
+                hidden[rule] = hidden.get(rule, 0) + 1
+                continue
+            copy = deepcopy(listed.item)  # a listed item is shared: never mutated
+            apply(_item_slots(listed.name, copy), replaced)
+            shown.append(Listed(listed.server, listed.name, copy))
+        if state is None or not (hidden or state.redacted or state.logged or state.neutralised):
+            return None
+        changed = bool(hidden or state.redacted or state.neutralised)
+        outcome = "blocked" if hidden else "changed" if changed else "logged"
+        fields: dict[str, Any] = {"method": call.method, "principal": call.ctx.principal.key, "outcome": outcome,
+                                  **self._found(state)}
+        if hidden:
+            fields["hidden"] = hidden
+        audit.record("output", **fields)
+        return shown if changed else None
+
+    def instructions_redacted(self, server: str, text: str) -> str | None:
+        """A server's instructions as a client may read them: redacted, or None (left out) when a
+        finding's mode is `block`. Found once per text (the gateway asks on every initialize)."""
+        key = (server, text)
+        if key in self._instructions:
+            return self._instructions[key]
+        state = _Pass(self, self._server_scope(server))
+        replaced = state.run([Slot(None, None, text)], None)
+        state.markers.clear()
+        out = None if state.block is not None else replaced.get(0, text)
+        if state.block is not None or state.redacted or state.logged or state.neutralised:
+            fields: dict[str, Any] = {"method": "initialize", "server": server, **self._found(state),
+                                      "outcome": "blocked" if out is None else "changed" if replaced else "logged"}
+            if state.block is not None:
+                fields["rule"] = state.block[0]
+            audit.record("output", **fields)
+        if len(self._instructions) >= 64:
+            self._instructions.clear()
+        self._instructions[key] = out
+        return out
 
     def _server_scope(self, server: str) -> _Scope:
         scope = self._scopes.get((server, None))
@@ -533,43 +569,17 @@ class OutputGuard(Guard):
         return found
 
 
-# The serialised form of a one-text-block tool result around its text and structuredContent:
-# `{"content":[{"type":"text","text":""}],"structuredContent":,"isError":false}` is 76 bytes.
-_ONE_TEXT_FRAME = 96
-# Bytes one character of ASCII text can take in JSON at most (`\u001b`).
-_MAX_ASCII_ESCAPE = 6
+# A list item's own identifiers: redacting one would rename what the client calls or reads.
+_IDENTITY_FIELDS = frozenset({"name", "uri", "uriTemplate"})
 
 
-def _one_text_block(result: JsonObj) -> dict[str, Any] | None:
-    """The text block of `{"content": [{"type": "text", "text": "..."}], ...}`, else None."""
-    content = result.get("content")
-    if type(content) is not list or len(content) != 1:
-        return None
-    block = content[0]
-    if type(block) is not dict or block.get("type") != "text" or type(block.get("text")) is not str:
-        return None
-    return block
-
-
-def _fits(result: JsonObj, block: dict[str, Any], structured_bytes: int, limit: int) -> bool:
-    """True when the result certainly serialises within `limit` bytes, so the cap need not serialise
-    it: a one-text-block result with nothing else but `isError` (and `structuredContent` whose
-    serialised size is known), with ASCII text, each character at most 6 bytes of JSON. False
-    means "measure it" (the cap serialises the result)."""
-    if len(block) != 2:
-        return False
-    extra = len(result) - 1
-    if "isError" in result:
-        if type(result["isError"]) is not bool:
-            return False
-        extra -= 1
-    if structured_bytes >= 0 and "structuredContent" in result:
-        extra -= 1
-    else:
-        structured_bytes = 0
-    text = block["text"]
-    return extra == 0 and text.isascii() and \
-        _ONE_TEXT_FRAME + structured_bytes + _MAX_ASCII_ESCAPE * len(text) <= limit
+def _item_slots(upstream_name: str, item: JsonObj) -> list[Slot]:
+    """Slot 0: the item's upstream name on its own (the published name is prefixed with the server's,
+    which hides a token behind a word character); then every string of the item, keys included."""
+    slots = [Slot(None, None, upstream_name)]
+    for key in item:
+        collect_value(item, key, slots)
+    return slots
 
 
 def _unserialisable(call: Call, exc: Unserialisable) -> Refusal:

@@ -44,6 +44,7 @@ import phonenumbers
 
 from mcpward.gateway.config import ConfigError, GatewayConfig, TableReader
 from mcpward.guards.redactor import Check, Detector, accept
+from mcpward.guards.result_strings import Slot
 
 KINDS = ("card", "ssn", "iban", "email", "phone", "ip")
 KIND_MODES = ("redact", "block", "log", "off")
@@ -322,7 +323,8 @@ def detectors(phone_regions: tuple[str, ...] = ("US",)) -> list[Detector]:
         Detector("pii-ssn", "pii", "ssn", r"\b(?:\d{3}-\d{2}-\d{4}|\d{3}\.\d{2}\.\d{4}|\d{3} \d{2} \d{4})\b",
                  accept(_ssn_check), "US social security number"),
         Detector("pii-ssn-labelled", "pii", "ssn",
-                 r"(?i:\bssn|\bsocial\s+security(?:\s+(?:number|no\.?|#))?|\bss#)[\s:#=.-]{0,20}"
+                 # The label may be a quoted JSON key: `"ssn":"078051123"`.
+                 r"(?i:\bssn|\bsocial\s+security(?:\s+(?:number|no\.?|#))?|\bss#)\"?[\s:#=.-]{0,20}\"?"
                  r"(\d{9}|\d{3}-\d{6}|\d{5}-\d{4})\b",
                  accept(_ssn_check), "US social security number after an SSN label"),
         Detector("pii-iban", "pii", "iban", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
@@ -358,6 +360,29 @@ def detectors(phone_regions: tuple[str, ...] = ("US",)) -> list[Detector]:
 
 def _ssn_check(data: bytes, m0: int, m1: int, s: int, e: int) -> bool:
     return _standalone(data, s, e, b"-") and valid_ssn(data[s:e].decode("ascii", "replace"))
+
+
+# Integers this long may be a card or an SSN sent as a JSON number.
+BIG_NUMBER = 10**8
+
+
+def number_slots(container: Any, key: Any, out: list[Slot]) -> None:
+    """Integers of 9 digits or more in a JSON value (a card or an SSN sent as a number), as their
+    decimal text, each after its dict key (so `{"ssn": 123456789}` reads as the labelled value). A
+    replacement writes the marker string in place of the number."""
+    stack: list[tuple[Any, Any]] = [(container, key)]
+    while stack:
+        parent, k = stack.pop()
+        value = parent[k]
+        kind = type(value)
+        if kind is int and not -BIG_NUMBER < value < BIG_NUMBER:
+            if type(parent) is dict and type(k) is str:
+                out.append(Slot(parent, k, k, True))
+            out.append(Slot(parent, k, str(value)))
+        elif kind is dict:
+            stack.extend((value, name) for name in value)
+        elif kind is list:
+            stack.extend((value, i) for i in range(len(value)))
 
 
 # ------------------------------------------------------------------------------------------ config

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -413,6 +414,113 @@ def splice(data: bytes, hits: Sequence[Hit]) -> str:
 
 def encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
+
+
+# ------------------------------------------------------------------------------------------ folding
+
+# Fullwidth ASCII (U+FF01-FF5E) reads as the ASCII it stands for, and variation selectors
+# (U+FE00-FE0F) are invisible: a fullwidth "AKIA..." or one split by U+FE0F carries a key past rules for
+# ASCII. Such texts are matched once more, folded (integrity's scanner applies NFKC; this is the part
+# of it that matters for the rules). What calls for it: a fullwidth letter or digit, or a selector,
+# `:` or `=` right after an ASCII letter or digit, found by one RE2 pass over the UTF-8 bytes. Chinese
+# and Japanese text is full of fullwidth punctuation and emoji carry selectors: neither alone hides
+# a token, and folding (one translate of the whole text) is the costly part.
+_FOLDABLE = bytes_search(re2.compile(
+    b"\\xef\\xbc[\\x90-\\x99\\xa1-\\xba]|\\xef\\xbd[\\x81-\\x9a]"
+    b"|[0-9A-Za-z]\\xef(?:\\xb8[\\x80-\\x8f]|\\xbc[\\x9a\\x9d])", _options(capture=False)))
+
+
+def foldable(data: bytes) -> bool:
+    """Whether UTF-8 `data` calls for the folded scan (C-speed tests first: ASCII, then any U+Fxxx)."""
+    return not data.isascii() and b"\xef" in data and _FOLDABLE(data)
+
+
+# Fullwidth to ASCII, variation selectors deleted: one `str.translate` (C speed; the characters
+# keep their count but for the selectors, whose places `fold` reports).
+_FOLD_TABLE: dict[int, int | None] = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
+_FOLD_TABLE.update(dict.fromkeys(range(0xFE00, 0xFE10)))
+_SELECTOR = re.compile("[\ufe00-\ufe0f]")
+
+
+def fold(text: str) -> tuple[bytes, list[int]]:
+    """`text` folded, as UTF-8, and where each dropped selector was, in folded character offsets."""
+    gaps = [m.start() - k for k, m in enumerate(_SELECTOR.finditer(text))]
+    return encode(text.translate(_FOLD_TABLE)), gaps
+
+
+def unfolded(text: str, folded: bytes, gaps: Sequence[int], hits: Sequence[Hit]) -> list[Hit]:
+    """The hits of a scan of `folded` that only folding revealed (their text differs from the
+    original's), as byte spans of `encode(text)`, selectors inside them included. Offsets are
+    carried forward from hit to hit (hits come sorted), so many hits cost one pass over the text."""
+    out: list[Hit] = []
+    fold_byte = fold_char = text_char = text_byte = 0
+    for hit in hits:
+        fs = fold_char + len(folded[fold_byte:hit.start].decode("utf-8", "surrogatepass"))
+        found = folded[hit.start:hit.end].decode("utf-8", "surrogatepass")
+        fold_byte, fold_char = hit.start, fs
+        ts = fs + bisect.bisect_right(gaps, fs)
+        te = fs + len(found) - 1 + bisect.bisect_right(gaps, fs + len(found) - 1) + 1
+        if text[ts:te] == found:
+            continue  # the usual scan finds it
+        bs = text_byte + len(encode(text[text_char:ts]))
+        text_char, text_byte = ts, bs
+        out.append(Hit(hit.detector, bs, bs + len(encode(text[ts:te]))))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ injection markers
+
+# Prompt-injection markers: phrases that address the model rather than the reader. Bounded
+# patterns (no unbounded gaps), matched case-insensitively in the same RE2 pass as the secrets.
+# They catch the classic wrappers ("ignore previous instructions", <IMPORTANT>, "*** NEW IMPORTANT
+# INSTRUCTIONS ***", exfiltration through a markdown image URL); a paraphrased instruction with no
+# marker ("write a script that renames all files") is not caught: docs/detection.md has the numbers.
+MARKERS: tuple[tuple[str, str], ...] = (
+    ("ignore-instructions",
+     r"(?i:\b(?:ignore|disregard|forget|override|bypass|skip)\s+(?:(?:all|any|the|your|my|these|those|every)\s+)*"
+     r"(?:previous|prior|above|earlier|preceding|former|original|initial|system|existing)\s+"
+     r"(?:instructions?|prompts?|directions?|directives?|messages?|requests?|rules|guidelines|context|commands?|tasks?))"),
+    ("new-instructions",
+     r"(?i:\*{2,3}\s*(?:new|updated|important|urgent)\s+(?:important\s+)?(?:instructions?|task)\s*\*{2,3}"
+     r"|\bnew\s+important\s+instructions\b|\b(?:your|the)\s+new\s+(?:task|instructions?)\s+(?:is|are)\b"
+     r"|\burgent\s+new\s+task\b)"),
+    ("instruction-tag", r"(?i:<\s*/?\s*(?:important|system|instructions?|admin|secret|hidden)\s*>)"),
+    ("system-prompt",
+     r"(?i:\b(?:reveal|print|show|output|repeat|leak|disclose|display)\s+(?:(?:your|the|all|me|us|full|entire)\s+)*"
+     r"(?:system\s+prompt|initial\s+instructions|hidden\s+(?:prompt|instructions))|\bsystem\s+prompt\s*:)"),
+    ("tool-coercion",
+     r"(?i:\byou\s+must\s+(?:now\s+|first\s+|always\s+|also\s+)?(?:call|invoke|run|execute)\b"
+     r"|\byou\s+must\s+(?:now\s+|first\s+|always\s+|also\s+)?use\s+(?:the\s+)?[\w-]+\s+tool\b"
+     r"|\bbefore\s+(?:using|calling)\s+(?:this|any|the)\s+(?:other\s+)?tools?\b)"),
+    ("conceal-from-user",
+     r"(?i:\b(?:do\s+not|don't|never)\s+(?:tell|inform|mention\s+(?:this\s+)?to|reveal\s+(?:this\s+)?to|show)\s+"
+     r"(?:this\s+to\s+)?the\s+user\b)"),
+    # An image URL whose query is a slot for the model to fill ("?q=[QUERY]", "?d={data}"): plain
+    # images with query strings (CDN resizing) are everywhere in fetched pages and are not flagged.
+    ("markdown-image-exfil",
+     r"!\[[^\]\n]*\]\(\s*https?://[^)\s?]+\?[^)\s]*=\s*(?:\[|\{|<|\$|%7[Bb]|%3[Cc]|%5[Bb])"),
+    ("mode-switch",
+     r"(?i:\b(?:developer|debug|god|admin|jailbreak|dan)\s+mode\s+(?:is\s+|has\s+been\s+)?(?:enabled|activated|on)\b"
+     r"|\bno\s+limits?\s+ai\b|\bdo\s+anything\s+now\b)"),
+    ("chat-template",
+     r"<\|im_start\|>|<\|im_end\|>|<\|system\|>|\[INST\]|<<SYS>>|<\|begin_of_text\|>|<\|start_header_id\|>"),
+    ("override-task",
+     r"(?i:\bregardless\s+of\s+(?:any|all|your|the)\s+(?:previous|prior|earlier)\s+(?:input|instructions?|prompts?)"
+     r"|\bif\s+you\s+are\s+(?:told|asked)\s+to\s+summari[sz]e\b|\binstead\s+of\s+(?:answering|summari[sz]ing)\b)"),
+    ("reassigned-task",
+     r"(?i:\b(?:gave|given)\s+you\s+(?:your\s+)?instructions\b|\bforgot\s+to\s+(?:ask|tell)\s+you\s+to\b"
+     r"|\byour\s+(?:new|real|actual|true)\s+(?:task|goal|objective)\s+is\b"
+     r"|\byou\s+are\s+(?:now\s+)?(?:operating|running)\s+(?:in|as)\s+(?:\w+\s+){0,3}(?:mode|pipeline)\b"
+     r"|\bgrant\s+(?:temporary\s+)?(?:administrative|admin|root)\s+(?:privileges|access)\b)"),
+    ("ai-addressed",
+     r"(?i:\b(?:attention|note|message|instructions?)\s+(?:to|for)\s+(?:the\s+)?(?:ai|assistant|llm|agent|model)\b"
+     r"|\b(?:dear|hey|hi)\s+(?:ai|assistant|claude|chatgpt|gpt|llm)\s*[,!:])"),
+)
+
+
+def marker_detectors() -> list[Detector]:
+    return [Detector(f"injection-{mid}", "marker", "injection", pattern, description="prompt-injection marker")
+            for mid, pattern in MARKERS]
 
 
 # ------------------------------------------------------------------------------------------ neutralising

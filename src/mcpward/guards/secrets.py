@@ -92,8 +92,10 @@ def char_classes(value: str) -> int:
 
 
 def password_like(value: str) -> bool:
-    """A value assigned to a password-like name: anything that is not a word, number or placeholder."""
-    value = value.rstrip(").,]}")
+    """A value assigned to a password-like name: anything that is not a word, number or placeholder.
+    (`& ; ,` belong to a password: only the trailing punctuation of code is left off for the test,
+    so `password = getpass();` is still a call, not a value.)"""
+    value = value.rstrip(").,;]}")
     if len(value) < 4 or is_placeholder(value) or value.isdigit() or _is_wordish(value):
         return False
     return any(ch.isalnum() for ch in value)
@@ -116,8 +118,19 @@ def _text(data: bytes, start: int, end: int) -> str:
     return data[start:end].decode("utf-8", "replace")
 
 
-def _password_value(data: bytes, m0: int, m1: int, s: int, e: int) -> bool:
-    return password_like(_text(data, s, e))
+# An HTML entity (`&amp;`, `&#39;`) ends a password value: in escaped markup the `&` is the markup's.
+_ENTITY = re2.compile(rb"&(?:[A-Za-z]{2,8}|#\d{1,7}|#[xX][0-9A-Fa-f]{1,6});")
+
+
+def _password_value(data: bytes, m0: int, m1: int, s: int, e: int) -> tuple[int, int] | None:
+    """The value's span if it is password-like: `& ; ,` belong to a password, but not an HTML entity
+    nor the `;` or `,` that ends a statement or a list item (`pw = "x";`, `PW: x,`)."""
+    entity = _ENTITY.search(data, s, e)
+    if entity is not None:
+        e = entity.start()
+    while e > s and data[e - 1] in b";,":
+        e -= 1
+    return (s, e) if password_like(_text(data, s, e)) else None
 
 
 def _not_placeholder(data: bytes, m0: int, m1: int, s: int, e: int) -> bool:
@@ -246,7 +259,7 @@ CHECKS: dict[str, Check] = {
     "npmrc_line": _npmrc_line,
     "atlas_token": _atlas_token,
     "not_dummy": accept(_not_dummy),
-    "password_value": accept(_password_value),
+    "password_value": _password_value,
     "secret_value": accept(_secret_value),
     "header_value": accept(_header_value),
     "not_placeholder": accept(_not_placeholder),

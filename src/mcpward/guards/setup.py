@@ -22,7 +22,10 @@ from mcpward.secrets.resolve import redaction_values
 
 log = logging.getLogger("mcpward.guards")
 SECTIONS = ("arguments", "secrets", "pii", "output", "errors")
-SECRET_NAME = re.compile(r"token|key|secret|passw|pwd|auth|credential|cookie|session|private|dsn|conn", re.I)
+# A name that says secret: these words anywhere, or a short one (PASS, PAT, SK, PW, PIN) as a whole
+# part of the name (DB_PASS, GH_PAT, STRIPE_SK; not PATH, PASSAGE, TASK).
+SECRET_NAME = re.compile(r"token|key|secret|passw|passphrase|pwd|auth|credential|cookie|session|private|dsn|conn"
+                         r"|(?:^|[_.-])(?:pass|pat|sk|pw|pin)(?:$|[_.-])", re.I)
 PLAIN_HEADERS = frozenset({"accept", "accept-language", "content-type", "user-agent"})
 MIN_SECRET_LENGTH = 6  # shorter values would redact ordinary words
 

@@ -57,7 +57,8 @@ _CORE = {
 
 def cap(method: str, result: JsonObj, limit: int, output_schema: bool,
         original: int | None = None) -> tuple[JsonObj, dict[str, Any]] | None:
-    """Truncate a result to `limit` serialised bytes; None when it fits. Always a valid result of its kind.
+    """Truncate a result to `limit` serialised bytes; None when it fits (and fitted when it came).
+    Always a valid result of its kind.
 
     `original` is the size before the guard shortened overlong strings ahead of the scan (reported
     in the marker instead of the already shortened size). Raises `Unserialisable` for a result that
@@ -65,7 +66,9 @@ def cap(method: str, result: JsonObj, limit: int, output_schema: bool,
     """
     size = size_of(result)
     core = _CORE.get(method)
-    if size <= limit or core is None:
+    # A result the guard shortened before its scan was over the limit when it came, even when
+    # redaction then brought it under: the client must still learn that it was cut.
+    if core is None or (size <= limit and (original is None or original <= limit)):
         return None
     size = max(size, original or 0)
     info: dict[str, Any] = {"from_bytes": size, "limit": limit}
@@ -240,6 +243,45 @@ def _cap_items(items: Any, budget: int, key: str, info: dict[str, Any]) -> tuple
     if dropped:
         info["dropped"] = info.get("dropped", 0) + dropped
     return kept, dropped
+
+
+# The serialised form of a one-text-block tool result around its text and structuredContent:
+# `{"content":[{"type":"text","text":""}],"structuredContent":,"isError":false}` is 76 bytes.
+_ONE_TEXT_FRAME = 96
+# Bytes one character of ASCII text can take in JSON at most (`\u001b`).
+_MAX_ASCII_ESCAPE = 6
+
+
+def one_text_block(result: JsonObj) -> dict[str, Any] | None:
+    """The text block of `{"content": [{"type": "text", "text": "..."}], ...}`, else None."""
+    content = result.get("content")
+    if type(content) is not list or len(content) != 1:
+        return None
+    block = content[0]
+    if type(block) is not dict or block.get("type") != "text" or type(block.get("text")) is not str:
+        return None
+    return block
+
+
+def fits(result: JsonObj, block: dict[str, Any], structured_bytes: int, limit: int) -> bool:
+    """True when the result certainly serialises within `limit` bytes, so the cap need not serialise
+    it: a one-text-block result with nothing else but `isError` (and `structuredContent` whose
+    serialised size is known), with ASCII text, each character at most 6 bytes of JSON. False
+    means "measure it" (the cap serialises the result)."""
+    if len(block) != 2:
+        return False
+    extra = len(result) - 1
+    if "isError" in result:
+        if type(result["isError"]) is not bool:
+            return False
+        extra -= 1
+    if structured_bytes >= 0 and "structuredContent" in result:
+        extra -= 1
+    else:
+        structured_bytes = 0
+    text = block["text"]
+    return extra == 0 and text.isascii() and \
+        _ONE_TEXT_FRAME + structured_bytes + _MAX_ASCII_ESCAPE * len(text) <= limit
 
 
 # ------------------------------------------------------------------------------------------ config
