@@ -60,14 +60,13 @@ class Peer:
         self.cancel_by_notification = cancel_by_notification
         self._ids = itertools.count(1)
         self._pending: dict[RequestId, asyncio.Future[JsonObj]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # the server's requests being answered now
         # The server's requests being answered, by the server's id: its notifications/cancelled stops one.
         self._answering: dict[RequestId, asyncio.Task[None]] = {}
         # While the server waits on us (a sampling, elicitation or roots request being answered by a
         # client, maybe a person), its own requests' clocks stop: the time spent so is not its delay.
         self._waited_total = 0.0  # seconds with at least one server request being answered, until...
         self._waiting_since: float | None = None  # ...this moment, when one is being answered now
-        self._answers: set[asyncio.Task[None]] = set()  # the server's requests being answered now
         self._timers: dict[asyncio.Future[JsonObj], asyncio.TimerHandle] = {}  # re-armed request timers
         self.closed: str | None = None
         link.on_message = self._dispatch
@@ -174,9 +173,8 @@ class Peer:
         rid = message["id"]
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._answer(message))
-        if not self._answers:
+        if not self._tasks:
             self._waiting_since = loop.time()
-        self._answers.add(task)
         self._tasks.add(task)
         if rid not in self._answering:  # a reused id still running: the first keeps the mapping
             self._answering[rid] = task
@@ -184,8 +182,7 @@ class Peer:
 
     def _finished(self, rid: RequestId, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._answers.discard(task)
-        if not self._answers and self._waiting_since is not None:
+        if not self._tasks and self._waiting_since is not None:
             self._waited_total += asyncio.get_running_loop().time() - self._waiting_since
             self._waiting_since = None
         if self._answering.get(rid) is task:
