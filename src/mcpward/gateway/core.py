@@ -71,7 +71,12 @@ class Gateway:
         self._policy_guard: Any = next((g for g in self.guards.guards if hasattr(g, "engine")), None)
         # The limits' door: counts every request against its principal before any work on it (lists and
         # unknown names too, which never reach the guard chain). See docs/limits.md.
-        self._door: Any = next((g.admit_request for g in self.guards.guards if hasattr(g, "admit_request")), None)
+        self._door: Any = self._hook("admit_request")
+        # What a server's instructions pass on their way to a client (each None when no guard has it): the
+        # integrity guard's scan and pins, the policy's view of the server, the output guard's redaction.
+        self._instructions_shown: Any = self._hook("instructions_shown")
+        self._server_visible: Any = self._hook("server_visible")
+        self._instructions_redacted: Any = self._hook("instructions_redacted")
         self.accounting = Accounting(cfg, policy_hash=self.policy_hash)
         self._handlers: dict[str, Handler] = {
             "tools/list": lambda c, p: self.lister.list(c, "tools", p),
@@ -103,6 +108,10 @@ class Gateway:
         for kind in kinds:
             self.subscriptions.broadcast(jsonrpc.notification(f"notifications/{kind}/list_changed"), list_kind=kind)
 
+    def _hook(self, name: str) -> Any:
+        """The first guard's method called `name`, or None: hooks the core calls outside the chain's order."""
+        return next((getattr(g, name) for g in self.guards.guards if hasattr(g, name)), None)
+
     def policy_hash(self) -> str | None:
         """The version of the policy deciding now (its guard may swap engines on reload)."""
         if self._policy_guard is None:
@@ -127,12 +136,7 @@ class Gateway:
         """The servers' instructions, each as `[server] text`. Left out: a server's held instructions
         (the integrity guard's scan and pins), and for `ctx`'s principal the instructions of a server
         whose lists the policy shows it nothing of (they describe tools it may not see)."""
-        shown: Any = next((g.instructions_shown for g in self.guards.guards if hasattr(g, "instructions_shown")),
-                          None)
-        visible: Any = next((g.server_visible for g in self.guards.guards if hasattr(g, "server_visible")), None)
-        # The output guard's secret/PII handling: redacted text, or None when a finding blocks it.
-        redacted: Any = next((g.instructions_redacted for g in self.guards.guards
-                              if hasattr(g, "instructions_redacted")), None)
+        shown, visible, redacted = self._instructions_shown, self._server_visible, self._instructions_redacted
         parts = []
         for name, upstream in self.upstreams.items():
             text = upstream.info.get("instructions")
