@@ -8,8 +8,6 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from coredis.exceptions import ConnectionError as RedisConnectionError
-from coredis.retry import ConstantRetryPolicy
 from limits.aio.storage import RedisStorage, Storage
 
 from mcpward.limits.memory import ClockedMemoryStorage
@@ -23,6 +21,11 @@ def make_storage(settings: LimitsSettings, clock: Callable[[], float] = time.tim
     Redis never blocks the event loop; each round trip is bounded by `storage_timeout`."""
     if not settings.uses_redis:
         return ClockedMemoryStorage(clock=clock)
+    # Imported here: coredis takes about a third of a second to import, which every gateway start
+    # (and every CLI command that reads the limits settings) paid even with the default memory storage.
+    from coredis.exceptions import ConnectionError as RedisConnectionError
+    from coredis.retry import ConstantRetryPolicy
+
     options: dict[str, Any] = {
         "stream_timeout": settings.storage_timeout,
         "connect_timeout": settings.storage_timeout,
