@@ -19,7 +19,7 @@ from mcpward.sandbox import probe
 from mcpward.sandbox.backends import UnsandboxedSpawner, choose_backend
 from mcpward.sandbox.containers import container_args
 from mcpward.sandbox.launcher import Launcher
-from mcpward.sandbox.paths import sensitive_paths
+from mcpward.sandbox.paths import BindRefused, sensitive_paths
 from mcpward.sandbox.plan import make_plan
 from mcpward.sandbox.settings import Limits, SandboxProfile, read_settings
 from mcpward.transport.base import LinkError
@@ -86,6 +86,101 @@ def test_container_argv_without_limits_or_secrets() -> None:
         assert flag not in argv
     assert not any(a.startswith("/run/secrets") or ":/run/secrets/" in a for a in argv)
     assert argv[argv.index("-w") + 1] == "/tmp" and argv[-2:] == ["local/b:2", "/srv/server"]
+
+
+def _plan_binding(tmp_path: Path, declared: Path, engine: str = "docker") -> Any:
+    cfg = parse({"servers": {"a": {"command": sys.executable, "sandbox": {
+                     "backend": engine, "image": "local/a:1", "ro": [str(declared)], "auto_bind": False}}},
+                 "sandbox": {"state_dir": str(tmp_path / "state")}})
+    settings = read_settings(cfg)
+    return make_plan("a", sys.executable, [], {}, None, settings.profile("a"), settings, sensitive=sensitive_paths())
+
+
+def _swap_for_symlink(path: Path, target: Path) -> None:
+    path.rename(path.with_name(path.name + ".old"))
+    path.symlink_to(target, target_is_directory=True)
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_container_bind_swapped_for_a_symlink_after_the_plan_is_refused(engine: str, tmp_path: Path) -> None:
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    plan = _plan_binding(tmp_path, project, engine)
+    assert f"{project}:{project}:ro" in container_args(engine, "local/a:1", plan, plan.argv, None, "n")
+    _swap_for_symlink(project, elsewhere)  # the engine would follow it to `elsewhere`, never checked
+    with pytest.raises(BindRefused, match="no longer what was checked"):
+        container_args(engine, "local/a:1", plan, plan.argv, None, "n")
+
+
+def test_container_bind_through_a_swapped_parent_is_refused(tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
+    (parent / "data").mkdir(parents=True)
+    decoy = tmp_path / "decoy"
+    (decoy / "data").mkdir(parents=True)
+    plan = _plan_binding(tmp_path, parent / "data")
+    _swap_for_symlink(parent, decoy)  # same path text, and it still resolves: but through a symlink
+    assert (parent / "data").is_dir()
+    with pytest.raises(BindRefused, match="changed since it was checked"):
+        container_args("docker", "local/a:1", plan, plan.argv, None, "n")
+
+
+def test_container_bind_replaced_by_another_directory_is_refused(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    plan = _plan_binding(tmp_path, project)
+    project.rename(tmp_path / "moved")
+    project.mkdir()  # the same path text, another directory: not what was searched for sockets
+    with pytest.raises(BindRefused, match="no longer what was checked"):
+        container_args("podman", "local/a:1", plan, plan.argv, None, "n")
+
+
+def test_container_bind_without_a_recorded_identity_or_with_a_colon_is_refused(tmp_path: Path) -> None:
+    from mcpward.sandbox.paths import Bind
+    from mcpward.sandbox.plan import SandboxPlan
+
+    plan = SandboxPlan(server="b", argv=["/srv/server"], env={}, binds=[Bind(tmp_path.resolve(), False, "declared")])
+    with pytest.raises(BindRefused, match="no longer what was checked"):
+        container_args("docker", "local/b:2", plan, plan.argv, None, "n")
+    odd = tmp_path / "a:/etc:rw"  # `-v` splits on ':': this would mount something else entirely
+    odd.mkdir(parents=True)
+    plan = _plan_binding(tmp_path, odd)
+    with pytest.raises(BindRefused, match="cannot contain ':'"):
+        container_args("docker", "local/a:1", plan, plan.argv, None, "n")
+
+
+async def test_container_spawn_refuses_a_changed_bind_and_audits_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorded: list[tuple[str, dict[str, Any]]]) -> None:
+    from mcpward.sandbox import containers
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    plan = _plan_binding(tmp_path, project)
+    plan.files = {"TOKEN": SECRET.encode()}
+    made: list[Path] = []
+    real_secret_dir = containers.secret_dir
+
+    def tracked_secret_dir(*args: Any) -> Path:
+        made.append(real_secret_dir(*args))
+        return made[-1]
+
+    monkeypatch.setattr(containers, "secret_dir", tracked_secret_dir)
+    monkeypatch.setattr(containers.shutil, "which", lambda name: "/bin/true")  # an engine that would do nothing
+    _swap_for_symlink(project, elsewhere)
+    spawner = containers.ContainerSpawner("docker", "local/a:1", plan, plan.argv)
+    with pytest.raises(LinkError, match=r"not started: refused to bind .*no longer what was checked"):
+        await spawner.spawn(1 << 16)
+    refused = [f for e, f in recorded if e == "sandbox.refused"]
+    assert len(refused) == 1 and refused[0]["rule"] == "sandbox.bind-changed"
+    assert not [e for e, _ in recorded if e == "sandbox.started"]
+    assert made and not made[0].exists()  # the secret files were removed
+    odd = tmp_path / "a:b"
+    odd.mkdir()
+    spawner = containers.ContainerSpawner("podman", "local/a:1", _plan_binding(tmp_path, odd, "podman"), plan.argv)
+    with pytest.raises(LinkError, match="cannot contain ':'"):
+        await spawner.spawn(1 << 16)
+    assert [f["rule"] for e, f in recorded if e == "sandbox.refused"] == ["sandbox.bind-changed", "sandbox.bind-path"]
 
 
 # ---------------------------------------------------------------- choosing a backend

@@ -4,6 +4,13 @@ Used when an engine answers and the server names an image (`auto` prefers bwrap)
 bind-mounted read-only from a gateway-owned 0700 directory: `-e` and `--env-file` values show in
 `docker inspect`, so a secret declared `as = "env"` is refused here. Egress through the proxy
 needs the bwrap backend (a container here has `--network none` and nothing else).
+
+A bind reaches the engine as a path string (its daemon or runtime resolves it, so a descriptor
+cannot be handed over as bwrap's are). So each bind's path is re-checked just before the argv is
+built: opened one component at a time without following symlinks and compared to the identity the
+plan recorded. A path now through a symlink, or naming another file, is refused, never bound. The
+engine's own resolution still comes after that check (when it creates the container): a window far
+shorter than the plan-to-start gap, but not closed as it is with bwrap.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from pathlib import Path
 
 from mcpward.audit import events
 from mcpward.sandbox.backends import secret_dir
+from mcpward.sandbox.paths import Bind, BindRefused, open_exact
 from mcpward.sandbox.plan import CACHE_DIR, SANDBOX_HOME, SECRETS_DIR, SandboxPlan
 from mcpward.transport.base import LinkError
 from mcpward.transport.stdio_link import plain_child_setup
@@ -28,9 +36,37 @@ log = logging.getLogger("mcpward.sandbox")
 _RUNTIME_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "USER", "LOGNAME")
 
 
+class BindPathRefused(BindRefused):
+    """A bind path the engine's `-v` syntax cannot carry as it is (rule `sandbox.bind-path`)."""
+
+
+def bind_source(bind: Bind) -> str:
+    """The host path handed to the engine for `bind`: the plan's resolved path, if it still reaches
+    exactly what was checked with no symlink on the way; BindRefused (naming the rule) if not."""
+    text = str(bind.path)
+    # `-v SRC:DST:MODE` is split on ':'; a control character has no business in a bind path.
+    if ":" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise BindPathRefused(f"{text!r}: a container bind path cannot contain ':' or a control character")
+    if not bind.path.is_absolute() or ".." in bind.path.parts:
+        raise BindPathRefused(f"{text}: a container bind path must be absolute and resolved")
+    try:
+        fd = open_exact(bind.path)  # an intermediate symlink fails here (ENOTDIR), a final one is the link
+    except OSError as exc:
+        raise BindRefused(f"{text}: changed since it was checked ({exc.strerror}); not bound") from None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if bind.ident is None or (st.st_dev, st.st_ino) != bind.ident:
+        raise BindRefused(f"{text}: is no longer what was checked (replaced or made a symlink since the plan); "
+                          "not bound")
+    return text
+
+
 def container_args(engine: str, image: str, plan: SandboxPlan, argv: list[str], secrets_dir: Path | None,
                    name: str) -> list[str]:
-    """`<engine> run ...` for `plan`: read-only root, no network, no capabilities, limits, a non-root user."""
+    """`<engine> run ...` for `plan`: read-only root, no network, no capabilities, limits, a non-root user.
+    BindRefused if a bind no longer reaches what the plan checked."""
     lim = plan.limits
     uid = plan.uid if plan.uid is not None else 65534
     a = [engine, "run", "--rm", "-i", "--name", name, "--network", "none", "--read-only",
@@ -45,7 +81,8 @@ def container_args(engine: str, image: str, plan: SandboxPlan, argv: list[str], 
     # Explicit: a root without CAP_SYS_RESOURCE cannot raise limits, and podman tries to unless told.
     a += ["--ulimit", f"nofile={lim.nofile}:{lim.nofile}"]
     for bind in plan.binds:
-        a += ["-v", f"{bind.path}:{bind.path}:{'rw' if bind.writable else 'ro'}"]
+        source = bind_source(bind)
+        a += ["-v", f"{source}:{source}:{'rw' if bind.writable else 'ro'}"]
     if plan.cache_dir is not None:
         a += ["-v", f"{plan.cache_dir}:{CACHE_DIR}:rw"]
     if secrets_dir is not None:
@@ -73,7 +110,13 @@ class ContainerSpawner:
         if self.plan.files:
             self._dir = secret_dir(self.plan.files, self.plan.uid)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.plan.env}
-        args = container_args(self.engine, self.image, self.plan, self.argv, self._dir, self.name)
+        try:
+            args = container_args(self.engine, self.image, self.plan, self.argv, self._dir, self.name)
+        except BindRefused as exc:
+            self._drop_dir()  # nothing was started: only the secret files to remove
+            rule = "sandbox.bind-path" if isinstance(exc, BindPathRefused) else "sandbox.bind-changed"
+            events.record("sandbox.refused", server=self.plan.server, rule=rule, reason=f"refused to bind {exc}")
+            raise LinkError(f"server {self.plan.server!r} not started: refused to bind {exc}") from None
         events.record("sandbox.started", server=self.plan.server, backend=self.engine, image=self.image,
                       uid=self.plan.uid, secrets=sorted(self.plan.files))
         try:
@@ -94,9 +137,12 @@ class ContainerSpawner:
                     engine, "rm", "-f", self.name, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), 10)
+        self._drop_dir()
+        events.record("sandbox.stopped", server=self.plan.server)
+
+    def _drop_dir(self) -> None:
         if self._dir is not None:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self._dir)
             self._dir = None
-        events.record("sandbox.stopped", server=self.plan.server)
 
