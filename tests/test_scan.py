@@ -144,6 +144,43 @@ def test_discovery_honours_xdg_appdata_codex_home_and_os(tmp_path: Path) -> None
     assert names("darwin") == {"m", "c"}
 
 
+def test_vscode_profiles_are_discovered(tmp_path: Path) -> None:
+    user = tmp_path / ".config/Code/User"
+    write(user / "mcp.json", '{"servers": {"default-srv": {"command": "node"}}}')
+    write(user / "profiles/-5a1b2c/mcp.json", '{"servers": {"work-srv": {"command": "npx", "args": ["-y", "w"]}}}')
+    write(user / "profiles/-5a1b2c/settings.json", '{"mcp": {"servers": {"work-set": {"command": "node"}}}}')
+    write(user / "profiles/7f00aa/settings.json", '{"editor.fontSize": 12}')  # a profile with no MCP servers
+    write(tmp_path / ".config/VSCodium/User/profiles/p1/mcp.json", '{"servers": {"codium-srv": {"command": "n"}}}')
+    found = discovery.discover({"HOME": str(tmp_path)}, cwd=tmp_path / "nowhere", platform="linux")
+    assert found.errors == []
+    got = {(f.client, Path(f.path).relative_to(tmp_path).as_posix(), e.name) for f in found.files for e in f.entries}
+    assert got == {
+        ("vscode", ".config/Code/User/mcp.json", "default-srv"),
+        ("vscode", ".config/Code/User/profiles/-5a1b2c/mcp.json", "work-srv"),
+        ("vscode-settings", ".config/Code/User/profiles/-5a1b2c/settings.json", "work-set"),
+        ("vscode", ".config/VSCodium/User/profiles/p1/mcp.json", "codium-srv"),
+    }
+
+
+def test_vscode_profiles_are_bounded_and_the_cap_is_reported(tmp_path: Path) -> None:
+    profiles = tmp_path / ".config/Code/User/profiles"
+    for i in range(discovery.MAX_PROFILES + 5):
+        write(profiles / f"p{i:03d}" / "mcp.json", json.dumps({"servers": {f"s{i}": {"command": "node"}}}))
+    found = discovery.discover({"HOME": str(tmp_path)}, cwd=tmp_path / "nowhere", platform="linux")
+    scanned = [f for f in found.files if "/profiles/" in f.path]
+    assert len(scanned) == discovery.MAX_PROFILES  # the listing stops at the cap, whatever the directory holds
+    assert [e.file for e in found.errors] == [str(profiles)]  # once, though two clients look there
+    assert f"more than {discovery.MAX_PROFILES} entries" in str(found.errors[0])
+
+
+def test_cli_reports_a_vscode_profile_server(tmp_path: Path) -> None:
+    write(tmp_path / ".config/Code/User/profiles/abc/mcp.json",
+          '{"servers": {"prof": {"command": "docker", "args": ["run", "--privileged", "img:1"]}}}')
+    result = run_scan(tmp_path, "--json")
+    report = json.loads(result.stdout)
+    assert any(f["server"] == "prof" and "profiles/abc/mcp.json" in f["file"] for f in report["findings"])
+
+
 def test_project_level_configs_in_cwd(tmp_path: Path) -> None:
     project = tmp_path / "project"
     write(project / ".mcp.json", mcp_json({"p1": {"command": "node"}}))

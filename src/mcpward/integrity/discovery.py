@@ -32,6 +32,11 @@ import yaml
 FORMATS = ("json", "jsonc", "toml", "yaml")
 MAX_FILE_BYTES = 32 * 1024 * 1024  # ~/.claude.json grows with history; anything past this is not a config
 _SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+# VS Code keeps each non-default profile's user files in `User/profiles/<id>/` (mcp.json and
+# settings.json among them). Those clients' user-level files are looked for there too, for at most
+# this many entries of `profiles/` (a bound on the listing, however large the directory is).
+PROFILE_CLIENTS = frozenset({"vscode", "vscode-settings"})
+MAX_PROFILES = 64
 
 
 class ConfigFileError(Exception):
@@ -158,16 +163,40 @@ def _glob(path: Path) -> list[Path]:
 
 
 def candidates(clients: Iterable[Client], home: Path, cwd: Path, environ: Mapping[str, str],
-               os_name: str) -> Iterator[tuple[Client, Path]]:
-    """Every (client, file) pair worth looking at, user-level first, then the project's."""
+               os_name: str, errors: list[ConfigFileError] | None = None) -> Iterator[tuple[Client, Path]]:
+    """Every (client, file) pair worth looking at, user-level first (with VS Code's profiles), then
+    the project's. A profiles directory past MAX_PROFILES entries is added to `errors` (once)."""
     for client in clients:
         for pattern in client.paths.get(os_name, ()):
             for path in _glob(expand(pattern, home, environ)):
                 yield client, path
+                if client.name in PROFILE_CLIENTS and path.parent.name == "User":
+                    for profile in _profiles(path.parent / "profiles", errors):
+                        yield client, profile / path.name
     for client in clients:
         for pattern in client.project:
             for path in _glob(cwd / pattern):
                 yield client, path
+
+
+def _profiles(directory: Path, errors: list[ConfigFileError] | None) -> list[Path]:
+    """The profile directories below `directory`, by name, reading at most MAX_PROFILES entries."""
+    found: list[Path] = []
+    try:
+        with os.scandir(directory) as entries:
+            for count, entry in enumerate(entries):
+                if count == MAX_PROFILES:
+                    # Say so rather than scan part of the machine quietly (the scan then exits 2).
+                    problem = (f"more than {MAX_PROFILES} entries: only {MAX_PROFILES} profiles were scanned; "
+                               "scan the others by naming their files")
+                    if errors is not None and not any(e.file == str(directory) for e in errors):
+                        errors.append(ConfigFileError(str(directory), problem))
+                    break
+                if entry.is_dir():
+                    found.append(Path(entry.path))
+    except OSError:
+        return []  # no profiles directory (the usual case), or not a readable one: nothing to look at
+    return sorted(found)
 
 
 def discover(environ: Mapping[str, str] | None = None, cwd: Path | None = None, platform: str | None = None,
@@ -179,7 +208,7 @@ def discover(environ: Mapping[str, str] | None = None, cwd: Path | None = None, 
     home = home_dir(environ)
     found = Discovery()
     seen: set[tuple[str, str]] = set()
-    for client, path in candidates(clients, home, cwd, environ, this_os(platform)):
+    for client, path in candidates(clients, home, cwd, environ, this_os(platform), found.errors):
         found.looked += 1
         try:
             key = (client.name, str(path.resolve()))
