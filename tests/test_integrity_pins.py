@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,47 @@ def test_nested_transactions_on_one_directory_do_not_deadlock_and_keep_both_writ
         pins.put("b", "tools", "z", entry(), {}, "")
     reread = PinFile(tmp_path / "mcpward.lock").load()
     assert [(s, n) for s, _, n, _ in reread.walk()] == [("a", "x"), ("b", "z")]
+
+
+def _rewrite_in_the_same_tick(path: Path, old: str, new: str) -> None:
+    """Another process's atomic rewrite that keeps the size, with the mtime set back to what it was:
+    what a stamp of (mtime, size) sees when both writes land in one timestamp tick."""
+    before = path.stat()
+    body = path.read_bytes()
+    assert old.encode() in body and len(old) == len(new)
+    tmp = path.with_name(path.name + ".other")
+    tmp.write_bytes(body.replace(old.encode(), new.encode()))
+    os.replace(tmp, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+
+
+def test_a_same_size_rewrite_in_the_same_mtime_tick_is_seen(tmp_path: Path) -> None:
+    path = tmp_path / "mcpward.lock"
+    gateway = PinFile(path)
+    with gateway.transaction() as pins:
+        pins.put("srv", "tools", "weather", entry("sha256:" + "0" * 64), {}, "")
+    assert not gateway.changed_on_disk()
+    _rewrite_in_the_same_tick(path, "0" * 64, "1" * 64)  # `mcpward tools approve` from the CLI
+    assert gateway.changed_on_disk()
+    got = gateway.load().get("srv", "tools", "weather")
+    assert got is not None and got.fingerprint == "sha256:" + "1" * 64
+    assert not gateway.changed_on_disk()
+
+
+def test_a_transaction_never_writes_back_over_a_same_tick_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / "mcpward.lock"
+    gateway = PinFile(path)
+    with gateway.transaction() as pins:
+        pins.put("srv", "tools", "weather", entry("sha256:" + "0" * 64), {}, "")
+    _rewrite_in_the_same_tick(path, "0" * 64, "2" * 64)
+    with gateway.transaction() as pins:  # from stale memory, this would put the old fingerprint back
+        pins.put("srv", "tools", "other", entry(), {}, "")
+    reread = PinFile(path).load()
+    kept = reread.get("srv", "tools", "weather")
+    assert kept is not None and kept.fingerprint == "sha256:" + "2" * 64
+    assert reread.get("srv", "tools", "other") is not None
 
 
 # ------------------------------------------------------------------ changes

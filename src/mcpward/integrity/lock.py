@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -278,51 +279,74 @@ class PinSet:
 
 
 class PinFile:
-    """One JSON pin file on disk, re-read only when it changed."""
+    """One JSON pin file on disk, re-parsed only when its content changed.
+
+    A change is told by a digest of the bytes, not by (mtime, size): `mcpward tools approve` can
+    rewrite the file within one timestamp tick of the gateway's own write, to the same size (a
+    fingerprint swapped for another), and a stat stamp would then miss it, so the gateway would keep
+    judging from stale pins and its next write would put them back. Reading a lock file once a
+    second (the guard's recheck) costs far less than that lost update.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: bytes | None = None  # digest of the bytes `pins` came from (or were written as)
         self.pins = PinSet()
         # Why the file on disk could not be read last time we tried; None once it reads again. While it
         # is set, `pins` is stale memory that must not be trusted (pins.Judge hides everything).
         self.problem: str | None = None
 
-    def _current_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return st.st_mtime_ns, st.st_size
-
     def load(self) -> PinSet:
         """Re-read when the file changed on disk; a broken file raises LockError."""
-        stamp = self._current_stamp()
+        data = self._fetch()
+        stamp = _digest(data)
         if stamp == self._stamp and stamp is not None:
             return self.pins
-        self.pins = self._read()
+        self.pins = self._read(data)
         self._stamp = stamp
         return self.pins
 
     def changed_on_disk(self) -> bool:
-        return self._current_stamp() != self._stamp
-
-    def _read(self) -> PinSet:
+        if self.problem is not None:
+            return True  # known broken: look again every time (it may be fixed back to the very same bytes)
         try:
-            pins = self._parse()
+            data = self._bytes()
+        except LockError:
+            return True  # load() says why, and the caller fails closed
+        return _digest(data) != self._stamp
+
+    def _bytes(self) -> bytes | None:
+        """The file's content, None when there is no file."""
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LockError(f"{self.path}: cannot read: {exc.strerror}") from None
+
+    def _fetch(self) -> bytes | None:
+        try:
+            return self._bytes()
         except LockError as exc:
-            self.problem = str(exc)
+            self._broken(exc)
+            raise
+
+    def _read(self, data: bytes | None) -> PinSet:
+        try:
+            pins = self._parse(data)
+        except LockError as exc:
+            self._broken(exc)
             raise
         self.problem = None
         return pins
 
-    def _parse(self) -> PinSet:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
+    def _broken(self, exc: LockError) -> None:
+        """`pins` no longer describes any bytes on disk: never take it as current again."""
+        self.problem, self._stamp = str(exc), None
+
+    def _parse(self, data: bytes | None) -> PinSet:
+        if data is None:
             return PinSet()
-        except OSError as exc:
-            raise LockError(f"{self.path}: cannot read: {exc.strerror}") from None
         try:
             raw = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -333,14 +357,16 @@ class PinFile:
     def transaction(self) -> Iterator[PinSet]:
         """Read fresh under an exclusive lock, let the caller change it, write it back atomically."""
         with _directory_lock(self.path.parent):
-            # Unchanged on disk since we read or wrote it: what we hold is current (no re-parse).
-            unchanged = self._stamp is not None and self._current_stamp() == self._stamp
-            pins = self.pins if unchanged else self._read()
+            data = self._fetch()
+            stamp = _digest(data)
+            # The same bytes as we read or wrote: what we hold is current (no re-parse).
+            unchanged = stamp is not None and stamp == self._stamp
+            pins = self.pins if unchanged else self._read(data)
             yield pins
-            self._write(pins)
-            self.pins, self._stamp = pins, self._current_stamp()
+            body = self._write(pins)
+            self.pins, self._stamp = pins, _digest(body)
 
-    def _write(self, pins: PinSet) -> None:
+    def _write(self, pins: PinSet) -> bytes:
         body = orjson.dumps(pins.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
@@ -353,6 +379,11 @@ class PinFile:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        return body
+
+
+def _digest(data: bytes | None) -> bytes | None:
+    return None if data is None else hashlib.blake2b(data, digest_size=32).digest()
 
 
 _held: dict[Path, int] = {}  # directories this process holds the lock on (approve nests lock + pending)
