@@ -430,30 +430,3 @@ def load_telemetry(table: dict[str, Any]) -> TelemetrySettings:
     from mcpward.telemetry import load_settings
 
     return load_settings(parse({"telemetry": table}, source="gw.toml"))
-
-
-def test_an_otlp_name_that_resolves_to_a_private_address_is_not_posted_to(monkeypatch: pytest.MonkeyPatch) -> None:
-    import requests
-
-    from mcpward.telemetry.otlp_session import OtlpSession
-
-    sent: list[str] = []
-
-    def record(self: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        sent.append(request.url or "")  # records the connection instead of making it
-        response = requests.Response()
-        response.status_code = 200
-        return response
-
-    monkeypatch.setattr(requests.Session, "send", record)
-    answers = {"collector.example": ["169.254.169.254"], "public.example": ["93.184.215.14"]}
-    session = OtlpSession(False, resolve=lambda host, port: answers[host])
-    with pytest.raises(requests.ConnectionError, match="otlp_allow_private"):
-        session.post("http://collector.example/v1/traces", data=b"x")
-    assert sent == []
-    session.post("https://public.example/v1/traces", data=b"x")
-    assert sent == ["https://public.example/v1/traces"]
-    allowed = OtlpSession(True, resolve=lambda host, port: answers[host])
-    allowed.post("http://collector.example/v1/traces", data=b"x")
-    assert sent[-1] == "http://collector.example/v1/traces"
-    assert not session.trust_env and not allowed.trust_env
