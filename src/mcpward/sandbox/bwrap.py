@@ -20,6 +20,10 @@ What the measurements in our notes settled:
 - A bind is what was checked: the plan records each checked path's (st_dev, st_ino); here the path
   is opened again one component at a time with O_NOFOLLOW and its identity compared, so a path
   swapped for a symlink (or another directory) between plan and start is refused, never bound.
+- bwrap's monitor (outside) and its pid 1 (inside) keep their own copies of the server's stdout, so a
+  server that closes its stdout and lives on never gives the gateway end-of-file. StdoutWatch looks
+  through /proc instead: once no process in the sandbox but bwrap's pid 1 holds the pipe, the link
+  ends the server, as it does an unsandboxed one whose stdout ends.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcpward.sandbox")
 BARRIER_TIMEOUT = 10.0
+# StdoutWatch reads at most this many /proc entries in one search for the stdout pipe's holder; a sandbox
+# with more (processes times descriptors) counts as holding it, so a search never stalls the event loop.
+WATCH_BUDGET = 4096
 _HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
@@ -89,6 +96,109 @@ class FdBag:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds.clear()
+
+
+class _CannotTell(Exception):
+    """/proc does not show what a sandbox's processes hold (no permission, or over WATCH_BUDGET)."""
+
+
+class StdoutWatch:
+    """Whether any process in a sandbox still holds the server's stdout, the pipe the gateway reads.
+
+    End-of-file cannot tell: bwrap's monitor and its pid 1 hold the pipe for the sandbox's whole life. So the
+    link asks this every EXIT_POLL seconds (off the call path). A look is one readlink, of the holder found
+    last (at first: the server's fd 1). Only when that holder let go are the sandbox's processes searched:
+    pid 1's descendants (in a pid namespace every orphan is re-parented to pid 1), fd 1 of each first, then
+    every descriptor. "Closed" needs two looks in a row that found no holder, so a descriptor in flight
+    (a dup2 over fd 1, one passed to another process) is not mistaken for a close. What /proc will not show
+    counts as held: the server is then left running, as before, never ended on a guess."""
+
+    MISSES = 2
+
+    def __init__(self, init_pid: int, pipe: str) -> None:
+        self.init, self.pipe = init_pid, pipe
+        self._holder: tuple[int, int] | None = None  # (pid, fd) last seen holding the pipe
+        self._misses = 0
+
+    @classmethod
+    def at_barrier(cls, init_pid: int) -> StdoutWatch | None:
+        """While bwrap waits at the barrier nothing inside has run, so pid 1's fd 1 is the pipe; None when
+        /proc does not show it (then nothing is watched)."""
+        try:
+            pipe = os.readlink(f"/proc/{init_pid}/fd/1")
+        except OSError as exc:
+            log.info("sandbox pid %d: its stdout cannot be watched (%s)", init_pid, exc.strerror)
+            return None
+        # "pipe:[inode]", or "socket:[inode]" under uvloop, which gives a child socket pairs for its stdio.
+        return cls(init_pid, pipe) if pipe.startswith(("pipe:", "socket:")) else None
+
+    def held(self) -> bool:
+        try:
+            found = (self._holder is not None and self._holds(*self._holder)) or self._search()
+        except _CannotTell:
+            found = True
+        self._misses = 0 if found else self._misses + 1
+        return self._misses < self.MISSES
+
+    def _search(self) -> bool:
+        self._holder = None
+        procs = self._processes()
+        if not procs:
+            return True  # the server is not forked yet, or pid 1 is gone: its exit is seen without us
+        budget = WATCH_BUDGET - len(procs)
+        for pid in procs:
+            if self._holds(pid, 1):
+                self._holder = (pid, 1)
+                return True
+        for pid in procs:
+            try:
+                fds = [int(name) for name in os.listdir(f"/proc/{pid}/fd")]
+            except PermissionError:
+                raise _CannotTell from None
+            except OSError:
+                continue  # exited since it was listed
+            budget -= len(fds)
+            if budget < 0:
+                raise _CannotTell
+            for fd in fds:
+                if fd != 1 and self._holds(pid, fd):
+                    self._holder = (pid, fd)
+                    return True
+        return False
+
+    def _processes(self) -> list[int]:
+        """Host pids of pid 1's descendants (every thread's children: a thread's forks are listed under it)."""
+        out: list[int] = []
+        todo = [self.init]
+        while todo:
+            pid = todo.pop()
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except PermissionError:
+                raise _CannotTell from None
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/children") as f:
+                        kids = [int(k) for k in f.read().split()]
+                except PermissionError:
+                    raise _CannotTell from None
+                except OSError:
+                    continue
+                out += kids
+                todo += kids
+                if len(out) > WATCH_BUDGET:
+                    raise _CannotTell
+        return out
+
+    def _holds(self, pid: int, fd: int) -> bool:
+        try:
+            return os.readlink(f"/proc/{pid}/fd/{fd}") == self.pipe
+        except PermissionError:
+            raise _CannotTell from None
+        except OSError:
+            return False  # closed, or the process is gone
 
 
 def build_args(plan: SandboxPlan, bag: FdBag, seccomp_bpf: bytes | None) -> list[str]:
@@ -153,6 +263,17 @@ class BwrapSpawner:
         self.on_child, self.on_exit, self.rlimits = on_child, on_exit, limits
         self.warm, self.on_started = warm, on_started
         self.join = tuple(join)  # cgroup files a cold start's child writes "0" to before it execs bwrap
+        self._watch: StdoutWatch | None = None
+
+    def stdout_open(self) -> bool:
+        """False once no process in the sandbox holds the server's stdout any more (see StdoutWatch); the link then
+        ends the server. Audited once, here, where the sandbox is known."""
+        if self._watch is None or self._watch.held():
+            return True
+        events.record("sandbox.stdout-closed", server=self.plan.server, backend="bwrap",
+                      reason="the server closed its stdout but kept running; ended")
+        self._watch = None
+        return False
 
     def describe(self) -> str:
         return f"[bwrap] {shlex.join(self.plan.argv)}"
@@ -211,6 +332,7 @@ class BwrapSpawner:
             info_w = block_r = -1
             bag.close()  # bwrap holds its own copies; closing ours keeps secrets out of the gateway's fd table
             child = await self._child_pid(proc, info_r)
+            self._watch = StdoutWatch.at_barrier(child)
             if self.plan.uid is not None:
                 _map_ids(child, self.plan.uid)
                 os.write(block_w, b"1")

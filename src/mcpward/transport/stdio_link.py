@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol, SupportsIndex
+from typing import Protocol, SupportsIndex, runtime_checkable
 
 from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
@@ -83,6 +83,16 @@ class Spawner(Protocol):
 
     async def cleanup(self) -> None:
         """After the process is gone: release what spawning took (cgroups, proxies, files)."""
+        ...
+
+
+@runtime_checkable
+class WatchesStdout(Protocol):
+    """A spawner whose server's stdout may never reach end-of-file when the server closes it, because a process of
+    its own (a sandbox's monitor, bwrap's pid 1) holds a copy of the pipe. The link asks it every EXIT_POLL seconds."""
+
+    def stdout_open(self) -> bool:
+        """False once the server no longer holds its stdout: it can never answer again."""
         ...
 
 
@@ -319,12 +329,25 @@ class StdioLink(MessageLink):
 
     async def _supervise(self, pump: asyncio.Task[str]) -> None:
         """Ends the link when the server is gone, whichever way it goes: stdout ends (the process may live
-        on, having closed it), or the process exits while a leftover child still holds stdout open. Either
-        way the process group is ended and on_closed fires, so the upstream restarts instead of hanging."""
+        on, having closed it), the spawner sees it closed (a sandbox holds the pipe, see WatchesStdout), or
+        the process exits while a leftover child still holds stdout open. Each way the process group is
+        ended and on_closed fires, so the upstream restarts instead of hanging."""
         proc = self._proc
         assert proc is not None
+        watch = self.spawner if isinstance(self.spawner, WatchesStdout) else None
         while not pump.done() and proc.returncode is None:
             await asyncio.wait({pump}, timeout=EXIT_POLL)
+            if (watch is not None and not pump.done() and proc.returncode is None and not self._closing
+                    and not watch.stdout_open()):
+                # Closed, though its sandbox keeps the pipe open: end it, then read what it wrote before.
+                log.warning("server %s closed its stdout but kept running; ending it", self.name)
+                await self._end(proc)
+                await asyncio.wait({pump}, timeout=self.shutdown_grace)
+                pump.cancel()
+                self._signal(proc, signal.SIGKILL)
+                if not self._closing:
+                    self.on_closed(f"closed its stdout (exit code {proc.returncode})")
+                return
         if not pump.done():
             # Exited with stdout still open: a grace for what it wrote last, then its leftovers are killed,
             # which closes the pipe; a pipe held from outside the group is abandoned.
