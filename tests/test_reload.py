@@ -164,3 +164,55 @@ def test_a_policy_reload_tells_listening_clients_to_list_again(gateway: Gateway)
                 if heard == {"tools", "prompts", "resources"}:
                     break
     assert heard == {"tools", "prompts", "resources"}
+
+
+# ------------------------------------------------------------------------ one parse per SIGHUP
+def test_a_file_that_does_not_parse_changes_nothing_with_one_error(gateway: Gateway) -> None:
+    alice = new_key()
+    rules = gateway.dir / "team.cedar"
+    rules.write_text(PERMIT)
+    good = f"[gateway]\nport = {gateway.port}\n" + with_policy(
+        FAULT + '[policy]\nbase = "none"\nfiles = ["team.cedar"]\n' + keys_table(alice=alice))
+    gateway.path.write_text(good)
+    gateway.start()
+    rules.write_text(PERMIT + NO_ECHO)  # a policy change that must not apply from a file that does not parse
+    gateway.path.write_text(good + "\n[gateway\n")
+    gateway.hangup(lambda: "reload refused" in gateway.log.read_text())
+    time.sleep(0.5)  # a second error, if there were one, would follow at once
+    errors = [line for line in gateway.log.read_text().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "invalid TOML" in errors[0] and str(gateway.path) in errors[0], errors
+    assert gateway.status(alice) == 200
+    with httpx.Client(timeout=30) as http:
+        called = reply_of(post(http, gateway.url, "tools/call", {"name": "fault__echo", "arguments": {"text": "hi"}},
+                               headers={"Authorization": f"Bearer {alice}"}))
+    assert "result" in called, called  # the old policy still decides
+    db = gateway.dir / "mcpward-audit.sqlite"
+    failed = committed(db, "config.reload-failed")
+    assert len(failed) == 1 and "invalid TOML" in failed[0]
+    assert committed(db, "auth.reload-failed", timeout=0) == committed(db, "policy.reload-failed", timeout=0) == []
+
+
+async def test_sighup_reads_the_config_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcpward.cli import main
+    from mcpward.gateway import config as config_mod
+    from mcpward.gateway.assembly import assemble
+    from mcpward.policy.guard import PolicyGuard
+
+    rules = tmp_path / "team.cedar"
+    rules.write_text(PERMIT)
+    path = tmp_path / "mcpward.toml"
+    path.write_text(with_policy(FAULT + '[policy]\nbase = "none"\nfiles = ["team.cedar"]\n'
+                                + keys_table(alice=new_key())) + f'[audit]\npath = "{tmp_path / "a.sqlite"}"\n')
+    parts = assemble(config_mod.load(path), front="http")
+    try:
+        reads: list[Path] = []
+        real_load = config_mod.load
+        monkeypatch.setattr(config_mod, "load", lambda p: reads.append(p) or real_load(p))
+        guard = next(g for g in parts.chain.guards if isinstance(g, PolicyGuard))
+        before = guard.engine.policy_hash
+        rules.write_text(PERMIT + NO_ECHO)
+        assert main.reload_config(path, parts, parts.gateway()) is True
+        assert reads == [path]  # before: once for the keys and once more for the policy
+        assert guard.engine.policy_hash != before  # and the one reading served the policy too
+    finally:
+        await parts.stop()  # the audit log assemble() installed

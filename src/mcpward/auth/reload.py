@@ -4,10 +4,11 @@ Why: a leaked key must stop working now, not at the next restart (which would al
 client's session). Only `[auth.api_keys]` is reloaded: the rest of `[auth]` (the resource, OAuth)
 shapes metadata documents and clients' caches, so a change there is reported as needing a restart.
 
-The new config is read whole and checked as at startup. If it cannot be used (a syntax error, a
-bad key entry) the keys in force stay as they are: the
-refusal is logged as an error and audited (`auth.reload-failed`), so an operator who meant to
-revoke a key sees at once that it is still valid. A reload that applies is audited with the names
+The config is read once per reload by the caller (cli/main.py `reload_config`, which reports a file
+that does not parse: `config.reload-failed`) and handed here, to be checked as at startup. If its
+`[auth]` cannot be used (a bad key entry) the keys in force stay as they are: the refusal is logged as
+an error and audited (`auth.reload-failed`), so an operator who meant to revoke a key sees at once that
+it is still valid. A reload that applies is audited with the names
 of the keys added and removed (`auth.keys-reloaded`); hashes never appear. Removing the last key
 (or the whole `[auth]` table) is a revocation and is honoured; authentication is never switched off
 at run time, so every request with a key is then refused until one is added.
@@ -15,30 +16,26 @@ at run time, so every request with a key is then refused until one is added.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from pathlib import Path
 
 from mcpward.audit import events
 from mcpward.auth.authenticator import Authenticator
 from mcpward.auth.settings import ApiKey, load_settings
-from mcpward.gateway import config as config_mod
-from mcpward.gateway.config import ConfigError
+from mcpward.gateway.config import ConfigError, GatewayConfig
 
 log = logging.getLogger("mcpward.auth")
 
 
-def reload_api_keys(path: Path, auth: Authenticator | None) -> bool:
-    """Read `path` again and put its API keys in force. Returns whether they were applied."""
+def apply_api_keys(cfg: GatewayConfig, auth: Authenticator | None) -> bool:
+    """Put the API keys of `cfg` (the config just read again) in force. Returns whether they were applied."""
+    path = cfg.source
     if auth is None:
-        with contextlib.suppress(ConfigError):  # a config that does not load is reported by the policy reload
-            if config_mod.load(path).auth is not None:
-                log.warning("reload: [auth] was added to %s; authentication starts at the next restart", path)
-                events.record("auth.reload-failed", reason="[auth] was not configured at start; it needs a restart")
+        if cfg.auth is not None:
+            log.warning("reload: [auth] was added to %s; authentication starts at the next restart", path)
+            events.record("auth.reload-failed", reason="[auth] was not configured at start; it needs a restart")
         return False
     old = auth.settings
     try:
-        cfg = config_mod.load(path)
         if not cfg.auth or ("oauth" not in cfg.auth and not cfg.auth.get("api_keys")):
             # No key left (or [auth] gone): a revocation, honoured. Authentication is never turned off
             # at run time, so nobody gets in with a key until one is added again (or a restart without

@@ -32,6 +32,7 @@ from mcpward.transport.http_checks import is_loopback
 
 if TYPE_CHECKING:
     from mcpward.gateway.assembly import Assembly
+    from mcpward.gateway.core import Gateway
     from mcpward.sandbox.launcher import Launcher
 
 T = TypeVar("T")
@@ -201,26 +202,38 @@ def serve(
     # h11 with bounded heads, head deadlines, a connection cap, a bounded graceful shutdown (http_limits.py).
     server = uvicorn.Server(uvicorn_config(HttpFront(gateway, parts=parts), cfg.http_host, cfg.http_port))
 
-    def on_hangup() -> None:
-        # SIGHUP reloads the API keys and the policy (auth/reload.py, policy/reload.py): a revoked key
-        # or a changed rule applies without a restart. (Without a handler, SIGHUP would end the gateway.)
-        from mcpward.auth.reload import reload_api_keys
-        from mcpward.policy.guard import PolicyGuard
-        from mcpward.policy.reload import reload_policy
-
-        reload_api_keys(config, parts.auth)
-        for guard in parts.chain.guards:
-            if isinstance(guard, PolicyGuard) and reload_policy(config, parts.cfg, guard):
-                gateway.lists_changed()  # lists are filtered by the policy: clients should list again
-
     async def main() -> None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hangup)
+        # Without a handler, SIGHUP would end the gateway.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_config, config, parts, gateway)
         await server.serve()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C after a graceful shutdown (as uvicorn.run does)
         run_async(main())
     if not server.started:
         raise typer.Exit(3)  # uvicorn's own exit code for a failed start (port taken, lifespan error)
+
+
+def reload_config(path: Path, parts: Assembly, gateway: Gateway) -> bool:
+    """SIGHUP: read the config once and hand it to each reloader (auth/reload.py, policy/reload.py), so a
+    revoked key or a changed rule applies without a restart. A file that does not parse changes nothing
+    and is reported once (logged, and audited as `config.reload-failed`). Returns whether it was read."""
+    from mcpward.audit import events
+    from mcpward.auth.reload import apply_api_keys
+    from mcpward.policy.guard import PolicyGuard
+    from mcpward.policy.reload import apply_policy
+
+    try:
+        fresh = config_mod.load(path)
+    except ConfigError as exc:
+        logging.getLogger("mcpward").error("reload refused, the API keys and the policy in force stay as they "
+                                           "were: %s", exc)
+        events.record("config.reload-failed", reason=str(exc))
+        return False
+    apply_api_keys(fresh, parts.auth)
+    for guard in parts.chain.guards:
+        if isinstance(guard, PolicyGuard) and apply_policy(fresh, parts.cfg, guard):
+            gateway.lists_changed()  # lists are filtered by the policy: clients should list again
+    return True
 
 
 @app.command()

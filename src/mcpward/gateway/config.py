@@ -76,6 +76,10 @@ class ServerConfig:
     # own credentials, and any other principal is refused (never handed someone else's).
     principals: dict[str, PrincipalCredentials] = field(default_factory=dict)
     principal: str | None = None  # on a config made by for_principal(): whose connection this is
+    # With principals: a principal's connection unused this long (seconds) is stopped, and at most this
+    # many live at once (gateway/principal_pool.py). Bounded so principals cannot pile up processes.
+    principal_idle_timeout: float = 600.0
+    max_principal_connections: int = 16
 
     @property
     def transport(self) -> Literal["stdio", "http"]:
@@ -103,6 +107,9 @@ class GatewayConfig:
     allow_non_loopback: bool = False
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
+    # Legacy HTTP sessions one principal may hold open (transport/http_sessions.py). Without [auth]
+    # every local client is the one principal `anonymous`, so they all share this many.
+    max_sessions_per_principal: int = 32
     servers: dict[str, ServerConfig] = field(default_factory=dict)
     # Sections read by the modules that own them (policy/, guards/), each with a TableReader,
     # so every key is still checked and unknown keys are still refused.
@@ -235,6 +242,8 @@ def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None 
     cfg.allow_non_loopback = gateway.get("allow_non_loopback", bool, False)
     cfg.allowed_hosts = gateway.strings("allowed_hosts")
     cfg.allowed_origins = gateway.strings("allowed_origins")
+    cfg.max_sessions_per_principal = gateway.integer("max_sessions_per_principal", cfg.max_sessions_per_principal,
+                                                     1, 1000)  # 1000: the gateway-wide cap (http_sessions.py)
     default_start = gateway.get("start", str, "eager")
     if default_start not in ("eager", "lazy"):
         raise gateway.fail("start", f"must be 'eager' or 'lazy', got {default_start!r}")
@@ -298,8 +307,15 @@ def _server(r: TableReader, name: str, default_start: str, default_timeout: floa
         server.tools[tool] = _tool_override(TableReader(r.source, r.key(f"tools.{tool}"), table))
     for key, table in r.get("principals", dict, {}).items():
         server.principals[key] = _principal_credentials(r, server, key, table)
+    server.principal_idle_timeout = r.number("principal_idle_timeout", server.principal_idle_timeout, 1, 86400)
+    server.max_principal_connections = r.integer("max_principal_connections", server.max_principal_connections,
+                                                  1, 1000)
     if server.principals:
         _no_shared_secrets(r, server)
+    else:
+        for key in ("principal_idle_timeout", "max_principal_connections"):
+            if key in r.table:  # a setting that could never apply is a mistake worth naming
+                raise r.fail(key, "applies only to a server with per-principal credentials (principals)")
     r.reject_unknown()
     return server
 

@@ -6,8 +6,8 @@ one session per distinct client capability set: an upstream never sees a
 capability the client did not declare (no capability laundering).
 
 A server with per-principal credentials has no connection of its own: each listed
-principal gets a child Upstream (its own process or HTTP connection, its own
-credentials, its own probe); anyone else is refused.
+principal gets a child Upstream (its own process or HTTP connection, credentials and
+probe; stopped when idle, see principal_pool.py); anyone else is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from mcpward import __version__
 from mcpward.gateway.config import GatewayConfig, ServerConfig, resolution_problem
 from mcpward.gateway.context import RequestContext
 from mcpward.gateway.peer import Peer, PeerError, local_error
+from mcpward.gateway.principal_pool import PrincipalPool
 from mcpward.gateway.upstream_sessions import (
     LegacyWatch,
     Session,
@@ -68,7 +69,7 @@ class UpstreamEvents:
 
 class Upstream:
     def __init__(self, cfg: ServerConfig, gw: GatewayConfig, events: UpstreamEvents,
-                 launcher: Launcher | None = None) -> None:
+                 launcher: Launcher | None = None, principal_key: str | None = None) -> None:
         if launcher is None:
             from mcpward.sandbox.launcher import make_launcher
 
@@ -89,7 +90,7 @@ class Upstream:
         # Tokens are random, and progress counts only from the session that holds the request.
         self._progress: dict[str, tuple[Session, RequestContext, Any]] = {}
         self.stray_messages = 0  # server messages for another session's request or subscription, dropped
-        self.principal_key: str | None = None  # a per-principal child: the one principal it serves
+        self.principal_key = principal_key  # a per-principal child: the one principal it serves
         self._failures = 0
         self._next_attempt = 0.0
         self._stopping = False
@@ -97,9 +98,10 @@ class Upstream:
         self._tasks: set[asyncio.Task[None]] = set()
         self._resource_uris: set[str] = set()
         self._watch = LegacyWatch(self.name, cfg.timeout)  # legacy subscriptions and log level
-        # Per-principal credentials: one child Upstream per principal that has used this server,
-        # each with its own connections made with its own credentials (None: one shared set).
-        self._children: dict[str, Upstream] | None = {} if cfg.principals else None
+        # Per-principal credentials: one child Upstream per principal that uses this server, each with its
+        # own connections and credentials, stopped when idle (principal_pool.py). None: one shared set.
+        self._pool = PrincipalPool(self.name, cfg.principal_idle_timeout, cfg.max_principal_connections,
+                                   self._child) if cfg.principals else None
 
     # ----------------------------------------------------------------- lifecycle
     async def _open_link(self) -> MessageLink:
@@ -119,41 +121,39 @@ class Upstream:
 
     @property
     def per_principal(self) -> bool:
-        return self._children is not None
+        return self._pool is not None
 
-    def _for(self, ctx: RequestContext) -> Upstream:
-        """The upstream that serves `ctx`'s principal: this one, or that principal's own child.
+    @property
+    def watches_resources(self) -> bool:  # a principal's child with subscriptions is never idle
+        return bool(self._resource_uris)
 
-        A principal without credentials here is refused: it never borrows another's connection,
-        and the gateway's own requests (startup, re-listing) have none either."""
-        if self._children is None:
-            return self
-        key = ctx.principal.key
-        child = self._children.get(key)
-        if child is None:
-            cfg = self.cfg.for_principal(key)
-            if cfg is None:
-                raise self.unbound(key)
-            child = self._children[key] = Upstream(cfg, self.gw, self.events, self.launcher)
-            child.principal_key = key
-        return child
+    def _for(self, ctx: RequestContext) -> contextlib.AbstractContextManager[Upstream]:
+        """The upstream that serves `ctx`'s principal (this one, or its own child, kept while in use)."""
+        return contextlib.nullcontext(self) if self._pool is None else self._pool.using(ctx.principal.key)
+
+    def _child(self, key: str) -> Upstream:
+        """A principal's own connection; one without credentials here never borrows another's: refused."""
+        cfg = self.cfg.for_principal(key)
+        if cfg is None:
+            raise self.unbound(key)
+        return Upstream(cfg, self.gw, self.events, self.launcher, principal_key=key)
 
     def unbound(self, principal_key: str) -> Refusal:
         return Refusal(UNBOUND_RULE, f"server {self.name!r} has no credentials for {principal_key}")
 
     def refuses(self, ctx: RequestContext) -> bool:
         """Whether this server has per-principal credentials and none for `ctx`'s principal."""
-        return self._children is not None and ctx.principal.key not in self.cfg.principals
+        return self._pool is not None and ctx.principal.key not in self.cfg.principals
 
     async def era_for(self, ctx: RequestContext) -> v.Era | None:
         """The era of the server as `ctx` reaches it (probing it first if needed)."""
-        target = self._for(ctx)
-        await target.ensure()
-        return target.era
+        with self._for(ctx) as target:
+            await target.ensure()
+            return target.era
 
     async def start(self) -> None:
         """Probe the era and keep the connection; errors are recorded, not raised."""
-        if self._children is not None:
+        if self._pool is not None:
             log.info("server %s has per-principal credentials: each principal's connection starts on its "
                      "first request", self.name)
             return
@@ -300,14 +300,14 @@ class Upstream:
         sessions, self._sessions = list(self._sessions.values()), {}
         links = [s.peer.link for s in sessions] + ([self._spare] if self._spare else [])
         self._spare = None
-        children = list((self._children or {}).values())
-        await asyncio.gather(*(link.close() for link in links), *(c.stop() for c in children),
+        await asyncio.gather(*(link.close() for link in links), *([self._pool.stop()] if self._pool else []),
                              return_exceptions=True)
 
     async def capabilities_for(self, ctx: RequestContext) -> JsonObj:
         """The server's capabilities as seen by this client (legacy: its session's answer)."""
-        if self._children is not None:
-            return await self._for(ctx).capabilities_for(ctx)
+        if self._pool is not None:
+            with self._for(ctx) as child:
+                return await child.capabilities_for(ctx)
         session = await self._session_for(ctx)
         caps = session.info.get("capabilities")
         return caps if isinstance(caps, dict) else {}
@@ -382,8 +382,9 @@ class Upstream:
     async def call(self, ctx: RequestContext, method: str, params: JsonObj,
                    hints: SendHints | None = None) -> JsonObj:
         """Forward one request for `ctx`, bridging eras; returns the result object."""
-        if self._children is not None:
-            return await self._for(ctx).call(ctx, method, params, hints)
+        if self._pool is not None:
+            with self._for(ctx) as child:
+                return await child.call(ctx, method, params, hints)
         deadline = time.monotonic() + self.cfg.timeout
         try:
             if self._slots.locked():  # only a full server pays for a timed wait
@@ -527,7 +528,7 @@ class Upstream:
     async def set_log_level(self, ctx: RequestContext, level: str) -> None:
         """Legacy `logging/setLevel` reaches `ctx`'s own sessions that offer logging (its later sessions
         start at the level `ctx` carries): one client asking for `emergency` never silences another."""
-        child = (self._children or {}).get(ctx.principal.key)
+        child = self._pool.get(ctx.principal.key) if self._pool else None
         if child is not None:
             await child.set_log_level(ctx, level)
         for session in self._sessions_of(ctx):
@@ -540,7 +541,7 @@ class Upstream:
         declared roots. A stateless request has no session of its own to tell."""
         if ctx.connection_id is None:
             return
-        child = (self._children or {}).get(ctx.principal.key)
+        child = self._pool.get(ctx.principal.key) if self._pool else None
         if child is not None:
             await child.roots_changed(ctx)
         for session in self._sessions_of(ctx):
@@ -551,11 +552,11 @@ class Upstream:
     # ------------------------------------------------------------ subscriptions
     async def subscribe(self, ctx: RequestContext, all_uris: set[str]) -> None:
         """Make sure the upstream tells us about changes to every URI in `all_uris`."""
-        if self._children is not None:
+        if self._pool is not None:
             # `all_uris` is what this principal asked for now: its connection watches that and what it
             # already watched, never other principals' URIs.
-            target = self._for(ctx)
-            await target.subscribe(ctx, target._resource_uris | all_uris)
+            with self._for(ctx) as target:
+                await target.subscribe(ctx, target._resource_uris | all_uris)
             return
         await self.ensure()
         self._resource_uris = set(all_uris)
@@ -569,9 +570,9 @@ class Upstream:
             self._watch.record(session.key, wanted)
 
     async def unsubscribe(self, ctx: RequestContext, uri: str, all_uris: set[str]) -> None:
-        if self._children is not None:
-            target = self._for(ctx)
-            await target.unsubscribe(ctx, uri, target._resource_uris - {uri})
+        if self._pool is not None:
+            with self._for(ctx) as target:
+                await target.unsubscribe(ctx, uri, target._resource_uris - {uri})
             return
         self._resource_uris = set(all_uris)
         if self.era == "modern":

@@ -30,23 +30,36 @@ log = logging.getLogger("mcpward.policy")
 def reload_policy(path: Path, running: GatewayConfig, guard: PolicyGuard) -> bool:
     """Read `[policy]` from `path` again and decide with it from now on. Returns whether the policy in
     force changed (its hash or its mode)."""
-    old_hash, old_mode = guard.engine.policy_hash, guard.mode
     try:
         fresh = config_mod.load(path)
+    except ConfigError as exc:
+        return _refused(exc, guard)
+    return apply_policy(fresh, running, guard)
+
+
+def apply_policy(fresh: GatewayConfig, running: GatewayConfig, guard: PolicyGuard) -> bool:
+    """Decide with the `[policy]` of `fresh` (the config just read again) from now on. Returns whether the
+    policy in force changed (its hash or its mode)."""
+    old_hash, old_mode = guard.engine.policy_hash, guard.mode
+    try:
         cfg = dataclasses.replace(running, policy=fresh.policy)
         settings = read_settings(cfg)
         engine = engine_for(cfg, settings)
     except ConfigError as exc:
-        log.error("policy reload refused, the policy in force stays as it was: %s", exc)
-        events.record("policy.reload-failed", reason=str(exc), policy_hash=old_hash)
-        return False
+        return _refused(exc, guard)
     if engine.policy_hash == old_hash and settings.mode == old_mode:
         log.info("policy reload: unchanged (%s)", old_hash[:19])
         return False
     guard.replace(engine, settings.mode)
-    warn_if_open(settings, str(path))
+    warn_if_open(settings, fresh.source)
     log.info("policy reloaded: %s -> %s, base %s, %d rules, %s", old_hash[:19], engine.policy_hash[:19],
              settings.base, len(engine.bundle.rules), settings.mode)
     events.record("policy.reloaded", policy_hash=engine.policy_hash, previous=old_hash, mode=settings.mode,
                   previous_mode=old_mode)
     return True
+
+
+def _refused(exc: ConfigError, guard: PolicyGuard) -> bool:
+    log.error("policy reload refused, the policy in force stays as it was: %s", exc)
+    events.record("policy.reload-failed", reason=str(exc), policy_hash=guard.engine.policy_hash)
+    return False

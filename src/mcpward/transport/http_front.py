@@ -35,6 +35,17 @@ from mcpward.transport.http_checks import (
     check_modern_headers,
     status_for,
 )
+from mcpward.transport.http_exchange import (
+    DISCONNECTED,
+    KEEPALIVE,
+    KEEPALIVE_TICK,
+    SSE_HEADERS,
+    event,
+    exchange,
+    next_or_disconnect,
+    respond,
+    wait_disconnect,
+)
 from mcpward.transport.http_limits import BodyDeadline, DoorRefusal
 from mcpward.transport.http_metrics import check_metrics_reader
 from mcpward.transport.http_sessions import SessionRoom
@@ -47,9 +58,6 @@ log = logging.getLogger("mcpward.http")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"),
-               (b"x-accel-buffering", b"no")]
-KEEPALIVE = 15.0
 OUTBOX_LIMIT = 1000
 RETRY_MS = 1000
 ANONYMOUS = Principal.anonymous()
@@ -153,7 +161,7 @@ class HttpFront:
                                        stateless=True)
         self.refusals = RefusalAudit()
         self.auth_refusals = RefusalAudit(event="auth.refused")
-        self.room = SessionRoom(self.sessions, self.refusals)
+        self.room = SessionRoom(self.sessions, self.refusals, per_principal=self.cfg.max_sessions_per_principal)
 
     @staticmethod
     async def _no_session_writer(message: JsonObj) -> None:
@@ -170,7 +178,7 @@ class HttpFront:
         except HttpRejection as rej:
             if isinstance(rej, DoorRefusal):  # the request's shape, refused by a named rule (http_limits.py)
                 rej.audit(self.refusals, scope)
-            await _respond(send, rej.status, rej.body, rej.headers)
+            await respond(send, rej.status, rej.body, rej.headers)
         finally:
             after_reply.run()  # the response is written: now the bookkeeping it did not wait for
 
@@ -230,7 +238,7 @@ class HttpFront:
             session = self._session(headers, principal)
             del self.sessions[session.conn.session_id]
             session.conn.close()
-            await _respond(send, 200, None)
+            await respond(send, 200, None)
         else:
             raise DoorRefusal(405, "http.method", f"method {method} not allowed",
                               headers=[(b"allow", b"POST" if modern else b"GET, POST, DELETE")])
@@ -241,7 +249,7 @@ class HttpFront:
         if self.auth is not None and path in self.auth.metadata_paths:
             if method != "GET":
                 raise DoorRefusal(405, "http.method", f"method {method} not allowed", headers=[(b"allow", b"GET")])
-            await _respond(send, 200, self.auth.metadata())
+            await respond(send, 200, self.auth.metadata())
             return
         if self.metrics is not None and path == self.metrics_path:
             if method != "GET":
@@ -338,20 +346,20 @@ class HttpFront:
                 raise HttpRejection(400, self._ladder_refusal(
                     jsonrpc.error(None, jsonrpc.UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
                                   {"supported": list(v.MODERN_VERSIONS)}), message.get("method"), principal, source))
-            await _respond(send, 202, None)
+            await respond(send, 202, None)
             return
         rejection = await check_modern_headers(self.gateway, message, headers, scope["headers"], principal)
         if rejection is not None:
             reply = self._ladder_refusal(rejection, message["method"], principal, source)
-            await _respond(send, status_for(reply), reply)
+            await respond(send, status_for(reply), reply)
             return
         method = message["method"]
         if not self.gateway.serves(method, "modern") and method != "subscriptions/listen":
-            await _respond(send, 404, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
-                                                    f"method not found: {method}"))
+            await respond(send, 404, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
+                                                   f"method not found: {method}"))
             return
-        await self._exchange(receive, send, lambda stream: self.modern.on_request(message, stream, principal, source),
-                             wants_sse, cancel_on_disconnect=True, status_table=True)
+        await exchange(receive, send, lambda stream: self.modern.on_request(message, stream, principal, source),
+                       message["id"], principal.key, wants_sse, cancel_on_disconnect=True, status_table=True)
 
     def _ladder_refusal(self, reply: JsonObj, method: Any, principal: Principal, source: RequestSource) -> JsonObj:
         """A routing-header or envelope rejection: its rule goes into the error's data, and into the
@@ -382,9 +390,9 @@ class HttpFront:
                 if reply is not None and "result" in reply:
                     self.sessions[session_id] = session
             if reply is not None and "result" in reply:
-                await _respond(send, 200, reply, [(b"mcp-session-id", session_id.encode())])
+                await respond(send, 200, reply, [(b"mcp-session-id", session_id.encode())])
             else:
-                await _respond(send, 200, reply)
+                await respond(send, 200, reply)
             return
         params = message.get("params") if isinstance(message.get("params"), dict) else None
         if "mcp-session-id" not in headers and params and v.META_VERSION in (params.get("_meta") or {}):
@@ -395,11 +403,11 @@ class HttpFront:
         conn = session.conn
         if kind is jsonrpc.Kind.NOTIFICATION:
             await conn.on_notification(message)
-            await _respond(send, 202, None)
+            await respond(send, 202, None)
             return
         if kind is jsonrpc.Kind.RESPONSE:
             await conn.on_response(message)
-            await _respond(send, 202, None)
+            await respond(send, 202, None)
             return
         rid = message["id"]
 
@@ -413,7 +421,8 @@ class HttpFront:
                 conn.running.pop(rid, None)
 
         if not wants_sse:
-            await self._exchange(receive, send, run, wants_sse, cancel_on_disconnect=False, status_table=False)
+            await exchange(receive, send, run, rid, principal.key, wants_sse, cancel_on_disconnect=False,
+                           status_table=False)
             return
         log = session.events.open()
 
@@ -434,59 +443,6 @@ class HttpFront:
         task.add_done_callback(session.tasks.discard)
         await _replay(send, receive, log, 0)
 
-    async def _exchange(self, receive: Receive, send: Send,
-                        handler: Callable[[Callable[[JsonObj], Awaitable[None]]], Awaitable[JsonObj | None]],
-                        wants_sse: bool, cancel_on_disconnect: bool, status_table: bool) -> None:
-        """Run one request; answer JSON if nothing precedes the reply, else switch to SSE."""
-        queue: asyncio.Queue[tuple[str, JsonObj | None]] = asyncio.Queue()
-
-        async def stream(msg: JsonObj) -> None:
-            queue.put_nowait(("message", msg))
-
-        async def runner() -> None:
-            reply: JsonObj | None = None
-            try:
-                reply = await handler(stream)
-            finally:
-                queue.put_nowait(("done", reply))
-
-        task = asyncio.ensure_future(runner())
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            item = await _next(queue, watcher)
-            if item is _DISCONNECTED:
-                return
-            if item is not _KEEPALIVE and item[0] == "done":
-                reply = item[1]
-                if reply is None:
-                    await _respond(send, 202, None)
-                    return
-                error = reply.get("error")
-                status = status_for(reply) if status_table and isinstance(error, dict) else 200
-                await _respond(send, status, reply)
-                return
-            if not wants_sse:
-                log.warning("client does not accept SSE; streaming anyway, as the reply needs it")
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            while True:
-                if item is _DISCONNECTED:
-                    return
-                if item is _KEEPALIVE:
-                    await send({"type": "http.response.body", "body": encode_comment("ping"), "more_body": True})
-                else:
-                    tag, msg = item
-                    if msg is not None:
-                        await send({"type": "http.response.body", "body": _event(msg), "more_body": True})
-                    if tag == "done":
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                        return
-                item = await _next(queue, watcher)
-        finally:
-            watcher.cancel()
-            if cancel_on_disconnect and not task.done():
-                # Modern HTTP: a closed stream is the cancellation.
-                task.cancel()
-
     async def _get(self, send: Send, receive: Receive, headers: dict[str, str], principal: Principal) -> None:
         if "text/event-stream" not in headers.get("accept", ""):
             raise DoorRefusal(406, "http.accept", "Accept must include text/event-stream")
@@ -501,15 +457,15 @@ class HttpFront:
         if session.streaming:
             raise HttpRejection(409, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "a GET stream is already open"))
         session.streaming = True
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        watcher = asyncio.ensure_future(wait_disconnect(receive))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await send({"type": "http.response.body", "body": encode_comment("stream open"), "more_body": True})
             while session.conn.session_id in self.sessions:
-                item: Any = await _next(session.outbox, watcher)
-                if item is _DISCONNECTED:
+                item: Any = await next_or_disconnect(session.outbox, watcher)
+                if item is DISCONNECTED:
                     return
-                body = encode_comment("ping") if item is _KEEPALIVE else _event(item)
+                body = encode_comment("ping") if item is KEEPALIVE_TICK else event(item)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -519,7 +475,7 @@ class HttpFront:
 
 async def _replay(send: Send, receive: Receive, log: StreamLog, start: int) -> None:
     """Send a stream log's events from `start`, then follow it live until it is done."""
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    watcher = asyncio.ensure_future(wait_disconnect(receive))
     try:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         index = start
@@ -548,49 +504,6 @@ async def _replay(send: Send, receive: Receive, log: StreamLog, start: int) -> N
                 await send({"type": "http.response.body", "body": encode_comment("ping"), "more_body": True})
     finally:
         watcher.cancel()
-
-
-_KEEPALIVE: Any = object()
-_DISCONNECTED: Any = object()
-
-
-async def _next(queue: asyncio.Queue[Any], watcher: asyncio.Future[None]) -> Any:
-    if not queue.empty():
-        return queue.get_nowait()
-    getter = asyncio.ensure_future(queue.get())
-    try:
-        done, _ = await asyncio.wait({getter, watcher}, timeout=KEEPALIVE, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not getter.done():
-            getter.cancel()
-    if getter in done:
-        return getter.result()
-    return _DISCONNECTED if watcher in done else _KEEPALIVE
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-def _event(message: JsonObj) -> bytes:
-    return encode_event(jsonrpc.encode(message), event="message")
-
-
-async def _respond(send: Send, status: int, body: JsonObj | bytes | None,
-                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = list(extra or [])
-    payload = b""
-    if isinstance(body, bytes):
-        payload = body
-        headers.append((b"content-type", b"text/plain; charset=utf-8"))
-    elif body is not None:
-        payload = jsonrpc.encode(body)
-        headers.append((b"content-type", b"application/json"))
-    headers.append((b"content-length", str(len(payload)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    with contextlib.suppress(Exception):
-        await send({"type": "http.response.body", "body": payload})
 
 
 def _joined(scope: Scope, name: bytes) -> str | None:

@@ -3,7 +3,8 @@
 `initialize` is exempt from the rate limits (a client must be able to start), and each one opens
 a session that lives until it has been idle for SESSION_IDLE_SECONDS. Without a cap per principal
 one principal could fill the gateway-wide cap and lock every other principal out; with it, a
-principal at its cap is refused alone (429, `limits.sessions`) and the others keep their room.
+principal at its cap ([gateway] max_sessions_per_principal) is refused alone (429, `limits.sessions`)
+and the others keep their room.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
 
 SESSION_IDLE_SECONDS = 30 * 60
 MAX_SESSIONS = 1000
-MAX_SESSIONS_PER_PRINCIPAL = 32  # more than any one client opens; 32 principals are needed to fill the gateway
+# Default of [gateway] max_sessions_per_principal: more than any one client opens; 32 principals are needed
+# to fill the gateway. Without [auth] every local client is `anonymous`, one principal: they share it.
+MAX_SESSIONS_PER_PRINCIPAL = 32
 PER_PRINCIPAL_RULE = "limits.sessions"
 GATEWAY_RULE = "http.sessions"
 
