@@ -242,9 +242,9 @@ async def test_resource_updates_go_by_server_and_by_principal_for_per_principal_
     update("mail", "mail://box")  # the per-principal server's shared connection speaks for nobody
     update("a", "mail://inbox")
     # Through the upstream: Alice's own connection to the per-principal server tags what it sends.
-    child = gateway.upstreams["mail"]._for(person("alice"))
     modern = Session(peer=None, era="modern", key="modern")  # type: ignore[arg-type]
-    child._on_notification(modern, {"method": "notifications/resources/updated",
-                                     "params": {"uri": "mail://box", "title": "alice: 1 new"}})
+    with gateway.upstreams["mail"]._for(person("alice")) as child:
+        child._on_notification(modern, {"method": "notifications/resources/updated",
+                                         "params": {"uri": "mail://box", "title": "alice: 1 new"}})
     await asyncio.sleep(0.05)  # deliveries run as tasks
     assert sorted(m["params"]["title"] for m in got) == ["alice: 1 new", "from a"]
