@@ -37,6 +37,7 @@ Handler = Callable[[RequestContext, JsonObj], Awaitable[JsonObj]]
 # Removed in 2026-07-28: a modern client asking for them gets "method not found".
 # Which listed definition a forwarded method acts on (completion is left to its ref).
 DEFINITION_KIND = {"tools/call": "tools", "prompts/get": "prompts", "resources/read": "resources"}
+LISTED_BY_NAME = frozenset({"tools", "prompts"})  # resources are also read by URIs no list names (templates)
 
 SCHEMA_RELIST_SECONDS = 1.0  # how often an unknown name in a routing-header check may list tools again
 LEGACY_ONLY = frozenset({"resources/subscribe", "resources/unsubscribe", "logging/setLevel", "ping"})
@@ -304,7 +305,17 @@ class Gateway:
             refusal = upstream.unbound(ctx.principal.key)
             audit_refusal(call, refusal.rule)
             raise refusal.to_error()
-        call.definition = self.lister.definition(DEFINITION_KIND.get(method, ""), server, target)
+        kind = DEFINITION_KIND.get(method, "")
+        call.definition = self.lister.definition(kind, server, target)
+        if call.definition is None and kind in LISTED_BY_NAME:
+            # Called by a name before anything listed it (a client may call without listing): list first,
+            # so every guard sees the definition (the argument guard's schema and parameter kinds, the
+            # policy's annotations), not only the integrity guard, which would list for itself.
+            # That server only (a made-up name must not make every server list), as the caller where only
+            # a principal's own credentials reach it.
+            await self.lister.refresh(system_context(ctx.principal if upstream.per_principal else None), kind,
+                                      [server])
+            call.definition = self.lister.definition(kind, server, target)
         if self.guards.empty:
             return await self._dispatch(ctx, upstream, call)
         try:
