@@ -108,3 +108,20 @@ def test_an_exploding_schema_is_refused_without_freezing_the_gateway(serve_gatew
         assert "weather" not in reply["error"]["message"]
         _, reply = call(http, url, "tools/call", {"name": "up__ping", "arguments": {}}, rid=3)
         assert "called ping" in str(reply["result"]), reply
+
+
+def test_content_parameters_have_their_own_limit(serve_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A file or message body (content kind, here declared by the operator) may exceed max_string up to
+    max_content (docs/arguments.md: at 8 KiB, 1.3 % of real benign calls would be refused); one byte more is
+    refused by the same rule. Any other parameter stays at max_string."""
+    record = tmp_path / "calls.jsonl"
+    config = recording_config(record) + '\n[servers.rec.tools.echo]\nparams = { text = "content" }\n'
+    url = serve_gateway(config.replace("[guards.arguments]\n", "[guards.arguments]\nmax_content = 20000\n"))
+    with httpx.Client(trust_env=False, timeout=60) as http:
+        reply = tool(http, url, "echo", {"text": "a" * 20000}, 1)
+        assert "result" in reply and not reply["result"].get("isError"), reply
+        error = tool(http, url, "echo", {"text": euros(20001)}, 2)["error"]
+        assert error["data"]["rule"] == "args.limit.string" and "max_content" in error["message"], error
+        error = tool(http, url, "store", {"data": {"note": "a" * 8193}}, 3)["error"]  # not content: 8 KiB
+        assert error["data"]["rule"] == "args.limit.string", error
+    assert [r["arguments"] for r in recorded(record)] == [{"text": "a" * 20000}]
