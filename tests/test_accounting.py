@@ -149,3 +149,47 @@ async def test_a_routed_name_the_server_never_listed_is_not_a_metric_label() -> 
     events.install(None)
     text = await metrics_for_call("raw__made_up", None, {"error": {"code": -32602, "message": "unknown"}})
     assert "made_up" not in text and 'mcp_method_name="tools/call"' in text
+
+
+async def test_a_real_gateway_records_the_size_of_each_reply_the_client_reads(tmp_path: Path) -> None:
+    """`response_bytes` is the length of the JSON-RPC reply exactly as the stdio client receives it
+    (the line without its newline), for a result, a bigger result and an error alike."""
+    import asyncio
+
+    from tests.audit_reader import committed
+    from tests.conftest import MCPWARD, fixture_server, toml_list, with_policy
+    from tests.rawclient import MODERN_META
+
+    cmd = fixture_server()
+    path = tmp_path / "mcpward.toml"
+    path.write_text(with_policy(f'[servers.fx]\ncommand = "{cmd[0]}"\nargs = {toml_list(cmd[1:])}\n\n'
+                                '[audit]\npath = "audit.sqlite"\n'))
+    proc = await asyncio.create_subprocess_exec(MCPWARD, "run", "-c", str(path), stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                                                limit=16 * 1024 * 1024)
+    assert proc.stdin is not None and proc.stdout is not None
+    requests = [("tools/list", {}), ("tools/call", {"name": "fx__test_simple_text", "arguments": {}}),
+                ("tools/call", {"name": "fx__test_multiple_content_types", "arguments": {}}),
+                ("tools/call", {"name": "fx__no_such_tool", "arguments": {}})]
+    received: dict[int, int] = {}
+    try:
+        for rid, (method, params) in enumerate(requests, 1):
+            message = {"jsonrpc": "2.0", "id": rid, "method": method, "params": {**params, "_meta": MODERN_META}}
+            proc.stdin.write(orjson.dumps(message) + b"\n")
+            await proc.stdin.drain()
+            while rid not in received:
+                line = await asyncio.wait_for(proc.stdout.readline(), 30)
+                assert line, "the gateway closed stdout"
+                reply = orjson.loads(line)
+                if "method" not in reply:
+                    received[reply["id"]] = len(line.rstrip(b"\n"))
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    records = {r["request_id"]: r for r in map(json.loads, committed(tmp_path / "audit.sqlite", "request", 4))}
+    assert {rid: records[rid].get("response_bytes") for rid in received} == received
+    assert received[3] > received[2] > 0 and records[4]["outcome"] != "success"  # sizes differ, an error counts too

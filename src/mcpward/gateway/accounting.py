@@ -20,6 +20,7 @@ import orjson
 from mcpward.audit import events
 from mcpward.gateway import after_reply
 from mcpward.gateway.context import RequestContext, session_digest
+from mcpward.protocol import jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.telemetry.w3c import client_context
 
@@ -111,7 +112,7 @@ class Accounting:
         if notes.get("refused"):  # a guard refused it, maybe as a tool error the client sees as a result
             outcome, rule = DENIED, notes["refused"]
         if wanted:
-            self._record(ticket, call, notes, ended, outcome, code, rule, principal_key, subject)
+            self._record(ticket, call, notes, ended, outcome, code, rule, principal_key, subject, reply)
         if trace is not None:
             # The metric's target label only for a name the server listed: a made-up name behind a
             # known prefix routes, but must not become a label (clients choose them without limit).
@@ -122,7 +123,7 @@ class Accounting:
             await events.durable()
 
     def _record(self, ticket: Ticket, call: Any, notes: dict[str, Any], ended: float, outcome: str,
-                code: int | None, rule: str | None, principal_key: str, subject: str) -> None:
+                code: int | None, rule: str | None, principal_key: str, subject: str, reply: JsonObj | None) -> None:
         """The request's audit record; only built when something reads it (metrics alone do not)."""
         ctx = ticket.ctx
         policy = notes.get("policy")
@@ -161,6 +162,10 @@ class Accounting:
             fields["rule"] = rule
         if code is not None:
             made["error_code"] = code
+        if reply is not None:
+            size = _encoded_size(reply)
+            if size is not None:
+                made["response_bytes"] = size
         if call is not None:
             fields["server"] = call.server
             fields["target"] = call.exposed
@@ -207,6 +212,16 @@ class Accounting:
             self._labels.clear()
         self._labels[key] = (call.definition, found)
         return found
+
+
+def _encoded_size(reply: JsonObj) -> int | None:
+    """The length of the reply as the fronts write it (`jsonrpc.encode`, the same bytes): the record is
+    committed before the front serialises, so it is measured here, and only when a record is wanted.
+    None for a reply that cannot be written (the front fails on it too; the record is still written)."""
+    try:
+        return len(jsonrpc.encode(reply))
+    except (TypeError, ValueError):  # orjson's JSONEncodeError is a TypeError
+        return None
 
 
 def _outcome(reply: JsonObj | None) -> tuple[str, int | None, str | None]:
