@@ -262,3 +262,21 @@ def test_a_path_swapped_after_the_check_is_never_bound(tmp_path: Path) -> None:
         swap(project)
         with pytest.raises(BindRefused, match=r"no longer what was checked|changed since it was checked"):
             bind_flags(plan)
+
+
+@pytest.mark.parametrize(("configured", "size"), [(None, 128 << 20), ("2M", 2 << 20)])
+def test_the_sandbox_tmp_is_a_tmpfs_capped_at_tmp_size(tmp_path: Path, configured: str | None, size: int) -> None:
+    limits = {"limits": {"tmp_size": configured}} if configured else {}
+    s = settings_of({"a": {"command": sys.executable, "sandbox": limits}}, {"state_dir": str(tmp_path)})
+    plan = make_plan("a", sys.executable, [str(FIXTURE)], {}, None, s.profile("a"), s, sensitive=sensitive_paths())
+    assert plan.cache_dir is not None
+    plan.cache_dir.mkdir(parents=True)
+    bag = FdBag()
+    try:
+        args = build_args(plan, bag, b"\0" * 8)
+    finally:
+        bag.close()
+    # bwrap applies `--size` and `--perms` to the next `--tmpfs` only: they must sit right before it.
+    at = args.index("--tmpfs")
+    assert args[at + 1] == "/tmp" and args.count("--tmpfs") == 1
+    assert args[at - 4:at] == ["--size", str(size), "--perms", "1777"]
