@@ -80,6 +80,8 @@ def container_args(engine: str, image: str, plan: SandboxPlan, argv: list[str], 
         a += ["--cpus", f"{lim.cpu:g}"]
     # Explicit: a root without CAP_SYS_RESOURCE cannot raise limits, and podman tries to unless told.
     a += ["--ulimit", f"nofile={lim.nofile}:{lim.nofile}"]
+    if lim.pids is not None:  # likewise: podman raises RLIMIT_NPROC otherwise, and that start fails
+        a += ["--ulimit", f"nproc={lim.pids}:{lim.pids}"]
     for bind in plan.binds:
         source = bind_source(bind)
         a += ["-v", f"{source}:{source}:{'rw' if bind.writable else 'ro'}"]

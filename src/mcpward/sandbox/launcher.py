@@ -198,6 +198,7 @@ class Launcher:
                 events.record("sandbox.refused", server=server.name, rule="sandbox.container-env-secret",
                               backend=backend, env=in_env, reason=reason)
                 raise LinkError(f"server {server.name!r} not started: {reason}")
+            self._prepare_cache(plan)  # the engine binds it, and refuses a directory that does not exist
             return ContainerSpawner(backend, profile.image, plan, [server.command, *server.args])
         if not self._swept:
             self._swept = True
