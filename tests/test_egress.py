@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import ipaddress
 import json
 import os
@@ -42,21 +43,28 @@ BIG = b"x" * 5000
 
 # --- origins ---------------------------------------------------------------------------------
 
-async def _origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Answers every request with JSON describing exactly what arrived (line, headers, body)."""
+async def _origin(served: dict[str, tuple[bytes, str]], reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter) -> None:
+    """Answers a path in `served` with its content; every other request with JSON describing exactly
+    what arrived (line, headers, body)."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")[:-2]
         headers = [line.split(":", 1) for line in lines[1:]]
         length = next((int(v) for n, v in headers if n.lower() == "content-length"), 0)
         body = await reader.readexactly(length) if length else b""
-        if lines[0].split(" ")[1] == "/big":
+        path = lines[0].split(" ")[1]
+        content_type = "application/json"
+        if path in served:
+            payload, content_type = served[path]
+        elif path == "/big":
             payload = BIG
         else:
             payload = json.dumps({"line": lines[0], "headers": [[n, v.strip()] for n, v in headers],
                                   "body": body.decode()}).encode()
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nKeep-Alive: timeout=5\r\n"
-                     b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nKeep-Alive: timeout=5\r\n"
+                     b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n" % (content_type.encode(), len(payload))
+                     + payload)
         await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
@@ -68,38 +76,52 @@ async def _origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 class Origins:
     http_port: int
     tls_port: int
-    cert_path: Path
+    cert_path: Path  # the CA that signed the TLS origin's certificate: what a client trusts
     client_ctx: ssl.SSLContext
+    served: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # path -> (content, content type)
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "site.test")])
+def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
+                 ca: bool) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("site.test"), x509.DNSName("pkg.test")]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("site.test"), x509.DNSName("pkg.test")]), critical=False)
+    return builder.sign(signer, hashes.SHA256())
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path, Path]:
+    """A test CA and the origin's certificate signed by it: (CA, origin chain, origin key), the shape a
+    real registry presents (a CA certificate serving as the server's own is refused by strict clients)."""
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("mcpward test CA", ca_key, "mcpward test CA", ca_key, ca=True)
+    leaf = _certificate("site.test", key, "mcpward test CA", ca_key, ca=False)
+    ca_path, chain_path, key_path = tmp / "ca.pem", tmp / "chain.pem", tmp / "key.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    chain_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
-    return cert_path, key_path
+    return ca_path, chain_path, key_path
 
 
 @pytest.fixture
 async def origins(tmp_path: Path) -> AsyncIterator[Origins]:
-    cert_path, key_path = _self_signed(tmp_path)
+    cert_path, chain_path, key_path = _self_signed(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert_path, key_path)
-    plain = await asyncio.start_server(_origin, "127.0.0.1", 0)
-    tls = await asyncio.start_server(_origin, "127.0.0.1", 0, ssl=server_ctx)
+    server_ctx.load_cert_chain(chain_path, key_path)
+    served: dict[str, tuple[bytes, str]] = {}
+    plain = await asyncio.start_server(functools.partial(_origin, served), "127.0.0.1", 0)
+    tls = await asyncio.start_server(functools.partial(_origin, served), "127.0.0.1", 0, ssl=server_ctx)
     client_ctx = ssl.create_default_context(cafile=str(cert_path))
     try:
-        yield Origins(plain.sockets[0].getsockname()[1], tls.sockets[0].getsockname()[1], cert_path, client_ctx)
+        yield Origins(plain.sockets[0].getsockname()[1], tls.sockets[0].getsockname()[1], cert_path, client_ctx,
+                      served)
     finally:
         for srv in (plain, tls):
             srv.close()
