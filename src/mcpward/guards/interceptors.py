@@ -44,6 +44,7 @@ from mcpward.gateway.config import (
     system_resolver,
 )
 from mcpward.guards.base import Answer, Call, Guard, Refusal
+from mcpward.guards.interceptor_credentials import CredentialFailure, Credentials, read_credentials
 from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.transport.stdio_link import minimal_env, plain_child_setup
 from mcpward.transport.vetted_dial import PinningUnavailable, check_pinning, pinned_transport
@@ -64,8 +65,8 @@ ROUTING_KEY = {"tools/call": "name", "prompts/get": "name", "resources/read": "u
 RESULT_KEY = {"tools/call": "content", "prompts/get": "messages", "resources/read": "contents",
               "completion/complete": "completion"}
 COMMON_KEYS = {"kind", "name", "when", "timeout", "on_error", "methods", "tools"}
-KIND_KEYS = {"exec": COMMON_KEYS | {"command", "format"},
-             "http": COMMON_KEYS | {"url", "format", "allow_http", "allow_private"},
+KIND_KEYS = {"exec": COMMON_KEYS | {"command", "format", "env"},
+             "http": COMMON_KEYS | {"url", "format", "allow_http", "allow_private", "headers"},
              "python": COMMON_KEYS | {"options"}}
 Phase = Literal["before", "after"]
 
@@ -117,16 +118,27 @@ class Runner(Protocol):
 class ExecRunner:
     """One process per call: JSON on stdin, JSON on stdout, no shell, a minimal environment."""
 
-    def __init__(self, argv: list[str], cwd: Path, label: str, timeout: float) -> None:
+    def __init__(self, argv: list[str], cwd: Path, label: str, timeout: float,
+                 env: Credentials | None = None) -> None:
         self.argv, self.cwd, self.timeout = argv, cwd, timeout
         self.rule = f"interceptor.{label}"
         self.env = minimal_env({"MCPWARD_INTERCEPTOR": label})
+        self.credentials = env
 
     async def run(self, payload: bytes) -> bytes:
+        # The configured `env` (secret values included) goes in the environment, never in argv: only
+        # the process's own user and root can read /proc/<pid>/environ.
+        env = self.env
+        if self.credentials is not None:
+            try:
+                async with asyncio.timeout(self.timeout):  # a secret store that hangs counts against the hook
+                    env = {**self.env, **await _resolved(self.credentials)}
+            except TimeoutError:
+                raise HookFailure(f"its env was not resolved within {self.timeout:g}s") from None
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=self.env, cwd=self.cwd,
+                stderr=asyncio.subprocess.PIPE, env=env, cwd=self.cwd,
                 start_new_session=True,  # its own process group, so a timeout ends its children too
                 preexec_fn=plain_child_setup)
         except (OSError, ValueError) as exc:
@@ -165,6 +177,13 @@ class ExecRunner:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             raise HookFailure(how)
         return out
+
+
+async def _resolved(credentials: Credentials) -> dict[str, str]:
+    try:
+        return await credentials.values()
+    except CredentialFailure as exc:
+        raise HookFailure(str(exc)) from None
 
 
 async def _feed(stream: asyncio.StreamWriter, payload: bytes) -> None:
@@ -231,8 +250,9 @@ class HttpRunner:
     """POST the payload as JSON; a 2xx answer's body is the hook's answer."""
 
     def __init__(self, url: str, timeout: float, client: SharedClient, vet_names: bool,
-                 resolver: Resolver = system_resolver) -> None:
+                 resolver: Resolver = system_resolver, headers: Credentials | None = None) -> None:
         self.url, self.timeout, self.client, self.resolver = url, timeout, client, resolver
+        self.credentials = headers
         self.allow_private = not vet_names
         parts = urllib.parse.urlsplit(url)
         self.host = parts.hostname or ""
@@ -259,6 +279,8 @@ class HttpRunner:
 
     async def _post(self, payload: bytes) -> bytes:
         headers = {"content-type": "application/json", "accept": "application/json"}
+        if self.credentials is not None:
+            headers.update(await _resolved(self.credentials))
         client = self.client.get(self.allow_private, self.resolver)
         async with client.stream("POST", self.url, content=payload, headers=headers,
                                  timeout=self.timeout) as response:
@@ -428,11 +450,13 @@ def _checked_result(method: str, value: Any) -> JsonObj:
 # ------------------------------------------------------------------------------- configuration
 def from_config(cfg: GatewayConfig) -> list[Guard]:
     """One guard per `[[interceptors]]` table, in config order; ConfigError on any bad key."""
+    from mcpward.gateway.assembly import secret_resolver  # imported here: the assembly builds this chain
     from mcpward.guards import plugins  # imported here: plugins reuses Scope from this module
 
     guards: list[Guard] = []
     labels: set[str] = set()
     client = SharedClient()
+    resolve = secret_resolver(cfg)  # resolves nothing until a hook with a reference first runs
     for i, table in enumerate(cfg.interceptors):
         r = TableReader(cfg.source, f"interceptors[{i}]", table)
         kind = r.get("kind", str, None)
@@ -456,14 +480,16 @@ def from_config(cfg: GatewayConfig) -> list[Guard]:
         docker = _format(r, scope)
         runner: Runner
         if kind == "exec":
-            runner = ExecRunner(_command(r, cfg.base_dir), cfg.base_dir, scope.label, scope.timeout)
+            env = read_credentials(r, "env", resolve)
+            runner = ExecRunner(_command(r, cfg.base_dir), cfg.base_dir, scope.label, scope.timeout, env)
         else:
             url, allow_private = _url(r)
             try:
                 check_pinning()
             except PinningUnavailable as exc:
                 raise r.fail("url", str(exc)) from None
-            runner = HttpRunner(url, scope.timeout, client, vet_names=not allow_private)
+            runner = HttpRunner(url, scope.timeout, client, vet_names=not allow_private,
+                                headers=read_credentials(r, "headers", resolve))
         r.reject_unknown()
         cls = {(True, False): BeforeInterceptor, (False, True): AfterInterceptor}.get((scope.before, scope.after),
                                                                                      AroundInterceptor)
