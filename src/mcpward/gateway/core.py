@@ -65,7 +65,6 @@ class Gateway:
         self.launcher = launcher or make_launcher(cfg)
         self.upstreams = {name: Upstream(scfg, cfg, events, self.launcher) for name, scfg in cfg.servers.items()}
         self.lister = Lister(self.upstreams, self.catalog, self.guards, self.sealer)
-        self._tasks: set[asyncio.Task[None]] = set()
         self._schema_relist = asyncio.Lock()
         self._schema_relisted = float("-inf")
         self.guards.bind(self)
@@ -369,26 +368,9 @@ class Gateway:
 
     # ------------------------------------------------------- upstream-initiated
     def _on_list_changed(self, server: str, kind: str) -> None:
-        method = f"notifications/{kind}/list_changed"
-        upstream = self.upstreams.get(server)
-        if upstream is None or upstream.era != "modern" or self.guards.empty:
-            self.subscriptions.broadcast(jsonrpc.notification(method), list_kind=kind)
-            return
-
-        async def recheck() -> None:
-            # A modern server is stateless: the gateway lists it again itself, so the guards
-            # (pinning) see the change now, before any client does. A legacy server's list is
-            # per session; the clients' own re-list passes the same checks.
-            try:
-                await self.lister.refresh(system_context(), kind, [server])
-                if kind == "resources":
-                    await self.lister.refresh(system_context(), "resourceTemplates", [server])
-            finally:
-                self.subscriptions.broadcast(jsonrpc.notification(method), list_kind=kind)
-
-        task = asyncio.ensure_future(recheck())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # The upstream has already listed itself again (gateway/list_changes.py), so the guards (pinning)
+        # saw the change before any client is told.
+        self.subscriptions.broadcast(jsonrpc.notification(f"notifications/{kind}/list_changed"), list_kind=kind)
 
     def _on_resource_updated(self, server: str, params: JsonObj, principal: str | None = None) -> None:
         """By (server, URI): a client watching mail://inbox on one server hears nothing of another

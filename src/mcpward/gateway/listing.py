@@ -15,6 +15,7 @@ import binascii
 import logging
 import os
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import orjson
@@ -55,6 +56,12 @@ class Lister:
         # (kind, server, upstream name or URI) -> the upstream's own definition, as listed.
         self.definitions: dict[tuple[str, str, str], JsonObj] = {}
         self._cipher = AESGCM(AESGCM.generate_key(bit_length=256))  # the upstream cursor inside ours
+        for name, upstream in upstreams.items():
+            # An upstream's change notification makes it list itself again through here, so the guards
+            # (pinning) see the change before any client lists (gateway/list_changes.py). Stand-ins
+            # for an upstream (tests) announce nothing.
+            if isinstance(upstream, Upstream):
+                upstream.changes.relist = partial(self.recheck, name)
 
     def definition(self, kind: str, server: str, name: str) -> JsonObj | None:
         return self.definitions.get((kind, server, name))
@@ -223,6 +230,12 @@ class Lister:
                     return
 
         await asyncio.gather(*(walk(server) for server in (self.order if servers is None else servers)))
+
+    async def recheck(self, server: str, ctx: RequestContext, kind: str) -> None:
+        """List `server`'s `kind` again as `ctx` (every page), through the guards' `on_published`."""
+        await self.refresh(ctx, kind, [server])
+        if kind == "resources":  # a resources change may add or drop templates too
+            await self.refresh(ctx, "resourceTemplates", [server])
 
     def header_hints(self, server: str, call: Call) -> SendHints | None:
         if call.method != "tools/call" or call.target is None:

@@ -1,13 +1,10 @@
 """One configured upstream server: era probing, sessions, lifecycle, request forwarding.
 
-Modern (2026-07-28) upstreams are stateless, so one connection serves every client.
-Legacy upstreams fix capabilities per session at `initialize`, so the gateway keeps
-one session per distinct client capability set: an upstream never sees a
-capability the client did not declare (no capability laundering).
-
-A server with per-principal credentials has no connection of its own: each listed
-principal gets a child Upstream (its own process or HTTP connection, credentials and
-probe; stopped when idle, see principal_pool.py); anyone else is refused.
+Modern (2026-07-28) upstreams are stateless: one connection serves every client. Legacy upstreams fix
+capabilities per session at `initialize`, so the gateway keeps one session per distinct client capability
+set: an upstream never sees a capability the client did not declare (no capability laundering).
+A server with per-principal credentials has no connection of its own: each listed principal gets a child
+Upstream (its own process or HTTP connection, credentials and probe; principal_pool.py); others are refused.
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ import orjson
 from mcpward import __version__
 from mcpward.gateway.config import GatewayConfig, ServerConfig, resolution_problem
 from mcpward.gateway.context import RequestContext
+from mcpward.gateway.list_changes import ListChanges, Relist
 from mcpward.gateway.peer import Peer, PeerError, local_error
 from mcpward.gateway.principal_pool import PrincipalPool
 from mcpward.gateway.upstream_sessions import (
@@ -69,7 +67,8 @@ class UpstreamEvents:
 
 class Upstream:
     def __init__(self, cfg: ServerConfig, gw: GatewayConfig, events: UpstreamEvents,
-                 launcher: Launcher | None = None, principal_key: str | None = None) -> None:
+                 launcher: Launcher | None = None, principal_key: str | None = None,
+                 relist: Relist | None = None) -> None:
         if launcher is None:
             from mcpward.sandbox.launcher import make_launcher
 
@@ -98,6 +97,8 @@ class Upstream:
         self._tasks: set[asyncio.Task[None]] = set()
         self._resource_uris: set[str] = set()
         self._watch = LegacyWatch(self.name, cfg.timeout)  # legacy subscriptions and log level
+        # Change notifications: the gateway lists the server again (`relist`, set by the lister), then tells.
+        self.changes = ListChanges(self.name, partial(events.list_changed, self.name), relist)
         # Per-principal credentials: one child Upstream per principal that uses this server, each with its
         # own connections and credentials, stopped when idle (principal_pool.py). None: one shared set.
         self._pool = PrincipalPool(self.name, cfg.principal_idle_timeout, cfg.max_principal_connections,
@@ -136,7 +137,7 @@ class Upstream:
         cfg = self.cfg.for_principal(key)
         if cfg is None:
             raise self.unbound(key)
-        return Upstream(cfg, self.gw, self.events, self.launcher, principal_key=key)
+        return Upstream(cfg, self.gw, self.events, self.launcher, principal_key=key, relist=self.changes.relist)
 
     def unbound(self, principal_key: str) -> Refusal:
         return Refusal(UNBOUND_RULE, f"server {self.name!r} has no credentials for {principal_key}")
@@ -295,6 +296,7 @@ class Upstream:
 
     async def stop(self) -> None:
         self._stopping = True
+        self.changes.stop()
         if self._listen_task is not None:
             self._listen_task.cancel()
         sessions, self._sessions = list(self._sessions.values()), {}
@@ -386,6 +388,7 @@ class Upstream:
             with self._for(ctx) as child:
                 return await child.call(ctx, method, params, hints)
         deadline = time.monotonic() + self.cfg.timeout
+        self.changes.principal = ctx.principal if self.principal_key is not None else None
         try:
             if self._slots.locked():  # only a full server pays for a timed wait
                 await asyncio.wait_for(self._slots.acquire(), self.cfg.timeout)
@@ -488,10 +491,11 @@ class Upstream:
             self._background(self._deliver(progress_ctx, method, dict(params, progressToken=original)))
         elif method == "notifications/message":
             owner = push_owner(session)
-            if owner is not None and v.log_level_allows(owner.log_level, params.get("level")):
+            if owner is not None and session is not None and v.log_level_allows(
+                    owner.log_level, params.get("level"), legacy_pair=owner.era == session.era == "legacy"):
                 self._background(self._deliver(owner, method, params))
         elif method.endswith("/list_changed"):
-            self.events.list_changed(self.name, method.split("/")[1])
+            self.changes.announce(method.split("/")[1], session)
         elif method == "notifications/resources/updated":
             # A legacy session speaks only for what it subscribed: updates reach every client watching the URI.
             if session is None or (session.era == "legacy"

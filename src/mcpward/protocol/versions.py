@@ -29,8 +29,15 @@ def negotiate_legacy(requested: Any) -> str:
     return LATEST_LEGACY
 
 
-def log_level_allows(threshold: str | None, level: Any) -> bool:
-    if threshold is None or threshold not in LOG_LEVELS:
+def log_level_allows(threshold: str | None, level: Any, legacy_pair: bool = False) -> bool:
+    """Whether a log line at `level` goes to a client with this threshold. Without a threshold, only
+    between a legacy client and a legacy server session (`legacy_pair`): a legacy client that never sent
+    `logging/setLevel` gets every line, as talking to the server directly (the server chooses what to
+    send then). Modern logging is opt-in per request: a modern client without a level asked for none,
+    and a modern server was told none was asked for, so what it sends anyway is dropped."""
+    if threshold is None:
+        return legacy_pair
+    if threshold not in LOG_LEVELS:
         return False
     if not isinstance(level, str) or level not in LOG_LEVELS:
         return True
