@@ -286,7 +286,8 @@ async def test_front_answers_bad_frames_in_order_and_keeps_going() -> None:
     os.close(pipes.out_r)
     assert replies[0]["id"] is None and replies[0]["error"]["code"] == jsonrpc.PARSE_ERROR
     assert replies[1]["id"] == "huge" and replies[1]["error"]["message"] == (
-        f"message of {len(big) + 1} bytes exceeds the 1024-byte limit")
+        f"message of {len(big) + 1} bytes exceeds the 1024-byte limit ([gateway] max_message_bytes)")
+    assert replies[1]["error"]["data"] == {"rule": "stdio.message-size"}
     assert replies[2]["id"] == 7 and replies[2]["error"]["code"] == jsonrpc.INVALID_REQUEST
     assert {replies[3]["id"], replies[4]["id"]} == {8, 9}
 

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, BinaryIO, cast
 
+from mcpward.audit import events as audit
 from mcpward.gateway import after_reply
 from mcpward.gateway.context import Principal
 from mcpward.gateway.core import Gateway
@@ -37,6 +38,7 @@ log = logging.getLogger("mcpward.stdio")
 # Requests running at once before stdin is paused. High, because a running request may be
 # waiting for the client's answer to a sampling or elicitation request, which arrives on stdin.
 MAX_IN_FLIGHT = 1024
+SIZE_RULE = "stdio.message-size"  # a frame over [gateway] max_message_bytes
 
 
 class _Stdin(asyncio.Protocol):
@@ -219,9 +221,13 @@ class StdioFront:
     # ------------------------------------------------------------ dispatching
     def _dispatch(self, item: Item) -> None:
         if not isinstance(item, bytes):
+            # Named and audited like the HTTP front's `http.body-size`. One record per frame is bounded:
+            # each costs the client more than the limit in bytes.
+            audit.record("stdio.refused", rule=SIZE_RULE, size=item.size, limit=self.max_bytes)
             self._hold(self.write(jsonrpc.error(item.probed_id, jsonrpc.INVALID_REQUEST,
                                                 f"message of {item.size} bytes exceeds the "
-                                                f"{self.max_bytes}-byte limit")))
+                                                f"{self.max_bytes}-byte limit ([gateway] max_message_bytes)",
+                                                {"rule": SIZE_RULE})))
             return
         message: JsonObj | None = None
         try:
