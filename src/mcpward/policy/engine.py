@@ -21,8 +21,8 @@ from typing import Any, Literal
 import cedarpy
 import orjson
 
-from mcpward.gateway.context import Principal
-from mcpward.policy.entities import EntityBuilder, Facts, Target, action_entities
+from mcpward.gateway.context import Principal, RequestContext
+from mcpward.policy.entities import EntityBuilder, Facts, Target, action_entities, context_key, resource_key
 from mcpward.policy.loader import PolicyBundle, evaluation_error_policies
 
 log = logging.getLogger("mcpward.policy")
@@ -67,6 +67,9 @@ class PolicyEngine:
             None if fields is None or "now" in fields else tuple(sorted(fields)))
         self._cache: dict[tuple[Any, ...], Decision] = {}
         self._principals: dict[Principal, bytes] = {}
+        # The principal asked for last and its JSON: a session asks with the same object every time,
+        # so an identity test spares hashing its claims. Held, so the identity cannot be reused.
+        self._last_principal: tuple[Principal, bytes] | None = None
 
     @property
     def policy_hash(self) -> str:
@@ -83,6 +86,23 @@ class PolicyEngine:
                 if hit is not None:
                     return hit
         return self.decide_many(principal, [(action, target)], facts)[0]
+
+    def cached_tool_call(self, principal: Principal, exposed: str, server: str, name: str, claimed: Any,
+                         with_arguments: bool, ctx: RequestContext) -> Decision | None:
+        """The remembered `call_tool` decision for this call, or None (then `decide` it as usual).
+
+        The same key `decide_many` stores under, built from the call's parts without a Target or Facts
+        (`with_arguments`: the call has arguments; a policy reading them keys on the entity JSON, so
+        there is no tuple key to look up)."""
+        fields = self._cache_on
+        if fields is None or (with_arguments and self.bundle.reads_resource_tags):
+            return None
+        builder = self.builder
+        labels = builder.labels_of("tools", server, name, builder.tool_override(server, name))
+        last = self._last_principal  # (the identity test of _principal_json, without the call)
+        p_json = last[1] if last is not None and last[0] is principal else self._principal_json(principal)
+        resource = resource_key("Tool", exposed, server, name, False, claimed, labels)
+        return self._cache.get((p_json, "call_tool", resource, context_key(ctx, fields) if fields else ()))
 
     def _resource_key(self, target: Target, with_args: bool) -> tuple[tuple[Any, ...] | None, list[str] | None]:
         """(the resource's part of a cache key, its labels). No key when the call's arguments are part of
@@ -175,6 +195,9 @@ class PolicyEngine:
         return Decision(False, DEFAULT_DENY, (), "no-permit", errors)
 
     def _principal_json(self, principal: Principal) -> bytes:
+        last = self._last_principal
+        if last is not None and last[0] is principal:
+            return last[1]
         try:
             cached = self._principals.get(principal)
         except TypeError:  # a claim value that cannot be hashed: build it every time
@@ -183,4 +206,6 @@ class PolicyEngine:
             if len(self._principals) >= 1024:
                 self._principals.clear()
             cached = self._principals[principal] = orjson.dumps(self.builder.principal(principal))
+        # Only a hashable principal gets here: it holds no mutable claim value that could change under it.
+        self._last_principal = (principal, cached)
         return cached

@@ -217,8 +217,11 @@ class EntityBuilder:
 
     def override(self, target: Target) -> ToolOverride | None:
         """The operator's [servers.<s>.tools.<t>] table for a tool, which wins over the server's claims."""
-        scfg = self.servers.get(target.server)
-        return scfg.tools.get(target.name) if scfg is not None and target.type == "Tool" else None
+        return self.tool_override(target.server, target.name) if target.type == "Tool" else None
+
+    def tool_override(self, server: str, name: str) -> ToolOverride | None:
+        scfg = self.servers.get(server)
+        return scfg.tools.get(name) if scfg is not None and scfg.tools else None
 
     def annotations(self, target: Target) -> dict[str, bool]:
         override = self.override(target)
@@ -226,32 +229,29 @@ class EntityBuilder:
 
     def labels(self, target: Target) -> list[str]:
         """The target's labels, sorted and without repeats."""
-        override = self.override(target)
         kind = "resourceTemplates" if target.template else KIND_OF_TYPE.get(target.type, "")
+        return self.labels_of(kind, target.server, target.name, self.override(target), target.labels)
+
+    def labels_of(self, kind: str, server: str, name: str, override: ToolOverride | None,
+                  extra: tuple[str, ...] = ()) -> list[str]:
+        """`labels` from the target's parts (a tool call's cached decision is looked up without a Target)."""
         providers = self.label_providers
-        if len(providers) == 1 and not target.labels and (override is None or not override.labels):
+        if len(providers) == 1 and not extra and (override is None or not override.labels):
             # The gateway's usual case (the integrity scanner alone): one lookup per decision.
-            labels = providers[0](target.server, kind, target.name)
+            labels = providers[0](server, kind, name)
             return labels if type(labels) is SortedLabels else sorted(set(labels))
-        found: set[str] = set(target.labels)
+        found: set[str] = set(extra)
         if override is not None:
             found.update(override.labels)
         for provider in providers:
-            found.update(provider(target.server, kind, target.name))
+            found.update(provider(server, kind, name))
         return sorted(found)
 
     def resource_key(self, target: Target, labels: list[str]) -> tuple[Any, ...]:
         """Everything `resource(target, False)` reads that can differ between calls, as a hashable key
         (the operator's overrides come from the config, which is fixed for this builder's life)."""
-        claimed = target.claimed
-        hints = None
-        if isinstance(claimed, dict):
-            # Spelled out (the four of ANNOTATION_HINTS): this runs on every call.
-            ro, de, idem, ow = (claimed.get("readOnlyHint"), claimed.get("destructiveHint"),
-                                claimed.get("idempotentHint"), claimed.get("openWorldHint"))
-            hints = (ro if ro is True or ro is False else None, de if de is True or de is False else None,
-                     idem if idem is True or idem is False else None, ow if ow is True or ow is False else None)
-        return (target.type, target.id, target.server, target.name, target.template, hints, *labels)
+        return resource_key(target.type, target.id, target.server, target.name, target.template, target.claimed,
+                            labels)
 
     def resource(self, target: Target, with_arguments: bool, labels: list[str] | None = None) -> JsonObj:
         if target.type == "Server":
@@ -269,6 +269,25 @@ class EntityBuilder:
                 if with_arguments and target.arguments else {})
         return {"uid": {"type": target.type, "id": target.id}, "attrs": attrs,
                 "parents": [{"type": "Server", "id": target.server}], "tags": tags}
+
+
+def resource_key(type_: str, id_: str, server: str, name: str, template: bool, claimed: Any,
+                 labels: list[str]) -> tuple[Any, ...]:
+    """A resource's part of a decision's cache key (see `EntityBuilder.resource_key`): one function for
+    the key a decision is stored under and the key a tool call looks it up by."""
+    hints = None
+    if isinstance(claimed, dict):
+        # Spelled out (the four of ANNOTATION_HINTS): this runs on every call.
+        ro, de, idem, ow = (claimed.get("readOnlyHint"), claimed.get("destructiveHint"),
+                            claimed.get("idempotentHint"), claimed.get("openWorldHint"))
+        hints = (ro if ro is True or ro is False else None, de if de is True or de is False else None,
+                 idem if idem is True or idem is False else None, ow if ow is True or ow is False else None)
+    return (type_, id_, server, name, template, hints, *labels)
+
+
+def context_key(ctx: RequestContext, fields: tuple[str, ...]) -> tuple[Any, ...]:
+    """`Facts.of(ctx).key(fields)`, without building the Facts when the policies read no field."""
+    return Facts.of(ctx).key(fields) if fields else ()
 
 
 def action_entities() -> list[JsonObj]:

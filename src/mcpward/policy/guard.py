@@ -121,6 +121,18 @@ class PolicyGuard(Guard):
 
     async def on_request(self, call: Call) -> JsonObj | None:
         principal = call.ctx.principal
+        if call.method == "tools/call" and call.server is not None and call.target is not None:
+            # Most requests: a tool call whose permit is remembered, found without building the
+            # target and the facts. Anything else (a miss, a deny) takes the full path below.
+            arguments = call.params.get("arguments")
+            definition = call.definition
+            hit = self.engine.cached_tool_call(
+                principal, call.exposed or call.target, call.server, call.target,
+                definition.get("annotations") if definition is not None else None,
+                isinstance(arguments, dict) and len(arguments) > 0, call.ctx)
+            if hit is not None and hit.allowed:
+                call.notes["policy"] = {"rule": hit.rule, "allowed": True, "hash": self.engine.bundle.hash}
+                return None
         action = METHOD_ACTIONS.get(call.method)
         target = call_target(call)
         if action is None or target is None:
