@@ -335,13 +335,15 @@ def main() -> None:
                         help="interleaved timed runs per throughput figure (the median is reported)")
     parser.add_argument("--calls", type=int, default=20000, help="timed calls per latency figure")
     parser.add_argument("--skip-detect-secrets", action="store_true")
+    parser.add_argument("--latency-only", action="store_true", help="only part 1 (a short run: about a minute less)")
     args = parser.parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {load:.2f} at start", file=sys.stderr)
     lines = asyncio.run(latency_part(args.calls))
-    lines.append("")
-    lines += throughput_part(args.mb, args.runs, not args.skip_detect_secrets)
+    if not args.latency_only:
+        lines.append("")
+        lines += throughput_part(args.mb, args.runs, not args.skip_detect_secrets)
     print("\n".join(lines))
 
 

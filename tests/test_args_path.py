@@ -17,6 +17,7 @@ SCREEN = PathScreen()
     "%%32%65%%32%65/x", "%c0%ae%c0%ae/x", "%c0%2e%c0%2e%c0%5cx", "%e0%80%ae%e0%80%ae/x", "%u002e%u002e/x",
     "%uff0e%uff0e/x", "..%u2216..%u2216x", "\uff0e\uff0e/x", "0x2e0x2e0x2fx", "..2f..2fx", "....//x", "/.../.../x",
     "..;/x", "x%00.png", "report.pdf%2500", "..", "Li4vLi4vc2VjcmV0", "..%5c..%5cx", "/var/tmp/../../x",
+    "2E2E2Fsecret", "2e2E5cx",  # any case of the '%'-less spelling (check's pre-test must let it through)
 ])
 def test_traversal_refused(value: str) -> None:
     found = SCREEN.check(value)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -55,8 +56,22 @@ _SCREENED = frozenset({"tools/call", "prompts/get", "completion/complete", "reso
 _LOOSE: frozenset[Kind] = frozenset({"text", "content"})  # prose: a Markdown fence is fine
 
 
+@dataclass(slots=True)
+class _Plan:
+    """One tool's per-call facts, fixed by its compiled schema and the settings."""
+
+    compiled: CompiledTool  # the schema this plan was made for (a different one makes a new plan)
+    kinds: dict[Names, Kind] | None  # parameter name path -> kind, as met (None: not remembered)
+    overrides: dict[str, Kind] | None  # the operator's param_kinds for this tool
+    described: dict[str, Kind] | None  # a prompt's kinds from its argument descriptions
+    roots: tuple[str, ...]  # the server's declared roots
+    allow_private: bool  # the server may be given private addresses
+
+
 class _Findings:
     """Collects findings for one call: the first blocking one refuses, the rest are audited."""
+
+    __slots__ = ("call", "guard")
 
     def __init__(self, guard: ArgumentGuard, call: Call) -> None:
         self.guard, self.call = guard, call
@@ -87,8 +102,7 @@ class ArgumentGuard(Guard):
         self.schemas = SchemaCache(max_schema_bytes=s.max_schema_bytes, additional_properties=s.additional_properties,
                                    max_depth=s.max_depth)
         self._name_kinds: dict[str, Kind | None] = {}
-        # (method, server, tool) -> (the compiled schema the kinds came from, parameter name path -> kind)
-        self._kind_memo: dict[tuple[str, str, str], tuple[CompiledTool, dict[Names, Kind]]] = {}
+        self._plans: dict[tuple[str, str, str], _Plan] = {}  # (method, server, tool) -> its plan
 
     async def on_request(self, call: Call) -> JsonObj | None:
         method = call.method
@@ -176,26 +190,14 @@ class ArgumentGuard(Guard):
         if not strings:
             return
         # Each string by the kind of its parameter (inline: one coroutine less on every call).
-        s = self.settings
-        tool = (call.server or "", call.target or "")
-        overrides = s.param_kinds.get(tool) if s.param_kinds else None
-        described = _prompt_kinds(definition) if call.method == "prompts/get" else None
-        # Kinds per (tool, parameter path) are remembered with the compiled schema they came from
-        # (prompts are classified afresh: their kinds come from the definition passed with the call).
-        known: dict[Names, Kind] | None = None
-        if described is None:
-            entry = self._kind_memo.get((call.method, *tool))
-            if entry is None or entry[0] is not compiled:
-                if len(self._kind_memo) > 256:
-                    self._kind_memo.clear()
-                entry = self._kind_memo[(call.method, *tool)] = (compiled, {})
-            known = entry[1]
+        plan = self._plan(call, compiled)
+        known = plan.kinds
         for path, names, value in strings:
             if not value:
                 continue
             kind = known.get(names) if known is not None else None
             if kind is None:
-                kind = self._kind(names, compiled, overrides, described)
+                kind = self._kind(names, compiled, plan.overrides, plan.described)
                 if known is not None:
                     if len(known) > 1024:
                         known.clear()
@@ -204,24 +206,43 @@ class ArgumentGuard(Guard):
             if finding is not None or kind in _LOOSE:
                 pass
             elif kind == "path":
-                scheme = url_scheme(value)
+                scheme = url_scheme(value) if ":" in value else None  # no scheme without a colon
                 if scheme in ("http", "https"):  # some file tools read URLs too: then it is a URL
-                    finding = await self.urls.check(value, s.allow_private_for(call.server))
+                    finding = await self.urls.check(value, plan.allow_private)
                 else:
                     if "%" in value and url_scheme(decoded := decode_path(value)) in ("http", "https"):
                         # `http%3a//169.254.169.254/`: a tool that decodes its path fetches this URL
-                        finding = await self.urls.check(decoded, s.allow_private_for(call.server))
-                    finding = finding or self._path(value, scheme, call.server)
+                        finding = await self.urls.check(decoded, plan.allow_private)
+                    finding = finding or self._path(value, scheme, plan.roots)
             elif kind == "url":
-                finding = await self.urls.check(value, s.allow_private_for(call.server))
+                finding = await self.urls.check(value, plan.allow_private)
             elif kind == "host":
-                finding = await self._hosts(value, s.allow_private_for(call.server))
+                finding = await self._hosts(value, plan.allow_private)
             elif kind == "command":
                 finding = self.commands.check_command(value)
             elif kind == "code":
                 finding = self.commands.check_code(value)
             if finding is not None:
                 found.add(finding, path)
+
+    def _plan(self, call: Call, compiled: CompiledTool) -> _Plan:
+        """What every call of this tool needs that only its definition and the settings decide: worked
+        out at its first call and again whenever its schema is compiled anew (a changed definition,
+        after a list_changed or a re-pin, is a different compiled schema, so its old plan is dropped).
+        Prompts are planned per call: their kinds come from the definition passed with the call."""
+        tool = (call.server or "", call.target or "")
+        s = self.settings
+        if call.method == "prompts/get":
+            return _Plan(compiled, None, s.param_kinds.get(tool) if s.param_kinds else None,
+                         _prompt_kinds(call.definition), s.roots_for(call.server), s.allow_private_for(call.server))
+        key = (call.method, *tool)
+        plan = self._plans.get(key)
+        if plan is None or plan.compiled is not compiled:
+            if len(self._plans) > 256:
+                self._plans.clear()
+            plan = self._plans[key] = _Plan(compiled, {}, s.param_kinds.get(tool) if s.param_kinds else None, None,
+                                            s.roots_for(call.server), s.allow_private_for(call.server))
+        return plan
 
     # ------------------------------------------------------------ limits + characters
     def _flat(self, arguments: dict[str, Any]) -> tuple[list[tuple[PathParts, Names, str]], bool] | None:
@@ -403,11 +424,11 @@ class ArgumentGuard(Guard):
         found = await asyncio.gather(*(self.urls.check(_as_authority(part), allow_private) for part in parts))
         return next((finding for finding in found if finding is not None), None)
 
-    def _path(self, value: str, scheme: str | None, server: str | None) -> Finding | None:
+    def _path(self, value: str, scheme: str | None, roots: tuple[str, ...]) -> Finding | None:
         """A path-kind value that is not an http(s) URL (the caller sends those to the URL screen)."""
         if scheme is not None and scheme != "file":
             return Finding("args.url.scheme", f"is a {scheme}:// URL or stream wrapper, not a path")
-        return self.paths.check(value, self.settings.roots_for(server))
+        return self.paths.check(value, roots)
 
 
 _HOST_SEPARATORS = re.compile(r"[,\s]+")

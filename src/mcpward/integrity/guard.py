@@ -155,7 +155,8 @@ class IntegrityGuard(Guard):
             return None
         if kind is None:
             return None
-        self._lock_changed()
+        if time.monotonic() >= self._next_check:  # (what _lock_changed tests first: a call saved per request)
+            self._lock_changed()
         key = (kind, call.server, call.target)
         seen = self.seen.get(key)
         if seen is None and self._gateway is not None:
@@ -174,10 +175,11 @@ class IntegrityGuard(Guard):
         return None
 
     def _admit(self, call: Call, seen: Seen) -> None:
-        call.notes["pin"] = seen.verdict.state
-        call.notes["risk"] = seen.risk()
-        if not seen.verdict.visible:
-            raise Refusal(seen.verdict.rule, seen.verdict.message)
+        verdict, notes = seen.verdict, call.notes
+        notes["pin"] = verdict.state
+        notes["risk"] = seen.risk()
+        if not verdict.visible:
+            raise Refusal(verdict.rule, verdict.message)
 
     def _check_uri(self, call: Call, server: str, uri: str) -> None:
         """A URI a listed resource names is that resource's (resources are not pinned); any other URI the
