@@ -38,6 +38,11 @@ MAX_DEPTH = 2  # base64 in base64 is decoded; a third level is reported, not dec
 TOO_MANY = "excess.count"  # layers of payloads past a bound: reported, not rescanned
 TOO_LONG = "excess.size"
 MARKUP = "markup"  # the field's text without markup: matched like the text, not as a hidden payload
+# A base64 payload cut into chunks (by spaces or line breaks, or across fields): a text is looked at for
+# one only when a lower-case letter is followed by an upper-case letter, a digit, "+" or "/" at least
+# CHUNK_SWITCHES times (base64 does that about every fourth character, prose hardly ever).
+CHUNK_SWITCHES = 4
+MAX_CHUNKS = 256  # chunks read per run; the next ones start a run of their own
 
 
 class _Cut(str):
@@ -89,6 +94,7 @@ _URLSAFE = bytes.maketrans(b"-_", b"+/")
 SUSPECT = re.compile(
     rf"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|<!--|\\x[0-9A-Fa-f]{{2}}|%[0-9A-Fa-f]{{2}}|[A-Za-z0-9+/_-]{{{MIN_RUN},}}"
     r"|[*`&]|~~|<[/A-Za-z]|_(?:(?![A-Za-z0-9_])|(?<![A-Za-z0-9_]_))"
+    rf"|\A(?=(?s:.){{{MIN_RUN + 1}}})(?s:.*?[a-z][A-Z0-9+/]){{{CHUNK_SWITCHES}}}"
 )
 
 
@@ -103,6 +109,15 @@ _MARKS_TABLE = bytes(
 _LONG_RUN = b"a" * MIN_RUN
 _HEX_TABLE = bytes(ord("a") if bytes([b]) in b"0123456789ABCDEFabcdef" else ord(" ") for b in range(256))
 _HEX_ESCAPE = re.compile(r"\\x[0-9A-Fa-f]{2}")
+# SUSPECT's chunk alternative as a byte table: lower-case letters "l", upper-case, digits, "+" and "/" "u".
+_CASE_TABLE = bytes(ord("l") if 0x61 <= b <= 0x7A else ord("u") if 0x41 <= b <= 0x5A or 0x30 <= b <= 0x39
+                    or b in b"+/" else ord(" ") for b in range(256))
+# A chunk: base64 characters with a digit, "+", "/" or a lower-to-upper switch (padding at its end); a run
+# is two or more separated by whitespace, each tried only where a token starts (no quadratic retries).
+_CHUNK_LIKE = re.compile(r"[A-Za-z0-9+/_-]*(?:[0-9+/]|[a-z][A-Z])[A-Za-z0-9+/_-]*={0,2}")
+_CHUNK_TOKEN = r"(?<![A-Za-z0-9+/_=-])" + _CHUNK_LIKE.pattern
+_CHUNK_RUN = re.compile(rf"{_CHUNK_TOKEN}(?:\s{{1,16}}{_CHUNK_TOKEN}){{1,{MAX_CHUNKS - 1}}}(?![A-Za-z0-9+/_=-])")
+_CHUNK = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
@@ -235,6 +250,49 @@ def _marked(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass").translate(_MARKS_TABLE)
 
 
+def _chunky(text: str, data: bytes | None = None) -> bool:
+    """SUSPECT's chunk alternative: longer than a chunked payload's shortest form (MIN_RUN characters and a
+    space), with CHUNK_SWITCHES lower-to-upper (or digit, "+", "/") switches. `data`: its ASCII bytes."""
+    if len(text) <= MIN_RUN:
+        return False
+    if data is None:
+        data = text.encode("ascii") if text.isascii() else text.encode("utf-8", "surrogatepass")
+    return data.translate(_CASE_TABLE).count(b"lu") >= CHUNK_SWITCHES
+
+
+def chunk_like(token: str) -> bool:
+    """A token that may be a chunk of base64 rather than a word (`_CHUNK_TOKEN`; not "Decode" or "JSON")."""
+    return _CHUNK_LIKE.fullmatch(token) is not None
+
+
+_Payload = tuple[int, int, str | None]  # a run's span and what it decodes to (None: nothing readable)
+
+
+def chunk_layers(text: str) -> list[Layer]:
+    """base64 payloads cut into chunks: each run of two or more chunk-like tokens separated by whitespace is
+    joined and decoded when MIN_RUN long, also without up to two tokens at either end (a word next to a
+    payload may look like a chunk). At most MAX_DECODES payloads, like `_decodes`."""
+    found: list[Layer] = []
+    for start, end, decoded in _chunk_payloads(text):
+        _keep(found, "base64", start, end, decoded)
+    return found
+
+
+def _chunk_payloads(text: str) -> list[_Payload]:
+    out: list[_Payload] = []
+    for m in _CHUNK_RUN.finditer(text):
+        run = list(_CHUNK.finditer(text, m.start(), m.end()))
+        tries = [(lead, tail) for lead in range(min(3, len(run) - 1)) for tail in range(min(3, len(run) - 1 - lead))]
+        for lead, tail in tries:  # at most nine decodes per run
+            part = run[lead : len(run) - tail]
+            joined = "".join(t.group() for t in part)
+            decoded = _b64(joined) if len(joined) >= MIN_RUN else None
+            if decoded:
+                out.append((part[0].start(), part[-1].end(), decoded))
+                break
+    return out
+
+
 def suspect(text: str) -> bool:
     """`SUSPECT.search(text) is not None`, at C speed: something normalising would strip or decode."""
     return _markup_suspect(text) or _encoded(text)
@@ -247,7 +305,7 @@ def _encoded(text: str) -> bool:
     marked = _marked(text)
     # find(), not `in`: bytes.__contains__ first tries its operand as an int and builds a TypeError
     # message before it searches, which cost more than the search on every field.
-    return marked.find(b"c") >= 0 or marked.find(_LONG_RUN) >= 0
+    return marked.find(b"c") >= 0 or marked.find(_LONG_RUN) >= 0 or _chunky(text)
 
 
 def plain(text: str) -> bool:
@@ -259,8 +317,9 @@ def plain(text: str) -> bool:
         return False
     if _markup_suspect(text):
         return False
-    marked = text.encode("ascii").translate(_MARKS_TABLE)
-    return marked.find(b"c") < 0 and marked.find(_LONG_RUN) < 0
+    data = text.encode("ascii")
+    marked = data.translate(_MARKS_TABLE)
+    return marked.find(b"c") < 0 and marked.find(_LONG_RUN) < 0 and not _chunky(text, data)
 
 
 def unless_plain(text: str) -> Normalised | None:
@@ -273,10 +332,11 @@ def unless_plain(text: str) -> Normalised | None:
         return normalise(text)
     if _markup_suspect(text):
         return normalise(text)
-    marked = text.encode("ascii").translate(_MARKS_TABLE)
+    data = text.encode("ascii")
+    marked = data.translate(_MARKS_TABLE)
     if marked.find(b"c") >= 0:
         return normalise(text)
-    if marked.find(_LONG_RUN) < 0:
+    if marked.find(_LONG_RUN) < 0 and not _chunky(text, data):
         return None
     # ASCII without a control character: what `normalise` returns for it, from the marks made here.
     return Normalised(text, [], _decodes(text, marked))
@@ -423,6 +483,7 @@ def _decodes(text: str, marked: bytes | None = None) -> list[Layer]:
     runs_only = marked is not None  # ASCII without controls: its marks are run bytes "a" and spaces
     if marked is None:
         marked = _marked(text)
+    singles: list[_Payload] = []
     if marked.find(_LONG_RUN) >= 0:
         if runs_only:
             # A _BASE64 match is then a whole run of at least MIN_RUN marks and up to two "=" after it:
@@ -432,16 +493,24 @@ def _decodes(text: str, marked: bytes | None = None) -> list[Layer]:
                 end = marked.find(b" ", start)
                 end = len(text) if end < 0 else end
                 stop = end + 2 if text.startswith("==", end) else end + 1 if text.startswith("=", end) else end
-                _keep(found, "base64", start, stop, _b64(text[start:stop]))
+                singles.append((start, stop, _b64(text[start:stop])))
                 start = marked.find(_LONG_RUN, end)
         else:
             for m in _BASE64.finditer(text):
-                _add(found, "base64", m, _b64(m.group()))
-        # A hex run is a run of 24 hex digits at least: looked for in a byte table first (long names and
-        # identifiers make most base64-length runs, and few of them are hex).
-        if text.encode("utf-8", "surrogatepass").translate(_HEX_TABLE).find(_LONG_RUN) >= 0:
-            for m in _HEX.finditer(text):
-                _add(found, "hex", m, _decode_bytes(bytes.fromhex(m.group())))
+                singles.append((m.start(), m.end(), _b64(m.group())))
+    chunks = _chunk_payloads(text) if _chunky(text) else []
+    for start, end, decoded in singles:
+        # A run read whole inside a chunked payload that holds what it decodes to is that payload's part
+        # (eight payloads in a row are one run of chunks too, and must not count as nine).
+        if not (decoded and any(s <= start and end <= e and d and decoded in d for s, e, d in chunks)):
+            _keep(found, "base64", start, end, decoded)
+    for start, end, decoded in chunks:
+        _keep(found, "base64", start, end, decoded)
+    # A hex run is a run of 24 hex digits at least: looked for in a byte table first (long names and
+    # identifiers make most base64-length runs, and few of them are hex).
+    if marked.find(_LONG_RUN) >= 0 and text.encode("utf-8", "surrogatepass").translate(_HEX_TABLE).find(_LONG_RUN) >= 0:
+        for m in _HEX.finditer(text):
+            _add(found, "hex", m, _decode_bytes(bytes.fromhex(m.group())))
     if "\\x" in text:
         for m in _HEX_ESCAPES.finditer(text):
             _add(found, "hex", m, _decode_bytes(bytes.fromhex(m.group().replace("\\x", ""))))

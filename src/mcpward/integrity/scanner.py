@@ -26,47 +26,29 @@ import orjson
 from mcpward.integrity import normalise as norm
 from mcpward.integrity import rules as rules_mod
 from mcpward.integrity import shadowing
+from mcpward.integrity.field_rules import (
+    LONG_TEXT,
+    Descs,
+    FieldRules,
+    bound,
+    chunk_values,
+    descriptions,
+    join_text,
+    joined_order,
+    rule_text,
+)
 from mcpward.integrity.model import EMPTY, Finding, Report, ScanContext, Severity
 from mcpward.integrity.walk import MAX_DEPTH as MAX_NESTING
 from mcpward.integrity.walk import SCHEMAS, argument_strings, extra_strings, item_strings, schema_strings, top_strings
 
 __all__ = ["Finding", "Report", "ScanContext", "Scanner", "Severity", "default_scanner", "item_strings"]
 
-LONG_TEXT = 4000  # characters in one field: the longest benign description in the eval corpora is 3,866
 MAX_STRINGS = 2000  # strings read from one item: the rest is not read, and that is a HIGH finding
 CACHE_SIZE = 50_000  # content results kept (one per distinct definition)
 PART_BYTES = 32 << 20  # schema JSON kept as keys of the schema cache
 STRING_CACHE = 200_000  # strings remembered as clean, and words of strings (each; cleared when full)
 HIGH_SCORE = 0.8  # combined evidence that hides a tool on its own (three medium rules, or two strong ones)
 MEDIUM_SCORE = 0.5
-
-
-
-# Findings normalisation reports itself: (category, severity, weight) per Mark rule.
-_MARKS: dict[str, tuple[str, Severity, float]] = {
-    "invisible.zero-width": ("invisible-content", Severity.MEDIUM, 0.45),
-    "invisible.bidi": ("invisible-content", Severity.HIGH, 0.7),
-    "invisible.tags": ("invisible-content", Severity.HIGH, 0.9),
-    "invisible.variation-selectors": ("invisible-content", Severity.MEDIUM, 0.5),
-    "ansi.escape": ("invisible-content", Severity.MEDIUM, 0.5),
-    "control": ("invisible-content", Severity.LOW, 0.3),
-    # A Latin word spelt with Cyrillic or Greek look-alikes: nobody writes that by accident.
-    "obfuscation.mixed-script": ("obfuscation", Severity.MEDIUM, 0.5),
-}
-
-
-def _rule_text(n: norm.Normalised) -> tuple[str, bool]:
-    """What the RE2 Sets test for one normalised field, and whether normalisation found something that
-    needs the per-field scan (a mark or a payload). The field without markup (`normalise.MARKUP`) is
-    tested with the field, joined as `RuleSet.maybe` joins fields: no rule hit on either, no finding."""
-    odd = bool(n.marks)
-    text = n.text
-    for layer in n.layers:
-        if layer.layer == norm.MARKUP:
-            text = f"{text}\n\n{layer.text}"
-        else:
-            odd = True
-    return text, odd
 
 
 def combine(findings: tuple[Finding, ...]) -> Report:
@@ -98,31 +80,25 @@ def combine(findings: tuple[Finding, ...]) -> Report:
     return Report(ordered, score, Severity(severity))
 
 
-def _bound(rule: str, field: str, start: int, end: int, evidence: str, layer: str = "text") -> Finding:
-    """A scan bound was hit and content past it went unread: HIGH (fail closed), naming the bound."""
-    return Finding(f"poisoning.{rule}", rule.split(".", 1)[0], Severity.HIGH, field, start, end, evidence, layer,
-                   0.8)
-
-
-
 # ---------------------------------------------------------------------------------------- the scanner
 
 _Words = tuple[tuple[str, ...], ...]  # an item's word tokens, in parts (their union is what counts)
 _Content = tuple[tuple[Finding, ...], _Words]  # context-free findings, the item's words
-_Part = tuple[tuple[Finding, ...], tuple[str, ...], int]  # one schema: its findings, its words, its strings
+_Join = tuple[list[tuple[str, str]], str]  # an item's descriptions in join order, and the joined pass's text
+# One schema: its findings, its words, its number of strings, its descriptions.
+_Part = tuple[tuple[Finding, ...], tuple[str, ...], int, Descs]
 _Strings = list[tuple[str, str, bool]]
 _Schema = tuple[str, bytes, "_Part | _Strings"]  # schema key, part key, its cached part or strings
 # What `_prepare` read of an item for `_finish`: its own strings, prompt arguments and schemas; None: walk whole.
 _Todo = tuple[_Strings, _Strings, list[_Schema]] | None
 _SORTED = orjson.OPT_SORT_KEYS
-_EXCESS = frozenset({norm.TOO_MANY, norm.TOO_LONG})
 
 
 class _Batch:
     """The strings of one list's new items that are still to check (`Scanner.scan_items`), each normalised
     once: the grouped prefilter tests them, and the per-item scan reuses the normalised forms."""
 
-    __slots__ = ("names", "normal", "seen", "texts", "walked")
+    __slots__ = ("descs", "joins", "names", "normal", "seen", "texts", "walked")
 
     def __init__(self) -> None:
         self.normal: dict[str, norm.Normalised | None] = {}  # raw -> `normalise.unless_plain(raw)`
@@ -130,6 +106,8 @@ class _Batch:
         self.texts: dict[str, str] = {}  # raw -> normalised: strings the text rules' Sets will test
         self.names: dict[str, str] = {}  # the same for names (tested by the name rules too)
         self.walked: dict[bytes, _Strings] = {}  # part key -> strings, for a schema not yet cached
+        self.descs: dict[bytes, Descs] = {}  # part key -> descriptions, for the same schemas
+        self.joins: dict[bytes, _Join] = {}  # item key -> its joined pass's descriptions and text
 
     def add(self, strings: _Strings, clean: dict[bool, set[str]]) -> None:
         """Normalise the strings not known clean; those normalisation finds nothing in (no mark, no payload,
@@ -149,7 +127,7 @@ class _Batch:
                     continue
                 text = raw
             else:
-                text, odd = _rule_text(n)
+                text, odd = rule_text(n)
                 if odd or len(n.text) > LONG_TEXT:
                     continue
             texts[raw] = text
@@ -186,6 +164,7 @@ def context_key(context: ScanContext) -> tuple[int, int]:
 class Scanner:
     def __init__(self, rules_dir: Path | None = None) -> None:
         self.rules = rules_mod.load(rules_dir)
+        self._fields = FieldRules(self.rules)
         self._shadow = shadowing.Shadowing()
         self._cache: OrderedDict[bytes, _Content] = OrderedDict()
         self._parts: dict[bytes, _Part] = {}  # one schema's part of the content, by its canonical JSON
@@ -291,7 +270,30 @@ class Scanner:
         if batch is not None:
             batch.add(top, self._clean)
             batch.add(args, self._clean)
+            self._queue_join(key, top, args, schemas, batch)
         return key, None, (top, args, schemas)
+
+    def _queue_join(self, key: bytes, top: _Strings, args: _Strings, schemas: list[_Schema], batch: _Batch) -> None:
+        """Queue the text of the item's joined pass for the grouped prefilter, and keep what `_fresh` and
+        `_schema_part` would compute again (the descriptions, the text)."""
+        seen = batch.seen
+        descs = list(descriptions(top, seen))
+        for _, pkey, got in schemas:
+            if isinstance(got, list):
+                found = batch.descs.get(pkey)
+                if found is None:
+                    found = batch.descs[pkey] = descriptions(got, seen)
+                descs.extend(found)
+            else:
+                descs.extend(got[3])
+        if args:
+            descs.extend(descriptions(args, seen))
+        if len(descs) > 1:
+            descs = joined_order(descs)
+            text = join_text([t for _, t in descs])
+            batch.joins[key] = (descs, text)
+            if text and len(text) <= LONG_TEXT and text not in self._clean[False]:
+                batch.texts[text] = text
 
     def _finish(self, kind: str, item: Mapping[str, Any], key: bytes, todo: _Todo, batch: _Batch | None) -> _Content:
         """The second half: the content from what `_prepare` read, cached by the item's key."""
@@ -302,7 +304,8 @@ class Scanner:
             parts: dict[str, _Part] = {}
             for name, pkey, got in schemas:
                 parts[name] = self._schema_part(pkey, got, batch) if isinstance(got, list) else got
-            result = self._fresh(kind, item, parts, top, args, batch)
+            result = self._fresh(kind, item, parts, top, args, batch,
+                                 batch.joins.get(key) if batch is not None else None)
         with self._lock:
             self._cache[key] = result
             if len(self._cache) > CACHE_SIZE:
@@ -363,9 +366,10 @@ class Scanner:
                 add(names[i])
 
     def _fresh(self, kind: str, item: Mapping[str, Any], parts: dict[str, _Part], top: _Strings, args: _Strings,
-               batch: _Batch | None) -> _Content:
+               batch: _Batch | None, join: _Join | None = None) -> _Content:
         """The content part of an item not seen before, from its schemas' parts and its own strings; an item
-        with too many strings in all is walked whole (`_walked`)."""
+        with too many strings in all is walked whole (`_walked`). `join`: its joined pass's input, when a
+        batch has made it already."""
         count = len(top) + len(args)
         for part in parts.values():
             count += part[2]
@@ -384,10 +388,35 @@ class Scanner:
         if args:
             found.extend(self._scan_strings(args, seen, batch))
             words.extend(self._text_words(text, seen) for _, text, is_name in args if not is_name)
+        chunks = chunk_values(top + args if args else top)
+        if chunks:
+            found.extend(self._fields.split_payloads(chunks))
+        if join is None:
+            descs = list(descriptions(top, seen))
+            for part in parts.values():
+                descs.extend(part[3])
+            if args:
+                descs.extend(descriptions(args, seen))
+            if len(descs) > 1:
+                descs = joined_order(descs)
+                join = (descs, join_text([t for _, t in descs]))
+        if join is not None:
+            found.extend(self._joined(join, found))
         name = item.get("name")
         if isinstance(name, str):
             found.extend(self._shadow.known_findings(name))
         return tuple(found), tuple(filter(None, words))
+
+    def _joined(self, join: _Join, found: list[Finding]) -> list[Finding]:
+        """The joined pass over an item's descriptions (`FieldRules.joined`), skipped when the join's text is
+        known clean (the batch's grouped prefilter clears most of them); a clean join is remembered."""
+        descs, text = join
+        if not text or text in self._clean[False]:
+            return []
+        hits = self._fields.joined(descs, {f.rule for f in found})
+        if not hits:
+            self._remember_clean([("", text, False)])
+        return hits
 
     def _schema_part(self, pkey: bytes, strings: _Strings, batch: _Batch | None) -> _Part:
         """One schema's part from its strings (fewer than MAX_STRINGS), kept by its part key."""
@@ -396,9 +425,13 @@ class Scanner:
         if hit is not None:
             return hit
         seen: dict[str, str] = {} if batch is None else batch.seen
-        findings = tuple(self._scan_strings(strings, seen, batch))
+        findings = self._scan_strings(strings, seen, batch)
+        chunks = chunk_values(strings)
+        if chunks:
+            findings.extend(self._fields.split_payloads(chunks))
         words = self._item_words([text for _, text, is_name in strings if not is_name], seen)
-        part = (findings, words, len(strings))
+        descs = batch.descs.get(pkey) if batch is not None else None
+        part = (tuple(findings), words, len(strings), descs if descs is not None else descriptions(strings, seen))
         with self._lock:
             self._parts_bytes += len(pkey)
             if len(self._parts) >= CACHE_SIZE or self._parts_bytes > PART_BYTES:
@@ -424,11 +457,17 @@ class Scanner:
         seen: dict[str, str] = {}  # non-ASCII text -> its normalised form, shared with the words below
         found = self._scan_strings(strings, seen, None)
         if unread is not None:
-            found.append(_bound("excessive-length.schema-size", unread, 0, 0,
+            found.append(bound("excessive-length.schema-size", unread, 0, 0,
                                 f"more than {MAX_STRINGS} strings: the rest is not read"))
         if deep:
-            found.append(_bound("excessive-nesting.schema-depth", deep[0], 0, 0,
+            found.append(bound("excessive-nesting.schema-depth", deep[0], 0, 0,
                                 f"nested deeper than {MAX_NESTING} levels: the rest is not read"))
+        chunks = chunk_values(strings)
+        if chunks:
+            found.extend(self._fields.split_payloads(chunks))
+        descs = joined_order(list(descriptions(strings, seen)))
+        if len(descs) > 1:
+            found.extend(self._joined((descs, join_text([t for _, t in descs])), found))
         name = item.get("name")
         if kind != "instructions" and isinstance(name, str):
             found.extend(self._shadow.known_findings(name))
@@ -486,7 +525,7 @@ class Scanner:
                 if not text.isascii():
                     seen[text] = normal.text
                 odd = odd or len(normal.text) > LONG_TEXT
-                text, found_odd = _rule_text(normal)
+                text, found_odd = rule_text(normal)
                 odd = odd or found_odd
             else:
                 odd = odd or len(text) > LONG_TEXT
@@ -500,10 +539,11 @@ class Scanner:
             return []
         found: list[Finding] = []
         quiet: list[tuple[str, str, bool]] = []
+        fields = self._fields
         for i, entry in enumerate(todo):
             where, raw, is_name = entry
             n = normed.get(i) if normed is not None else None
-            field = self._field(where, n if n is not None else norm.Normalised(raw), is_name and name_hit, text_hit)
+            field = fields.field(where, n if n is not None else norm.Normalised(raw), is_name and name_hit, text_hit)
             if field:
                 found.extend(field)
             else:
@@ -523,98 +563,7 @@ class Scanner:
         """Findings in one field: normalisation marks, rules on the text, rules on decoded payloads."""
         if not raw:
             return []
-        return self._field(where, norm.normalise(raw), name, True)
-
-    def _field(self, where: str, n: norm.Normalised, name: bool, text_rules: bool) -> list[Finding]:
-        """One field's findings from its normalised form; `name`/`text_rules` False when a joined pass
-        already showed that no rule of that scope matches."""
-        out: list[Finding] = []
-        for mark in n.marks:
-            category, severity, weight = _MARKS[mark.rule]
-            out.append(Finding(f"poisoning.{mark.rule}", category, severity, where, mark.start, mark.end,
-                               mark.evidence, "ansi" if mark.rule.startswith("ansi") else "text", weight))
-        text = n.text
-        if name:
-            out.extend(self._match("name", where, text, "text", 0, 0))
-        if text_rules:
-            out.extend(self._match("text", where, text, "text", 0, 0))
-        if len(text) > LONG_TEXT:
-            out.append(Finding("poisoning.excessive-length.long-field", "excessive-length", Severity.LOW, where,
-                               LONG_TEXT, len(text), f"{len(text)} characters", weight=0.25))
-        for layer in n.layers:
-            if layer.layer == norm.MARKUP:
-                if text_rules:
-                    out.extend(self._markup(where, layer, out))
-                continue
-            out.extend(self._layer(where, layer, out))
-        return out
-
-    def _markup(self, where: str, layer: norm.Layer, so_far: list[Finding]) -> list[Finding]:
-        """Rules that match the field only once its markup is gone ("**Do not** tell", "Ig<b></b>nore"):
-        findings as on the text itself (what a model reads is the words, not the asterisks), spans in
-        the field without markup; a rule already found on the text is not counted twice."""
-        known = {f.rule for f in so_far if f.layer == "text"}
-        return [f for f in self._match("text", where, layer.text, "text", 0, 0) if f.rule not in known]
-
-    def _match(self, scope: str, where: str, text: str, layer: str, start: int, end: int) -> list[Finding]:
-        """Rule hits; in a decoded layer the span is the encoded run's (start, end) in the field."""
-        found = []
-        for rule, s, e in self.rules.match(scope, text):
-            span = (s, e) if layer == "text" else (start, end)
-            found.append(Finding(rule.id, rule.category, Severity(rule.severity), where, span[0], span[1],
-                                 norm.escape(text[s:e]), layer, rule.weight))
-        return found
-
-    def _layer(self, where: str, layer: norm.Layer, so_far: list[Finding]) -> list[Finding]:
-        if layer.layer == "html-comment":
-            # The comment's text was already matched as part of the field; what matters is that
-            # instructions sit where a rendered description does not show them.
-            inside = [f for f in so_far if f.layer == "text" and f.severity >= Severity.MEDIUM
-                      and layer.start <= f.start < layer.end]
-            if inside:
-                return [Finding("poisoning.encoded-payload.instructions-in-comment", "encoded-payload", Severity.HIGH,
-                                where, layer.start, layer.end, norm.escape(layer.text), "html-comment", 0.8)]
-            return [Finding("poisoning.encoded-payload.html-comment", "encoded-payload", Severity.LOW, where,
-                            layer.start, layer.end, norm.escape(layer.text), "html-comment", 0.2)]
-        if layer.layer in _EXCESS:
-            return [self._excess(where, layer, layer)]
-        out = self._decoded(where, layer)
-        inner = norm.normalise(layer.text)
-        for sub in inner.layers:  # the second level (MAX_DEPTH), no further
-            if sub.layer in ("html-comment", norm.MARKUP):
-                continue  # its text is part of the payload, matched above
-            if sub.layer in _EXCESS:
-                out.append(self._excess(where, layer, sub))
-                continue
-            level2 = norm.Layer(f"{layer.layer}+{sub.layer}", layer.start, layer.end, sub.text)
-            out.extend(self._decoded(where, level2))
-            # Still encoded at the last level: a third decode is not made, so what it holds is not read.
-            deeper = [x for x in norm.normalise(sub.text).layers if x.layer not in ("html-comment", norm.MARKUP)]
-            if deeper:
-                out.append(_bound("excessive-encoding.decode-depth", where, layer.start, layer.end,
-                                  norm.escape(f"encoded more than {norm.MAX_DEPTH} levels deep: {deeper[0].text}"),
-                                  f"{level2.layer}+{deeper[0].layer}"))
-        return out
-
-    @staticmethod
-    def _excess(where: str, outer: norm.Layer, layer: norm.Layer) -> Finding:
-        """A payload normalisation did not decode because a bound was hit (TOO_MANY, TOO_LONG); `outer` is
-        the field-level layer whose span locates it (the payload itself at the first level)."""
-        if layer.layer == norm.TOO_MANY:
-            rule, why = "excessive-encoding.payload-count", f"more than {norm.MAX_DECODES} encoded payloads"
-        else:
-            rule, why = "excessive-encoding.payload-size", f"an encoded payload over {norm.MAX_DECODED} bytes"
-        return _bound(rule, where, outer.start, outer.end, norm.escape(f"{why}: {layer.text}"), layer.layer)
-
-    def _decoded(self, where: str, layer: norm.Layer) -> list[Finding]:
-        text = norm.normalise(layer.text, decode=False).text
-        hits = self._match("text", where, text, layer.layer, layer.start, layer.end)
-        if not hits:
-            return []
-        # Instructions nobody can read without decoding them are worse than the same words in the open.
-        hidden = Finding("poisoning.encoded-payload.hidden-instructions", "encoded-payload", Severity.HIGH, where,
-                         layer.start, layer.end, norm.escape(text), layer.layer, 0.8)
-        return [*hits, hidden]
+        return self._fields.field(where, norm.normalise(raw), name, True)
 
 
 @lru_cache(maxsize=1)

@@ -367,6 +367,8 @@ def _tails(tokens: tuple[str, ...]) -> tuple[str, ...]:
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9][\w.-]{2,80}")
+# What follows each separator run inside a token, to the token's end: `_tails` of a text of tokens and spaces.
+_TAIL = re.compile(r"[_.-]+(?=(\S*))")
 
 
 def words(texts: Iterable[str]) -> frozenset[str]:
@@ -405,7 +407,15 @@ def text_words(text: str) -> tuple[str, ...]:
                 size = len(spaced)
                 spaced = (spaced.replace(b". ", b" ").replace(b"- ", b" ").replace(b" _", b" ").replace(b" .", b" ")
                           .replace(b" -", b" "))
-            return _tails(tuple(spaced.decode("ascii").split()))
+            # The tails `_tails` adds, by one regex over the whole text rather than a loop over its tokens
+            # (the text holds token characters and spaces only here, so a token is a run of non-spaces).
+            joined = spaced.decode("ascii")
+            tokens = tuple(joined.split())
+            if "_" in joined or "." in joined or "-" in joined:
+                extra = _TAIL.findall(joined)
+                if extra:
+                    return tokens + tuple(extra)
+            return tokens
     return _tails(tuple(map(str.rstrip, _TOKEN.findall(text.lower()), repeat(".-"))))
 
 
