@@ -284,3 +284,54 @@ def test_explain_decides_completion_as_the_gateway_does(tmp_path: Path) -> None:
                                         "notes__summarize", "--action", "complete", "--json"])
     assert result.exit_code == 1, result.output
     assert json.loads(result.output)["rule"] == "team.no-summary"
+
+
+# --------------------------------------------- a server's requests to the client (T32, policy half)
+CLIENT_ACTIONS_ = ("sample", "elicit", "list_roots")
+
+
+@pytest.mark.parametrize("base", ["standard", "readonly", "permit-all"])
+def test_every_builtin_base_lets_a_server_ask_the_client(tmp_path: Path, base: str) -> None:
+    from mcpward.policy.entities import Facts, Target
+    from tests.test_policy import ALICE
+
+    engine = engine_for(make_cfg(tmp_path, policy={"base": base}), os_groups=False)
+    for action in CLIENT_ACTIONS_:
+        decision = engine.decide(ALICE, action, Target("Server", "fs", "fs", "fs"), Facts())
+        assert decision.allowed and decision.rule.startswith(f"{base}."), (action, decision)
+
+
+async def test_a_denied_sample_is_refused_with_its_rule_and_audited(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    forbid = '@id("t.no-sampling")\nforbid (principal, action == Action::"sample", resource == Server::"fs");\n'
+    guard = PolicyGuard(engine_for(make_cfg(tmp_path, policy={"files": ["p.cedar"]}, files={"p.cedar": forbid}),
+                                   os_groups=False))
+    caplog.set_level(logging.INFO, "mcpward.audit")
+    with pytest.raises(Refusal) as refused:
+        await guard.on_message(ctx(), "fs", "sampling/createMessage", {"messages": []})
+    # Another server, another action, or a notification: not this rule's business.
+    assert await guard.on_message(ctx(), "db", "sampling/createMessage", {}) is None
+    assert await guard.on_message(ctx(), "fs", "elicitation/create", {}) is None
+    assert await guard.on_message(ctx(), "fs", "notifications/message", {}) is None
+    assert refused.value.rule == "t.no-sampling" and "sample from server fs" in refused.value.message
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mcpward.audit"]
+    assert [(r["event"], r["rule"], r["action"], r["server"]) for r in records] == \
+        [("refusal", "t.no-sampling", "sample", "fs")]
+
+
+def test_a_misspelt_client_action_is_a_load_error(tmp_path: Path) -> None:
+    bad = '@id("t.x")\nforbid (principal, action == Action::"sampel", resource);\n'
+    with pytest.raises(ConfigError, match='unrecognized action `Action::"sampel"`'):
+        engine_for(make_cfg(tmp_path, policy={"files": ["p.cedar"]}, files={"p.cedar": bad}))
+
+
+def test_explain_knows_the_client_actions(tmp_path: Path) -> None:
+    forbid = '@id("t.no-users")\nforbid (principal, action == Action::"elicit", resource);\n'
+    make_cfg(tmp_path, policy={"files": ["p.cedar"]}, files={"p.cedar": forbid})
+    (tmp_path / "mcpward.toml").write_text('[servers.fs]\ncommand = "x"\n[policy]\nfiles = ["p.cedar"]\n')
+    runner = CliRunner()
+    args = ["explain", "-c", str(tmp_path / "mcpward.toml"), "--principal", "ann", "--server", "fs"]
+    denied = runner.invoke(policy_app, [*args, "--action", "elicit"])
+    assert denied.exit_code == 1 and "t.no-users" in denied.output
+    roots = runner.invoke(policy_app, [*args, "--action", "list_roots"])
+    assert roots.exit_code == 0 and "standard.permit-client-requests" in roots.output

@@ -29,9 +29,12 @@ LIST_ACTIONS = {"tools": "list_tools", "prompts": "list_prompts", "resources": "
                 "resourceTemplates": "list_resource_templates"}
 ITEM_ACTIONS = {"tools": "call_tool", "prompts": "get_prompt", "resources": "read_resource",
                 "resourceTemplates": "read_resource"}
-ACTIONS = (*METHOD_ACTIONS.values(), *LIST_ACTIONS.values())
+# A server's requests to the client (T32): they reach the client's model, its user, its roots.
+# Decided on the Server that asks, for the principal whose client would be asked.
+CLIENT_ACTIONS = {"sampling/createMessage": "sample", "elicitation/create": "elicit", "roots/list": "list_roots"}
+ACTIONS = (*METHOD_ACTIONS.values(), *LIST_ACTIONS.values(), *CLIENT_ACTIONS.values())
 ACTION_GROUPS = {"get_prompt": "read", "read_resource": "read", "complete": "read",
-                 **{a: "list" for a in LIST_ACTIONS.values()}}
+                 **{a: "list" for a in LIST_ACTIONS.values()}, **{a: "ask_client" for a in CLIENT_ACTIONS.values()}}
 # What MCP says a tool is when it does not say (2025-06-18 ToolAnnotations): the unsafe reading.
 SPEC_DEFAULTS: dict[str, bool] = {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": False,
                                   "openWorldHint": True}
@@ -291,8 +294,9 @@ def context_key(ctx: RequestContext, fields: tuple[str, ...]) -> tuple[Any, ...]
 
 
 def action_entities() -> list[JsonObj]:
-    """The action hierarchy (read/list groups), which Cedar needs as entities when no schema is passed."""
-    out: list[JsonObj] = [{"uid": {"type": "Action", "id": g}, "attrs": {}, "parents": []} for g in ("read", "list")]
+    """The action hierarchy (read/list/ask_client groups), which Cedar needs as entities when no schema is passed."""
+    out: list[JsonObj] = [{"uid": {"type": "Action", "id": g}, "attrs": {}, "parents": []}
+                          for g in sorted(set(ACTION_GROUPS.values()))]
     for action in ACTIONS:
         group = ACTION_GROUPS.get(action)
         out.append({"uid": {"type": "Action", "id": action}, "attrs": {},

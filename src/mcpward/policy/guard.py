@@ -12,6 +12,13 @@ needs `get_prompt` / `read_resource` on that item (a hidden item gives no comple
 the server does not list as a resource, which the gateway routes through one of that server's URI
 templates, is also decided as `read_resource` on each template it expands to (their policy and
 their risk labels): in reads, subscriptions and completions.
+
+A server's requests to the client (`sampling/createMessage`, `elicitation/create`, `roots/list`:
+threat T32) are decided as `sample`, `elicit`, `list_roots` on the Server that asks, for the
+principal whose client would be asked; a denied one is refused to the server with the rule (the
+client never sees it) and audited. A modern server's input requests that go back to a modern
+client inside an InputRequiredResult are decided on that result instead (a denial refuses the
+call). Notifications from servers are not the policy's business.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from mcpward.gateway.context import RequestContext
 from mcpward.guards.base import Call, Guard, Listed, Refusal
 from mcpward.policy.engine import Decision, PolicyEngine
 from mcpward.policy.entities import (
+    CLIENT_ACTIONS,
     ITEM_ACTIONS,
     LIST_ACTIONS,
     METHOD_ACTIONS,
@@ -158,6 +166,48 @@ class PolicyGuard(Guard):
                          policy_hash=self.engine.policy_hash)
             return None
         raise Refusal(decision.rule, message)
+
+    async def on_message(self, ctx: RequestContext, server: str, method: str, params: JsonObj) -> JsonObj | None:
+        action = CLIENT_ACTIONS.get(method)
+        if action is None:
+            return None  # a notification (log line, progress): nothing of the client's is reached
+        denied = self._client_denial(ctx, server, action)
+        if denied is not None:
+            # Audited here: the gateway answers the server with the refusal and records nothing itself.
+            audit.record("refusal", rule=denied.rule, action=action, method=method, server=server, target=server,
+                         principal=ctx.principal.key, subject=ctx.principal.subject, transport=ctx.transport,
+                         policy_hash=self.engine.policy_hash)
+            raise Refusal(denied.rule, f"{action} from server {server} is not permitted for {ctx.principal.subject}")
+        return None
+
+    async def on_result(self, call: Call, result: JsonObj) -> JsonObj | None:
+        """A modern server's InputRequiredResult for a modern client goes back as a result, not through
+        `on_message`: each of its requests is decided here, and a denied one refuses the whole result
+        (the server is stateless, nothing waits for an answer; the core audits the refusal)."""
+        requests = result.get("inputRequests") if result.get("resultType") == "input_required" else None
+        if not isinstance(requests, dict) or call.server is None:
+            return None
+        for request in requests.values():
+            method = request.get("method") if isinstance(request, dict) else None
+            action = CLIENT_ACTIONS.get(method) if isinstance(method, str) else None
+            denied = None if action is None else self._client_denial(call.ctx, call.server, action)
+            if denied is not None:
+                raise Refusal(denied.rule, f"{action} from server {call.server} is not permitted "
+                                           f"for {call.ctx.principal.subject}")
+        return None
+
+    def _client_denial(self, ctx: RequestContext, server: str, action: str) -> Decision | None:
+        """The deny decision when `server` may not ask `ctx`'s client for `action` (None: it may, or
+        dry-run, which records what it would have refused)."""
+        decision = self.engine.decide(ctx.principal, action, Target("Server", server, server, server), Facts.of(ctx))
+        if decision.allowed:
+            return None
+        if self.mode == "dry-run":
+            audit.record("policy.would-deny", rule=decision.rule, action=action, target=server, server=server,
+                         principal=ctx.principal.key, subject=ctx.principal.subject,
+                         policy_hash=self.engine.policy_hash)
+            return None
+        return decision
 
     async def on_list(self, call: Call, kind: str, items: list[Listed]) -> list[Listed] | None:
         if not items:

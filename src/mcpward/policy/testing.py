@@ -28,7 +28,7 @@ from mcpward.gateway.catalog import Catalog
 from mcpward.gateway.config import ANNOTATION_HINTS, ConfigError, GatewayConfig, TableReader
 from mcpward.gateway.context import Principal
 from mcpward.policy.engine import Decision, PolicyEngine
-from mcpward.policy.entities import ACTIONS, LIST_ACTIONS, Facts, Target
+from mcpward.policy.entities import ACTIONS, CLIENT_ACTIONS, LIST_ACTIONS, Facts, Target
 from mcpward.policy.guard import completed_item
 
 KINDS = ("local-user", "anonymous", "api-key", "oauth")
@@ -36,7 +36,8 @@ ERAS = ("modern", "legacy")
 TARGET_KEYS = ("tool", "prompt", "resource", "server")
 # Which entity type each action acts on, and the action a bare target implies.
 ACTION_TYPES = {"call_tool": ("Tool",), "get_prompt": ("Prompt",), "read_resource": ("Resource",),
-                "complete": ("Prompt", "Resource"), **{a: ("Server",) for a in LIST_ACTIONS.values()}}
+                "complete": ("Prompt", "Resource"),
+                **{a: ("Server",) for a in (*LIST_ACTIONS.values(), *CLIENT_ACTIONS.values())}}
 DEFAULT_ACTION = {"tool": "call_tool", "prompt": "get_prompt", "resource": "read_resource", "server": "list_tools"}
 
 
@@ -87,8 +88,8 @@ def resolve(scenario: Scenario, cfg: GatewayConfig) -> Resolved:
     if scenario.era not in ERAS:
         raise ScenarioError(f"unknown era {scenario.era!r}; expected modern or legacy")
     if key == "server" and (scenario.arguments is not None or scenario.labels):
-        # A list action is decided on the server alone: arguments or labels would be silently ignored.
-        raise ScenarioError("arguments and labels do not apply to a server alone (a list action); "
+        # A list or client action is decided on the server alone: arguments or labels would be silently ignored.
+        raise ScenarioError("arguments and labels do not apply to a server alone (a list or client action); "
                             "name a tool, prompt or resource")
     target = _target(scenario, cfg, key)
     if target.type not in ACTION_TYPES[action]:
