@@ -17,6 +17,8 @@ record per result that was changed or flagged, with counts per rule and never a 
     [guards.output]
     enabled = true
     max_result_bytes = 262144     # serialised size of the whole result; per tool: max_result_bytes
+    max_message_bytes = 1048576   # serialised size of a server's whole request or notification
+                                  # (default: 4 x max_result_bytes); over it, refused
     neutralize = true             # ANSI/OSC escapes and invisible characters
     injection = "annotate"        # annotate | quarantine | block | off
 """
@@ -51,6 +53,7 @@ log = logging.getLogger("mcpward.guards.output")
 
 INJECTION_MODES = ("annotate", "quarantine", "block", "off")
 DEFAULT_MAX_RESULT_BYTES = 256 * 1024
+MESSAGE_FACTOR = 4  # default max_message_bytes: this many times max_result_bytes (1 MiB by default)
 META_KEY = "mcpward/output"
 CAPPED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
 LOG_LIMIT = 64
@@ -63,6 +66,7 @@ _SCAN_MARGIN = 64 * 1024  # scanned past the size cap, so a secret cut by the ca
 class OutputSettings:
     enabled: bool = True
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    max_message_bytes: int = MESSAGE_FACTOR * DEFAULT_MAX_RESULT_BYTES
     neutralize: bool = True
     injection: str = "annotate"
 
@@ -72,9 +76,14 @@ def settings(cfg: GatewayConfig) -> OutputSettings:
     if not isinstance(table, dict):
         raise ConfigError(cfg.source, "guards.output", "expected a table")
     r = TableReader(cfg.source, "guards.output", table)
+    max_result_bytes = r.integer("max_result_bytes", DEFAULT_MAX_RESULT_BYTES, 1024, 64 * 1024 * 1024)
     out = OutputSettings(
         enabled=r.get("enabled", bool, True),
-        max_result_bytes=r.integer("max_result_bytes", DEFAULT_MAX_RESULT_BYTES, 1024, 64 * 1024 * 1024),
+        max_result_bytes=max_result_bytes,
+        # Each string of a message is cut to max_result_bytes characters; the whole message gets
+        # room for one such string (up to 4 UTF-8 bytes a character) by default.
+        max_message_bytes=r.integer("max_message_bytes", MESSAGE_FACTOR * max_result_bytes, 1024,
+                                    MESSAGE_FACTOR * 64 * 1024 * 1024),
         neutralize=r.get("neutralize", bool, True),
         injection=r.get("injection", str, "annotate"),
     )
@@ -116,6 +125,7 @@ class OutputGuard(Guard):
         self.neutralize = out.neutralize
         self.injection = out.injection
         self.max_bytes = out.max_result_bytes
+        self.max_message_bytes = out.max_message_bytes
         self.secret_mode = sec.mode
         self.pii_modes = dict(pi.modes)
         # PII that is only logged is counted up to LOG_LIMIT per text, then no longer looked for
@@ -264,13 +274,15 @@ class OutputGuard(Guard):
         if method != "sampling/createMessage":
             state.markers.clear()
         refuse = state.block
+        if refuse is None and replaced:
+            apply(slots, replaced)  # the message is this delivery's own parsed object
+        if refuse is None:
+            refuse = self._message_size(params)
         if refuse is None and state.markers and self.injection in ("quarantine", "block"):
             refuse = ("output.injection", "prompt-injection markers: " + ", ".join(sorted(state.markers)))
         if refuse is not None:
-            self._audit_message(ctx, server, method, state, "blocked")
+            self._audit_message(ctx, server, method, state, "blocked", refuse[0])
             raise Refusal(refuse[0], f"the server's {method} contains {refuse[1]}")
-        if replaced:
-            apply(slots, replaced)  # the message is this delivery's own parsed object
         if replaced or state.logged or state.markers or state.neutralised:
             self._audit_message(ctx, server, method, state, "changed" if replaced else "logged")
         return params if replaced else None
@@ -339,12 +351,27 @@ class OutputGuard(Guard):
             scope = self._scopes[(server, None)] = Scope(frozenset(), self.max_bytes)
         return scope
 
-    def _audit_message(self, ctx: RequestContext, server: str, method: str, state: Pass, outcome: str) -> None:
+    def _message_size(self, params: JsonObj) -> tuple[str, str] | None:
+        """A message whose strings each fit may still be too big as a whole (many strings, deep
+        nesting): over `max_message_bytes` serialised (as it will be sent) it is refused, naming the rule."""
+        limit = self.max_message_bytes
+        try:
+            size = size_of(params)
+        except Unserialisable as exc:
+            return ("output.unserialisable", f"a value JSON cannot hold: {exc}")
+        if size > limit:
+            return ("output.message-too-large", f"{size:,} bytes of JSON, over max_message_bytes ({limit:,})")
+        return None
+
+    def _audit_message(self, ctx: RequestContext, server: str, method: str, state: Pass, outcome: str,
+                       rule: str | None = None) -> None:
         call = ctx.call
         if call is not None and state.redacted:  # the request's own record counts these too
             call.notes["redactions"] = call.notes.get("redactions", 0) + sum(state.redacted.values())
         fields: dict[str, Any] = {"method": method, "server": server, "outcome": outcome,
                                   "principal": ctx.principal.key}
+        if rule is not None:
+            fields["rule"] = rule
         audit.record("output", **fields, **self._found(state))
 
     def _flag(self, method: str, result: JsonObj, markers: list[str]) -> JsonObj:
@@ -431,5 +458,6 @@ def from_config(cfg: GatewayConfig) -> OutputGuard | None:
         return None
     if not out.enabled:
         # Redaction still runs; the output section's own work (cap, neutralising, markers) does not.
-        out = OutputSettings(enabled=False, max_result_bytes=64 * 1024 * 1024, neutralize=False, injection="off")
+        out = OutputSettings(enabled=False, max_result_bytes=64 * 1024 * 1024,
+                             max_message_bytes=MESSAGE_FACTOR * 64 * 1024 * 1024, neutralize=False, injection="off")
     return OutputGuard(cfg, redactor_for(cfg), out, sec, pi)

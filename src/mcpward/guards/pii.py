@@ -359,7 +359,22 @@ def detectors(phone_regions: tuple[str, ...] = ("US",)) -> list[Detector]:
 
 
 def _ssn_check(data: bytes, m0: int, m1: int, s: int, e: int) -> bool:
-    return _standalone(data, s, e, b"-") and valid_ssn(data[s:e].decode("ascii", "replace"))
+    return _ssn_edges(data, s, e) and valid_ssn(data[s:e].decode("ascii", "replace"))
+
+
+def _ssn_edges(data: bytes, s: int, e: int) -> bool:
+    """Not glued to letters or digits; a hyphen next to the number is a separator when no digit is
+    beyond it: `id-078-05-1123-x` is an SSN in a slug, but `1-234-56-7890` and `234-56-7890-12` are
+    parts of longer digit runs (phone numbers, serials)."""
+    if s > 0:
+        before = data[s - 1]
+        if _word(before) or (before == 0x2D and s > 1 and 48 <= data[s - 2] <= 57):
+            return False
+    if e < len(data):
+        after = data[e]
+        if _word(after) or (after == 0x2D and e + 1 < len(data) and 48 <= data[e + 1] <= 57):
+            return False
+    return True
 
 
 # Integers this long may be a card or an SSN sent as a JSON number.

@@ -122,9 +122,34 @@ def _text(data: bytes, start: int, end: int) -> str:
 _ENTITY = re2.compile(rb"&(?:[A-Za-z]{2,8}|#\d{1,7}|#[xX][0-9A-Fa-f]{1,6});")
 
 
+MAX_QUOTED = 128  # a quoted value runs to its closing quote within this many bytes
+_SEAM = b"\n=\n"  # how a structured key is joined to its value (`redactor.join`)
+
+
+def _quoted_end(data: bytes, s: int, e: int) -> int:
+    """Where a value the rule cut at a space really ends. A value opened by a quote runs to its
+    closing quote on the same line (`password: "correct horse battery"` is one passphrase, not
+    "correct" and the rest left visible); a structured value (`{"password": "a b c"}`, joined as
+    `key = value`) runs to the end of its line. Bounded by MAX_QUOTED; otherwise the rule's end."""
+    if e >= len(data) or data[e] not in b" \t":
+        return e
+    limit = min(len(data), s + MAX_QUOTED)
+    if s > 0 and data[s - 1] in b"\"'":
+        close = data.find(data[s - 1:s], e, limit)
+        return close if close > 0 and b"\n" not in data[e:close] else e
+    if data[max(0, s - 3):s] == _SEAM:
+        close = data.find(b"\n", e, limit)
+        if close < 0 and limit == len(data):
+            close = limit
+        return close if close > 0 else e
+    return e
+
+
 def _password_value(data: bytes, m0: int, m1: int, s: int, e: int) -> tuple[int, int] | None:
     """The value's span if it is password-like: `& ; ,` belong to a password, but not an HTML entity
-    nor the `;` or `,` that ends a statement or a list item (`pw = "x";`, `PW: x,`)."""
+    nor the `;` or `,` that ends a statement or a list item (`pw = "x";`, `PW: x,`). A quoted value
+    runs to its closing quote, spaces included (`_quoted_end`)."""
+    e = _quoted_end(data, s, e)
     entity = _ENTITY.search(data, s, e)
     if entity is not None:
         e = entity.start()
