@@ -148,9 +148,16 @@ async def test_malformed_results_are_refused(method: str, result: dict[str, Any]
 
 
 @pytest.mark.parametrize("structured", [
-    {"a": deep(300, AWS)},
-    {"n": 2**70},  # beyond orjson's 64-bit integers (a Python-side result can hold it)
-    {"s": "half a pair: \ud800"},
+    {"n": 2**70},  # beyond orjson's 64-bit integers: written exactly (protocol/exact.py)
+    {"s": "half a pair: \ud800"},  # a lone surrogate, kept as its escape
+])
+async def test_big_integers_and_lone_surrogates_are_scanned_and_kept(structured: dict[str, Any]) -> None:
+    out = await run(guard(), {"content": [{"type": "text", "text": AWS}], "structuredContent": structured})
+    assert out is not None and out["structuredContent"] == structured and AWS not in str(out["content"])
+
+
+@pytest.mark.parametrize("structured", [
+    {"a": deep(300, AWS)},  # deeper than JSON serialisers go
 ])
 async def test_a_result_that_cannot_be_serialised_is_refused_precisely(structured: dict[str, Any]) -> None:
     with pytest.raises(Refusal) as caught:

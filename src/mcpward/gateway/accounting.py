@@ -20,7 +20,7 @@ import orjson
 from mcpward.audit import events
 from mcpward.gateway import after_reply
 from mcpward.gateway.context import RequestContext, session_digest
-from mcpward.protocol import jsonrpc
+from mcpward.protocol import exact, jsonrpc
 from mcpward.protocol.jsonrpc import JsonObj
 from mcpward.telemetry.w3c import client_context
 
@@ -175,7 +175,7 @@ class Accounting:
     def _call_facts(self, call: Any, notes: dict[str, Any], fields: dict[str, Any], made: dict[str, Any]) -> None:
         arguments = call.params.get("arguments") if call.method == "tools/call" else call.params.get("uri")
         if arguments is not None:
-            made["args_sha256"] = events.Digest.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS))
+            made["args_sha256"] = events.Digest.sha256(exact.dumps(arguments, option=orjson.OPT_SORT_KEYS))
         static = self._static_labels(call)
         risk = notes.get("risk")
         if risk:

@@ -45,6 +45,7 @@ from mcpward.guards.path_screen import decode as decode_path
 from mcpward.guards.schema_check import CompiledTool, SchemaCache
 from mcpward.guards.text_screen import BacktickScreen, clean_fast, screen_characters
 from mcpward.guards.url_screen import MAX_HOSTS, Resolver, UrlScreen, static_resolver
+from mcpward.protocol import exact
 from mcpward.protocol.jsonrpc import JsonObj
 
 log = logging.getLogger("mcpward.guards.arguments")
@@ -373,7 +374,7 @@ class ArgumentGuard(Guard):
     def _total(self, arguments: dict[str, Any], found: _Findings) -> int:
         """The serialised size (also bounds how many values the schema check may meet)."""
         try:
-            size = len(orjson.dumps(arguments))
+            size = len(exact.dumps(arguments))
         except (TypeError, orjson.JSONEncodeError):
             # Not encodable as JSON the way it will be sent (e.g. integers beyond 64 bits).
             found.add(Finding("args.schema.mismatch", "cannot be serialised as JSON"), None, detail_first=False)

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from mcpward.guards.encoded import MAX_SEARCH, across_seams, in_base64, merged, unescaped
 from mcpward.guards.redactor import (
     CONTROL,
@@ -27,6 +25,7 @@ from mcpward.guards.redactor import (
     unfolded,
 )
 from mcpward.guards.result_strings import Slot
+from mcpward.protocol import exact
 
 if TYPE_CHECKING:
     from mcpward.guards.output import OutputGuard
@@ -218,7 +217,7 @@ class Pass:
         the caller walks the strings.
         """
         try:
-            data = orjson.dumps(value)
+            data = exact.dumps(value)
         except TypeError:
             return False
         self.structured_bytes = len(data)

@@ -28,6 +28,7 @@ import orjson
 
 from mcpward.guards.arg_types import Finding, Kind, where
 from mcpward.guards.param_kinds import schema_kinds
+from mcpward.protocol import exact
 
 # `$schema` without scheme and fragment -> the validator for that draft.
 _DRAFTS: dict[str, Any] = {
@@ -63,7 +64,7 @@ class CompiledTool:
 
 def _canonical(schema: Any) -> bytes:
     try:
-        return orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+        return exact.dumps(schema, option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError):  # e.g. integers beyond 64 bits
         return json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()
 
@@ -148,6 +149,7 @@ class SchemaCache:
             cls = _DRAFTS[_draft_key(dialect)]
         modern = cls in (jsonschema_rs.Draft202012Validator, jsonschema_rs.Draft201909Validator)
         effective = deny_additional(copy.deepcopy(schema), modern) if self.deny else schema
+        effective = exact.plain(effective)  # jsonschema_rs takes no float subclass (exact.ExactFloat)
         kinds = schema_kinds(schema)
         try:
             validator = cls(effective, retriever=_refuse_remote, pattern_options=jsonschema_rs.RegexOptions())
@@ -175,13 +177,20 @@ class SchemaCache:
         if compiled.cost > DETAIL_COST:
             # The first error of an anyOf/oneOf carries the tree of every branch's errors, which grows
             # much faster than validation itself: an intricate schema gets the refusal without detail.
-            if compiled.validator.is_valid(arguments):
+            # jsonschema_rs takes no float subclass (exact.ExactFloat: is_valid says False): only a value
+            # that fails is walked for one, so ordinary calls never pay for `plain`.
+            if compiled.validator.is_valid(arguments) or compiled.validator.is_valid(exact.plain(arguments)):
                 return None
             return Finding("args.schema.mismatch", "arguments: do not match the tool's inputSchema")
         # One pass that stops at the first error (as fast as is_valid when there is none). Not
         # iter_errors: it collects every error of the whole value before yielding the first.
         try:
-            compiled.validator.validate(arguments)
+            try:
+                compiled.validator.validate(arguments)
+            except ValueError as error:  # "Unsupported type": an exact.ExactFloat somewhere (see above)
+                if isinstance(error, jsonschema_rs.ValidationError) or "Unsupported type" not in str(error):
+                    raise
+                compiled.validator.validate(exact.plain(arguments))
         except jsonschema_rs.ValidationError as error:
             return Finding("args.schema.mismatch", mismatch_message(error))
         return None

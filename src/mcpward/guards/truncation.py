@@ -12,6 +12,7 @@ import orjson
 
 from mcpward.guards.redactor import encode
 from mcpward.guards.result_strings import Slot, collect_value
+from mcpward.protocol import exact
 from mcpward.protocol.jsonrpc import JsonObj
 
 _RESERVE = 512  # bytes kept free for the marker and the note
@@ -25,7 +26,7 @@ class Unserialisable(ValueError):
 
 def size_of(value: Any) -> int:
     try:
-        return len(orjson.dumps(value))
+        return len(exact.dumps(value))
     except orjson.JSONEncodeError as exc:
         raise Unserialisable(str(exc)) from None
 
@@ -205,7 +206,7 @@ def _cap_tool(result: JsonObj, out: JsonObj, budget: int, output_schema: bool, i
 
 def _shorten_strings(value: Any, excess: int) -> Any:
     """A copy of `value` with its longest strings cut until about `excess` bytes are gone."""
-    copy = orjson.loads(orjson.dumps(value))
+    copy = exact.loads(exact.dumps(value))
     slots: list[Slot] = []
     holder = {"v": copy}
     collect_value(holder, "v", slots)

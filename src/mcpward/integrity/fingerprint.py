@@ -18,6 +18,7 @@ import orjson
 
 from mcpward.gateway.config import ServerConfig
 from mcpward.integrity.walk import UNPINNED
+from mcpward.protocol import exact
 
 # The spec's fields per list kind. A listed item's other keys ("x-model-note", a vendor field) reach the
 # client too, and a model may read them: they are pinned as well (`pinned_view`), except UNPINNED.
@@ -32,7 +33,7 @@ PINNED_KINDS = tuple(PINNED_FIELDS)
 
 def canonical(value: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, no insignificant whitespace, UTF-8."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return exact.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
 
 
 def digest(value: Any) -> str:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import orjson
 
 from mcpward.integrity.fingerprint import PINNED_KINDS
+from mcpward.protocol import exact
 
 FORMAT_VERSION = 1
 Status = Literal["approved", "revoked"]
@@ -367,7 +368,7 @@ class PinFile:
             self.pins, self._stamp = pins, _digest(body)
 
     def _write(self, pins: PinSet) -> bytes:
-        body = orjson.dumps(pins.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        body = exact.dumps(pins.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as out:

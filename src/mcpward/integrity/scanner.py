@@ -40,6 +40,7 @@ from mcpward.integrity.field_rules import (
 from mcpward.integrity.model import EMPTY, Finding, Report, ScanContext, Severity
 from mcpward.integrity.walk import MAX_DEPTH as MAX_NESTING
 from mcpward.integrity.walk import SCHEMAS, argument_strings, extra_strings, item_strings, schema_strings, top_strings
+from mcpward.protocol import exact
 
 __all__ = ["Finding", "Report", "ScanContext", "Scanner", "Severity", "default_scanner", "item_strings"]
 
@@ -247,7 +248,7 @@ class Scanner:
         # One serialisation and one digest of the whole item: what a warm re-check costs. (Keying the item
         # by its schemas' parts instead saved ~2% of a cold scan and cost a third more on a warm one.)
         try:
-            blob = orjson.dumps(item, option=_SORTED)
+            blob = exact.dumps(item, option=_SORTED)
         except TypeError:
             blob = repr(item).encode()
         key = _digest(kind.encode() + b"\0" + blob)
@@ -323,7 +324,7 @@ class Scanner:
                 try:
                     # The part key is the schema key and the schema's canonical JSON (schemas repeat across
                     # tools, servers and versions; an exact key, no digest to compute).
-                    pkey = name.encode() + b"\0" + orjson.dumps(schema, option=_SORTED)
+                    pkey = name.encode() + b"\0" + exact.dumps(schema, option=_SORTED)
                 except TypeError:
                     return None
                 with self._lock:

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from mcpward.protocol import exact
+
 PREFIX = "mcpward1."
 
 
@@ -30,7 +32,7 @@ class Sealer:
     def seal(self, payload: dict[str, Any], ttl: float | None = None) -> str:
         if ttl is not None:
             payload = dict(payload, exp=round(time.time() + ttl, 3))
-        body = _b64(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
+        body = _b64(exact.dumps(payload, option=orjson.OPT_SORT_KEYS))
         return f"{PREFIX}{body}.{self._mac(body)}"
 
     def unseal(self, token: Any) -> dict[str, Any]:
@@ -60,7 +62,7 @@ def is_sealed(token: Any) -> bool:
 
 def digest(value: Any) -> str:
     """A stable digest of a JSON value (key order does not matter)."""
-    return _b64(hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).digest()[:18])
+    return _b64(hashlib.sha256(exact.dumps(value, option=orjson.OPT_SORT_KEYS)).digest()[:18])
 
 
 def _b64(data: bytes) -> str:
