@@ -81,11 +81,16 @@ class RawStdioClient:
         return await self.request("tools/call", {"name": tool, "arguments": arguments or {}}, timeout=timeout)
 
     async def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
         self.reader.cancel()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 15)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await end(self.proc)
+
+
+async def end(proc: asyncio.subprocess.Process, timeout: float = 15.0) -> None:
+    """Close the gateway's stdin (it exits at EOF) and wait for it; killed if it takes longer."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()

@@ -158,7 +158,7 @@ async def test_a_real_gateway_records_the_size_of_each_reply_the_client_reads(tm
 
     from tests.audit_reader import committed
     from tests.conftest import MCPWARD, fixture_server, toml_list, with_policy
-    from tests.rawclient import MODERN_META
+    from tests.rawclient import MODERN_META, end
 
     cmd = fixture_server()
     path = tmp_path / "mcpward.toml"
@@ -184,12 +184,7 @@ async def test_a_real_gateway_records_the_size_of_each_reply_the_client_reads(tm
                 if "method" not in reply:
                     received[reply["id"]] = len(line.rstrip(b"\n"))
     finally:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await end(proc)
     records = {r["request_id"]: r for r in map(json.loads, committed(tmp_path / "audit.sqlite", "request", 4))}
     assert {rid: records[rid].get("response_bytes") for rid in received} == received
     assert received[3] > received[2] > 0 and records[4]["outcome"] != "success"  # sizes differ, an error counts too

@@ -21,6 +21,7 @@ import pytest
 from mcpward.protocol import exact, jsonrpc
 from tests.conftest import FIXTURES, MCPWARD, PYTHON, toml_list, with_policy
 from tests.fixtures import exact_numbers_server as srv
+from tests.rawclient import end
 
 MODERN = "2026-07-28"
 META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {},
@@ -83,12 +84,7 @@ async def test_stdio_run_keeps_exact_numbers_both_ways(tmp_path: Path) -> None:
                                      + json.dumps(META) + "}"))
         assert '"arguments":{"n":1}' in plain["result"]["content"][0]["text"]
     finally:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await end(proc)
 
 
 def http_post(http: httpx.Client, url: str, method: str, name: str | None, params: str) -> bytes:
