@@ -218,6 +218,22 @@ async def test_a_warm_start_works_when_the_gateways_descriptors_are_above_the_se
         await launch.aclose()
 
 
+async def test_a_cold_start_works_when_the_gateway_holds_more_descriptors_than_the_servers_limit(
+        tmp_path: Path) -> None:
+    """The cold start's child lowers its limits before bwrap's exec: whatever it still does after that must not
+    need a new descriptor (a busy gateway's lowest free one is above the server's RLIMIT_NOFILE), or every
+    start fails with EMFILE in the child."""
+    launch = launcher(tmp_path, {"lim": python_server("print('hi')", nofile=64)})
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(200)]
+    try:
+        spawner, proc = await spawn(launch, "lim")
+        assert await finish(spawner, proc) == (0, "hi\n")
+    finally:
+        for fd in held:
+            os.close(fd)
+        await launch.aclose()
+
+
 async def test_a_slot_that_does_not_fit_falls_back_cold_with_exact_limits(tmp_path: Path) -> None:
     launch = launcher(tmp_path, {"echo": python_server("print('hi')", pids=40)})
     try:

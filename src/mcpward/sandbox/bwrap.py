@@ -295,8 +295,10 @@ class BwrapSpawner:
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
         die_with_parent()
-        rlimits.apply(self.rlimits)
+        # Before the limits: listing /proc/self/fd needs a new descriptor, and a busy gateway's lowest free
+        # one can be above the server's RLIMIT_NOFILE (EMFILE, and no server would start).
         uninherit_fds(keep)  # only the descriptors bwrap is given on purpose cross the exec
+        rlimits.apply(self.rlimits)
 
     async def spawn(self, limit: int) -> asyncio.subprocess.Process:
         bag = FdBag()
