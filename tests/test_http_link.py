@@ -133,9 +133,9 @@ def raw_app(script: Script) -> Starlette:
             elif method == "resumable":
                 yield encode_event(b"", "p1", retry=10)  # priming event, then the server hangs up
             elif method in ("undecodable", "shapeless"):
-                # The reply, unusable (a lone surrogate escape strict parsers refuse; no result or error),
-                # then a stream that stays open: the request must not wait for its end.
-                bad = (b'{"jsonrpc": "2.0", "id": %d, "result": {"text": "\\ud800"}}' % rid
+                # The reply, unusable (not JSON: a trailing comma; no result or error), then a stream that
+                # stays open: the request must not wait for its end.
+                bad = (b'{"jsonrpc": "2.0", "id": %d, "result": {"text": "x"},}' % rid
                        if method == "undecodable" else orjson.dumps({"jsonrpc": "2.0", "id": rid}))
                 yield encode_event(bad)
                 try:

@@ -41,7 +41,7 @@ async def test_pagination_walks_every_server_with_an_opaque_cursor(write_config)
             assert cursor.startswith("mcpward1.")  # sealed: neither server index nor upstream cursor readable
             assert pages < 20
         tools = ("echo", "crash", "hang", "flood", "huge", "pid", "remember", "recall", "fail", "slow", "malformed",
-                 "shapeless")
+                 "surrogate", "shapeless")
         expected = [f"{s}__{t}" for s in ("one", "two") for t in tools]
         assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))
         assert pages > 2
