@@ -27,7 +27,8 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.poolmanager import PoolManager, ProxyManager
 from urllib3.util.connection import create_connection
 
-from mcpward.gateway.config import is_address_literal, is_loopback_host, is_non_public_address
+from mcpward.gateway.config import is_address_literal
+from mcpward.transport.vetted_dial import answer_problem
 
 if TYPE_CHECKING:  # protocols urllib3 defines for type checkers only
     from urllib3._base_connection import BaseHTTPConnection, BaseHTTPSConnection
@@ -61,18 +62,11 @@ class Vetter:
                 raise ExportRefused(f"cannot resolve {host}: {reason}") from None
             if not answer:
                 raise ExportRefused(f"{host} did not resolve to any address")
-        for address in answer:
-            # Only literals are dialled: a name here would be resolved again, outside this check.
-            if not is_address_literal(address):
-                raise ExportRefused(f"{host} resolved to {address[:60]!r}, which is not an IP address")
-            if self.allow_private:
-                continue
-            if is_loopback_host(host.lower()) and is_loopback_host(address):
-                continue  # a local collector agent, named as such (`localhost`, 127.0.0.1)
-            if is_non_public_address(address):
-                # All or nothing: one bad answer means the name is not to be trusted at all.
-                raise ExportRefused(f"{host} resolves to the non-public address {address}; "
-                                    "set otlp_allow_private = true to allow it")
+        # The gateway's own dialler's check (loopback only for a host named as such: a local collector agent).
+        refused = answer_problem(host, answer, allow_private=self.allow_private, loopback_ok=True,
+                                 setting="otlp_allow_private")
+        if refused is not None:
+            raise ExportRefused(str(refused))
         return answer
 
 

@@ -52,12 +52,14 @@ class PinningUnavailable(RuntimeError):
     silent fallback to a transport that resolves names itself."""
 
 
-def address_problem(host: str, address: str, *, allow_private: bool, loopback_ok: bool = False) -> str | None:
+def address_problem(host: str, address: str, *, allow_private: bool, loopback_ok: bool = False,
+                    setting: str = "allow_private") -> str | None:
     """Why `address` (an answer for `host`, or `host` itself when it is a literal) must not be
     dialled, or None.
 
     `loopback_ok`: a host that itself names this machine (`localhost`, `127.0.0.1`) may reach
-    loopback addresses, as a local http interceptor does; any other host never may.
+    loopback addresses, as a local http interceptor does; any other host never may. `setting`: the
+    config key the message names as the way to allow it.
     """
     try:
         ip = ipaddress.ip_address(address)
@@ -69,7 +71,21 @@ def address_problem(host: str, address: str, *, allow_private: bool, loopback_ok
     if loopback_ok and kind == "loopback" and is_loopback_host(host.lower()):
         return None
     what = f"{host} is" if host.strip("[]") == address else f"{host} resolves to"
-    return f"{what} the non-public address {address}, which {reason}; set allow_private = true to allow it"
+    return f"{what} the non-public address {address}, which {reason}; set {setting} = true to allow it"
+
+
+def answer_problem(host: str, addresses: Iterable[str], *, allow_private: bool, loopback_ok: bool = False,
+                   setting: str = "allow_private") -> DialRefused | None:
+    """The refusal of a resolver's whole answer for `host`, or None. All or nothing: one bad address means
+    the name is not to be trusted at all; only literals pass (a name would be resolved again, unchecked)."""
+    for address in addresses:
+        if not is_address_literal(address):
+            return DialRefused(RULE_BAD_ANSWER, f"{host} resolved to {address[:60]!r}, which is not an IP address")
+        problem = address_problem(host, address, allow_private=allow_private, loopback_ok=loopback_ok,
+                                  setting=setting)
+        if problem is not None:
+            return DialRefused(RULE_NON_PUBLIC, problem)
+    return None
 
 
 class VettedBackend(httpcore.AsyncNetworkBackend):
@@ -122,13 +138,9 @@ class VettedBackend(httpcore.AsyncNetworkBackend):
             addresses = list(dict.fromkeys(answer))  # getaddrinfo repeats an address per protocol
             if not addresses:
                 raise DialRefused(RULE_UNRESOLVABLE, f"{host} did not resolve to any address")
-        for address in addresses:
-            # All or nothing: one bad answer means the name is not to be trusted at all.
-            if not is_address_literal(address):
-                raise DialRefused(RULE_BAD_ANSWER, f"{host} resolved to {address[:60]!r}, which is not an IP address")
-            problem = address_problem(host, address, allow_private=self.allow_private, loopback_ok=self.loopback_ok)
-            if problem is not None:
-                raise DialRefused(RULE_NON_PUBLIC, problem)
+        refused = answer_problem(host, addresses, allow_private=self.allow_private, loopback_ok=self.loopback_ok)
+        if refused is not None:
+            raise refused
         return addresses
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
