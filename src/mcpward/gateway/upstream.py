@@ -97,10 +97,8 @@ class Upstream:
         self._tasks: set[asyncio.Task[None]] = set()
         self._resource_uris: set[str] = set()
         self._watch = LegacyWatch(self.name, cfg.timeout)  # legacy subscriptions and log level
-        # Change notifications: the gateway lists the server again (`relist`, set by the lister), then tells.
-        self.changes = ListChanges(self.name, partial(events.list_changed, self.name), relist)
-        # Per-principal credentials: one child Upstream per principal that uses this server, each with its
-        # own connections and credentials, stopped when idle (principal_pool.py). None: one shared set.
+        self.changes = ListChanges(self.name, partial(events.list_changed, self.name), relist)  # list_changes.py
+        # Per-principal credentials: a child Upstream per principal, stopped when idle. None: one shared set.
         self._pool = PrincipalPool(self.name, cfg.principal_idle_timeout, cfg.max_principal_connections,
                                    self._child) if cfg.principals else None
 
@@ -386,9 +384,9 @@ class Upstream:
         """Forward one request for `ctx`, bridging eras; returns the result object."""
         if self._pool is not None:
             with self._for(ctx) as child:
+                child.changes.principal = ctx.principal  # whom a relist after its change notification runs as
                 return await child.call(ctx, method, params, hints)
         deadline = time.monotonic() + self.cfg.timeout
-        self.changes.principal = ctx.principal if self.principal_key is not None else None
         try:
             if self._slots.locked():  # only a full server pays for a timed wait
                 await asyncio.wait_for(self._slots.acquire(), self.cfg.timeout)

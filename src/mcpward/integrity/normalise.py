@@ -10,9 +10,8 @@ What a model reads through and a regex does not is folded too (`_FOLD`): HTML en
 Cyrillic and Greek look-alikes become the Latin letters they imitate, typographic quotes become ASCII
 quotes, and accents and combining marks on Latin letters are dropped ("Ignoŕe" reads "Ignore"). A Latin
 word written with another script's look-alike letters is itself reported (`obfuscation.mixed-script`).
-Markup (markdown emphasis, backticks, inline HTML tags) is not removed from the text, because some rules
-need the quotes and backticks around a tool's name; the text without it is a "markup" layer that the
-scanner matches as well, as if it were the field's own text.
+Markup (emphasis, backticks, inline HTML tags) stays in the text (some rules need the quotes and backticks
+around a tool's name); the text without it is a "markup" layer, matched as if it were the field's own text.
 
 Every decode is bounded: a run must be at least MIN_RUN long, a decoded text is cut at MAX_DECODED
 bytes, at most MAX_DECODES payloads per field, and decoding goes at most MAX_DEPTH levels deep. The
@@ -269,9 +268,7 @@ _Payload = tuple[int, int, str | None]  # a run's span and what it decodes to (N
 
 
 def chunk_layers(text: str) -> list[Layer]:
-    """base64 payloads cut into chunks: each run of two or more chunk-like tokens separated by whitespace is
-    joined and decoded when MIN_RUN long, also without up to two tokens at either end (a word next to a
-    payload may look like a chunk). At most MAX_DECODES payloads, like `_decodes`."""
+    """base64 cut into chunks (`_chunk_payloads`), as layers; at most MAX_DECODES, like `_decodes`."""
     found: list[Layer] = []
     for start, end, decoded in _chunk_payloads(text):
         _keep(found, "base64", start, end, decoded)
@@ -279,6 +276,8 @@ def chunk_layers(text: str) -> list[Layer]:
 
 
 def _chunk_payloads(text: str) -> list[_Payload]:
+    """Each run of two or more chunk-like tokens separated by whitespace, joined and decoded when MIN_RUN
+    long, also without up to two tokens at either end (a word next to a payload may look like a chunk)."""
     out: list[_Payload] = []
     for m in _CHUNK_RUN.finditer(text):
         run = list(_CHUNK.finditer(text, m.start(), m.end()))
@@ -496,8 +495,7 @@ def _decodes(text: str, marked: bytes | None = None) -> list[Layer]:
                 singles.append((start, stop, _b64(text[start:stop])))
                 start = marked.find(_LONG_RUN, end)
         else:
-            for m in _BASE64.finditer(text):
-                singles.append((m.start(), m.end(), _b64(m.group())))
+            singles.extend((m.start(), m.end(), _b64(m.group())) for m in _BASE64.finditer(text))
     chunks = _chunk_payloads(text) if _chunky(text) else []
     for start, end, decoded in singles:
         # A run read whole inside a chunked payload that holds what it decodes to is that payload's part
