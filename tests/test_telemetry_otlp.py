@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from mcpward.telemetry.otlp_session import OtlpSession
+from tests.test_telemetry_tracing import _Sink
 from tests.tls_support import self_signed
 
 
@@ -60,18 +61,14 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> Dns:
     return table
 
 
-class _Recorder(BaseHTTPRequestHandler):
+class _Recorder(_Sink):
+    """The tracing tests' collector, noting each export's path and Host header."""
+
     seen: list[tuple[str, str]]
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
         self.seen.append((self.path, self.headers.get("host", "")))
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        super().do_POST()
 
 
 @pytest.fixture
