@@ -33,10 +33,6 @@ CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a tab is allowed in a heade
 OWN_ENV = frozenset({"MCPWARD_INTERCEPTOR"})
 # Headers the gateway sets or the HTTP framing owns: a hook's `headers` cannot replace them.
 OWN_HEADERS = frozenset({"host", "content-type", "content-length", "transfer-encoding", "connection", "accept"})
-# Header names whose value is a credential whatever it looks like (as the config scanner treats them).
-AUTH_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "apikey", "cookie",
-                          "x-auth-token"})
-_AUTH_SCHEME = re.compile(r"^(?i:bearer|basic|token)\s+")
 REFERENCE_HINT = "use a secret reference (secret:NAME, env:NAME, file:PATH or vault:PATH#KEY), alone or as ${...}"
 
 Resolve = Callable[[str], str]
@@ -132,16 +128,12 @@ def literal_credential(name: str, value: str, header: bool) -> bool:
     (`scan.plaintext-secret`): a secret-named setting with a credential-like value, any value of an
     authentication header, or a token of a known format under any name."""
     from mcpward.guards.redactor import SECRETS, encode
-    from mcpward.integrity.launch import literal_secret
+    from mcpward.integrity.launch import AUTH_HEADERS, auth_header_credential, literal_secret
 
     if literal_secret(name, value):
         return True
-    if header and name.lower() in AUTH_HEADERS:
-        from mcpward.guards.secrets import is_placeholder
-
-        bare = _AUTH_SCHEME.sub("", value.strip())
-        if len(bare) >= 8 and not is_placeholder(bare):
-            return True
+    if header and name.lower() in AUTH_HEADERS and auth_header_credential(value) is not None:
+        return True
     return any(hit.detector.id != "url-credentials" for hit in _secret_rules().scan(encode(value), SECRETS))
 
 

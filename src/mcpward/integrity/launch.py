@@ -119,7 +119,10 @@ _PASSWORD_NAME = re.compile(r"(?i)passw(?:or)?d|passwd|pwd")
 _REFERENCE = re.compile(r"^\s*(?:\$\{[^}]+\}|\$[A-Za-z_]\w*|%[A-Za-z_]\w*%|\{\{.*\}\}"
                         r"|(?:env|secret|vault|keyring|keychain|op|file|aws-sm|gcp-sm|azure-kv|input):\S+)\s*$",
                         re.IGNORECASE)
-_AUTH_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "apikey", "cookie", "x-auth-token"}
+# Header names whose value is a credential whatever it looks like.
+AUTH_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "apikey", "cookie",
+                          "x-auth-token"})
+_AUTH_SCHEME = re.compile(r"^(?i:bearer|basic|token)\s+")
 _TOKEN_PARAMS = re.compile(r"(?i)^(?:.*token|.*key|.*secret|.*password|passwd|pwd|auth|sig|signature|"
                            r"x-amz-signature|x-amz-credential|code|session|jwt)$")
 _PIPE_TO_SHELL = (
@@ -136,6 +139,13 @@ _URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,20}://[^\s\"'<>]+")
 def is_reference(value: str) -> bool:
     """`${VAR}`, `${env:VAR}`, `$VAR`, `env:NAME`, `secret:NAME`, `op://...`: the value lives elsewhere."""
     return bool(_REFERENCE.match(value)) or "${" in value
+
+
+def auth_header_credential(value: str) -> str | None:
+    """An authentication header's value, without its scheme, when it looks like a credential (8 or more
+    characters, not a placeholder); None otherwise. (Whether it is a reference is the caller's rule.)"""
+    bare = _AUTH_SCHEME.sub("", value.strip())
+    return bare if len(bare) >= 8 and not secrets.is_placeholder(bare) else None
 
 
 def literal_secret(name: str, value: str) -> bool:
@@ -344,9 +354,9 @@ class LaunchChecker:
             path = join_path(headers_path, key)
             if is_reference(value):
                 continue
-            if key.lower() in _AUTH_HEADERS or _SECRET_NAME.search(key):
-                bare = re.sub(r"^(?i:bearer|basic|token)\s+", "", value.strip())
-                if len(bare) >= 8 and not secrets.is_placeholder(bare) and not is_reference(bare):
+            if key.lower() in AUTH_HEADERS or _SECRET_NAME.search(key):
+                bare = auth_header_credential(value)
+                if bare is not None and not is_reference(bare):
                     add("scan.plaintext-secret", f"header {key} holds a literal credential ({mask(bare)})", path)
                     continue
             self._detect(f"{key}: {value}", path, f"header {key}", add)
